@@ -1,0 +1,86 @@
+"""`ros2-gmskip <verb>`: the command-line entry point.
+
+Each verb lives in `ros2_gmskip/verbs/<verb>.py` and exposes `HELP` (one line), `add_arguments(parser)`
+and `main(args) -> int`. Verb modules import heavy libraries (torch, transformers) inside `main`, so
+`--help` stays fast. Expected failures (`GmSkipError`) print one line, `error: ...`, and return 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from ros2_gmskip import __version__
+from ros2_gmskip.errors import GmSkipError
+
+# verb name -> module under ros2_gmskip.verbs, in the order `--help` lists them (pipeline order).
+VERBS: dict[str, str] = {
+    'demo': 'demo',
+    'scenes': 'scenes',
+    'train': 'train',
+    'evaluate': 'evaluate',
+    'describe': 'describe',
+    'calibrate': 'calibrate',
+    'prune': 'prune',
+    'export': 'export',
+    'build-engine': 'build_engine',
+    'bench': 'bench',
+    'make-bag': 'make_bag',
+    'replay': 'replay',
+    'node': 'node',
+}
+
+
+def _available_verbs() -> dict[str, object]:
+    """Import the verb modules that exist (light imports only)."""
+    verbs = {}
+    for name, module in VERBS.items():
+        try:
+            verbs[name] = importlib.import_module(f'ros2_gmskip.verbs.{module}')
+        except ModuleNotFoundError as err:
+            if err.name != f'ros2_gmskip.verbs.{module}':
+                raise
+    return verbs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog='ros2-gmskip',
+        description='GM-Skip: metric-guided block skipping for driving-scene VLMs, '
+                    'from calibration to a ROS 2 node. Pipeline: scenes -> train -> evaluate -> '
+                    'calibrate -> prune/export -> build-engine -> make-bag/replay/node.',
+        epilog='Run `ros2-gmskip <verb> --help` for a verb\'s options and examples.')
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    parser.add_argument('-v', '--verbose', action='store_true', help='log at DEBUG level')
+    sub = parser.add_subparsers(dest='verb', metavar='<verb>')
+    for name, module in _available_verbs().items():
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format='%(levelname)s %(name)s: %(message)s')
+    if not getattr(args, '_main', None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args._main(args) or 0)
+    except GmSkipError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Narrow exceptions for expected failures; the CLI prints them as one line, the node logs them."""
+
+from __future__ import annotations
+
+
+class GmSkipError(Exception):
+    """Base class: an expected, user-facing failure whose message says what to do."""
+
+
+class ModelLoadError(GmSkipError):
+    """A model folder is missing, incomplete, corrupt or of an unsupported architecture."""
+
+
+class ImageError(GmSkipError):
+    """An image file or message could not be decoded into the model's RGB input."""
+
+
+class DatasetError(GmSkipError):
+    """A calibration / evaluation data folder is missing, empty or malformed."""
+
+
+class MetricError(GmSkipError):
+    """A metric is unknown, raised, or returned a non-finite value."""
+
+
+class PlanError(GmSkipError):
+    """A skip plan is malformed, for another model, or its indices are invalid."""
+
+
+class BundleError(GmSkipError):
+    """An ONNX bundle is missing files, corrupt, or does not match its manifest."""
+
+
+class EngineError(GmSkipError):
+    """A TensorRT engine is missing, corrupt, or built for another GPU / TensorRT version."""
+
+
+class BagError(GmSkipError):
+    """A rosbag cannot be opened, or is truncated / corrupt beyond the part already read."""
+
+
+class MessageError(GmSkipError):
+    """A ROS message cannot be converted (unknown encoding, short data, zero size, ...)."""

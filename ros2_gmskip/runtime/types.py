@@ -1,0 +1,56 @@
+"""The backend contract: every backend returns the same `Result` with the same latency breakdown."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+DEFAULT_PROMPT = 'describe the scene.'
+
+
+@dataclass
+class Latency:
+    """Milliseconds per stage of one `describe` call (wall clock, perf_counter)."""
+
+    preprocess_ms: float = 0.0   # image resize/normalise + prompt tokenisation
+    vision_ms: float = 0.0       # vision tower + projector
+    prefill_ms: float = 0.0      # decoder over the prompt (image tokens + text)
+    decode_ms: float = 0.0       # all decode steps after the first token
+    total_ms: float = 0.0        # whole call, including detokenisation
+    decode_tokens: int = 0       # steps that `decode_ms` covers
+
+    @property
+    def decode_per_token_ms(self) -> float:
+        return self.decode_ms / self.decode_tokens if self.decode_tokens else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        d = asdict(self)
+        d['decode_per_token_ms'] = self.decode_per_token_ms
+        return d
+
+
+@dataclass
+class Result:
+    """Text generated for one image, with how long each stage took."""
+
+    text: str
+    tokens: int                       # tokens generated (stop token excluded)
+    latency: Latency = field(default_factory=Latency)
+
+    def to_dict(self) -> dict:
+        return {'text': self.text, 'tokens': self.tokens, 'latency': self.latency.to_dict()}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Anything that turns an RGB image into a description (torch, onnxruntime, tensorrt)."""
+
+    name: str            # 'torch' | 'onnxruntime' | 'tensorrt'
+    info: dict           # model / plan / engine ids, blocks removed, device: shown in diagnostics
+
+    def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
+                 max_new_tokens: int = 48) -> Result:
+        """`image`: RGB uint8 (H, W, 3), any size; raises ImageError for anything else."""
+        ...

@@ -1,0 +1,51 @@
+"""ament_python package definition: `colcon build` and `pip install -e .` both use it."""
+
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+package_name = 'ros2_gmskip'
+
+
+def tree(src: str) -> list[tuple[str, list[str]]]:
+    """data_files entries that install a folder tree under share/<package>/<src>."""
+    entries = []
+    for root, _dirs, files in os.walk(src):
+        paths = [os.path.join(root, f) for f in files]
+        if paths:
+            entries.append((os.path.join('share', package_name, root), paths))
+    return entries
+
+
+with open('requirements.txt', encoding='utf-8') as f:
+    requirements = [
+        line.strip() for line in f
+        if line.strip() and not line.startswith('#') and not line.startswith(('pytest', 'flake8'))
+    ]
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.xml') + glob('launch/*.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/schema', glob('schema/*.json')),
+    ] + tree('models'),
+    install_requires=requirements,
+    zip_safe=False,
+    maintainer='ros2_gmskip developers',
+    maintainer_email='dev@ros2-gmskip.invalid',
+    description='GM-Skip block skipping and token pruning for driving-scene VLMs, with a ROS 2 node.',
+    license='Apache-2.0',
+    extras_require={'test': ['pytest', 'pytest-timeout', 'flake8']},
+    entry_points={
+        'console_scripts': [
+            'ros2-gmskip = ros2_gmskip.cli:main',
+            'gmskip_describer = ros2_gmskip.ros.node:main',
+        ],
+    },
+)
