@@ -1,0 +1,34 @@
+"""The canonical caption of a scene: one fixed grammar the model is trained to reproduce.
+
+    phrase  = 'a ' [colour ' '] noun ' ' ('close' | 'far') ' '
+              ('on the left' | 'ahead' | 'on the right')
+    caption = phrase (', ' phrase)* ', ' ('clear' | 'rainy' | 'foggy') ' '
+              ('day' | 'dusk' | 'night') '.'
+
+Phrases come main object first, then by bbox area, descending.
+
+Example: 'a red car close ahead, a pedestrian far on the left, rainy night.'
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from ros2_gmskip.scenes.spec import (
+    DISTANCE_WORDS, LIGHTINGS, NOUNS, POSITION_WORDS, WEATHER_WORDS, WEATHERS, SceneObject)
+
+
+def phrase_for(obj: SceneObject) -> str:
+    """'a red car close ahead' for one object."""
+    color = f'{obj.color} ' if obj.color else ''
+    return (f'a {color}{NOUNS[obj.cls]} {DISTANCE_WORDS[obj.distance]} '
+            f'{POSITION_WORDS[obj.position]}')
+
+
+def caption_for(lighting: str, weather: str, objects: Iterable[SceneObject]) -> str:
+    """The caption of a scene whose objects are given main object first."""
+    assert lighting in LIGHTINGS, f'unknown lighting {lighting!r}'
+    assert weather in WEATHERS, f'unknown weather {weather!r}'
+    phrases = [phrase_for(o) for o in objects]
+    assert phrases, 'a scene caption needs at least one object'
+    return ', '.join(phrases) + f', {WEATHER_WORDS[weather]} {lighting}.'
