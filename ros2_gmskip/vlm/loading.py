@@ -1,0 +1,70 @@
+"""Load a VLM folder (ours or a real checkpoint) safely: safetensors only, remote code opt-in,
+and one-line errors that say what is wrong with the folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from ros2_gmskip.errors import ModelLoadError
+from ros2_gmskip.runtime.defaults import default_model_dir  # noqa: F401 - re-exported
+
+LOG = logging.getLogger(__name__)
+
+
+def check_model_dir(model_dir: Path) -> None:
+    """Fail fast, in one line, on the folder problems users actually hit."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f'model folder {str(model_dir)!r} does not exist: pass --model DIR '
+                             'with a save_pretrained folder (config.json + *.safetensors)')
+    config = model_dir / 'config.json'
+    if not config.is_file():
+        raise ModelLoadError(f'model folder {str(model_dir)!r} has no config.json')
+    try:
+        json.loads(config.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f'config.json in {str(model_dir)!r} is not valid JSON: {err}') from err
+    weights = sorted(model_dir.glob('*.safetensors'))
+    if not weights:
+        pickled = sorted(p.name for p in model_dir.glob('*.bin'))
+        hint = (f' (found pickle weights {pickled}: convert them to safetensors; pickles are '
+                'never loaded)') if pickled else ''
+        raise ModelLoadError(f'model folder {str(model_dir)!r} has no *.safetensors weights{hint}')
+    from safetensors import safe_open
+    for path in weights:
+        try:
+            with safe_open(str(path), framework='np') as f:
+                keys = list(f.keys())
+                if keys:
+                    f.get_slice(keys[-1])
+            if path.stat().st_size < 8:
+                raise ValueError('file too small')
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types
+            raise ModelLoadError(f'corrupt safetensors file {str(path)!r}: {err}') from err
+
+
+def load_vlm(model_dir: Path, trust_remote_code: bool = False, dtype: str = 'float32'):
+    """(model, processor) from a save_pretrained folder, in eval mode, offline."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_dir = Path(model_dir)
+    check_model_dir(model_dir)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code, use_safetensors=True,
+            local_files_only=True, dtype=getattr(torch, dtype))
+    except Exception as err:  # noqa: BLE001 - transformers raises many types
+        raise ModelLoadError(f'cannot load model from {str(model_dir)!r}: '
+                             f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'
+                             ) from err
+    try:
+        processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
+                                                  local_files_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f'cannot load processor/tokenizer from {str(model_dir)!r}: '
+                             f'{type(err).__name__}: {err}') from err
+    model.eval()
+    return model, processor

@@ -1,0 +1,25 @@
+"""Prompts through the processor's chat template, so our model and real checkpoints share one path."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+
+
+def prompt_text(processor, prompt: str = DEFAULT_PROMPT) -> str:
+    """The templated user turn (image placeholder + prompt) ending with the generation prompt."""
+    messages = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': prompt}]}]
+    if getattr(processor, 'chat_template', None):
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    token = getattr(processor, 'image_token', '<image>')
+    return f'{token}{prompt}'
+
+
+def build_inputs(processor, images: Sequence[np.ndarray], prompt: str = DEFAULT_PROMPT):
+    """Batched model inputs (pt tensors) for RGB uint8 images with one shared prompt."""
+    text = prompt_text(processor, prompt)
+    return processor(images=list(images), text=[text] * len(images), return_tensors='pt',
+                     padding=True)
