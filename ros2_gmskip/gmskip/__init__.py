@@ -1,0 +1,32 @@
+"""GM-Skip: the metric-guided search for Transformer blocks to skip, and its skip plans.
+
+    from ros2_gmskip.gmskip import Objective, search, SkipPlan, save_plan, load_plan
+    result = search(score_fn, num_blocks=24, strategy='reverse', objective=Objective(lam=0.3))
+    save_plan(SkipPlan.from_search(result, model_dir, family='llava', metric='accuracy'), 'p.json')
+
+Light imports only (no torch): `plot` (matplotlib) and the evaluator (torch) are imported from
+their modules directly.
+"""
+
+from ros2_gmskip.gmskip.objective import Objective
+from ros2_gmskip.gmskip.plan import (
+    FORMAT, MetricRecord, ModelRef, SkipPlan, load_plan, plan_id, save_plan, weights_sha256)
+from ros2_gmskip.gmskip.strategies import (
+    SearchResult, Step, Strategy, protected_blocks, search)
+
+__all__ = [
+    'FORMAT',
+    'MetricRecord',
+    'ModelRef',
+    'Objective',
+    'SearchResult',
+    'SkipPlan',
+    'Step',
+    'Strategy',
+    'load_plan',
+    'plan_id',
+    'protected_blocks',
+    'save_plan',
+    'search',
+    'weights_sha256',
+]

@@ -1,0 +1,66 @@
+"""Plot a GM-Skip search: score ratio and objective against the number of blocks removed.
+
+    from ros2_gmskip.gmskip.plot import plot_search
+    plot_search(result, 'plan.png', title='default model, val n=256')
+
+Left axis: S(R)/S(empty) along the trajectory (line) and for every evaluated candidate (faint
+dots); the score floor as a dashed line when set. Right axis: J(R). The chosen plan is ringed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ros2_gmskip.gmskip.strategies import SearchResult
+
+
+def plot_search(result: SearchResult, path: str | os.PathLike, title: str = '') -> Path:
+    """Write the search plot as a PNG at `path`; returns the path."""
+    import matplotlib
+    matplotlib.use('Agg')            # no display needed; harmless when already set
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    xs = [len(s.removed) for s in result.trajectory]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    try:
+        if result.evaluated:
+            ax.scatter([len(s.removed) for s in result.evaluated],
+                       [s.score_ratio for s in result.evaluated], s=12, color='tab:blue',
+                       alpha=0.2, label='evaluated candidates')
+        ax.plot(xs, [s.score_ratio for s in result.trajectory], 'o-', color='tab:blue',
+                label='S(R)/S(∅) trajectory')
+        floor = result.objective.min_score_ratio
+        if floor is not None:
+            ax.axhline(floor, color='tab:red', linestyle='--', linewidth=1,
+                       label=f'floor {floor:g}')
+        cap = result.objective.max_sparsity
+        if cap is not None:
+            ax.axvline(cap * result.num_blocks, color='tab:gray', linestyle=':', linewidth=1,
+                       label=f'max sparsity {cap:g}')
+        best = result.best
+        ax.plot([len(best.removed)], [best.score_ratio], 'o', markersize=14, markerfacecolor='none',
+                markeredgecolor='tab:green', markeredgewidth=2,
+                label=f'plan: {len(best.removed)}/{result.num_blocks} removed')
+        ax.set_xlabel(f'blocks removed (of {result.num_blocks})')
+        ax.set_ylabel('score ratio S(R)/S(∅)', color='tab:blue')
+        ax.grid(alpha=0.3)
+
+        right = ax.twinx()
+        right.plot(xs, [s.objective for s in result.trajectory], 's--', color='tab:orange',
+                   markersize=4, label=f'J (λ={result.objective.lam:g})')
+        right.plot([len(best.removed)], [best.objective], '*', color='tab:green', markersize=12)
+        right.set_ylabel('objective J', color='tab:orange')
+
+        lines = ax.get_legend_handles_labels()
+        more = right.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], loc='lower left', fontsize=8)
+        ax.set_title(title or f'GM-Skip {result.strategy}: removed {list(best.removed)}',
+                     fontsize=10)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format='png')
+    finally:
+        plt.close(fig)
+    return path

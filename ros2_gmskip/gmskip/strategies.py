@@ -1,0 +1,251 @@
+"""The GM-Skip search: which blocks to remove, driven only by a score function.
+
+    from ros2_gmskip.gmskip.strategies import search
+    result = search(evaluator.score, evaluator.num_blocks, strategy='reverse',
+                    objective=Objective(lam=0.3, min_score_ratio=0.98), protect_first=0.25)
+    result.best.removed          # e.g. (17, 19, 20, 22, 23)
+
+`score_fn(removed)` returns the task metric S(R) of the model with the sorted blocks `removed`
+skipped (higher is better). The search never evaluates the same set twice (it memoises on the
+sorted tuple) and never touches the protected first blocks.
+
+Strategies:
+
+- `reverse`: one pass from the last block towards the first unprotected one. Block b is added
+  to R (kept removed) when R + {b} is feasible (score floor, sparsity cap) and
+  J(R + {b}) >= J(R) - tolerance. With tolerance 0 this means: the score ratio may drop by at
+  most lam / L per removed block. Once R reaches the sparsity cap the pass ends. Costs
+  L - protected + 1 evaluations (with the baseline).
+- `greedy`: at each step evaluate every remaining candidate and remove the one with the highest
+  score (ties go to the later block); continue until no candidate is left or the sparsity cap is
+  reached. Every state is recorded, feasible or not. Costs 1 + C + (C-1) + ... evaluations for C
+  candidates.
+
+The trajectory is the sequence of states the strategy moved through, starting at R = empty; the
+plan chosen (`best`) is the feasible trajectory state with the highest J, ties going to the state
+with more blocks removed (equal J at higher sparsity is the cheaper model). If no state is feasible
+the empty plan is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Callable, Iterable
+
+from ros2_gmskip.errors import GmSkipError, MetricError, PlanError
+from ros2_gmskip.gmskip.objective import EPS, Objective
+
+logger = logging.getLogger(__name__)
+
+ScoreFn = Callable[[tuple[int, ...]], float]
+
+
+class Strategy(str, Enum):
+    REVERSE = 'reverse'
+    GREEDY = 'greedy'
+
+
+@dataclass
+class Step:
+    """One state of the search: the removed set and how it scores."""
+
+    removed: tuple[int, ...]     # sorted block indices
+    score: float                 # S(R)
+    score_ratio: float           # S(R) / S(empty)
+    objective: float             # J(R)
+    feasible: bool               # meets the score floor and the sparsity cap
+    tried: int = 1               # evaluations spent to reach this state (this step)
+    block: int | None = None     # block added at this step (None for the empty state)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data['removed'] = list(self.removed)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Step:
+        return cls(removed=tuple(int(b) for b in data['removed']), score=float(data['score']),
+                   score_ratio=float(data['score_ratio']), objective=float(data['objective']),
+                   feasible=bool(data['feasible']), tried=int(data.get('tried', 1)),
+                   block=None if data.get('block') is None else int(data['block']))
+
+
+@dataclass
+class SearchResult:
+    """What the search did and what it chose."""
+
+    baseline: float                    # S(empty)
+    num_blocks: int                    # L
+    trajectory: list[Step]             # states moved through, starting with R = empty
+    best: Step                         # the plan: argmax J over feasible trajectory states
+    evaluations: int                   # score_fn calls (memoised: distinct sets)
+    strategy: str
+    protected: tuple[int, ...]         # blocks never removed
+    evaluated: list[Step] = field(default_factory=list)   # every evaluated candidate, in order
+    objective: Objective = field(default_factory=Objective)
+    tolerance: float = 0.0
+
+
+def protected_blocks(num_blocks: int, protect_first: float | int) -> tuple[int, ...]:
+    """The first blocks the search must not touch.
+
+    An int >= 0 (or an integral float >= 1) is a count; a float in [0, 1) is a fraction of the
+    blocks, rounded down (0.25 of 6 blocks protects 1). PlanError when nothing is left to remove.
+    """
+    if isinstance(protect_first, bool) or not isinstance(protect_first, (int, float)):
+        raise PlanError(f'protect_first {protect_first!r} must be a block count or a fraction')
+    if isinstance(protect_first, float) and 0.0 <= protect_first < 1.0:
+        count = math.floor(protect_first * num_blocks + 1e-9)
+    elif protect_first >= 0 and float(protect_first).is_integer():
+        count = int(protect_first)
+    else:
+        raise PlanError(f'protect_first {protect_first!r} must be a block count >= 0 or a '
+                        'fraction in [0, 1)')
+    if count >= num_blocks:
+        raise PlanError(f'protect_first {protect_first!r} protects {count} of {num_blocks} '
+                        'blocks: no block is left to remove; lower it')
+    return tuple(range(count))
+
+
+class _Scorer:
+    """score_fn memoised on the sorted removed set, with errors turned into MetricError."""
+
+    def __init__(self, score_fn: ScoreFn) -> None:
+        self.score_fn = score_fn
+        self.cache: dict[tuple[int, ...], float] = {}
+        self.calls = 0
+
+    def __call__(self, removed: Iterable[int]) -> float:
+        key = tuple(sorted(removed))
+        if key in self.cache:
+            return self.cache[key]
+        self.calls += 1
+        try:
+            value = self.score_fn(key)
+        except GmSkipError:
+            raise
+        except Exception as err:
+            raise MetricError(f'metric raised {type(err).__name__}: {err} for '
+                              f'removed={list(key)}') from err
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise MetricError(f'metric returned {value!r}, not a number, for '
+                              f'removed={list(key)}') from None
+        if not math.isfinite(value):
+            raise MetricError(f'metric returned {value} for removed={list(key)}')
+        self.cache[key] = value
+        return value
+
+
+def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',
+           objective: Objective = Objective(), protect_first: float | int = 0.25,
+           tolerance: float | None = None, progress: bool = True) -> SearchResult:
+    """Run the GM-Skip search over `num_blocks` blocks; see the module docstring."""
+    try:
+        strategy = Strategy(strategy)
+    except ValueError:
+        raise PlanError(f'unknown strategy {strategy!r}: expected one of '
+                        f'{", ".join(s.value for s in Strategy)}') from None
+    if num_blocks < 2:
+        raise PlanError(f'the model has {num_blocks} block(s): nothing to search')
+    tolerance = 0.0 if tolerance is None else float(tolerance)
+    if not (math.isfinite(tolerance) and tolerance >= 0):
+        raise PlanError(f'tolerance {tolerance!r} must be a finite number >= 0')
+    protected = protected_blocks(num_blocks, protect_first)
+    candidates = [b for b in range(num_blocks) if b not in protected]
+    scorer = _Scorer(score_fn)
+    baseline = scorer(())
+    objective.ratio(baseline, baseline)      # MetricError now if the baseline is not positive
+    L = num_blocks
+
+    def make_step(removed: tuple[int, ...], score: float, block: int | None, tried: int) -> Step:
+        return Step(removed=removed, score=score, score_ratio=score / baseline,
+                    objective=objective.value(score, baseline, len(removed), L),
+                    feasible=objective.feasible(score, baseline, len(removed), L),
+                    tried=tried, block=block)
+
+    start = make_step((), baseline, None, 1)
+    trajectory, evaluated = [start], [start]
+    C = len(candidates)
+    if strategy is Strategy.REVERSE:
+        total = C
+    else:   # C + (C-1) + ... for as many steps as the sparsity cap allows
+        steps = C if objective.max_sparsity is None else min(
+            C, math.floor(objective.max_sparsity * L + EPS))
+        total = sum(C - k for k in range(steps))
+    bar = _progress_bar(total, strategy.value, enabled=progress)
+    best_j = start.objective if start.feasible else -math.inf
+
+    def evaluate(removed: tuple[int, ...], block: int, tried: int) -> Step:
+        nonlocal best_j
+        step = make_step(removed, scorer(removed), block, tried)
+        evaluated.append(step)
+        if step.feasible:
+            best_j = max(best_j, step.objective)
+        if bar is not None:
+            bar.set_postfix(step=len(trajectory), block=block, best_J=f'{best_j:.4f}')
+            bar.update(1)
+        return step
+
+    try:
+        if strategy is Strategy.REVERSE:
+            current, tried = start, 0
+            for block in reversed(candidates):
+                if not objective.sparsity_allows(len(current.removed) + 1, L):
+                    logger.info('reverse: sparsity cap %.3f reached at %d blocks removed',
+                                objective.max_sparsity, len(current.removed))
+                    break
+                tried += 1
+                step = evaluate(tuple(sorted(current.removed + (block,))), block, tried)
+                if step.feasible and step.objective >= current.objective - tolerance - EPS:
+                    current, tried = step, 0
+                    trajectory.append(step)
+                    logger.info('reverse: remove block %d -> R=%s S/S0=%.4f J=%.4f', block,
+                                list(step.removed), step.score_ratio, step.objective)
+                else:
+                    logger.debug('reverse: keep block %d (S/S0=%.4f J=%.4f feasible=%s)', block,
+                                 step.score_ratio, step.objective, step.feasible)
+        else:
+            current = start
+            remaining = list(candidates)
+            while remaining and objective.sparsity_allows(len(current.removed) + 1, L):
+                chosen = None
+                for block in remaining:
+                    step = evaluate(tuple(sorted(current.removed + (block,))), block,
+                                    len(remaining))
+                    # ties go to the later block: `>=` while blocks ascend
+                    if chosen is None or step.score >= chosen.score:
+                        chosen = step
+                remaining.remove(chosen.block)
+                current = chosen
+                trajectory.append(chosen)
+                logger.info('greedy: remove block %d -> R=%s S/S0=%.4f J=%.4f feasible=%s',
+                            chosen.block, list(chosen.removed), chosen.score_ratio,
+                            chosen.objective, chosen.feasible)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    return SearchResult(baseline=baseline, num_blocks=L, trajectory=trajectory,
+                        best=choose_best(trajectory), evaluations=scorer.calls,
+                        strategy=strategy.value, protected=protected, evaluated=evaluated,
+                        objective=objective, tolerance=tolerance)
+
+
+def choose_best(trajectory: list[Step]) -> Step:
+    """argmax J over the feasible states; ties -> more blocks removed; none feasible -> empty."""
+    feasible = [s for s in trajectory if s.feasible]
+    if not feasible:
+        return trajectory[0]
+    return max(feasible, key=lambda s: (round(s.objective, 9), len(s.removed)))
+
+
+def _progress_bar(total: int, strategy: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=f'GM-Skip {strategy}', unit='eval', leave=False)

@@ -1,0 +1,157 @@
+"""Apply a skip plan: save a smaller model with the planned blocks physically removed.
+
+Loads the model with transformers, checks the plan was made for these weights (sha256), removes
+the blocks (the layer list shrinks, config layer counts and KV-cache layer indices are renumbered),
+and saves a standard transformers folder (safetensors + config + processor files) that loads
+with `from_pretrained` and exports like any other model. Writes `gmskip_prune.json` beside it:
+plan id, removed blocks, source and output weight hashes. The output appears complete or not at
+all (written to a temporary folder, then renamed).
+
+examples:
+  ros2-gmskip prune --model models/gmskip-default --plan plan.json --out models/gmskip-pruned
+  ros2-gmskip prune --model DIR --plan plan.json --out DIR2 --force    # replace DIR2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ros2_gmskip import __version__
+from ros2_gmskip.argtypes import existing_dir, existing_file, model_dir_or_default
+from ros2_gmskip.errors import GmSkipError, ModelLoadError, PlanError
+
+HELP = 'apply a skip plan: save the model with the planned blocks removed'
+MANIFEST = 'gmskip_prune.json'
+MANIFEST_FORMAT = 'ros2_gmskip/prune@1'
+# Files that mean "this folder has a processor / tokenizer to carry over".
+PROCESSOR_FILES = ('processor_config.json', 'preprocessor_config.json', 'tokenizer.json',
+                   'tokenizer_config.json', 'tokenizer.model', 'chat_template.json',
+                   'chat_template.jinja')
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--model', type=existing_dir, default=None,
+                        help='model folder the plan was made for (default: the embedded '
+                             'default model)')
+    parser.add_argument('--plan', type=existing_file, required=True,
+                        help='skip plan from ros2-gmskip calibrate')
+    parser.add_argument('--out', type=Path, required=True, help='folder for the pruned model')
+    parser.add_argument('--force', action='store_true',
+                        help='replace --out if it exists and is not empty')
+    parser.add_argument('--trust-remote-code', action='store_true',
+                        help="allow the model folder's own Python code (off by default)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ros2_gmskip.gmskip.plan import load_plan, plan_id, weights_sha256
+    from ros2_gmskip.vlm.blocks import family_of, get_stack, remove_blocks
+
+    args.model = model_dir_or_default(args.model)
+    out = Path(args.out)
+    _check_out(out, args.force, args.model)
+    plan = load_plan(args.plan, model_dir=args.model)          # refuses other weights
+    model = _load_model(args.model, args.trust_remote_code)
+    family = family_of(model)
+    before = get_stack(model, plan.stack).num_blocks
+    if before != plan.model.num_blocks:
+        raise PlanError(f'plan {args.plan} is for {plan.model.num_blocks} {plan.stack} blocks, '
+                        f'but {args.model} has {before}: re-run ros2-gmskip calibrate for it')
+    remove_blocks(model, plan.removed_blocks, plan.stack)
+    after = get_stack(model, plan.stack).num_blocks
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
+    try:
+        model.save_pretrained(tmp)
+        _copy_processor(args.model, tmp, args.trust_remote_code)
+        manifest = {
+            'format': MANIFEST_FORMAT,
+            'plan_id': plan_id(plan),
+            'plan': str(args.plan),
+            'stack': plan.stack,
+            'removed_blocks': list(plan.removed_blocks),
+            'num_blocks': {'before': before, 'after': after},
+            'family': family,
+            'source': {'path': str(args.model), 'sha256': plan.model.sha256},
+            'sha256': weights_sha256(tmp),
+            'metric': {'name': plan.metric.name, 'baseline': plan.metric.baseline,
+                       'final': plan.metric.final},
+            'created_by': f'ros2_gmskip {__version__}',
+            'created_at': datetime.now(timezone.utc).isoformat(timespec='seconds'),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n', encoding='utf-8')
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    print(f'pruned {args.model} ({family}): removed {plan.stack} blocks '
+          f'{list(plan.removed_blocks)} ({before} -> {after}), plan {manifest["plan_id"]}; '
+          f'saved to {out}')
+    return 0
+
+
+def _check_out(out: Path, force: bool, model_dir: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise GmSkipError(f'--out {str(out)!r} is a file: give a folder for the pruned model')
+    if out.resolve() == Path(model_dir).resolve():
+        raise GmSkipError(f'--out {str(out)!r} is the source model folder: choose another')
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise GmSkipError(f'--out {str(out)!r} exists and is not empty: choose another folder '
+                          'or pass --force to replace it')
+
+
+def _load_model(model_dir: Path, trust_remote_code: bool):
+    """The model in its checkpoint dtype (a bf16 checkpoint stays bf16), offline, safetensors."""
+    import transformers
+    from ros2_gmskip.vlm.loading import check_model_dir
+    check_model_dir(model_dir)        # one-line errors: no config.json, corrupt safetensors ...
+    try:
+        model = transformers.AutoModelForImageTextToText.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code, use_safetensors=True,
+            local_files_only=True, dtype='auto')
+    except Exception as err:       # transformers raises OSError / ValueError / KeyError ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        raise ModelLoadError(f'cannot load a vision-language model from {str(model_dir)!r}: '
+                             f'{type(err).__name__}: {first}') from err
+    return model.eval()
+
+
+def _copy_processor(model_dir: Path, out: Path, trust_remote_code: bool) -> None:
+    """Carry the processor / tokenizer over (re-saved through AutoProcessor)."""
+    if not any((Path(model_dir) / name).exists() for name in PROCESSOR_FILES):
+        logger.warning('no processor or tokenizer files in %s: the pruned model is saved '
+                       'without them', model_dir)
+        return
+    import transformers
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(
+            model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ''
+        raise ModelLoadError(f'cannot load the processor of {str(model_dir)!r}: '
+                             f'{type(err).__name__}: {first}') from err
+    processor.save_pretrained(out)
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temp folder to `out`; an existing `out` is replaced only at the end."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.old-'))
+    os.replace(out, old / 'out')          # move the old folder aside ...
+    try:
+        os.replace(tmp, out)              # ... then the new one in
+    except BaseException:
+        os.replace(old / 'out', out)      # put the old one back
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
