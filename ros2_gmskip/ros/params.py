@@ -1,0 +1,219 @@
+"""Parameters of the gmskip_describer node: defaults from config/, checked against schema/.
+
+`config/gmskip.param.yaml` (`/**: ros__parameters:`) holds the defaults; `schema/gmskip.schema.json`
+(draft-07) says what is valid. Both are found in the source tree or, once installed, in the
+package's share folder (ament_index when ROS 2 is sourced, else `<prefix>/share/ros2_gmskip`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+import functools
+import json
+from pathlib import Path
+import re
+import sys
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from ros2_gmskip.errors import GmSkipError
+
+PACKAGE = 'ros2_gmskip'
+NODE_NAME = 'gmskip_describer'
+PARAM_FILE = 'config/gmskip.param.yaml'
+SCHEMA_FILE = 'schema/gmskip.schema.json'
+
+
+class ParameterError(GmSkipError):
+    """A parameter is unknown, of the wrong type or out of range (the message names it)."""
+
+
+@dataclass(frozen=True)
+class DescriberParams:
+    """Validated parameters; one field per key of schema/gmskip.schema.json (a test checks)."""
+
+    backend: str = 'onnxruntime'           # onnxruntime | tensorrt | torch
+    model_path: str = ''                   # '' = embedded default model
+    plan_path: str = ''                    # '' = factory's choice
+    bundle_path: str = ''                  # '' = derived from model + plan
+    engine_path: str = ''                  # '' = cached beside the bundle
+    precision: str = 'fp16'                # fp16 | fp32
+    device: str = 'auto'                   # auto | cpu | cuda
+    gpu_id: int = 0
+    prompt: str = 'describe the scene.'
+    max_new_tokens: int = 48
+    use_compressed: bool = False
+    build_only: bool = False
+    diagnostics_period_s: float = 1.0
+    latency_warn_ms: float = 1000.0
+    drop_warn_ratio: float = 0.9
+    error_window: int = 5
+    stats_window: int = 1000
+    publish_debug: bool = True
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> DescriberParams:
+        """Validate `values` (all keys) against the schema and build the dataclass."""
+        values = validate(values)
+        return cls(**{f.name: values[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# finding config/ and schema/
+
+def _share_dirs() -> list[Path]:
+    """Candidate roots holding config/ and schema/, in search order."""
+    roots = [Path(__file__).resolve().parents[2]]            # source tree / editable install
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        roots.append(Path(get_package_share_directory(PACKAGE)))
+    except Exception:  # not sourced, or package not in the ament index
+        pass
+    roots.append(Path(sys.prefix) / 'share' / PACKAGE)     # pip install (setup.py data_files)
+    return roots
+
+
+def find_share_file(relpath: str) -> Path:
+    """Path of a data file (e.g. 'config/gmskip.param.yaml') in the source tree or share folder."""
+    tried = []
+    for root in _share_dirs():
+        path = root / relpath
+        if path.is_file():
+            return path
+        tried.append(str(path))
+    raise ParameterError(f'cannot find {relpath!r} (looked at {", ".join(tried)}): '
+                         f'reinstall {PACKAGE} or run from its source tree')
+
+
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict:
+    """The draft-07 schema (whole document)."""
+    with open(find_share_file(SCHEMA_FILE), encoding='utf-8') as f:
+        return json.load(f)
+
+
+def node_schema(schema: dict | None = None) -> dict:
+    """The `definitions.gmskip_describer` object schema (properties, required, ...)."""
+    return (schema or load_schema())['definitions'][NODE_NAME]
+
+
+def load_param_file(path: str | Path, node_name: str = NODE_NAME,
+                    namespace: str = '/') -> dict[str, Any]:
+    """`ros__parameters` for this node in a parameter file (`/**:` or node-named sections).
+
+    Sections apply in file order; nested keys are joined by '.' as ROS 2 does.
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding='utf-8') as f:
+            doc = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ParameterError(f'cannot read parameter file {str(path)!r}: {err}') from err
+    values: dict[str, Any] = {}
+    for key, section in doc.items():
+        if not isinstance(section, dict) or 'ros__parameters' not in section:
+            raise ParameterError(f'parameter file {str(path)!r}: {key!r} has no ros__parameters')
+        if node_matches(str(key), node_name, namespace):
+            values.update(flatten(section['ros__parameters']))
+    return values
+
+
+@functools.lru_cache(maxsize=1)
+def _defaults_cached() -> tuple[tuple[str, Any], ...]:
+    return tuple(load_param_file(find_share_file(PARAM_FILE)).items())
+
+
+def load_defaults() -> dict[str, Any]:
+    """Defaults from config/gmskip.param.yaml."""
+    return dict(_defaults_cached())
+
+
+def descriptions() -> dict[str, str]:
+    """{key: description} from the schema (for ROS parameter descriptors)."""
+    return {k: v.get('description', '') for k, v in node_schema()['properties'].items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+def coerce(values: Mapping[str, Any], schema: dict | None = None) -> dict[str, Any]:
+    """Ints given for 'number' keys become floats (YAML `1` for `1.0`); nothing else changes."""
+    props = node_schema(schema)['properties']
+    out = dict(values)
+    for key, value in out.items():
+        if props.get(key, {}).get('type') == 'number' and isinstance(value, int) \
+                and not isinstance(value, bool):
+            out[key] = float(value)
+    return out
+
+
+def validate(values: Mapping[str, Any], schema: dict | None = None) -> dict[str, Any]:
+    """Check every key against the schema; raise ParameterError naming each bad key."""
+    import jsonschema
+
+    schema = schema or load_schema()
+    values = coerce(values, schema)
+    validator = jsonschema.Draft7Validator(node_schema(schema))
+    problems = []
+    for err in sorted(validator.iter_errors(values), key=lambda e: list(e.path)):
+        if err.path:
+            key = str(err.path[0])
+            problems.append(f'parameter {key!r} = {values.get(key)!r}: {err.message}')
+        elif err.validator == 'additionalProperties':
+            extra = sorted(set(values) - set(node_schema(schema)['properties']))
+            problems.append(f'unknown parameter(s) {", ".join(map(repr, extra))}: '
+                            f'see {SCHEMA_FILE} for the valid keys')
+        elif err.validator == 'required':
+            problems.append(f'missing parameter: {err.message}')
+        else:
+            problems.append(err.message)
+    if problems:
+        raise ParameterError('; '.join(problems))
+    return values
+
+
+def load_params(param_files: Iterable[str | Path] = (),
+                overrides: Mapping[str, Any] | None = None) -> DescriberParams:
+    """Defaults <- each parameter file in order <- overrides, validated."""
+    values = load_defaults()
+    for path in param_files:
+        values.update(load_param_file(path))
+    values.update(overrides or {})
+    return DescriberParams.from_dict(values)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers shared with the DDS transport (parameter files name nodes as rcl does)
+
+def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1} (ROS 2 nested parameter names)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            out.update(flatten(value, name + '.'))
+        else:
+            out[name] = value
+    return out
+
+
+def node_matches(key: str, node_name: str, namespace: str) -> bool:
+    """Does a parameter-file key ('/**', 'name', '/ns/name', '/**/name', '/*/name') match?"""
+    fqn = namespace.rstrip('/') + '/' + node_name
+    if key in ('/**', '**'):
+        return True
+    if not key.startswith('/'):
+        key = '/' + key
+    pattern = ''
+    for part in re.split(r'(/\*\*|\*)', key):
+        if part == '/**':
+            pattern += '(/[^/]+)*'
+        elif part == '*':
+            pattern += '[^/]*'
+        else:
+            pattern += re.escape(part)
+    return re.fullmatch(pattern, fqn) is not None
