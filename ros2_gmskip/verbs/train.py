@@ -19,7 +19,7 @@ HELP = 'train the default scene-description VLM from scratch (CPU, deterministic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ros2_gmskip.vlm.train import TrainConfig
+    from ros2_gmskip.vlm.configs import TrainConfig
     d = TrainConfig()
     parser.add_argument('--out', type=Path, required=True, help='output model folder')
     parser.add_argument('--steps', type=positive_int, default=d.steps, help='optimizer steps')
@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.errors import GmSkipError
-    from ros2_gmskip.vlm.train import train, TrainConfig
+    from ros2_gmskip.vlm.configs import TrainConfig
+    from ros2_gmskip.vlm.train import train
 
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise GmSkipError(f'output folder {str(args.out)!r} is not empty: pass --force to '

@@ -7,7 +7,6 @@ the project (GM-Skip, export, runtime) treats the default model exactly like a d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, Tokenizer, trainers
@@ -15,32 +14,14 @@ from transformers import (LlamaConfig, LlavaConfig, LlavaForConditionalGeneratio
                           PreTrainedTokenizerFast, SiglipVisionConfig)
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
+from ros2_gmskip.vlm.configs import DefaultModelConfig  # noqa: F401 - part of this API
+
 SPECIAL_TOKENS = ('<pad>', '<s>', '</s>', '<unk>', '<image>', '<sep>')
 # The prompt is plain text between the image and the answer; <sep> ends the user turn.
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
     "{% endfor %}{% endfor %}{% if add_generation_prompt %}<sep>{% endif %}")
-
-
-@dataclass
-class DefaultModelConfig:
-    """Sizes of the default model; decoder depth is what GM-Skip prunes."""
-
-    image_size: int = 128          # the processor resizes camera frames to image_size^2
-    patch_size: int = 16           # -> (128/16)^2 = 64 image tokens
-    vision_hidden: int = 192
-    vision_layers: int = 4
-    vision_heads: int = 4
-    text_hidden: int = 192
-    text_intermediate: int = 512
-    text_layers: int = 16          # decoder blocks: the candidates for skipping
-    text_heads: int = 4
-    max_positions: int = 256
-
-    @property
-    def num_image_tokens(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
 
 
 def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:

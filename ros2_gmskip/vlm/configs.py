@@ -1,0 +1,43 @@
+"""Configuration dataclasses of the default model and its training (no heavy imports: the CLI
+reads their defaults for `--help`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DefaultModelConfig:
+    """Sizes of the default model; decoder depth is what GM-Skip prunes."""
+
+    image_size: int = 128          # the processor resizes camera frames to image_size^2
+    patch_size: int = 16           # -> (128/16)^2 = 64 image tokens
+    vision_hidden: int = 192
+    vision_layers: int = 4
+    vision_heads: int = 4
+    text_hidden: int = 192
+    text_intermediate: int = 512
+    text_layers: int = 16          # decoder blocks: the candidates for skipping
+    text_heads: int = 4
+    max_positions: int = 256
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 800              # optimizer steps
+    batch_size: int = 32
+    lr: float = 1.5e-3            # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.05    # cosine decays to lr * min_lr_ratio
+    warmup: int = 60              # linear warm-up steps
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    layerdrop: float = 0.2        # max per-block skip probability (last block); 0 = off
+    aux_weight: float = 1.0       # weight of the image-token ground-truth loss; 0 = off
+    seed: int = 0
+    threads: int = 2              # torch intra-op threads (the target machine has 2 cores)
+    eval_every: int = 150         # greedy-decode a few val scenes and log them
+    model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
