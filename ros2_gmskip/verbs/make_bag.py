@@ -7,7 +7,7 @@ as std_msgs/String JSON on /gmskip/ground_truth (leave it out with --no-truth).
 
     ros2-gmskip make-bag --out bags/scenes --n 100 --fps 10
     ros2-gmskip make-bag --out bags/scenes_jpeg --n 100 --compressed --storage sqlite3
-    ros2 bag info bags/scenes        # or: ros2-gmskip replay --bag bags/scenes
+    ros2 bag info bags/scenes        # or: ros2-gmskip replay bags/scenes --out bags/descriptions
 
 --compressed writes sensor_msgs/CompressedImage (jpeg) on `<topic>/compressed`; otherwise
 sensor_msgs/Image (rgb8) on the topic.

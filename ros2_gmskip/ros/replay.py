@@ -1,0 +1,461 @@
+"""Replay a rosbag2 camera topic through the describer pipeline; record what the node would publish.
+
+    summary = replay_bag(Path('drive_bag'), Path('drive_described'), backend, rate='max')
+
+The frames go through the same `DescriberCore` as the live `gmskip_describer` node (conversion,
+newest-frame hand-off to one worker thread, counters, diagnostics); only time is different:
+
+- `rate='max'`: every frame is described, in order: a frame is handed to the core with
+  `on_image` and the next one only once the worker is idle again, so nothing is dropped.
+- `rate='realtime'`: the calling thread is the camera. It sleeps the bag's gaps between frames
+  and hands each frame over with `on_image` while the core's worker runs inference, so frames
+  that arrive while the model is busy are dropped and counted exactly as in the live node.
+
+Replay clock (`ReplayClock`): bag time, running at real speed from an anchor. In realtime mode it is
+anchored once (first frame's bag time = the instant it is fed); in max mode it is re-anchored at
+each frame's bag time when the frame is fed, as if every frame found the pipeline idle. The core
+gets it as `clock` and `wall_clock`, so processing time is real elapsed time, and pipeline latency
+(replay clock at output - input header stamp) is the time from capture to output in bag time
+(including the wait for the worker in realtime mode). Input / output rates are per bag second.
+
+Output bag (what the node publishes, for the node `gmskip_describer`):
+  /gmskip_describer/output/description       std_msgs/msg/String      the text
+  /gmskip_describer/output/scene             std_msgs/msg/String      JSON (SceneOutput.scene_dict)
+  /diagnostics                               diagnostic_msgs/msg/DiagnosticArray, one per
+                                             `diagnostics_period_s` of bag time, and a last one
+  /gmskip_describer/debug/processing_time_ms, pipeline_latency_ms, cyclic_time_ms
+                                             autoware_internal_debug_msgs/msg/Float64Stamped
+  /gmskip/ground_truth                       copied from the input when it has one
+Outputs are written at replay-clock time of publication (input bag time + wait + processing), so
+they sort after their input; description, scene and debug messages carry the input header stamp
+(in the scene JSON / Float64Stamped.stamp). The input images are not copied (the bag stays small).
+
+Float64Stamped is not in rosbags' ROS 2 Humble typestore: it is registered (`builtin_interfaces/Time
+stamp`, `float64 data`, the definition of autoware_internal_debug_msgs) in this module's own copy,
+`REPLAY_TYPESTORE`, so the shared `bag.TYPESTORE` is left as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from rosbags.typesys import get_types_from_msg, Stores, get_typestore
+
+from ros2_gmskip.errors import BagError, GmSkipError
+from ros2_gmskip.ros.bag import (
+    BagImageReader, BagOutputWriter, GROUND_TRUTH_TOPIC, STRING_TYPE)
+from ros2_gmskip.ros.node import DEBUG_TOPICS, DIAGNOSTIC_NAME, FLOAT64_STAMPED
+from ros2_gmskip.ros.params import DescriberParams, NODE_NAME
+from ros2_gmskip.ros.pipeline import (
+    DescriberCore, default_convert, format_value, LEVELS, SceneOutput)
+from ros2_gmskip.runtime.stats import percentiles, STAGES
+
+log = logging.getLogger(__name__)
+
+RATES = ('max', 'realtime')
+DESCRIPTION_TOPIC = f'/{NODE_NAME}/output/description'
+SCENE_TOPIC = f'/{NODE_NAME}/output/scene'
+DIAGNOSTICS_TOPIC = '/diagnostics'
+DEBUG_TOPIC = {name: f'/{NODE_NAME}/debug/{name}' for name in DEBUG_TOPICS}
+DIAGNOSTIC_ARRAY = 'diagnostic_msgs/msg/DiagnosticArray'
+# Stages reported in the summary: the backend's breakdown, then the pipeline's own timings.
+SUMMARY_STAGES = STAGES + ('processing_time_ms', 'pipeline_latency_ms')
+# At most this many /diagnostics ticks for one gap between frames (a paused recording would
+# otherwise give one per second of pause); the schedule then resumes after the gap.
+MAX_TICKS_PER_GAP = 60
+
+FLOAT64_STAMPED_MSG = 'builtin_interfaces/Time stamp\nfloat64 data\n'
+
+
+def _replay_typestore() -> Any:
+    store = get_typestore(Stores.ROS2_HUMBLE)        # a fresh copy, not bag.TYPESTORE
+    store.register(get_types_from_msg(FLOAT64_STAMPED_MSG, FLOAT64_STAMPED))
+    return store
+
+
+REPLAY_TYPESTORE = _replay_typestore()
+
+
+class ReplayClock:
+    """Bag time in seconds / nanoseconds, running at real speed from the last `anchor`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bag_ns = 0
+        self._real = time.perf_counter()
+
+    def anchor(self, bag_ns: int, real: float | None = None) -> None:
+        """From now (or the perf_counter instant `real`) on, bag time `bag_ns` runs on."""
+        with self._lock:
+            self._bag_ns = int(bag_ns)
+            self._real = time.perf_counter() if real is None else real
+
+    def now_ns(self) -> int:
+        with self._lock:
+            return self._bag_ns + round((time.perf_counter() - self._real) * 1e9)
+
+    def now_s(self) -> float:
+        return self.now_ns() / 1e9
+
+
+class _OutputBag(BagOutputWriter):
+    """BagOutputWriter over REPLAY_TYPESTORE (which knows Float64Stamped).
+
+    Used from one thread only: the sqlite3 storage refuses writes from another thread than the
+    one that opened it, so the worker's outputs are queued and written by the replay thread.
+    """
+
+    def write(self, topic: str, msgtype: str, timestamp_ns: int, msg: Any) -> None:
+        if self._writer is None:
+            raise BagError(f'rosbag {str(self.path)!r} is closed')
+        key = (topic, msgtype)
+        conn = self._connections.get(key)
+        if conn is None:
+            conn = self._writer.add_connection(topic, msgtype, typestore=REPLAY_TYPESTORE)
+            self._connections[key] = conn
+        data = REPLAY_TYPESTORE.serialize_cdr(msg, msgtype)
+        self._writer.write(conn, int(timestamp_ns), data)
+        self.counts[topic] = self.counts.get(topic, 0) + 1
+
+
+def _time_msg(stamp_ns: int) -> Any:
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return REPLAY_TYPESTORE.types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec)
+
+
+def read_string_topic(path: Path, topic: str) -> tuple[list[tuple[int, str]], str | None]:
+    """[(bag time ns, data)] of a std_msgs/String topic, up to any damage; and the damage (or None).
+
+    A topic the bag does not have gives ([], None).
+    """
+    from rosbags.rosbag2 import Reader
+
+    # bag.py's path resolution and salvage reader (no public API for non-image topics yet)
+    from ros2_gmskip.ros.bag import _resolve, _Salvage
+
+    paths = _resolve(Path(path))
+    out: list[tuple[int, str]] = []
+    if paths.meta_topics and topic not in paths.meta_topics:
+        return out, None                       # metadata.yaml says: not in this bag
+    try:
+        with Reader(paths.target) as reader:
+            conns = [c for c in reader.connections if c.topic == topic]
+            if not conns:                      # (no connections would mean: all topics)
+                return out, None
+            for conn, timestamp, raw in reader.messages(connections=conns):
+                msg = REPLAY_TYPESTORE.deserialize_cdr(raw, conn.msgtype)
+                out.append((int(timestamp), msg.data))
+        return out, None
+    except Exception as err:                   # damaged: read on record by record
+        reason = ' '.join(str(err).split()) or type(err).__name__
+    if paths.storage not in ('mcap', 'sqlite3'):
+        return out, reason
+    salvage = _Salvage(paths.storage, [f for f in paths.files if f.exists()], {}, scan=False)
+    messages = salvage.messages(topic, skip=len(out))
+    try:
+        for timestamp, raw in messages:
+            try:
+                out.append((int(timestamp),
+                            REPLAY_TYPESTORE.deserialize_cdr(raw, STRING_TYPE).data))
+            except Exception:                  # one bad message: skip it
+                continue
+    except Exception as err:
+        reason = ' '.join(str(err).split()) or type(err).__name__
+    finally:
+        messages.close()
+    return out, reason
+
+
+def read_output_bag(path: Path) -> list[tuple[str, int, Any]]:
+    """[(topic, bag time ns, message)] of a replay output bag, in time order (tests, demo)."""
+    from rosbags.rosbag2 import Reader
+
+    with Reader(Path(path)) as reader:
+        return [(c.topic, int(t), REPLAY_TYPESTORE.deserialize_cdr(raw, c.msgtype))
+                for c, t, raw in reader.messages()]
+
+
+class _Ticks:
+    """The /diagnostics schedule: every `period_ns` of bag time from the first frame on."""
+
+    def __init__(self, period_s: float) -> None:
+        self.period_ns = max(1, round(period_s * 1e9))
+        self.next_ns: int | None = None
+        self.last_ns: int | None = None        # stamp of the last tick given
+
+    def due(self, bag_ns: int) -> list[int]:
+        """The ticks at or before `bag_ns` not given yet (at most MAX_TICKS_PER_GAP)."""
+        if self.next_ns is None:
+            self.next_ns = bag_ns + self.period_ns
+            return []
+        ticks = []
+        while self.next_ns <= bag_ns and len(ticks) < MAX_TICKS_PER_GAP:
+            ticks.append(self.next_ns)
+            self.next_ns += self.period_ns
+        if self.next_ns <= bag_ns:             # a long gap: resume the schedule after it
+            skipped = (bag_ns - self.next_ns) // self.period_ns + 1
+            self.next_ns += skipped * self.period_ns
+        if ticks:
+            self.last_ns = ticks[-1]
+        return ticks
+
+
+class _Recorder:
+    """Records what the node would publish into the output bag; collects per-frame timings.
+
+    `publish` (worker thread) only builds the messages and queues them; `flush`, `diagnostics`
+    and `truth_until` (replay thread) write.
+    """
+
+    def __init__(self, bag: _OutputBag, clock: ReplayClock, truth: list[tuple[int, str]]) -> None:
+        self.bag = bag
+        self.clock = clock
+        self.truth = sorted(truth)
+        self._truth_next = 0
+        self._cond = threading.Condition()
+        self.published = 0                     # publish calls finished (failed or not)
+        self._queue: list[tuple[str, str, int, Any]] = []   # (topic, msgtype, time ns, msg)
+        self.timings: dict[str, list[float]] = {stage: [] for stage in SUMMARY_STAGES}
+        self.tokens = 0
+        self.String = REPLAY_TYPESTORE.types[STRING_TYPE]
+        self.Float64Stamped = REPLAY_TYPESTORE.types[FLOAT64_STAMPED]
+
+    # -- worker thread
+
+    def publish(self, out: SceneOutput) -> None:
+        """DescriberCore's publish callback: description, scene JSON, debug timings."""
+        try:
+            write_ns = self.clock.now_ns()
+            msgs = [(DESCRIPTION_TOPIC, STRING_TYPE, write_ns, self.String(data=out.text)),
+                    (SCENE_TOPIC, STRING_TYPE, write_ns,
+                     self.String(data=json.dumps(out.scene_dict())))]
+            stamp_ns = out.stamp_sec * 1_000_000_000 + out.stamp_nanosec
+            for name, topic in DEBUG_TOPIC.items():
+                value = float(getattr(out, name))
+                if math.isfinite(value):       # NaN: first cyclic time, or an unstamped image
+                    msgs.append((topic, FLOAT64_STAMPED, write_ns,
+                                 self.Float64Stamped(stamp=_time_msg(stamp_ns), data=value)))
+            with self._cond:
+                self._queue.extend(msgs)
+                for stage in STAGES:
+                    self.timings[stage].append(float(out.latency.get(stage, math.nan)))
+                self.timings['processing_time_ms'].append(out.processing_time_ms)
+                if math.isfinite(out.pipeline_latency_ms):
+                    self.timings['pipeline_latency_ms'].append(out.pipeline_latency_ms)
+                self.tokens += int(out.tokens)
+        finally:
+            with self._cond:
+                self.published += 1
+                self._cond.notify_all()
+
+    # -- replay thread
+
+    def flush(self) -> None:
+        """Write the queued outputs."""
+        with self._cond:
+            queue, self._queue = self._queue, []
+        for item in queue:
+            self.bag.write(*item)
+
+    def wait_idle(self, core: DescriberCore) -> None:
+        """Until the core has nothing waiting or in flight and its last publish has returned."""
+        with self._cond:
+            while True:
+                counts = core.counts()
+                if counts['pending'] == 0 and self.published >= counts['described']:
+                    return
+                self._cond.wait(0.002)        # rejected / failed frames do not publish: poll
+
+    def diagnostics(self, core: DescriberCore, stamp_ns: int) -> None:
+        """One DiagnosticArray from `core.diagnostics()`, stamped (and written) at `stamp_ns`."""
+        d = core.diagnostics()
+        T = REPLAY_TYPESTORE.types
+        status = T['diagnostic_msgs/msg/DiagnosticStatus'](
+            level=LEVELS[d['level']], name=DIAGNOSTIC_NAME, message=d['message'],
+            hardware_id=str(d['values'].get('backend', '')),
+            values=[T['diagnostic_msgs/msg/KeyValue'](key=str(k), value=format_value(v))
+                    for k, v in d['values'].items()])
+        header = T['std_msgs/msg/Header'](stamp=_time_msg(stamp_ns), frame_id='')
+        self.bag.write(DIAGNOSTICS_TOPIC, DIAGNOSTIC_ARRAY, stamp_ns,
+                       T[DIAGNOSTIC_ARRAY](header=header, status=[status]))
+
+    def truth_until(self, bag_ns: int | None) -> None:
+        """Copy the ground truth messages up to `bag_ns` (None: all that are left)."""
+        while self._truth_next < len(self.truth) and \
+                (bag_ns is None or self.truth[self._truth_next][0] <= bag_ns):
+            timestamp, data = self.truth[self._truth_next]
+            self.bag.write(GROUND_TRUTH_TOPIC, STRING_TYPE, timestamp, self.String(data=data))
+            self._truth_next += 1
+
+
+def _sleep_until(real: float) -> None:
+    delay = real - time.perf_counter()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _feed_max(frames: Iterator[Any], core: DescriberCore, rec: _Recorder, clock: ReplayClock,
+              ticks: _Ticks, bar: Any) -> int:
+    """Every frame, one at a time: feed, wait until described (or rejected / failed)."""
+    n = 0
+    for frame in frames:
+        for tick in ticks.due(frame.timestamp_ns):
+            clock.anchor(tick)
+            rec.diagnostics(core, tick)
+        rec.truth_until(frame.timestamp_ns)
+        clock.anchor(frame.timestamp_ns)
+        core.on_image(frame.msg, frame.compressed)
+        rec.wait_idle(core)
+        rec.flush()
+        n += 1
+        bar.update(1)
+    return n
+
+
+def _feed_realtime(frames: Iterator[Any], core: DescriberCore, rec: _Recorder,
+                   clock: ReplayClock, ticks: _Ticks) -> int:
+    """Frames at the pace of their bag times; the worker takes the newest one (drops counted)."""
+    n = 0
+    bag0_ns, real0 = 0, 0.0                   # first frame's bag time, perf_counter then
+    for frame in frames:
+        if n == 0:
+            bag0_ns, real0 = frame.timestamp_ns, time.perf_counter()
+            clock.anchor(bag0_ns, real0)
+        for tick in ticks.due(frame.timestamp_ns):
+            _sleep_until(real0 + (tick - bag0_ns) / 1e9)
+            rec.diagnostics(core, tick)
+        _sleep_until(real0 + (frame.timestamp_ns - bag0_ns) / 1e9)
+        rec.flush()
+        rec.truth_until(frame.timestamp_ns)
+        core.on_image(frame.msg, frame.compressed)
+        n += 1
+    return n
+
+
+def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParams | None = None,
+               rate: str = 'max', topic: str | None = None, storage: str = 'mcap',
+               progress: bool = True,
+               convert: Callable[[Any, bool], Any] = default_convert) -> dict[str, Any]:
+    """Describe the frames of `in_bag`'s image topic, write the outputs to `out_bag`; the summary.
+
+    `backend`: a Backend, or a callable returning one, called once the input bag has opened
+    (a bad input path then fails before a model loads, and before `out_bag` is created).
+    `params`: prompt, max_new_tokens, diagnostics_period_s, warning thresholds (default: the
+    node's config/gmskip.param.yaml). A damaged input is replayed up to the damage and the summary
+    says why in 'bag_error'; messages that cannot be converted are 'rejected', never raised.
+    """
+    from tqdm import tqdm
+
+    if rate not in RATES:
+        raise GmSkipError(f'unknown replay rate {rate!r}: expected one of {", ".join(RATES)}')
+    in_bag, out_bag = Path(in_bag), Path(out_bag)
+    if out_bag.exists():
+        raise BagError(f'output {str(out_bag)!r} exists: choose another path or remove it')
+    if params is None:
+        from ros2_gmskip.ros.params import load_params
+        params = load_params()
+    if convert is default_convert:             # cv2 now, not inside the first frame's timing
+        import ros2_gmskip.ros.image_convert  # noqa: F401
+    truth, truth_error = read_string_topic(in_bag, GROUND_TRUTH_TOPIC)
+    with BagImageReader(in_bag, topic) as reader:
+        if callable(backend) and not hasattr(backend, 'describe'):
+            backend = backend()
+        clock = ReplayClock()
+        ticks = _Ticks(params.diagnostics_period_s)
+        with _OutputBag(out_bag, storage) as bag:
+            rec = _Recorder(bag, clock, truth)
+            core = DescriberCore(backend, params, publish=rec.publish, clock=clock.now_s,
+                                 wall_clock=clock.now_s, convert=convert)
+            t0 = time.perf_counter()
+            first_ns: int | None = None
+            last_ns: int | None = None
+
+            def frames() -> Iterator[Any]:
+                nonlocal first_ns, last_ns
+                for frame in reader.frames():
+                    first_ns = frame.timestamp_ns if first_ns is None else first_ns
+                    last_ns = frame.timestamp_ns
+                    yield frame
+
+            core.start()
+            try:
+                if rate == 'max':
+                    with tqdm(total=reader.message_count or None, unit='frame', file=sys.stderr,
+                              desc=f'replay {in_bag.name}', disable=not progress) as bar:
+                        n = _feed_max(frames(), core, rec, clock, ticks, bar)
+                else:
+                    n = _feed_realtime(frames(), core, rec, clock, ticks)
+                rec.wait_idle(core)
+                rec.flush()
+                end_ns = clock.now_ns()
+                if first_ns is not None and (ticks.last_ns is None or end_ns > ticks.last_ns):
+                    rec.diagnostics(core, end_ns)    # the final counts
+                rec.truth_until(None)
+            finally:
+                core.stop()
+            wall_s = time.perf_counter() - t0
+            counts = core.counts()
+            outputs = dict(bag.counts)
+    return _summary(in_bag, out_bag, reader, backend, core, rec, counts, outputs, rate, storage,
+                    n, wall_s, first_ns, last_ns, truth_error if truth else None)
+
+
+def _clean(x: Any) -> Any:
+    """Floats rounded to 3 decimals, NaN / inf as None: strict JSON."""
+    if isinstance(x, float):
+        return round(x, 3) if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _summary(in_bag: Path, out_bag: Path, reader: BagImageReader, backend: Any,
+             core: DescriberCore, rec: _Recorder, counts: dict[str, int],
+             outputs: dict[str, int], rate: str, storage: str, frames: int, wall_s: float,
+             first_ns: int | None, last_ns: int | None,
+             truth_error: str | None) -> dict[str, Any]:
+    info = getattr(backend, 'info', None) or {}
+    total_s = sum(v for v in rec.timings['total_ms'] if math.isfinite(v)) / 1e3
+    bag_s = (last_ns - first_ns) / 1e9 if first_ns is not None and last_ns is not None else 0.0
+    return _clean({
+        'in_bag': str(in_bag),
+        'out_bag': str(out_bag),
+        'topic': reader.topic,
+        'msgtype': reader.msgtype,
+        'in_storage': reader.storage,
+        'out_storage': storage,
+        'rate': rate,
+        'frames': frames,
+        'received': counts['received'],
+        'described': counts['described'],
+        'dropped': counts['dropped'],
+        'rejected': counts['rejected'],
+        'errors': counts['errors'],
+        'publish_errors': core.publish_errors,
+        'skipped': reader.skipped,              # messages that did not deserialize
+        'skip_reasons': list(reader.skip_reasons[:5]),
+        'bag_error': reader.error,
+        'ground_truth_error': truth_error,
+        'last_error': core.last_error or None,
+        'latency': {stage: percentiles(rec.timings[stage]) for stage in SUMMARY_STAGES},
+        'tokens': rec.tokens,
+        'tokens_per_s': rec.tokens / total_s if total_s > 0 else 0.0,
+        'backend': getattr(backend, 'name', '?'),
+        'model_id': info.get('model_id') or '',
+        'plan_id': info.get('plan_id') or '',
+        'engine_id': info.get('engine_id') or '',
+        'blocks_removed': list(info.get('blocks_removed') or []),
+        'outputs': outputs,
+        'debug_msgtype': FLOAT64_STAMPED,
+        'bag_s': bag_s,
+        'wall_s': wall_s,
+    })

@@ -1,0 +1,96 @@
+"""Where the embedded default model, its shipped skip plan and its cached ONNX bundles live.
+
+The runtime never imports torch, so a missing bundle is exported by running
+`ros2-gmskip export` in a subprocess once (like Autoware's TensorRT nodes building an engine on
+first start); later starts find it in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+from ros2_gmskip import __version__
+from ros2_gmskip.errors import BundleError
+
+LOG = logging.getLogger(__name__)
+DEFAULT_MODEL_NAME = 'gmskip-llava-scenes'
+DEFAULT_PLAN_NAME = 'accuracy-reverse.json'
+
+
+def package_share() -> Path:
+    """The folder holding models/, config/, schema/, launch/: source tree or installed share."""
+    src = Path(__file__).resolve().parents[2]
+    if (src / 'models').is_dir():
+        return src
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory('ros2_gmskip'))
+    except Exception:  # noqa: BLE001 - not installed through ament
+        return Path(sys.prefix) / 'share' / 'ros2_gmskip'
+
+
+def default_model_dir() -> Path:
+    return package_share() / 'models' / DEFAULT_MODEL_NAME
+
+
+def default_plan_path() -> Path | None:
+    path = default_model_dir() / 'plans' / DEFAULT_PLAN_NAME
+    return path if path.is_file() else None
+
+
+def cache_dir() -> Path:
+    """$ROS2_GMSKIP_CACHE, else $XDG_CACHE_HOME/ros2_gmskip, else ~/.cache/ros2_gmskip."""
+    if os.environ.get('ROS2_GMSKIP_CACHE'):
+        return Path(os.environ['ROS2_GMSKIP_CACHE'])
+    base = os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache'
+    return Path(base) / 'ros2_gmskip'
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundle_cache_path(model_dir: Path, plan: Path | None) -> Path:
+    """Cache folder keyed by the model weights, the plan file and this package's version."""
+    h = hashlib.sha256(__version__.encode())
+    for weights in sorted(Path(model_dir).glob('*.safetensors')):
+        h.update(_file_sha(weights).encode())
+    h.update(_file_sha(plan).encode() if plan else b'no-plan')
+    tag = 'pruned' if plan else 'full'
+    return cache_dir() / 'bundles' / f'{Path(model_dir).name}-{tag}-{h.hexdigest()[:12]}'
+
+
+def ensure_bundle(model_dir: Path | None = None, plan: Path | None = None, full: bool = False,
+                  validate_n: int = 5) -> Path:
+    """A bundle for (model, plan), exported into the cache by a subprocess if missing.
+
+    With no model and no plan: the default model pruned by its shipped plan (or unpruned: `full`).
+    """
+    model_dir = Path(model_dir) if model_dir else default_model_dir()
+    if plan is None and not full and model_dir == default_model_dir():
+        plan = default_plan_path()
+    path = bundle_cache_path(model_dir, plan)
+    if (path / 'manifest.json').is_file():
+        return path
+    cmd = [sys.executable, '-m', 'ros2_gmskip.cli', 'export', '--model', str(model_dir),
+           '--out', str(path), '--validate-n', str(validate_n)]
+    if plan:
+        cmd += ['--plan', str(plan)]
+    LOG.info('no cached ONNX bundle for %s%s: exporting once to %s', model_dir,
+             f' + {plan.name}' if plan else '', path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0 or not (path / 'manifest.json').is_file():
+        tail = proc.stdout.strip().splitlines()[-1:] or ['(no output)']
+        raise BundleError(f'exporting {model_dir} to {path} failed: {tail[0]} '
+                          f'(run the command to see everything: {" ".join(cmd)})')
+    return path

@@ -1,0 +1,81 @@
+"""Describe one image and print the latency breakdown.
+
+Uses the ONNX Runtime backend on the GM-Skip-pruned default model unless told otherwise (the bundle
+is exported once and cached; see `ros2-gmskip export`).
+
+    ros2-gmskip describe frame.png
+    ros2-gmskip describe frame.png --backend torch --model models/gmskip-llava-scenes --full
+    ros2-gmskip describe frame.jpg --bundle my_bundle --prompt "describe the scene."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ros2_gmskip.argtypes import positive_int
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+
+HELP = 'describe an image file and print the text and latency breakdown'
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by every verb that runs a backend (describe, replay, demo)."""
+    parser.add_argument('--backend', choices=('onnxruntime', 'torch', 'tensorrt'),
+                        default='onnxruntime', help='inference backend (default: onnxruntime)')
+    parser.add_argument('--model', type=Path, default=None,
+                        help='model folder (torch backend / export source; default: embedded)')
+    parser.add_argument('--plan', type=Path, default=None,
+                        help='skip plan (default: the shipped plan of the embedded model)')
+    parser.add_argument('--full', action='store_true',
+                        help='use the unpruned model (ignore the default plan)')
+    parser.add_argument('--bundle', type=Path, default=None,
+                        help='ONNX bundle folder (onnxruntime; default: cached export)')
+    parser.add_argument('--engine', type=Path, default=None,
+                        help='TensorRT engine folder (tensorrt backend)')
+    parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='text prompt')
+    parser.add_argument('--max-new-tokens', type=positive_int, default=48)
+
+
+def backend_from_args(args: argparse.Namespace):
+    from ros2_gmskip.runtime.factory import create_backend
+    return create_backend(args.backend, model=args.model, plan=args.plan, bundle=args.bundle,
+                          engine=args.engine, full=args.full)
+
+
+def read_image(path: Path):
+    """RGB uint8 array from an image file; ImageError naming the file otherwise."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from ros2_gmskip.errors import ImageError
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert('RGB'))
+    except FileNotFoundError:
+        raise ImageError(f'no such image file {str(path)!r}') from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageError(f'cannot read image {str(path)!r}: {err}') from err
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('image', type=Path, help='image file (png, jpeg, ...)')
+    add_backend_arguments(parser)
+    parser.add_argument('--json', action='store_true', help='print the result as JSON')
+
+
+def main(args: argparse.Namespace) -> int:
+    image = read_image(args.image)
+    backend = backend_from_args(args)
+    result = backend.describe(image, args.prompt, args.max_new_tokens)
+    lat = result.latency
+    if args.json:
+        print(json.dumps({**result.to_dict(), 'backend': backend.name, 'info': backend.info}))
+        return 0
+    print(result.text)
+    print(f'backend {backend.name}: preprocess {lat.preprocess_ms:.1f} ms | vision '
+          f'{lat.vision_ms:.1f} ms | prefill {lat.prefill_ms:.1f} ms | decode '
+          f'{lat.decode_per_token_ms:.2f} ms/token x {lat.decode_tokens} | total '
+          f'{lat.total_ms:.1f} ms | {result.tokens} tokens')
+    return 0
