@@ -28,16 +28,22 @@ class DefaultModelConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 800              # optimizer steps
+    """Two stages (see ros2_gmskip/vlm/train.py): vision pretraining, then the whole model."""
+
+    scenes: int = 12000           # train-split scenes rendered once into the cache
+    vision_steps: int = 1200      # stage 1: vision tower + projector on ground-truth targets
+    vision_batch_size: int = 64
+    vision_lr: float = 2e-3
+    steps: int = 700              # stage 2: whole model, caption loss (+ aux)
     batch_size: int = 32
     lr: float = 1.5e-3            # peak learning rate (AdamW)
     min_lr_ratio: float = 0.05    # cosine decays to lr * min_lr_ratio
-    warmup: int = 60              # linear warm-up steps
+    warmup: int = 60              # linear warm-up steps (each stage)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     layerdrop: float = 0.2        # max per-block skip probability (last block); 0 = off
     aux_weight: float = 1.0       # weight of the image-token ground-truth loss; 0 = off
     seed: int = 0
     threads: int = 2              # torch intra-op threads (the target machine has 2 cores)
-    eval_every: int = 150         # greedy-decode a few val scenes and log them
+    eval_every: int = 200         # stage 2: greedy-decode 32 val scenes and log accuracy
     model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
