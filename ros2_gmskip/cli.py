@@ -1,8 +1,9 @@
 """`ros2-gmskip <verb>`: the command-line entry point.
 
-Each verb lives in `ros2_gmskip/verbs/<verb>.py` and exposes `HELP` (one line), `add_arguments(parser)`
-and `main(args) -> int`. Verb modules import heavy libraries (torch, transformers) inside `main`, so
-`--help` stays fast. Expected failures (`GmSkipError`) print one line, `error: ...`, and return 1.
+Each verb lives in `ros2_gmskip/verbs/<verb>.py` and exposes `HELP` (one line),
+`add_arguments(parser)` and `main(args) -> int`. Verb modules import heavy libraries (torch,
+transformers) inside `main`, so `--help` stays fast. Expected failures (`GmSkipError`) print one
+line, `error: ...`, and return 1.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """S(R): the task metric of a model with decoder blocks R removed, on fixed calibration samples.
 
-Cost control (DESIGN.md): inputs are tokenised once; the vision tower runs once per calibration batch
-and its output is reused for every candidate (blocks are removed from the decoder only, so the
+Cost control (DESIGN.md): inputs are tokenised once; the vision tower runs once per calibration
+batch and its output is reused for every candidate (blocks are removed from the decoder only, so the
 vision features cannot change); candidates run batched through the model's own `generate`, so every
 family keeps its own merging and position logic (e.g. Qwen2-VL's mrope).
 """

@@ -59,7 +59,8 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: DefaultModelConfig)
                           chat_template=CHAT_TEMPLATE, image_token='<image>')
 
 
-def build_model(cfg: DefaultModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
+def build_model(cfg: DefaultModelConfig,
+                tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
     """A randomly initialised LlavaForConditionalGeneration of the configured size."""
     vision = SiglipVisionConfig(
         hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,

@@ -1,4 +1,4 @@
-"""Batched greedy generation with Hugging Face `generate` (the reference path for evaluate/calibrate)."""
+"""Batched greedy generation with Hugging Face `generate` (reference path of evaluate/calibrate)."""
 
 from __future__ import annotations
 

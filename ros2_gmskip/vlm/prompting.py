@@ -1,4 +1,4 @@
-"""Prompts through the processor's chat template, so our model and real checkpoints share one path."""
+"""Prompts through the processor's chat template: our model and real checkpoints share one path."""
 
 from __future__ import annotations
 

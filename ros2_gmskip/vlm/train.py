@@ -124,7 +124,8 @@ def lr_at(step: int, steps: int, peak: float, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return peak * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, steps - cfg.warmup)
-    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
 
 def adamw(named_params, lr: float, weight_decay: float) -> torch.optim.AdamW:
