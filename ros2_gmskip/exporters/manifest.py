@@ -1,0 +1,174 @@
+"""The bundle manifest: what a bundle was made from, by which versions, and what the runtime needs.
+
+Written by the exporter, read by `ros2_gmskip.runtime.bundle` (which owns the format string and the
+file hashing, so writer and reader cannot disagree). Layout (`ros2_gmskip/onnx-bundle@1`):
+
+    format, created_at
+    source_model  {path, sha256}                   sha256 of the safetensors weights
+    plan          {path, sha256 (of the file), id (plan_id), stack, removed_blocks} | null
+    opset
+    files         {name: sha256}                   every file of the bundle but manifest.json
+    graphs        {vision|decoder: {inputs|outputs: [{name, shape, dtype[, atol]}]}}
+    tokens        {image_token, image_token_id, num_image_tokens, bos/eos/pad_token_id,
+                   stop_token_ids, prompt_template ('{prompt}' placeholder, image token expanded),
+                   add_special_tokens, clean_up_tokenization_spaces}
+    preprocess    {size [h, w], resample, rescale_factor, image_mean, image_std}
+    decoder_config {num_layers, num_heads, num_kv_heads, head_dim, hidden_size, vocab_size,
+                    rope_theta, family, decoder_type}
+    validation    {max_abs_logit_diff, tolerance, identical_text 'k/n', outputs {name: diff},
+                   passed, checks}
+    versions      {torch, transformers, onnx, onnxruntime, ros2_gmskip}
+
+Torch-free: the HF tokenizer / image processor objects are only read (duck-typed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ros2_gmskip.errors import ModelLoadError
+from ros2_gmskip.runtime.bundle import FORMAT, MANIFEST, sha256_file
+from ros2_gmskip.runtime.preprocess import RESAMPLE_NAMES
+
+PLACEHOLDER = '{prompt}'
+_SENTINEL = 'ZQXPROMPTSENTINELQXZ'      # rendered through the chat template, then replaced
+
+
+def weights_sha256(model_dir: Path) -> str:
+    """sha256 of a model's weights, as skip plans record it (`ros2_gmskip.gmskip.plan`): over the
+    bytes of the folder's *.safetensors files in sorted name order. A plan and a bundle made from
+    the same folder therefore carry the same model hash."""
+    from ros2_gmskip.gmskip.plan import weights_sha256 as plan_weights_sha256
+    return plan_weights_sha256(Path(model_dir))
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages that made the bundle."""
+    out: dict[str, str | None] = {}
+    for dist in ('torch', 'transformers', 'onnx', 'onnxruntime', 'ros2_gmskip'):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    if out['ros2_gmskip'] is None:
+        from ros2_gmskip import __version__
+        out['ros2_gmskip'] = __version__
+    return out
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return [int(value)]
+
+
+def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
+                 num_image_tokens: int, prompt_text) -> dict:
+    """The manifest's `tokens`: ids and the prompt template with the image token expanded.
+
+    `prompt_text(processor, prompt)` renders the chat template (ros2_gmskip.vlm.prompting); it is
+    rendered once with a sentinel prompt, which then becomes the `{prompt}` placeholder.
+    """
+    tokenizer = processor.tokenizer
+    image_token = getattr(processor, 'image_token', None) or '<image>'
+    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+    config_id = getattr(model_config, 'image_token_id', None)
+    if config_id is None:
+        config_id = getattr(model_config, 'image_token_index', None)
+    if config_id is not None and int(config_id) != int(image_token_id):
+        raise ModelLoadError(f'the processor\'s image token {image_token!r} is id '
+                             f'{image_token_id}, '
+                             f'the model config says {config_id}')
+    rendered = prompt_text(processor, _SENTINEL)
+    if rendered.count(_SENTINEL) != 1 or rendered.count(image_token) != 1:
+        raise ModelLoadError(f'the chat template renders {rendered!r}: expected the prompt and the '
+                             f'image token {image_token!r} once each')
+    if PLACEHOLDER in rendered:
+        raise ModelLoadError(f'the chat template itself contains {PLACEHOLDER!r}')
+    template = rendered.replace(_SENTINEL, PLACEHOLDER)
+    template = template.replace(image_token, image_token * num_image_tokens)
+    eos = _ids(getattr(generation_config, 'eos_token_id', None)) or _ids(tokenizer.eos_token_id)
+    return {
+        'image_token': image_token,
+        'image_token_id': int(image_token_id),
+        'num_image_tokens': int(num_image_tokens),
+        'bos_token_id': tokenizer.bos_token_id,
+        'eos_token_id': eos[0] if eos else None,
+        'pad_token_id': tokenizer.pad_token_id,
+        'stop_token_ids': eos,
+        'prompt_template': template,
+        'add_special_tokens': True,        # the processor tokenises with special tokens (BOS)
+        'clean_up_tokenization_spaces': bool(getattr(tokenizer, 'clean_up_tokenization_spaces',
+                                                     False)),
+    }
+
+
+def preprocess_entry(image_processor: Any) -> dict:
+    """The manifest's `preprocess`, or ModelLoadError for processors the runtime cannot replay."""
+    size = dict(getattr(image_processor, 'size', None) or {})
+    name = type(image_processor).__name__
+    if not (size.get('height') and size.get('width')) or set(k for k, v in size.items() if v) - {
+            'height', 'width'}:
+        raise ModelLoadError(f'{name} resizes to {size}: export supports a fixed height/width '
+                             'resize only (not shortest_edge / crops) for now')
+    if any(getattr(image_processor, flag, False) for flag in ('do_center_crop', 'do_pad')):
+        raise ModelLoadError(f'{name} crops or pads: export supports resize + rescale + normalise '
+                             'only for now')
+    if getattr(image_processor, 'do_resize', True) is False:
+        raise ModelLoadError(f'{name} has do_resize=False: the vision graph needs a fixed size')
+    resample = getattr(image_processor, 'resample', None)
+    resample = 2 if resample is None else int(resample)        # transformers' default: bilinear
+    if resample not in RESAMPLE_NAMES:
+        raise ModelLoadError(f'{name} uses resample filter {resample}, unknown to the runtime')
+    rescale = getattr(image_processor, 'rescale_factor', 1 / 255)
+    normalize = getattr(image_processor, 'do_normalize', True)
+    mean, std = getattr(image_processor, 'image_mean', None), getattr(image_processor, 'image_std',
+                                                                      None)
+    return {
+        'size': [int(size['height']), int(size['width'])],
+        'resample': RESAMPLE_NAMES[resample],
+        'rescale_factor': float(rescale) if getattr(image_processor, 'do_rescale', True) else None,
+        'image_mean': [float(m) for m in mean] if normalize and mean is not None else None,
+        'image_std': [float(s) for s in std] if normalize and std is not None else None,
+    }
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """{name: sha256} of every file in `folder` except the manifest."""
+    return {p.name: sha256_file(p) for p in sorted(Path(folder).iterdir())
+            if p.is_file() and p.name != MANIFEST}
+
+
+def build_manifest(*, model_dir: Path, model_sha256: str, plan: dict | None, opset: int,
+                   files: dict[str, str], graphs: dict, tokens: dict, preprocess: dict,
+                   decoder_config: dict, validation: dict | None = None) -> dict:
+    return {
+        'format': FORMAT,
+        'created_at': dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'),
+        'source_model': {'path': str(Path(model_dir).resolve()), 'sha256': model_sha256},
+        'plan': plan,
+        'opset': opset,
+        'files': files,
+        'graphs': graphs,
+        'tokens': tokens,
+        'preprocess': preprocess,
+        'decoder_config': decoder_config,
+        'validation': validation,
+        'versions': versions(),
+    }
+
+
+def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write manifest.json atomically (temp file + rename)."""
+    path = Path(folder) / MANIFEST
+    tmp = path.with_suffix('.json.tmp')
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + '\n')
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,331 @@
+"""Validate a freshly exported bundle against the PyTorch model it came from.
+
+Always runs after export (optimum-style), in this order, and reports every failure together:
+
+1. graphs      onnx.checker (full_check), opset in 17..20, every op parseable by TensorRT 10
+2. interface   input/output names, dtypes and dynamic axes as the export config declares
+3. inputs      the runtime's preprocessing == the HF processor's pixel_values (<= 1e-6), and the
+               runtime's prompt ids == the processor's input_ids
+4. values      ONNX Runtime vs PyTorch, one line per output, within its tolerance: image_embeds;
+               logits and present.* at prefill and at one decode step with past; logits for a
+               batch of 2 with left padding (dynamic batch + attention_mask); output shapes
+5. greedy      the ORT backend's greedy text == transformers `generate` on `n` test scenes
+
+    report = validate_bundle(bundle_dir, model, processor, config, n_scenes=50)
+    for check in report.checks: print(check.line())
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ros2_gmskip.exporters.export_config import ExportConfig, TensorSpec
+from ros2_gmskip.exporters.trt_ops import check_opset, graph_opset
+
+log = logging.getLogger(__name__)
+
+PREPROCESS_ATOL = 1e-6
+_ORT_DTYPES = {'float32': 'tensor(float)', 'int64': 'tensor(int64)', 'float16': 'tensor(float16)'}
+
+
+@dataclass
+class Check:
+    """One validation result: printed as a ✓/✗ line."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f'{"✓" if self.ok else "✗"} {self.name}: {self.detail}'
+
+
+@dataclass
+class ValidationReport:
+    checks: list[Check] = field(default_factory=list)
+    max_abs_diff: dict[str, float] = field(default_factory=dict)    # output -> max |ort - torch|
+    tolerance: float = 0.0                                           # logits atol
+    identical: int = 0
+    n_scenes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def to_manifest(self) -> dict:
+        return {
+            'max_abs_logit_diff': self.max_abs_diff.get('logits'),
+            'tolerance': self.tolerance,
+            'identical_text': f'{self.identical}/{self.n_scenes}',
+            'outputs': {k: float(f'{v:.3g}') for k, v in self.max_abs_diff.items()},
+            'passed': self.ok,
+            'checks': [c.line() for c in self.checks],
+        }
+
+
+def count_image_tokens(processor, prompt_text: Callable) -> int:
+    """How many image tokens the processor puts into a prompt (checked against the vision graph)."""
+    size = processor.image_processor.size
+    image = np.zeros((size['height'], size['width'], 3), dtype=np.uint8)
+    ids = processor(images=[image], text=[prompt_text(processor)], return_tensors='np')['input_ids']
+    image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    return int((ids[0] == image_token_id).sum())
+
+
+def scene_images(n: int) -> list[np.ndarray]:
+    """`n` RGB uint8 test-split scenes (never seen in training or calibration)."""
+    if n <= 0:
+        return []
+    try:
+        from ros2_gmskip.scenes import load_samples
+        return [s.load_image() for s in load_samples('test', n)]
+    except ImportError:
+        from ros2_gmskip.scenes import render_scene, split_seeds
+        return [render_scene(seed)[0] for seed in split_seeds('test', n)]
+
+
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    """[layer0 key, layer0 value, ...] of a transformers cache (v5 `layers`, v4 key_cache)."""
+    if hasattr(cache, 'layers'):
+        return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    return [t for pair in zip(cache.key_cache, cache.value_cache) for t in pair]
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    if a.shape != b.shape:
+        return float('inf')
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
+
+
+# --------------------------------------------------------------------------------------------------
+# 1-2. graphs and interface
+
+def check_graphs(bundle_dir: Path, opset: int, lint: Callable[[Path], list[str]]) -> list[Check]:
+    import onnx
+
+    checks = []
+    for name in ('vision.onnx', 'decoder.onnx'):
+        path = Path(bundle_dir) / name
+        try:
+            onnx.checker.check_model(str(path), full_check=True)
+            checks.append(Check(f'{name} onnx.checker', True, 'full_check passed'))
+        except Exception as err:  # noqa: BLE001 - onnx raises several types
+            checks.append(Check(f'{name} onnx.checker', False, str(err).splitlines()[0]))
+        found = graph_opset(path)
+        problem = check_opset(found) or (None if found == opset else
+                                         f'opset {found}, asked for {opset}')
+        checks.append(Check(f'{name} opset', problem is None, problem or f'opset {found}'))
+        unsupported = lint(path)
+        checks.append(Check(f'{name} TensorRT ops', not unsupported,
+                            f'unsupported by TensorRT 10: {", ".join(unsupported)}' if unsupported
+                            else 'all ops in the TensorRT 10 ONNX parser\'s list'))
+    return checks
+
+
+def check_interface(graph: str, session, inputs: list[TensorSpec],
+                    outputs: list[TensorSpec]) -> list[Check]:
+    """Names (in order), dtypes and axes (fixed sizes and dynamic axis names) of one session."""
+    checks = []
+    for kind, specs, args in (('inputs', inputs, session.get_inputs()),
+                              ('outputs', outputs, session.get_outputs())):
+        names = [a.name for a in args]
+        want = [s.name for s in specs]
+        problems = []
+        if names != want:
+            missing = [n for n in want if n not in names]
+            extra = [n for n in names if n not in want]
+            problems.append(f'names differ (missing {missing[:4]}, unexpected {extra[:4]})'
+                            if missing or extra else 'names in a different order')
+        else:
+            for spec, arg in zip(specs, args):
+                if arg.type != _ORT_DTYPES.get(spec.dtype, spec.dtype):
+                    problems.append(f'{spec.name} dtype {arg.type}, expected {spec.dtype}')
+                if list(arg.shape) != list(spec.axes):
+                    problems.append(f'{spec.name} axes {list(arg.shape)}, expected '
+                                    f'{list(spec.axes)}')
+        checks.append(Check(f'{graph} {kind}', not problems, '; '.join(problems[:4]) if problems
+                            else f'{len(want)} {kind}: names, dtypes, axes as declared'))
+    return checks
+
+
+def _check_shapes(graph: str, specs: list[TensorSpec], arrays: list[np.ndarray],
+                  sizes: dict[str, int]) -> Check:
+    problems = []
+    for spec, arr in zip(specs, arrays):
+        want = tuple(sizes.get(a, a) if isinstance(a, str) else a for a in spec.axes)
+        if tuple(arr.shape) != want:
+            problems.append(f'{spec.name} {tuple(arr.shape)} != {want}')
+    return Check(f'{graph} output shapes', not problems,
+                 '; '.join(problems[:4]) if problems else
+                 ', '.join(f'{k}={v}' for k, v in sizes.items()) + ': all as declared')
+
+
+# --------------------------------------------------------------------------------------------------
+# 3-4. inputs and values
+
+def _decoder_feed(embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+                  past: list[np.ndarray]) -> dict[str, np.ndarray]:
+    feed = {'inputs_embeds': embeds.astype(np.float32), 'attention_mask': mask.astype(np.int64),
+            'position_ids': positions.astype(np.int64)}
+    for i in range(len(past) // 2):
+        feed[f'past_key_values.{i}.key'] = past[2 * i]
+        feed[f'past_key_values.{i}.value'] = past[2 * i + 1]
+    return feed
+
+
+@torch.no_grad()
+def check_values(backend, model, processor, config: ExportConfig, image: np.ndarray, prompt: str,
+                 report: ValidationReport) -> list[Check]:
+    """Preprocessing, prompt ids, and ORT vs PyTorch values for every output."""
+    from ros2_gmskip.vlm.prompting import build_inputs
+
+    checks = []
+    inputs = build_inputs(processor, [image], prompt)
+    pixel_values = inputs['pixel_values']
+    ids = inputs['input_ids']                                             # (1, T)
+    T = ids.shape[1]
+
+    # 3. the runtime's own inputs
+    mine = backend.preprocess(image)
+    diff = _max_diff(mine, pixel_values.numpy())
+    checks.append(Check('preprocess', diff <= PREPROCESS_ATOL,
+                        f'max |runtime - HF processor| {diff:.1e} '
+                        f'(tolerance {PREPROCESS_ATOL:.0e})'))
+    runtime_ids = backend.tokenizer.prompt_ids(prompt)
+    same = np.array_equal(runtime_ids, ids[0].numpy())
+    checks.append(Check('prompt ids', same, f'{T} ids identical to the processor\'s' if same else
+                        f'runtime {runtime_ids.tolist()[:8]}.. != processor '
+                        f'{ids[0].tolist()[:8]}..'))
+
+    # 4a. vision
+    ref_feats = model.get_image_features(pixel_values=pixel_values).pooler_output
+    ref_feats = torch.cat(list(ref_feats), dim=0)[None]                  # (1, n, C)
+    ort_feats = backend.image_embeds(pixel_values.numpy())
+    diffs = {'image_embeds': _max_diff(ort_feats, ref_feats.numpy())}
+    shape_checks = [_check_shapes('vision', config.vision_outputs, [ort_feats], {'batch': 1})]
+
+    # 4b. decoder prefill, from the same merged embeddings as the torch model
+    embeds = model.get_input_embeddings()(ids)
+    mask = ids == model.config.image_token_id
+    embeds = embeds.masked_scatter(mask[..., None], ref_feats.to(embeds.dtype))
+    ref = model(inputs_embeds=embeds, attention_mask=inputs['attention_mask'], use_cache=True)
+    L, kv, d = config.decoder.num_layers, config.decoder.num_kv_heads, config.decoder.head_dim
+    empty = [np.zeros((1, kv, 0, d), np.float32)] * (2 * L)
+    positions = np.arange(T)[None]
+    ort = backend.decoder.run(None, _decoder_feed(embeds.numpy(), np.ones((1, T)), positions,
+                                                  empty))
+    ref_out = [ref.logits.numpy(), *[t.numpy() for t in _cache_tensors(ref.past_key_values)]]
+    for spec, a, b in zip(config.decoder_outputs, ort, ref_out):
+        diffs[spec.name] = _max_diff(a, b)
+    shape_checks.append(_check_shapes('decoder prefill', config.decoder_outputs, ort,
+                                      {'batch': 1, 'seq': T, 'total': T}))
+
+    # 4c. one decode step with past
+    token = int(ref.logits[0, -1].argmax())
+    step_ref = model(input_ids=torch.tensor([[token]]), attention_mask=torch.ones(1, T + 1,
+                     dtype=torch.int64), past_key_values=ref.past_key_values, use_cache=True)
+    step_embeds = backend.embed_table[token][None, None]
+    step = backend.decoder.run(None, _decoder_feed(step_embeds, np.ones((1, T + 1)),
+                                                   np.array([[T]]), list(ort[1:])))
+    step_out = [step_ref.logits.numpy(), *[t.numpy() for t in _cache_tensors(
+        step_ref.past_key_values)]]
+    for spec, a, b in zip(config.decoder_outputs, step, step_out):
+        diffs[spec.name] = max(diffs[spec.name], _max_diff(a, b))
+    shape_checks.append(_check_shapes('decoder step', config.decoder_outputs, step,
+                                      {'batch': 1, 'seq': 1, 'total': T + 1}))
+
+    # 4d. batch of 2, the second row left-padded by 3: dynamic batch + attention_mask
+    pad = 3
+    emb2 = torch.cat([embeds, torch.cat([torch.zeros(1, pad, embeds.shape[2]), embeds[:, :T - pad]],
+                                        dim=1)])                          # (2, T, C)
+    mask2 = torch.ones(2, T, dtype=torch.int64)
+    mask2[1, :pad] = 0
+    pos2 = (mask2.cumsum(-1) - 1).clamp(min=0)
+    ref2 = model(inputs_embeds=emb2, attention_mask=mask2, position_ids=pos2).logits.numpy()
+    empty2 = [np.zeros((2, kv, 0, d), np.float32)] * (2 * L)
+    ort2 = backend.decoder.run(['logits'], _decoder_feed(emb2.numpy(), mask2.numpy(), pos2.numpy(),
+                                                         empty2))[0]
+    padded = _max_diff(ort2[0], ref2[0])
+    padded = max(padded, _max_diff(ort2[1, pad:], ref2[1, pad:]))         # real tokens only
+    tol = config.logits_atol
+    diffs['logits'] = max(diffs['logits'], padded)
+
+    # one line per output (prefill and step together)
+    specs = [*config.vision_outputs, *config.decoder_outputs]
+    for spec in specs:
+        value = diffs[spec.name]
+        detail = f'max |onnx - torch| {value:.1e} (tolerance {spec.atol:.0e})'
+        if spec.name == 'logits':
+            detail += f'; batch 2 with left padding {padded:.1e}'
+        checks.append(Check(spec.name, value <= spec.atol, detail))
+    checks += shape_checks
+    report.max_abs_diff.update(diffs)
+    report.tolerance = tol
+    return checks
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. greedy text
+
+def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: str,
+                 max_new_tokens: int, report: ValidationReport,
+                 stage: Callable[[str], None]) -> Check:
+    from ros2_gmskip.vlm.generation import generate_texts
+
+    if not images:
+        return Check('greedy text', True, 'skipped (--validate-n 0)')
+    stage(f'greedy decoding {len(images)} test scenes with transformers generate and the ORT '
+          'backend')
+    reference = generate_texts(model, processor, images, prompt, max_new_tokens=max_new_tokens,
+                               batch_size=16)
+    mismatches = []
+    for i, (image, want) in enumerate(zip(images, reference)):
+        got = backend.describe(image, prompt, max_new_tokens).text
+        if got != want:
+            mismatches.append((i, got, want))
+    n = len(images)
+    report.identical, report.n_scenes = n - len(mismatches), n
+    detail = f'{n - len(mismatches)}/{n} test scenes identical to transformers generate'
+    if mismatches:
+        i, got, want = mismatches[0]
+        detail += f'; first difference, scene {i}: onnx {got!r} vs torch {want!r}'
+    return Check('greedy text', not mismatches, detail)
+
+
+def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_scenes: int = 50,
+                    prompt: str = 'describe the scene.', max_new_tokens: int = 48,
+                    threads: int | None = None, on_check: Callable[[Check], None] | None = None,
+                    stage: Callable[[str], None] | None = None,
+                    lint: Callable[[Path], list[str]] | None = None) -> ValidationReport:
+    """Run every check on the bundle in `bundle_dir`; the report holds all results (no raising)."""
+    from ros2_gmskip.exporters.trt_ops import lint_graph
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+
+    stage = stage or (lambda text: log.info('%s', text))
+    report = ValidationReport()
+
+    def add(checks: list[Check]) -> None:
+        for c in checks:
+            report.checks.append(c)
+            if on_check:
+                on_check(c)
+
+    add(check_graphs(bundle_dir, config.opset, lint or lint_graph))
+    try:
+        backend = OrtBackend(Path(bundle_dir), threads=threads)
+    except Exception as err:  # noqa: BLE001 - report it as a failed check, with the others
+        add([Check('onnxruntime load', False, f'{type(err).__name__}: {err}')])
+        return report
+    add(check_interface('vision', backend.vision, config.vision_inputs, config.vision_outputs))
+    add(check_interface('decoder', backend.decoder, config.decoder_inputs, config.decoder_outputs))
+    images = scene_images(max(n_scenes, 1))
+    add(check_values(backend, model, processor, config, images[0], prompt, report))
+    add([check_greedy(backend, model, processor, images[:n_scenes], prompt, max_new_tokens, report,
+                      stage)])
+    return report

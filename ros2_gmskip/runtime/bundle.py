@@ -1,0 +1,140 @@
+"""Open an ONNX bundle (what `ros2-gmskip export` writes) and check it against its manifest.
+
+    bundle = load_bundle(Path('bundles/gmskip-8of16'))
+    bundle.decoder_path, bundle.tokens['eos_token_id'], bundle.decoder_config['num_layers']
+
+A bundle folder holds vision.onnx, decoder.onnx, embed_tokens.npy, the tokenizer/processor files and
+manifest.json. The manifest lists every file with its sha256; `load_bundle` hashes each file once
+and refuses a bundle whose files are missing or differ, with a one-line `BundleError` that names the
+file and says what to re-run. numpy/json only: no torch, no onnx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ros2_gmskip.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 'ros2_gmskip/onnx-bundle@1'
+MANIFEST = 'manifest.json'
+VISION, DECODER = 'vision.onnx', 'decoder.onnx'
+EMBED, TOKENIZER = 'embed_tokens.npy', 'tokenizer.json'
+REQUIRED_FILES = (VISION, DECODER, EMBED, TOKENIZER)
+REQUIRED_KEYS = ('format', 'files', 'graphs', 'tokens', 'preprocess', 'decoder_config')
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (constant memory for multi-GB graphs)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A checked bundle: its folder and manifest, with shortcuts to the parts the runtime reads."""
+
+    path: Path
+    manifest: dict
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def vision_path(self) -> Path:
+        return self.path / VISION
+
+    @property
+    def decoder_path(self) -> Path:
+        return self.path / DECODER
+
+    @property
+    def embed_path(self) -> Path:
+        return self.path / EMBED
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / TOKENIZER
+
+    @property
+    def tokens(self) -> dict:
+        return self.manifest['tokens']
+
+    @property
+    def preprocess(self) -> dict:
+        return self.manifest['preprocess']
+
+    @property
+    def decoder_config(self) -> dict:
+        return self.manifest['decoder_config']
+
+    @property
+    def graphs(self) -> dict:
+        return self.manifest['graphs']
+
+    @property
+    def plan(self) -> dict | None:
+        return self.manifest.get('plan')
+
+    @property
+    def model_sha256(self) -> str | None:
+        return (self.manifest.get('source_model') or {}).get('sha256')
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest_path = path / MANIFEST
+    if not path.is_dir():
+        raise BundleError(f'bundle {str(path)!r} does not exist: create it with '
+                          '`ros2-gmskip export --model DIR --out BUNDLE`')
+    if not manifest_path.is_file():
+        raise BundleError(f'bundle {str(path)!r} has no {MANIFEST}: it is not an export bundle '
+                          '(or the export was interrupted): re-run ros2-gmskip export')
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as err:
+        raise BundleError(f'bundle {str(path)!r}: {MANIFEST} is not valid JSON ({err}): re-run '
+                          'ros2-gmskip export') from err
+    if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
+        found = manifest.get('format') if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f'bundle {str(path)!r}: manifest format {found!r} is not {FORMAT!r}: '
+                          're-run ros2-gmskip export with this version')
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f'bundle {str(path)!r}: manifest lacks {", ".join(missing)}: re-run '
+                          'ros2-gmskip export')
+    return manifest
+
+
+def load_bundle(path: Path, verify: bool = True) -> Bundle:
+    """The bundle at `path`, its files checked against the manifest (sha256 when `verify`)."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    files = manifest['files']
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise BundleError(f'bundle {str(path)!r}: manifest does not list {name}: re-run '
+                              'ros2-gmskip export')
+    for name, expected in files.items():
+        if Path(name).name != name or name in ('.', '..'):
+            raise BundleError(f'bundle {str(path)!r}: manifest lists {name!r}, not a file name '
+                              'in the bundle folder: re-run ros2-gmskip export')
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f'bundle {str(path)!r}: {name} is missing: re-run ros2-gmskip export')
+        if verify:
+            actual = sha256_file(file)
+            if actual != expected:
+                raise BundleError(f'bundle {str(path)!r}: {name} sha256 mismatch (manifest '
+                                  f'{str(expected)[:12]}.., file {actual[:12]}..): re-run '
+                                  'ros2-gmskip export')
+    log.debug('bundle %s: %d files checked', path, len(files))
+    return Bundle(path=path, manifest=manifest)

@@ -1,0 +1,132 @@
+"""The greedy decode loop over the exported decoder graph, with a KV cache and preallocated buffers.
+
+One `describe` = one prefill (the whole prompt: image embeddings + text), then one decoder run
+per generated token, each feeding back the previous run's `present.*` tensors as
+`past_key_values.*`:
+
+    prefill   inputs_embeds (1, T, C), attention_mask (1, T), position_ids (1, T),
+              past (1, kv, 0, d)
+    step n    inputs_embeds (1, 1, C), attention_mask (1, T+n), position_ids (1, 1) = T+n-1,
+              past = present of step n-1 (1, kv, T+n-1, d)
+
+What keeps the loop lean:
+- the attention mask (all ones: batch 1, no padding), the position ids and the token buffer are
+  allocated once, at the largest length seen, and sliced per step (views, no copies);
+- the KV tensors never leave ONNX Runtime: outputs are bound with IOBinding and the OrtValues are
+  bound back as the next step's inputs (on CUDA they stay on the GPU); only `logits` comes to numpy;
+- the next token's embedding is a row view of the embedding table (no graph, no copy);
+- argmax is numpy's on the last position's logits.
+
+Semantics match transformers' greedy `generate`: at most `max_new_tokens` decoder outputs are
+consumed, a stop token ends the loop and is not returned.
+
+Other engines reuse the loop by subclassing (the TensorRT backend does): `generate` only calls
+`_run(embeds, start, total, past) -> (past', last_logits (V,))`, where `past` is whatever the
+previous `_run` returned (None before the prefill), and reads `embed_table`, `stop_ids`,
+`max_length` and the buffers `_alloc(length)` makes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ros2_gmskip.errors import BundleError
+
+
+@dataclass
+class DecodeOutput:
+    """Generated ids (stop token excluded) and where the time went."""
+
+    ids: np.ndarray          # (n,) int64
+    prefill_ms: float        # first decoder run (whole prompt) + first argmax
+    decode_ms: float         # the `decode_steps` runs after it
+    decode_steps: int
+    stopped: bool            # True: a stop token ended it; False: max_new_tokens reached
+
+
+def _ms(t0: float, t1: float) -> float:
+    return (t1 - t0) * 1e3
+
+
+class GreedyDecoder:
+    """Greedy decoding with an ONNX Runtime decoder session (graph from `ros2-gmskip export`)."""
+
+    def __init__(self, session, embed_table: np.ndarray, num_layers: int, num_kv_heads: int,
+                 head_dim: int, stop_ids: tuple[int, ...], device: str = 'cpu', device_id: int = 0,
+                 max_length: int = 256) -> None:
+        self.session = session
+        self.embed_table = embed_table                  # (vocab, C) float32, C-contiguous
+        self.stop_ids = frozenset(int(i) for i in stop_ids)
+        self.device, self.device_id = device, device_id
+        self.past_names = [f'past_key_values.{i}.{kind}' for i in range(num_layers)
+                           for kind in ('key', 'value')]
+        self.present_names = [f'present.{i}.{kind}' for i in range(num_layers)
+                              for kind in ('key', 'value')]
+        names = {i.name for i in session.get_inputs()}
+        missing = [n for n in ['inputs_embeds', 'attention_mask', 'position_ids', *self.past_names]
+                   if n not in names]
+        if missing:
+            raise BundleError(f'decoder graph lacks inputs {missing[:3]}: bundle and manifest '
+                              'disagree: re-run ros2-gmskip export')
+        self._empty_past = np.zeros((1, num_kv_heads, 0, head_dim), dtype=np.float32)
+        self._alloc(max_length)
+
+    def _alloc(self, length: int) -> None:
+        """(Re)allocate the per-session buffers for sequences up to `length` tokens."""
+        self.max_length = length
+        self._mask = np.ones((1, length), dtype=np.int64)                   # (1, L) all visible
+        self._positions = np.arange(length, dtype=np.int64)[None]           # (1, L)
+        self._tokens = np.empty(length, dtype=np.int64)                     # generated ids
+
+    def _run(self, embeds: np.ndarray, start: int, total: int, past) -> tuple[list, np.ndarray]:
+        """Decoder run for positions start..total-1 -> (present OrtValues, last logits (V,))."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input('inputs_embeds', embeds)
+        binding.bind_cpu_input('attention_mask', self._mask[:, :total])
+        binding.bind_cpu_input('position_ids', self._positions[:, start:total])
+        if past is None:
+            for name in self.past_names:
+                binding.bind_cpu_input(name, self._empty_past)
+        else:
+            for name, value in zip(self.past_names, past):
+                binding.bind_ortvalue_input(name, value)
+        binding.bind_output('logits', 'cpu')
+        for name in self.present_names:
+            binding.bind_output(name, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()                 # [logits, present.0.key, ...] in bind order
+        logits = outputs[0].numpy()                     # (1, seq, vocab)
+        return outputs[1:], logits[0, -1]
+
+    def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int) -> DecodeOutput:
+        """Greedy continuation of `inputs_embeds` (1, T, C) float32."""
+        if max_new_tokens < 1:
+            raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
+        B, T, C = inputs_embeds.shape
+        assert B == 1, f'batch {B}: the decode loop runs one image at a time'
+        if T + max_new_tokens > self.max_length:
+            self._alloc(max(2 * self.max_length, T + max_new_tokens))
+        tokens = self._tokens
+        t0 = time.perf_counter()
+        past, logits = self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0, T, None)
+        token = int(logits.argmax())
+        t1 = time.perf_counter()
+        n, steps, stopped = 0, 0, False
+        while True:
+            if token in self.stop_ids:
+                stopped = True
+                break
+            tokens[n] = token
+            n += 1
+            if n == max_new_tokens:
+                break
+            embeds = self.embed_table[token:token + 1][None]            # (1, 1, C) view
+            past, logits = self._run(embeds, T + n - 1, T + n, past)
+            steps += 1
+            token = int(logits.argmax())
+        t2 = time.perf_counter()
+        return DecodeOutput(ids=tokens[:n].copy(), prefill_ms=_ms(t0, t1), decode_ms=_ms(t1, t2),
+                            decode_steps=steps, stopped=stopped)

@@ -1,0 +1,111 @@
+"""One place that turns a backend name into a `Backend`: what the node, `describe` and `bench` call.
+
+    backend = create_backend('onnxruntime', bundle=Path('bundles/pruned'), threads=2)
+    backend = create_backend('torch', model=Path('models/gmskip-llava-scenes'), plan=plan)
+    backend = create_backend('tensorrt', engine=Path('engines/pruned'), bundle=bundle)
+    backend = create_backend('fake:25')     # tests/demos: no model, sleeps 25 ms per describe
+    backend = create_backend('onnxruntime')  # embedded default model + shipped plan (cached export)
+
+Heavy modules load lazily: 'torch' imports `ros2_gmskip.vlm.torch_backend` (torch, transformers)
+only when asked for, 'tensorrt' imports `ros2_gmskip.runtime.trt_backend` (tensorrt); importing this
+module imports neither.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ros2_gmskip.errors import EngineError, GmSkipError
+from ros2_gmskip.runtime.preprocess import check_image
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Backend, Latency, Result
+
+KINDS = ('onnxruntime', 'torch', 'tensorrt', 'fake:MS')
+
+
+class FakeBackend:
+    """FOR TESTS AND DEMOS WITHOUT A MODEL: checks the image like a real backend, sleeps `ms`
+    milliseconds, and returns a fixed description with a plausible latency split. Never use its
+    output as a measurement of anything but the pipeline around the backend."""
+
+    name = 'fake'
+
+    def __init__(self, ms: float = 0.0, text: str = 'a car ahead, clear day.') -> None:
+        if ms < 0:
+            raise GmSkipError(f'fake backend delay must be >= 0 ms, got {ms}')
+        self.ms = float(ms)
+        self.text = text
+        self.info = {'backend': self.name, 'delay_ms': self.ms, 'model_sha256': None,
+                     'plan_sha256': None, 'plan_id': None, 'blocks_removed': []}
+
+    def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
+                 max_new_tokens: int = 48) -> Result:
+        t0 = time.perf_counter()
+        check_image(image)
+        if self.ms:
+            time.sleep(self.ms / 1e3)
+        total_ms = (time.perf_counter() - t0) * 1e3
+        tokens = min(len(self.text.split()), max_new_tokens)
+        latency = Latency(preprocess_ms=0.05 * total_ms, vision_ms=0.25 * total_ms,
+                          prefill_ms=0.2 * total_ms, decode_ms=0.5 * total_ms, total_ms=total_ms,
+                          decode_tokens=max(tokens - 1, 0))
+        return Result(text=self.text, tokens=tokens, latency=latency)
+
+
+def _fake(kind: str) -> FakeBackend:
+    _, _, ms = kind.partition(':')
+    try:
+        return FakeBackend(float(ms or 0))
+    except ValueError:
+        raise GmSkipError(f'bad fake backend {kind!r}: expected fake:MS, e.g. fake:25') from None
+
+
+def create_backend(kind: str, model: Path | None = None, plan: Path | None = None,
+                   bundle: Path | None = None, engine: Path | None = None,
+                   build_only: bool = False, **opts) -> Backend:
+    """A ready backend of `kind` ('onnxruntime' | 'torch' | 'tensorrt' | 'fake:MS').
+
+    Missing paths mean the embedded default (`runtime.defaults`): the default model with its
+    shipped skip plan (unless `full=True` or a `plan` is given), and for onnxruntime / tensorrt
+    the ONNX bundle of (model, plan), exported once into the cache by a subprocess if missing.
+
+    onnxruntime: `bundle` (from `ros2-gmskip export`; the plan is baked into it); opts `providers`
+                 ('cpu', 'cuda', 'tensorrt'), `threads`.
+    torch:       `model`, `plan`; opts `device`, `threads`.
+    tensorrt:    `engine` and/or `bundle`, `build_only`; other opts go to
+                 `ros2_gmskip.runtime.trt_backend.TrtBackend` (device, precision, ...).
+    """
+    if kind.startswith('fake'):
+        return _fake(kind)
+    if kind not in ('onnxruntime', 'torch', 'tensorrt'):
+        raise GmSkipError(f'unknown backend {kind!r}: expected one of {", ".join(KINDS)}')
+    full = bool(opts.pop('full', False))
+    model = Path(model) if model else None
+    plan = Path(plan) if plan else None
+    if kind == 'torch':
+        from ros2_gmskip.runtime import defaults
+        if model is None:
+            model = defaults.default_model_dir()
+            if plan is None and not full:
+                plan = defaults.default_plan_path()
+        module = importlib.import_module('ros2_gmskip.vlm.torch_backend')
+        return module.TorchBackend(model, plan=plan,
+                                   **{k: v for k, v in opts.items() if k in ('device', 'threads')})
+    if bundle is None and not (kind == 'tensorrt' and engine is not None):
+        from ros2_gmskip.runtime import defaults
+        bundle = defaults.ensure_bundle(model, plan, full=full)
+    if kind == 'onnxruntime':
+        from ros2_gmskip.runtime.ort_backend import OrtBackend
+        return OrtBackend(Path(bundle), providers=opts.get('providers'),
+                          threads=opts.get('threads'))
+    try:
+        module = importlib.import_module('ros2_gmskip.runtime.trt_backend')
+    except ModuleNotFoundError as err:
+        raise EngineError(f'the tensorrt backend is not available ({err.name} is not '
+                          'installed): use --backend onnxruntime, or install TensorRT') from err
+    return module.TrtBackend(engine=Path(engine) if engine else None,
+                             bundle=Path(bundle) if bundle else None,
+                             build_only=build_only, **opts)

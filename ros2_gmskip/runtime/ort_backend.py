@@ -1,0 +1,159 @@
+"""The ONNX Runtime backend: an export bundle on CPU, CUDA or the TensorRT execution provider.
+
+    backend = OrtBackend(Path('bundles/gmskip-8of16'), threads=2)          # CPU
+    backend = OrtBackend(bundle, providers=['cuda'])           # CUDA EP (needs onnxruntime-gpu)
+    result = backend.describe(rgb_uint8, 'describe the scene.')
+    result.text, result.tokens, result.latency.decode_per_token_ms
+
+One `describe`: preprocess (resize/normalise + cached prompt ids) -> vision.onnx -> merge the image
+embeddings into the prompt's token embeddings (numpy lookup in embed_tokens.npy) -> decoder.onnx
+prefill -> greedy decode with the KV cache (`decode.GreedyDecoder`) -> detokenise.
+
+Sessions use graph optimisation level ALL and, by default, ONNX Runtime's thread count; pass
+`threads` to pin it (the node shares its cores with the rest of the stack).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ros2_gmskip.errors import BundleError, EngineError
+from ros2_gmskip.runtime.bundle import Bundle, load_bundle
+from ros2_gmskip.runtime.decode import GreedyDecoder
+from ros2_gmskip.runtime.preprocess import Preprocessor
+from ros2_gmskip.runtime.tokenizer import PromptTokenizer
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+
+log = logging.getLogger(__name__)
+
+# Short names accepted in `providers` -> ONNX Runtime execution providers.
+PROVIDERS = {
+    'cpu': 'CPUExecutionProvider',
+    'cuda': 'CUDAExecutionProvider',
+    'tensorrt': 'TensorrtExecutionProvider',
+}
+
+
+def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
+    """Execution providers to ask ONNX Runtime for, CPU last as the fallback; EngineError listing
+    the available ones if a requested provider is not in this onnxruntime build."""
+    import onnxruntime as ort
+
+    if providers is None:
+        providers = ['cpu']
+    elif isinstance(providers, str):
+        providers = [p for p in providers.split(',') if p]
+    available = ort.get_available_providers()
+    resolved: list[str] = []
+    for p in providers:
+        name = PROVIDERS.get(p.lower(), p)
+        if name not in available:
+            raise EngineError(f'onnxruntime execution provider {p!r} ({name}) is not available in '
+                              f'this onnxruntime build: available are {", ".join(available)} '
+                              '(CUDA / TensorRT need the onnxruntime-gpu package)')
+        if name not in resolved:
+            resolved.append(name)
+    if ('TensorrtExecutionProvider' in resolved and 'CUDAExecutionProvider' in available
+            and 'CUDAExecutionProvider' not in resolved):
+        resolved.insert(resolved.index('TensorrtExecutionProvider') + 1,
+                        'CUDAExecutionProvider')                  # for nodes TensorRT leaves out
+    if 'CPUExecutionProvider' not in resolved:
+        resolved.append('CPUExecutionProvider')
+    return resolved
+
+
+class OrtBackend:
+    """`Backend` over an export bundle with ONNX Runtime.
+
+    One `describe` at a time (the decode buffers are per backend): the node's single worker
+    thread is the intended caller; use one backend per thread otherwise.
+    """
+
+    name = 'onnxruntime'
+
+    def __init__(self, bundle_path: Path, providers: Sequence[str] | str | None = None,
+                 threads: int | None = None, verify: bool = True) -> None:
+        import onnxruntime as ort
+
+        self.bundle: Bundle = load_bundle(Path(bundle_path), verify=verify)
+        self.providers = resolve_providers(providers)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3                  # errors only: no per-node warnings
+        self.vision = self._session(self.bundle.vision_path, options)
+        self.decoder = self._session(self.bundle.decoder_path, options)
+        self.embed_table = np.load(self.bundle.embed_path, allow_pickle=False)   # (vocab, C)
+        cfg = self.bundle.decoder_config
+        if self.embed_table.shape != (cfg['vocab_size'], cfg['hidden_size']):
+            raise BundleError(f'bundle {str(self.bundle.path)!r}: embed_tokens.npy has shape '
+                              f'{self.embed_table.shape}, manifest says '
+                              f'({cfg["vocab_size"]}, {cfg["hidden_size"]}): re-run '
+                              'ros2-gmskip export')
+        self.preprocess = Preprocessor.from_manifest(self.bundle.preprocess)
+        self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
+        on_gpu = self.decoder.get_providers()[0] != 'CPUExecutionProvider'
+        self.decoder_loop = GreedyDecoder(
+            self.decoder, self.embed_table, num_layers=cfg['num_layers'],
+            num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
+            stop_ids=self.tokenizer.stop_ids, device='cuda' if on_gpu else 'cpu')
+        plan = self.bundle.plan or {}
+        self.info = {
+            'backend': self.name,
+            'bundle': str(self.bundle.path),
+            'model_sha256': self.bundle.model_sha256,
+            'plan_sha256': plan.get('sha256'),
+            'plan_id': plan.get('id'),
+            'blocks_removed': list(plan.get('removed_blocks') or []),
+            'num_layers': cfg['num_layers'],
+            'providers': self.decoder.get_providers(),
+            'threads': threads,
+        }
+        log.info('onnxruntime backend: %s, %d decoder layers, providers %s', self.bundle.path,
+                 cfg['num_layers'], ', '.join(self.info['providers']))
+
+    def _session(self, path: Path, options):
+        import onnxruntime as ort
+        try:
+            return ort.InferenceSession(str(path), options, providers=self.providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+            first = str(err).splitlines()[0] if str(err) else ''
+            raise BundleError(f'bundle {str(self.bundle.path)!r}: onnxruntime cannot load '
+                              f'{path.name} ({type(err).__name__}: {first[:200]}): re-run '
+                              'ros2-gmskip export') from err
+
+    def image_embeds(self, pixel_values: np.ndarray) -> np.ndarray:
+        """vision.onnx: (B, 3, H, W) -> (B, n_image_tokens, C)."""
+        return self.vision.run(None, {'pixel_values': pixel_values})[0]
+
+    def prompt_embeds(self, ids: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
+        """Token embeddings of `ids` (T,) with the image embeddings (n, C) at the image tokens."""
+        embeds = self.embed_table[ids]                                        # (T, C) copy
+        embeds[ids == self.tokenizer.image_token_id] = image_embeds
+        return embeds[None]                                                   # (1, T, C)
+
+    def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
+                 max_new_tokens: int = 48) -> Result:
+        t0 = time.perf_counter()
+        pixel_values = self.preprocess(image)                                 # (1, 3, H, W)
+        ids = self.tokenizer.prompt_ids(prompt)                               # (T,)
+        t1 = time.perf_counter()
+        image_embeds = self.image_embeds(pixel_values)                        # (1, n, C)
+        t2 = time.perf_counter()
+        embeds = self.prompt_embeds(ids, image_embeds[0])                    # (1, T, C)
+        merge_ms = (time.perf_counter() - t2) * 1e3
+        out = self.decoder_loop.generate(embeds, max_new_tokens)
+        text = self.tokenizer.decode(out.ids)
+        t3 = time.perf_counter()
+        latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,
+                          prefill_ms=merge_ms + out.prefill_ms, decode_ms=out.decode_ms,
+                          total_ms=(t3 - t0) * 1e3, decode_tokens=out.decode_steps)
+        return Result(text=text, tokens=len(out.ids), latency=latency)

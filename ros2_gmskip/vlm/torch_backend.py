@@ -1,0 +1,120 @@
+"""The PyTorch reference backend: the Hugging Face model (optionally GM-Skip pruned), greedy decode.
+
+    backend = TorchBackend(Path('models/gmskip-llava-scenes'), plan=Path('plans/reverse.json'))
+    result = backend.describe(rgb_uint8)       # same Result / Latency as the ONNX and TensorRT ones
+
+Its own loop rather than `generate`, so the time splits into the same stages as the other backends
+(preprocess, vision, prefill, decode) and the semantics match `runtime.decode` exactly: greedy
+argmax, KV cache (the model's own `past_key_values`), at most `max_new_tokens` tokens, stop token
+excluded. Text equals transformers' greedy `generate` (the export validation checks it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ros2_gmskip.runtime.preprocess import check_image
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.vlm.loading import load_vlm
+from ros2_gmskip.vlm.prompting import build_inputs
+
+log = logging.getLogger(__name__)
+
+
+def _stop_ids(model, processor) -> frozenset[int]:
+    eos = getattr(model.generation_config, 'eos_token_id', None)
+    if eos is None:
+        eos = processor.tokenizer.eos_token_id
+    return frozenset(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+
+
+class TorchBackend:
+    """`Backend` running the transformers model in eager PyTorch (CPU or a CUDA device)."""
+
+    name = 'torch'
+
+    def __init__(self, model_dir: Path, plan: Path | None = None, device: str = 'cpu',
+                 threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.model, self.processor = load_vlm(Path(model_dir))
+        removed: list[int] = []
+        plan_id = plan_sha = None
+        if plan is not None:
+            from ros2_gmskip.runtime.bundle import sha256_file
+            from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
+            from ros2_gmskip.vlm.blocks import remove_blocks
+            loaded = load_plan(Path(plan), Path(model_dir))
+            removed = sorted(loaded.removed_blocks)
+            remove_blocks(self.model, removed, stack=getattr(loaded, 'stack', 'decoder'))
+            plan_id, plan_sha = make_plan_id(loaded), sha256_file(Path(plan))
+        self.device = torch.device(device)
+        self.model.to(self.device).eval()
+        self.stop_ids = _stop_ids(self.model, self.processor)
+        self.image_token_id = self.model.config.image_token_id
+        from ros2_gmskip.gmskip.plan import weights_sha256
+        self.info = {
+            'backend': self.name,
+            'model': str(model_dir),
+            'model_sha256': weights_sha256(model_dir),
+            'plan_sha256': plan_sha,
+            'plan_id': plan_id,
+            'blocks_removed': removed,
+            'num_layers': len(self.model.model.language_model.layers),
+            'device': str(self.device),
+            'threads': torch.get_num_threads(),
+        }
+
+    def _sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    @torch.no_grad()
+    def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
+                 max_new_tokens: int = 48) -> Result:
+        if max_new_tokens < 1:
+            raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
+        model = self.model
+        t0 = time.perf_counter()
+        inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
+        ids = inputs['input_ids']                                          # (1, T)
+        T = ids.shape[1]
+        t1 = time.perf_counter()
+        feats = model.get_image_features(pixel_values=inputs['pixel_values']).pooler_output
+        feats = torch.cat(list(feats), dim=0)                              # (n, C)
+        self._sync()
+        t2 = time.perf_counter()
+        embeds = model.get_input_embeddings()(ids)                        # (1, T, C)
+        embeds = embeds.masked_scatter((ids == self.image_token_id)[..., None],
+                                       feats.to(embeds.dtype))
+        mask = torch.ones(1, T + max_new_tokens, dtype=torch.int64, device=self.device)
+        positions = torch.arange(T + max_new_tokens, device=self.device)[None]
+        out = model(inputs_embeds=embeds, attention_mask=mask[:, :T], position_ids=positions[:, :T],
+                    use_cache=True)
+        token = int(out.logits[0, -1].argmax())
+        self._sync()
+        t3 = time.perf_counter()
+        generated: list[int] = []
+        steps = 0
+        while token not in self.stop_ids:
+            generated.append(token)
+            if len(generated) == max_new_tokens:
+                break
+            n = len(generated)
+            out = model(input_ids=torch.tensor([[token]], device=self.device),
+                        attention_mask=mask[:, :T + n], position_ids=positions[:, T + n - 1:T + n],
+                        past_key_values=out.past_key_values, use_cache=True)
+            steps += 1
+            token = int(out.logits[0, -1].argmax())
+        t4 = time.perf_counter()
+        text = self.processor.tokenizer.decode(generated, skip_special_tokens=True).strip()
+        t5 = time.perf_counter()
+        latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,
+                          prefill_ms=(t3 - t2) * 1e3, decode_ms=(t4 - t3) * 1e3,
+                          total_ms=(t5 - t0) * 1e3, decode_tokens=steps)
+        return Result(text=text, tokens=len(generated), latency=latency)

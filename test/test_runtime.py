@@ -1,0 +1,300 @@
+"""The torch-free runtime: bundle checks, preprocessing, tokenizer, decode loop, backends."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_gmskip.errors import BundleError, EngineError, GmSkipError, ImageError
+from ros2_gmskip.runtime.bundle import load_bundle, sha256_file
+from ros2_gmskip.runtime.preprocess import check_image, Preprocessor
+from ros2_gmskip.runtime.types import Backend, DEFAULT_PROMPT
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope='module')
+def ort_backend(tiny_bundle):
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+    return OrtBackend(tiny_bundle, threads=1)
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path) -> Path:
+    """A private copy of the tiny bundle, to corrupt."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / 'bundle'))
+
+
+def _rewrite_manifest(bundle: Path, edit) -> None:
+    manifest = json.loads((bundle / 'manifest.json').read_text())
+    edit(manifest)
+    (bundle / 'manifest.json').write_text(json.dumps(manifest))
+
+
+# --------------------------------------------------------------------------------------------------
+# bundle
+
+
+def test_missing_bundle_and_manifest(tmp_path):
+    with pytest.raises(BundleError, match='does not exist: create it with'):
+        load_bundle(tmp_path / 'nope')
+    with pytest.raises(BundleError, match='has no manifest.json'):
+        load_bundle(tmp_path)
+
+
+def test_bad_manifest_json_and_format(bundle_copy):
+    (bundle_copy / 'manifest.json').write_text('{"format": ')
+    with pytest.raises(BundleError, match='manifest.json is not valid JSON'):
+        load_bundle(bundle_copy)
+    (bundle_copy / 'manifest.json').write_text('{"format": "other@2"}')
+    with pytest.raises(BundleError, match="manifest format 'other@2' is not"):
+        load_bundle(bundle_copy)
+
+
+def test_missing_onnx_file_is_named(bundle_copy):
+    (bundle_copy / 'decoder.onnx').unlink()
+    with pytest.raises(BundleError, match='decoder.onnx is missing: re-run ros2-gmskip export'):
+        load_bundle(bundle_copy)
+
+
+def test_corrupt_onnx_file_is_named(bundle_copy):
+    data = bytearray((bundle_copy / 'vision.onnx').read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle_copy / 'vision.onnx').write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r'vision.onnx sha256 mismatch \(manifest [0-9a-f]{12}'
+                                          r'\.\., file [0-9a-f]{12}\.\.\): re-run ros2-gmskip'):
+        load_bundle(bundle_copy)
+
+
+def test_manifest_hash_mismatch(bundle_copy):
+    _rewrite_manifest(bundle_copy, lambda m: m['files'].update({'decoder.onnx': 'ab' * 32}))
+    with pytest.raises(BundleError, match=r'decoder.onnx sha256 mismatch \(manifest abababababab'):
+        load_bundle(bundle_copy)
+
+
+def test_truncated_onnx_with_matching_hash_fails_at_session_load(bundle_copy):
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+
+    path = bundle_copy / 'decoder.onnx'
+    path.write_bytes(path.read_bytes()[:1000])
+    _rewrite_manifest(bundle_copy, lambda m: m['files'].update({'decoder.onnx':
+                                                                sha256_file(path)}))
+    with pytest.raises(BundleError, match='onnxruntime cannot load decoder.onnx'):
+        OrtBackend(bundle_copy, threads=1)
+
+
+def test_manifest_may_not_point_outside_the_bundle(bundle_copy):
+    _rewrite_manifest(bundle_copy, lambda m: m['files'].update({'../x': '0'}))
+    with pytest.raises(BundleError, match="manifest lists '../x'"):
+        load_bundle(bundle_copy)
+
+
+# --------------------------------------------------------------------------------------------------
+# preprocessing
+
+
+@pytest.mark.parametrize('resample', [2, 3])        # bilinear (the default model), bicubic
+def test_preprocess_equals_hf_processor(resample, scene_images):
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    from ros2_gmskip.runtime.preprocess import RESAMPLE_NAMES
+
+    hf = SiglipImageProcessorPil(size={'height': 48, 'width': 64}, resample=resample,
+                                 image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])
+    mine = Preprocessor(size=(48, 64), resample=RESAMPLE_NAMES[resample],
+                        image_mean=(0.5, 0.4, 0.3), image_std=(0.2, 0.25, 0.3))
+    rng = np.random.default_rng(0)
+    images = [*scene_images[:2], rng.integers(0, 256, (37, 53, 3), dtype=np.uint8),
+              rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),       # already the right size
+              np.full((1, 1, 3), 200, np.uint8), np.asfortranarray(scene_images[2])]
+    for image in images:
+        want = hf(images=[image], return_tensors='np')['pixel_values']
+        got = mine(image)
+        assert got.shape == want.shape == (1, 3, 48, 64) and got.dtype == np.float32
+        assert np.abs(got - want).max() <= 1e-6
+
+
+def test_preprocess_from_manifest_equals_model_processor(tiny_bundle, tiny_model, scene_images):
+    _, processor = tiny_model
+    mine = Preprocessor.from_manifest(load_bundle(tiny_bundle).preprocess)
+    for image in scene_images:
+        want = processor.image_processor(images=[image], return_tensors='np')['pixel_values']
+        assert np.abs(mine(image) - want).max() <= 1e-6
+
+
+@pytest.mark.parametrize('image, match', [
+    (np.zeros((8, 8, 3), np.float32), 'got dtype float32'),
+    (np.zeros((8, 8, 2), np.uint8), r'shape \(8, 8, 2\): convert it to RGB first$'),
+    (np.zeros((8, 8), np.uint8), r'grey: np.dstack'),
+    (np.zeros((8, 8, 4), np.uint8), r'RGBA: img\[\.\.\., :3\]'),
+    (np.zeros((0, 8, 3), np.uint8), r'empty image of shape \(0, 8, 3\)'),
+    (np.zeros((8, 0, 3), np.uint8), 'empty image'),
+    ([[1, 2, 3]], 'got list'),
+])
+def test_bad_images_raise_image_error(image, match, ort_backend):
+    with pytest.raises(ImageError, match=match):
+        check_image(image)
+    with pytest.raises(ImageError, match=match):
+        ort_backend.describe(image)
+
+
+# --------------------------------------------------------------------------------------------------
+# tokenizer
+
+
+def test_prompt_ids_and_decode_match_the_hf_processor(ort_backend, tiny_model, scene_images):
+    from ros2_gmskip.vlm.prompting import build_inputs
+
+    _, processor = tiny_model
+    for prompt in (DEFAULT_PROMPT, 'describe the cars.', 'unknownword ahead?'):
+        want = build_inputs(processor, scene_images[:1], prompt)['input_ids'][0].numpy()
+        assert np.array_equal(ort_backend.tokenizer.prompt_ids(prompt), want), prompt
+    ids = ort_backend.tokenizer.prompt_ids(DEFAULT_PROMPT)
+    assert ort_backend.tokenizer.prompt_ids(DEFAULT_PROMPT) is ids            # cached
+    sample = [7, 9, 2, 11, 5, 8, 0]
+    assert ort_backend.tokenizer.decode(sample) == \
+        processor.tokenizer.decode(sample, skip_special_tokens=True).strip()
+
+
+def test_image_token_in_prompt_is_refused(ort_backend):
+    with pytest.raises(BundleError, match='gives 17 image tokens, the vision graph makes 16'):
+        ort_backend.tokenizer.prompt_ids('<image> what is this?')
+
+
+# --------------------------------------------------------------------------------------------------
+# decode loop and backend
+
+
+def test_describe_result_and_latency(ort_backend, scene_images):
+    assert isinstance(ort_backend, Backend)
+    result = ort_backend.describe(scene_images[0], max_new_tokens=10)
+    lat = result.latency
+    assert result.tokens >= 2, 'the tiny model should not stop at once (seeded)'
+    for name in ('preprocess_ms', 'vision_ms', 'prefill_ms', 'decode_ms', 'total_ms'):
+        assert getattr(lat, name) > 0, name
+    assert lat.total_ms >= lat.preprocess_ms + lat.vision_ms + lat.prefill_ms + lat.decode_ms
+    assert lat.decode_tokens in (result.tokens - 1, result.tokens)
+    assert result.to_dict()['latency']['decode_per_token_ms'] > 0
+    # the loop itself: ids, stop token excluded, tokens == len(ids)
+    backend = ort_backend
+    ids = backend.tokenizer.prompt_ids(DEFAULT_PROMPT)
+    image_embeds = backend.image_embeds(backend.preprocess(scene_images[0]))[0]
+    embeds = backend.prompt_embeds(ids, image_embeds)
+    out = backend.decoder_loop.generate(embeds, 10)
+    assert result.tokens == len(out.ids) and out.ids.dtype == np.int64
+    assert not set(out.ids.tolist()) & backend.decoder_loop.stop_ids
+    assert backend.tokenizer.decode(out.ids) == result.text
+    assert out.decode_steps == len(out.ids) - (0 if out.stopped else 1)
+
+
+def test_max_new_tokens_and_buffer_growth(ort_backend, tiny_bundle, scene_images):
+    from ros2_gmskip.runtime.decode import GreedyDecoder
+
+    one = ort_backend.describe(scene_images[1], max_new_tokens=1)
+    assert one.tokens <= 1 and one.latency.decode_tokens == 0 and one.latency.decode_ms >= 0
+    cfg = load_bundle(tiny_bundle).decoder_config
+    small = GreedyDecoder(ort_backend.decoder, ort_backend.embed_table, cfg['num_layers'],
+                          cfg['num_kv_heads'], cfg['head_dim'], ort_backend.tokenizer.stop_ids,
+                          max_length=4)               # far below prompt + new tokens: grows
+    ids = ort_backend.tokenizer.prompt_ids(DEFAULT_PROMPT)
+    embeds = ort_backend.prompt_embeds(
+        ids, ort_backend.image_embeds(ort_backend.preprocess(scene_images[1]))[0])
+    grown = small.generate(embeds, 12)
+    assert small.max_length >= len(ids) + 12
+    assert np.array_equal(grown.ids, ort_backend.decoder_loop.generate(embeds, 12).ids)
+    with pytest.raises(ValueError, match='max_new_tokens must be >= 1'):
+        small.generate(embeds, 0)
+
+
+def test_greedy_text_identical_ort_torch_and_generate(ort_backend, tiny_model_dir, tiny_model,
+                                                      scene_images):
+    from ros2_gmskip.vlm.generation import generate_texts
+    from ros2_gmskip.vlm.torch_backend import TorchBackend
+
+    model, processor = tiny_model
+    torch_backend = TorchBackend(tiny_model_dir, threads=1)
+    reference = generate_texts(model, processor, scene_images, max_new_tokens=12)
+    for image, want in zip(scene_images, reference):
+        ort_result = ort_backend.describe(image, max_new_tokens=12)
+        torch_result = torch_backend.describe(image, max_new_tokens=12)
+        assert ort_result.text == torch_result.text == want
+        assert ort_result.tokens == torch_result.tokens
+        assert torch_result.latency.decode_tokens == ort_result.latency.decode_tokens
+    assert len(set(reference)) >= 1 and all(reference)
+
+
+def test_backend_info(ort_backend, tiny_pruned_bundle, tiny_model_dir):
+    from ros2_gmskip.gmskip.plan import weights_sha256
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+
+    info = ort_backend.info
+    assert info['backend'] == 'onnxruntime' and info['providers'] == ['CPUExecutionProvider']
+    assert info['model_sha256'] == weights_sha256(tiny_model_dir)
+    assert info['plan_sha256'] is None and info['blocks_removed'] == [] and info['num_layers'] == 4
+    pruned = OrtBackend(tiny_pruned_bundle, threads=1).info
+    assert pruned['blocks_removed'] == [1, 3] and pruned['num_layers'] == 2
+    assert len(pruned['plan_sha256']) == 64 and len(pruned['plan_id']) == 12
+
+
+def test_unavailable_provider_lists_the_available_ones():
+    from ros2_gmskip.runtime.ort_backend import resolve_providers
+
+    assert resolve_providers(None) == ['CPUExecutionProvider']
+    assert resolve_providers('cpu') == ['CPUExecutionProvider']
+    with pytest.raises(EngineError, match=r"provider 'nope' \(nope\) is not available in this "
+                                          r'onnxruntime build: available are .*CPUExecution'):
+        resolve_providers(['nope'])
+    import onnxruntime as ort
+    if 'CUDAExecutionProvider' not in ort.get_available_providers():
+        with pytest.raises(EngineError, match=r"'cuda' \(CUDAExecutionProvider\).*onnxruntime-gpu"):
+            resolve_providers(['cuda'])
+
+
+# --------------------------------------------------------------------------------------------------
+# factory
+
+
+def test_factory_fake_backend(scene_images):
+    from ros2_gmskip.runtime.factory import create_backend
+
+    backend = create_backend('fake:20')
+    assert isinstance(backend, Backend) and backend.name == 'fake'
+    t0 = time.perf_counter()
+    result = backend.describe(scene_images[0])
+    assert time.perf_counter() - t0 >= 0.019
+    assert result.text and result.tokens > 0 and result.latency.total_ms >= 19
+    with pytest.raises(ImageError):
+        backend.describe(np.zeros((4, 4), np.uint8))
+    with pytest.raises(GmSkipError, match="bad fake backend 'fake:x'"):
+        create_backend('fake:x')
+
+
+def test_factory_kinds(tiny_bundle, tiny_model_dir, monkeypatch):
+    import sys
+
+    from ros2_gmskip.runtime.factory import create_backend
+
+    from ros2_gmskip.runtime import defaults
+
+    assert create_backend('onnxruntime', bundle=tiny_bundle, threads=1).name == 'onnxruntime'
+    assert create_backend('torch', model=tiny_model_dir, threads=1).name == 'torch'
+    calls = []                  # no bundle: the cached export of (model, plan) from defaults
+
+    def ensure_bundle(model, plan, full=False):
+        calls.append((model, plan, full))
+        return tiny_bundle
+    monkeypatch.setattr(defaults, 'ensure_bundle', ensure_bundle)
+    assert create_backend('onnxruntime', full=True, threads=1).info['bundle'] == str(tiny_bundle)
+    assert create_backend('onnxruntime', model=tiny_model_dir, plan=None, threads=1).name
+    assert calls == [(None, None, True), (tiny_model_dir, None, False)]
+    with pytest.raises(GmSkipError, match="unknown backend 'onnx': expected one of onnxruntime"):
+        create_backend('onnx')
+    monkeypatch.setitem(sys.modules, 'ros2_gmskip.runtime.trt_backend', None)
+    with pytest.raises(EngineError, match='the tensorrt backend is not available'):
+        create_backend('tensorrt', bundle=tiny_bundle)

@@ -1,0 +1,30 @@
+"""The runtime never imports torch or transformers: the node must start on a Jetson without them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SCRIPT = r'''
+import json, sys
+import numpy as np
+import ros2_gmskip.runtime
+from ros2_gmskip.runtime import bundle, decode, factory, ort_backend, preprocess, tokenizer
+import ros2_gmskip.exporters.trt_ops, ros2_gmskip.exporters.export_config
+import ros2_gmskip.verbs.export
+backend = factory.create_backend('onnxruntime', bundle=sys.argv[1], threads=1)
+image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+result = backend.describe(image, max_new_tokens=4)
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))
+print(json.dumps({'heavy': heavy, 'tokens': result.tokens, 'total_ms': result.latency.total_ms}))
+'''
+
+
+def test_runtime_runs_without_torch_or_transformers(tiny_bundle):
+    proc = subprocess.run([sys.executable, '-c', SCRIPT, str(tiny_bundle)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report['heavy'] == [], f'runtime imported {report["heavy"][:5]}'
+    assert report['tokens'] >= 1 and report['total_ms'] > 0
