@@ -1,0 +1,623 @@
+"""The native TensorRT backend: engines built by `ros2-gmskip build-engine`, run with enqueueV3.
+
+    backend = TrtBackend(Path('engines/orin-fp16'), Path('bundles/gmskip-8of16'))
+    result = backend.describe(rgb_uint8, 'describe the scene.')
+    ok, why = available()          # (False, 'TensorRT is not installed ...') on a CPU-only machine
+
+Loading checks `engine_manifest.json` against this machine (TensorRT version, GPU name and compute
+capability) and the bundle (source ONNX hashes) and refuses a mismatch with one line that says what
+to run; `rebuild=True` rebuilds stale engines instead, and a folder without engines is built on
+first use (as Autoware's TensorRT nodes do on first start). One `describe` is the onnxruntime
+backend's pipeline - the same `Preprocessor`, `PromptTokenizer` and greedy loop
+(`decode.GreedyDecoder.generate`) - with TensorRT underneath:
+
+    vision engine        pixel_values (1, 3, H, W) -> image_embeds (1, n, C)   one context
+    decoder engine       profile 0 "prefill": whole prompt, empty past          one context each,
+                         profile 1 "decode":  one token, past grows by 1       so no profile switch
+
+What keeps a decode step lean: every device buffer is allocated once, at the engine's maximum
+shapes; the attention mask (all ones) is uploaded once; the KV cache lives in two preallocated
+banks that swap roles each step (the step reads `past` from one bank and writes `present`, which is
+past + the new token, into the other), so the cache never leaves the GPU and is never copied; per
+step only the token's embedding (C floats) and its position go up and the last logits row comes
+down. Input shapes are set per call (`set_input_shape`), addresses per call only for the KV banks.
+
+CUDA calls go through cuda-python (`cuda.bindings.runtime`, formerly `cuda.cudart`, as TensorRT 10's
+Python samples use it), else pycuda. Never imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ros2_gmskip.errors import BundleError, EngineError
+from ros2_gmskip.runtime.bundle import Bundle, load_bundle
+from ros2_gmskip.runtime.decode import GreedyDecoder
+from ros2_gmskip.runtime.preprocess import Preprocessor
+from ros2_gmskip.runtime.tokenizer import PromptTokenizer
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+
+log = logging.getLogger(__name__)
+
+TRT_MISSING = ('TensorRT is not installed (pip/apt package python3-libnvinfer / tensorrt); '
+               'install it where the GPU is (JetPack ships it on Jetson; x86: pip install '
+               'tensorrt) or use the onnxruntime backend')
+CUDA_MISSING = ('neither cuda-python nor pycuda is installed, so TensorRT buffers cannot be '
+                'allocated: pip install cuda-python (or apt install python3-pycuda on Jetson)')
+ALIGN = 256      # IExecutionContext.set_tensor_address: "at least 256-byte alignment"
+PREFILL, DECODE = 0, 1      # decoder optimization profiles (ros2_gmskip.exporters.trt_profiles)
+
+
+def import_tensorrt():
+    """The `tensorrt` module, or EngineError with how to install it."""
+    try:
+        import tensorrt
+    except ImportError as err:
+        raise EngineError(TRT_MISSING) from err
+    return tensorrt
+
+
+def make_logger(trt, verbose: bool = False):
+    """A `trt.ILogger` that forwards TensorRT's messages to this module's `logging` logger."""
+    S = trt.ILogger.Severity
+    levels = {S.INTERNAL_ERROR: logging.CRITICAL, S.ERROR: logging.ERROR,
+              S.WARNING: logging.WARNING, S.INFO: logging.INFO, S.VERBOSE: logging.DEBUG}
+    trt_log = logging.getLogger('tensorrt')
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)          # the docs' required explicit base init
+
+        def log(self, severity, msg) -> None:
+            level = levels.get(severity, logging.INFO)
+            if level == logging.INFO and not verbose:
+                level = logging.DEBUG           # TensorRT's INFO is chatty: DEBUG unless verbose
+            trt_log.log(level, '%s', msg)
+
+    logger = _Logger()
+    logger.min_severity = S.VERBOSE if verbose else S.INFO
+    return logger
+
+
+# --- CUDA: device query, memory, streams ------------------------------------------------------
+
+@dataclass(frozen=True)
+class GpuInfo:
+    """A GPU as engine manifests record it; None where it could not be queried."""
+
+    name: str | None
+    compute_capability: str | None        # 'major.minor', e.g. '8.7'
+
+    def __str__(self) -> str:
+        cc = self.compute_capability
+        return f'{self.name or "unknown GPU"} (sm_{cc.replace(".", "") if cc else "unknown"})'
+
+
+def _import_cudart():
+    """cuda-python's runtime module (`cuda.bindings.runtime` in 12.6+/13, `cuda.cudart` before)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart      # noqa: F401 - raises ImportError when cuda-python is absent
+    return cudart
+
+
+class CudaPython:
+    """The CUDA runtime calls the backend needs, through cuda-python (TensorRT 10 samples' way)."""
+
+    name = 'cuda-python'
+
+    def __init__(self, cudart=None) -> None:
+        self.rt = cudart if cudart is not None else _import_cudart()
+
+    def _call(self, what: str, result):
+        err, rest = result[0], result[1:]
+        if int(err) != 0:
+            raise EngineError(f'CUDA {what} failed: {err}')
+        return rest[0] if len(rest) == 1 else None
+
+    def device_count(self) -> int:
+        return int(self._call('cudaGetDeviceCount', self.rt.cudaGetDeviceCount()))
+
+    def set_device(self, device: int) -> None:
+        self._call('cudaSetDevice', self.rt.cudaSetDevice(device))
+
+    def device_info(self, device: int = 0) -> GpuInfo:
+        prop = self._call('cudaGetDeviceProperties', self.rt.cudaGetDeviceProperties(device))
+        name = prop.name.decode(errors='replace') if isinstance(prop.name, bytes) else prop.name
+        return GpuInfo(name.strip('\x00').strip(), f'{prop.major}.{prop.minor}')
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._call('cudaMalloc', self.rt.cudaMalloc(max(int(nbytes), 1))))
+
+    def free(self, ptr: int) -> None:
+        self._call('cudaFree', self.rt.cudaFree(ptr))
+
+    def stream(self):
+        return self._call('cudaStreamCreate', self.rt.cudaStreamCreate())
+
+    def stream_handle(self, stream):
+        return stream            # as TensorRT's samples: execute_async_v3(stream_handle=stream)
+
+    def destroy_stream(self, stream) -> None:
+        self._call('cudaStreamDestroy', self.rt.cudaStreamDestroy(stream))
+
+    def h2d(self, ptr: int, array: np.ndarray, stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._call('cudaMemcpyAsync', self.rt.cudaMemcpyAsync(
+            ptr, array.ctypes.data, array.nbytes, kind, stream))
+
+    def d2h(self, array: np.ndarray, ptr: int, stream) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._call('cudaMemcpyAsync', self.rt.cudaMemcpyAsync(
+            array.ctypes.data, ptr, array.nbytes, kind, stream))
+
+    def sync(self, stream) -> None:
+        self._call('cudaStreamSynchronize', self.rt.cudaStreamSynchronize(stream))
+
+
+class PyCuda:
+    """The same calls through pycuda (older Jetson images ship python3-pycuda, not cuda-python)."""
+
+    name = 'pycuda'
+
+    def __init__(self) -> None:
+        import pycuda.autoinit  # noqa: F401 - creates the context TensorRT then runs in
+        import pycuda.driver as drv
+        self.drv = drv
+        self._allocations: dict[int, object] = {}
+
+    def device_count(self) -> int:
+        return int(self.drv.Device.count())
+
+    def set_device(self, device: int) -> None:
+        if device != 0:
+            raise EngineError('with pycuda only GPU 0 is supported: pip install cuda-python')
+
+    def device_info(self, device: int = 0) -> GpuInfo:
+        dev = self.drv.Device(device)
+        major, minor = dev.compute_capability()
+        return GpuInfo(dev.name(), f'{major}.{minor}')
+
+    def malloc(self, nbytes: int) -> int:
+        allocation = self.drv.mem_alloc(max(int(nbytes), 1))
+        self._allocations[int(allocation)] = allocation
+        return int(allocation)
+
+    def free(self, ptr: int) -> None:
+        allocation = self._allocations.pop(ptr, None)
+        if allocation is not None:
+            allocation.free()
+
+    def stream(self):
+        return self.drv.Stream()
+
+    def stream_handle(self, stream):
+        return stream.handle
+
+    def destroy_stream(self, stream) -> None:
+        pass
+
+    def h2d(self, ptr: int, array: np.ndarray, stream) -> None:
+        self.drv.memcpy_htod_async(ptr, array, stream)
+
+    def d2h(self, array: np.ndarray, ptr: int, stream) -> None:
+        self.drv.memcpy_dtoh_async(array, ptr, stream)
+
+    def sync(self, stream) -> None:
+        stream.synchronize()
+
+
+def cuda_runtime():
+    """cuda-python if importable, else pycuda; EngineError saying what to install otherwise."""
+    try:
+        return CudaPython()
+    except ImportError:
+        pass
+    try:
+        return PyCuda()
+    except ImportError:
+        raise EngineError(CUDA_MISSING) from None
+    except Exception as err:  # noqa: BLE001 - pycuda.autoinit raises its own errors (no GPU)
+        raise EngineError(f'pycuda cannot open a CUDA context ({err}): is there a GPU?') from err
+
+
+def _nvidia_smi_info(device: int) -> GpuInfo | None:
+    exe = shutil.which('nvidia-smi')
+    if not exe:
+        return None
+    try:
+        out = subprocess.run([exe, f'--id={device}', '--query-gpu=name,compute_cap',
+                              '--format=csv,noheader'], capture_output=True, text=True,
+                             timeout=10, check=True).stdout
+        name, cc = [part.strip() for part in out.strip().splitlines()[0].rsplit(',', 1)]
+        return GpuInfo(name, cc)
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def gpu_info(device: int = 0) -> GpuInfo:
+    """This machine's GPU, for engine manifests: cuda-python, else pycuda, else nvidia-smi (the
+    TensorRT Python API itself does not expose the device's name); GpuInfo(None, None) if none of
+    them can tell (then manifests are checked for the TensorRT version only, with a warning)."""
+    try:
+        return CudaPython().device_info(device)
+    except (ImportError, EngineError) as err:
+        log.debug('cuda-python cannot query GPU %d: %s', device, err)
+    try:
+        import pycuda.driver as drv
+        drv.init()
+        dev = drv.Device(device)
+        major, minor = dev.compute_capability()
+        return GpuInfo(dev.name(), f'{major}.{minor}')
+    except Exception as err:  # noqa: BLE001 - ImportError, pycuda's LogicError / RuntimeError
+        log.debug('pycuda cannot query GPU %d: %s', device, err)
+    return _nvidia_smi_info(device) or GpuInfo(None, None)
+
+
+def available() -> tuple[bool, str]:
+    """Whether this backend can run here: (True, 'TensorRT 10.3.0 on Orin (sm_87)') or
+    (False, why not: TensorRT missing, CUDA bindings missing, no GPU)."""
+    try:
+        trt = import_tensorrt()
+    except EngineError as err:
+        return False, str(err)
+    try:
+        cuda = cuda_runtime()
+        if cuda.device_count() < 1:
+            return False, 'no CUDA GPU found'
+        return True, f'TensorRT {trt.__version__} on {cuda.device_info(0)} via {cuda.name}'
+    except EngineError as err:
+        return False, str(err)
+
+
+# --- engines ------------------------------------------------------------------------------------
+
+def default_engine_dir(bundle_path: Path, precision: str = 'fp16') -> Path:
+    """Engines beside their bundle, precision in the name: `bundles/x` -> `bundles/x.fp16.engines`
+    (Autoware keeps engines beside their ONNX with the precision in the file name)."""
+    bundle_path = Path(bundle_path)
+    return bundle_path.parent / f'{bundle_path.name}.{precision}.engines'
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-int(nbytes) // ALIGN) * ALIGN
+
+
+def _io_names(trt, engine) -> tuple[list[str], list[str]]:
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    return inputs, [n for n in names if n not in inputs]
+
+
+def _np_dtype(trt, engine, name: str) -> np.dtype:
+    return np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+
+
+def _set_shape(ctx, name: str, shape: tuple[int, ...], what: str) -> None:
+    if not ctx.set_input_shape(name, shape):
+        raise EngineError(f'{what}: the engine rejects {name} of shape {shape} (outside its '
+                          'optimization profile): rebuild it with larger --max-* limits')
+
+
+def _execute(ctx, handle, what: str) -> None:
+    if not ctx.execute_async_v3(stream_handle=handle):
+        raise EngineError(f'{what}: TensorRT execute_async_v3 failed (see the TensorRT log)')
+
+
+class _VisionRunner:
+    """vision engine, batch 1: pixel_values -> image_embeds, buffers and shapes fixed at init."""
+
+    def __init__(self, trt, engine, cuda, stream, alloc) -> None:
+        self.cuda, self.stream, self.handle = cuda, stream, cuda.stream_handle(stream)
+        inputs, outputs = _io_names(trt, engine)
+        if inputs != ['pixel_values'] or 'image_embeds' not in outputs:
+            raise EngineError(f'vision engine has inputs {inputs} / outputs {outputs}, expected '
+                              'pixel_values -> image_embeds: rebuild it from this bundle')
+        self.ctx = engine.create_execution_context()
+        shape = tuple(engine.get_tensor_profile_shape('pixel_values', 0)[0])
+        shape = (1,) + shape[1:]                                      # (1, 3, H, W)
+        _set_shape(self.ctx, 'pixel_values', shape, 'vision engine')
+        self.in_shape = shape
+        self.out = np.empty(tuple(self.ctx.get_tensor_shape('image_embeds')),
+                            _np_dtype(trt, engine, 'image_embeds'))   # (1, n, C)
+        self.in_dtype = _np_dtype(trt, engine, 'pixel_values')
+        self.in_ptr = alloc(np.prod(shape) * self.in_dtype.itemsize)
+        self.out_ptr = alloc(self.out.nbytes)
+        self.ctx.set_tensor_address('pixel_values', self.in_ptr)
+        self.ctx.set_tensor_address('image_embeds', self.out_ptr)
+
+    def __call__(self, pixel_values: np.ndarray) -> np.ndarray:
+        """(1, 3, H, W) float32 -> (1, n, C)."""
+        if pixel_values.shape != self.in_shape:
+            raise EngineError(f'vision engine takes {self.in_shape}, got {pixel_values.shape}: '
+                              'engine and bundle preprocessing disagree: rebuild the engine')
+        x = np.ascontiguousarray(pixel_values, dtype=self.in_dtype)
+        self.cuda.h2d(self.in_ptr, x, self.stream)
+        _execute(self.ctx, self.handle, 'vision engine')
+        self.cuda.d2h(self.out, self.out_ptr, self.stream)
+        self.cuda.sync(self.stream)
+        return self.out
+
+
+class _DecoderRunner:
+    """decoder engine with its two contexts (prefill, decode) and the ping-pong KV banks."""
+
+    def __init__(self, trt, engine, cuda, stream, alloc, cfg: dict, max_prompt: int,
+                 max_total: int) -> None:
+        self.cuda, self.stream, self.handle = cuda, stream, cuda.stream_handle(stream)
+        L, self.kv, self.d = cfg['num_layers'], cfg['num_kv_heads'], cfg['head_dim']
+        self.C, self.V = cfg['hidden_size'], cfg['vocab_size']
+        self.max_prompt, self.max_total = max_prompt, max_total
+        self.past_names = [f'past_key_values.{i}.{k}' for i in range(L) for k in ('key', 'value')]
+        self.present_names = [f'present.{i}.{k}' for i in range(L) for k in ('key', 'value')]
+        inputs, outputs = _io_names(trt, engine)
+        expected_in = ['inputs_embeds', 'attention_mask', 'position_ids', *self.past_names]
+        expected_out = ['logits', *self.present_names]
+        missing = [n for n in expected_in if n not in inputs] + \
+            [n for n in expected_out if n not in outputs]
+        if missing:
+            more = '...' if len(missing) > 3 else ''
+            raise EngineError(f'decoder engine lacks {missing[:3]}{more} ({L} layers in the '
+                              'bundle): rebuild it from this bundle')
+        if engine.num_optimization_profiles < 2:
+            raise EngineError('decoder engine has no prefill/decode profiles: rebuild it with '
+                              'this version of ros2-gmskip build-engine')
+        dt = {n: _np_dtype(trt, engine, n) for n in expected_in + expected_out}
+        self.embeds_dtype, self.pos_dtype = dt['inputs_embeds'], dt['position_ids']
+        self.logits = np.empty(self.V, dt['logits'])                          # last row, host
+        # Buffers at the largest shapes the profiles allow (batch 1).
+        self.embeds_ptr = alloc(max_prompt * self.C * self.embeds_dtype.itemsize)
+        self.pos_ptr = alloc(max_prompt * self.pos_dtype.itemsize)
+        self.mask_ptr = alloc(max_total * dt['attention_mask'].itemsize)
+        self.logits_ptr = alloc(max_prompt * self.V * self.logits.itemsize)
+        kv_item = max(dt[n].itemsize for n in self.past_names + self.present_names)
+        self.kv_bytes = _aligned(self.kv * max_total * self.d * kv_item)   # one K or V tensor
+        self.banks = [alloc(self.kv_bytes * len(self.past_names)) for _ in range(2)]
+        self._positions = np.arange(max_total, dtype=self.pos_dtype)
+        self._ones = np.ones(max_total, dt['attention_mask'])        # the mask: all visible
+        cuda.h2d(self.mask_ptr, self._ones, stream)
+        # One context per profile, fixed addresses set once.
+        self.ctx = [engine.create_execution_context() for _ in (PREFILL, DECODE)]
+        for profile, ctx in enumerate(self.ctx):
+            if not ctx.set_optimization_profile_async(profile, self.handle):
+                raise EngineError(f'decoder engine: cannot select optimization profile {profile}')
+            ctx.set_tensor_address('inputs_embeds', self.embeds_ptr)
+            ctx.set_tensor_address('attention_mask', self.mask_ptr)
+            ctx.set_tensor_address('position_ids', self.pos_ptr)
+            ctx.set_tensor_address('logits', self.logits_ptr)
+        cuda.sync(stream)
+
+    def kv_address(self, bank: int, i: int) -> int:
+        return self.banks[bank] + i * self.kv_bytes
+
+    def run(self, embeds: np.ndarray, start: int, total: int, past: int | None
+            ) -> tuple[int, np.ndarray]:
+        """Positions start..total-1 with the KV cache in bank `past` (None: empty cache, prefill).
+        Returns (the bank now holding the cache, the last position's logits (V,))."""
+        B, T, C = embeds.shape                                                # (1, seq, C)
+        assert B == 1 and T == total - start and C == self.C, (embeds.shape, start, total)
+        if past is None:
+            if T > self.max_prompt:
+                raise EngineError(f'prompt of {T} tokens exceeds the engine\'s max prompt '
+                                  f'{self.max_prompt}: rebuild with a larger --max-prompt')
+            ctx, src, dst = self.ctx[PREFILL], 0, 1
+        else:
+            if total > self.max_total:
+                raise EngineError(f'{total} tokens exceed the engine\'s limit {self.max_total}: '
+                                  'rebuild with larger --max-prompt / --max-new-tokens')
+            ctx, src, dst = self.ctx[DECODE], past, 1 - past
+        _set_shape(ctx, 'inputs_embeds', (1, T, C), 'decoder engine')
+        _set_shape(ctx, 'attention_mask', (1, total), 'decoder engine')
+        _set_shape(ctx, 'position_ids', (1, T), 'decoder engine')
+        past_shape = (1, self.kv, start, self.d)                              # (1, kv, past, d)
+        for i, (p, q) in enumerate(zip(self.past_names, self.present_names)):
+            _set_shape(ctx, p, past_shape, 'decoder engine')
+            ctx.set_tensor_address(p, self.kv_address(src, i))
+            ctx.set_tensor_address(q, self.kv_address(dst, i))               # (1, kv, total, d)
+        self.cuda.h2d(self.embeds_ptr, np.ascontiguousarray(embeds, self.embeds_dtype),
+                      self.stream)
+        self.cuda.h2d(self.pos_ptr, self._positions[start:total], self.stream)
+        _execute(ctx, self.handle, 'decoder engine')
+        last = self.logits_ptr + (T - 1) * self.V * self.logits.itemsize       # logits[0, T-1]
+        self.cuda.d2h(self.logits, last, self.stream)
+        self.cuda.sync(self.stream)
+        return dst, self.logits
+
+
+class _TrtGreedyDecoder(GreedyDecoder):
+    """`GreedyDecoder.generate` (the same greedy loop, stop tokens and timing as onnxruntime) over
+    the TensorRT decoder: only the per-step run differs. Buffers are sized to the engine once, so
+    the loop never grows them; a request beyond the engine's limits is an EngineError."""
+
+    def __init__(self, runner: _DecoderRunner, embed_table: np.ndarray,
+                 stop_ids: tuple[int, ...]) -> None:
+        # No GreedyDecoder.__init__: it binds an onnxruntime session. generate() needs these.
+        self.runner = runner
+        self.embed_table = embed_table
+        self.stop_ids = frozenset(int(i) for i in stop_ids)
+        self._alloc(runner.max_total)
+
+    def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int):
+        T = inputs_embeds.shape[1]
+        if T + max_new_tokens > self.max_length:
+            raise EngineError(f'prompt ({T} tokens) + {max_new_tokens} new tokens exceed what the '
+                              f'engine was built for ({self.max_length}): ask for fewer new '
+                              'tokens or rebuild with larger --max-prompt / --max-new-tokens')
+        return super().generate(inputs_embeds, max_new_tokens)
+
+    def _run(self, embeds: np.ndarray, start: int, total: int, past):
+        return self.runner.run(embeds, start, total, past)
+
+
+class TrtBackend:
+    """`Backend` over TensorRT engines built from an export bundle."""
+
+    name = 'tensorrt'
+
+    def __init__(self, engine_dir: Path | None = None, bundle: Bundle | Path | None = None,
+                 rebuild: bool = False, verify: bool = True, device: int = 0,
+                 verbose: bool = False, *, engine: Path | None = None, build_only: bool = False,
+                 precision: str = 'fp16') -> None:
+        """`engine_dir` (alias `engine`, as `runtime.factory` passes it): the engine folder;
+        None: `default_engine_dir(bundle, precision)`. `bundle`: a `Bundle` or folder; None: the
+        one the engine manifest names. A folder without engines is built on first use (as
+        Autoware's TensorRT nodes do; minutes); stale engines are refused unless `rebuild`.
+        `build_only`: make sure the engines are built and stop there (no GPU buffers; describe
+        raises), for the node's build_only parameter."""
+        from ros2_gmskip.exporters.engine_manifest import (
+            MANIFEST, needs_rebuild, read_engine_manifest)
+        from ros2_gmskip.exporters.trt_profiles import Limits
+
+        engine_dir = engine_dir if engine_dir is not None else engine
+        trt = import_tensorrt()
+        self.cuda = cuda_runtime()
+        self.cuda.set_device(device)
+        self._pointers: list[int] = []
+        self.stream = None
+        self.build_only = build_only
+        if bundle is None:
+            if engine_dir is None:
+                raise EngineError('the tensorrt backend needs an engine folder (--engine) or a '
+                                  'bundle (--bundle) to build one from')
+            bundle = Path(read_engine_manifest(Path(engine_dir))['bundle_path'])
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle), verify)
+        self.engine_dir = Path(engine_dir) if engine_dir is not None else \
+            default_engine_dir(self.bundle.path, precision)
+        gpu = self.cuda.device_info(device)
+        reason = needs_rebuild(self.engine_dir, trt.__version__, gpu.name, gpu.compute_capability,
+                               bundle=self.bundle, verify=verify)
+        if reason:
+            first_build = not (self.engine_dir / MANIFEST).is_file()
+            if not (rebuild or first_build):
+                raise EngineError(reason)
+            from ros2_gmskip.exporters.trt_build import BuildConfig, build_engines
+            log.warning('%s: %s', reason, 'building them now (minutes)' if first_build else
+                        'rebuilding (rebuild=True)')
+            config = (BuildConfig(precision=precision) if first_build else
+                      BuildConfig.from_stale_manifest(self.engine_dir))
+            build_engines(self.bundle, self.engine_dir, config, gpu=gpu)
+        manifest = read_engine_manifest(self.engine_dir)
+        if build_only:
+            self.info = {'backend': self.name, 'engine_dir': str(self.engine_dir),
+                         'engine_id': manifest.get('cache_key'), 'build_only': True}
+            log.info('tensorrt backend: engines in %s are ready (build_only)', self.engine_dir)
+            return
+        limits = Limits.from_dict(manifest['limits'])
+        cfg = self.bundle.decoder_config
+        self.embed_table = np.load(self.bundle.embed_path, allow_pickle=False)     # (vocab, C)
+        if self.embed_table.shape != (cfg['vocab_size'], cfg['hidden_size']):
+            raise BundleError(f'bundle {str(self.bundle.path)!r}: embed_tokens.npy has shape '
+                              f'{self.embed_table.shape}, manifest says ({cfg["vocab_size"]}, '
+                              f'{cfg["hidden_size"]}): re-run ros2-gmskip export')
+        self.preprocess = Preprocessor.from_manifest(self.bundle.preprocess)
+        self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
+
+        self.logger = make_logger(trt, verbose)
+        self.runtime = trt.Runtime(self.logger)
+        self.stream = self.cuda.stream()
+        try:
+            self.engines = {g: self._deserialize(self.engine_dir / manifest['engines'][g]['file'])
+                            for g in ('vision', 'decoder')}
+            self.vision = _VisionRunner(trt, self.engines['vision'], self.cuda, self.stream,
+                                        self._alloc)
+            runner = _DecoderRunner(trt, self.engines['decoder'], self.cuda, self.stream,
+                                    self._alloc, cfg, limits.max_prompt, limits.max_total)
+        except BaseException:
+            self.close()
+            raise
+        self.decoder_loop = _TrtGreedyDecoder(runner, self.embed_table, self.tokenizer.stop_ids)
+        plan = self.bundle.plan or {}
+        self.info = {
+            'backend': self.name,
+            'bundle': str(self.bundle.path),
+            'engine_dir': str(self.engine_dir),
+            'engine_id': manifest.get('cache_key'),
+            'model_sha256': self.bundle.model_sha256,
+            'plan_sha256': plan.get('sha256'),
+            'plan_id': (plan.get('sha256') or '')[:12] or None,
+            'blocks_removed': list(plan.get('removed_blocks') or []),
+            'num_layers': cfg['num_layers'],
+            'precision': manifest['precision'],
+            'tensorrt_version': trt.__version__,
+            'device': str(gpu),
+            'limits': limits.to_dict(),
+        }
+        log.info('tensorrt backend: %s (%s, TensorRT %s on %s), %d decoder layers',
+                 self.engine_dir, manifest['precision'], trt.__version__, gpu, cfg['num_layers'])
+
+    def _alloc(self, nbytes: int) -> int:
+        """Device memory, 256-byte aligned size, freed by `close` (also after a failed init)."""
+        ptr = self.cuda.malloc(_aligned(nbytes))
+        self._pointers.append(ptr)
+        return ptr
+
+    def _deserialize(self, path: Path):
+        engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise EngineError(f'engine {path} cannot be deserialized by this TensorRT (see the '
+                              f'TensorRT log): rebuild with ros2-gmskip build-engine '
+                              f'{self.bundle.path} --out {self.engine_dir}')
+        return engine
+
+    def close(self) -> None:
+        """Free the device buffers and the stream (also done when the backend is collected)."""
+        pointers, self._pointers = getattr(self, '_pointers', []), []
+        for ptr in pointers:
+            try:
+                self.cuda.free(ptr)
+            except EngineError as err:      # freeing on the way out: log, never mask an error
+                log.warning('%s', err)
+        stream, self.stream = getattr(self, 'stream', None), None
+        if stream is not None:
+            self.cuda.destroy_stream(stream)
+
+    def __enter__(self) -> 'TrtBackend':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: CUDA may be gone already
+            pass
+
+    def image_embeds(self, pixel_values: np.ndarray) -> np.ndarray:
+        """vision engine: (1, 3, H, W) -> (1, n_image_tokens, C)."""
+        return self.vision(pixel_values)
+
+    def prompt_embeds(self, ids: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
+        """Token embeddings of `ids` (T,) with the image embeddings (n, C) at the image tokens."""
+        embeds = self.embed_table[ids]                                        # (T, C) copy
+        embeds[ids == self.tokenizer.image_token_id] = image_embeds
+        return embeds[None]                                                   # (1, T, C)
+
+    def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
+                 max_new_tokens: int = 48) -> Result:
+        if self.build_only:
+            raise EngineError(f'the tensorrt backend on {self.engine_dir} was created with '
+                              'build_only: it builds engines and runs nothing')
+        t0 = time.perf_counter()
+        pixel_values = self.preprocess(image)                                 # (1, 3, H, W)
+        ids = self.tokenizer.prompt_ids(prompt)                               # (T,)
+        t1 = time.perf_counter()
+        image_embeds = self.image_embeds(pixel_values)                        # (1, n, C)
+        t2 = time.perf_counter()
+        embeds = self.prompt_embeds(ids, image_embeds[0])                    # (1, T, C)
+        merge_ms = (time.perf_counter() - t2) * 1e3
+        out = self.decoder_loop.generate(embeds, max_new_tokens)
+        text = self.tokenizer.decode(out.ids)
+        t3 = time.perf_counter()
+        latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,
+                          prefill_ms=merge_ms + out.prefill_ms, decode_ms=out.decode_ms,
+                          total_ms=(t3 - t0) * 1e3, decode_tokens=out.decode_steps)
+        return Result(text=text, tokens=len(out.ids), latency=latency)
