@@ -1,4 +1,4 @@
-"""Rolling latency statistics (percentiles per stage, rates) for the node, replay, demo and bench."""
+"""Rolling latency statistics (percentiles per stage, rates) for node, replay, demo and bench."""
 
 from __future__ import annotations
 
