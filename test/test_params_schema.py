@@ -189,7 +189,6 @@ def test_readme_contains_the_generated_table():
     readme = REPO / 'README.md'
     text = readme.read_text(encoding='utf-8') if readme.exists() else ''
     table = extract_table(text)
-    if table is None:
-        pytest.skip('README.md has no <!-- params-table --> marker yet')
+    assert table is not None, 'README.md lost its <!-- params-table --> block'
     assert table == params_table(), \
         'README parameter table is stale: paste `python -m ros2_gmskip.ros.schema_table`'

@@ -30,11 +30,11 @@ class DefaultModelConfig:
 class TrainConfig:
     """Two stages (see ros2_gmskip/vlm/train.py): vision pretraining, then the whole model."""
 
-    scenes: int = 12000           # train-split scenes rendered once into the cache
+    scenes: int = 16000           # train-split scenes rendered once into the cache
     vision_steps: int = 1200      # stage 1: vision tower + projector on ground-truth targets
     vision_batch_size: int = 64
     vision_lr: float = 2e-3
-    steps: int = 700              # stage 2: whole model, caption loss (+ aux)
+    steps: int = 1100             # stage 2: whole model, caption loss (+ aux)
     batch_size: int = 32
     lr: float = 1.5e-3            # peak learning rate (AdamW)
     min_lr_ratio: float = 0.05    # cosine decays to lr * min_lr_ratio
