@@ -16,7 +16,6 @@ Sessions use graph optimisation level ALL and, by default, ONNX Runtime's thread
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -24,10 +23,10 @@ import numpy as np
 
 from ros2_gmskip.errors import BundleError, EngineError
 from ros2_gmskip.runtime.bundle import Bundle, load_bundle
+from ros2_gmskip.runtime.bundle_backend import BundleBackend
 from ros2_gmskip.runtime.decode import GreedyDecoder
 from ros2_gmskip.runtime.preprocess import Preprocessor
 from ros2_gmskip.runtime.tokenizer import PromptTokenizer
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     return resolved
 
 
-class OrtBackend:
+class OrtBackend(BundleBackend):
     """`Backend` over an export bundle with ONNX Runtime.
 
     One `describe` at a time (the decode buffers are per backend): the node's single worker
@@ -133,27 +132,3 @@ class OrtBackend:
     def image_embeds(self, pixel_values: np.ndarray) -> np.ndarray:
         """vision.onnx: (B, 3, H, W) -> (B, n_image_tokens, C)."""
         return self.vision.run(None, {'pixel_values': pixel_values})[0]
-
-    def prompt_embeds(self, ids: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
-        """Token embeddings of `ids` (T,) with the image embeddings (n, C) at the image tokens."""
-        embeds = self.embed_table[ids]                                        # (T, C) copy
-        embeds[ids == self.tokenizer.image_token_id] = image_embeds
-        return embeds[None]                                                   # (1, T, C)
-
-    def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
-                 max_new_tokens: int = 48) -> Result:
-        t0 = time.perf_counter()
-        pixel_values = self.preprocess(image)                                 # (1, 3, H, W)
-        ids = self.tokenizer.prompt_ids(prompt)                               # (T,)
-        t1 = time.perf_counter()
-        image_embeds = self.image_embeds(pixel_values)                        # (1, n, C)
-        t2 = time.perf_counter()
-        embeds = self.prompt_embeds(ids, image_embeds[0])                    # (1, T, C)
-        merge_ms = (time.perf_counter() - t2) * 1e3
-        out = self.decoder_loop.generate(embeds, max_new_tokens)
-        text = self.tokenizer.decode(out.ids)
-        t3 = time.perf_counter()
-        latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,
-                          prefill_ms=merge_ms + out.prefill_ms, decode_ms=out.decode_ms,
-                          total_ms=(t3 - t0) * 1e3, decode_tokens=out.decode_steps)
-        return Result(text=text, tokens=len(out.ids), latency=latency)

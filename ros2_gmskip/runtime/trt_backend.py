@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +38,10 @@ import numpy as np
 
 from ros2_gmskip.errors import BundleError, EngineError
 from ros2_gmskip.runtime.bundle import Bundle, load_bundle
+from ros2_gmskip.runtime.bundle_backend import BundleBackend
 from ros2_gmskip.runtime.decode import GreedyDecoder
 from ros2_gmskip.runtime.preprocess import Preprocessor
 from ros2_gmskip.runtime.tokenizer import PromptTokenizer
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
 
 log = logging.getLogger(__name__)
 
@@ -457,7 +456,7 @@ class _TrtGreedyDecoder(GreedyDecoder):
         return self.runner.run(embeds, start, total, past)
 
 
-class TrtBackend:
+class TrtBackend(BundleBackend):
     """`Backend` over TensorRT engines built from an export bundle."""
 
     name = 'tensorrt'
@@ -595,29 +594,7 @@ class TrtBackend:
         """vision engine: (1, 3, H, W) -> (1, n_image_tokens, C)."""
         return self.vision(pixel_values)
 
-    def prompt_embeds(self, ids: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
-        """Token embeddings of `ids` (T,) with the image embeddings (n, C) at the image tokens."""
-        embeds = self.embed_table[ids]                                        # (T, C) copy
-        embeds[ids == self.tokenizer.image_token_id] = image_embeds
-        return embeds[None]                                                   # (1, T, C)
-
-    def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
-                 max_new_tokens: int = 48) -> Result:
+    def _check_ready(self) -> None:
         if self.build_only:
             raise EngineError(f'the tensorrt backend on {self.engine_dir} was created with '
                               'build_only: it builds engines and runs nothing')
-        t0 = time.perf_counter()
-        pixel_values = self.preprocess(image)                                 # (1, 3, H, W)
-        ids = self.tokenizer.prompt_ids(prompt)                               # (T,)
-        t1 = time.perf_counter()
-        image_embeds = self.image_embeds(pixel_values)                        # (1, n, C)
-        t2 = time.perf_counter()
-        embeds = self.prompt_embeds(ids, image_embeds[0])                    # (1, T, C)
-        merge_ms = (time.perf_counter() - t2) * 1e3
-        out = self.decoder_loop.generate(embeds, max_new_tokens)
-        text = self.tokenizer.decode(out.ids)
-        t3 = time.perf_counter()
-        latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,
-                          prefill_ms=merge_ms + out.prefill_ms, decode_ms=out.decode_ms,
-                          total_ms=(t3 - t0) * 1e3, decode_tokens=out.decode_steps)
-        return Result(text=text, tokens=len(out.ids), latency=latency)

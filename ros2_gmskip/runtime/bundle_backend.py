@@ -1,0 +1,45 @@
+"""What the ONNX Runtime and TensorRT backends share: prompt assembly and the timed describe call.
+
+A subclass provides `preprocess` (Preprocessor), `tokenizer` (PromptTokenizer), `embed_table`
+(vocab, C), `decoder_loop` (GreedyDecoder) and `image_embeds(pixel_values) -> (1, n, C)`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+
+
+class BundleBackend:
+    """Timed describe over a bundle's preprocessing, tokenizer, vision graph and decode loop."""
+
+    def _check_ready(self) -> None:
+        """Hook: raise if this backend cannot run (e.g. a build-only TensorRT backend)."""
+
+    def prompt_embeds(self, ids: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
+        """Token embeddings of `ids` (T,) with the image embeddings (n, C) at the image tokens."""
+        embeds = self.embed_table[ids]                                        # (T, C) copy
+        embeds[ids == self.tokenizer.image_token_id] = image_embeds
+        return embeds[None]                                                   # (1, T, C)
+
+    def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
+                 max_new_tokens: int = 48) -> Result:
+        self._check_ready()
+        t0 = time.perf_counter()
+        pixel_values = self.preprocess(image)                                 # (1, 3, H, W)
+        ids = self.tokenizer.prompt_ids(prompt)                               # (T,)
+        t1 = time.perf_counter()
+        image_embeds = self.image_embeds(pixel_values)                        # (1, n, C)
+        t2 = time.perf_counter()
+        embeds = self.prompt_embeds(ids, image_embeds[0])                    # (1, T, C)
+        merge_ms = (time.perf_counter() - t2) * 1e3
+        out = self.decoder_loop.generate(embeds, max_new_tokens)
+        text = self.tokenizer.decode(out.ids)
+        t3 = time.perf_counter()
+        latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,
+                          prefill_ms=merge_ms + out.prefill_ms, decode_ms=out.decode_ms,
+                          total_ms=(t3 - t0) * 1e3, decode_tokens=out.decode_steps)
+        return Result(text=text, tokens=len(out.ids), latency=latency)
