@@ -16,6 +16,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
+    return value
+
+
 def fraction(text: str) -> float:
     """A float in [0, 1]."""
     try:

@@ -29,22 +29,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from ros2_gmskip.argtypes import positive_int
+from ros2_gmskip.argtypes import non_negative_int, positive_int
 
 HELP = 'build TensorRT engines (one per ONNX graph) with prefill/decode profiles and a manifest'
 PRECISIONS = ('fp16', 'bf16', 'int8', 'fp32')       # = ros2_gmskip.exporters.trt_profiles
 
 log = logging.getLogger(__name__)
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -21,22 +21,12 @@ import argparse
 import time
 from pathlib import Path
 
-from ros2_gmskip.argtypes import existing_dir, existing_file
+from ros2_gmskip.argtypes import existing_dir, existing_file, non_negative_int
 
 HELP = ('export a (pruned) VLM to an ONNX bundle (vision.onnx, decoder.onnx, manifest) and '
         'validate it')
 
 OPSETS = (17, 18, 19, 20)
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='bundle folder to write (created; an existing bundle is replaced)')
     parser.add_argument('--opset', type=int, choices=OPSETS, default=17,
                         help='ONNX opset (TensorRT 10 parses up to 20; default: %(default)s)')
-    parser.add_argument('--validate-n', type=_non_negative_int, default=50,
+    parser.add_argument('--validate-n', type=non_negative_int, default=50,
                         help='test scenes whose greedy text must match transformers generate '
                              '(0 skips that check; default: %(default)s)')
     parser.add_argument('--max-new-tokens', type=int, default=48,

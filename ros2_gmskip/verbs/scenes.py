@@ -17,21 +17,11 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from ros2_gmskip.argtypes import positive_int
+from ros2_gmskip.argtypes import non_negative_int, positive_int
 
 HELP = 'render procedural driving scenes into a COCO-captions-style folder'
 
 SPLIT_NAMES = ('train', 'val', 'test')      # keep in step with scenes.splits.SPLITS
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='image width in pixels (default: %(default)s)')
     parser.add_argument('--height', type=positive_int, default=480,
                         help='image height in pixels (default: %(default)s)')
-    parser.add_argument('--offset', type=_non_negative_int, default=0,
+    parser.add_argument('--offset', type=non_negative_int, default=0,
                         help='skip this many seeds of the split first (default: %(default)s)')
 
 
