@@ -19,5 +19,5 @@ $G calibrate --model $M --data val --n 200 --metric accuracy --strategy reverse 
 # 3. the pruned model on the same test scenes
 $G evaluate --model $M --plan $PLAN --split test --n 500 --json | tail -1 > $OUT/eval_pruned_test.json
 # 4. latency, side by side: HF generate vs torch / ONNX Runtime backends, full vs pruned
-$G bench --model $M --plan $PLAN --n 50 --threads 2 --out-dir $OUT --json | tail -1 > /dev/null
+$G bench --model $M --plan $PLAN --n 50 --threads 1 --out-dir $OUT --json | tail -1 > /dev/null
 cat $OUT/eval_full_test.json $OUT/eval_pruned_test.json

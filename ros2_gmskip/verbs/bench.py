@@ -1,0 +1,210 @@
+"""Benchmark backends side by side on the same test scenes, in one run, and print ratios.
+
+Configurations (each one describes every image, one configuration after the other; interleaving
+them per frame was tried and rejected: torch's OpenMP threads and ONNX Runtime's intra-op pool keep
+spinning after a run and steal the 2 cores from the next configuration; measured with 2 threads,
+it made the 11-block ORT decoder exactly as slow as the 16-block one):
+  hf_full       Hugging Face `generate` on the full model (processor + generate + decode)
+  torch_full    our torch backend (own greedy loop with KV cache), full model
+  torch_pruned  the same, GM-Skip plan applied
+  ort_full      ONNX Runtime backend on the exported full model
+  ort_pruned    ONNX Runtime backend on the exported pruned model
+  trt_full / trt_pruned   native TensorRT engines, where TensorRT and a GPU are available
+
+    ros2-gmskip bench --n 50
+    ros2-gmskip bench --model models/gmskip-llava-scenes \\
+        --plan models/gmskip-llava-scenes/plans/accuracy-reverse.json --n 50 --json
+
+Prints a table (p50 / p90 per-frame latency, tokens/s, ratio to hf_full, pruned/full), writes
+bench.json and bench.png to --out-dir, and with --json prints the JSON as the last stdout line,
+including "ort_pruned_vs_hf" and "ort_pruned_vs_ort_full" (ratios of p50 latencies).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+import platform
+import time
+
+from ros2_gmskip.argtypes import positive_int
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+
+HELP = 'time HF generate, torch, ONNX Runtime (and TensorRT) full vs pruned on the same scenes'
+LOG = logging.getLogger(__name__)
+CONFIGS = ('hf_full', 'torch_full', 'torch_pruned', 'ort_full', 'ort_pruned', 'trt_full',
+           'trt_pruned')
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--model', type=Path, default=None,
+                        help='model folder (default: the embedded default model)')
+    parser.add_argument('--plan', type=Path, default=None,
+                        help='skip plan (default: the shipped plan of the embedded model)')
+    parser.add_argument('--n', type=positive_int, default=50, help='test scenes')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed frames per config')
+    parser.add_argument('--threads', type=positive_int, default=2,
+                        help='CPU threads for torch and onnxruntime (same for all)')
+    parser.add_argument('--max-new-tokens', type=positive_int, default=48)
+    parser.add_argument('--only', nargs='+', choices=CONFIGS, default=None,
+                        help='run only these configurations')
+    parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
+                        help='torch / HF device (onnxruntime uses the CPU provider unless cuda)')
+    parser.add_argument('--out-dir', type=Path, default=Path('bench_out'),
+                        help='where bench.json and bench.png go')
+    parser.add_argument('--json', action='store_true',
+                        help='print the result JSON as the last stdout line')
+
+
+class HFGenerate:
+    """Baseline: the processor + `model.generate` path a user of transformers would write."""
+
+    name = 'hf_generate'
+
+    def __init__(self, model_dir: Path, device: str, threads: int) -> None:
+        import torch
+
+        from ros2_gmskip.vlm.loading import load_vlm
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model, self.processor = load_vlm(model_dir)
+        self.model.to(device)
+        self.device = device
+        self.info = {'backend': self.name}
+
+    def describe(self, image, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 48) -> Result:
+        from ros2_gmskip.vlm.prompting import build_inputs
+        t0 = time.perf_counter()
+        with self.torch.no_grad():
+            inputs = build_inputs(self.processor, [image], prompt).to(self.device)
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+            new = out[0, inputs['input_ids'].shape[1]:]
+            if self.device == 'cuda':
+                self.torch.cuda.synchronize()
+        text = self.processor.decode(new, skip_special_tokens=True).strip()
+        tokens = int((new != self.model.generation_config.eos_token_id).sum())
+        total = (time.perf_counter() - t0) * 1e3
+        return Result(text=text, tokens=tokens, latency=Latency(total_ms=total))
+
+
+def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
+    """name -> backend, for the configurations that can run here."""
+    from ros2_gmskip.runtime.defaults import ensure_bundle
+    from ros2_gmskip.runtime.factory import create_backend
+    wanted = args.only or CONFIGS
+    backends = {}
+    providers = 'cuda' if args.device == 'cuda' else 'cpu'
+    for name in wanted:
+        pruned = name.endswith('_pruned')
+        if pruned and plan is None:
+            LOG.warning('skipping %s: no plan', name)
+            continue
+        if name == 'hf_full':
+            backends[name] = HFGenerate(model_dir, args.device, args.threads)
+        elif name.startswith('torch'):
+            backends[name] = create_backend('torch', model=model_dir,
+                                            plan=plan if pruned else None, device=args.device,
+                                            threads=args.threads)
+        elif name.startswith('ort'):
+            bundle = ensure_bundle(model_dir, plan if pruned else None, full=not pruned)
+            backends[name] = create_backend('onnxruntime', bundle=bundle, providers=providers,
+                                            threads=args.threads)
+        elif name.startswith('trt'):
+            from ros2_gmskip.runtime.trt_backend import available
+            ok, why = available()
+            if not ok:
+                LOG.warning('skipping %s: %s', name, why)
+                continue
+            bundle = ensure_bundle(model_dir, plan if pruned else None, full=not pruned)
+            backends[name] = create_backend('tensorrt', bundle=bundle)
+    return backends
+
+
+def summarize(results: list[Result]) -> dict:
+    from ros2_gmskip.runtime.stats import percentiles
+    totals = [r.latency.total_ms for r in results]
+    tokens = sum(r.tokens for r in results)
+    seconds = sum(totals) / 1e3
+    p = percentiles(totals, (50, 90))
+    stages = {s: sum(getattr(r.latency, s) for r in results) / len(results)
+              for s in ('preprocess_ms', 'vision_ms', 'prefill_ms', 'decode_ms')}
+    return {'p50_ms': p['p50'], 'p90_ms': p['p90'], 'max_ms': p['max'],
+            'tokens_per_s': tokens / seconds if seconds else 0.0,
+            'mean_tokens': tokens / len(results), 'mean_stage_ms': stages}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = list(result['configs'])
+    p50 = [result['configs'][n]['p50_ms'] for n in names]
+    p90 = [result['configs'][n]['p90_ms'] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colors = ['#999999' if n.startswith('hf') else '#4c72b0' if n.endswith('full') else '#dd8452'
+              for n in names]
+    bars = ax.bar(names, p50, color=colors,
+                  yerr=[[0] * len(names), [b - a for a, b in zip(p50, p90)]], capsize=4)
+    for bar, value in zip(bars, p50):
+        ax.annotate(f'{value:.0f}', (bar.get_x() + bar.get_width() / 2, value),
+                    ha='center', va='bottom', fontsize=8)
+    ax.set_ylabel('per-frame latency, ms (bar p50, whisker p90)')
+    ax.set_title(f'{result["n"]} test scenes, {result["threads"]} threads, {result["machine"]}',
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ros2_gmskip.runtime.defaults import default_model_dir, default_plan_path
+    from ros2_gmskip.scenes import load_samples
+
+    model_dir = args.model or default_model_dir()
+    plan = args.plan or (default_plan_path() if args.model is None else None)
+    backends = make_backends(args, model_dir, plan)
+    samples = load_samples('test', args.n)
+    names = list(backends)
+    results: dict[str, list[Result]] = {}
+    for name in names:
+        for sample in samples[:args.warmup]:            # warm-up: caches, allocator, threads
+            backends[name].describe(sample.image, DEFAULT_PROMPT, args.max_new_tokens)
+        results[name] = [backends[name].describe(s.image, DEFAULT_PROMPT, args.max_new_tokens)
+                         for s in tqdm(samples, desc=name, unit='frame')]
+    machine = f'{platform.processor() or platform.machine()}, {args.device}'
+    out = {'n': len(samples), 'threads': args.threads, 'device': args.device,
+           'machine': machine, 'model': str(model_dir), 'plan': str(plan) if plan else None,
+           'configs': {n: summarize(r) for n, r in results.items()}}
+    ref = {n: [r.text for r in results[n]] for n in names}
+    out['same_text_as'] = {n: {m: sum(a == b for a, b in zip(ref[n], ref[m])) / len(samples)
+                               for m in names if m != n} for n in names}
+    cfg = out['configs']
+    for name in names:
+        cfg[name]['vs_hf'] = cfg[name]['p50_ms'] / cfg['hf_full']['p50_ms'] \
+            if 'hf_full' in cfg else None
+        full = name.replace('_pruned', '_full')
+        if name.endswith('_pruned') and full in cfg:
+            out[f'{name}_vs_{full}'] = cfg[name]['p50_ms'] / cfg[full]['p50_ms']
+        if 'hf_full' in cfg and name != 'hf_full':
+            out[f'{name}_vs_hf'] = cfg[name]['vs_hf']
+    print(f'{"config":<13} {"p50 ms":>8} {"p90 ms":>8} {"tok/s":>8} {"vs hf":>7}  '
+          f'{"vision":>7} {"prefill":>7} {"decode":>7}')
+    for name in names:
+        c = cfg[name]
+        s = c['mean_stage_ms']
+        vs = f'{c["vs_hf"]:.3f}' if c['vs_hf'] is not None else '-'
+        print(f'{name:<13} {c["p50_ms"]:8.1f} {c["p90_ms"]:8.1f} {c["tokens_per_s"]:8.1f} '
+              f'{vs:>7}  {s["vision_ms"]:7.1f} {s["prefill_ms"]:7.1f} {s["decode_ms"]:7.1f}')
+    for key in sorted(k for k in out if k.endswith(('_vs_hf', '_full')) and '_vs_' in k):
+        print(f'{key} = {out[key]:.3f}')
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / 'bench.json').write_text(json.dumps(out, indent=1))
+    plot(out, args.out_dir / 'bench.png')
+    print(f'wrote {args.out_dir / "bench.json"} and {args.out_dir / "bench.png"}')
+    if args.json:
+        print(json.dumps(out))
+    return 0
