@@ -581,8 +581,9 @@ class BagOutputWriter:
     body raises, so an interrupted replay leaves a readable bag of what it wrote.
     """
 
-    def __init__(self, path: Path, storage: str = 'mcap') -> None:
+    def __init__(self, path: Path, storage: str = 'mcap', typestore: Any = None) -> None:
         self.path = Path(path)
+        self.typestore = TYPESTORE if typestore is None else typestore   # e.g. + Float64Stamped
         if storage not in STORAGES:
             raise BagError(f'unknown rosbag storage {storage!r}: expected one of '
                            f'{", ".join(STORAGES)}')
@@ -601,19 +602,19 @@ class BagOutputWriter:
         self.counts: dict[str, int] = {}       # topic -> messages written
 
     def write(self, topic: str, msgtype: str, timestamp_ns: int, msg: Any) -> None:
-        """Serialize `msg` (a TYPESTORE message of `msgtype`) to CDR and append it."""
+        """Serialize `msg` (a message of `msgtype` in this writer's typestore) and append it."""
         if self._writer is None:
             raise BagError(f'rosbag {str(self.path)!r} is closed')
         key = (topic, msgtype)
         conn = self._connections.get(key)
         if conn is None:
-            if msgtype not in TYPESTORE.types:
-                raise BagError(f'message type {msgtype!r} is unknown to the ROS 2 Humble '
-                               f'typestore: cannot write topic {topic!r}')
-            conn = self._writer.add_connection(topic, msgtype, typestore=TYPESTORE)
+            if msgtype not in self.typestore.types:
+                raise BagError(f'message type {msgtype!r} is unknown to the typestore: '
+                               f'cannot write topic {topic!r}')
+            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
             self._connections[key] = conn
         try:
-            data = TYPESTORE.serialize_cdr(msg, msgtype)
+            data = self.typestore.serialize_cdr(msg, msgtype)
         except Exception as err:
             raise BagError(f'cannot serialize a {type(msg).__name__} as {msgtype} for topic '
                            f'{topic!r}: {_one_line(err)}') from err

@@ -105,26 +105,6 @@ class ReplayClock:
         return self.now_ns() / 1e9
 
 
-class _OutputBag(BagOutputWriter):
-    """BagOutputWriter over REPLAY_TYPESTORE (which knows Float64Stamped).
-
-    Used from one thread only: the sqlite3 storage refuses writes from another thread than the
-    one that opened it, so the worker's outputs are queued and written by the replay thread.
-    """
-
-    def write(self, topic: str, msgtype: str, timestamp_ns: int, msg: Any) -> None:
-        if self._writer is None:
-            raise BagError(f'rosbag {str(self.path)!r} is closed')
-        key = (topic, msgtype)
-        conn = self._connections.get(key)
-        if conn is None:
-            conn = self._writer.add_connection(topic, msgtype, typestore=REPLAY_TYPESTORE)
-            self._connections[key] = conn
-        data = REPLAY_TYPESTORE.serialize_cdr(msg, msgtype)
-        self._writer.write(conn, int(timestamp_ns), data)
-        self.counts[topic] = self.counts.get(topic, 0) + 1
-
-
 def _time_msg(stamp_ns: int) -> Any:
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
     return REPLAY_TYPESTORE.types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec)
@@ -214,7 +194,8 @@ class _Recorder:
     and `truth_until` (replay thread) write.
     """
 
-    def __init__(self, bag: _OutputBag, clock: ReplayClock, truth: list[tuple[int, str]]) -> None:
+    def __init__(self, bag: BagOutputWriter, clock: ReplayClock,
+                 truth: list[tuple[int, str]]) -> None:
         self.bag = bag
         self.clock = clock
         self.truth = sorted(truth)
@@ -369,7 +350,9 @@ def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParam
             backend = backend()
         clock = ReplayClock()
         ticks = _Ticks(params.diagnostics_period_s)
-        with _OutputBag(out_bag, storage) as bag:
+        # One thread only writes it: sqlite3 refuses writes from another thread than the one that
+        # opened it, so the worker's outputs are queued and written by the replay thread.
+        with BagOutputWriter(out_bag, storage, typestore=REPLAY_TYPESTORE) as bag:
             rec = _Recorder(bag, clock, truth)
             core = DescriberCore(backend, params, publish=rec.publish, clock=clock.now_s,
                                  wall_clock=clock.now_s, convert=convert)
