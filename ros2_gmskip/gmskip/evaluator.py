@@ -17,6 +17,7 @@ import torch
 from ros2_gmskip.errors import DatasetError, ModelLoadError
 from ros2_gmskip.gmskip.metrics import checked, resolve_metric
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.vlm.generation import decode_new_tokens
 from ros2_gmskip.vlm.prompting import build_inputs
 
 LOG = logging.getLogger(__name__)
@@ -103,9 +104,7 @@ class CalibrationEvaluator:
                                               do_sample=False)
                 finally:
                     self.vision.key = None
-                new = out[:, inputs['input_ids'].shape[1]:]
-                texts += [t.strip() for t in
-                          self.processor.batch_decode(new, skip_special_tokens=True)]
+                texts += decode_new_tokens(self.processor, out, inputs['input_ids'].shape[1])
         return texts
 
     def score(self, removed: Sequence[int] = ()) -> float:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,22 +22,11 @@ def generate_texts(model, processor, images: Sequence[np.ndarray], prompt: str =
                       unit='batch'):
         inputs = build_inputs(processor, images[start:start + batch_size], prompt)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        new = out[:, inputs['input_ids'].shape[1]:]
-        texts += [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+        texts += decode_new_tokens(processor, out, inputs['input_ids'].shape[1])
     return texts
 
 
-@torch.no_grad()
-def generate_from_embeds(model, processor, inputs_embeds: torch.Tensor,
-                         attention_mask: torch.Tensor, max_new_tokens: int = 48) -> list[str]:
-    """Greedy decode from precomputed input embeddings (image features already merged in).
-
-    GM-Skip evaluates many decoder-only candidates on the same images: the vision tower runs once
-    per image and only this decoder part runs per candidate.
-    """
-    out = model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                         max_new_tokens=max_new_tokens, do_sample=False)
-    return [t.strip() for t in processor.batch_decode(out, skip_special_tokens=True)]
-
-
-Generator = Callable[[Sequence[np.ndarray]], list[str]]
+def decode_new_tokens(processor, out: torch.Tensor, prompt_len: int) -> list[str]:
+    """Texts of what `generate` added after the prompt (output rows are prompt + new tokens)."""
+    return [t.strip() for t in
+            processor.batch_decode(out[:, prompt_len:], skip_special_tokens=True)]
