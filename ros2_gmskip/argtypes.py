@@ -4,37 +4,31 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Callable
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
-    return value
+def _number(cast: Callable[[str], float], ok: Callable[[float], bool], expected: str,
+            name: str) -> Callable[[str], float]:
+    """A validator: `cast(text)` must succeed and satisfy `ok`, else 'expected <expected>'."""
+    def parse(text: str):
+        try:
+            value = cast(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):          # NaN fails every comparison: rejected
+            raise argparse.ArgumentTypeError(f'expected {expected}, got {text!r}')
+        return value
+    parse.__name__ = parse.__qualname__ = name
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
-    return value
-
-
-def fraction(text: str) -> float:
-    """A float in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a number in [0, 1], got {text!r}') from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f'expected a number in [0, 1], got {text!r}')
-    return value
+positive_int = _number(int, lambda v: v > 0, 'a positive integer', 'positive_int')
+non_negative_int = _number(int, lambda v: v >= 0, 'an integer >= 0', 'non_negative_int')
+fraction = _number(float, lambda v: 0.0 <= v <= 1.0, 'a number in [0, 1]', 'fraction')
+non_negative_float = _number(float, lambda v: 0.0 <= v < float('inf'), 'a number >= 0',
+                             'non_negative_float')
+positive_float = _number(float, lambda v: 0.0 < v < float('inf'), 'a number > 0',
+                         'positive_float')
 
 
 def existing_dir(text: str) -> Path:
@@ -49,28 +43,6 @@ def existing_file(text: str) -> Path:
     if not path.is_file():
         raise argparse.ArgumentTypeError(f'no such file {text!r}')
     return path
-
-
-def non_negative_float(text: str) -> float:
-    """A finite float >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < float('inf'):
-        raise argparse.ArgumentTypeError(f'expected a number >= 0, got {text!r}')
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A finite float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not 0.0 < value < float('inf'):
-        raise argparse.ArgumentTypeError(f'expected a number > 0, got {text!r}')
-    return value
 
 
 def count_or_fraction(text: str) -> int | float:
