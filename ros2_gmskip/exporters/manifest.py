@@ -39,14 +39,6 @@ PLACEHOLDER = '{prompt}'
 _SENTINEL = 'ZQXPROMPTSENTINELQXZ'      # rendered through the chat template, then replaced
 
 
-def weights_sha256(model_dir: Path) -> str:
-    """sha256 of a model's weights, as skip plans record it (`ros2_gmskip.gmskip.plan`): over the
-    bytes of the folder's *.safetensors files in sorted name order. A plan and a bundle made from
-    the same folder therefore carry the same model hash."""
-    from ros2_gmskip.gmskip.plan import weights_sha256 as plan_weights_sha256
-    return plan_weights_sha256(Path(model_dir))
-
-
 def versions() -> dict[str, str | None]:
     """Installed versions of the packages that made the bundle."""
     out: dict[str, str | None] = {}

@@ -52,6 +52,7 @@ from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
 from ros2_gmskip.exporters.export_config import (DEFAULT_OPSET, ExportConfig, export_config_for,
                                                  family_of_config, rope_parameters)
+from ros2_gmskip.gmskip.plan import weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 
 log = logging.getLogger(__name__)
@@ -365,7 +366,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         text_cfg = model.config.get_text_config(decoder=True)
         d = config.decoder
         manifest = mf.build_manifest(
-            model_dir=model_dir, model_sha256=mf.weights_sha256(model_dir), plan=plan_entry,
+            model_dir=model_dir, model_sha256=weights_sha256(model_dir), plan=plan_entry,
             opset=opset, files=mf.file_hashes(tmp), graphs=config.graphs(),
             tokens=mf.tokens_entry(processor, model.config, model.generation_config,
                                    config.num_image_tokens, prompt_text),

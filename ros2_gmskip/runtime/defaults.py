@@ -16,6 +16,7 @@ import sys
 
 from ros2_gmskip import __version__
 from ros2_gmskip.errors import BundleError
+from ros2_gmskip.runtime.bundle import sha256_file
 
 LOG = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = 'gmskip-llava-scenes'
@@ -51,20 +52,12 @@ def cache_dir() -> Path:
     return Path(base) / 'ros2_gmskip'
 
 
-def _file_sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def bundle_cache_path(model_dir: Path, plan: Path | None) -> Path:
     """Cache folder keyed by the model weights, the plan file and this package's version."""
     h = hashlib.sha256(__version__.encode())
     for weights in sorted(Path(model_dir).glob('*.safetensors')):
-        h.update(_file_sha(weights).encode())
-    h.update(_file_sha(plan).encode() if plan else b'no-plan')
+        h.update(sha256_file(weights).encode())
+    h.update(sha256_file(plan).encode() if plan else b'no-plan')
     tag = 'pruned' if plan else 'full'
     return cache_dir() / 'bundles' / f'{Path(model_dir).name}-{tag}-{h.hexdigest()[:12]}'
 
