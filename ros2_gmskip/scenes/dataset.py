@@ -56,18 +56,22 @@ class Sample:
         if self.image_path is None:
             raise ImageError(f'cannot read image {self.image_id!r}: the sample has neither '
                              f'pixels nor a file path')
-        path = self.image_path
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert('RGB'))
-        except FileNotFoundError as err:
-            raise ImageError(f'cannot read image {path}: no such file') from err
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ImageError(f'cannot read image {path}: {reason}') from err
-        if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) == 0:
-            raise ImageError(f'cannot read image {path}: decoded to shape {arr.shape}')
-        return np.ascontiguousarray(arr, dtype=np.uint8)
+        return read_rgb(self.image_path)
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3) decoded from an image file; ImageError naming the file otherwise."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert('RGB'))
+    except FileNotFoundError as err:
+        raise ImageError(f'cannot read image {path}: no such file') from err
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImageError(f'cannot read image {path}: {reason}') from err
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) == 0:
+        raise ImageError(f'cannot read image {path}: decoded to shape {arr.shape}')
+    return np.ascontiguousarray(arr, dtype=np.uint8)
 
 
 def _check_size(width: int, height: int) -> None:

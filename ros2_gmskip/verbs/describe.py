@@ -46,17 +46,11 @@ def backend_from_args(args: argparse.Namespace):
 
 def read_image(path: Path):
     """RGB uint8 array from an image file; ImageError naming the file otherwise."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
     from ros2_gmskip.errors import ImageError
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert('RGB'))
-    except FileNotFoundError:
-        raise ImageError(f'no such image file {str(path)!r}') from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageError(f'cannot read image {str(path)!r}: {err}') from err
+    from ros2_gmskip.scenes.dataset import read_rgb
+    if not Path(path).is_file():
+        raise ImageError(f'no such image file {str(path)!r}')
+    return read_rgb(Path(path))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
