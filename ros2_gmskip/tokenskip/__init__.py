@@ -11,6 +11,7 @@ time FFN skipping (Skip-Vision), plus the FLOPs estimates that compare them with
   pruning after layer K, decode over caches of different lengths per layer).
 - `kv_removal`: drop visual KV entries after prefill; decode on the smaller cache.
 - `skip_ffn`: MLP wrappers that compute only the non-skipped rows (and count them).
+- `settings`: the knobs as plans and bundles carry them (TokenSkip; pure stdlib).
 - `flops`: FastV's per-layer FLOPs formula; prefill / decode totals (pure arithmetic, no torch).
 
 Names are loaded from their submodule on first use (PEP 562): `import ros2_gmskip.tokenskip.flops`
@@ -24,10 +25,11 @@ from ros2_gmskip.lazy import lazy_exports
 # public name -> submodule that defines it
 _EXPORTS: dict[str, str] = {
     'DecoderDims': 'flops',
-    'FastVConfig': 'fastv',
+    'FastVConfig': 'settings',
     'KVRemovalConfig': 'kv_removal',
     'Selection': 'skip_ffn',
     'SkipFFN': 'skip_ffn',
+    'TokenSkip': 'settings',
     'decode_flops': 'flops',
     'fastv_generate': 'fastv',
     'fastv_generate_ids': 'fastv',
@@ -51,6 +53,7 @@ __all__ = [
     'KVRemovalConfig',
     'Selection',
     'SkipFFN',
+    'TokenSkip',
     'decode_flops',
     'fastv_generate',
     'fastv_generate_ids',

@@ -37,7 +37,6 @@ models; anything else raises ModelLoadError naming what is missing.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -46,7 +45,7 @@ from torch import nn
 
 from ros2_gmskip.errors import ModelLoadError
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT
-from ros2_gmskip.tokenskip.flops import num_kept
+from ros2_gmskip.tokenskip.settings import FastVConfig, random_slots
 from ros2_gmskip.vlm.blocks import decoder_stack
 from ros2_gmskip.vlm.prompting import build_inputs
 
@@ -58,25 +57,6 @@ Past = list[tuple[torch.Tensor, torch.Tensor]]      # per layer: key, value (B, 
 # multimodal RoPE (3-D positions), embedding scaling, extra norms around the FFN.
 _UNSUPPORTED = {'qwen2_vl': 'multimodal RoPE', 'qwen2_5_vl': 'multimodal RoPE',
                 'paligemma': 'Gemma decoder', 'gemma3': 'Gemma decoder'}
-
-
-@dataclass(frozen=True)
-class FastVConfig:
-    """Where and how much to prune."""
-
-    k: int = 2           # prune AFTER layer K-1: layers < K see every token, layers >= K the kept
-    r: float = 0.5       # share of image tokens pruned; keeps ceil((1-R) * n_img); 0 = none
-    seed: int = 0        # K = 0 only: which random subset is kept
-
-    def __post_init__(self) -> None:
-        if self.k < 0:
-            raise ValueError(f'FastV K must be >= 0, got {self.k}')
-        if not 0.0 <= self.r <= 1.0:
-            raise ValueError(f'FastV R must be in [0, 1], got {self.r}')
-
-    def n_keep(self, n_image: int) -> int:
-        """Image tokens kept out of `n_image`."""
-        return num_kept(n_image, self.r)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,9 +101,9 @@ def image_positions_of(image_mask: torch.Tensor) -> torch.Tensor:
 
 def random_kept(image_positions: torch.Tensor, n_keep: int, seed: int) -> torch.Tensor:
     """(B, n_keep) image positions for K = 0: the same seeded random slots in every row, sorted."""
-    g = torch.Generator().manual_seed(seed)
-    slots = torch.randperm(image_positions.shape[1], generator=g)[:n_keep].sort().values
-    return image_positions[:, slots.to(image_positions.device)]
+    slots = torch.tensor(random_slots(image_positions.shape[1], n_keep, seed),
+                         device=image_positions.device)
+    return image_positions[:, slots]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import nn
 
+from ros2_gmskip.tokenskip import settings
 from ros2_gmskip.tokenskip.flops import num_kept
 from ros2_gmskip.vlm.blocks import decoder_stack
 
@@ -53,10 +54,9 @@ class Selection(str, Enum):
 
 
 def retained_slots(n: int, ratio: float) -> torch.Tensor:
-    """Image-token slots (0..n-1) that do NOT skip under the stride rule: ceil((1-ratio) n) evenly
-    spaced, starting at slot 0. (n = 64, ratio = 0.75 -> 0, 4, 8, ..., 60.)"""
-    n_keep = num_kept(n, ratio)
-    return torch.arange(n_keep) * n // max(n_keep, 1)
+    """Image-token slots (0..n-1) that do NOT skip under the stride rule (settings.py defines it:
+    ceil((1-ratio) n) evenly spaced, starting at slot 0; n = 64, ratio = 0.75 -> 0, 4, ..., 60)."""
+    return torch.tensor(settings.retained_slots(n, ratio), dtype=torch.long)
 
 
 def select_skipped(image_mask: torch.Tensor, ratio: float, mode: Selection | str = Selection.STRIDE,
