@@ -286,7 +286,7 @@ def test_factory_kinds(tiny_bundle, tiny_model_dir, monkeypatch):
     assert create_backend('torch', model=tiny_model_dir, threads=1).name == 'torch'
     calls = []                  # no bundle: the cached export of (model, plan) from defaults
 
-    def ensure_bundle(model, plan, full=False):
+    def ensure_bundle(model, plan, full=False, tokens=None):
         calls.append((model, plan, full))
         return tiny_bundle
     monkeypatch.setattr(defaults, 'ensure_bundle', ensure_bundle)

@@ -65,6 +65,47 @@ class DecoderShape:
     rope_theta: float | None
 
 
+@dataclass(frozen=True)
+class DecoderSegment:
+    """One decoder graph: blocks [first, stop) of the (pruned) decoder.
+
+    A bundle without token skipping has one segment (decoder.onnx: embeddings -> logits). FastV
+    and KV removal from a layer split the decoder there (see onnx_export.py for why): the first
+    segment reads `inputs_embeds`, later ones `inputs_hidden` (the previous segment's
+    `hidden_states`); only the last ends in `logits`; the segment that ends at FastV's K also
+    outputs `last_token_attention`.
+    """
+
+    file: str
+    first: int
+    stop: int
+    last: bool
+    ranks: bool                       # outputs last_token_attention (FastV ranks by it)
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def name(self) -> str:
+        return self.file[:-len('.onnx')]
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def output_name(self) -> str:
+        return self.outputs[0].name
+
+    def to_manifest(self) -> dict:
+        return {'file': self.file, 'layers': [self.first, self.stop], 'input': self.input_name,
+                'output': self.output_name, 'ranks': self.ranks}
+
+
+def segment_file(index: int) -> str:
+    """decoder.onnx, decoder.1.onnx, decoder.2.onnx, ..."""
+    return 'decoder.onnx' if index == 0 else f'decoder.{index}.onnx'
+
+
 @dataclass
 class ExportConfig:
     """The two graphs of a VLM bundle: vision (pixels -> image embeddings) and decoder (with KV)."""
@@ -78,10 +119,15 @@ class ExportConfig:
     logits_atol: float = 1e-3        # fp32 export vs eager torch
     kv_atol: float = 1e-4
     embeds_atol: float = 1e-4
+    hidden_atol: float = 1e-3        # between decoder segments (residual stream, unnormalised)
+    attention_atol: float = 1e-5     # probabilities
     vision_inputs: list[TensorSpec] = field(init=False)
     vision_outputs: list[TensorSpec] = field(init=False)
+    splits: tuple[int, ...] = ()     # decoder split before these blocks (token skipping)
+    rank_at: int | None = None       # FastV K: the segment ending here outputs attention
     decoder_inputs: list[TensorSpec] = field(init=False)
     decoder_outputs: list[TensorSpec] = field(init=False)
+    segments: list[DecoderSegment] = field(init=False)
 
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -93,29 +139,49 @@ class ExportConfig:
         self.vision_inputs = [TensorSpec('pixel_values', (BATCH, 3, H, W))]
         self.vision_outputs = [TensorSpec('image_embeds', (BATCH, self.num_image_tokens,
                                                            d.hidden_size), atol=self.embeds_atol)]
+        bad = [b for b in self.splits if not 0 < b < d.num_layers]
+        if bad or list(self.splits) != sorted(set(self.splits)):
+            raise ModelLoadError(f'decoder splits {list(self.splits)} must be increasing block '
+                                 f'indices in 1..{d.num_layers - 1}')
+        if self.rank_at is not None and self.rank_at not in self.splits:
+            raise ModelLoadError(f'FastV K={self.rank_at} must be one of the splits')
+        bounds = [0, *self.splits, d.num_layers]
+        self.segments = [self._segment(i, first, stop, stop == d.num_layers)
+                         for i, (first, stop) in enumerate(zip(bounds, bounds[1:]))]
+        self.decoder_inputs = list(self.segments[0].inputs)
+        self.decoder_outputs = list(self.segments[0].outputs)
+
+    def _segment(self, index: int, first: int, stop: int, last: bool) -> DecoderSegment:
+        d = self.decoder
         kv_past = (BATCH, d.num_kv_heads, PAST, d.head_dim)
         kv_total = (BATCH, d.num_kv_heads, TOTAL, d.head_dim)
-        self.decoder_inputs = [
-            TensorSpec('inputs_embeds', (BATCH, SEQ, d.hidden_size)),
+        hidden = (BATCH, SEQ, d.hidden_size)
+        inputs = [
+            TensorSpec('inputs_embeds' if first == 0 else 'inputs_hidden', hidden),
             TensorSpec('attention_mask', (BATCH, TOTAL), 'int64'),     # total = past + seq
             TensorSpec('position_ids', (BATCH, SEQ), 'int64'),
         ]
-        self.decoder_outputs = [TensorSpec('logits', (BATCH, SEQ, d.vocab_size),
-                                           atol=self.logits_atol)]
-        for i in range(d.num_layers):
+        outputs = [TensorSpec('logits', (BATCH, SEQ, d.vocab_size), atol=self.logits_atol)
+                   if last else TensorSpec('hidden_states', hidden, atol=self.hidden_atol)]
+        ranks = self.rank_at == stop
+        if ranks:
+            outputs.append(TensorSpec('last_token_attention', (BATCH, TOTAL),
+                                      atol=self.attention_atol))
+        for i in range(first, stop):
             for kind in ('key', 'value'):
-                self.decoder_inputs.append(TensorSpec(past_name(i, kind), kv_past))
-                self.decoder_outputs.append(TensorSpec(present_name(i, kind), kv_total,
-                                                       atol=self.kv_atol))
+                inputs.append(TensorSpec(past_name(i, kind), kv_past))
+                outputs.append(TensorSpec(present_name(i, kind), kv_total, atol=self.kv_atol))
+        return DecoderSegment(file=segment_file(index), first=first, stop=stop, last=last,
+                              ranks=ranks, inputs=tuple(inputs), outputs=tuple(outputs))
 
     def graphs(self) -> dict[str, dict[str, list[dict]]]:
-        """The manifest's `graphs` entry."""
-        return {
-            'vision': {'inputs': [s.to_dict() for s in self.vision_inputs],
-                       'outputs': [s.to_dict() for s in self.vision_outputs]},
-            'decoder': {'inputs': [s.to_dict() for s in self.decoder_inputs],
-                        'outputs': [s.to_dict() for s in self.decoder_outputs]},
-        }
+        """The manifest's `graphs` entry: vision, then one entry per decoder segment."""
+        out = {'vision': {'inputs': [s.to_dict() for s in self.vision_inputs],
+                          'outputs': [s.to_dict() for s in self.vision_outputs]}}
+        for seg in self.segments:
+            out[seg.name] = {'inputs': [s.to_dict() for s in seg.inputs],
+                             'outputs': [s.to_dict() for s in seg.outputs]}
+        return out
 
 
 def past_name(layer: int, kind: str) -> str:
@@ -152,8 +218,10 @@ def rope_parameters(text_config: Any) -> dict:
 
 
 def export_config_for(config: Any, num_layers: int | None = None, opset: int = DEFAULT_OPSET,
-                      image_size: tuple[int, int] | None = None) -> ExportConfig:
-    """The ExportConfig of a VLM config (after pruning: pass the remaining `num_layers`)."""
+                      image_size: tuple[int, int] | None = None, splits: tuple[int, ...] = (),
+                      rank_at: int | None = None) -> ExportConfig:
+    """The ExportConfig of a VLM config (after pruning: pass the remaining `num_layers`;
+    token skipping: the decoder `splits` and FastV's K as `rank_at`)."""
     family = family_of_config(config)
     text = _get(config, 'text_config')
     vision = _get(config, 'vision_config')
@@ -191,4 +259,5 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
         vocab_size=_get(text, 'vocab_size'),
         rope_theta=rope.get('rope_theta'))
     return ExportConfig(family=family, decoder_type=decoder_type, image_size=tuple(image_size),
-                        num_image_tokens=num_image_tokens, decoder=shape, opset=opset)
+                        num_image_tokens=num_image_tokens, decoder=shape, opset=opset,
+                        splits=tuple(splits), rank_at=rank_at)

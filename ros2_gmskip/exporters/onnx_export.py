@@ -27,6 +27,21 @@ KV inputs that are not plain named tensors. The wrapper gives a clean graph of b
 works unchanged for a pruned model: it simply iterates over the blocks that remain. Its numerics
 are checked against the HF model on every export (validate.py), so it cannot silently drift.
 
+Token skipping (FastV, visual KV removal): split graphs, not pruning inside the graph
+-------------------------------------------------------------------------------------
+With FastV K (or KV removal starting at layer s > 0) the decoder is exported as consecutive
+segments: decoder.onnx = blocks [0, K) -> hidden_states + last_token_attention (B, S), and
+decoder.1.onnx = blocks [K, L) -> logits; each segment has its own KV inputs, so each keeps its own
+cache length. The runtime ranks the image tokens by `last_token_attention` and gathers the kept
+rows of `hidden_states` in numpy (64 scores, a (T, C) gather: microseconds), then runs the next
+segment on fewer tokens. Why not prune inside one graph: TopK with a data-dependent K, a
+sort to restore token order, and a gather whose output length differs between prefill and decode
+would have to hold for every call, and the layers after K need a second attention mask of another
+length in decode; TensorRT wants such shapes fixed per optimisation profile. Split graphs keep
+every graph a plain decoder (same ops, same profiles, same validation) and cost one extra session
+run per generated token. KV removal needs no graph change at all: after the prefill the runtime
+gathers the kept slots of the `present.*` tensors and feeds the smaller cache back.
+
 The TorchScript exporter (`dynamo=False`) is used: for a fixed-structure module like this it is
 fast, deterministic and gives plain opset-17 graphs with named dynamic axes; graphs below 2 GB are
 written as one self-contained file.
@@ -54,6 +69,7 @@ from ros2_gmskip.exporters.export_config import (DEFAULT_OPSET, ExportConfig, ex
                                                  family_of_config, rope_parameters)
 from ros2_gmskip.gmskip.plan import weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
+from ros2_gmskip.tokenskip.settings import TokenSkip
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +135,24 @@ class DecoderForExport(nn.Module):
     forward(inputs_embeds, attention_mask, position_ids, *past) -> (logits, *present), with past /
     present ordered (layer 0 key, layer 0 value, layer 1 key, ...).
 
+    A segment (blocks [first, stop), for token skipping) that is not the last returns the hidden
+    states instead of logits, and with `ranks` also the head-averaged attention the last query
+    pays every key in its last block, (B, S): FastV's ranking signal.
+
     Per block: one MatMul for q|k|v (the three weights concatenated), RoPE applied to q and k in
     one go, one MatMul for the MLP's gate|up. Same values as the separate projections, about 40 %
     fewer graph nodes, and node count is what a small decoder's per-token time is made of on CPU.
     (The fused weights are copies: export holds the decoder's projection weights twice.)
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, first: int = 0, stop: int | None = None,
+                 ranks: bool = False) -> None:
         super().__init__()
         text = model.model.language_model
         cfg = text.config
-        self.layers = text.layers
+        stop = len(text.layers) if stop is None else stop
+        self.first, self.last, self.ranks = first, stop == len(text.layers), ranks
+        self.layers = text.layers[first:stop]            # a segment: blocks [first, stop)
         self.norm = text.norm
         self.lm_head = model.lm_head
         self.num_heads = cfg.num_attention_heads
@@ -144,7 +167,7 @@ class DecoderForExport(nn.Module):
         layer_types = getattr(cfg, 'layer_types', None)
         self.windows = [window if window and (layer_types is None or
                                               layer_types[i] == 'sliding_attention') else None
-                        for i in range(len(self.layers))]
+                        for i in range(first, stop)]
         for i, layer in enumerate(self.layers):
             extra = [n for n in ('q_norm', 'k_norm', 'sinks') if hasattr(layer.self_attn, n)]
             if extra:
@@ -210,6 +233,9 @@ class DecoderForExport(nn.Module):
             y = y.transpose(1, 2).reshape(B, T, H * d)
             h = h + attn.o_proj(y)
             h = h + self._mlp(i, layer.post_attention_layernorm(h))
+        if not self.last:                                   # a segment before a split
+            extra = [probs[:, :, -1].mean(dim=1)] if self.ranks else []    # (B, S) for FastV
+            return (h, *extra, *presents)
         logits = self.lm_head(self.norm(h))                                 # (B, T, V)
         return (logits, *presents)
 
@@ -253,14 +279,16 @@ def _dummy_vision_inputs(config: ExportConfig) -> tuple[torch.Tensor]:
     return (torch.randn(2, 3, H, W),)
 
 
-def _dummy_decoder_inputs(config: ExportConfig) -> tuple[torch.Tensor, ...]:
+def _dummy_decoder_inputs(config: ExportConfig, segment=None) -> tuple[torch.Tensor, ...]:
     """Batch 2, 3 new tokens after 4 cached ones (non-trivial sizes so no axis gets specialised)."""
     d = config.decoder
+    segment = segment or config.segments[0]
     B, T, P = 2, 3, 4
     mask = torch.ones(B, P + T, dtype=torch.int64)
     mask[1, 0] = 0
     positions = torch.arange(P, P + T, dtype=torch.int64)[None].expand(B, T).contiguous()
-    past = [torch.randn(B, d.num_kv_heads, P, d.head_dim) for _ in range(2 * d.num_layers)]
+    past = [torch.randn(B, d.num_kv_heads, P, d.head_dim)
+            for _ in range(2 * (segment.stop - segment.first))]
     return (torch.randn(B, T, d.hidden_size), mask, positions, *past)
 
 
@@ -295,7 +323,16 @@ def _publish(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+def plan_token_skip(plan: Path | None) -> TokenSkip:
+    """The token-skip settings a plan records (`tokens`), or none."""
+    if plan is None:
+        return TokenSkip()
+    from ros2_gmskip.gmskip.plan import load_plan
+    return TokenSkip.from_dict(load_plan(Path(plan), check_hash=False).tokens)
+
+
 def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
+                  tokens: TokenSkip | None = None,
                   removed_blocks: list[int] | None = None, opset: int = DEFAULT_OPSET,
                   validate_n: int = 50, prompt: str | None = None, max_new_tokens: int = 48,
                   threads: int | None = None, on_stage: Callable[[str], None] | None = None,
@@ -305,7 +342,9 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     The bundle is written into a temporary sibling folder and renamed to `out` only after every
     validation check passed; otherwise `BundleError` lists all failures and `out` is untouched.
     `removed_blocks` is the plan-less way to prune (tests, experiments): the manifest then records
-    the blocks with no plan path/hash. `on_stage(text)` / `on_check(Check)` report progress.
+    the blocks with no plan path/hash. `tokens`: FastV / KV-removal settings for the runtime
+    (default: the plan's `tokens`, if any); they split the decoder graph where they act and are
+    recorded in the manifest's `token_skip`. `on_stage(text)` / `on_check(Check)` report progress.
     """
     from ros2_gmskip.exporters import trt_ops, validate
     from ros2_gmskip.runtime.types import DEFAULT_PROMPT
@@ -330,9 +369,18 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         stage(f'removing {stack} blocks {blocks}')
         remove_blocks(model, blocks, stack=stack)
     num_layers = len(model.model.language_model.layers)
+    token_skip = tokens if tokens is not None else plan_token_skip(plan)
+    if token_skip.fastv is not None and token_skip.fastv.k >= num_layers:
+        raise BundleError(f'FastV K={token_skip.fastv.k} needs more than the {num_layers} decoder '
+                          'blocks the (pruned) model has: choose K < the remaining blocks')
+    if token_skip.kv_ratio and token_skip.kv_start >= num_layers:
+        raise BundleError(f'KV removal from layer {token_skip.kv_start} is past the last of the '
+                          f'{num_layers} decoder blocks')
+    splits, rank_at = token_skip.splits(num_layers)
     preprocess = mf.preprocess_entry(processor.image_processor)
     config = export_config_for(model.config, num_layers=num_layers, opset=opset,
-                               image_size=tuple(preprocess['size']))
+                               image_size=tuple(preprocess['size']), splits=splits,
+                               rank_at=rank_at)
     model.eval()
     if hasattr(model, 'set_attn_implementation'):
         model.set_attn_implementation('eager')                    # plain ops in the vision graph
@@ -346,9 +394,12 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         _export_graph(VisionForExport(model), _dummy_vision_inputs(config), tmp / 'vision.onnx',
                       config.vision_inputs, config.vision_outputs, opset)
         removed = f', {len(blocks)} {stack} blocks removed' if blocks else ''
-        stage(f'exporting decoder.onnx ({num_layers} blocks{removed})')
-        _export_graph(DecoderForExport(model), _dummy_decoder_inputs(config),
-                      tmp / 'decoder.onnx', config.decoder_inputs, config.decoder_outputs, opset)
+        for seg in config.segments:
+            part = '' if len(config.segments) == 1 else f' blocks {seg.first}..{seg.stop - 1} of'
+            stage(f'exporting {seg.file} ({part}{num_layers} blocks{removed})'.replace('( ', '('))
+            _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks),
+                          _dummy_decoder_inputs(config, seg), tmp / seg.file, list(seg.inputs),
+                          list(seg.outputs), opset)
         embed = model.get_input_embeddings().weight.detach().float().numpy()   # (V, C)
         np.save(tmp / EMBED, np.ascontiguousarray(embed), allow_pickle=False)
         for name in MODEL_FILES:
@@ -376,6 +427,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                             'hidden_size': d.hidden_size, 'vocab_size': d.vocab_size,
                             'rope_theta': rope_parameters(text_cfg).get('rope_theta'),
                             'family': config.family, 'decoder_type': config.decoder_type})
+        manifest['token_skip'] = token_skip.to_dict()
+        manifest['decoder_segments'] = [seg.to_manifest() for seg in config.segments]
         mf.write_manifest(tmp, manifest)
 
         t = time.perf_counter()

@@ -273,6 +273,8 @@ def build_engines(bundle: Any, out_dir: Path, cfg: BuildConfig | None = None, *,
                   gpu: GpuInfo | None = None, graphs: tuple[str, ...] = GRAPHS) -> dict:
     """Build every graph of `bundle` (a `Bundle`) into `out_dir`; return the written manifest."""
     cfg = cfg or BuildConfig()
+    if hasattr(bundle, 'require_plain_decoder'):
+        bundle.require_plain_decoder('build-engine')
     trt = import_tensorrt()
     gpu = gpu or gpu_info()
     out_dir = Path(out_dir)

@@ -9,7 +9,12 @@ Always runs after export (optimum-style), in this order, and reports every failu
 4. values      ONNX Runtime vs PyTorch, one line per output, within its tolerance: image_embeds;
                logits and present.* at prefill and at one decode step with past; logits for a
                batch of 2 with left padding (dynamic batch + attention_mask); output shapes
-5. greedy      the ORT backend's greedy text == transformers `generate` on `n` test scenes
+5. greedy      the ORT backend's greedy text == transformers `generate` on `n` test scenes (with
+               token skipping: == the torch reference, tokenskip.reference, with the same settings)
+
+A decoder split into segments (token skipping) is checked segment by segment in 1-2 and, run
+unpruned, as a whole against the HF decoder in 4 (hidden states and the FastV attention output at
+each split against `output_hidden_states` / `output_attentions`).
 
     report = validate_bundle(bundle_dir, model, processor, config, n_scenes=50)
     for check in report.checks: print(check.line())
@@ -106,11 +111,12 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------------------------------
 # 1-2. graphs and interface
 
-def check_graphs(bundle_dir: Path, opset: int, lint: Callable[[Path], list[str]]) -> list[Check]:
+def check_graphs(bundle_dir: Path, config: ExportConfig,
+                 lint: Callable[[Path], list[str]]) -> list[Check]:
     import onnx
 
     checks = []
-    for name in ('vision.onnx', 'decoder.onnx'):
+    for name in ('vision.onnx', *[seg.file for seg in config.segments]):
         path = Path(bundle_dir) / name
         try:
             onnx.checker.check_model(str(path), full_check=True)
@@ -118,8 +124,8 @@ def check_graphs(bundle_dir: Path, opset: int, lint: Callable[[Path], list[str]]
         except Exception as err:  # noqa: BLE001 - onnx raises several types
             checks.append(Check(f'{name} onnx.checker', False, str(err).splitlines()[0]))
         found = graph_opset(path)
-        problem = check_opset(found) or (None if found == opset else
-                                         f'opset {found}, asked for {opset}')
+        problem = check_opset(found) or (None if found == config.opset else
+                                         f'opset {found}, asked for {config.opset}')
         checks.append(Check(f'{name} opset', problem is None, problem or f'opset {found}'))
         unsupported = lint(path)
         checks.append(Check(f'{name} TensorRT ops', not unsupported,
@@ -170,19 +176,67 @@ def _check_shapes(graph: str, specs: list[TensorSpec], arrays: list[np.ndarray],
 # 3-4. inputs and values
 
 def _decoder_feed(embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
-                  past: list[np.ndarray]) -> dict[str, np.ndarray]:
-    feed = {'inputs_embeds': embeds.astype(np.float32), 'attention_mask': mask.astype(np.int64),
+                  past: list[np.ndarray], first: int = 0,
+                  input_name: str = 'inputs_embeds') -> dict[str, np.ndarray]:
+    feed = {input_name: embeds.astype(np.float32), 'attention_mask': mask.astype(np.int64),
             'position_ids': positions.astype(np.int64)}
-    for i in range(len(past) // 2):
-        feed[f'past_key_values.{i}.key'] = past[2 * i]
-        feed[f'past_key_values.{i}.value'] = past[2 * i + 1]
+    for j in range(len(past) // 2):
+        feed[f'past_key_values.{first + j}.key'] = past[2 * j]
+        feed[f'past_key_values.{first + j}.value'] = past[2 * j + 1]
     return feed
+
+
+def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask: np.ndarray,
+                 positions: np.ndarray, past: list[np.ndarray], only: list[str] | None = None
+                 ) -> tuple[dict[str, np.ndarray], list[Check]]:
+    """Every decoder segment in order, no token skipping -> {name: array} with `logits`,
+    `present.{i}.*` for all blocks and, per split at block s, `hidden_states@s` and
+    `last_token_attention@s`; plus one output-shape check per segment. `only=['logits']`: just
+    the logits."""
+    out: dict[str, np.ndarray] = {}
+    checks = []
+    h = embeds
+    B, T = positions.shape
+    sizes = {'batch': B, 'seq': T, 'total': mask.shape[1]}
+    for session, seg in zip(sessions, config.segments):
+        names = [o.name for o in seg.outputs]
+        feed = _decoder_feed(h, mask, positions, past[2 * seg.first:2 * seg.stop], seg.first,
+                             seg.input_name)
+        values = session.run(None, feed)
+        checks.append(_check_shapes(f'{seg.name} outputs', list(seg.outputs), values, sizes))
+        for name, value in zip(names, values):
+            out[name if seg.last or name.startswith('present.') else f'{name}@{seg.stop}'] = value
+        h = values[0]
+    if only is not None:
+        out = {k: v for k, v in out.items() if k in only}
+    return out, checks
+
+
+def _reference(out, first_layer: int = 0) -> dict[str, np.ndarray]:
+    """The same keys from a transformers forward (output_hidden_states / output_attentions)."""
+    ref = {'logits': out.logits.numpy()}
+    for i, t in enumerate(_cache_tensors(out.past_key_values)):
+        ref[f'present.{first_layer + i // 2}.{"key" if i % 2 == 0 else "value"}'] = t.numpy()
+    for s, h in enumerate(out.hidden_states or ()):
+        ref[f'hidden_states@{s}'] = h.numpy()            # after block s-1 (s < L: not normed)
+    for s, a in enumerate(out.attentions or (), start=1):
+        ref[f'last_token_attention@{s}'] = a[:, :, -1].float().mean(dim=1).numpy()
+    return ref
+
+
+def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
+                 ref: dict[str, np.ndarray]) -> None:
+    """Per output NAME (the part before '@'), the max |ours - ref| over everything compared."""
+    for key, value in ours.items():
+        name = key.split('@')[0]
+        diffs[name] = max(diffs.get(name, 0.0), _max_diff(value, ref[key]))
 
 
 @torch.no_grad()
 def check_values(backend, model, processor, config: ExportConfig, image: np.ndarray, prompt: str,
                  report: ValidationReport) -> list[Check]:
-    """Preprocessing, prompt ids, and ORT vs PyTorch values for every output."""
+    """Preprocessing, prompt ids, and ORT vs PyTorch values for every output (a segmented
+    decoder is run segment after segment, unpruned, against the whole HF decoder)."""
     from ros2_gmskip.vlm.prompting import build_inputs
 
     checks = []
@@ -190,6 +244,9 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     pixel_values = inputs['pixel_values']
     ids = inputs['input_ids']                                             # (1, T)
     T = ids.shape[1]
+    sessions = getattr(backend, 'decoders', [backend.decoder])
+    split = len(config.segments) > 1
+    extras = {'output_hidden_states': split, 'output_attentions': config.rank_at is not None}
 
     # 3. the runtime's own inputs
     mine = backend.preprocess(image)
@@ -214,31 +271,26 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     embeds = model.get_input_embeddings()(ids)
     mask = ids == model.config.image_token_id
     embeds = embeds.masked_scatter(mask[..., None], ref_feats.to(embeds.dtype))
-    ref = model(inputs_embeds=embeds, attention_mask=inputs['attention_mask'], use_cache=True)
+    ref = model(inputs_embeds=embeds, attention_mask=inputs['attention_mask'], use_cache=True,
+                **extras)
     L, kv, d = config.decoder.num_layers, config.decoder.num_kv_heads, config.decoder.head_dim
     empty = [np.zeros((1, kv, 0, d), np.float32)] * (2 * L)
-    positions = np.arange(T)[None]
-    ort = backend.decoder.run(None, _decoder_feed(embeds.numpy(), np.ones((1, T)), positions,
-                                                  empty))
-    ref_out = [ref.logits.numpy(), *[t.numpy() for t in _cache_tensors(ref.past_key_values)]]
-    for spec, a, b in zip(config.decoder_outputs, ort, ref_out):
-        diffs[spec.name] = _max_diff(a, b)
-    shape_checks.append(_check_shapes('decoder prefill', config.decoder_outputs, ort,
-                                      {'batch': 1, 'seq': T, 'total': T}))
+    ort, shapes = run_segments(sessions, config, embeds.numpy(), np.ones((1, T)),
+                               np.arange(T)[None], empty)
+    _merge_diffs(diffs, ort, _reference(ref))
+    shape_checks += [Check(f'decoder prefill: {c.name}', c.ok, c.detail) for c in shapes]
 
     # 4c. one decode step with past
     token = int(ref.logits[0, -1].argmax())
     step_ref = model(input_ids=torch.tensor([[token]]), attention_mask=torch.ones(1, T + 1,
-                     dtype=torch.int64), past_key_values=ref.past_key_values, use_cache=True)
+                     dtype=torch.int64), past_key_values=ref.past_key_values, use_cache=True,
+                     **extras)
     step_embeds = backend.embed_table[token][None, None]
-    step = backend.decoder.run(None, _decoder_feed(step_embeds, np.ones((1, T + 1)),
-                                                   np.array([[T]]), list(ort[1:])))
-    step_out = [step_ref.logits.numpy(), *[t.numpy() for t in _cache_tensors(
-        step_ref.past_key_values)]]
-    for spec, a, b in zip(config.decoder_outputs, step, step_out):
-        diffs[spec.name] = max(diffs[spec.name], _max_diff(a, b))
-    shape_checks.append(_check_shapes('decoder step', config.decoder_outputs, step,
-                                      {'batch': 1, 'seq': 1, 'total': T + 1}))
+    past = [ort[f'present.{i}.{k}'] for i in range(L) for k in ('key', 'value')]
+    step, shapes = run_segments(sessions, config, step_embeds, np.ones((1, T + 1)),
+                                np.array([[T]]), past)
+    _merge_diffs(diffs, step, _reference(step_ref))
+    shape_checks += [Check(f'decoder step: {c.name}', c.ok, c.detail) for c in shapes]
 
     # 4d. batch of 2, the second row left-padded by 3: dynamic batch + attention_mask
     pad = 3
@@ -249,16 +301,17 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     pos2 = (mask2.cumsum(-1) - 1).clamp(min=0)
     ref2 = model(inputs_embeds=emb2, attention_mask=mask2, position_ids=pos2).logits.numpy()
     empty2 = [np.zeros((2, kv, 0, d), np.float32)] * (2 * L)
-    ort2 = backend.decoder.run(['logits'], _decoder_feed(emb2.numpy(), mask2.numpy(), pos2.numpy(),
-                                                         empty2))[0]
+    ort2 = run_segments(sessions, config, emb2.numpy(), mask2.numpy(), pos2.numpy(), empty2,
+                        only=['logits'])[0]['logits']
     padded = _max_diff(ort2[0], ref2[0])
     padded = max(padded, _max_diff(ort2[1, pad:], ref2[1, pad:]))         # real tokens only
     tol = config.logits_atol
     diffs['logits'] = max(diffs['logits'], padded)
 
-    # one line per output (prefill and step together)
-    specs = [*config.vision_outputs, *config.decoder_outputs]
-    for spec in specs:
+    # one line per output name (prefill and step together; all segments together)
+    specs = {spec.name: spec for spec in [*config.vision_outputs,
+                                          *[o for seg in config.segments for o in seg.outputs]]}
+    for spec in specs.values():
         value = diffs[spec.name]
         detail = f'max |onnx - torch| {value:.1e} (tolerance {spec.atol:.0e})'
         if spec.name == 'logits':
@@ -282,8 +335,14 @@ def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: st
         return Check('greedy text', True, 'skipped (--validate-n 0)')
     stage(f'greedy decoding {len(images)} test scenes with transformers generate and the ORT '
           'backend')
-    reference = generate_texts(model, processor, images, prompt, max_new_tokens=max_new_tokens,
-                               batch_size=16)
+    token_skip = getattr(backend, 'token_skip', None)
+    if token_skip is None or token_skip.is_off:
+        reference = generate_texts(model, processor, images, prompt,
+                                   max_new_tokens=max_new_tokens, batch_size=16)
+    else:
+        from ros2_gmskip.tokenskip.reference import token_skip_texts
+        reference = token_skip_texts(model, processor, images, token_skip, prompt,
+                                     max_new_tokens=max_new_tokens, batch_size=16)
     mismatches = []
     for i, (image, want) in enumerate(zip(images, reference)):
         got = backend.describe(image, prompt, max_new_tokens).text
@@ -291,7 +350,9 @@ def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: st
             mismatches.append((i, got, want))
     n = len(images)
     report.identical, report.n_scenes = n - len(mismatches), n
-    detail = f'{n - len(mismatches)}/{n} test scenes identical to transformers generate'
+    against = ('transformers generate' if token_skip is None or token_skip.is_off else
+               f'the torch reference with {token_skip.describe()}')
+    detail = f'{n - len(mismatches)}/{n} test scenes identical to {against}'
     if mismatches:
         i, got, want = mismatches[0]
         detail += f'; first difference, scene {i}: onnx {got!r} vs torch {want!r}'
@@ -316,14 +377,15 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
             if on_check:
                 on_check(c)
 
-    add(check_graphs(bundle_dir, config.opset, lint or lint_graph))
+    add(check_graphs(bundle_dir, config, lint or lint_graph))
     try:
         backend = OrtBackend(Path(bundle_dir), threads=threads)
     except Exception as err:  # noqa: BLE001 - report it as a failed check, with the others
         add([Check('onnxruntime load', False, f'{type(err).__name__}: {err}')])
         return report
     add(check_interface('vision', backend.vision, config.vision_inputs, config.vision_outputs))
-    add(check_interface('decoder', backend.decoder, config.decoder_inputs, config.decoder_outputs))
+    for session, seg in zip(backend.decoders, config.segments):
+        add(check_interface(seg.name, session, list(seg.inputs), list(seg.outputs)))
     images = scene_images(max(n_scenes, 1))
     add(check_values(backend, model, processor, config, images[0], prompt, report))
     add([check_greedy(backend, model, processor, images[:n_scenes], prompt, max_new_tokens, report,

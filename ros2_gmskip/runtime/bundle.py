@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ros2_gmskip.errors import BundleError
+from ros2_gmskip.errors import BundleError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,31 @@ class Bundle:
         return self.manifest.get('plan')
 
     @property
+    def segments(self) -> list[dict]:
+        """Decoder graphs in order: [{'file', 'layers': [first, stop], 'input', 'output',
+        'ranks'}]; one (decoder.onnx) unless the bundle was exported with token skipping."""
+        segs = self.manifest.get('decoder_segments')
+        if not segs:
+            layers = self.decoder_config['num_layers']
+            return [{'file': DECODER, 'layers': [0, layers], 'input': 'inputs_embeds',
+                     'output': 'logits', 'ranks': False}]
+        return segs
+
+    @property
+    def token_skip(self) -> dict | None:
+        """FastV / KV-removal settings the bundle was exported for (tokenskip.settings)."""
+        return self.manifest.get('token_skip')
+
+    def require_plain_decoder(self, who: str) -> None:
+        """EngineError for a consumer (`who`) that runs one decoder graph without token skipping."""
+        skip = self.token_skip
+        if len(self.segments) > 1 or (skip and (skip.get('fastv') or skip.get('kv_removal'))):
+            raise EngineError(f'bundle {str(self.path)!r} was exported with token skipping '
+                              f'({skip}): {who} runs plain bundles only so far: use the '
+                              'onnxruntime backend (its CUDA / TensorRT execution providers too) '
+                              'or export again with --no-plan-tokens')
+
+    @property
     def model_sha256(self) -> str | None:
         return (self.manifest.get('source_model') or {}).get('sha256')
 
@@ -136,5 +161,25 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
                 raise BundleError(f'bundle {str(path)!r}: {name} sha256 mismatch (manifest '
                                   f'{str(expected)[:12]}.., file {actual[:12]}..): re-run '
                                   'ros2-gmskip export')
+    _check_segments(path, manifest)
     log.debug('bundle %s: %d files checked', path, len(files))
     return Bundle(path=path, manifest=manifest)
+
+
+def _check_segments(path: Path, manifest: dict) -> None:
+    """Decoder segments must be listed files that tile the decoder's blocks in order."""
+    segs = manifest.get('decoder_segments')
+    if not segs:
+        return
+    try:
+        stops = [0]
+        for seg in segs:
+            first, stop = seg['layers']
+            if first != stops[-1] or stop <= first or seg['file'] not in manifest['files']:
+                raise ValueError(seg)
+            stops.append(stop)
+        if stops[-1] != manifest['decoder_config']['num_layers'] or segs[0]['file'] != DECODER:
+            raise ValueError(stops)
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(f'bundle {str(path)!r}: manifest decoder_segments do not cover the '
+                          'decoder blocks in order: re-run ros2-gmskip export') from None

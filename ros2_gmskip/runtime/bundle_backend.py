@@ -36,7 +36,8 @@ class BundleBackend:
         t2 = time.perf_counter()
         embeds = self.prompt_embeds(ids, image_embeds[0])                    # (1, T, C)
         merge_ms = (time.perf_counter() - t2) * 1e3
-        out = self.decoder_loop.generate(embeds, max_new_tokens)
+        image_positions = np.flatnonzero(ids == self.tokenizer.image_token_id)
+        out = self.decoder_loop.generate(embeds, max_new_tokens, image_positions)
         text = self.tokenizer.decode(out.ids)
         t3 = time.perf_counter()
         latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,

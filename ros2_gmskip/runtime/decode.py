@@ -101,8 +101,10 @@ class GreedyDecoder:
         logits = outputs[0].numpy()                     # (1, seq, vocab)
         return outputs[1:], logits[0, -1]
 
-    def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int) -> DecodeOutput:
-        """Greedy continuation of `inputs_embeds` (1, T, C) float32."""
+    def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
+                 image_positions: np.ndarray | None = None) -> DecodeOutput:
+        """Greedy continuation of `inputs_embeds` (1, T, C) float32 (`image_positions` is for
+        token-skipping loops: token_decode.TokenSkipDecoder; unused here)."""
         if max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
         B, T, C = inputs_embeds.shape

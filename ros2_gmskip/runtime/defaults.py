@@ -8,6 +8,7 @@ first start); later starts find it in the cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import sys
 from ros2_gmskip import __version__
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.bundle import sha256_file
+from ros2_gmskip.tokenskip.settings import TokenSkip
 
 LOG = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = 'gmskip-llava-scenes'
@@ -52,32 +54,44 @@ def cache_dir() -> Path:
     return Path(base) / 'ros2_gmskip'
 
 
-def bundle_cache_path(model_dir: Path, plan: Path | None) -> Path:
-    """Cache folder keyed by the model weights, the plan file and this package's version."""
+def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None
+                      ) -> Path:
+    """Cache folder keyed by the model weights, the plan file, the token-skip settings (None: the
+    plan's) and this package's version."""
     h = hashlib.sha256(__version__.encode())
     for weights in sorted(Path(model_dir).glob('*.safetensors')):
         h.update(sha256_file(weights).encode())
     h.update(sha256_file(plan).encode() if plan else b'no-plan')
+    if tokens is not None and (plan is not None or not tokens.is_off):   # no plan: None == off
+        h.update(json.dumps(tokens.to_dict(), sort_keys=True).encode())
     tag = 'pruned' if plan else 'full'
     return cache_dir() / 'bundles' / f'{Path(model_dir).name}-{tag}-{h.hexdigest()[:12]}'
 
 
 def ensure_bundle(model_dir: Path | None = None, plan: Path | None = None, full: bool = False,
-                  validate_n: int = 5) -> Path:
-    """A bundle for (model, plan), exported into the cache by a subprocess if missing.
+                  validate_n: int = 5, tokens: TokenSkip | None = None) -> Path:
+    """A bundle for (model, plan, tokens), exported into the cache by a subprocess if missing.
 
     With no model and no plan: the default model pruned by its shipped plan (or unpruned: `full`).
+    `tokens`: FastV / KV-removal settings; None applies the plan's `tokens`, TokenSkip() none.
     """
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     if plan is None and not full and model_dir == default_model_dir():
         plan = default_plan_path()
-    path = bundle_cache_path(model_dir, plan)
+    path = bundle_cache_path(model_dir, plan, tokens)
     if (path / 'manifest.json').is_file():
         return path
     cmd = [sys.executable, '-m', 'ros2_gmskip.cli', 'export', '--model', str(model_dir),
            '--out', str(path), '--validate-n', str(validate_n)]
     if plan:
         cmd += ['--plan', str(plan)]
+    if tokens is not None:
+        cmd += ['--no-plan-tokens']
+        if tokens.fastv is not None and tokens.fastv.r > 0:
+            cmd += ['--fastv', f'{tokens.fastv.k},{tokens.fastv.r!r}']
+        if tokens.kv_ratio > 0:
+            cmd += ['--kv-removal', repr(float(tokens.kv_ratio)), '--kv-start',
+                    str(tokens.kv_start)]
     LOG.info('no cached ONNX bundle for %s%s: exporting once to %s', model_dir,
              f' + {plan.name}' if plan else '', path)
     path.parent.mkdir(parents=True, exist_ok=True)

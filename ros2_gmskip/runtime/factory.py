@@ -75,6 +75,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
     onnxruntime: `bundle` (from `ros2-gmskip export`; the plan is baked into it); opts `providers`
                  ('cpu', 'cuda', 'tensorrt'), `threads`.
     torch:       `model`, `plan`; opts `device`, `threads`.
+    `tokens` (a tokenskip.settings.TokenSkip): FastV / KV-removal settings instead of the plan's
+    (TokenSkip() turns them off); a bundle made here is exported with them.
     tensorrt:    `engine` and/or `bundle`, `build_only`; other opts go to
                  `ros2_gmskip.runtime.trt_backend.TrtBackend` (device, precision, ...).
     """
@@ -83,6 +85,7 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
     if kind not in ('onnxruntime', 'torch', 'tensorrt'):
         raise GmSkipError(f'unknown backend {kind!r}: expected one of {", ".join(KINDS)}')
     full = bool(opts.pop('full', False))
+    tokens = opts.pop('tokens', None)            # TokenSkip; None: the plan's / bundle's own
     model = Path(model) if model else None
     plan = Path(plan) if plan else None
     if kind == 'torch':
@@ -92,15 +95,16 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
             if plan is None and not full:
                 plan = defaults.default_plan_path()
         module = importlib.import_module('ros2_gmskip.vlm.torch_backend')
-        return module.TorchBackend(model, plan=plan,
+        return module.TorchBackend(model, plan=plan, tokens=tokens,
                                    **{k: v for k, v in opts.items() if k in ('device', 'threads')})
+    exported = bundle is None
     if bundle is None and not (kind == 'tensorrt' and engine is not None):
         from ros2_gmskip.runtime import defaults
-        bundle = defaults.ensure_bundle(model, plan, full=full)
+        bundle = defaults.ensure_bundle(model, plan, full=full, tokens=tokens)
     if kind == 'onnxruntime':
         from ros2_gmskip.runtime.ort_backend import OrtBackend
         return OrtBackend(Path(bundle), providers=opts.get('providers'),
-                          threads=opts.get('threads'))
+                          threads=opts.get('threads'), token_skip=None if exported else tokens)
     try:
         module = importlib.import_module('ros2_gmskip.runtime.trt_backend')
     except ModuleNotFoundError as err:

@@ -9,6 +9,9 @@ One `describe`: preprocess (resize/normalise + cached prompt ids) -> vision.onnx
 embeddings into the prompt's token embeddings (numpy lookup in embed_tokens.npy) -> decoder.onnx
 prefill -> greedy decode with the KV cache (`decode.GreedyDecoder`) -> detokenise.
 
+A bundle exported with token skipping (FastV, visual KV removal: its manifest's `token_skip`) runs
+them through `token_decode.TokenSkipDecoder`; `token_skip=TokenSkip()` runs it without.
+
 Sessions use graph optimisation level ALL and, by default, ONNX Runtime's thread count; pass
 `threads` to pin it (the node shares its cores with the rest of the stack).
 """
@@ -26,7 +29,9 @@ from ros2_gmskip.runtime.bundle import Bundle, load_bundle
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
 from ros2_gmskip.runtime.decode import GreedyDecoder
 from ros2_gmskip.runtime.preprocess import Preprocessor
+from ros2_gmskip.runtime.token_decode import TokenSkipDecoder
 from ros2_gmskip.runtime.tokenizer import PromptTokenizer
+from ros2_gmskip.tokenskip.settings import TokenSkip
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +81,8 @@ class OrtBackend(BundleBackend):
     name = 'onnxruntime'
 
     def __init__(self, bundle_path: Path, providers: Sequence[str] | str | None = None,
-                 threads: int | None = None, verify: bool = True) -> None:
+                 threads: int | None = None, verify: bool = True,
+                 token_skip: TokenSkip | None = None) -> None:
         import onnxruntime as ort
 
         self.bundle: Bundle = load_bundle(Path(bundle_path), verify=verify)
@@ -90,6 +96,8 @@ class OrtBackend(BundleBackend):
         options.log_severity_level = 3                  # errors only: no per-node warnings
         self.vision = self._session(self.bundle.vision_path, options)
         self.decoder = self._session(self.bundle.decoder_path, options)
+        self.decoders = [self.decoder] + [self._session(self.bundle.file(seg['file']), options)
+                                          for seg in self.bundle.segments[1:]]
         self.embed_table = np.load(self.bundle.embed_path, allow_pickle=False)   # (vocab, C)
         cfg = self.bundle.decoder_config
         if self.embed_table.shape != (cfg['vocab_size'], cfg['hidden_size']):
@@ -100,10 +108,18 @@ class OrtBackend(BundleBackend):
         self.preprocess = Preprocessor.from_manifest(self.bundle.preprocess)
         self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
         on_gpu = self.decoder.get_providers()[0] != 'CPUExecutionProvider'
-        self.decoder_loop = GreedyDecoder(
-            self.decoder, self.embed_table, num_layers=cfg['num_layers'],
-            num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
-            stop_ids=self.tokenizer.stop_ids, device='cuda' if on_gpu else 'cpu')
+        self.token_skip = self._token_skip(token_skip)
+        if self.token_skip.is_off and len(self.decoders) == 1:
+            self.decoder_loop = GreedyDecoder(
+                self.decoder, self.embed_table, num_layers=cfg['num_layers'],
+                num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
+                stop_ids=self.tokenizer.stop_ids, device='cuda' if on_gpu else 'cpu')
+        else:
+            self.decoder_loop = TokenSkipDecoder(
+                self.decoders, self.bundle.segments, self.embed_table,
+                num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
+                stop_ids=self.tokenizer.stop_ids, token_skip=self.token_skip,
+                device='cuda' if on_gpu else 'cpu')
         plan = self.bundle.plan or {}
         self.info = {
             'backend': self.name,
@@ -113,11 +129,34 @@ class OrtBackend(BundleBackend):
             'plan_id': plan.get('id'),
             'blocks_removed': list(plan.get('removed_blocks') or []),
             'num_layers': cfg['num_layers'],
+            'tokens': self.token_skip.to_dict(),
             'providers': self.decoder.get_providers(),
             'threads': threads,
         }
         log.info('onnxruntime backend: %s, %d decoder layers, providers %s', self.bundle.path,
                  cfg['num_layers'], ', '.join(self.info['providers']))
+
+    def _token_skip(self, override: TokenSkip | None) -> TokenSkip:
+        """The bundle's token-skip settings, or `override` (e.g. TokenSkip() to run a token-skip
+        bundle unpruned); FastV needs the split the bundle was exported with."""
+        try:
+            exported = TokenSkip.from_dict(self.bundle.token_skip)
+        except ValueError as err:
+            raise BundleError(f'bundle {str(self.bundle.path)!r}: manifest token_skip: {err}: '
+                              're-run ros2-gmskip export') from None
+        if override is None:
+            return exported
+        fastv = override.fastv
+        if fastv is not None and fastv.k > 0 and fastv.active(self.bundle.decoder_config[
+                'num_layers']) and not any(s['ranks'] and s['layers'][1] == fastv.k
+                                           for s in self.bundle.segments):
+            raise BundleError(f'bundle {str(self.bundle.path)!r} has no decoder split at FastV '
+                              f'K={fastv.k}: export it with --fastv {fastv.k},{fastv.r:g}')
+        if override.kv_ratio and override.kv_start and not any(
+                s['layers'][0] == override.kv_start for s in self.bundle.segments):
+            raise BundleError(f'bundle {str(self.bundle.path)!r} has no decoder split at layer '
+                              f'{override.kv_start} for KV removal: export it with that setting')
+        return override
 
     def _session(self, path: Path, options):
         import onnxruntime as ort

@@ -444,7 +444,8 @@ class _TrtGreedyDecoder(GreedyDecoder):
         self.stop_ids = frozenset(int(i) for i in stop_ids)
         self._alloc(runner.max_total)
 
-    def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int):
+    def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
+                 image_positions: np.ndarray | None = None):
         T = inputs_embeds.shape[1]
         if T + max_new_tokens > self.max_length:
             raise EngineError(f'prompt ({T} tokens) + {max_new_tokens} new tokens exceed what the '
@@ -488,6 +489,7 @@ class TrtBackend(BundleBackend):
                                   'bundle (--bundle) to build one from')
             bundle = Path(read_engine_manifest(Path(engine_dir))['bundle_path'])
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle), verify)
+        self.bundle.require_plain_decoder('the tensorrt backend')
         self.engine_dir = Path(engine_dir) if engine_dir is not None else \
             default_engine_dir(self.bundle.path, precision)
         gpu = self.cuda.device_info(device)

@@ -12,7 +12,13 @@ examples:
   ros2-gmskip export --out bundles/full                                  # embedded default model
   ros2-gmskip export --model models/gmskip-llava-scenes --plan plans/reverse.json \\
       --out bundles/reverse
+  ros2-gmskip export --plan plans/reverse.json --fastv 2,0.5 --kv-removal 1 --out bundles/tokens
   ros2-gmskip describe --backend onnxruntime --bundle bundles/reverse --image frame.png
+
+Token skipping (FastV, Skip-Vision KV removal) comes from the plan's `tokens` entry (written by
+`calibrate --tokens`) or from --fastv / --kv-removal; the decoder is then exported in segments
+split at FastV's K, and validation compares the runtime's greedy text with the torch reference
+using the same settings.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ import argparse
 import time
 from pathlib import Path
 
-from ros2_gmskip.argtypes import existing_dir, existing_file, non_negative_int
+from ros2_gmskip.argtypes import (existing_dir, existing_file, fastv_setting, fraction,
+                                  non_negative_int)
 
 HELP = ('export a (pruned) VLM to an ONNX bundle (vision.onnx, decoder.onnx, manifest) and '
         'validate it')
@@ -35,6 +42,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--plan', type=existing_file, default=None,
                         help='skip plan JSON from `ros2-gmskip calibrate`: its blocks are removed '
                              'before export (default: export the full model)')
+    parser.add_argument('--fastv', type=fastv_setting, default=None, metavar='K,R',
+                        help='FastV: after decoder block K-1 keep the (1-R) share of image tokens '
+                             'the last prompt token attends to most (K counts the blocks left '
+                             'after the plan; e.g. 2,0.5). Default: the plan\'s tokens entry')
+    parser.add_argument('--kv-removal', type=fraction, default=None, metavar='RATIO',
+                        help='Skip-Vision: after the prefill, drop the KV-cache entries of this '
+                             'share of the image tokens (1 = all). Default: the plan\'s tokens')
+    parser.add_argument('--kv-start', type=non_negative_int, default=None, metavar='LAYER',
+                        help='KV removal only in decoder blocks >= LAYER (default: the plan\'s, '
+                             'else 0 = every block)')
+    parser.add_argument('--no-plan-tokens', action='store_true',
+                        help='ignore the plan\'s FastV / KV-removal settings (blocks only)')
     parser.add_argument('--out', type=Path, required=True,
                         help='bundle folder to write (created; an existing bundle is replaced)')
     parser.add_argument('--opset', type=int, choices=OPSETS, default=17,
@@ -63,21 +82,38 @@ def main(args: argparse.Namespace) -> int:
     def stage(text: str) -> None:
         print(f'[{time.perf_counter() - started:6.1f}s] {text}', flush=True)
 
-    result = export_bundle(model, args.out, plan=args.plan, opset=args.opset,
+    tokens = export_tokens(args)
+    result = export_bundle(model, args.out, plan=args.plan, tokens=tokens, opset=args.opset,
                            validate_n=args.validate_n, max_new_tokens=args.max_new_tokens,
                            threads=args.threads, on_stage=stage,
                            on_check=lambda check: print(f'  {check.line()}', flush=True))
     m = result.manifest
-    sizes = {name: (result.path / name).stat().st_size / 2 ** 20
-             for name in ('vision.onnx', 'decoder.onnx')}
+    graphs = ['vision.onnx', *[seg['file'] for seg in m['decoder_segments']]]
+    sizes = ', '.join(f'{name} {(result.path / name).stat().st_size / 2 ** 20:.1f} MiB'
+                      for name in graphs)
     plan = m['plan']
     pruned = (f', {len(plan["removed_blocks"])} blocks removed {plan["removed_blocks"]}'
               if plan else '')
+    from ros2_gmskip.tokenskip.settings import TokenSkip
+    skip = TokenSkip.from_dict(m.get('token_skip')).describe()
     v = m['validation']
-    print(f'wrote {result.path}: vision.onnx {sizes["vision.onnx"]:.1f} MiB, decoder.onnx '
-          f'{sizes["decoder.onnx"]:.1f} MiB ({m["decoder_config"]["num_layers"]} decoder blocks'
-          f'{pruned}), opset {m["opset"]}')
+    print(f'wrote {result.path}: {sizes} ({m["decoder_config"]["num_layers"]} decoder blocks'
+          f'{pruned}; token skipping: {skip}), opset {m["opset"]}')
     print(f'validation: {len(v["checks"])} checks passed; max |logit diff| '
           f'{v["max_abs_logit_diff"]:.1e} (tolerance {v["tolerance"]:.0e}); greedy text identical '
           f'on {v["identical_text"]} test scenes; {time.perf_counter() - started:.0f} s in all')
     return 0
+
+
+def export_tokens(args: argparse.Namespace):
+    """TokenSkip from --fastv / --kv-removal over the plan's (None: let export use the plan's)."""
+    from ros2_gmskip.exporters.onnx_export import plan_token_skip
+    from ros2_gmskip.tokenskip.settings import TokenSkip
+
+    if (args.fastv is None and args.kv_removal is None and args.kv_start is None
+            and not args.no_plan_tokens):
+        return None
+    base = TokenSkip() if args.no_plan_tokens else plan_token_skip(args.plan)
+    return TokenSkip(fastv=args.fastv if args.fastv is not None else base.fastv,
+                     kv_ratio=args.kv_removal if args.kv_removal is not None else base.kv_ratio,
+                     kv_start=args.kv_start if args.kv_start is not None else base.kv_start)
