@@ -31,6 +31,39 @@ positive_float = _number(float, lambda v: 0.0 < v < float('inf'), 'a number > 0'
                          'positive_float')
 
 
+def comma_list(item: Callable[[str], object], expected: str, name: str
+               ) -> Callable[[str], list]:
+    """A validator for 'a,b,c': every item parsed by the validator `item`; duplicates dropped,
+    order kept (a search grid need not evaluate a value twice)."""
+    def parse(text: str) -> list:
+        values: list = []
+        for part in text.split(','):
+            try:
+                value = item(part.strip())
+            except argparse.ArgumentTypeError:
+                raise argparse.ArgumentTypeError(
+                    f'expected a comma-separated list of {expected}, got {text!r}') from None
+            if value not in values:
+                values.append(value)
+        return values
+    parse.__name__ = parse.__qualname__ = name
+    return parse
+
+
+int_list = comma_list(non_negative_int, 'integers >= 0 (e.g. 1,2,3)', 'int_list')
+fraction_list = comma_list(fraction, 'numbers in [0, 1] (e.g. 0.25,0.5)', 'fraction_list')
+
+
+def fastv_setting(text: str):
+    """'K,R' (e.g. '2,0.5') -> tokenskip.settings.FastVConfig; a one-line argparse error
+    otherwise (an R out of [0, 1] or a missing R is caught here, not after loading a model)."""
+    from ros2_gmskip.tokenskip.settings import parse_fastv
+    try:
+        return parse_fastv(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def existing_dir(text: str) -> Path:
     path = Path(text)
     if not path.is_dir():

@@ -4,6 +4,13 @@ Cost control (DESIGN.md): inputs are tokenised once; the vision tower runs once 
 batch and its output is reused for every candidate (blocks are removed from the decoder only, so the
 vision features cannot change); candidates run batched through the model's own `generate`, so every
 family keeps its own merging and position logic (e.g. Qwen2-VL's mrope).
+
+Token skipping (FastV, visual KV removal) cannot go through `generate`: it changes the token set
+inside the decoder. A non-off `TokenSkip` therefore decodes with tokenskip's functional path
+(`kv_removal_generate_ids`), which reaches the vision tower through `model.get_image_features`,
+so the cached features serve it too. The evaluator also records how many tokens each removal set
+generated (`mean_new_tokens`) and the prompt's shape (`workload`), which the token search needs
+for its FLOPs estimate.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import torch
 from ros2_gmskip.errors import DatasetError, ModelLoadError
 from ros2_gmskip.gmskip.metrics import checked, resolve_metric
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.generation import decode_new_tokens
 from ros2_gmskip.vlm.prompting import build_inputs
 
@@ -84,6 +92,7 @@ class CalibrationEvaluator:
         self.max_new_tokens = max_new_tokens
         self.progress = progress
         self.evaluations = 0
+        self.new_tokens: dict[tuple, float] = {}    # (removed, tokens) -> mean tokens generated
         images = [s.load_image() for s in self.samples]
         self.batches = [build_inputs(processor, images[i:i + batch_size], prompt)
                         for i in range(0, len(images), batch_size)]
@@ -92,33 +101,104 @@ class CalibrationEvaluator:
         setattr(owner, attr, self.vision)
 
     @torch.no_grad()
-    def predictions(self, removed: Sequence[int] = ()) -> list[str]:
-        """Greedy texts of the model with `removed` decoder blocks taken out (restored after)."""
+    def predictions(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None
+                    ) -> list[str]:
+        """Greedy texts of the model with `removed` decoder blocks taken out (restored after) and
+        the token skipping `tokens` applied (None or off: the model's own `generate`)."""
         from ros2_gmskip.vlm.blocks import temporarily_removed
+        key = tuple(sorted(removed))
         texts: list[str] = []
-        with temporarily_removed(self.model, tuple(removed)):
-            for key, inputs in enumerate(self.batches):
-                self.vision.key = key
+        lengths: list[int] = []
+        with temporarily_removed(self.model, key):
+            for batch, inputs in enumerate(self.batches):
+                self.vision.key = batch
                 try:
-                    out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
-                                              do_sample=False)
+                    new = self._generate(inputs, tokens)
                 finally:
                     self.vision.key = None
-                texts += decode_new_tokens(self.processor, out, inputs['input_ids'].shape[1])
+                texts += decode_new_tokens(self.processor, new, 0)
+                lengths += generated_lengths(new, self._stop_ids())
+        self.new_tokens[(key, _token_key(tokens))] = sum(lengths) / len(lengths)
         return texts
 
-    def score(self, removed: Sequence[int] = ()) -> float:
-        """S(R) for R = `removed`."""
-        self.evaluations += 1
-        return self.metric(self.predictions(removed), self.samples)
+    def _generate(self, inputs, tokens: TokenSkip | None) -> torch.Tensor:
+        """New token ids (B, N) of one batch: after the stop token, rows hold padding."""
+        if tokens is None or tokens.is_off:
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
+                                      do_sample=False)
+            return out[:, inputs['input_ids'].shape[1]:]
+        from ros2_gmskip.tokenskip.reference import token_skip_ids
+        return token_skip_ids(self.model, self.processor, inputs, tokens, self.max_new_tokens)
 
-    def all_metrics(self, removed: Sequence[int] = (), names=('accuracy', 'cider', 'exact_match')
-                    ) -> tuple[dict[str, float], list[str]]:
+    def _stop_ids(self) -> list[int]:
+        """The eos ids ([] when the model defines none: lengths then count every token)."""
+        from ros2_gmskip.tokenskip.fastv import stop_ids
+        try:
+            return stop_ids(self.model, self.processor)
+        except (TypeError, ValueError):        # eos_token_id None everywhere
+            return []
+
+    def check_tokens(self) -> None:
+        """ModelLoadError now (not after a long block search) if token skipping cannot run on
+        this model's decoder."""
+        from ros2_gmskip.tokenskip.fastv import text_model
+        text_model(self.model)
+
+    def mean_new_tokens(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None
+                        ) -> float:
+        """Mean tokens generated per sample (stop token included) with `removed` and `tokens`;
+        reuses the last evaluation of that pair, else runs one."""
+        key = (tuple(sorted(removed)), _token_key(tokens))
+        if key not in self.new_tokens:
+            self.predictions(removed, tokens)
+        return self.new_tokens[key]
+
+    def workload(self, removed: Sequence[int] = ()):
+        """The FLOPs workload of one calibration description for the token search: the full
+        decoder's sizes, the prompt's length and image tokens, and the mean number of tokens the
+        model with `removed` generates (plain decoding)."""
+        from ros2_gmskip.gmskip.token_search import Workload
+        from ros2_gmskip.tokenskip.flops import DecoderDims
+        dims = DecoderDims.from_config(self.model.config.get_text_config(decoder=True))
+        prompt, image = [], []
+        image_id = self.model.config.image_token_id
+        for inputs in self.batches:
+            mask = inputs.get('attention_mask')
+            ids = inputs['input_ids']
+            prompt += (mask.sum(dim=1) if mask is not None else
+                       torch.full((ids.shape[0],), ids.shape[1])).tolist()
+            image += (ids == image_id).sum(dim=1).tolist()
+        new = self.mean_new_tokens(removed)
+        return Workload(dims=dims, n_tokens=round(sum(prompt) / len(prompt)),
+                        n_image=round(sum(image) / len(image)), new_tokens=max(1, round(new)))
+
+    def score(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None) -> float:
+        """S(R) for R = `removed` (with token skipping `tokens`, if any)."""
+        self.evaluations += 1
+        return self.metric(self.predictions(removed, tokens), self.samples)
+
+    def all_metrics(self, removed: Sequence[int] = (), names=('accuracy', 'cider', 'exact_match'),
+                    tokens: TokenSkip | None = None) -> tuple[dict[str, float], list[str]]:
         """Every built-in metric that applies to this data, from one generation pass."""
-        texts = self.predictions(removed)
+        texts = self.predictions(removed, tokens)
         out = {}
         for name in names:
             if name == 'accuracy' and not any(s.main_class for s in self.samples):
                 continue
             out[name] = checked(resolve_metric(name), name)(texts, self.samples)
         return out, texts
+
+
+def generated_lengths(new: torch.Tensor, stop: Sequence[int]) -> list[int]:
+    """Tokens generated per row of new ids (B, N): up to and including the first stop token."""
+    if not stop:
+        return [new.shape[1]] * new.shape[0]
+    is_stop = torch.isin(new, torch.tensor(list(stop), device=new.device))     # (B, N)
+    first = torch.where(is_stop.any(dim=1), is_stop.int().argmax(dim=1) + 1,
+                        torch.full((new.shape[0],), new.shape[1], device=new.device))
+    return first.tolist()
+
+
+def _token_key(tokens: TokenSkip | None) -> TokenSkip | None:
+    """Off settings share one key with None (they decode the same way)."""
+    return None if tokens is None or tokens.is_off else tokens

@@ -15,8 +15,11 @@ The file (format `ros2_gmskip/skip-plan@1`):
      "tokens": null, "created_by": "ros2_gmskip 0.1.0", "created_at": "2025-...+00:00"}
 
 `model.sha256` is `weights_sha256(model_dir)`: sha256 over the bytes of the folder's
-`*.safetensors` files in sorted name order. `tokens` is reserved for visual-token pruning settings
-(FastV K/R). This module is pure stdlib: the node can read plans without torch.
+`*.safetensors` files in sorted name order. `tokens` holds the token-skip settings applied on top
+of the removed blocks (`TokenSkip.to_dict()`: `{"fastv": {"k", "r", "seed"} | null, "kv_removal":
+{"ratio", "start_layer"} | null}`, plus the `search` record when calibrate chose them; null: none);
+it is validated on load, so export and the node never meet a malformed one. This module is pure
+stdlib: the node can read plans without torch.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from ros2_gmskip import __version__
 from ros2_gmskip.errors import ModelLoadError, PlanError
 from ros2_gmskip.gmskip.objective import Objective
 from ros2_gmskip.gmskip.strategies import SearchResult, Step
+from ros2_gmskip.tokenskip.settings import TokenSkip
 
 FORMAT = 'ros2_gmskip/skip-plan@1'
 STACKS = ('decoder', 'vision')
@@ -195,6 +199,10 @@ class SkipPlan:
         tokens = data.get('tokens')
         if tokens is not None and not isinstance(tokens, dict):
             raise PlanError(f'tokens must be null or an object, got {type(tokens).__name__}')
+        try:
+            TokenSkip.from_dict(tokens)           # what export and the node will apply
+        except ValueError as err:
+            raise PlanError(str(err)) from None
         return cls(
             model=ModelRef(path=_field(model, 'path', str, 'model.'),
                            sha256=_field(model, 'sha256', str, 'model.'),

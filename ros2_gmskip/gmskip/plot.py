@@ -1,10 +1,14 @@
 """Plot a GM-Skip search: score ratio and objective against the number of blocks removed.
 
-    from ros2_gmskip.gmskip.plot import plot_search
+    from ros2_gmskip.gmskip.plot import plot_search, plot_token_search
     plot_search(result, 'plan.png', title='default model, val n=256')
+    plot_token_search(token_result, 'plan-tokens.png')
 
 Left axis: S(R)/S(empty) along the trajectory (line) and for every evaluated candidate (faint
 dots); the score floor as a dashed line when set. Right axis: J(R). The chosen plan is ringed.
+
+The token search has no path to draw (it is a grid), so its plot is the trade-off itself: score
+ratio against the FLOPs ratio of every setting, infeasible ones hollow, the chosen one ringed.
 """
 
 from __future__ import annotations
@@ -13,13 +17,19 @@ import os
 from pathlib import Path
 
 from ros2_gmskip.gmskip.strategies import SearchResult
+from ros2_gmskip.gmskip.token_search import TokenSearchResult
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use('Agg')            # no display needed; harmless when already set
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def plot_search(result: SearchResult, path: str | os.PathLike, title: str = '') -> Path:
     """Write the search plot as a PNG at `path`; returns the path."""
-    import matplotlib
-    matplotlib.use('Agg')            # no display needed; harmless when already set
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     path = Path(path)
     xs = [len(s.removed) for s in result.trajectory]
@@ -58,6 +68,44 @@ def plot_search(result: SearchResult, path: str | os.PathLike, title: str = '') 
         ax.legend(lines[0] + more[0], lines[1] + more[1], loc='lower left', fontsize=8)
         ax.set_title(title or f'GM-Skip {result.strategy}: removed {list(best.removed)}',
                      fontsize=10)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format='png')
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_token_search(result: TokenSearchResult, path: str | os.PathLike, title: str = ''
+                      ) -> Path:
+    """Write the token-search plot (score ratio vs FLOPs ratio) as a PNG at `path`."""
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    try:
+        for feasible, style in ((True, dict(color='tab:blue')),
+                                (False, dict(facecolors='none', edgecolors='tab:gray'))):
+            steps = [s for s in result.trajectory if s.feasible is feasible]
+            if steps:
+                ax.scatter([s.flops_ratio for s in steps], [s.score_ratio for s in steps], s=22,
+                           label='feasible settings' if feasible else 'below the floor', **style)
+        off = result.trajectory[0]
+        ax.plot([off.flops_ratio], [off.score_ratio], 's', color='tab:orange', markersize=7,
+                label='no token skipping (block plan)')
+        floor = result.objective.min_score_ratio
+        if floor is not None:
+            ax.axhline(floor, color='tab:red', linestyle='--', linewidth=1,
+                       label=f'floor {floor:g}')
+        best = result.best
+        ax.plot([best.flops_ratio], [best.score_ratio], 'o', markersize=14,
+                markerfacecolor='none', markeredgecolor='tab:green', markeredgewidth=2,
+                label=f'chosen: {best.setting.describe()} (J {best.objective:.3f})')
+        ax.set_xlabel('decoder FLOPs / block plan FLOPs (estimate)')
+        ax.set_ylabel('score ratio S/S(∅) (unpruned model)')
+        ax.grid(alpha=0.3)
+        ax.legend(loc='lower right', fontsize=8)
+        ax.set_title(title or f'token search: λ={result.objective.lam:g}, '
+                     f'{result.evaluations} evaluations', fontsize=10)
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format='png')

@@ -5,10 +5,24 @@ Scores the model on calibration data with candidate blocks removed, walks the `r
 meets the optional floors. The plan (JSON) records the model's weights hash, so `prune`, `export`
 and the node refuse it for other weights.
 
+With --tokens, a second search runs AFTER the block search, on the block-pruned model: every
+token-skip setting of the grid ({FastV off} + --fastv-k x --fastv-r) x --kv-ratio is scored, and
+the one with the best J_tok = S/S(empty) + lambda * (1 - FLOPs/FLOPs(block plan)) that still meets
+--min-score-ratio (against the UNPRUNED model) goes into the plan's `tokens`; export, replay and
+the node apply it. FastV: blocks 0..K-1 see all n image tokens, later blocks only the ceil((1-R) n)
+that the last prompt token attends to most (K counts the blocks the plan keeps). KV removal drops
+that share of the visual tokens' cache entries after the prefill, so decoding attends to fewer
+keys. Every --kv-ratio is tried with FastV off and with every (K, R); "no token skipping" is
+always a candidate (it is the block plan itself, so it costs no evaluation). FLOPs are the
+decoder estimate of a whole description (tokenskip/flops.py) at the mean length the block-pruned
+model generates on the calibration data.
+
 examples:
   ros2-gmskip calibrate --model models/gmskip-default --data val --n 128 --out plan.json
   ros2-gmskip calibrate --model DIR --strategy greedy --lambda 0.2 --min-score-ratio 0.98 \\
       --protect-first 4 --out plans/greedy.json --plot plans/greedy.png
+  ros2-gmskip calibrate --model DIR --min-score-ratio 0.95 --tokens --fastv-k 1,2 \\
+      --fastv-r 0.5,0.75 --kv-ratio 0,1 --out plans/tokens.json --plot plans/tokens.png
 """
 
 from __future__ import annotations
@@ -18,12 +32,21 @@ import logging
 from pathlib import Path
 
 from ros2_gmskip.argtypes import (
-    count_or_fraction, existing_dir, fraction, model_dir_or_default, non_negative_float,
-    positive_float, positive_int)
+    count_or_fraction, existing_dir, fraction, fraction_list, int_list, model_dir_or_default,
+    non_negative_float, positive_float, positive_int)
 from ros2_gmskip.errors import DatasetError, PlanError
 
 HELP = 'search the blocks to skip (GM-Skip) and write a skip plan'
 logger = logging.getLogger(__name__)
+
+# The token-search grid's defaults: FastV's paper finds K = 2, R = 0.5 nearly free on LLaVA.
+FASTV_K = (1, 2, 3)
+FASTV_R = (0.25, 0.5, 0.75)
+KV = (0.0, 1.0)
+
+
+def _csv(values) -> str:
+    return ','.join(f'{v:g}' for v in values)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='reverse: one pass from the last block; greedy: remove the least '
                              'harmful block each step (default: %(default)s)')
     parser.add_argument('--lambda', dest='lam', type=non_negative_float, default=0.3,
-                        help='weight of sparsity in J = S/S0 + lambda*|R|/L (default: %(default)s)')
+                        help='weight of sparsity in J = S/S0 + lambda*|R|/L, and of the FLOPs '
+                             'saved in the token search (default: %(default)s)')
     parser.add_argument('--protect-first', type=count_or_fraction, default=0.25,
                         help='never remove the first blocks: a count (4) or a fraction of the '
                              'blocks, rounded down (0.25) (default: %(default)s)')
@@ -61,6 +85,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--trust-remote-code', action='store_true',
                         help="allow the model folder's own Python code (off by default)")
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    tokens = parser.add_argument_group(
+        'token skipping (searched after the block plan, on the pruned model)')
+    tokens.add_argument('--tokens', action='store_true',
+                        help='also search FastV K/R and the visual KV removal ratio; the plan '
+                             'records the choice (implied by the three options below)')
+    tokens.add_argument('--fastv-k', type=int_list, default=None, metavar='K,...',
+                        help='FastV K values to try: blocks 0..K-1 of the pruned model see '
+                             'every image token, later ones only the kept share; 0 keeps a '
+                             'seeded random subset from the start; K >= the blocks the plan '
+                             'keeps prunes nothing and is skipped (default: %s)' % _csv(FASTV_K))
+    tokens.add_argument('--fastv-r', type=fraction_list, default=None, metavar='R,...',
+                        help='FastV shares of image tokens to prune, in [0, 1] '
+                             '(default: %s)' % _csv(FASTV_R))
+    tokens.add_argument('--kv-ratio', type=fraction_list, default=None, metavar='RATIO,...',
+                        help='shares of the visual KV-cache entries to drop after the prefill, '
+                             'with and without FastV; 0 = keep them (default: %s)' % _csv(KV))
 
 
 def main(args: argparse.Namespace) -> int:
@@ -77,6 +117,7 @@ def main(args: argparse.Namespace) -> int:
     objective = Objective(lam=args.lam, min_score_ratio=args.min_score_ratio,
                           max_sparsity=args.max_sparsity)
     sha256 = weights_sha256(args.model)          # fail before the long search, not after it
+    with_tokens = wants_tokens(args)
 
     samples = load_samples(args.data, args.n)
     if not samples:
@@ -85,6 +126,8 @@ def main(args: argparse.Namespace) -> int:
     evaluator = CalibrationEvaluator(args.model, samples, metric=args.metric,
                                      batch_size=args.batch_size,
                                      trust_remote_code=args.trust_remote_code)
+    if with_tokens:
+        evaluator.check_tokens()                 # unsupported decoder: fail before the search
     print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} decoder blocks) '
           f'on {len(samples)} {args.data} samples, metric {args.metric}, strategy {args.strategy}')
 
@@ -100,14 +143,76 @@ def main(args: argparse.Namespace) -> int:
           f'{list(best.removed)}: {args.metric} {result.baseline:.4f} -> {best.score:.4f} '
           f'({100 * best.score_ratio:.1f}%), J {best.objective:.4f}; '
           f'{result.evaluations} evaluations; protected {_span(result.protected)}')
+    tokens = None
+    if with_tokens:
+        tokens = search_token_skip(evaluator, result, objective, args)
+        plan.tokens = tokens.to_record()
     save_plan(plan, args.out)
     print(f'wrote {args.out} (plan id {plan_id(plan)})')
     if args.plot is not None:
-        from ros2_gmskip.gmskip.plot import plot_search
-        plot_search(result, args.plot, title=f'{args.model.name}: {args.strategy}, '
-                    f'lambda {args.lam:g}, {args.data} n={len(samples)}')
+        from ros2_gmskip.gmskip.plot import plot_search, plot_token_search
+        title = (f'{args.model.name}: {args.strategy}, lambda {args.lam:g}, '
+                 f'{args.data} n={len(samples)}')
+        plot_search(result, args.plot, title=title)
         print(f'wrote {args.plot}')
+        if tokens is not None:
+            path = plot_token_search(tokens, token_plot_path(args.plot),
+                                     title=f'{title}, blocks {list(best.removed)}')
+            print(f'wrote {path}')
     return 0
+
+
+def wants_tokens(args: argparse.Namespace) -> bool:
+    """--tokens, or any grid option given (a grid without the search would be silently lost);
+    fills in the grid's defaults."""
+    given = [v is not None for v in (args.fastv_k, args.fastv_r, args.kv_ratio)]
+    args.tokens = bool(args.tokens or any(given))
+    args.fastv_k = list(FASTV_K) if args.fastv_k is None else args.fastv_k
+    args.fastv_r = list(FASTV_R) if args.fastv_r is None else args.fastv_r
+    args.kv_ratio = list(KV) if args.kv_ratio is None else args.kv_ratio
+    return args.tokens
+
+
+def search_token_skip(evaluator, result, objective, args: argparse.Namespace):
+    """The token search on the block plan `result.best`; prints its table and choice."""
+    from ros2_gmskip.gmskip.token_search import search_tokens
+    removed = result.best.removed
+    workload = evaluator.workload(removed)
+    print(f'token search on the block plan ({evaluator.num_blocks - len(removed)} blocks kept): '
+          f'prompt {workload.n_tokens} tokens ({workload.n_image} image), FLOPs at '
+          f'{workload.new_tokens} generated tokens (the block plan\'s mean)')
+    tokens = search_tokens(lambda ts: evaluator.score(removed, tokens=ts),
+                           baseline=result.baseline, block_score=result.best.score,
+                           removed_blocks=removed, workload=workload, ks=args.fastv_k,
+                           rs=args.fastv_r, kv_ratios=args.kv_ratio, objective=objective,
+                           progress=not args.no_progress)
+    print(format_token_trajectory(tokens))
+    best = tokens.best
+    print(f'tokens: {best.setting.describe()}: {args.metric} {tokens.block_score:.4f} -> '
+          f'{best.score:.4f} ({100 * best.score_ratio:.1f}% of the unpruned model), decoder FLOPs '
+          f'{100 * best.flops_ratio:.1f}% of the block plan, J {best.objective:.4f}; '
+          f'{tokens.evaluations} evaluations')
+    return tokens
+
+
+def token_plot_path(plot: Path) -> Path:
+    """`plans/p.png` -> `plans/p-tokens.png`."""
+    return plot.with_name(f'{plot.stem}-tokens.png')
+
+
+def format_token_trajectory(result) -> str:
+    """The token search as a text table; the chosen setting marked with '*'."""
+    rows = [f'{"#":>4}  {"K":>2}  {"R":>5}  {"KV":>5}  {"S":>8}  {"S/S0":>7}  {"FLOPs":>6}  '
+            f'{"J":>7}  {"ok":>3}  setting']
+    for i, step in enumerate(result.trajectory):
+        mark = '*' if step is result.best else ' '
+        k = '-' if step.k is None else str(step.k)
+        r = '-' if step.r is None else f'{step.r:g}'
+        rows.append(f'{i:>3}{mark}  {k:>2}  {r:>5}  {step.setting.kv_ratio:>5g}  '
+                    f'{step.score:>8.4f}  {step.score_ratio:>7.4f}  {step.flops_ratio:>6.3f}  '
+                    f'{step.objective:>7.4f}  {"yes" if step.feasible else "no":>3}  '
+                    f'{step.setting.describe()}')
+    return '\n'.join(rows)
 
 
 def format_trajectory(result) -> str:

@@ -7,6 +7,12 @@ Its own loop rather than `generate`, so the time splits into the same stages as 
 (preprocess, vision, prefill, decode) and the semantics match `runtime.decode` exactly: greedy
 argmax, KV cache (the model's own `past_key_values`), at most `max_new_tokens` tokens, stop token
 excluded. Text equals transformers' greedy `generate` (the export validation checks it).
+
+Token skipping (FastV, visual KV removal; `tokens=` or the plan's `tokens`) cannot use the model's
+own forward: it changes the token set inside the decoder. It runs tokenskip's functional decoder
+instead, stage by stage so the breakdown stays comparable: vision = `embed_inputs` (vision tower,
+projector and the merge into the token embeddings), prefill = FastV prefill plus the KV removal
+that follows it and the first token, decode = the remaining greedy steps.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 
 from ros2_gmskip.runtime.preprocess import check_image
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.loading import load_vlm
 from ros2_gmskip.vlm.prompting import build_inputs
 
@@ -39,12 +46,13 @@ class TorchBackend:
     name = 'torch'
 
     def __init__(self, model_dir: Path, plan: Path | None = None, device: str = 'cpu',
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, tokens: TokenSkip | None = None) -> None:
         if threads:
             torch.set_num_threads(int(threads))
         self.model, self.processor = load_vlm(Path(model_dir))
         removed: list[int] = []
         plan_id = plan_sha = None
+        plan_tokens = None
         if plan is not None:
             from ros2_gmskip.runtime.bundle import sha256_file
             from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
@@ -53,6 +61,12 @@ class TorchBackend:
             removed = sorted(loaded.removed_blocks)
             remove_blocks(self.model, removed, stack=getattr(loaded, 'stack', 'decoder'))
             plan_id, plan_sha = make_plan_id(loaded), sha256_file(Path(plan))
+            plan_tokens = loaded.tokens
+        # explicit `tokens` (even off) wins; else the plan's (validated by load_plan)
+        self.tokens = tokens if tokens is not None else TokenSkip.from_dict(plan_tokens)
+        if not self.tokens.is_off:
+            from ros2_gmskip.tokenskip.fastv import text_model
+            text_model(self.model)       # ModelLoadError now if the decoder is not supported
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.stop_ids = _stop_ids(self.model, self.processor)
@@ -68,6 +82,7 @@ class TorchBackend:
             'num_layers': len(self.model.model.language_model.layers),
             'device': str(self.device),
             'threads': torch.get_num_threads(),
+            'tokens': self.tokens.to_dict(),
         }
 
     def _sync(self) -> None:
@@ -79,6 +94,8 @@ class TorchBackend:
                  max_new_tokens: int = 48) -> Result:
         if max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
+        if not self.tokens.is_off:
+            return self._describe_token_skip(image, prompt, max_new_tokens)
         model = self.model
         t0 = time.perf_counter()
         inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
@@ -117,4 +134,49 @@ class TorchBackend:
         latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,
                           prefill_ms=(t3 - t2) * 1e3, decode_ms=(t4 - t3) * 1e3,
                           total_ms=(t5 - t0) * 1e3, decode_tokens=steps)
+        return Result(text=text, tokens=len(generated), latency=latency)
+
+    @torch.no_grad()
+    def _describe_token_skip(self, image: np.ndarray, prompt: str, max_new_tokens: int
+                             ) -> Result:
+        """`describe` through FastV prefill + visual KV removal + greedy decode."""
+        from ros2_gmskip.tokenskip.fastv import (embed_inputs, fastv_prefill, greedy_decode,
+                                                 layer_masks, pad_token_id)
+        from ros2_gmskip.tokenskip.kv_removal import (drop_mask_for, KVRemovalConfig,
+                                                      plan_kv_removal, remove_visual_kv)
+        model, tokens = self.model, self.tokens
+        stop = sorted(self.stop_ids)
+        t0 = time.perf_counter()
+        inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
+        t1 = time.perf_counter()
+        embeds, mask, positions, image_mask = embed_inputs(model, inputs)
+        self._sync()
+        t2 = time.perf_counter()
+        logits, past, kept_index = fastv_prefill(model, embeds, mask, positions, image_mask,
+                                                 tokens.fastv)
+        kv = KVRemovalConfig(ratio=tokens.kv_ratio, start_layer=tokens.kv_start)
+        keep, masks = plan_kv_removal(kept_index, layer_masks(mask, kept_index),
+                                      drop_mask_for(image_mask, kv), kv.start_layer)
+        past = remove_visual_kv(past, keep)
+        first = int(logits[0].argmax())
+        self._sync()
+        t3 = time.perf_counter()
+        if first in self.stop_ids:
+            emitted = [first]
+        else:       # greedy_decode re-picks the first token from the same logits (free)
+            ids, _ = greedy_decode(model, logits, past, masks, positions[:, -1] + 1,
+                                   max_new_tokens, stop, pad_token_id(self.processor))
+            emitted = ids[0].tolist()
+        self._sync()
+        t4 = time.perf_counter()
+        generated = []
+        for token in emitted:
+            if token in self.stop_ids:
+                break
+            generated.append(token)
+        text = self.processor.tokenizer.decode(generated, skip_special_tokens=True).strip()
+        t5 = time.perf_counter()
+        latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,
+                          prefill_ms=(t3 - t2) * 1e3, decode_ms=(t4 - t3) * 1e3,
+                          total_ms=(t5 - t0) * 1e3, decode_tokens=len(emitted) - 1)
         return Result(text=text, tokens=len(generated), latency=latency)
