@@ -10,6 +10,16 @@ it made the 11-block ORT decoder exactly as slow as the 16-block one):
   ort_full      ONNX Runtime backend on the exported full model
   ort_pruned    ONNX Runtime backend on the exported pruned model
   trt_full / trt_pruned   native TensorRT engines, where TensorRT and a GPU are available
+  torch_fastv / ort_fastv         full model + FastV (token pruning after block K)
+  torch_combined / ort_combined   GM-Skip plan + FastV + visual KV removal
+The token configurations take FastV K,R and the KV-removal ratio from --fastv / --kv-removal, else
+from the plan's `tokens` entry (`calibrate --tokens`); without either they are skipped. Every
+`*_pruned` configuration is GM-Skip only (the plan's token settings are not applied there).
+
+Besides latency, each configuration's texts are scored against the scenes' ground truth (accuracy,
+CIDEr-D), and its decoder FLOPs are estimated with tokenskip/flops.py (FastV's per-layer formula
+4nd^2 + 2n^2d + 2ndm; prefill + every decode step at its mean generated length), so one run gives
+the side-by-side table of the token-skipping issue: full / GM-Skip / FastV / combined.
 
     ros2-gmskip bench --n 50
     ros2-gmskip bench --model models/gmskip-llava-scenes \\
@@ -29,13 +39,14 @@ from pathlib import Path
 import platform
 import time
 
-from ros2_gmskip.argtypes import positive_int
+from ros2_gmskip.argtypes import fastv_setting, fraction, positive_int
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
 
 HELP = 'time HF generate, torch, ONNX Runtime (and TensorRT) full vs pruned on the same scenes'
 LOG = logging.getLogger(__name__)
-CONFIGS = ('hf_full', 'torch_full', 'torch_pruned', 'ort_full', 'ort_pruned', 'trt_full',
-           'trt_pruned')
+CONFIGS = ('hf_full', 'torch_full', 'torch_pruned', 'torch_fastv', 'torch_combined', 'ort_full',
+           'ort_pruned', 'ort_fastv', 'ort_combined', 'trt_full', 'trt_pruned')
+TOKEN_CONFIGS = ('_fastv', '_combined')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=positive_int, default=2,
                         help='CPU threads for torch and onnxruntime (same for all)')
     parser.add_argument('--max-new-tokens', type=positive_int, default=48)
+    parser.add_argument('--fastv', type=fastv_setting, default=None, metavar='K,R',
+                        help="FastV for the *_fastv / *_combined configs (default: the plan's)")
+    parser.add_argument('--kv-removal', type=fraction, default=None, metavar='RATIO',
+                        help="visual KV removal for *_combined (default: the plan's)")
     parser.add_argument('--only', nargs='+', choices=CONFIGS, default=None,
                         help='run only these configurations')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
@@ -89,26 +104,50 @@ class HFGenerate:
         return Result(text=text, tokens=tokens, latency=Latency(total_ms=total))
 
 
+def token_settings(args, plan: Path | None):
+    """(TokenSkip for *_fastv, TokenSkip for *_combined), or (None, None) when none is set."""
+    from ros2_gmskip.tokenskip.settings import TokenSkip
+    base = TokenSkip()
+    if plan is not None:
+        from ros2_gmskip.gmskip.plan import load_plan
+        base = TokenSkip.from_dict(load_plan(plan, check_hash=False).tokens)
+    fastv = args.fastv if args.fastv is not None else base.fastv
+    kv = args.kv_removal if args.kv_removal is not None else base.kv_ratio
+    if fastv is None and not kv:
+        return None, None
+    return (TokenSkip(fastv=fastv) if fastv is not None else None,
+            TokenSkip(fastv=fastv, kv_ratio=kv, kv_start=base.kv_start))
+
+
 def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
     """name -> backend, for the configurations that can run here."""
     from ros2_gmskip.runtime.defaults import ensure_bundle
     from ros2_gmskip.runtime.factory import create_backend
+    from ros2_gmskip.tokenskip.settings import TokenSkip
     wanted = args.only or CONFIGS
     backends = {}
     providers = 'cuda' if args.device == 'cuda' else 'cpu'
+    fastv_only, combined = token_settings(args, plan)
     for name in wanted:
-        pruned = name.endswith('_pruned')
+        pruned = name.endswith(('_pruned', '_combined'))
+        tokens = (fastv_only if name.endswith('_fastv') else combined
+                  if name.endswith('_combined') else TokenSkip())
         if pruned and plan is None:
             LOG.warning('skipping %s: no plan', name)
+            continue
+        if tokens is None:
+            LOG.warning('skipping %s: no token settings (pass --fastv / --kv-removal or a plan '
+                        'made with calibrate --tokens)', name)
             continue
         if name == 'hf_full':
             backends[name] = HFGenerate(model_dir, args.device, args.threads)
         elif name.startswith('torch'):
             backends[name] = create_backend('torch', model=model_dir,
                                             plan=plan if pruned else None, device=args.device,
-                                            threads=args.threads)
+                                            threads=args.threads, tokens=tokens, full=not pruned)
         elif name.startswith('ort'):
-            bundle = ensure_bundle(model_dir, plan if pruned else None, full=not pruned)
+            bundle = ensure_bundle(model_dir, plan if pruned else None, full=not pruned,
+                                   tokens=tokens)
             backends[name] = create_backend('onnxruntime', bundle=bundle, providers=providers,
                                             threads=args.threads)
         elif name.startswith('trt'):
@@ -135,6 +174,40 @@ def summarize(results: list[Result]) -> dict:
             'mean_tokens': tokens / len(results), 'mean_stage_ms': stages}
 
 
+def quality(texts: list[str], samples) -> dict:
+    """Accuracy (main object named) and CIDEr-D of a configuration's texts."""
+    from ros2_gmskip.gmskip.metrics import accuracy, cider
+    return {'accuracy': accuracy(texts, samples), 'cider': cider(texts, samples)}
+
+
+def estimated_flops(name: str, backend, model_dir: Path, mean_tokens: float,
+                    prompt_tokens: int, image_tokens: int) -> float:
+    """Decoder FLOPs of one description (tokenskip/flops.py), from the backend's own settings."""
+    from ros2_gmskip.tokenskip.flops import DecoderDims, generation_flops
+    from ros2_gmskip.tokenskip.settings import TokenSkip
+    config = json.loads((model_dir / 'config.json').read_text())
+    text = config.get('text_config', config)
+    dims = DecoderDims(layers=int(text['num_hidden_layers']), hidden=int(text['hidden_size']),
+                       ffn=int(text['intermediate_size']))
+    info = getattr(backend, 'info', {}) or {}
+    removed = info.get('blocks_removed') or []
+    ts = TokenSkip.from_dict(info.get('tokens'))
+    return float(generation_flops(dims, prompt_tokens, image_tokens,
+                                  max(1, round(mean_tokens)), removed_blocks=removed,
+                                  fastv=ts.fastv, kv_ratio=ts.kv_ratio, kv_start=ts.kv_start))
+
+
+def prompt_sizes(backends: dict) -> tuple[int, int]:
+    """(prompt tokens, image tokens) of the default prompt, from any bundle backend's tokenizer
+    (else the default model's: 70 and 64)."""
+    for backend in backends.values():
+        tok = getattr(backend, 'tokenizer', None)
+        if tok is not None and hasattr(tok, 'prompt_ids'):
+            ids = tok.prompt_ids(DEFAULT_PROMPT)
+            return len(ids), int((ids == tok.image_token_id).sum())
+    return 70, 64
+
+
 def plot(result: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
@@ -143,8 +216,8 @@ def plot(result: dict, path: Path) -> None:
     p50 = [result['configs'][n]['p50_ms'] for n in names]
     p90 = [result['configs'][n]['p90_ms'] for n in names]
     fig, ax = plt.subplots(figsize=(8, 4))
-    colors = ['#999999' if n.startswith('hf') else '#4c72b0' if n.endswith('full') else '#dd8452'
-              for n in names]
+    colors = ['#999999' if n.startswith('hf') else '#4c72b0' if n.endswith('full') else
+              '#55a868' if n.endswith(TOKEN_CONFIGS) else '#dd8452' for n in names]
     bars = ax.bar(names, p50, color=colors,
                   yerr=[[0] * len(names), [b - a for a, b in zip(p50, p90)]], capsize=4)
     for bar, value in zip(bars, p50):
@@ -153,6 +226,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_ylabel('per-frame latency, ms (bar p50, whisker p90)')
     ax.set_title(f'{result["n"]} test scenes, {result["threads"]} threads, {result["machine"]}',
                  fontsize=9)
+    ax.tick_params(axis='x', labelsize=8, labelrotation=20)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -183,22 +257,34 @@ def main(args: argparse.Namespace) -> int:
     out['same_text_as'] = {n: {m: sum(a == b for a, b in zip(ref[n], ref[m])) / len(samples)
                                for m in names if m != n} for n in names}
     cfg = out['configs']
+    prompt_tokens, image_tokens = prompt_sizes(backends)
+    for name in names:
+        cfg[name].update(quality(ref[name], samples))
+        cfg[name]['tokens'] = (getattr(backends[name], 'info', {}) or {}).get('tokens')
+        cfg[name]['gflops'] = estimated_flops(name, backends[name], model_dir,
+                                              cfg[name]['mean_tokens'], prompt_tokens,
+                                              image_tokens) / 1e9
     for name in names:
         cfg[name]['vs_hf'] = cfg[name]['p50_ms'] / cfg['hf_full']['p50_ms'] \
             if 'hf_full' in cfg else None
-        full = name.replace('_pruned', '_full')
-        if name.endswith('_pruned') and full in cfg:
+        full = name.split('_')[0] + '_full'
+        if name.endswith(('_pruned', *TOKEN_CONFIGS)) and full in cfg:
             out[f'{name}_vs_{full}'] = cfg[name]['p50_ms'] / cfg[full]['p50_ms']
+            cfg[name]['flops_vs_full'] = cfg[name]['gflops'] / cfg[full]['gflops']
         if 'hf_full' in cfg and name != 'hf_full':
             out[f'{name}_vs_hf'] = cfg[name]['vs_hf']
-    print(f'{"config":<13} {"p50 ms":>8} {"p90 ms":>8} {"tok/s":>8} {"vs hf":>7}  '
-          f'{"vision":>7} {"prefill":>7} {"decode":>7}')
+    print(f'{"config":<15} {"p50 ms":>8} {"p90 ms":>8} {"tok/s":>7} {"vs hf":>6}  '
+          f'{"vision":>6} {"prefill":>7} {"decode":>6}  {"acc":>5} {"CIDEr":>5} {"GFLOPs":>6}')
     for name in names:
         c = cfg[name]
         s = c['mean_stage_ms']
         vs = f'{c["vs_hf"]:.3f}' if c['vs_hf'] is not None else '-'
-        print(f'{name:<13} {c["p50_ms"]:8.1f} {c["p90_ms"]:8.1f} {c["tokens_per_s"]:8.1f} '
-              f'{vs:>7}  {s["vision_ms"]:7.1f} {s["prefill_ms"]:7.1f} {s["decode_ms"]:7.1f}')
+        print(f'{name:<15} {c["p50_ms"]:8.1f} {c["p90_ms"]:8.1f} {c["tokens_per_s"]:7.1f} '
+              f'{vs:>6}  {s["vision_ms"]:6.1f} {s["prefill_ms"]:7.1f} {s["decode_ms"]:6.1f}  '
+              f'{c["accuracy"]:5.3f} {c["cider"]:5.2f} {c["gflops"]:6.3f}')
+    for name in names:
+        if cfg[name]['tokens']:
+            print(f'{name}: token skipping {cfg[name]["tokens"]}')
     for key in sorted(k for k in out if k.endswith(('_vs_hf', '_full')) and '_vs_' in k):
         print(f'{key} = {out[key]:.3f}')
     args.out_dir.mkdir(parents=True, exist_ok=True)
