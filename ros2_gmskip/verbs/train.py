@@ -23,10 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument('--out', type=Path, required=True, help='output model folder')
     parser.add_argument('--steps', type=positive_int, default=d.steps, help='optimizer steps')
+    parser.add_argument('--vision-steps', type=positive_int, default=d.vision_steps,
+                        help='stage-1 (vision pretraining) steps')
+    parser.add_argument('--scenes', type=positive_int, default=d.scenes,
+                        help='train-split scenes rendered once into the training cache')
     parser.add_argument('--batch-size', type=positive_int, default=d.batch_size)
     parser.add_argument('--lr', type=float, default=d.lr, help='peak learning rate')
     parser.add_argument('--layerdrop', type=fraction, default=d.layerdrop,
                         help='max probability of skipping a decoder block per batch (0 = off)')
+    parser.add_argument('--skip-ffn', type=fraction, default=d.skip_ffn, metavar='RATIO',
+                        help='Skip-Vision: share of visual tokens that bypass every decoder FFN in '
+                             'stage 2 (still attended to); the retained ones are a fixed stride, '
+                             'the same rule kv-removal uses at inference (0 = off)')
     parser.add_argument('--seed', type=int, default=d.seed)
     parser.add_argument('--threads', type=positive_int, default=d.threads,
                         help='torch CPU threads')
@@ -43,11 +51,12 @@ def main(args: argparse.Namespace) -> int:
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise GmSkipError(f'output folder {str(args.out)!r} is not empty: pass --force to '
                           'overwrite it')
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+    cfg = TrainConfig(steps=args.steps, vision_steps=args.vision_steps, scenes=args.scenes,
+                      skip_ffn=args.skip_ffn, batch_size=args.batch_size, lr=args.lr,
                       layerdrop=args.layerdrop, seed=args.seed, threads=args.threads,
                       eval_every=args.eval_every)
     summary = train(cfg, args.out)
     print(f'trained {summary["parameters"] / 1e6:.2f}M parameters for {cfg.steps} steps in '
-          f'{summary["train_seconds"] / 60:.1f} min; final loss {summary["final_loss"]:.4f}; '
-          f'saved to {args.out}')
+          f'{summary["train_seconds"] / 60:.1f} min (stage 2: {summary["stage2_seconds"] / 60:.1f} '
+          f'min); final loss {summary["final_loss"]:.4f}; saved to {args.out}')
     return 0

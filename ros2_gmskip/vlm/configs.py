@@ -31,17 +31,18 @@ class TrainConfig:
     """Two stages (see ros2_gmskip/vlm/train.py): vision pretraining, then the whole model."""
 
     scenes: int = 16000           # train-split scenes rendered once into the cache
-    vision_steps: int = 1200      # stage 1: vision tower + projector on ground-truth targets
+    vision_steps: int = 1000      # stage 1: vision tower + projector on ground-truth targets
     vision_batch_size: int = 64
     vision_lr: float = 2e-3
-    steps: int = 1100             # stage 2: whole model, caption loss (+ aux)
+    steps: int = 1300             # stage 2: whole model, caption loss (+ aux)
     batch_size: int = 32
     lr: float = 1.5e-3            # peak learning rate (AdamW)
     min_lr_ratio: float = 0.05    # cosine decays to lr * min_lr_ratio
     warmup: int = 60              # linear warm-up steps (each stage)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    layerdrop: float = 0.2        # max per-block skip probability (last block); 0 = off
+    layerdrop: float = 0.3        # max per-block skip probability (last block); 0 = off
+    skip_ffn: float = 0.0         # share of visual tokens that bypass decoder FFNs (Skip-Vision)
     aux_weight: float = 1.0       # weight of the image-token ground-truth loss; 0 = off
     seed: int = 0
     threads: int = 2              # torch intra-op threads (the target machine has 2 cores)

@@ -18,6 +18,11 @@ stochastic depth on the decoder ("LayerDrop", Fan et al. 2019): block l is skipp
 batch with probability layerdrop * l / (L - 1). Later blocks are dropped more often, which makes
 them the cheap ones to remove, matching GM-Skip's late-blocks-first search (`--layerdrop 0`: off).
 
+Skip-FFN (`--skip-ffn RATIO`, Skip-Vision arXiv 2503.21817): in stage 2 that share of the image
+tokens bypasses the FFN of every decoder block (they stay queries and keys in attention); the
+retained ones are a fixed stride, the rule visual KV removal uses at inference. The summary records
+the FFN rows computed against the total, and stage-2 seconds without the periodic evals.
+
 The ground-truth head is training-only and discarded: the shipped model is a plain
 LlavaForConditionalGeneration.
 """
@@ -40,6 +45,7 @@ from ros2_gmskip.runtime.types import DEFAULT_PROMPT
 from ros2_gmskip.scenes import render_scene, split_seeds
 from ros2_gmskip.scenes.spec import (CLASSES, DISTANCES, LIGHT_STATES, LIGHTINGS, NOUNS,
                                      POSITIONS, VEHICLE_COLORS, WEATHERS)
+from ros2_gmskip.tokenskip.skip_ffn import select_skipped, skip_ffn
 from ros2_gmskip.vlm.configs import TrainConfig
 from ros2_gmskip.vlm.default_model import build_model, build_processor, build_tokenizer
 from ros2_gmskip.vlm.prompting import prompt_text
@@ -196,7 +202,10 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
     drop_p = [cfg.layerdrop * i / (L - 1) for i in range(L)]
     drop_rng = random.Random(cfg.seed)
     bar = tqdm(range(cfg.steps), desc='stage 2 model', disable=not progress, unit='step')
+    stage2_seconds = 0.0                           # training steps only, evals excluded
+    ffn_rows = {'computed': 0, 'total': 0}         # decoder FFN token rows (Skip-FFN saves some)
     for step in bar:
+        t_step = time.perf_counter()
         # ---- data: prompt + answer, right-padded; loss on the answer tokens only
         idx = rng.integers(0, len(cache), cfg.batch_size)
         answers = [cache.answers[i] for i in idx]
@@ -214,15 +223,20 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
         # ---- forward with stochastic depth: a smaller ModuleList for this batch only
         keep = [i for i in range(L) if drop_rng.random() >= drop_p[i]]
         model.model.language_model.layers = torch.nn.ModuleList([layers[i] for i in keep])
+        image_mask = input_ids == model.config.image_token_id                  # (B, T)
+        ffn_skip = (select_skipped(image_mask, cfg.skip_ffn) if cfg.skip_ffn
+                    else torch.zeros_like(image_mask))
         try:
-            feats = image_features(model, cache.pixel_values(idx))        # (B, N_img, C)
-            embeds = model.get_input_embeddings()(input_ids)              # (B, T, C)
-            image_mask = (input_ids == model.config.image_token_id).unsqueeze(-1)
-            embeds = embeds.masked_scatter(image_mask, feats.to(embeds.dtype))
-            out_ = model(inputs_embeds=embeds, attention_mask=attention, labels=labels,
-                         use_cache=False)
+            with skip_ffn(model, ffn_skip) as mlps:   # Skip-Vision: skipped rows bypass the FFN
+                feats = image_features(model, cache.pixel_values(idx))        # (B, N_img, C)
+                embeds = model.get_input_embeddings()(input_ids)              # (B, T, C)
+                embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
+                out_ = model(inputs_embeds=embeds, attention_mask=attention, labels=labels,
+                             use_cache=False)
         finally:
             model.model.language_model.layers = layers
+        ffn_rows['computed'] += sum(m.rows for m in mlps)
+        ffn_rows['total'] += ffn_skip.numel() * len(mlps)
         loss = out_.loss
         if cfg.aux_weight:
             loss = loss + cfg.aux_weight * aux_head.loss(feats, torch.from_numpy(cache.aux[idx]))
@@ -232,6 +246,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
         torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
         opt.step()
         loss_value = out_.loss.item()                      # caption loss (aux not included)
+        stage2_seconds += time.perf_counter() - t_step
         log.append({'stage': 2, 'step': step, 'loss': loss_value, 'blocks': len(keep)})
         bar.set_postfix(loss=f'{loss_value:.3f}', blocks=len(keep))
         # ---- eval: greedy decodes of 32 val scenes, logged
@@ -251,7 +266,9 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
     processor.save_pretrained(out)
     summary = {'train_config': {k: v for k, v in asdict(cfg).items() if k != 'model'},
                'model_config': asdict(cfg.model), 'parameters': n_params,
-               'train_seconds': round(elapsed, 1), 'torch_threads': cfg.threads,
+               'train_seconds': round(elapsed, 1), 'stage2_seconds': round(stage2_seconds, 1),
+               'ffn_rows_computed': ffn_rows['computed'], 'ffn_rows_total': ffn_rows['total'],
+               'torch_threads': cfg.threads,
                'final_loss': log[-1].get('loss') if log else None}
     (out / 'training_log.json').write_text(json.dumps({'summary': summary, 'log': log}))
     return summary
