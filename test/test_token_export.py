@@ -221,3 +221,23 @@ def test_export_cli_flags(tiny_model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(['export', '--out', str(tmp_path / 'c'), '--fastv', '2'])
     assert 'expected K,R' in capsys.readouterr().err
+
+
+def test_replay_applies_the_bundle_token_skipping(fastv_bundle, tiny_bundle, tmp_path):
+    """The node's pipeline (replay) over a token-skipping bundle: texts equal the torch reference
+    path's settings (the bundle validated that), the summary and diagnostics name the settings."""
+    from ros2_gmskip.ros.bag import make_bag
+    from ros2_gmskip.ros.replay import read_output_bag, replay_bag
+    from ros2_gmskip.runtime.factory import create_backend
+    bag = tmp_path / 'in'
+    make_bag(bag, n=3, fps=10, progress=False, width=160, height=120)
+    summary = replay_bag(bag, tmp_path / 'out', create_backend('onnxruntime', bundle=fastv_bundle,
+                                                               threads=1), progress=False)
+    assert summary['described'] == 3
+    assert summary['token_skip']['fastv'] == {'k': 2, 'r': 0.5, 'seed': 0}
+    values = [kv for topic, _, msg in read_output_bag(tmp_path / 'out') if topic == '/diagnostics'
+              for status in msg.status for kv in status.values if kv.key == 'token_skip']
+    assert values and values[-1].value == 'FastV K=2 R=0.5, KV removal 100%'
+    plain = replay_bag(bag, tmp_path / 'out2', create_backend('onnxruntime', bundle=tiny_bundle,
+                                                              threads=1), progress=False)
+    assert plain['token_skip'] is None

@@ -389,14 +389,14 @@ def evaluator(tiny_model_dir):
 
 
 def test_evaluator_token_path_reuses_vision_and_matches_generate(evaluator, monkeypatch):
-    import ros2_gmskip.tokenskip.kv_removal as kv_removal
+    import ros2_gmskip.tokenskip.reference as reference
     functional = []
-    original = kv_removal.kv_removal_generate_ids
+    original = reference.kv_removal_generate_ids
 
     def spy(model, inputs, cfg, *args, **kwargs):
         functional.append((cfg.ratio, kwargs['fastv']))
         return original(model, inputs, cfg, *args, **kwargs)
-    monkeypatch.setattr(kv_removal, 'kv_removal_generate_ids', spy)
+    monkeypatch.setattr(reference, 'kv_removal_generate_ids', spy)
     towers = []      # real vision passes, however the tower is reached
     evaluator.vision.inner.register_forward_hook(lambda *a: towers.append(1))
 

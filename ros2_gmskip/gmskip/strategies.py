@@ -33,7 +33,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from ros2_gmskip.errors import GmSkipError, MetricError, PlanError
 from ros2_gmskip.gmskip.objective import EPS, Objective
@@ -123,22 +123,27 @@ class _Scorer:
         if key in self.cache:
             return self.cache[key]
         self.calls += 1
-        try:
-            value = self.score_fn(key)
-        except GmSkipError:
-            raise
-        except Exception as err:
-            raise MetricError(f'metric raised {type(err).__name__}: {err} for '
-                              f'removed={list(key)}') from err
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise MetricError(f'metric returned {value!r}, not a number, for '
-                              f'removed={list(key)}') from None
-        if not math.isfinite(value):
-            raise MetricError(f'metric returned {value} for removed={list(key)}')
+        value = checked_score(self.score_fn, key, f'removed={list(key)}')
         self.cache[key] = value
         return value
+
+
+def checked_score(score_fn: Callable[[Any], Any], arg: Any, what: str) -> float:
+    """score_fn(arg) as a finite float; a raise, a non-number or NaN/inf is a one-line
+    MetricError naming `what` was scored."""
+    try:
+        value = score_fn(arg)
+    except GmSkipError:
+        raise
+    except Exception as err:
+        raise MetricError(f'metric raised {type(err).__name__}: {err} for {what}') from err
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise MetricError(f'metric returned {value!r}, not a number, for {what}') from None
+    if not math.isfinite(value):
+        raise MetricError(f'metric returned {value} for {what}')
+    return value
 
 
 def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',

@@ -36,12 +36,12 @@ Torch-free (like strategies.py): the score is a callback, so the logic is testab
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from ros2_gmskip.errors import GmSkipError, MetricError, PlanError
+from ros2_gmskip.errors import PlanError
 from ros2_gmskip.gmskip.objective import EPS, Objective
+from ros2_gmskip.gmskip.strategies import checked_score
 from ros2_gmskip.tokenskip.flops import DecoderDims, generation_flops
 from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
 
@@ -202,21 +202,7 @@ def choose_best(trajectory: list[TokenStep]) -> TokenStep:
 
 def _checked(score_fn: TokenScoreFn, setting: TokenSkip) -> float:
     """score_fn(setting) as a finite float; anything else is a one-line MetricError."""
-    try:
-        value = score_fn(setting)
-    except GmSkipError:
-        raise
-    except Exception as err:
-        raise MetricError(f'metric raised {type(err).__name__}: {err} for tokens '
-                          f'{setting.describe()}') from err
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise MetricError(f'metric returned {value!r}, not a number, for tokens '
-                          f'{setting.describe()}') from None
-    if not math.isfinite(value):
-        raise MetricError(f'metric returned {value} for tokens {setting.describe()}')
-    return value
+    return checked_score(score_fn, setting, f'tokens {setting.describe()}')
 
 
 def _progress_bar(total: int, enabled: bool):

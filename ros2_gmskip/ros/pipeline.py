@@ -335,6 +335,7 @@ class DescriberCore:
         values['backend'] = getattr(self.backend, 'name', 'none') if self.backend else 'none'
         for key in ('blocks_removed', 'model_id', 'plan_id', 'engine_id'):
             values[key] = info.get(key, '')
+        values['token_skip'] = token_skip_text(info.get('tokens'))
         values['last_error'] = last_error
 
         window = self.params.error_window
@@ -382,3 +383,12 @@ def format_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ','.join(format_value(v) for v in value)
     return str(value)
+
+
+def token_skip_text(tokens: dict | None) -> str:
+    """The backend's FastV / KV-removal settings in words ('none' when off)."""
+    from ros2_gmskip.tokenskip.settings import TokenSkip
+    try:
+        return TokenSkip.from_dict(tokens).describe()
+    except ValueError as err:
+        return f'unreadable ({err})'

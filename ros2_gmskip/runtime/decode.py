@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -49,6 +50,23 @@ class DecodeOutput:
 
 def _ms(t0: float, t1: float) -> float:
     return (t1 - t0) * 1e3
+
+
+def greedy_loop(token: int, step: Callable[[int, int], int], max_new_tokens: int,
+                stop_ids: frozenset[int], out: np.ndarray) -> tuple[int, int, bool]:
+    """The loop every decoder shares, from the prefill's first token: a stop token ends it (not
+    kept), else the token goes to `out` and `step(token, n)` (n tokens kept so far) returns the
+    next one, until `max_new_tokens` are kept. -> (kept, decoder steps run, stopped)."""
+    n = steps = 0
+    while True:
+        if token in stop_ids:
+            return n, steps, True
+        out[n] = token
+        n += 1
+        if n == max_new_tokens:
+            return n, steps, False
+        token = step(token, n)
+        steps += 1
 
 
 class GreedyDecoder:
@@ -116,19 +134,14 @@ class GreedyDecoder:
         past, logits = self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0, T, None)
         token = int(logits.argmax())
         t1 = time.perf_counter()
-        n, steps, stopped = 0, 0, False
-        while True:
-            if token in self.stop_ids:
-                stopped = True
-                break
-            tokens[n] = token
-            n += 1
-            if n == max_new_tokens:
-                break
+
+        def step(token: int, n: int) -> int:
+            nonlocal past
             embeds = self.embed_table[token:token + 1][None]            # (1, 1, C) view
             past, logits = self._run(embeds, T + n - 1, T + n, past)
-            steps += 1
-            token = int(logits.argmax())
+            return int(logits.argmax())
+
+        n, steps, stopped = greedy_loop(token, step, max_new_tokens, self.stop_ids, tokens)
         t2 = time.perf_counter()
         return DecodeOutput(ids=tokens[:n].copy(), prefill_ms=_ms(t0, t1), decode_ms=_ms(t1, t2),
                             decode_steps=steps, stopped=stopped)

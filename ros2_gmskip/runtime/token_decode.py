@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime.decode import _ms, DecodeOutput
+from ros2_gmskip.runtime.decode import _ms, DecodeOutput, greedy_loop
 from ros2_gmskip.tokenskip.settings import random_slots, retained_slots, TokenSkip
 
 
@@ -191,22 +191,16 @@ class TokenSkipDecoder:
         lengths = self._remove_visual_kv(pasts, indexes, image_positions)
         token = int(logits.argmax())
         t1 = time.perf_counter()
-        n, steps, stopped = 0, 0, False
-        while True:
-            if token in self.stop_ids:
-                stopped = True
-                break
-            tokens[n] = token
-            n += 1
-            if n == max_new_tokens:
-                break
+
+        def step(token: int, n: int) -> int:
             h = self.embed_table[token:token + 1][None]                  # (1, 1, C) view
             position = self._positions[:, T + n - 1:T + n]               # absolute position
             for s, seg in enumerate(self.segments):
                 h, _, pasts[s] = self._run(seg, h, position, lengths[s] + 1, pasts[s])
                 lengths[s] += 1
-            steps += 1
-            token = int(h[0, -1].argmax())
+            return int(h[0, -1].argmax())
+
+        n, steps, stopped = greedy_loop(token, step, max_new_tokens, self.stop_ids, tokens)
         t2 = time.perf_counter()
         return DecodeOutput(ids=tokens[:n].copy(), prefill_ms=_ms(t0, t1), decode_ms=_ms(t1, t2),
                             decode_steps=steps, stopped=stopped)

@@ -97,6 +97,7 @@ def latency_table(summary: dict, quantiles: tuple[str, ...] = ('p50', 'p90', 'p9
 
 def summary_lines(s: dict) -> list[str]:
     """The human-readable replay summary."""
+    from ros2_gmskip.ros.pipeline import token_skip_text
     ids = ', '.join(f'{k} {s[k]}' for k in ('model_id', 'plan_id', 'engine_id') if s.get(k))
     lines = [
         f'replayed {s["in_bag"]} ({s["in_storage"]}, {s["msgtype"]} on {s["topic"]}) at rate '
@@ -112,7 +113,9 @@ def summary_lines(s: dict) -> list[str]:
     lines += latency_table(s)
     lines.append(f'tokens/s {s["tokens_per_s"]:.1f} | backend {s["backend"]}'
                  + (f' | {ids}' if ids else '')
-                 + (f' | blocks removed {s["blocks_removed"]}' if s['blocks_removed'] else ''))
+                 + (f' | blocks removed {s["blocks_removed"]}' if s['blocks_removed'] else '')
+                 + (f' | token skipping: {token_skip_text(s["token_skip"])}'
+                    if s.get('token_skip') else ''))
     speed = f' ({s["bag_s"] / s["wall_s"]:.2f}x bag time)' if s['wall_s'] and s['bag_s'] else ''
     lines.append(f'{s["bag_s"]:.1f} s of bag in {s["wall_s"]:.1f} s{speed}')
     lines.append(f'wrote {s["out_bag"]}: '
