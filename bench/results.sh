@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Reproduce every number in README.md "Results" and the model card, in one run, on this machine.
-#   bench/results.sh            (about 15 minutes on 2 CPU cores)
-# Writes bench/results/*.json, the shipped plan + plot, and bench/results/bench.{json,png}.
+#   bench/results.sh            (about 35 minutes on 2 CPU cores)
+# Writes bench/results/*.json, the shipped plan + plots, and bench/results/bench.{json,png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 G=".venv/bin/ros2-gmskip"
+PY=".venv/bin/python"
 M=models/gmskip-llava-scenes
 PLAN=$M/plans/accuracy-reverse.json
 OUT=bench/results
@@ -12,12 +13,26 @@ mkdir -p "$OUT" "$M/plans"
 
 # 1. full model on the test split (never used for calibration)
 $G evaluate --model $M --split test --n 500 --json | tail -1 > $OUT/eval_full_test.json
-# 2. GM-Skip on the val split: reverse strategy, accuracy metric
-$G calibrate --model $M --data val --n 200 --metric accuracy --strategy reverse \
-    --lambda 0.3 --protect-first 0.25 --min-score-ratio 0.99 --batch-size 40 \
+# 2. GM-Skip on the val split (reverse strategy, accuracy), then the token knobs on top of it
+#    (FastV K,R x KV-removal ratio), same floor against the unpruned model
+$G calibrate --model $M --data val --n 1000 --metric accuracy --strategy reverse \
+    --lambda 0.3 --protect-first 0.25 --min-score-ratio 0.99 --batch-size 40 --tokens \
     --out $PLAN --plot $M/plans/accuracy-reverse.png | tee $OUT/calibrate.txt
-# 3. the pruned model on the same test scenes
-$G evaluate --model $M --plan $PLAN --split test --n 500 --json | tail -1 > $OUT/eval_pruned_test.json
-# 4. latency, side by side: HF generate vs torch / ONNX Runtime backends, full vs pruned
-$G bench --model $M --plan $PLAN --n 50 --threads 1 --out-dir $OUT --json | tail -1 > /dev/null
-cat $OUT/eval_full_test.json $OUT/eval_pruned_test.json
+# 3. the same test scenes: GM-Skip only, FastV only (on the full model), and GM-Skip + FastV
+#    (+ the plan's KV removal). FastV K,R: the plan's, else $FASTV (default 1,0.25: the token
+#    search's choice on top of the 200-scene block plan; on the 1000-scene plan the blocks already
+#    use the whole floor, so the search keeps no token skipping)
+$G evaluate --model $M --plan $PLAN --no-plan-tokens --split test --n 500 --json | tail -1 \
+    > $OUT/eval_pruned_test.json
+PLAN_FASTV=$($PY -c "import json; t=json.load(open('$PLAN'))['tokens'] or {}; f=t.get('fastv'); \
+print(f'{f[\"k\"]},{f[\"r\"]}' if f else '')")
+FASTV=${PLAN_FASTV:-${FASTV:-1,0.25}}
+$G evaluate --model $M --fastv "$FASTV" --split test --n 500 --json | tail -1 \
+    > $OUT/eval_fastv_test.json
+$G evaluate --model $M --plan $PLAN --fastv "$FASTV" --split test --n 500 --json | tail -1 \
+    > $OUT/eval_combined_test.json
+# 4. latency, side by side: HF generate vs torch / ONNX Runtime backends: full, GM-Skip,
+#    FastV, GM-Skip + FastV (+ KV removal) (accuracy / CIDEr / GFLOPs on the same 50 frames)
+$G bench --model $M --plan $PLAN --fastv "$FASTV" --n 50 --threads 1 --out-dir $OUT --json \
+    | tail -1 > /dev/null
+cat $OUT/eval_*_test.json
