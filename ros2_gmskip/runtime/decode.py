@@ -69,7 +69,18 @@ def greedy_loop(token: int, step: Callable[[int, int], int], max_new_tokens: int
         steps += 1
 
 
-class GreedyDecoder:
+class DecodeBuffers:
+    """Per-loop buffers, allocated once at the largest length seen and sliced per step."""
+
+    def _alloc(self, length: int) -> None:
+        """(Re)allocate the buffers for sequences up to `length` tokens."""
+        self.max_length = length
+        self._mask = np.ones((1, length), dtype=np.int64)                   # (1, L) all visible
+        self._positions = np.arange(length, dtype=np.int64)[None]           # (1, L)
+        self._tokens = np.empty(length, dtype=np.int64)                     # generated ids
+
+
+class GreedyDecoder(DecodeBuffers):
     """Greedy decoding with an ONNX Runtime decoder session (graph from `ros2-gmskip export`)."""
 
     def __init__(self, session, embed_table: np.ndarray, num_layers: int, num_kv_heads: int,
@@ -91,13 +102,6 @@ class GreedyDecoder:
                               'disagree: re-run ros2-gmskip export')
         self._empty_past = np.zeros((1, num_kv_heads, 0, head_dim), dtype=np.float32)
         self._alloc(max_length)
-
-    def _alloc(self, length: int) -> None:
-        """(Re)allocate the per-session buffers for sequences up to `length` tokens."""
-        self.max_length = length
-        self._mask = np.ones((1, length), dtype=np.int64)                   # (1, L) all visible
-        self._positions = np.arange(length, dtype=np.int64)[None]           # (1, L)
-        self._tokens = np.empty(length, dtype=np.int64)                     # generated ids
 
     def _run(self, embeds: np.ndarray, start: int, total: int, past) -> tuple[list, np.ndarray]:
         """Decoder run for positions start..total-1 -> (present OrtValues, last logits (V,))."""

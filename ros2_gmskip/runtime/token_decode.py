@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime.decode import _ms, DecodeOutput, greedy_loop
+from ros2_gmskip.runtime.decode import _ms, DecodeBuffers, DecodeOutput, greedy_loop
 from ros2_gmskip.tokenskip.settings import random_slots, retained_slots, TokenSkip
 
 
@@ -60,7 +60,7 @@ def rank_image_rows(scores: np.ndarray, image_rows: np.ndarray, n_keep: int) -> 
     return np.sort(image_rows[order[:n_keep]])
 
 
-class TokenSkipDecoder:
+class TokenSkipDecoder(DecodeBuffers):
     """Greedy decode (stop tokens, max tokens, timing as decode.GreedyDecoder) over decoder
     segments, with FastV pruning in the prefill and visual KV removal after it."""
 
@@ -96,12 +96,6 @@ class TokenSkipDecoder:
                               'ros2-gmskip export')
         self._empty_past = np.zeros((1, num_kv_heads, 0, head_dim), dtype=np.float32)
         self._alloc(max_length)
-
-    def _alloc(self, length: int) -> None:
-        self.max_length = length
-        self._mask = np.ones((1, length), dtype=np.int64)
-        self._positions = np.arange(length, dtype=np.int64)[None]
-        self._tokens = np.empty(length, dtype=np.int64)
 
     def _run(self, seg: _Segment, h: np.ndarray, positions: np.ndarray, total: int, past):
         """One segment -> (main output (1, t, C|V) numpy, attention (1, S) or None, presents)."""

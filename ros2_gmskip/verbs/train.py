@@ -6,6 +6,12 @@ The shipped model was made with the defaults:
     ros2-gmskip train --out models/gmskip-llava-scenes
 
 Then measure it:  ros2-gmskip evaluate --model models/gmskip-llava-scenes --split test --n 500
+
+Skip-FFN (Skip-Vision): `--skip-ffn 0.75` lets 3/4 of the image tokens bypass every decoder FFN in
+stage 2; the summary (training_log.json) records the FFN rows computed and the stage-2 seconds.
+bench/skip_ffn.sh compares it with normal training at the same steps and seed:
+
+    ros2-gmskip train --out DIR --scenes 4000 --vision-steps 400 --steps 300 --skip-ffn 0.75
 """
 
 from __future__ import annotations
