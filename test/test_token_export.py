@@ -51,9 +51,9 @@ def test_settings_round_trip_and_off():
 @pytest.mark.parametrize('bad, words', [
     ({'fastv': {'k': -1, 'r': 0.5}}, 'K must be'),
     ({'fastv': {'k': 1, 'r': 1.5}}, 'R must be'),
-    ({'fastv': {'k': 1}}, 'tokens.fastv'),
+    ({'fastv': {'k': 1}}, 'tokens: fastv must be'),
     ({'kv_removal': {'ratio': 2}}, 'ratio must be'),
-    ({'kv_removal': 'all'}, 'tokens.kv_removal'),
+    ({'kv_removal': 'all'}, 'tokens: kv_removal must be'),
     ([1, 2], 'object or null'),
 ])
 def test_malformed_settings_name_the_field(bad, words):

@@ -179,12 +179,12 @@ def test_plan_round_trip_with_tokens(plan_and_dir, tmp_path):
 
 
 @pytest.mark.parametrize('tokens, message', [
-    ({'fastv': {'k': 2}}, 'tokens.fastv must be'),
+    ({'fastv': {'k': 2}}, 'tokens: fastv must be'),
     ({'fastv': {'k': 2, 'r': 1.5}}, r'FastV R must be in \[0, 1\], got 1.5'),
     ({'fastv': {'k': -1, 'r': 0.5}}, 'FastV K must be an integer >= 0'),
     ({'fastv': {'k': 'two', 'r': 0.5}}, 'FastV K'),
     ({'kv_removal': {'ratio': 2}}, r'KV removal ratio must be in \[0, 1\]'),
-    ({'kv_removal': 1.0}, 'tokens.kv_removal must be'),
+    ({'kv_removal': 1.0}, 'tokens: kv_removal must be'),
     ({'kv_removal': {'ratio': 1.0, 'start_layer': -2}}, 'start_layer'),
     ('fastv', 'tokens must be null or an object'),
 ])

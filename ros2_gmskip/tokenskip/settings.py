@@ -119,13 +119,13 @@ class TokenSkip:
             fv = None
             if fastv is not None:
                 if not isinstance(fastv, dict) or 'k' not in fastv or 'r' not in fastv:
-                    raise ValueError(f'tokens.fastv must be {{"k": int, "r": float}}, got '
+                    raise ValueError(f'fastv must be {{"k": int, "r": float}}, got '
                                      f'{fastv!r}')
                 fv = FastVConfig(k=fastv['k'], r=fastv['r'], seed=int(fastv.get('seed', 0)))
             ratio, start = 0.0, 0
             if kv is not None:
                 if not isinstance(kv, dict) or 'ratio' not in kv:
-                    raise ValueError(f'tokens.kv_removal must be {{"ratio": float}}, got {kv!r}')
+                    raise ValueError(f'kv_removal must be {{"ratio": float}}, got {kv!r}')
                 ratio, start = kv['ratio'], kv.get('start_layer', 0)
             return cls(fastv=fv, kv_ratio=ratio, kv_start=start)
         except (TypeError, ValueError) as err:
