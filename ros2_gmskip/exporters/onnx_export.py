@@ -67,7 +67,7 @@ from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
 from ros2_gmskip.exporters.export_config import (DEFAULT_OPSET, ExportConfig, export_config_for,
                                                  family_of_config, rope_parameters)
-from ros2_gmskip.gmskip.plan import weights_sha256
+from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 from ros2_gmskip.tokenskip.settings import TokenSkip
 
@@ -321,14 +321,6 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
-
-
-def plan_token_skip(plan: Path | None) -> TokenSkip:
-    """The token-skip settings a plan records (`tokens`), or none."""
-    if plan is None:
-        return TokenSkip()
-    from ros2_gmskip.gmskip.plan import load_plan
-    return TokenSkip.from_dict(load_plan(Path(plan), check_hash=False).tokens)
 
 
 def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,

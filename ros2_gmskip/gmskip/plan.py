@@ -306,3 +306,11 @@ def load_plan(path: str | os.PathLike, model_dir: str | os.PathLike | None = Non
                             f'but {model_dir} has {actual[:12]}: re-run ros2-gmskip calibrate '
                             'for this model')
     return plan
+
+
+def plan_token_skip(path: str | os.PathLike | None) -> TokenSkip:
+    """The token-skip settings a plan file records (`tokens`), or none (no plan / no tokens).
+    The weights hash is not checked here: callers that load the model check it."""
+    if path is None:
+        return TokenSkip()
+    return TokenSkip.from_dict(load_plan(path, check_hash=False).tokens)

@@ -82,6 +82,14 @@ class TokenSkip:
             parts.append(f'KV removal {100 * self.kv_ratio:g}%{start}')
         return ', '.join(parts) or 'none'
 
+    def with_overrides(self, fastv: FastVConfig | None = None, kv_ratio: float | None = None,
+                       kv_start: int | None = None) -> TokenSkip:
+        """These settings with the given knobs replaced (None keeps the knob): how a plan's
+        `tokens` and command-line flags (--fastv, --kv-removal, --kv-start) combine."""
+        return TokenSkip(fastv=self.fastv if fastv is None else fastv,
+                         kv_ratio=self.kv_ratio if kv_ratio is None else kv_ratio,
+                         kv_start=self.kv_start if kv_start is None else kv_start)
+
     def splits(self, num_layers: int) -> tuple[tuple[int, ...], int | None]:
         """Where an exported decoder must be split for these settings, and FastV's K if it ranks
         there: (sorted block indices in 1..num_layers-1, K or None). K = 0 needs no split (a

@@ -106,17 +106,12 @@ class HFGenerate:
 
 def token_settings(args, plan: Path | None):
     """(TokenSkip for *_fastv, TokenSkip for *_combined), or (None, None) when none is set."""
+    from ros2_gmskip.gmskip.plan import plan_token_skip
     from ros2_gmskip.tokenskip.settings import TokenSkip
-    base = TokenSkip()
-    if plan is not None:
-        from ros2_gmskip.gmskip.plan import load_plan
-        base = TokenSkip.from_dict(load_plan(plan, check_hash=False).tokens)
-    fastv = args.fastv if args.fastv is not None else base.fastv
-    kv = args.kv_removal if args.kv_removal is not None else base.kv_ratio
-    if fastv is None and not kv:
+    combined = plan_token_skip(plan).with_overrides(args.fastv, args.kv_removal)
+    if combined.fastv is None and not combined.kv_ratio:
         return None, None
-    return (TokenSkip(fastv=fastv) if fastv is not None else None,
-            TokenSkip(fastv=fastv, kv_ratio=kv, kv_start=base.kv_start))
+    return (TokenSkip(fastv=combined.fastv) if combined.fastv is not None else None, combined)
 
 
 def make_backends(args, model_dir: Path, plan: Path | None) -> dict:

@@ -19,7 +19,6 @@ With --json the last stdout line is one JSON object: {"accuracy", "cider", "exac
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 import time
@@ -63,12 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve_tokens(plan_tokens: dict | None, fastv=None, kv_ratio: float | None = None):
     """The TokenSkip to evaluate: the plan's (None: none), then --fastv / --kv-removal on top."""
     from ros2_gmskip.tokenskip.settings import TokenSkip
-    tokens = TokenSkip.from_dict(plan_tokens)
-    if fastv is not None:
-        tokens = dataclasses.replace(tokens, fastv=fastv)
-    if kv_ratio is not None:
-        tokens = dataclasses.replace(tokens, kv_ratio=kv_ratio)
-    return tokens
+    return TokenSkip.from_dict(plan_tokens).with_overrides(fastv, kv_ratio)
 
 
 def main(args: argparse.Namespace) -> int:

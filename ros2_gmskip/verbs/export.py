@@ -106,14 +106,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def export_tokens(args: argparse.Namespace):
-    """TokenSkip from --fastv / --kv-removal over the plan's (None: let export use the plan's)."""
-    from ros2_gmskip.exporters.onnx_export import plan_token_skip
+    """TokenSkip from --fastv / --kv-removal / --kv-start over the plan's (None: let export use
+    the plan's)."""
+    from ros2_gmskip.gmskip.plan import plan_token_skip
     from ros2_gmskip.tokenskip.settings import TokenSkip
 
     if (args.fastv is None and args.kv_removal is None and args.kv_start is None
             and not args.no_plan_tokens):
         return None
     base = TokenSkip() if args.no_plan_tokens else plan_token_skip(args.plan)
-    return TokenSkip(fastv=args.fastv if args.fastv is not None else base.fastv,
-                     kv_ratio=args.kv_removal if args.kv_removal is not None else base.kv_ratio,
-                     kv_start=args.kv_start if args.kv_start is not None else base.kv_start)
+    return base.with_overrides(args.fastv, args.kv_removal, args.kv_start)
