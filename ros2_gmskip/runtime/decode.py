@@ -79,6 +79,16 @@ class DecodeBuffers:
         self._positions = np.arange(length, dtype=np.int64)[None]           # (1, L)
         self._tokens = np.empty(length, dtype=np.int64)                     # generated ids
 
+    def _start(self, inputs_embeds: np.ndarray, max_new_tokens: int) -> int:
+        """Check a request (batch 1, max_new_tokens >= 1), grow the buffers to fit it; -> T."""
+        if max_new_tokens < 1:
+            raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
+        B, T, _ = inputs_embeds.shape
+        assert B == 1, f'batch {B}: the decode loop runs one image at a time'
+        if T + max_new_tokens > self.max_length:
+            self._alloc(max(2 * self.max_length, T + max_new_tokens))
+        return T
+
 
 class GreedyDecoder(DecodeBuffers):
     """Greedy decoding with an ONNX Runtime decoder session (graph from `ros2-gmskip export`)."""
@@ -127,12 +137,7 @@ class GreedyDecoder(DecodeBuffers):
                  image_positions: np.ndarray | None = None) -> DecodeOutput:
         """Greedy continuation of `inputs_embeds` (1, T, C) float32 (`image_positions` is for
         token-skipping loops: token_decode.TokenSkipDecoder; unused here)."""
-        if max_new_tokens < 1:
-            raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
-        B, T, C = inputs_embeds.shape
-        assert B == 1, f'batch {B}: the decode loop runs one image at a time'
-        if T + max_new_tokens > self.max_length:
-            self._alloc(max(2 * self.max_length, T + max_new_tokens))
+        T = self._start(inputs_embeds, max_new_tokens)
         tokens = self._tokens
         t0 = time.perf_counter()
         past, logits = self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0, T, None)

@@ -119,7 +119,7 @@ class OrtBackend(BundleBackend):
                 self.decoders, self.bundle.segments, self.embed_table,
                 num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
                 stop_ids=self.tokenizer.stop_ids, token_skip=self.token_skip,
-                device='cuda' if on_gpu else 'cpu')
+                device='cuda' if on_gpu else 'cpu', where=f'bundle {str(self.bundle.path)!r}')
         plan = self.bundle.plan or {}
         self.info = {
             'backend': self.name,
@@ -138,25 +138,13 @@ class OrtBackend(BundleBackend):
 
     def _token_skip(self, override: TokenSkip | None) -> TokenSkip:
         """The bundle's token-skip settings, or `override` (e.g. TokenSkip() to run a token-skip
-        bundle unpruned); FastV needs the split the bundle was exported with."""
+        bundle unpruned; TokenSkipDecoder refuses one the bundle's split graphs cannot run)."""
         try:
             exported = TokenSkip.from_dict(self.bundle.token_skip)
         except ValueError as err:
             raise BundleError(f'bundle {str(self.bundle.path)!r}: manifest token_skip: {err}: '
                               're-run ros2-gmskip export') from None
-        if override is None:
-            return exported
-        fastv = override.fastv
-        if fastv is not None and fastv.k > 0 and fastv.active(self.bundle.decoder_config[
-                'num_layers']) and not any(s['ranks'] and s['layers'][1] == fastv.k
-                                           for s in self.bundle.segments):
-            raise BundleError(f'bundle {str(self.bundle.path)!r} has no decoder split at FastV '
-                              f'K={fastv.k}: export it with --fastv {fastv.k},{fastv.r:g}')
-        if override.kv_ratio and override.kv_start and not any(
-                s['layers'][0] == override.kv_start for s in self.bundle.segments):
-            raise BundleError(f'bundle {str(self.bundle.path)!r} has no decoder split at layer '
-                              f'{override.kv_start} for KV removal: export it with that setting')
-        return override
+        return exported if override is None else override
 
     def _session(self, path: Path, options):
         import onnxruntime as ort

@@ -67,7 +67,8 @@ class TokenSkipDecoder(DecodeBuffers):
     def __init__(self, sessions: list, segments: list[dict], embed_table: np.ndarray,
                  num_kv_heads: int, head_dim: int, stop_ids: tuple[int, ...],
                  token_skip: TokenSkip, device: str = 'cpu', device_id: int = 0,
-                 max_length: int = 256) -> None:
+                 max_length: int = 256, where: str = 'bundle') -> None:
+        """`where` names the bundle in the errors for settings its segments cannot run."""
         self.embed_table = embed_table
         self.stop_ids = frozenset(int(i) for i in stop_ids)
         self.token_skip = token_skip
@@ -92,8 +93,12 @@ class TokenSkipDecoder(DecodeBuffers):
         self.fastv = fastv if fastv is not None and fastv.active(self.num_layers) else None
         if self.fastv is not None and self.fastv.k > 0 and not any(
                 s.ranks and s.stop == self.fastv.k for s in self.segments):
-            raise BundleError(f'bundle has no decoder split at FastV K={self.fastv.k}: re-run '
-                              'ros2-gmskip export')
+            raise BundleError(f'{where} has no decoder split at FastV K={self.fastv.k}: export '
+                              f'it with --fastv {self.fastv.k},{self.fastv.r:g}')
+        if token_skip.kv_ratio and token_skip.kv_start and not any(
+                s.first == token_skip.kv_start for s in self.segments):
+            raise BundleError(f'{where} has no decoder split at layer {token_skip.kv_start} for '
+                              'KV removal: export it with that setting')
         self._empty_past = np.zeros((1, num_kv_heads, 0, head_dim), dtype=np.float32)
         self._alloc(max_length)
 
@@ -170,12 +175,7 @@ class TokenSkipDecoder(DecodeBuffers):
                  image_positions: np.ndarray | None = None) -> DecodeOutput:
         """Greedy continuation of `inputs_embeds` (1, T, C); `image_positions` (n,) the image
         tokens' indices in the prompt."""
-        if max_new_tokens < 1:
-            raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
-        B, T, C = inputs_embeds.shape
-        assert B == 1, f'batch {B}: the decode loop runs one image at a time'
-        if T + max_new_tokens > self.max_length:
-            self._alloc(max(2 * self.max_length, T + max_new_tokens))
+        T = self._start(inputs_embeds, max_new_tokens)
         image_positions = (np.zeros(0, dtype=np.int64) if image_positions is None
                            else np.asarray(image_positions, dtype=np.int64))
         tokens = self._tokens
