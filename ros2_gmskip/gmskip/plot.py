@@ -20,6 +20,13 @@ from ros2_gmskip.gmskip.strategies import SearchResult
 from ros2_gmskip.gmskip.token_search import TokenSearchResult
 
 
+def _save(fig, path: Path) -> None:
+    """Lay out and write `fig` as a PNG at `path` (parent folders created)."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format='png')
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use('Agg')            # no display needed; harmless when already set
@@ -68,9 +75,7 @@ def plot_search(result: SearchResult, path: str | os.PathLike, title: str = '') 
         ax.legend(lines[0] + more[0], lines[1] + more[1], loc='lower left', fontsize=8)
         ax.set_title(title or f'GM-Skip {result.strategy}: removed {list(best.removed)}',
                      fontsize=10)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format='png')
+        _save(fig, path)
     finally:
         plt.close(fig)
     return path
@@ -106,9 +111,7 @@ def plot_token_search(result: TokenSearchResult, path: str | os.PathLike, title:
         ax.legend(loc='lower right', fontsize=8)
         ax.set_title(title or f'token search: λ={result.objective.lam:g}, '
                      f'{result.evaluations} evaluations', fontsize=10)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format='png')
+        _save(fig, path)
     finally:
         plt.close(fig)
     return path
