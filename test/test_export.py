@@ -227,7 +227,7 @@ def test_failed_validation_lists_every_failure_and_writes_nothing(tiny_model_dir
 
     monkeypatch.setattr(onnx_export, 'export_config_for', strict)
     lines = []
-    with pytest.raises(BundleError, match=r'export validation failed \(8 of \d+ checks\): '
+    with pytest.raises(BundleError, match=r'export validation failed \(9 of \d+ checks\): '
                                           r'present.0.key: .*present.3.value: .*bundle not '
                                           r'written'):
         onnx_export.export_bundle(tiny_model_dir, tmp_path / 'out', validate_n=1,
@@ -235,8 +235,10 @@ def test_failed_validation_lists_every_failure_and_writes_nothing(tiny_model_dir
                                   on_check=lambda c: lines.append(c.line()))
     assert not (tmp_path / 'out').exists()
     assert not list(tmp_path.iterdir())                         # temp folder removed too
-    assert sum(line.startswith('✗') for line in lines) == 8
+    assert sum(line.startswith('✗') for line in lines) == 9   # 8 present.* + the fused KV rows
+    assert any(line.startswith('✗ fused decoder present') for line in lines)
     assert any(line.startswith('✓ greedy text') for line in lines)   # ran after the failures
+    assert any(line.startswith('✓ fused decoder greedy text') for line in lines)
 
 
 def test_existing_bundle_is_replaced_and_cli_prints_checks(tiny_model_dir, tmp_path, capsys):

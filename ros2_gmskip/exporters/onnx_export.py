@@ -3,13 +3,17 @@
     bundle = export_bundle(Path('models/gmskip-llava-scenes'), Path('bundles/pruned'),
                            plan=Path('plans/reverse.json'), validate_n=50)
 
-Two graphs, split where the runtime wants to split:
+Two graphs (and an optional third), split where the runtime wants to split:
 
 - vision.onnx    pixel_values (B, 3, H, W) -> image_embeds (B, n, C): vision tower, feature layer
                  selection, projector (what `LlavaModel.get_image_features` computes).
 - decoder.onnx   inputs_embeds (B, T, C), attention_mask (B, P+T), position_ids (B, T),
                  past_key_values.{i}.key/value (B, kv, P, d) for each remaining block i
                  -> logits (B, T, V), present.{i}.key/value (B, kv, P+T, d).
+
+Plus, for Llama-style decoders, decoder.fused.onnx: the same decoder for ONNX Runtime only, built
+from the weights with ORT's fused ops and an in-place KV cache (exporters/fused_decoder.py says
+why); TensorRT always builds from decoder.onnx.
 
 The token embedding lookup is not a graph: the table is saved as embed_tokens.npy and the runtime
 indexes it with numpy (a gather is all it is; a graph would cost a session run per token).
@@ -67,6 +71,8 @@ from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
 from ros2_gmskip.exporters.export_config import (DEFAULT_OPSET, ExportConfig, export_config_for,
                                                  family_of_config, rope_parameters)
+from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, build_fused_decoder,
+                                                 fused_unsupported)
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -327,7 +333,9 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                   tokens: TokenSkip | None = None,
                   removed_blocks: list[int] | None = None, opset: int = DEFAULT_OPSET,
                   validate_n: int = 50, prompt: str | None = None, max_new_tokens: int = 48,
-                  threads: int | None = None, on_stage: Callable[[str], None] | None = None,
+                  threads: int | None = None, fused: bool = True,
+                  fused_max_length: int | None = None,
+                  on_stage: Callable[[str], None] | None = None,
                   on_check: Callable[[object], None] | None = None) -> ExportResult:
     """Export `model_dir` (minus the plan's blocks) to the bundle folder `out`, then validate it.
 
@@ -336,7 +344,11 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     `removed_blocks` is the plan-less way to prune (tests, experiments): the manifest then records
     the blocks with no plan path/hash. `tokens`: FastV / KV-removal settings for the runtime
     (default: the plan's `tokens`, if any); they split the decoder graph where they act and are
-    recorded in the manifest's `token_skip`. `on_stage(text)` / `on_check(Check)` report progress.
+    recorded in the manifest's `token_skip`. `fused`: also write decoder.fused.onnx, the ONNX
+    Runtime-only graph (exporters/fused_decoder.py) whose KV buffers hold `fused_max_length`
+    positions (default: the model's max_position_embeddings, at most 2048); a model it does not
+    cover gets none, with a log line saying why. `on_stage(text)` / `on_check(Check)` report
+    progress.
     """
     from ros2_gmskip.exporters import trt_ops, validate
     from ros2_gmskip.runtime.types import DEFAULT_PROMPT
@@ -392,6 +404,19 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks),
                           _dummy_decoder_inputs(config, seg), tmp / seg.file, list(seg.inputs),
                           list(seg.outputs), opset)
+        fused_entry = None
+        if fused:
+            reason = fused_unsupported(model)
+            if reason:
+                log.warning('no fused ONNX Runtime decoder for this model (%s): the runtime uses '
+                            'decoder.onnx', reason)
+            else:
+                text_cfg = model.config.get_text_config(decoder=True)
+                length = fused_max_length or min(
+                    int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
+                stage(f'exporting {FUSED_DECODER} (ONNX Runtime contrib ops, KV buffers of '
+                      f'{length} positions)')
+                fused_entry = build_fused_decoder(model, tmp / FUSED_DECODER, length)
         embed = model.get_input_embeddings().weight.detach().float().numpy()   # (V, C)
         np.save(tmp / EMBED, np.ascontiguousarray(embed), allow_pickle=False)
         for name in MODEL_FILES:
@@ -421,6 +446,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                             'family': config.family, 'decoder_type': config.decoder_type})
         manifest['token_skip'] = token_skip.to_dict()
         manifest['decoder_segments'] = [seg.to_manifest() for seg in config.segments]
+        manifest['fused_decoder'] = fused_entry
         mf.write_manifest(tmp, manifest)
 
         t = time.perf_counter()

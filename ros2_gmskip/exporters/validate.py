@@ -12,6 +12,10 @@ Always runs after export (optimum-style), in this order, and reports every failu
 5. greedy      the ORT backend's greedy text == transformers `generate` on `n` test scenes (with
                token skipping: == the torch reference, tokenskip.reference, with the same settings)
 
+decoder.fused.onnx (the ONNX Runtime-only graph, when the bundle has one) gets 1 without the
+TensorRT lint (contrib ops: it is never given to TensorRT), its last-position logits and KV rows
+at prefill and one decode step against PyTorch in 4, and its own greedy run against `generate` in 5.
+
 A decoder split into segments (token skipping) is checked segment by segment in 1-2 and, run
 unpruned, as a whole against the HF decoder in 4 (hidden states and the FastV attention output at
 each split against `output_hidden_states` / `output_attentions`).
@@ -110,6 +114,17 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------------------------------
 # 1-2. graphs and interface
+
+def check_fused_graph(path: Path) -> Check:
+    """onnx.checker on the fused decoder (the com.microsoft ops are ORT's, checked by loading)."""
+    import onnx
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+        return Check(f'{path.name} onnx.checker', True, 'full_check passed (ONNX Runtime-only '
+                     'graph: not linted for TensorRT, engines build from decoder.onnx)')
+    except Exception as err:  # noqa: BLE001 - onnx raises several types
+        return Check(f'{path.name} onnx.checker', False, str(err).splitlines()[0])
+
 
 def check_graphs(bundle_dir: Path, config: ExportConfig,
                  lint: Callable[[Path], list[str]]) -> list[Check]:
@@ -232,11 +247,24 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
         diffs[name] = max(diffs.get(name, 0.0), _max_diff(value, ref[key]))
 
 
+def _fused_diffs(fused, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref
+                 ) -> dict[str, float]:
+    """The fused decoder (runtime.fused_decode.FusedDecoder) at prefill and one step vs torch:
+    last-position logits, and the KV rows its in-place buffers hold after the step."""
+    T = embeds.shape[1]
+    logits = max(_max_diff(fused._run(embeds, 0), ref.logits[0, -1].numpy()),
+                 _max_diff(fused._run(step_embeds, T), step_ref.logits[0, -1].numpy()))
+    kv = max(_max_diff(value.numpy()[:, :, :T + 1], want.numpy())
+             for value, want in zip(fused.cache, _cache_tensors(step_ref.past_key_values)))
+    return {'logits': logits, 'present': kv}
+
+
 @torch.no_grad()
 def check_values(backend, model, processor, config: ExportConfig, image: np.ndarray, prompt: str,
-                 report: ValidationReport) -> list[Check]:
+                 report: ValidationReport, fused=None) -> list[Check]:
     """Preprocessing, prompt ids, and ORT vs PyTorch values for every output (a segmented
-    decoder is run segment after segment, unpruned, against the whole HF decoder)."""
+    decoder is run segment after segment, unpruned, against the whole HF decoder); with `fused`
+    (a FusedDecoder) the fused graph's logits and KV rows too."""
     from ros2_gmskip.vlm.prompting import build_inputs
 
     checks = []
@@ -291,6 +319,13 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
                                 np.array([[T]]), past)
     _merge_diffs(diffs, step, _reference(step_ref))
     shape_checks += [Check(f'decoder step: {c.name}', c.ok, c.detail) for c in shapes]
+    fused_checks = []
+    if fused is not None:
+        fd = _fused_diffs(fused, embeds.numpy(), step_embeds, ref, step_ref)
+        for name, tol in (('logits', config.logits_atol), ('present', config.kv_atol)):
+            fused_checks.append(Check(f'fused decoder {name}', fd[name] <= tol,
+                                      f'max |onnx - torch| {fd[name]:.1e} (tolerance {tol:.0e}; '
+                                      'prefill and one decode step)'))
 
     # 4d. batch of 2, the second row left-padded by 3: dynamic batch + attention_mask
     pad = 3
@@ -317,7 +352,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
         if spec.name == 'logits':
             detail += f'; batch 2 with left padding {padded:.1e}'
         checks.append(Check(spec.name, value <= spec.atol, detail))
-    checks += shape_checks
+    checks += shape_checks + fused_checks
     report.max_abs_diff.update(diffs)
     report.tolerance = tol
     return checks
@@ -327,36 +362,45 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
 # 5. greedy text
 
 def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: str,
-                 max_new_tokens: int, report: ValidationReport,
-                 stage: Callable[[str], None]) -> Check:
+                 max_new_tokens: int, report: ValidationReport | None,
+                 stage: Callable[[str], None], name: str = 'greedy text',
+                 references: dict | None = None) -> Check:
+    """`backend`'s greedy texts vs the torch reference for its token settings; `report` gets
+    the count (None: not recorded); `references` caches the reference texts between calls."""
     from ros2_gmskip.vlm.generation import generate_texts
 
     if not images:
-        return Check('greedy text', True, 'skipped (--validate-n 0)')
-    stage(f'greedy decoding {len(images)} test scenes with transformers generate and the ORT '
-          'backend')
+        return Check(name, True, 'skipped (--validate-n 0)')
     token_skip = getattr(backend, 'token_skip', None)
-    if token_skip is None or token_skip.is_off:
-        reference = generate_texts(model, processor, images, prompt,
-                                   max_new_tokens=max_new_tokens, batch_size=16)
+    references = {} if references is None else references
+    key = None if token_skip is None or token_skip.is_off else token_skip.describe()
+    stage(f'greedy decoding {len(images)} test scenes with the ORT backend'
+          + ('' if key in references else ' and the torch reference'))
+    if key in references:
+        reference = references[key]
+    elif key is None:
+        reference = references[key] = generate_texts(model, processor, images, prompt,
+                                                     max_new_tokens=max_new_tokens, batch_size=16)
     else:
         from ros2_gmskip.tokenskip.reference import token_skip_texts
-        reference = token_skip_texts(model, processor, images, token_skip, prompt,
-                                     max_new_tokens=max_new_tokens, batch_size=16)
+        reference = references[key] = token_skip_texts(
+            model, processor, images, token_skip, prompt, max_new_tokens=max_new_tokens,
+            batch_size=16)
     mismatches = []
     for i, (image, want) in enumerate(zip(images, reference)):
         got = backend.describe(image, prompt, max_new_tokens).text
         if got != want:
             mismatches.append((i, got, want))
     n = len(images)
-    report.identical, report.n_scenes = n - len(mismatches), n
+    if report is not None:
+        report.identical, report.n_scenes = n - len(mismatches), n
     against = ('transformers generate' if token_skip is None or token_skip.is_off else
                f'the torch reference with {token_skip.describe()}')
     detail = f'{n - len(mismatches)}/{n} test scenes identical to {against}'
     if mismatches:
         i, got, want = mismatches[0]
         detail += f'; first difference, scene {i}: onnx {got!r} vs torch {want!r}'
-    return Check('greedy text', not mismatches, detail)
+    return Check(name, not mismatches, detail)
 
 
 def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_scenes: int = 50,
@@ -366,7 +410,9 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
                     lint: Callable[[Path], list[str]] | None = None) -> ValidationReport:
     """Run every check on the bundle in `bundle_dir`; the report holds all results (no raising)."""
     from ros2_gmskip.exporters.trt_ops import lint_graph
+    from ros2_gmskip.runtime.bundle import load_bundle
     from ros2_gmskip.runtime.ort_backend import OrtBackend
+    from ros2_gmskip.tokenskip.settings import TokenSkip
 
     stage = stage or (lambda text: log.info('%s', text))
     report = ValidationReport()
@@ -378,8 +424,14 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
                 on_check(c)
 
     add(check_graphs(bundle_dir, config, lint or lint_graph))
+    fused = None
     try:
-        backend = OrtBackend(Path(bundle_dir), threads=threads)
+        backend = OrtBackend(Path(bundle_dir), threads=threads, graph='portable')
+        entry = load_bundle(Path(bundle_dir), verify=False).fused_decoder
+        if entry is not None:
+            add([check_fused_graph(Path(bundle_dir) / entry['file'])])
+            fused = OrtBackend(Path(bundle_dir), threads=threads, graph='fused',
+                               token_skip=TokenSkip())
     except Exception as err:  # noqa: BLE001 - report it as a failed check, with the others
         add([Check('onnxruntime load', False, f'{type(err).__name__}: {err}')])
         return report
@@ -387,7 +439,12 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
     for session, seg in zip(backend.decoders, config.segments):
         add(check_interface(seg.name, session, list(seg.inputs), list(seg.outputs)))
     images = scene_images(max(n_scenes, 1))
-    add(check_values(backend, model, processor, config, images[0], prompt, report))
+    add(check_values(backend, model, processor, config, images[0], prompt, report,
+                     fused=fused.decoder_loop if fused else None))
+    references: dict = {}
     add([check_greedy(backend, model, processor, images[:n_scenes], prompt, max_new_tokens, report,
-                      stage)])
+                      stage, references=references)])
+    if fused is not None:
+        add([check_greedy(fused, model, processor, images[:n_scenes], prompt, max_new_tokens,
+                          None, stage, name='fused decoder greedy text', references=references)])
     return report

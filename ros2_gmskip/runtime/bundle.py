@@ -4,9 +4,10 @@
     bundle.decoder_path, bundle.tokens['eos_token_id'], bundle.decoder_config['num_layers']
 
 A bundle folder holds vision.onnx, decoder.onnx, embed_tokens.npy, the tokenizer/processor files and
-manifest.json. The manifest lists every file with its sha256; `load_bundle` hashes each file once
-and refuses a bundle whose files are missing or differ, with a one-line `BundleError` that names the
-file and says what to re-run. numpy/json only: no torch, no onnx.
+manifest.json (and, for Llama-style decoders, decoder.fused.onnx: the ONNX Runtime-only graph).
+The manifest lists every file with its sha256; `load_bundle` hashes each file once and refuses a
+bundle whose files are missing or differ, with a one-line `BundleError` that names the file and
+says what to re-run. numpy/json only: no torch, no onnx.
 """
 
 from __future__ import annotations
@@ -97,6 +98,12 @@ class Bundle:
         return segs
 
     @property
+    def fused_decoder(self) -> dict | None:
+        """The ONNX Runtime-only fused decoder graph (exporters/fused_decoder.py): {'file',
+        'max_length', ...}, or None (older bundle, or a model the fused graph does not cover)."""
+        return self.manifest.get('fused_decoder')
+
+    @property
     def token_skip(self) -> dict | None:
         """FastV / KV-removal settings the bundle was exported for (tokenskip.settings)."""
         return self.manifest.get('token_skip')
@@ -162,6 +169,12 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
                                   f'{str(expected)[:12]}.., file {actual[:12]}..): re-run '
                                   'ros2-gmskip export')
     _check_segments(path, manifest)
+    fused = manifest.get('fused_decoder')
+    if fused is not None and not (isinstance(fused, dict) and fused.get('file') in files
+                                  and isinstance(fused.get('max_length'), int)
+                                  and fused['max_length'] > 0):
+        raise BundleError(f'bundle {str(path)!r}: manifest fused_decoder {fused!r} does not name a '
+                          'listed file and a max_length: re-run ros2-gmskip export')
     log.debug('bundle %s: %d files checked', path, len(files))
     return Bundle(path=path, manifest=manifest)
 

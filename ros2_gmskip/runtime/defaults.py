@@ -54,11 +54,14 @@ def cache_dir() -> Path:
     return Path(base) / 'ros2_gmskip'
 
 
+BUNDLE_LAYOUT = 'fused-decoder'     # bumped when export adds graphs the runtime should use
+
+
 def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None
                       ) -> Path:
     """Cache folder keyed by the model weights, the plan file, the token-skip settings (None: the
-    plan's) and this package's version."""
-    h = hashlib.sha256(__version__.encode())
+    plan's), this package's version and the bundle layout (a new graph means a new folder)."""
+    h = hashlib.sha256(f'{__version__}/{BUNDLE_LAYOUT}'.encode())
     for weights in sorted(Path(model_dir).glob('*.safetensors')):
         h.update(sha256_file(weights).encode())
     h.update(sha256_file(plan).encode() if plan else b'no-plan')

@@ -73,7 +73,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
     the ONNX bundle of (model, plan), exported once into the cache by a subprocess if missing.
 
     onnxruntime: `bundle` (from `ros2-gmskip export`; the plan is baked into it); opts `providers`
-                 ('cpu', 'cuda', 'tensorrt'), `threads`.
+                 ('cpu', 'cuda', 'tensorrt'), `threads`, `graph` ('auto' | 'fused' | 'portable':
+                 which decoder graph, see ort_backend).
     torch:       `model`, `plan`; opts `device`, `threads`.
     `tokens` (a tokenskip.settings.TokenSkip): FastV / KV-removal settings instead of the plan's
     (TokenSkip() turns them off); a bundle made here is exported with them.
@@ -104,7 +105,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
     if kind == 'onnxruntime':
         from ros2_gmskip.runtime.ort_backend import OrtBackend
         return OrtBackend(Path(bundle), providers=opts.get('providers'),
-                          threads=opts.get('threads'), token_skip=None if exported else tokens)
+                          threads=opts.get('threads'), token_skip=None if exported else tokens,
+                          graph=opts.get('graph') or 'auto')
     try:
         module = importlib.import_module('ros2_gmskip.runtime.trt_backend')
     except ModuleNotFoundError as err:

@@ -9,6 +9,11 @@ One `describe`: preprocess (resize/normalise + cached prompt ids) -> vision.onnx
 embeddings into the prompt's token embeddings (numpy lookup in embed_tokens.npy) -> decoder.onnx
 prefill -> greedy decode with the KV cache (`decode.GreedyDecoder`) -> detokenise.
 
+Decoder graph (`graph`): 'auto' runs decoder.fused.onnx (ORT contrib ops, KV cache updated in
+place: `fused_decode.FusedDecoder`) where the bundle has one and it can run here (no token
+skipping, CPU or CUDA execution provider), else decoder.onnx; 'fused' insists on the fused graph,
+'portable' insists on decoder.onnx (the graph TensorRT builds from).
+
 A bundle exported with token skipping (FastV, visual KV removal: its manifest's `token_skip`) runs
 them through `token_decode.TokenSkipDecoder`; `token_skip=TokenSkip()` runs it without.
 
@@ -28,6 +33,7 @@ from ros2_gmskip.errors import BundleError, EngineError
 from ros2_gmskip.runtime.bundle import Bundle, load_bundle
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
 from ros2_gmskip.runtime.decode import GreedyDecoder
+from ros2_gmskip.runtime.fused_decode import FusedDecoder
 from ros2_gmskip.runtime.preprocess import Preprocessor
 from ros2_gmskip.runtime.token_decode import TokenSkipDecoder
 from ros2_gmskip.runtime.tokenizer import PromptTokenizer
@@ -36,6 +42,8 @@ from ros2_gmskip.tokenskip.settings import TokenSkip
 log = logging.getLogger(__name__)
 
 # Short names accepted in `providers` -> ONNX Runtime execution providers.
+GRAPHS = ('auto', 'fused', 'portable')
+
 PROVIDERS = {
     'cpu': 'CPUExecutionProvider',
     'cuda': 'CUDAExecutionProvider',
@@ -82,9 +90,11 @@ class OrtBackend(BundleBackend):
 
     def __init__(self, bundle_path: Path, providers: Sequence[str] | str | None = None,
                  threads: int | None = None, verify: bool = True,
-                 token_skip: TokenSkip | None = None) -> None:
+                 token_skip: TokenSkip | None = None, graph: str = 'auto') -> None:
         import onnxruntime as ort
 
+        if graph not in GRAPHS:
+            raise ValueError(f'graph must be one of {", ".join(GRAPHS)}, got {graph!r}')
         self.bundle: Bundle = load_bundle(Path(bundle_path), verify=verify)
         self.providers = resolve_providers(providers)
         options = ort.SessionOptions()
@@ -109,17 +119,25 @@ class OrtBackend(BundleBackend):
         self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
         on_gpu = self.decoder.get_providers()[0] != 'CPUExecutionProvider'
         self.token_skip = self._token_skip(token_skip)
+        device = 'cuda' if on_gpu else 'cpu'
         if self.token_skip.is_off and len(self.decoders) == 1:
             self.decoder_loop = GreedyDecoder(
                 self.decoder, self.embed_table, num_layers=cfg['num_layers'],
                 num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
-                stop_ids=self.tokenizer.stop_ids, device='cuda' if on_gpu else 'cpu')
+                stop_ids=self.tokenizer.stop_ids, device=device)
         else:
             self.decoder_loop = TokenSkipDecoder(
                 self.decoders, self.bundle.segments, self.embed_table,
                 num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
                 stop_ids=self.tokenizer.stop_ids, token_skip=self.token_skip,
-                device='cuda' if on_gpu else 'cpu', where=f'bundle {str(self.bundle.path)!r}')
+                device=device, where=f'bundle {str(self.bundle.path)!r}')
+        if self._use_fused(graph):                  # the portable loop stays, for long requests
+            fused = self.bundle.fused_decoder
+            self.decoder_loop = FusedDecoder(
+                self._session(self.bundle.file(fused['file']), options), self.embed_table,
+                num_layers=cfg['num_layers'], num_kv_heads=cfg['num_kv_heads'],
+                head_dim=cfg['head_dim'], max_length=fused['max_length'],
+                stop_ids=self.tokenizer.stop_ids, fallback=self.decoder_loop, device=device)
         plan = self.bundle.plan or {}
         self.info = {
             'backend': self.name,
@@ -130,11 +148,31 @@ class OrtBackend(BundleBackend):
             'blocks_removed': list(plan.get('removed_blocks') or []),
             'num_layers': cfg['num_layers'],
             'tokens': self.token_skip.to_dict(),
+            'decoder_graph': ('fused' if isinstance(self.decoder_loop, FusedDecoder)
+                              else 'portable'),
             'providers': self.decoder.get_providers(),
             'threads': threads,
         }
         log.info('onnxruntime backend: %s, %d decoder layers, providers %s', self.bundle.path,
                  cfg['num_layers'], ', '.join(self.info['providers']))
+
+    def _use_fused(self, graph: str) -> bool:
+        """Whether plain decoding runs decoder.fused.onnx (`graph` as in the module docstring)."""
+        if graph == 'portable':
+            return False
+        problem = None
+        if not self.token_skip.is_off:
+            problem = 'skips tokens (FastV / KV removal): its split decoder.onnx graphs do that, ' \
+                      'the fused decoder cannot: use graph auto or portable'
+        elif self.bundle.fused_decoder is None:
+            problem = 'has no fused decoder graph (exported before it existed, or a model it ' \
+                      'does not cover): re-run ros2-gmskip export'
+        elif self.providers[0] not in ('CPUExecutionProvider', 'CUDAExecutionProvider'):
+            problem = f'its fused decoder uses ONNX Runtime contrib ops {self.providers[0]} ' \
+                      'cannot run'
+        if problem and graph == 'fused':
+            raise BundleError(f'bundle {str(self.bundle.path)!r} {problem}')
+        return problem is None
 
     def _token_skip(self, override: TokenSkip | None) -> TokenSkip:
         """The bundle's token-skip settings, or `override` (e.g. TokenSkip() to run a token-skip

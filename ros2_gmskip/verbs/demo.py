@@ -228,6 +228,8 @@ def main(args: argparse.Namespace) -> int:
         removed = info.get('blocks_removed')
         print(f'      loaded in {time.perf_counter() - t0:.1f} s'
               + (f'; blocks removed: {list(removed)}' if removed else '')
+              + (f'; decoder graph: {info["decoder_graph"]}' if info.get('decoder_graph')
+                 else '')
               + (f'; token skipping: {token_skip_text(info["tokens"])}' if info.get('tokens')
                  else ''), flush=True)
 

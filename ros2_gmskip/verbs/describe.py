@@ -34,14 +34,20 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                         help='ONNX bundle folder (onnxruntime; default: cached export)')
     parser.add_argument('--engine', type=Path, default=None,
                         help='TensorRT engine folder (tensorrt backend)')
+    parser.add_argument('--ort-graph', choices=('auto', 'fused', 'portable'), default='auto',
+                        help='onnxruntime decoder graph: decoder.fused.onnx (ORT fused ops, KV '
+                             'cache in place), decoder.onnx (plain ops, what TensorRT builds '
+                             'from), or auto = fused where the bundle has it and it can run '
+                             '(default: %(default)s)')
     parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='text prompt')
     parser.add_argument('--max-new-tokens', type=positive_int, default=48)
 
 
 def backend_from_args(args: argparse.Namespace):
     from ros2_gmskip.runtime.factory import create_backend
+    opts = {'graph': args.ort_graph} if args.backend == 'onnxruntime' else {}
     return create_backend(args.backend, model=args.model, plan=args.plan, bundle=args.bundle,
-                          engine=args.engine, full=args.full)
+                          engine=args.engine, full=args.full, **opts)
 
 
 def read_image(path: Path):
@@ -68,7 +74,9 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({**result.to_dict(), 'backend': backend.name, 'info': backend.info}))
         return 0
     print(result.text)
-    print(f'backend {backend.name}: preprocess {lat.preprocess_ms:.1f} ms | vision '
+    graph = (backend.info or {}).get('decoder_graph')
+    name = f'{backend.name} ({graph} decoder)' if graph else backend.name
+    print(f'backend {name}: preprocess {lat.preprocess_ms:.1f} ms | vision '
           f'{lat.vision_ms:.1f} ms | prefill {lat.prefill_ms:.1f} ms | decode '
           f'{lat.decode_per_token_ms:.2f} ms/token x {lat.decode_tokens} | total '
           f'{lat.total_ms:.1f} ms | {result.tokens} tokens')

@@ -3,10 +3,12 @@
 Writes BUNDLE/vision.onnx (pixels -> image embeddings), BUNDLE/decoder.onnx (decoder with explicit
 KV cache inputs/outputs, only the blocks the plan keeps), embed_tokens.npy, the tokenizer/processor
 files and manifest.json (hashes of the model, plan and every file; tokens; preprocessing;
-validation results). Validation always runs: onnx.checker, the TensorRT op lint, names/axes/shapes,
-ONNX Runtime vs PyTorch values per output, and greedy text vs transformers `generate` on
---validate-n test scenes. The bundle appears at --out only when every check passed (an existing
-bundle there is replaced).
+validation results). For Llama-style decoders also BUNDLE/decoder.fused.onnx: the same decoder for
+ONNX Runtime only (fused contrib ops, KV cache updated in place; what the onnxruntime backend runs
+by default); TensorRT engines are always built from decoder.onnx. Validation always runs:
+onnx.checker, the TensorRT op lint, names/axes/shapes, ONNX Runtime vs PyTorch values per output,
+and greedy text vs transformers `generate` on --validate-n test scenes (for both decoder graphs).
+The bundle appears at --out only when every check passed (an existing bundle there is replaced).
 
 examples:
   ros2-gmskip export --out bundles/full                                  # embedded default model
@@ -28,7 +30,7 @@ import time
 from pathlib import Path
 
 from ros2_gmskip.argtypes import (existing_dir, existing_file, fastv_setting, fraction,
-                                  non_negative_int)
+                                  non_negative_int, positive_int)
 
 HELP = ('export a (pruned) VLM to an ONNX bundle (vision.onnx, decoder.onnx, manifest) and '
         'validate it')
@@ -63,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '(0 skips that check; default: %(default)s)')
     parser.add_argument('--max-new-tokens', type=int, default=48,
                         help='token limit of the greedy text check (default: %(default)s)')
+    parser.add_argument('--no-fused', action='store_true',
+                        help='do not write decoder.fused.onnx (the onnxruntime backend then runs '
+                             'decoder.onnx)')
+    parser.add_argument('--fused-max-length', type=positive_int, default=None, metavar='N',
+                        help='positions the fused decoder\'s KV buffers hold (prompt + generated '
+                             'tokens; longer requests run on decoder.onnx). Default: the model\'s '
+                             'max_position_embeddings, at most 2048')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for PyTorch and ONNX Runtime during validation '
                              '(default: all)')
@@ -85,10 +94,13 @@ def main(args: argparse.Namespace) -> int:
     tokens = export_tokens(args)
     result = export_bundle(model, args.out, plan=args.plan, tokens=tokens, opset=args.opset,
                            validate_n=args.validate_n, max_new_tokens=args.max_new_tokens,
-                           threads=args.threads, on_stage=stage,
+                           threads=args.threads, fused=not args.no_fused,
+                           fused_max_length=args.fused_max_length, on_stage=stage,
                            on_check=lambda check: print(f'  {check.line()}', flush=True))
     m = result.manifest
     graphs = ['vision.onnx', *[seg['file'] for seg in m['decoder_segments']]]
+    if m.get('fused_decoder'):
+        graphs.append(m['fused_decoder']['file'])
     sizes = ', '.join(f'{name} {(result.path / name).stat().st_size / 2 ** 20:.1f} MiB'
                       for name in graphs)
     plan = m['plan']

@@ -1,0 +1,87 @@
+"""Greedy decoding over the fused ONNX Runtime decoder (decoder.fused.onnx), KV cache in place.
+
+The graph (exporters/fused_decoder.py) takes each layer's KV buffer (1, kv, max_length, d) as
+`past_key_values.{i}.*` and returns it as `present.{i}.*`; binding the same OrtValue to both makes
+GroupQueryAttention append the new rows in place, so a decode step moves no cache at all. The
+buffers are allocated once per backend; rows past the current length are stale and never read
+(the kernel attends to `seqlens_k + 1` positions only).
+
+    prefill   inputs_embeds (1, T, C), seqlens_k [T-1], total_sequence_length T
+    step n    inputs_embeds (1, 1, C), seqlens_k [T+n-1], total_sequence_length T+n
+
+A request longer than the buffers (prompt + max_new_tokens > max_length) is decoded by `fallback`
+(the portable decoder.onnx loop), so no request fails for being long.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ros2_gmskip.errors import BundleError
+from ros2_gmskip.runtime.decode import DecodeOutput, DecodeBuffers, _ms, greedy_loop
+
+
+class FusedDecoder(DecodeBuffers):
+    """`generate` like decode.GreedyDecoder, over the fused graph's session."""
+
+    def __init__(self, session, embed_table: np.ndarray, num_layers: int, num_kv_heads: int,
+                 head_dim: int, max_length: int, stop_ids: tuple[int, ...], fallback,
+                 device: str = 'cpu', device_id: int = 0) -> None:
+        import onnxruntime as ort
+
+        self.session = session
+        self.embed_table = embed_table
+        self.stop_ids = frozenset(int(i) for i in stop_ids)
+        self.fallback = fallback
+        self.limit = int(max_length)
+        names = {i.name for i in session.get_inputs()}
+        self.pairs = [(f'past_key_values.{i}.{kind}', f'present.{i}.{kind}')
+                      for i in range(num_layers) for kind in ('key', 'value')]
+        missing = [n for n in ['inputs_embeds', 'seqlens_k', 'total_sequence_length',
+                               *(p for p, _ in self.pairs)] if n not in names]
+        if missing:
+            raise BundleError(f'fused decoder graph lacks inputs {missing[:3]}: bundle and '
+                              'manifest disagree: re-run ros2-gmskip export')
+        shape = (1, num_kv_heads, self.limit, head_dim)
+        self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device,
+                                                                device_id)
+                      for _ in self.pairs]
+        self._alloc(self.limit)
+
+    def _run(self, embeds: np.ndarray, past_length: int) -> np.ndarray:
+        """One graph run for `embeds` (1, T, C) after `past_length` cached positions -> the last
+        position's logits (V,); the new K/V rows land in `self.cache`."""
+        total = past_length + embeds.shape[1]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input('inputs_embeds', embeds)
+        binding.bind_cpu_input('seqlens_k', np.array([total - 1], dtype=np.int32))
+        binding.bind_cpu_input('total_sequence_length', np.array(total, dtype=np.int32))
+        for (past, present), value in zip(self.pairs, self.cache):
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        binding.bind_output('logits', 'cpu')
+        self.session.run_with_iobinding(binding)
+        return binding.get_outputs()[-1].numpy()[0, -1]      # outputs in bind order: logits last
+
+    def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
+                 image_positions: np.ndarray | None = None) -> DecodeOutput:
+        """Greedy continuation of `inputs_embeds` (1, T, C) float32."""
+        if inputs_embeds.shape[1] + max_new_tokens > self.limit:
+            return self.fallback.generate(inputs_embeds, max_new_tokens, image_positions)
+        T = self._start(inputs_embeds, max_new_tokens)
+        tokens = self._tokens
+        t0 = time.perf_counter()
+        logits = self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0)
+        token = int(logits.argmax())
+        t1 = time.perf_counter()
+
+        def step(token: int, n: int) -> int:
+            embeds = self.embed_table[token:token + 1][None]            # (1, 1, C) view
+            return int(self._run(embeds, T + n - 1).argmax())
+
+        n, steps, stopped = greedy_loop(token, step, max_new_tokens, self.stop_ids, tokens)
+        t2 = time.perf_counter()
+        return DecodeOutput(ids=tokens[:n].copy(), prefill_ms=_ms(t0, t1), decode_ms=_ms(t1, t2),
+                            decode_steps=steps, stopped=stopped)

@@ -1,0 +1,169 @@
+"""decoder.fused.onnx: the ONNX Runtime-only decoder (contrib ops, KV cache updated in place)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_gmskip.errors import BundleError
+from ros2_gmskip.runtime.bundle import load_bundle
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+
+torch.set_num_threads(1)
+
+
+def _backend(bundle: Path, **kwargs):
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+    return OrtBackend(bundle, threads=1, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def fused(tiny_pruned_bundle):
+    return _backend(tiny_pruned_bundle)
+
+
+@pytest.fixture(scope='module')
+def portable(tiny_pruned_bundle):
+    return _backend(tiny_pruned_bundle, graph='portable')
+
+
+def test_export_writes_and_records_the_fused_graph(tiny_pruned_bundle):
+    bundle = load_bundle(tiny_pruned_bundle)
+    entry = bundle.fused_decoder
+    assert entry['file'] == 'decoder.fused.onnx' and entry['file'] in bundle.manifest['files']
+    assert entry['num_layers'] == bundle.decoder_config['num_layers'] == 2    # blocks 1, 3 gone
+    assert entry['max_length'] == 128                         # the tiny model's max positions
+    assert entry['nodes'] == 10 * 2 + 3               # 10 per block; final norm, slice, lm_head
+    assert 'GroupQueryAttention' in entry['ops']
+    checks = bundle.manifest['validation']['checks']
+    assert any(c.startswith('✓ fused decoder logits') for c in checks)
+    assert any(c.startswith('✓ fused decoder greedy text: 3/3') for c in checks)
+
+
+def test_auto_runs_the_fused_graph_and_matches_the_portable_one(fused, portable, scene_images):
+    assert fused.info['decoder_graph'] == 'fused'
+    assert portable.info['decoder_graph'] == 'portable'
+    for image in scene_images:
+        a = fused.describe(image, DEFAULT_PROMPT, 16)
+        b = portable.describe(image, DEFAULT_PROMPT, 16)
+        assert (a.text, a.tokens) == (b.text, b.tokens)
+        assert a.latency.decode_tokens == b.latency.decode_tokens
+
+
+def test_logits_match_the_portable_graph_step_by_step(fused, portable, scene_images):
+    """Prefill, then 5 forced tokens: the fused graph's in-place cache gives the same logits."""
+    ids = fused.tokenizer.prompt_ids(DEFAULT_PROMPT)
+    embeds = fused.prompt_embeds(ids, fused.image_embeds(fused.preprocess(scene_images[0]))[0])
+    T = embeds.shape[1]
+    loop, ref = fused.decoder_loop, portable.decoder_loop
+    ref._start(embeds, 8)
+    past, want = ref._run(embeds, 0, T, None)
+    got = loop._run(embeds, 0)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    for n, token in enumerate([5, 7, 9, 11, 13], start=1):
+        e = fused.embed_table[token][None, None]
+        past, want = ref._run(e, T + n - 1, T + n, past)
+        np.testing.assert_allclose(loop._run(e, T + n - 1), want, atol=1e-4)
+        if n == 5:                                 # the buffers hold exactly the portable cache
+            for value, present in zip(loop.cache, past):
+                np.testing.assert_allclose(value.numpy()[:, :, :T + n], present.numpy(),
+                                           atol=1e-5)
+
+
+def test_stale_cache_rows_of_an_earlier_request_are_never_read(tiny_pruned_bundle, fused,
+                                                               scene_images):
+    long_first = fused.describe(scene_images[1], DEFAULT_PROMPT, 40)      # fills more rows
+    second = fused.describe(scene_images[2], DEFAULT_PROMPT, 8)
+    fresh = _backend(tiny_pruned_bundle).describe(scene_images[2], DEFAULT_PROMPT, 8)
+    assert long_first.tokens > 0
+    assert (second.text, second.tokens) == (fresh.text, fresh.tokens)
+
+
+def test_a_request_longer_than_the_buffers_runs_on_the_portable_graph(tiny_pruned_bundle,
+                                                                      scene_images, portable):
+    backend = _backend(tiny_pruned_bundle)
+    loop = backend.decoder_loop
+    calls = []
+    run = loop.fallback.generate
+    loop.fallback.generate = lambda *a, **k: calls.append(a) or run(*a, **k)
+    ids = backend.tokenizer.prompt_ids(DEFAULT_PROMPT)
+    loop.limit = len(ids) + 4                      # prompt + 4 tokens fit, 5 do not
+    backend.describe(scene_images[0], DEFAULT_PROMPT, 4)
+    assert calls == []
+    got = backend.describe(scene_images[0], DEFAULT_PROMPT, 5)
+    assert len(calls) == 1
+    want = portable.describe(scene_images[0], DEFAULT_PROMPT, 5)
+    assert (got.text, got.tokens) == (want.text, want.tokens)
+
+
+def _without_fused(src: Path, dst: Path) -> Path:
+    bundle = Path(shutil.copytree(src, dst))
+    manifest = json.loads((bundle / 'manifest.json').read_text())
+    manifest['fused_decoder'] = None
+    (bundle / 'manifest.json').write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_graph_choice_errors(tiny_pruned_bundle, tmp_path):
+    older = _without_fused(tiny_pruned_bundle, tmp_path / 'older')
+    assert _backend(older).info['decoder_graph'] == 'portable'          # auto falls back
+    with pytest.raises(BundleError, match=r"has no fused decoder graph .*re-run ros2-gmskip "
+                                          r"export$"):
+        _backend(older, graph='fused')
+    with pytest.raises(ValueError, match='graph must be one of auto, fused, portable'):
+        _backend(tiny_pruned_bundle, graph='fast')
+
+
+def test_token_skipping_runs_on_the_split_graphs(tiny_pruned_bundle):
+    from ros2_gmskip.tokenskip.settings import TokenSkip
+    skip = TokenSkip(kv_ratio=0.5)
+    assert _backend(tiny_pruned_bundle, token_skip=skip).info['decoder_graph'] == 'portable'
+    with pytest.raises(BundleError, match='skips tokens .*the fused decoder cannot'):
+        _backend(tiny_pruned_bundle, token_skip=skip, graph='fused')
+
+
+def test_manifest_entry_naming_an_unlisted_file_is_refused(tiny_pruned_bundle, tmp_path):
+    bundle = Path(shutil.copytree(tiny_pruned_bundle, tmp_path / 'b'))
+    manifest = json.loads((bundle / 'manifest.json').read_text())
+    manifest['fused_decoder']['file'] = 'other.onnx'
+    (bundle / 'manifest.json').write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match='manifest fused_decoder .* does not name a listed file'):
+        load_bundle(bundle)
+
+
+def test_corrupt_fused_graph_is_a_one_line_error(tiny_pruned_bundle, tmp_path):
+    bundle = Path(shutil.copytree(tiny_pruned_bundle, tmp_path / 'b'))
+    (bundle / 'decoder.fused.onnx').write_bytes(b'not onnx')
+    with pytest.raises(BundleError, match='decoder.fused.onnx sha256 mismatch'):
+        _backend(bundle)
+
+
+def test_unsupported_models_get_no_fused_graph(tiny_model_dir, tmp_path):
+    from ros2_gmskip.exporters.fused_decoder import build_fused_decoder, fused_unsupported
+    from ros2_gmskip.vlm.loading import load_vlm
+
+    model, _ = load_vlm(tiny_model_dir)
+    assert fused_unsupported(model) is None
+    model.model.language_model.config.sliding_window = 16
+    assert fused_unsupported(model) == 'sliding-window attention'
+    with pytest.raises(ValueError, match='no fused decoder for this model: sliding-window'):
+        build_fused_decoder(model, tmp_path / 'f.onnx', 64)
+    model.model.language_model.config.sliding_window = None
+    model.model.language_model.layers[0].mlp.config.hidden_act = 'gelu'
+    assert fused_unsupported(model) == "block 0 MLP activation 'gelu' is not SiLU"
+
+
+def test_export_no_fused_flag(tiny_model_dir, tmp_path, capsys):
+    from ros2_gmskip.cli import main
+    out = tmp_path / 'b'
+    assert main(['export', '--model', str(tiny_model_dir), '--out', str(out), '--no-fused',
+                 '--validate-n', '1', '--max-new-tokens', '4', '--threads', '1']) == 0
+    assert not (out / 'decoder.fused.onnx').exists()
+    assert load_bundle(out).fused_decoder is None
+    assert _backend(out).info['decoder_graph'] == 'portable'
+    assert 'decoder.fused.onnx' not in capsys.readouterr().out
