@@ -29,7 +29,7 @@ def test_bench_fused_and_portable_graphs_of_one_bundle(tiny_model_dir, tiny_prun
     plan = make_plan(tiny_model_dir, [1, 3], tmp_path / 'plan.json')
     rc = main(['bench', '--model', str(tiny_model_dir), '--plan', str(plan), '--only',
                'ort_pruned', 'ort_pruned_portable', '--n', '2', '--warmup', '0', '--threads', '1',
-               '--max-new-tokens', '6', '--out-dir', str(tmp_path), '--json'])
+               '--rounds', '2', '--max-new-tokens', '6', '--out-dir', str(tmp_path), '--json'])
     assert rc == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
@@ -39,3 +39,7 @@ def test_bench_fused_and_portable_graphs_of_one_bundle(tiny_model_dir, tiny_prun
         result['configs']['ort_pruned']['p50_ms']
         / result['configs']['ort_pruned_portable']['p50_ms'])
     assert 'ort_pruned_vs_ort_pruned_portable = ' in out
+    assert result['rounds'] == 2
+    for cfg in result['configs'].values():      # 2 rounds of 2 frames, pooled
+        assert len(cfg['round_p50_ms']) == 2 and cfg['mean_tokens'] > 0
+    assert 'ort_pruned: p50 per round ' in out

@@ -26,6 +26,9 @@ the side-by-side table of the token-skipping issue: full / GM-Skip / FastV / com
     ros2-gmskip bench --model models/gmskip-llava-scenes \\
         --plan models/gmskip-llava-scenes/plans/accuracy-reverse.json --n 50 --json
 
+A shared machine has slow spells; `--rounds R` runs every configuration R times in rotated order
+and pools the frames (each round's p50 is kept as `round_p50_ms`, to show the spread).
+
 Prints a table (p50 / p90 per-frame latency, tokens/s, ratio to hf_full, pruned/full), writes
 bench.json and bench.png to --out-dir, and with --json prints the JSON as the last stdout line,
 including "ort_pruned_vs_hf" and "ort_pruned_vs_ort_full" (ratios of p50 latencies).
@@ -39,6 +42,8 @@ import logging
 from pathlib import Path
 import platform
 import time
+
+import numpy as np
 
 from ros2_gmskip.argtypes import fastv_setting, fraction, positive_int
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
@@ -58,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='skip plan (default: the shipped plan of the embedded model)')
     parser.add_argument('--n', type=positive_int, default=50, help='test scenes')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames per config')
+    parser.add_argument('--rounds', type=positive_int, default=1,
+                        help='run every configuration this many times, the order rotated each '
+                             'round, so a slow spell of a shared machine hits all of them; '
+                             'p50/p90 are over all rounds\' frames, and each round\'s p50 is '
+                             'kept (round_p50_ms) to show the spread (default: %(default)s)')
     parser.add_argument('--threads', type=positive_int, default=2,
                         help='CPU threads for torch and onnxruntime (same for all)')
     parser.add_argument('--max-new-tokens', type=positive_int, default=48)
@@ -222,7 +232,9 @@ def plot(result: dict, path: Path) -> None:
         ax.annotate(f'{value:.0f}', (bar.get_x() + bar.get_width() / 2, value),
                     ha='center', va='bottom', fontsize=8)
     ax.set_ylabel('per-frame latency, ms (bar p50, whisker p90)')
-    ax.set_title(f'{result["n"]} test scenes, {result["threads"]} threads, {result["machine"]}',
+    rounds = f' x {result["rounds"]} rounds' if result.get('rounds', 1) > 1 else ''
+    ax.set_title(f'{result["n"]} test scenes{rounds}, {result["threads"]} threads, '
+                 f'{result["machine"]}',
                  fontsize=9)
     ax.tick_params(axis='x', labelsize=8, labelrotation=20)
     fig.tight_layout()
@@ -241,17 +253,24 @@ def main(args: argparse.Namespace) -> int:
     backends = make_backends(args, model_dir, plan)
     samples = load_samples('test', args.n)
     names = list(backends)
-    results: dict[str, list[Result]] = {}
-    for name in names:
-        for sample in samples[:args.warmup]:            # warm-up: caches, allocator, threads
-            backends[name].describe(sample.image, DEFAULT_PROMPT, args.max_new_tokens)
-        results[name] = [backends[name].describe(s.image, DEFAULT_PROMPT, args.max_new_tokens)
-                         for s in tqdm(samples, desc=name, unit='frame')]
+    results: dict[str, list[Result]] = {name: [] for name in names}
+    round_p50: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            for sample in samples[:args.warmup]:        # warm-up: caches, allocator, threads
+                backends[name].describe(sample.image, DEFAULT_PROMPT, args.max_new_tokens)
+            desc = name if args.rounds == 1 else f'{name} ({r + 1}/{args.rounds})'
+            got = [backends[name].describe(s.image, DEFAULT_PROMPT, args.max_new_tokens)
+                   for s in tqdm(samples, desc=desc, unit='frame')]
+            results[name] += got
+            round_p50[name].append(float(np.median([g.latency.total_ms for g in got])))
     machine = f'{platform.processor() or platform.machine()}, {args.device}'
     out = {'n': len(samples), 'threads': args.threads, 'device': args.device,
            'machine': machine, 'model': str(model_dir), 'plan': str(plan) if plan else None,
-           'configs': {n: summarize(r) for n, r in results.items()}}
-    ref = {n: [r.text for r in results[n]] for n in names}
+           'rounds': args.rounds,
+           'configs': {n: {**summarize(r), 'round_p50_ms': round_p50[n]}
+                       for n, r in results.items()}}
+    ref = {n: [r.text for r in results[n][:len(samples)]] for n in names}
     out['same_text_as'] = {n: {m: sum(a == b for a, b in zip(ref[n], ref[m])) / len(samples)
                                for m in names if m != n} for n in names}
     cfg = out['configs']
@@ -283,6 +302,9 @@ def main(args: argparse.Namespace) -> int:
         print(f'{name:<15} {c["p50_ms"]:8.1f} {c["p90_ms"]:8.1f} {c["tokens_per_s"]:7.1f} '
               f'{vs:>6}  {s["vision_ms"]:6.1f} {s["prefill_ms"]:7.1f} {s["decode_ms"]:6.1f}  '
               f'{c["accuracy"]:5.3f} {c["cider"]:5.2f} {c["gflops"]:6.3f}')
+    if args.rounds > 1:
+        for name in names:
+            print(f'{name}: p50 per round {", ".join(f"{v:.1f}" for v in round_p50[name])} ms')
     for name in names:
         if cfg[name]['tokens']:
             print(f'{name}: token skipping {cfg[name]["tokens"]}')
