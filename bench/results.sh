@@ -33,6 +33,6 @@ $G evaluate --model $M --plan $PLAN --fastv "$FASTV" --split test --n 500 --json
     > $OUT/eval_combined_test.json
 # 4. latency, side by side: HF generate vs torch / ONNX Runtime backends: full, GM-Skip,
 #    FastV, GM-Skip + FastV (+ KV removal) (accuracy / CIDEr / GFLOPs on the same 50 frames)
-$G bench --model $M --plan $PLAN --fastv "$FASTV" --n 50 --threads 1 --out-dir $OUT --json \
+$G bench --model $M --plan $PLAN --fastv "$FASTV" --n 50 --threads 1 --rounds 3 --out-dir $OUT --json \
     | tail -1 > /dev/null
 cat $OUT/eval_*_test.json

@@ -21,9 +21,10 @@ Concat. This graph is what onnxruntime-genai builds for LLMs, for the same reaso
 10 nodes per block instead of ~32, and no KV copies: the runtime (runtime/fused_decode.py) binds
 one buffer per layer and kind, (1, kv_heads, max_length, head_dim), as both `past` and `present`,
 so GroupQueryAttention appends the new rows in place. Measured on the 2-core CPU (10-block pruned
-default model, 1 thread): decode 1.65 -> 1.36 ms per token, prefill 10.2 -> 9.7 ms, greedy text
-identical on 30/30 test scenes. The rest of a decode step is the weights themselves: 41 GEMVs
-stream ~18 MB of fp32 weights per token, which is what the remaining time is made of.
+default model, 1 thread, `ros2-gmskip bench --rounds 3`: ort_pruned vs ort_pruned_portable): decode
+34.0 -> 26.2 ms per frame (~16 tokens), frame 49.0 -> 41.7 ms, identical text. What a decode step
+still costs is the weights themselves: 41 matrix-vector products stream ~18 MB of fp32 weights
+per token (~60 % of the step in ONNX Runtime's profile).
 
 Contrib ops are not in TensorRT's ONNX parser, so this graph never replaces decoder.onnx: engines
 are built from decoder.onnx, and the runtime falls back to it for token skipping (split graphs),
