@@ -28,7 +28,9 @@ per token (~60 % of the step in ONNX Runtime's profile).
 
 Contrib ops are not in TensorRT's ONNX parser, so this graph never replaces decoder.onnx: engines
 are built from decoder.onnx, and the runtime falls back to it for token skipping (split graphs),
-for the TensorRT execution provider, and for requests longer than `max_length`.
+for GPU execution providers (the graph is fp32 and made for the CPU kernels; the GPU
+GroupQueryAttention kernels are made for fp16 / bf16, and no GPU was at hand to test them), and for
+requests longer than `max_length`.
 
 Inputs:  inputs_embeds (1, T, C) float32, seqlens_k (1,) int32 = past + T - 1,
          total_sequence_length () int32 = past + T, past_key_values.{i}.key/value (1, kv, M, d)

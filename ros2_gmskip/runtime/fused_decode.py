@@ -27,8 +27,7 @@ class FusedDecoder(DecodeBuffers):
     """`generate` like decode.GreedyDecoder, over the fused graph's session."""
 
     def __init__(self, session, embed_table: np.ndarray, num_layers: int, num_kv_heads: int,
-                 head_dim: int, max_length: int, stop_ids: tuple[int, ...], fallback,
-                 device: str = 'cpu', device_id: int = 0) -> None:
+                 head_dim: int, max_length: int, stop_ids: tuple[int, ...], fallback) -> None:
         import onnxruntime as ort
 
         self.session = session
@@ -45,8 +44,7 @@ class FusedDecoder(DecodeBuffers):
             raise BundleError(f'fused decoder graph lacks inputs {missing[:3]}: bundle and '
                               'manifest disagree: re-run ros2-gmskip export')
         shape = (1, num_kv_heads, self.limit, head_dim)
-        self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, device,
-                                                                device_id)
+        self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, 'cpu', 0)
                       for _ in self.pairs]
         self._alloc(self.limit)
 

@@ -11,8 +11,10 @@ prefill -> greedy decode with the KV cache (`decode.GreedyDecoder`) -> detokenis
 
 Decoder graph (`graph`): 'auto' runs decoder.fused.onnx (ORT contrib ops, KV cache updated in
 place: `fused_decode.FusedDecoder`) where the bundle has one and it can run here (no token
-skipping, CPU or CUDA execution provider), else decoder.onnx; 'fused' insists on the fused graph,
-'portable' insists on decoder.onnx (the graph TensorRT builds from).
+skipping, CPU execution provider: the graph is fp32 and made for the CPU kernels; GPU providers,
+whose GroupQueryAttention kernels are made for fp16 / bf16, are untested here), else decoder.onnx;
+'fused' insists on the fused graph, 'portable' insists on decoder.onnx (the graph TensorRT builds
+from).
 
 A bundle exported with token skipping (FastV, visual KV removal: its manifest's `token_skip`) runs
 them through `token_decode.TokenSkipDecoder`; `token_skip=TokenSkip()` runs it without.
@@ -41,9 +43,9 @@ from ros2_gmskip.tokenskip.settings import TokenSkip
 
 log = logging.getLogger(__name__)
 
-# Short names accepted in `providers` -> ONNX Runtime execution providers.
 GRAPHS = ('auto', 'fused', 'portable')
 
+# Short names accepted in `providers` -> ONNX Runtime execution providers.
 PROVIDERS = {
     'cpu': 'CPUExecutionProvider',
     'cuda': 'CUDAExecutionProvider',
@@ -137,7 +139,7 @@ class OrtBackend(BundleBackend):
                 self._session(self.bundle.file(fused['file']), options), self.embed_table,
                 num_layers=cfg['num_layers'], num_kv_heads=cfg['num_kv_heads'],
                 head_dim=cfg['head_dim'], max_length=fused['max_length'],
-                stop_ids=self.tokenizer.stop_ids, fallback=self.decoder_loop, device=device)
+                stop_ids=self.tokenizer.stop_ids, fallback=self.decoder_loop)
         plan = self.bundle.plan or {}
         self.info = {
             'backend': self.name,
@@ -167,9 +169,9 @@ class OrtBackend(BundleBackend):
         elif self.bundle.fused_decoder is None:
             problem = 'has no fused decoder graph (exported before it existed, or a model it ' \
                       'does not cover): re-run ros2-gmskip export'
-        elif self.providers[0] not in ('CPUExecutionProvider', 'CUDAExecutionProvider'):
-            problem = f'its fused decoder uses ONNX Runtime contrib ops {self.providers[0]} ' \
-                      'cannot run'
+        elif self.providers[0] != 'CPUExecutionProvider':
+            problem = f'has a fused decoder made for the CPU execution provider (fp32), not ' \
+                      f'{self.providers[0]}: use graph auto or portable'
         if problem and graph == 'fused':
             raise BundleError(f'bundle {str(self.bundle.path)!r} {problem}')
         return problem is None
