@@ -167,3 +167,21 @@ def test_export_no_fused_flag(tiny_model_dir, tmp_path, capsys):
     assert load_bundle(out).fused_decoder is None
     assert _backend(out).info['decoder_graph'] == 'portable'
     assert 'decoder.fused.onnx' not in capsys.readouterr().out
+
+
+def test_describe_cli_names_and_chooses_the_decoder_graph(tiny_pruned_bundle, scene_images,
+                                                          tmp_path, capsys):
+    from PIL import Image
+
+    from ros2_gmskip.cli import main
+    image = tmp_path / 'frame.png'
+    Image.fromarray(scene_images[0]).save(image)
+    texts = {}
+    for graph in ('auto', 'portable'):
+        assert main(['describe', str(image), '--bundle', str(tiny_pruned_bundle), '--ort-graph',
+                     graph, '--max-new-tokens', '8']) == 0
+        text, timing = capsys.readouterr().out.strip().splitlines()[-2:]
+        texts[graph] = text
+        want = 'fused' if graph == 'auto' else 'portable'
+        assert timing.startswith(f'backend onnxruntime ({want} decoder): preprocess ')
+    assert texts['auto'] == texts['portable']
