@@ -43,6 +43,7 @@ def test_export_writes_and_records_the_fused_graph(tiny_pruned_bundle):
     checks = bundle.manifest['validation']['checks']
     assert any(c.startswith('✓ fused decoder logits') for c in checks)
     assert any(c.startswith('✓ fused decoder greedy text: 3/3') for c in checks)
+    assert bundle.manifest['validation']['fused_identical_text'] == '3/3'
 
 
 def test_auto_runs_the_fused_graph_and_matches_the_portable_one(fused, portable, scene_images):
@@ -183,5 +184,78 @@ def test_describe_cli_names_and_chooses_the_decoder_graph(tiny_pruned_bundle, sc
         text, timing = capsys.readouterr().out.strip().splitlines()[-2:]
         texts[graph] = text
         want = 'fused' if graph == 'auto' else 'portable'
-        assert timing.startswith(f'backend onnxruntime ({want} decoder): preprocess ')
+        assert timing.startswith(f'backend onnxruntime (decoder: {want}): preprocess ')
     assert texts['auto'] == texts['portable']
+
+
+@pytest.fixture(scope='module')
+def int4_bundle(tiny_model_dir, make_plan, tmp_path_factory) -> Path:
+    """The tiny model without blocks 1 and 3, with int4-weight decode steps (greedy check off:
+    a random tiny model's near-flat logits say nothing about quantization)."""
+    from ros2_gmskip.exporters.onnx_export import export_bundle
+    folder = tmp_path_factory.mktemp('int4')
+    plan = make_plan(tiny_model_dir, [1, 3], folder / 'plan.json')
+    out = folder / 'bundle'
+    export_bundle(tiny_model_dir, out, plan=plan, validate_n=0, threads=1, fused_weights='int4')
+    return out
+
+
+def test_int4_decode_graph_is_recorded_and_quantizes_every_matmul(int4_bundle):
+    import onnx
+    bundle = load_bundle(int4_bundle)
+    entry = bundle.fused_decoder
+    assert entry['decode_file'] == 'decoder.fused.int4.onnx' in bundle.manifest['files']
+    assert entry['decode_weights'] == 'int4'
+    q = entry['quantization']
+    assert (q['op'], q['bits'], q['block_size'], q['accuracy_level']) == ('MatMulNBits', 4, 32, 4)
+    ops = [n.op_type for n in onnx.load(str(int4_bundle / entry['decode_file'])).graph.node]
+    assert q['matmuls'] == ops.count('MatMulNBits') == 4 * 2 + 1     # 4 per block + lm_head
+    assert 'MatMul' not in ops
+
+
+def test_int4_prefill_is_fp32_and_steps_are_close(int4_bundle, tiny_pruned_bundle, scene_images):
+    quant, exact = _backend(int4_bundle), _backend(tiny_pruned_bundle)
+    assert quant.info['decoder_graph'] == 'fused, int4 decode steps'
+    loop = quant.decoder_loop
+    assert loop.step_session is not loop.session
+    ids = quant.tokenizer.prompt_ids(DEFAULT_PROMPT)
+    embeds = quant.prompt_embeds(ids, quant.image_embeds(quant.preprocess(scene_images[0]))[0])
+    T = embeds.shape[1]
+    np.testing.assert_array_equal(loop._run(embeds, 0), exact.decoder_loop._run(embeds, 0))
+    step = quant.embed_table[5][None, None]
+    want = exact.decoder_loop._run(step, T)
+    got = loop._run(step, T, loop.step_session)
+    assert np.abs(got - want).max() > 0                            # other weights ...
+    assert np.corrcoef(got, want)[0, 1] > 0.95                       # ... same function
+    assert quant.describe(scene_images[0], DEFAULT_PROMPT, 8).tokens > 0
+
+
+def test_quantized_agreement_threshold(tiny_model_dir, tmp_path, monkeypatch):
+    from ros2_gmskip.exporters import onnx_export, validate
+    monkeypatch.setattr(validate, 'MIN_QUANTIZED_AGREEMENT', 1.01)     # no run can meet it
+    with pytest.raises(BundleError, match=r'fused decoder greedy text \(int4 decode steps\): '
+                                          r'\d/2 test scenes identical .*at least 101% needed'):
+        onnx_export.export_bundle(tiny_model_dir, tmp_path / 'a', validate_n=2,
+                                  max_new_tokens=4, threads=1, fused_weights='int4')
+    monkeypatch.setattr(validate, 'MIN_QUANTIZED_AGREEMENT', 0.0)
+    onnx_export.export_bundle(tiny_model_dir, tmp_path / 'b', validate_n=2, max_new_tokens=4,
+                              threads=1, fused_weights='int4')
+    recorded = load_bundle(tmp_path / 'b').manifest['validation']['fused_identical_text']
+    assert recorded.endswith('/2')
+
+
+def test_fused_weights_errors(tiny_model_dir, tmp_path):
+    from ros2_gmskip.exporters.onnx_export import export_bundle
+    with pytest.raises(BundleError, match='cannot go with --no-fused'):
+        export_bundle(tiny_model_dir, tmp_path / 'a', fused=False, fused_weights='int4')
+    with pytest.raises(BundleError, match="weights must be one of fp32, int8, int4, got 'int2'"):
+        export_bundle(tiny_model_dir, tmp_path / 'a', fused_weights='int2')
+    assert not (tmp_path / 'a').exists()
+
+
+def test_cached_bundles_are_keyed_by_the_decode_weights(tiny_model_dir):
+    from ros2_gmskip.runtime.defaults import bundle_cache_path
+    assert bundle_cache_path(tiny_model_dir, None) == bundle_cache_path(tiny_model_dir, None,
+                                                                        None, 'fp32')
+    assert bundle_cache_path(tiny_model_dir, None, None, 'int4') != \
+        bundle_cache_path(tiny_model_dir, None)

@@ -71,8 +71,8 @@ from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
 from ros2_gmskip.exporters.export_config import (DEFAULT_OPSET, ExportConfig, export_config_for,
                                                  family_of_config, rope_parameters)
-from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, build_fused_decoder,
-                                                 fused_unsupported)
+from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, WEIGHTS, build_fused_decoder,
+                                                 fused_unsupported, quantize_decode_graph)
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -334,7 +334,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                   removed_blocks: list[int] | None = None, opset: int = DEFAULT_OPSET,
                   validate_n: int = 50, prompt: str | None = None, max_new_tokens: int = 48,
                   threads: int | None = None, fused: bool = True,
-                  fused_max_length: int | None = None,
+                  fused_max_length: int | None = None, fused_weights: str = 'fp32',
                   on_stage: Callable[[str], None] | None = None,
                   on_check: Callable[[object], None] | None = None) -> ExportResult:
     """Export `model_dir` (minus the plan's blocks) to the bundle folder `out`, then validate it.
@@ -347,8 +347,9 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     recorded in the manifest's `token_skip`. `fused`: also write decoder.fused.onnx, the ONNX
     Runtime-only graph (exporters/fused_decoder.py) whose KV buffers hold `fused_max_length`
     positions (default: the model's max_position_embeddings, at most 2048); a model it does not
-    cover gets none, with a log line saying why. `on_stage(text)` / `on_check(Check)` report
-    progress.
+    cover gets none, with a log line saying why. `fused_weights` 'int4' / 'int8' adds the
+    weight-quantized copy the runtime uses for decode steps (fused_decoder.py says why).
+    `on_stage(text)` / `on_check(Check)` report progress.
     """
     from ros2_gmskip.exporters import trt_ops, validate
     from ros2_gmskip.runtime.types import DEFAULT_PROMPT
@@ -357,6 +358,12 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     from ros2_gmskip.vlm.prompting import prompt_text
 
     stage = on_stage or (lambda text: log.info('%s', text))
+    if fused_weights not in WEIGHTS:
+        raise BundleError(f'fused decoder weights must be one of {", ".join(WEIGHTS)}, got '
+                          f'{fused_weights!r}')
+    if fused_weights != 'fp32' and not fused:
+        raise BundleError(f'--fused-weights {fused_weights} quantizes the fused decoder: it '
+                          'cannot go with --no-fused')
     prompt = prompt or DEFAULT_PROMPT
     model_dir, out = Path(model_dir), Path(out)
     _prepare_out(out)
@@ -407,6 +414,9 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         fused_entry = None
         if fused:
             reason = fused_unsupported(model)
+            if reason and fused_weights != 'fp32':
+                raise BundleError(f'--fused-weights {fused_weights} needs the fused decoder, and '
+                                  f'this model gets none ({reason}): export without it')
             if reason:
                 log.warning('no fused ONNX Runtime decoder for this model (%s): the runtime uses '
                             'decoder.onnx', reason)
@@ -417,6 +427,10 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                 stage(f'exporting {FUSED_DECODER} (ONNX Runtime contrib ops, KV buffers of '
                       f'{length} positions)')
                 fused_entry = build_fused_decoder(model, tmp / FUSED_DECODER, length)
+                if fused_weights != 'fp32':
+                    stage(f'quantizing the fused decoder\'s decode steps to {fused_weights} '
+                          '(MatMulNBits)')
+                    fused_entry.update(quantize_decode_graph(tmp / FUSED_DECODER, fused_weights))
         embed = model.get_input_embeddings().weight.detach().float().numpy()   # (V, C)
         np.save(tmp / EMBED, np.ascontiguousarray(embed), allow_pickle=False)
         for name in MODEL_FILES:

@@ -100,7 +100,8 @@ class Bundle:
     @property
     def fused_decoder(self) -> dict | None:
         """The ONNX Runtime-only fused decoder graph (exporters/fused_decoder.py): {'file',
-        'max_length', ...}, or None (older bundle, or a model the fused graph does not cover)."""
+        'max_length', ...; with quantized decode steps 'decode_file', 'decode_weights'}, or None
+        (older bundle, or a model the fused graph does not cover)."""
         return self.manifest.get('fused_decoder')
 
     @property
@@ -172,9 +173,11 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
     fused = manifest.get('fused_decoder')
     if fused is not None and not (isinstance(fused, dict) and fused.get('file') in files
                                   and isinstance(fused.get('max_length'), int)
-                                  and fused['max_length'] > 0):
+                                  and fused['max_length'] > 0
+                                  and fused.get('decode_file', fused['file']) in files):
         raise BundleError(f'bundle {str(path)!r}: manifest fused_decoder {fused!r} does not name a '
-                          'listed file and a max_length: re-run ros2-gmskip export')
+                          'listed file (and decode_file) and a max_length: re-run ros2-gmskip '
+                          'export')
     log.debug('bundle %s: %d files checked', path, len(files))
     return Bundle(path=path, manifest=manifest)
 

@@ -57,37 +57,44 @@ def cache_dir() -> Path:
 BUNDLE_LAYOUT = 'fused-decoder'     # bumped when export adds graphs the runtime should use
 
 
-def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None
-                      ) -> Path:
+def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None,
+                      fused_weights: str = 'fp32') -> Path:
     """Cache folder keyed by the model weights, the plan file, the token-skip settings (None: the
-    plan's), this package's version and the bundle layout (a new graph means a new folder)."""
+    plan's), the fused decoder's decode-step weights, this package's version and the bundle
+    layout (a new graph means a new folder)."""
     h = hashlib.sha256(f'{__version__}/{BUNDLE_LAYOUT}'.encode())
     for weights in sorted(Path(model_dir).glob('*.safetensors')):
         h.update(sha256_file(weights).encode())
     h.update(sha256_file(plan).encode() if plan else b'no-plan')
     if tokens is not None and (plan is not None or not tokens.is_off):   # no plan: None == off
         h.update(json.dumps(tokens.to_dict(), sort_keys=True).encode())
+    if fused_weights != 'fp32':
+        h.update(f'fused-weights={fused_weights}'.encode())
     tag = 'pruned' if plan else 'full'
     return cache_dir() / 'bundles' / f'{Path(model_dir).name}-{tag}-{h.hexdigest()[:12]}'
 
 
 def ensure_bundle(model_dir: Path | None = None, plan: Path | None = None, full: bool = False,
-                  validate_n: int = 5, tokens: TokenSkip | None = None) -> Path:
+                  validate_n: int = 5, tokens: TokenSkip | None = None,
+                  fused_weights: str = 'fp32') -> Path:
     """A bundle for (model, plan, tokens), exported into the cache by a subprocess if missing.
 
     With no model and no plan: the default model pruned by its shipped plan (or unpruned: `full`).
     `tokens`: FastV / KV-removal settings; None applies the plan's `tokens`, TokenSkip() none.
+    `fused_weights`: 'int4' / 'int8' exports weight-quantized decode steps (export --fused-weights).
     """
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     if plan is None and not full and model_dir == default_model_dir():
         plan = default_plan_path()
-    path = bundle_cache_path(model_dir, plan, tokens)
+    path = bundle_cache_path(model_dir, plan, tokens, fused_weights)
     if (path / 'manifest.json').is_file():
         return path
     cmd = [sys.executable, '-m', 'ros2_gmskip.cli', 'export', '--model', str(model_dir),
            '--out', str(path), '--validate-n', str(validate_n)]
     if plan:
         cmd += ['--plan', str(plan)]
+    if fused_weights != 'fp32':
+        cmd += ['--fused-weights', fused_weights]
     if tokens is not None:
         cmd += ['--no-plan-tokens']
         if tokens.fastv is not None and tokens.fastv.r > 0:

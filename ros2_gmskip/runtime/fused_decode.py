@@ -9,6 +9,10 @@ buffers are allocated once per backend; rows past the current length are stale a
     prefill   inputs_embeds (1, T, C), seqlens_k [T-1], total_sequence_length T
     step n    inputs_embeds (1, 1, C), seqlens_k [T+n-1], total_sequence_length T+n
 
+With `step_session` (the weight-quantized copy of the graph, `export --fused-weights int4`), the
+prefill runs on `session` and every decode step on `step_session`: the same buffers, so nothing
+changes hands between them.
+
 A request longer than the buffers (prompt + max_new_tokens > max_length) is decoded by `fallback`
 (the portable decoder.onnx loop), so no request fails for being long.
 """
@@ -27,32 +31,37 @@ class FusedDecoder(DecodeBuffers):
     """`generate` like decode.GreedyDecoder, over the fused graph's session."""
 
     def __init__(self, session, embed_table: np.ndarray, num_layers: int, num_kv_heads: int,
-                 head_dim: int, max_length: int, stop_ids: tuple[int, ...], fallback) -> None:
+                 head_dim: int, max_length: int, stop_ids: tuple[int, ...], fallback,
+                 step_session=None) -> None:
         import onnxruntime as ort
 
         self.session = session
+        self.step_session = step_session or session
         self.embed_table = embed_table
         self.stop_ids = frozenset(int(i) for i in stop_ids)
         self.fallback = fallback
         self.limit = int(max_length)
-        names = {i.name for i in session.get_inputs()}
         self.pairs = [(f'past_key_values.{i}.{kind}', f'present.{i}.{kind}')
                       for i in range(num_layers) for kind in ('key', 'value')]
-        missing = [n for n in ['inputs_embeds', 'seqlens_k', 'total_sequence_length',
-                               *(p for p, _ in self.pairs)] if n not in names]
-        if missing:
-            raise BundleError(f'fused decoder graph lacks inputs {missing[:3]}: bundle and '
-                              'manifest disagree: re-run ros2-gmskip export')
+        for graph in {self.session, self.step_session}:
+            names = {i.name for i in graph.get_inputs()}
+            missing = [n for n in ['inputs_embeds', 'seqlens_k', 'total_sequence_length',
+                                   *(p for p, _ in self.pairs)] if n not in names]
+            if missing:
+                raise BundleError(f'fused decoder graph lacks inputs {missing[:3]}: bundle and '
+                                  'manifest disagree: re-run ros2-gmskip export')
         shape = (1, num_kv_heads, self.limit, head_dim)
         self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, 'cpu', 0)
                       for _ in self.pairs]
         self._alloc(self.limit)
 
-    def _run(self, embeds: np.ndarray, past_length: int) -> np.ndarray:
-        """One graph run for `embeds` (1, T, C) after `past_length` cached positions -> the last
-        position's logits (V,); the new K/V rows land in `self.cache`."""
+    def _run(self, embeds: np.ndarray, past_length: int, session=None) -> np.ndarray:
+        """One run of `session` (default: the prefill graph) for `embeds` (1, T, C) after
+        `past_length` cached positions -> the last position's logits (V,); the new K/V rows land
+        in `self.cache`."""
+        session = session or self.session
         total = past_length + embeds.shape[1]
-        binding = self.session.io_binding()
+        binding = session.io_binding()
         binding.bind_cpu_input('inputs_embeds', embeds)
         binding.bind_cpu_input('seqlens_k', np.array([total - 1], dtype=np.int32))
         binding.bind_cpu_input('total_sequence_length', np.array(total, dtype=np.int32))
@@ -60,7 +69,7 @@ class FusedDecoder(DecodeBuffers):
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)
         binding.bind_output('logits', 'cpu')
-        self.session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding)
         return binding.get_outputs()[-1].numpy()[0, -1]      # outputs in bind order: logits last
 
     def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
@@ -77,7 +86,7 @@ class FusedDecoder(DecodeBuffers):
 
         def step(token: int, n: int) -> int:
             embeds = self.embed_table[token:token + 1][None]            # (1, 1, C) view
-            return int(self._run(embeds, T + n - 1).argmax())
+            return int(self._run(embeds, T + n - 1, self.step_session).argmax())
 
         n, steps, stopped = greedy_loop(token, step, max_new_tokens, self.stop_ids, tokens)
         t2 = time.perf_counter()

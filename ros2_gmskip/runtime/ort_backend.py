@@ -135,11 +135,13 @@ class OrtBackend(BundleBackend):
                 device=device, where=f'bundle {str(self.bundle.path)!r}')
         if self._use_fused(graph):                  # the portable loop stays, for long requests
             fused = self.bundle.fused_decoder
+            step = fused.get('decode_file')
             self.decoder_loop = FusedDecoder(
                 self._session(self.bundle.file(fused['file']), options), self.embed_table,
                 num_layers=cfg['num_layers'], num_kv_heads=cfg['num_kv_heads'],
                 head_dim=cfg['head_dim'], max_length=fused['max_length'],
-                stop_ids=self.tokenizer.stop_ids, fallback=self.decoder_loop)
+                stop_ids=self.tokenizer.stop_ids, fallback=self.decoder_loop,
+                step_session=self._session(self.bundle.file(step), options) if step else None)
         plan = self.bundle.plan or {}
         self.info = {
             'backend': self.name,
@@ -150,13 +152,19 @@ class OrtBackend(BundleBackend):
             'blocks_removed': list(plan.get('removed_blocks') or []),
             'num_layers': cfg['num_layers'],
             'tokens': self.token_skip.to_dict(),
-            'decoder_graph': ('fused' if isinstance(self.decoder_loop, FusedDecoder)
-                              else 'portable'),
+            'decoder_graph': self._graph_name(),
             'providers': self.decoder.get_providers(),
             'threads': threads,
         }
         log.info('onnxruntime backend: %s, %d decoder layers, providers %s', self.bundle.path,
                  cfg['num_layers'], ', '.join(self.info['providers']))
+
+    def _graph_name(self) -> str:
+        """'portable', 'fused', or e.g. 'fused, int4 decode steps'."""
+        if not isinstance(self.decoder_loop, FusedDecoder):
+            return 'portable'
+        weights = self.bundle.fused_decoder.get('decode_weights')
+        return f'fused, {weights} decode steps' if weights else 'fused'
 
     def _use_fused(self, graph: str) -> bool:
         """Whether plain decoding runs decoder.fused.onnx (`graph` as in the module docstring)."""

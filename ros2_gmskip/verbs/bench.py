@@ -10,6 +10,7 @@ it made the 11-block ORT decoder exactly as slow as the 16-block one):
   ort_full      ONNX Runtime backend on the exported full model
   ort_pruned    ONNX Runtime backend on the exported pruned model (decoder.fused.onnx, as the node)
   ort_pruned_portable   the same bundle on decoder.onnx, the plain-op graph TensorRT builds from
+  ort_pruned_int4       ort_pruned with int4-weight decode steps (export --fused-weights int4)
   trt_full / trt_pruned   native TensorRT engines, where TensorRT and a GPU are available
   torch_fastv / ort_fastv         full model + FastV (token pruning after block K)
   torch_combined / ort_combined   GM-Skip plan + FastV + visual KV removal
@@ -51,8 +52,8 @@ from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
 HELP = 'time HF generate, torch, ONNX Runtime (and TensorRT) full vs pruned on the same scenes'
 LOG = logging.getLogger(__name__)
 CONFIGS = ('hf_full', 'torch_full', 'torch_pruned', 'torch_fastv', 'torch_combined', 'ort_full',
-           'ort_pruned', 'ort_pruned_portable', 'ort_fastv', 'ort_combined', 'trt_full',
-           'trt_pruned')
+           'ort_pruned', 'ort_pruned_portable', 'ort_pruned_int4', 'ort_fastv', 'ort_combined',
+           'trt_full', 'trt_pruned')
 TOKEN_CONFIGS = ('_fastv', '_combined')
 
 
@@ -136,7 +137,7 @@ def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
     providers = 'cuda' if args.device == 'cuda' else 'cpu'
     fastv_only, combined = token_settings(args, plan)
     for name in wanted:
-        pruned = name.endswith(('_pruned', '_combined', '_pruned_portable'))
+        pruned = '_pruned' in name or name.endswith('_combined')
         tokens = (fastv_only if name.endswith('_fastv') else combined
                   if name.endswith('_combined') else TokenSkip())
         if pruned and plan is None:
@@ -154,7 +155,8 @@ def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
                                             threads=args.threads, tokens=tokens, full=not pruned)
         elif name.startswith('ort'):
             bundle = ensure_bundle(model_dir, plan if pruned else None, full=not pruned,
-                                   tokens=tokens)
+                                   tokens=tokens,
+                                   fused_weights='int4' if name.endswith('_int4') else 'fp32')
             backends[name] = create_backend('onnxruntime', bundle=bundle, providers=providers,
                                             threads=args.threads,
                                             graph='portable' if 'portable' in name else 'auto')
@@ -290,9 +292,9 @@ def main(args: argparse.Namespace) -> int:
             cfg[name]['flops_vs_full'] = cfg[name]['gflops'] / cfg[full]['gflops']
         if 'hf_full' in cfg and name != 'hf_full':
             out[f'{name}_vs_hf'] = cfg[name]['vs_hf']
-    if 'ort_pruned' in cfg and 'ort_pruned_portable' in cfg:
-        out['ort_pruned_vs_ort_pruned_portable'] = (cfg['ort_pruned']['p50_ms']
-                                                    / cfg['ort_pruned_portable']['p50_ms'])
+    for a, b in (('ort_pruned', 'ort_pruned_portable'), ('ort_pruned_int4', 'ort_pruned')):
+        if a in cfg and b in cfg:                   # the fused graph, its int4 decode steps
+            out[f'{a}_vs_{b}'] = cfg[a]['p50_ms'] / cfg[b]['p50_ms']
     print(f'{"config":<15} {"p50 ms":>8} {"p90 ms":>8} {"tok/s":>7} {"vs hf":>6}  '
           f'{"vision":>6} {"prefill":>7} {"decode":>6}  {"acc":>5} {"CIDEr":>5} {"GFLOPs":>6}')
     for name in names:
@@ -308,8 +310,8 @@ def main(args: argparse.Namespace) -> int:
     for name in names:
         if cfg[name]['tokens']:
             print(f'{name}: token skipping {cfg[name]["tokens"]}')
-    for key in sorted(k for k in out if k.endswith(('_vs_hf', '_full', '_portable'))
-                      and '_vs_' in k):
+    for key in sorted(k for k in out if '_vs_' in k and k.endswith(
+            ('_vs_hf', '_full', '_vs_ort_pruned', '_portable'))):
         print(f'{key} = {out[key]:.3f}')
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / 'bench.json').write_text(json.dumps(out, indent=1))

@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(result.text)
     graph = (backend.info or {}).get('decoder_graph')
-    name = f'{backend.name} ({graph} decoder)' if graph else backend.name
+    name = f'{backend.name} (decoder: {graph})' if graph else backend.name
     print(f'backend {name}: preprocess {lat.preprocess_ms:.1f} ms | vision '
           f'{lat.vision_ms:.1f} ms | prefill {lat.prefill_ms:.1f} ms | decode '
           f'{lat.decode_per_token_ms:.2f} ms/token x {lat.decode_tokens} | total '

@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='positions the fused decoder\'s KV buffers hold (prompt + generated '
                              'tokens; longer requests run on decoder.onnx). Default: the model\'s '
                              'max_position_embeddings, at most 2048')
+    parser.add_argument('--fused-weights', choices=('fp32', 'int8', 'int4'), default='fp32',
+                        help='int4 / int8: also write a weight-quantized copy of the fused decoder '
+                             '(ONNX Runtime MatMulNBits, blocks of 32) that the runtime uses for '
+                             'the decode steps; the prefill stays fp32. Decode steps are weight '
+                             'streaming on a CPU, so fewer weight bytes make them faster; the '
+                             'greedy text may change, and validation refuses the bundle when more '
+                             'than 1 in 5 test scenes differ from generate (default: %(default)s)')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for PyTorch and ONNX Runtime during validation '
                              '(default: all)')
@@ -95,12 +102,13 @@ def main(args: argparse.Namespace) -> int:
     result = export_bundle(model, args.out, plan=args.plan, tokens=tokens, opset=args.opset,
                            validate_n=args.validate_n, max_new_tokens=args.max_new_tokens,
                            threads=args.threads, fused=not args.no_fused,
-                           fused_max_length=args.fused_max_length, on_stage=stage,
+                           fused_max_length=args.fused_max_length,
+                           fused_weights=args.fused_weights, on_stage=stage,
                            on_check=lambda check: print(f'  {check.line()}', flush=True))
     m = result.manifest
     graphs = ['vision.onnx', *[seg['file'] for seg in m['decoder_segments']]]
-    if m.get('fused_decoder'):
-        graphs.append(m['fused_decoder']['file'])
+    fused = m.get('fused_decoder') or {}
+    graphs += [fused[k] for k in ('file', 'decode_file') if fused.get(k)]
     sizes = ', '.join(f'{name} {(result.path / name).stat().st_size / 2 ** 20:.1f} MiB'
                       for name in graphs)
     plan = m['plan']
@@ -113,7 +121,9 @@ def main(args: argparse.Namespace) -> int:
           f'{pruned}; token skipping: {skip}), opset {m["opset"]}')
     print(f'validation: {len(v["checks"])} checks passed; max |logit diff| '
           f'{v["max_abs_logit_diff"]:.1e} (tolerance {v["tolerance"]:.0e}); greedy text identical '
-          f'on {v["identical_text"]} test scenes; {time.perf_counter() - started:.0f} s in all')
+          f'on {v["identical_text"]} test scenes'
+          + (f' (fused decoder: {v["fused_identical_text"]})' if v.get('fused_identical_text')
+             else '') + f'; {time.perf_counter() - started:.0f} s in all')
     return 0
 
 
