@@ -259,3 +259,28 @@ def test_cached_bundles_are_keyed_by_the_decode_weights(tiny_model_dir):
                                                                         None, 'fp32')
     assert bundle_cache_path(tiny_model_dir, None, None, 'int4') != \
         bundle_cache_path(tiny_model_dir, None)
+
+
+def test_ensure_bundle_exports_quantized_decode_steps_with_enough_scenes(tiny_model_dir,
+                                                                         tmp_path, monkeypatch):
+    import subprocess
+
+    from ros2_gmskip.runtime import defaults
+    monkeypatch.setenv('ROS2_GMSKIP_CACHE', str(tmp_path))
+    calls = []
+
+    def run(cmd, **kwargs):                      # stands in for the export subprocess
+        calls.append(cmd)
+        out = Path(cmd[cmd.index('--out') + 1])
+        out.mkdir(parents=True)
+        (out / 'manifest.json').write_text('{}')
+        return subprocess.CompletedProcess(cmd, 0, '')
+
+    monkeypatch.setattr(defaults.subprocess, 'run', run)
+    path = defaults.ensure_bundle(tiny_model_dir, None, full=True, fused_weights='int4')
+    assert path == defaults.bundle_cache_path(tiny_model_dir, None, None, 'int4')
+    cmd = calls[0]
+    assert cmd[cmd.index('--fused-weights') + 1] == 'int4'
+    assert cmd[cmd.index('--validate-n') + 1] == str(defaults.QUANTIZED_VALIDATE_N)
+    defaults.ensure_bundle(tiny_model_dir, None, full=True)                 # fp32: its own folder
+    assert '--fused-weights' not in calls[1] and calls[1][calls[1].index('--validate-n') + 1] == '5'

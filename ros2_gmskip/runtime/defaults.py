@@ -54,6 +54,7 @@ def cache_dir() -> Path:
     return Path(base) / 'ros2_gmskip'
 
 
+QUANTIZED_VALIDATE_N = 50          # scenes that judge a quantized decode graph's agreement
 BUNDLE_LAYOUT = 'fused-decoder'     # bumped when export adds graphs the runtime should use
 
 
@@ -93,8 +94,9 @@ def ensure_bundle(model_dir: Path | None = None, plan: Path | None = None, full:
            '--out', str(path), '--validate-n', str(validate_n)]
     if plan:
         cmd += ['--plan', str(plan)]
-    if fused_weights != 'fp32':
+    if fused_weights != 'fp32':       # the agreement threshold needs more than a handful of scenes
         cmd += ['--fused-weights', fused_weights]
+        cmd[cmd.index('--validate-n') + 1] = str(max(validate_n, QUANTIZED_VALIDATE_N))
     if tokens is not None:
         cmd += ['--no-plan-tokens']
         if tokens.fastv is not None and tokens.fastv.r > 0:

@@ -78,7 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'the decode steps; the prefill stays fp32. Decode steps are weight '
                              'streaming on a CPU, so fewer weight bytes make them faster; the '
                              'greedy text may change, and validation refuses the bundle when more '
-                             'than 1 in 5 test scenes differ from generate (default: %(default)s)')
+                             'than 1 in 5 of the --validate-n test scenes differ from generate '
+                             '(use 50 or more: a handful is too few to judge; default: '
+                             '%(default)s)')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for PyTorch and ONNX Runtime during validation '
                              '(default: all)')
