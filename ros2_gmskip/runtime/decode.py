@@ -89,6 +89,18 @@ class DecodeBuffers:
             self._alloc(max(2 * self.max_length, T + max_new_tokens))
         return T
 
+    def _timed_greedy(self, prefill: Callable[[], int], step: Callable[[int, int], int],
+                      max_new_tokens: int) -> DecodeOutput:
+        """What every decoder's `generate` ends in: `prefill()` (-> the first token) timed as the
+        prefill, then `greedy_loop` over `step` timed as the decode."""
+        t0 = time.perf_counter()
+        token = prefill()
+        t1 = time.perf_counter()
+        n, steps, stopped = greedy_loop(token, step, max_new_tokens, self.stop_ids, self._tokens)
+        t2 = time.perf_counter()
+        return DecodeOutput(ids=self._tokens[:n].copy(), prefill_ms=_ms(t0, t1),
+                            decode_ms=_ms(t1, t2), decode_steps=steps, stopped=stopped)
+
 
 class GreedyDecoder(DecodeBuffers):
     """Greedy decoding with an ONNX Runtime decoder session (graph from `ros2-gmskip export`)."""
@@ -138,11 +150,13 @@ class GreedyDecoder(DecodeBuffers):
         """Greedy continuation of `inputs_embeds` (1, T, C) float32 (`image_positions` is for
         token-skipping loops: token_decode.TokenSkipDecoder; unused here)."""
         T = self._start(inputs_embeds, max_new_tokens)
-        tokens = self._tokens
-        t0 = time.perf_counter()
-        past, logits = self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0, T, None)
-        token = int(logits.argmax())
-        t1 = time.perf_counter()
+        past = None
+
+        def prefill() -> int:
+            nonlocal past
+            past, logits = self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0, T,
+                                     None)
+            return int(logits.argmax())
 
         def step(token: int, n: int) -> int:
             nonlocal past
@@ -150,7 +164,4 @@ class GreedyDecoder(DecodeBuffers):
             past, logits = self._run(embeds, T + n - 1, T + n, past)
             return int(logits.argmax())
 
-        n, steps, stopped = greedy_loop(token, step, max_new_tokens, self.stop_ids, tokens)
-        t2 = time.perf_counter()
-        return DecodeOutput(ids=tokens[:n].copy(), prefill_ms=_ms(t0, t1), decode_ms=_ms(t1, t2),
-                            decode_steps=steps, stopped=stopped)
+        return self._timed_greedy(prefill, step, max_new_tokens)

@@ -19,12 +19,10 @@ A request longer than the buffers (prompt + max_new_tokens > max_length) is deco
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime.decode import DecodeOutput, DecodeBuffers, _ms, greedy_loop
+from ros2_gmskip.runtime.decode import DecodeBuffers, DecodeOutput
 
 
 class FusedDecoder(DecodeBuffers):
@@ -78,17 +76,12 @@ class FusedDecoder(DecodeBuffers):
         if inputs_embeds.shape[1] + max_new_tokens > self.limit:
             return self.fallback.generate(inputs_embeds, max_new_tokens, image_positions)
         T = self._start(inputs_embeds, max_new_tokens)
-        tokens = self._tokens
-        t0 = time.perf_counter()
-        logits = self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0)
-        token = int(logits.argmax())
-        t1 = time.perf_counter()
+
+        def prefill() -> int:
+            return int(self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0).argmax())
 
         def step(token: int, n: int) -> int:
             embeds = self.embed_table[token:token + 1][None]            # (1, 1, C) view
             return int(self._run(embeds, T + n - 1, self.step_session).argmax())
 
-        n, steps, stopped = greedy_loop(token, step, max_new_tokens, self.stop_ids, tokens)
-        t2 = time.perf_counter()
-        return DecodeOutput(ids=tokens[:n].copy(), prefill_ms=_ms(t0, t1), decode_ms=_ms(t1, t2),
-                            decode_steps=steps, stopped=stopped)
+        return self._timed_greedy(prefill, step, max_new_tokens)

@@ -24,13 +24,12 @@ own positions, so nothing shifts.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime.decode import _ms, DecodeBuffers, DecodeOutput, greedy_loop
+from ros2_gmskip.runtime.decode import DecodeBuffers, DecodeOutput
 from ros2_gmskip.tokenskip.settings import random_slots, retained_slots, TokenSkip
 
 
@@ -178,13 +177,15 @@ class TokenSkipDecoder(DecodeBuffers):
         T = self._start(inputs_embeds, max_new_tokens)
         image_positions = (np.zeros(0, dtype=np.int64) if image_positions is None
                            else np.asarray(image_positions, dtype=np.int64))
-        tokens = self._tokens
-        t0 = time.perf_counter()
-        logits, pasts, indexes = self._prefill(
-            np.ascontiguousarray(inputs_embeds, dtype=np.float32), image_positions)
-        lengths = self._remove_visual_kv(pasts, indexes, image_positions)
-        token = int(logits.argmax())
-        t1 = time.perf_counter()
+        pasts: list = []
+        lengths: list[int] = []
+
+        def prefill() -> int:
+            logits, segment_pasts, indexes = self._prefill(
+                np.ascontiguousarray(inputs_embeds, dtype=np.float32), image_positions)
+            lengths.extend(self._remove_visual_kv(segment_pasts, indexes, image_positions))
+            pasts.extend(segment_pasts)
+            return int(logits.argmax())
 
         def step(token: int, n: int) -> int:
             h = self.embed_table[token:token + 1][None]                  # (1, 1, C) view
@@ -194,7 +195,4 @@ class TokenSkipDecoder(DecodeBuffers):
                 lengths[s] += 1
             return int(h[0, -1].argmax())
 
-        n, steps, stopped = greedy_loop(token, step, max_new_tokens, self.stop_ids, tokens)
-        t2 = time.perf_counter()
-        return DecodeOutput(ids=tokens[:n].copy(), prefill_ms=_ms(t0, t1), decode_ms=_ms(t1, t2),
-                            decode_steps=steps, stopped=stopped)
+        return self._timed_greedy(prefill, step, max_new_tokens)
