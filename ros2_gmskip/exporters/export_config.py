@@ -30,6 +30,7 @@ SUPPORTED_FAMILIES = {'llava': 'llava', 'gmskip_llava': 'llava'}
 SUPPORTED_DECODERS = ('llama', 'mistral', 'qwen2')
 SUPPORTED_ROPE_TYPES = ('default', 'linear', 'llama3', 'yarn')   # static inv_freq: traceable
 SUPPORTED_SELECT_STRATEGIES = ('full', 'default')
+ATTENTION_EXTRAS = ('q_norm', 'k_norm', 'sinks')   # attention parts no exported graph implements
 
 
 @dataclass(frozen=True)
@@ -204,6 +205,15 @@ def family_of_config(config: Any) -> str:
                              f'{", ".join(sorted(SUPPORTED_FAMILIES))} (LLaVA with a '
                              f'{"/".join(SUPPORTED_DECODERS)} decoder)')
     return SUPPORTED_FAMILIES[model_type]
+
+
+def attention_windows(text_config: Any, num_layers: int) -> list[int | None]:
+    """Per decoder block, its sliding attention window (Mistral; Qwen2 with use_sliding_window),
+    None for full attention."""
+    window = _get(text_config, 'sliding_window')
+    layer_types = _get(text_config, 'layer_types')
+    return [window if window and (layer_types is None or layer_types[i] == 'sliding_attention')
+            else None for i in range(num_layers)]
 
 
 def rope_parameters(text_config: Any) -> dict:

@@ -57,6 +57,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ros2_gmskip.exporters.export_config import (ATTENTION_EXTRAS, SUPPORTED_ROPE_TYPES,
+                                                 attention_windows)
+
 FUSED_DECODER = 'decoder.fused.onnx'
 WEIGHTS = ('fp32', 'int8', 'int4')        # --fused-weights: the decode-step graph's MatMul weights
 QUANT_BLOCK_SIZE = 32
@@ -74,14 +77,14 @@ def fused_unsupported(model) -> str | None:
     """Why `model`'s decoder cannot be written as the fused graph, or None if it can."""
     text = _text(model)
     cfg = text.config
-    if getattr(cfg, 'sliding_window', None) and getattr(cfg, 'use_sliding_window', True):
+    if any(attention_windows(cfg, len(text.layers))):
         return 'sliding-window attention'
     rotary = text.rotary_emb
-    if getattr(rotary, 'rope_type', 'default') not in ('default', 'linear', 'llama3', 'yarn'):
+    if getattr(rotary, 'rope_type', 'default') not in SUPPORTED_ROPE_TYPES:
         return f'rope_type {rotary.rope_type!r} changes with the sequence length'
     for i, block in enumerate(text.layers):
         attn, mlp = block.self_attn, block.mlp
-        extra = [n for n in ('q_norm', 'k_norm', 'sinks') if hasattr(attn, n)]
+        extra = [n for n in ATTENTION_EXTRAS if hasattr(attn, n)]
         if extra:
             return f'block {i} has attention parts {extra}'
         norms = {type(block.input_layernorm).__name__,

@@ -69,7 +69,8 @@ from torch import nn
 
 from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
-from ros2_gmskip.exporters.export_config import (DEFAULT_OPSET, ExportConfig, export_config_for,
+from ros2_gmskip.exporters.export_config import (ATTENTION_EXTRAS, DEFAULT_OPSET, ExportConfig,
+                                                 attention_windows, export_config_for,
                                                  family_of_config, rope_parameters)
 from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, WEIGHTS, build_fused_decoder,
                                                  fused_unsupported, quantize_decode_graph)
@@ -168,14 +169,9 @@ class DecoderForExport(nn.Module):
         rotary = text.rotary_emb
         self.register_buffer('inv_freq', rotary.inv_freq.detach().float().clone(), persistent=False)
         self.rope_scaling = float(getattr(rotary, 'attention_scaling', 1.0))
-        # Sliding-window attention (Mistral; Qwen2 with use_sliding_window): per-layer window.
-        window = getattr(cfg, 'sliding_window', None)
-        layer_types = getattr(cfg, 'layer_types', None)
-        self.windows = [window if window and (layer_types is None or
-                                              layer_types[i] == 'sliding_attention') else None
-                        for i in range(first, stop)]
+        self.windows = attention_windows(cfg, len(text.layers))[first:stop]
         for i, layer in enumerate(self.layers):
-            extra = [n for n in ('q_norm', 'k_norm', 'sinks') if hasattr(layer.self_attn, n)]
+            extra = [n for n in ATTENTION_EXTRAS if hasattr(layer.self_attn, n)]
             if extra:
                 raise ModelLoadError(f'decoder block {i} has attention parts {extra} that the '
                                      'export wrapper does not implement yet')
