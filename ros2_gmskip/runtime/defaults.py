@@ -90,13 +90,14 @@ def ensure_bundle(model_dir: Path | None = None, plan: Path | None = None, full:
     path = bundle_cache_path(model_dir, plan, tokens, fused_weights)
     if (path / 'manifest.json').is_file():
         return path
+    if fused_weights != 'fp32':       # the agreement threshold needs more than a handful of scenes
+        validate_n = max(validate_n, QUANTIZED_VALIDATE_N)
     cmd = [sys.executable, '-m', 'ros2_gmskip.cli', 'export', '--model', str(model_dir),
            '--out', str(path), '--validate-n', str(validate_n)]
     if plan:
         cmd += ['--plan', str(plan)]
-    if fused_weights != 'fp32':       # the agreement threshold needs more than a handful of scenes
+    if fused_weights != 'fp32':
         cmd += ['--fused-weights', fused_weights]
-        cmd[cmd.index('--validate-n') + 1] = str(max(validate_n, QUANTIZED_VALIDATE_N))
     if tokens is not None:
         cmd += ['--no-plan-tokens']
         if tokens.fastv is not None and tokens.fastv.r > 0:
