@@ -106,11 +106,14 @@ def test_fastv_bundle_is_split_and_recorded(fastv_bundle):
     assert len(load_bundle(fastv_bundle).segments) == 2
 
 
-def test_runtime_prunes_the_expected_number_of_tokens(fastv_bundle, scene_images):
+@pytest.mark.parametrize('graph', ['fused', 'portable'])
+def test_runtime_prunes_the_expected_number_of_tokens(fastv_bundle, scene_images, graph):
     """The second segment's prefill runs on T - (n - ceil(n/2)) rows and decode attends to no
-    visual key at all (KV ratio 1): count the rows and cache lengths the sessions see."""
+    visual key at all (KV ratio 1): count the rows and cache lengths the sessions see, on the
+    fused segments (decode steps through their prepared bindings) and on decoder.onnx's."""
     from ros2_gmskip.runtime.ort_backend import OrtBackend
-    backend = OrtBackend(fastv_bundle, threads=1)
+    backend = OrtBackend(fastv_bundle, threads=1, graph=graph)
+    assert backend.info['decoder_graph'] == graph
     loop = backend.decoder_loop
     seen = []
     original = loop._run
@@ -120,6 +123,11 @@ def test_runtime_prunes_the_expected_number_of_tokens(fastv_bundle, scene_images
         return original(seg, h, positions, total, past)
 
     loop._run = spy
+    for seg in loop.segments if graph == 'fused' else []:
+        def step_spy(seg=seg, run=seg.step.run):
+            seen.append((seg.first, 1, int(seg.total)))
+            run()
+        seg.step.run = step_spy
     ids = backend.tokenizer.prompt_ids('describe the scene.')
     n_img = int((ids == backend.tokenizer.image_token_id).sum())
     T = len(ids)

@@ -28,8 +28,8 @@ still costs is the weights themselves: 41 matrix-vector products stream ~18 MB o
 per token (~60 % of the step in ONNX Runtime's profile).
 
 Contrib ops are not in TensorRT's ONNX parser, so this graph never replaces decoder.onnx: engines
-are built from decoder.onnx, and the runtime falls back to it for token skipping (split graphs),
-for GPU execution providers (the graph is fp32 and made for the CPU kernels; the GPU
+are built from decoder.onnx, and the runtime falls back to it for token skipping asked at run time
+of a bundle exported without it, for GPU execution providers (the graph is fp32 and made for the CPU kernels; the GPU
 GroupQueryAttention kernels are made for fp16 / bf16, and no GPU was at hand to test them), and for
 requests longer than `max_length`.
 
@@ -37,6 +37,20 @@ Inputs:  inputs_embeds (1, T, C) float32, seqlens_k (1,) int32 = past + T - 1,
          total_sequence_length () int32 = past + T, past_key_values.{i}.key/value (1, kv, M, d)
 Outputs: logits (1, 1, V) of the last position, present.{i}.key/value (the same buffers).
 Batch 1 only: that is how the runtime decodes (one camera frame per request).
+
+Token skipping (a bundle exported with FastV / visual KV removal)
+------------------------------------------------------------------
+GroupQueryAttention's own RoPE takes each new row's position from the cache length. FastV keeps
+the original positions of the rows it keeps, and KV removal shortens the cache under them, so in
+a token-skipping bundle both would be wrong. Such a bundle gets one fused graph per decoder.onnx
+segment (`build_fused_segments`: decoder.fused.onnx, decoder.fused.1.onnx, ...: the same blocks,
+input and output names) with explicit positions: an input `position_ids` (1, seq) int64, q|k|v
+split and rotated by ONNX RotaryEmbedding (opset 23), then GroupQueryAttention with do_rotary=0
+(3 more nodes per block). Each segment keeps its own cache length in `seqlens_k`. The segment
+that ends at FastV's K also outputs `last_query`, the rotated query of its last block at the last
+position, so the runtime can rank the image tokens from it and the cached keys
+(runtime/fused_token_decode.py). Why segments rather than pruning inside one graph: as for
+decoder.onnx (exporters/onnx_export.py).
 
 Quantized decode steps (`export --fused-weights int4|int8`)
 -----------------------------------------------------------
@@ -67,6 +81,9 @@ QUANT_ACCURACY_LEVEL = 4                   # MatMulNBits computes with int8 acti
 MIN_QUANTIZED_AGREEMENT = 0.8              # greedy texts identical to generate, share of scenes
 OPSET = 23                         # RMSNormalization; the contrib ops live in com.microsoft v1
 NORMS = ('LlamaRMSNorm', 'MistralRMSNorm', 'Qwen2RMSNorm')
+# The token-skipping segment ending at FastV's K also outputs its last block's rotated query at
+# the last position (1, 1, H*d): the runtime ranks the image tokens by it.
+RANK_OUTPUT = 'last_query'
 
 
 def _text(model):
@@ -129,12 +146,14 @@ def _eps(norm) -> float:
     return float(getattr(norm, 'variance_epsilon', getattr(norm, 'eps', 1e-6)))
 
 
-def build_fused_decoder(model, path: Path, max_length: int) -> dict:
+def build_fused_decoder(model, path: Path, max_length: int, segment=None) -> dict:
     """Write the fused decoder of `model` (already pruned) to `path`; -> its manifest entry.
 
     `max_length`: the KV buffers' and RoPE tables' length (prompt + generated tokens); the
-    runtime decodes longer requests with decoder.onnx. Raises ValueError if
-    `fused_unsupported(model)` names a reason.
+    runtime decodes longer requests with decoder.onnx. `segment` (an export_config
+    DecoderSegment): write only its blocks, with explicit positions, as the token-skipping graphs
+    need (see "Token skipping" above). Raises ValueError if `fused_unsupported(model)` names a
+    reason.
     """
     import onnx
     import torch
@@ -149,6 +168,9 @@ def build_fused_decoder(model, path: Path, max_length: int) -> dict:
     KV = cfg.num_key_value_heads or H
     d = getattr(cfg, 'head_dim', None) or cfg.hidden_size // H
     C, V = cfg.hidden_size, model.lm_head.out_features
+    first, stop = (0, len(text.layers)) if segment is None else (segment.first, segment.stop)
+    last = stop == len(text.layers)
+    explicit = segment is not None
     g = _Graph()
 
     # RoPE tables (max_length, d/2) from the model's own inverse frequencies and scaling.
@@ -159,14 +181,24 @@ def build_fused_decoder(model, path: Path, max_length: int) -> dict:
     g.weight('cos_cache', np.cos(angles) * scale)
     g.weight('sin_cache', np.sin(angles) * scale)
 
-    inputs = [helper.make_tensor_value_info('inputs_embeds', TensorProto.FLOAT, [1, 'seq', C]),
-              helper.make_tensor_value_info('seqlens_k', TensorProto.INT32, [1]),
-              helper.make_tensor_value_info('total_sequence_length', TensorProto.INT32, [])]
-    outputs = [helper.make_tensor_value_info('logits', TensorProto.FLOAT, [1, 1, V])]
+    input_name = 'inputs_embeds' if segment is None else segment.input_name
+    inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 'seq', C])]
+    if explicit:
+        inputs.append(helper.make_tensor_value_info('position_ids', TensorProto.INT64,
+                                                    [1, 'seq']))
+    inputs += [helper.make_tensor_value_info('seqlens_k', TensorProto.INT32, [1]),
+               helper.make_tensor_value_info('total_sequence_length', TensorProto.INT32, [])]
+    outputs = [helper.make_tensor_value_info('logits', TensorProto.FLOAT, [1, 1, V]) if last
+               else helper.make_tensor_value_info(segment.output_name, TensorProto.FLOAT,
+                                                  [1, 'seq', C])]
+    if explicit and segment.ranks:
+        outputs.append(helper.make_tensor_value_info(RANK_OUTPUT, TensorProto.FLOAT,
+                                                     [1, 1, H * d]))
     kv_shape = [1, KV, max_length, d]
     with torch.no_grad():
-        residual, pending = 'inputs_embeds', None
-        for i, block in enumerate(text.layers):
+        residual, pending = input_name, None
+        for i in range(first, stop):
+            block = text.layers[i]
             attn, mlp = block.self_attn, block.mlp
             norm_w = g.weight(f'l{i}.input_norm.weight', block.input_layernorm.weight)
             if pending is None:
@@ -190,11 +222,26 @@ def build_fused_decoder(model, path: Path, max_length: int) -> dict:
             inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape) for n in past]
             outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape)
                         for n in present]
-            g.node('GroupQueryAttention',
-                   [qkv, '', '', *past, 'seqlens_k', 'total_sequence_length', 'cos_cache',
-                    'sin_cache'], [f'l{i}.attn', *present], 'com.microsoft',
-                   num_heads=H, kv_num_heads=KV, do_rotary=1, rotary_interleaved=0,
-                   scale=float(attn.scaling))
+            if explicit:                   # RoPE at the given positions, then attention without
+                q, k, v = g.node('Split', [qkv, g.weight(f'l{i}.qkv_sizes', [H * d, KV * d, KV * d],
+                                                         np.int64)],
+                                 [f'l{i}.q', f'l{i}.k', f'l{i}.v'], axis=-1)
+                q = g.node('RotaryEmbedding', [q, 'cos_cache', 'sin_cache', 'position_ids'],
+                           [f'l{i}.q_rot'], num_heads=H, interleaved=0)[0]
+                k = g.node('RotaryEmbedding', [k, 'cos_cache', 'sin_cache', 'position_ids'],
+                           [f'l{i}.k_rot'], num_heads=KV, interleaved=0)[0]
+                g.node('GroupQueryAttention', [q, k, v, *past, 'seqlens_k',
+                                               'total_sequence_length'],
+                       [f'l{i}.attn', *present], 'com.microsoft', num_heads=H, kv_num_heads=KV,
+                       do_rotary=0, scale=float(attn.scaling))
+                if segment.ranks and i == stop - 1:               # FastV ranks by this query
+                    _last_position(g, q, RANK_OUTPUT)
+            else:
+                g.node('GroupQueryAttention',
+                       [qkv, '', '', *past, 'seqlens_k', 'total_sequence_length', 'cos_cache',
+                        'sin_cache'], [f'l{i}.attn', *present], 'com.microsoft',
+                       num_heads=H, kv_num_heads=KV, do_rotary=1, rotary_interleaved=0,
+                       scale=float(attn.scaling))
             g.node('MatMul', [f'l{i}.attn', g.weight(f'l{i}.o.weight', attn.o_proj.weight.T)],
                    [f'l{i}.o'])
             g.node('SkipSimplifiedLayerNormalization',
@@ -211,14 +258,15 @@ def build_fused_decoder(model, path: Path, max_length: int) -> dict:
             pending = g.node('MatMul', [f'l{i}.mlp', g.weight(f'l{i}.down.weight',
                                                               mlp.down_proj.weight.T)],
                              [f'l{i}.down'])[0]
-        g.node('SkipSimplifiedLayerNormalization',
-               [pending, residual, g.weight('norm.weight', text.norm.weight)], ['normed'],
-               'com.microsoft', epsilon=_eps(text.norm))
-        g.node('Slice', ['normed', g.weight('last_start', [-1], np.int64),
-                         g.weight('last_end', [2 ** 62], np.int64),
-                         g.weight('seq_axis', [1], np.int64)], ['normed_last'])
-        g.node('MatMul', ['normed_last', g.weight('lm_head.weight', model.lm_head.weight.T)],
-               ['logits'])
+        if not last:                              # the residual stream, for the next segment
+            g.node('Add', [pending, residual], [segment.output_name])
+        else:
+            g.node('SkipSimplifiedLayerNormalization',
+                   [pending, residual, g.weight('norm.weight', text.norm.weight)], ['normed'],
+                   'com.microsoft', epsilon=_eps(text.norm))
+            _last_position(g, 'normed', 'normed_last')
+            g.node('MatMul', ['normed_last', g.weight('lm_head.weight',
+                                                      model.lm_head.weight.T)], ['logits'])
 
     graph = helper.make_graph(g.nodes, 'ros2_gmskip_fused_decoder', inputs, outputs,
                               g.initializers)
@@ -227,14 +275,51 @@ def build_fused_decoder(model, path: Path, max_length: int) -> dict:
                               producer_name='ros2_gmskip')
     proto.ir_version = 10
     onnx.save(proto, str(path))
-    return {'file': Path(path).name, 'max_length': int(max_length), 'opset': OPSET,
-            'num_layers': len(text.layers), 'nodes': len(g.nodes),
-            'ops': sorted({n.op_type for n in g.nodes})}
+    entry = {'file': Path(path).name, 'max_length': int(max_length), 'opset': OPSET,
+             'num_layers': len(text.layers), 'nodes': len(g.nodes),
+             'ops': sorted({n.op_type for n in g.nodes})}
+    if explicit:
+        entry.update({'layers': [first, stop], 'input': input_name,
+                      'output': 'logits' if last else segment.output_name,
+                      'ranks': bool(segment.ranks)})
+    return entry
 
 
-def decode_graph_file(weights: str) -> str:
-    """File name of the quantized decode-step graph, e.g. decoder.fused.int4.onnx."""
-    return FUSED_DECODER.replace('.onnx', f'.{weights}.onnx')
+def _last_position(g: _Graph, name: str, out: str) -> None:
+    """`out` = `name`[:, -1:] (the last position of a (1, seq, n) tensor)."""
+    for const, value in (('last_start', [-1]), ('last_end', [2 ** 62]), ('seq_axis', [1])):
+        if not any(t.name == const for t in g.initializers):
+            g.weight(const, value, np.int64)
+    g.node('Slice', [name, 'last_start', 'last_end', 'seq_axis'], [out])
+
+
+def fused_segment_file(index: int) -> str:
+    """decoder.fused.onnx, decoder.fused.1.onnx, ... (the token-skipping graphs, one per
+    decoder.onnx segment)."""
+    return FUSED_DECODER if index == 0 else FUSED_DECODER.replace('.onnx', f'.{index}.onnx')
+
+
+def build_fused_segments(model, folder: Path, max_length: int, segments) -> dict:
+    """The token-skipping variant: one explicit-position fused graph per decoder segment (the
+    same blocks, input and output names as decoder.onnx's segments) in `folder`; -> the manifest
+    entry: the first graph's fields plus 'positions': 'explicit', 'attention_scale' and
+    'segments' (one entry per graph: file, layers, input, output, ranks)."""
+    entries = [build_fused_decoder(model, Path(folder) / fused_segment_file(i), max_length, seg)
+               for i, seg in enumerate(segments)]
+    attn = _text(model).layers[0].self_attn
+    entry = {k: v for k, v in entries[0].items() if k not in ('layers', 'input', 'output', 'ranks')}
+    entry.update({'nodes': sum(e['nodes'] for e in entries),
+                  'ops': sorted({op for e in entries for op in e['ops']}),
+                  'positions': 'explicit', 'attention_scale': float(attn.scaling),
+                  'segments': [{k: e[k] for k in ('file', 'layers', 'input', 'output', 'ranks')}
+                               for e in entries]})
+    return entry
+
+
+def decode_graph_file(weights: str, fused_file: str = FUSED_DECODER) -> str:
+    """File name of the quantized decode-step copy of `fused_file`, e.g. decoder.fused.int4.onnx
+    (decoder.fused.1.int4.onnx for a second token-skipping segment)."""
+    return fused_file.replace('.onnx', f'.{weights}.onnx')
 
 
 def quantize_decode_graph(fused_path: Path, weights: str) -> dict:
@@ -259,10 +344,14 @@ def quantize_decode_graph(fused_path: Path, weights: str) -> dict:
         quantizer.process()
     finally:
         quiet.setLevel(level)
-    out = Path(fused_path).with_name(decode_graph_file(weights))
+    out = Path(fused_path).with_name(decode_graph_file(weights, Path(fused_path).name))
     onnx.save(quantizer.model.model, str(out))
     quantized = sum(n.op_type == 'MatMulNBits' for n in quantizer.model.model.graph.node)
     return {'decode_file': out.name, 'decode_weights': weights,
-            'quantization': {'op': 'MatMulNBits', 'bits': bits, 'block_size': QUANT_BLOCK_SIZE,
-                             'symmetric': True, 'accuracy_level': QUANT_ACCURACY_LEVEL,
-                             'matmuls': quantized}}
+            'quantization': quantize_settings(weights, quantized)}
+
+
+def quantize_settings(weights: str, matmuls: int) -> dict:
+    """The manifest's record of how the decode-step weights were quantized."""
+    return {'op': 'MatMulNBits', 'bits': int(weights[3:]), 'block_size': QUANT_BLOCK_SIZE,
+            'symmetric': True, 'accuracy_level': QUANT_ACCURACY_LEVEL, 'matmuls': int(matmuls)}

@@ -13,7 +13,8 @@ Two graphs (and an optional third), split where the runtime wants to split:
 
 Plus, for Llama-style decoders, decoder.fused.onnx: the same decoder for ONNX Runtime only, built
 from the weights with ORT's fused ops and an in-place KV cache (exporters/fused_decoder.py says
-why); TensorRT always builds from decoder.onnx.
+why; a token-skipping bundle gets one such graph per segment, with explicit positions); TensorRT
+always builds from decoder.onnx.
 
 The token embedding lookup is not a graph: the table is saved as embed_tokens.npy and the runtime
 indexes it with numpy (a gather is all it is; a graph would cost a session run per token).
@@ -73,7 +74,8 @@ from ros2_gmskip.exporters.export_config import (ATTENTION_EXTRAS, DEFAULT_OPSET
                                                  attention_windows, export_config_for,
                                                  family_of_config, rope_parameters)
 from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, WEIGHTS, build_fused_decoder,
-                                                 fused_unsupported, quantize_decode_graph)
+                                                 build_fused_segments, fused_unsupported,
+                                                 quantize_decode_graph, quantize_settings)
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -255,6 +257,30 @@ class ExportResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _export_fused(model, folder: Path, length: int, weights: str, segments, stage) -> dict:
+    """decoder.fused.onnx (or, for token skipping, one explicit-position fused graph per decoder
+    segment) and, with `weights` int4 / int8, their quantized decode-step copies; -> the
+    manifest's `fused_decoder` entry."""
+    what = 'ONNX Runtime contrib ops' if segments is None else \
+        f'{len(segments)} segment(s) with explicit positions for token skipping'
+    stage(f'exporting {FUSED_DECODER} ({what}, KV buffers of {length} positions)')
+    if segments is None:
+        entry = build_fused_decoder(model, folder / FUSED_DECODER, length)
+    else:
+        entry = build_fused_segments(model, folder, length, segments)
+    if weights == 'fp32':
+        return entry
+    stage(f'quantizing the fused decoder\'s decode steps to {weights} (MatMulNBits)')
+    parts = entry.get('segments') or [entry]
+    done = [quantize_decode_graph(folder / part['file'], weights) for part in parts]
+    for part, q in zip(parts, done):
+        part['decode_file'] = q['decode_file']
+    entry.update(decode_file=done[0]['decode_file'], decode_weights=weights,
+                 quantization=quantize_settings(weights, sum(q['quantization']['matmuls']
+                                                             for q in done)))
+    return entry
+
+
 def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] | None
                  ) -> tuple[list[int], str, dict | None]:
     """(blocks to remove, their stack, the manifest's `plan` entry) from a plan file or a list.
@@ -420,13 +446,9 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                 text_cfg = model.config.get_text_config(decoder=True)
                 length = fused_max_length or min(
                     int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
-                stage(f'exporting {FUSED_DECODER} (ONNX Runtime contrib ops, KV buffers of '
-                      f'{length} positions)')
-                fused_entry = build_fused_decoder(model, tmp / FUSED_DECODER, length)
-                if fused_weights != 'fp32':
-                    stage(f'quantizing the fused decoder\'s decode steps to {fused_weights} '
-                          '(MatMulNBits)')
-                    fused_entry.update(quantize_decode_graph(tmp / FUSED_DECODER, fused_weights))
+                fused_entry = _export_fused(model, tmp, length, fused_weights,
+                                            None if token_skip.is_off else config.segments,
+                                            stage)
         embed = model.get_input_embeddings().weight.detach().float().numpy()   # (V, C)
         np.save(tmp / EMBED, np.ascontiguousarray(embed), allow_pickle=False)
         for name in MODEL_FILES:

@@ -253,11 +253,12 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
 
 def _fused_diffs(fused, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref
                  ) -> dict[str, float]:
-    """The fused decoder (runtime.fused_decode.FusedDecoder) at prefill and one step vs torch:
-    last-position logits, and the KV rows its in-place buffers hold after the step."""
+    """The fused decoder (runtime.fused_decode.FusedDecoder, or the token-skipping segments'
+    FusedTokenSkipDecoder run unpruned) at prefill and one step vs torch: last-position logits,
+    and the KV rows its in-place buffers hold after the step."""
     T = embeds.shape[1]
-    logits = max(_max_diff(fused._run(embeds, 0), ref.logits[0, -1].numpy()),
-                 _max_diff(fused._run(step_embeds, T), step_ref.logits[0, -1].numpy()))
+    logits = max(_max_diff(fused.logits_after(embeds, 0), ref.logits[0, -1].numpy()),
+                 _max_diff(fused.logits_after(step_embeds, T), step_ref.logits[0, -1].numpy()))
     kv = max(_max_diff(value.numpy()[:, :, :T + 1], want.numpy())
              for value, want in zip(fused.cache, _cache_tensors(step_ref.past_key_values)))
     return {'logits': logits, 'present': kv}
@@ -419,7 +420,6 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
     from ros2_gmskip.exporters.trt_ops import lint_graph
     from ros2_gmskip.runtime.bundle import load_bundle
     from ros2_gmskip.runtime.ort_backend import OrtBackend
-    from ros2_gmskip.tokenskip.settings import TokenSkip
 
     stage = stage or (lambda text: log.info('%s', text))
     report = ValidationReport()
@@ -436,9 +436,9 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
         backend = OrtBackend(Path(bundle_dir), threads=threads, graph='portable')
         entry = load_bundle(Path(bundle_dir), verify=False).fused_decoder
         if entry is not None:
-            add([check_fused_graph(Path(bundle_dir) / entry['file'])])
-            fused = OrtBackend(Path(bundle_dir), threads=threads, graph='fused',
-                               token_skip=TokenSkip())
+            add([check_fused_graph(Path(bundle_dir) / part['file'])
+                 for part in entry.get('segments') or [entry]])
+            fused = OrtBackend(Path(bundle_dir), threads=threads, graph='fused')
     except Exception as err:  # noqa: BLE001 - report it as a failed check, with the others
         add([Check('onnxruntime load', False, f'{type(err).__name__}: {err}')])
         return report

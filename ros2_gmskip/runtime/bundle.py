@@ -100,8 +100,9 @@ class Bundle:
     @property
     def fused_decoder(self) -> dict | None:
         """The ONNX Runtime-only fused decoder graph (exporters/fused_decoder.py): {'file',
-        'max_length', ...; with quantized decode steps 'decode_file', 'decode_weights'}, or None
-        (older bundle, or a model the fused graph does not cover)."""
+        'max_length', ...; with quantized decode steps 'decode_file', 'decode_weights'; for a
+        token-skipping bundle 'segments' (one graph per decoder segment), 'attention_scale'},
+        or None (older bundle, or a model the fused graph does not cover)."""
         return self.manifest.get('fused_decoder')
 
     @property
@@ -178,6 +179,8 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
         raise BundleError(f'bundle {str(path)!r}: manifest fused_decoder {fused!r} does not name a '
                           'listed file (and decode_file) and a max_length: re-run ros2-gmskip '
                           'export')
+    if fused is not None and 'segments' in fused:
+        _check_fused_segments(path, manifest)
     log.debug('bundle %s: %d files checked', path, len(files))
     return Bundle(path=path, manifest=manifest)
 
@@ -199,3 +202,23 @@ def _check_segments(path: Path, manifest: dict) -> None:
     except (KeyError, TypeError, ValueError):
         raise BundleError(f'bundle {str(path)!r}: manifest decoder_segments do not cover the '
                           'decoder blocks in order: re-run ros2-gmskip export') from None
+
+
+def _check_fused_segments(path: Path, manifest: dict) -> None:
+    """A token-skipping fused decoder: one listed graph (and decode-step graph, when quantized)
+    per decoder segment, over the same blocks, and an attention scale for FastV's ranking."""
+    fused, files = manifest['fused_decoder'], manifest['files']
+    plain = [seg['layers'] for seg in Bundle(path, manifest).segments]
+    try:
+        parts = fused['segments']
+        quantized = 'decode_file' in fused
+        ok = (isinstance(parts, list) and [p['layers'] for p in parts] == plain
+              and all(p['file'] in files and (not quantized or p['decode_file'] in files)
+                      for p in parts)
+              and float(fused['attention_scale']) > 0)
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise BundleError(f'bundle {str(path)!r}: manifest fused_decoder segments do not match '
+                          'the decoder segments, a listed file, or an attention_scale: re-run '
+                          'ros2-gmskip export')

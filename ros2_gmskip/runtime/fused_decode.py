@@ -9,6 +9,9 @@ buffers are allocated once per backend; rows past the current length are stale a
     prefill   inputs_embeds (1, T, C), seqlens_k [T-1], total_sequence_length T
     step n    inputs_embeds (1, 1, C), seqlens_k [T+n-1], total_sequence_length T+n
 
+Decode steps reuse one IOBinding (`StepBinding`): their inputs and outputs are small numpy arrays
+overwritten in place, so a step binds nothing from Python.
+
 With `step_session` (the weight-quantized copy of the graph, `export --fused-weights int4`), the
 prefill runs on `session` and every decode step on `step_session`: the same buffers, so nothing
 changes hands between them.
@@ -23,6 +26,40 @@ import numpy as np
 
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.decode import DecodeBuffers, DecodeOutput
+
+
+class StepBinding:
+    """A decode step's IOBinding, made once. Every input and output is an OrtValue over a numpy
+    array the loop overwrites in place (CPU OrtValues made from numpy share its memory), so a step
+    binds nothing: binding ~20 KV buffers from Python every step cost ~0.4 ms of a ~1.5 ms step
+    on the 2-core CPU (pruned default model)."""
+
+    def __init__(self, session, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
+                 cache: list[tuple[str, str, object]]) -> None:
+        """`cache`: (past name, present name, OrtValue) triples, bound as both."""
+        import onnxruntime as ort
+
+        self.session = session
+        self.binding = session.io_binding()
+        self._values = []                          # the OrtValues must outlive the binding
+        for names, bind in ((inputs, self.binding.bind_ortvalue_input),
+                            (outputs, self.binding.bind_ortvalue_output)):
+            for name, array in names.items():
+                value = ort.OrtValue.ortvalue_from_numpy(array)
+                bind(name, value)
+                self._values.append(value)
+        for past, present, value in cache:
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_ortvalue_output(present, value)
+
+    def run(self) -> None:
+        self.session.run_with_iobinding(self.binding)
+
+
+def output_shape(session, name: str) -> tuple[int, ...]:
+    """The fixed shape a graph declares for output `name` at one position (seq axis = 1)."""
+    shape = next(o.shape for o in session.get_outputs() if o.name == name)
+    return tuple(d if isinstance(d, int) else 1 for d in shape)
 
 
 class FusedDecoder(DecodeBuffers):
@@ -52,6 +89,14 @@ class FusedDecoder(DecodeBuffers):
         self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, 'cpu', 0)
                       for _ in self.pairs]
         self._alloc(self.limit)
+        self._embeds = np.zeros((1, 1, embed_table.shape[1]), dtype=np.float32)
+        self._seqlens = np.zeros(1, dtype=np.int32)
+        self._total = np.zeros((), dtype=np.int32)
+        self._logits = np.zeros(output_shape(self.step_session, 'logits'), dtype=np.float32)
+        self._step = StepBinding(
+            self.step_session, {'inputs_embeds': self._embeds, 'seqlens_k': self._seqlens,
+                                'total_sequence_length': self._total}, {'logits': self._logits},
+            [(past, present, value) for (past, present), value in zip(self.pairs, self.cache)])
 
     def _run(self, embeds: np.ndarray, past_length: int, session=None) -> np.ndarray:
         """One run of `session` (default: the prefill graph) for `embeds` (1, T, C) after
@@ -70,6 +115,11 @@ class FusedDecoder(DecodeBuffers):
         session.run_with_iobinding(binding)
         return binding.get_outputs()[-1].numpy()[0, -1]      # outputs in bind order: logits last
 
+    def logits_after(self, embeds: np.ndarray, past_length: int) -> np.ndarray:
+        """The prefill graph for `embeds` (1, T, C) after `past_length` cached positions -> the
+        last position's logits (V,) (export validation compares it with torch)."""
+        return self._run(np.ascontiguousarray(embeds, dtype=np.float32), past_length)
+
     def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
                  image_positions: np.ndarray | None = None) -> DecodeOutput:
         """Greedy continuation of `inputs_embeds` (1, T, C) float32."""
@@ -81,7 +131,10 @@ class FusedDecoder(DecodeBuffers):
             return int(self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0).argmax())
 
         def step(token: int, n: int) -> int:
-            embeds = self.embed_table[token:token + 1][None]            # (1, 1, C) view
-            return int(self._run(embeds, T + n - 1, self.step_session).argmax())
+            self._embeds[0, 0] = self.embed_table[token]
+            self._seqlens[0] = T + n - 1                     # the cache holds T + n - 1 rows
+            self._total[()] = T + n
+            self._step.run()
+            return int(self._logits[0, 0].argmax())
 
         return self._timed_greedy(prefill, step, max_new_tokens)

@@ -10,14 +10,15 @@ embeddings into the prompt's token embeddings (numpy lookup in embed_tokens.npy)
 prefill -> greedy decode with the KV cache (`decode.GreedyDecoder`) -> detokenise.
 
 Decoder graph (`graph`): 'auto' runs decoder.fused.onnx (ORT contrib ops, KV cache updated in
-place: `fused_decode.FusedDecoder`) where the bundle has one and it can run here (no token
-skipping, CPU execution provider: the graph is fp32 and made for the CPU kernels; GPU providers,
-whose GroupQueryAttention kernels are made for fp16 / bf16, are untested here), else decoder.onnx;
-'fused' insists on the fused graph, 'portable' insists on decoder.onnx (the graph TensorRT builds
-from).
+place: `fused_decode.FusedDecoder`) where the bundle has one and it can run here (CPU execution
+provider: the graph is fp32 and made for the CPU kernels; GPU providers, whose GroupQueryAttention
+kernels are made for fp16 / bf16, are untested here), else decoder.onnx; 'fused' insists on the
+fused graph, 'portable' insists on decoder.onnx (the graph TensorRT builds from).
 
 A bundle exported with token skipping (FastV, visual KV removal: its manifest's `token_skip`) runs
-them through `token_decode.TokenSkipDecoder`; `token_skip=TokenSkip()` runs it without.
+them through `fused_token_decode.FusedTokenSkipDecoder` over its fused segments, or
+`token_decode.TokenSkipDecoder` over its decoder.onnx segments (graph 'portable');
+`token_skip=TokenSkip()` runs it without.
 
 Sessions use graph optimisation level ALL and, by default, ONNX Runtime's thread count; pass
 `threads` to pin it (the node shares its cores with the rest of the stack).
@@ -36,6 +37,7 @@ from ros2_gmskip.runtime.bundle import Bundle, load_bundle
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
 from ros2_gmskip.runtime.decode import GreedyDecoder
 from ros2_gmskip.runtime.fused_decode import FusedDecoder
+from ros2_gmskip.runtime.fused_token_decode import FusedTokenSkipDecoder
 from ros2_gmskip.runtime.preprocess import Preprocessor
 from ros2_gmskip.runtime.token_decode import TokenSkipDecoder
 from ros2_gmskip.runtime.tokenizer import PromptTokenizer
@@ -134,14 +136,7 @@ class OrtBackend(BundleBackend):
                 stop_ids=self.tokenizer.stop_ids, token_skip=self.token_skip,
                 device=device, where=f'bundle {str(self.bundle.path)!r}')
         if self._use_fused(graph):                  # the portable loop stays, for long requests
-            fused = self.bundle.fused_decoder
-            step = fused.get('decode_file')
-            self.decoder_loop = FusedDecoder(
-                self._session(self.bundle.file(fused['file']), options), self.embed_table,
-                num_layers=cfg['num_layers'], num_kv_heads=cfg['num_kv_heads'],
-                head_dim=cfg['head_dim'], max_length=fused['max_length'],
-                stop_ids=self.tokenizer.stop_ids, fallback=self.decoder_loop,
-                step_session=self._session(self.bundle.file(step), options) if step else None)
+            self.decoder_loop = self._fused_loop(options)
         plan = self.bundle.plan or {}
         self.info = {
             'backend': self.name,
@@ -159,9 +154,31 @@ class OrtBackend(BundleBackend):
         log.info('onnxruntime backend: %s, %d decoder layers, providers %s', self.bundle.path,
                  cfg['num_layers'], ', '.join(self.info['providers']))
 
+    def _fused_loop(self, options) -> FusedDecoder | FusedTokenSkipDecoder:
+        """The decode loop over the fused graph(s), the portable loop as its fallback."""
+        fused, cfg = self.bundle.fused_decoder, self.bundle.decoder_config
+        parts = fused.get('segments')
+        if parts is None:
+            step = fused.get('decode_file')
+            return FusedDecoder(
+                self._session(self.bundle.file(fused['file']), options), self.embed_table,
+                num_layers=cfg['num_layers'], num_kv_heads=cfg['num_kv_heads'],
+                head_dim=cfg['head_dim'], max_length=fused['max_length'],
+                stop_ids=self.tokenizer.stop_ids, fallback=self.decoder_loop,
+                step_session=self._session(self.bundle.file(step), options) if step else None)
+        steps = None
+        if fused.get('decode_file'):
+            steps = [self._session(self.bundle.file(p['decode_file']), options) for p in parts]
+        return FusedTokenSkipDecoder(
+            [self._session(self.bundle.file(p['file']), options) for p in parts], fused,
+            self.embed_table, num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
+            stop_ids=self.tokenizer.stop_ids, token_skip=self.token_skip,
+            fallback=self.decoder_loop, step_sessions=steps,
+            where=f'bundle {str(self.bundle.path)!r}')
+
     def _graph_name(self) -> str:
         """'portable', 'fused', or e.g. 'fused, int4 decode steps'."""
-        if not isinstance(self.decoder_loop, FusedDecoder):
+        if not isinstance(self.decoder_loop, (FusedDecoder, FusedTokenSkipDecoder)):
             return 'portable'
         weights = self.bundle.fused_decoder.get('decode_weights')
         return f'fused, {weights} decode steps' if weights else 'fused'
@@ -171,12 +188,15 @@ class OrtBackend(BundleBackend):
         if graph == 'portable':
             return False
         problem = None
-        if not self.token_skip.is_off:
-            problem = 'skips tokens (FastV / KV removal): its split decoder.onnx graphs do that, ' \
-                      'the fused decoder cannot: use graph auto or portable'
-        elif self.bundle.fused_decoder is None:
+        fused = self.bundle.fused_decoder
+        if fused is None:
             problem = 'has no fused decoder graph (exported before it existed, or a model it ' \
                       'does not cover): re-run ros2-gmskip export'
+        elif 'segments' not in fused and not (self.token_skip.is_off and
+                                              len(self.bundle.segments) == 1):
+            problem = 'skips tokens (FastV / KV removal), and its fused decoder was exported ' \
+                      'without token skipping: export the bundle with these settings, or use ' \
+                      'graph auto or portable'
         elif self.providers[0] != 'CPUExecutionProvider':
             problem = f'has a fused decoder made for the CPU execution provider (fp32), not ' \
                       f'{self.providers[0]}: use graph auto or portable'

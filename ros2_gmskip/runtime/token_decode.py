@@ -72,22 +72,33 @@ class TokenSkipDecoder(DecodeBuffers):
         self.stop_ids = frozenset(int(i) for i in stop_ids)
         self.token_skip = token_skip
         self.device, self.device_id = device, device_id
-        self.segments: list[_Segment] = []
-        for session, seg in zip(sessions, segments):
-            first, stop = seg['layers']
-            s = _Segment(session, first, stop, seg['input'], seg['output'], bool(seg['ranks']),
-                         [f'past_key_values.{i}.{k}' for i in range(first, stop)
-                          for k in ('key', 'value')],
-                         [f'present.{i}.{k}' for i in range(first, stop)
-                          for k in ('key', 'value')])
-            names = {i.name for i in session.get_inputs()}
-            missing = [n for n in [s.input_name, 'attention_mask', 'position_ids', *s.past_names]
-                       if n not in names]
-            if missing:
-                raise BundleError(f'decoder graph {seg["file"]} lacks inputs {missing[:3]}: bundle '
-                                  'and manifest disagree: re-run ros2-gmskip export')
-            self.segments.append(s)
+        self.segments: list[_Segment] = [self._segment(session, seg)
+                                         for session, seg in zip(sessions, segments)]
         self.num_layers = self.segments[-1].stop
+        self._check_settings(where)
+        self._empty_past = np.zeros((1, num_kv_heads, 0, head_dim), dtype=np.float32)
+        self._alloc(max_length)
+
+    REQUIRED_INPUTS = ('attention_mask', 'position_ids')
+
+    def _segment(self, session, seg: dict) -> _Segment:
+        """The runtime view of one manifest segment; BundleError if its graph lacks inputs."""
+        first, stop = seg['layers']
+        s = _Segment(session, first, stop, seg['input'], seg['output'], bool(seg['ranks']),
+                     [f'past_key_values.{i}.{k}' for i in range(first, stop)
+                      for k in ('key', 'value')],
+                     [f'present.{i}.{k}' for i in range(first, stop) for k in ('key', 'value')])
+        names = {i.name for i in session.get_inputs()}
+        missing = [n for n in [s.input_name, *self.REQUIRED_INPUTS, *s.past_names]
+                   if n not in names]
+        if missing:
+            raise BundleError(f'decoder graph {seg["file"]} lacks inputs {missing[:3]}: bundle '
+                              'and manifest disagree: re-run ros2-gmskip export')
+        return s
+
+    def _check_settings(self, where: str) -> None:
+        """BundleError for token-skip settings the segments' split points cannot run."""
+        token_skip = self.token_skip
         fastv = token_skip.fastv
         self.fastv = fastv if fastv is not None and fastv.active(self.num_layers) else None
         if self.fastv is not None and self.fastv.k > 0 and not any(
@@ -98,8 +109,6 @@ class TokenSkipDecoder(DecodeBuffers):
                 s.first == token_skip.kv_start for s in self.segments):
             raise BundleError(f'{where} has no decoder split at layer {token_skip.kv_start} for '
                               'KV removal: export it with that setting')
-        self._empty_past = np.zeros((1, num_kv_heads, 0, head_dim), dtype=np.float32)
-        self._alloc(max_length)
 
     def _run(self, seg: _Segment, h: np.ndarray, positions: np.ndarray, total: int, past):
         """One segment -> (main output (1, t, C|V) numpy, attention (1, S) or None, presents)."""
@@ -166,9 +175,13 @@ class TokenSkipDecoder(DecodeBuffers):
             keep = np.flatnonzero(~np.isin(indexes[s], dropped))
             if len(keep) == lengths[s]:
                 continue
-            pasts[s] = [np.ascontiguousarray(p.numpy()[:, :, keep]) for p in pasts[s]]
+            pasts[s] = self._drop_slots(s, pasts[s], keep)
             lengths[s] = len(keep)
         return lengths
+
+    def _drop_slots(self, s: int, past: list, keep: np.ndarray) -> list:
+        """Segment `s`'s cache `past` with only the slots `keep` (sorted), in that order."""
+        return [np.ascontiguousarray(p.numpy()[:, :, keep]) for p in past]
 
     def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
                  image_positions: np.ndarray | None = None) -> DecodeOutput:
@@ -188,11 +201,16 @@ class TokenSkipDecoder(DecodeBuffers):
             return int(logits.argmax())
 
         def step(token: int, n: int) -> int:
-            h = self.embed_table[token:token + 1][None]                  # (1, 1, C) view
-            position = self._positions[:, T + n - 1:T + n]               # absolute position
-            for s, seg in enumerate(self.segments):
-                h, _, pasts[s] = self._run(seg, h, position, lengths[s] + 1, pasts[s])
-                lengths[s] += 1
-            return int(h[0, -1].argmax())
+            return self._step(token, T + n - 1, lengths, pasts)
 
         return self._timed_greedy(prefill, step, max_new_tokens)
+
+    def _step(self, token: int, position: int, lengths: list[int], pasts: list) -> int:
+        """One decode step of `token` at absolute `position` through every segment (each
+        segment's cache length in `lengths`, its cache in `pasts`, both updated) -> next token."""
+        h = self.embed_table[token:token + 1][None]                      # (1, 1, C) view
+        positions = self._positions[:, position:position + 1]
+        for s, seg in enumerate(self.segments):
+            h, _, pasts[s] = self._run(seg, h, positions, lengths[s] + 1, pasts[s])
+            lengths[s] += 1
+        return int(h[0, -1].argmax())

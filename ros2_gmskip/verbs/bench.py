@@ -14,6 +14,7 @@ it made the 11-block ORT decoder exactly as slow as the 16-block one):
   trt_full / trt_pruned   native TensorRT engines, where TensorRT and a GPU are available
   torch_fastv / ort_fastv         full model + FastV (token pruning after block K)
   torch_combined / ort_combined   GM-Skip plan + FastV + visual KV removal
+  ort_combined_int4     ort_combined with int4-weight decode steps: every acceleration at once
 The token configurations take FastV K,R and the KV-removal ratio from --fastv / --kv-removal, else
 from the plan's `tokens` entry (`calibrate --tokens`); without either they are skipped. Every
 `*_pruned` configuration is GM-Skip only (the plan's token settings are not applied there).
@@ -53,6 +54,7 @@ HELP = 'time HF generate, torch, ONNX Runtime (and TensorRT) full vs pruned on t
 LOG = logging.getLogger(__name__)
 CONFIGS = ('hf_full', 'torch_full', 'torch_pruned', 'torch_fastv', 'torch_combined', 'ort_full',
            'ort_pruned', 'ort_pruned_portable', 'ort_pruned_int4', 'ort_fastv', 'ort_combined',
+           'ort_combined_int4',
            'trt_full', 'trt_pruned')
 TOKEN_CONFIGS = ('_fastv', '_combined')
 
@@ -137,9 +139,9 @@ def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
     providers = 'cuda' if args.device == 'cuda' else 'cpu'
     fastv_only, combined = token_settings(args, plan)
     for name in wanted:
-        pruned = '_pruned' in name or name.endswith('_combined')
+        pruned = '_pruned' in name or '_combined' in name
         tokens = (fastv_only if name.endswith('_fastv') else combined
-                  if name.endswith('_combined') else TokenSkip())
+                  if '_combined' in name else TokenSkip())
         if pruned and plan is None:
             LOG.warning('skipping %s: no plan', name)
             continue
@@ -227,7 +229,8 @@ def plot(result: dict, path: Path) -> None:
     p90 = [result['configs'][n]['p90_ms'] for n in names]
     fig, ax = plt.subplots(figsize=(8, 4))
     colors = ['#999999' if n.startswith('hf') else '#4c72b0' if n.endswith('full') else
-              '#55a868' if n.endswith(TOKEN_CONFIGS) else '#dd8452' for n in names]
+              '#55a868' if n.endswith(TOKEN_CONFIGS) or '_combined' in n else '#dd8452'
+              for n in names]
     bars = ax.bar(names, p50, color=colors,
                   yerr=[[0] * len(names), [b - a for a, b in zip(p50, p90)]], capsize=4)
     for bar, value in zip(bars, p50):
@@ -287,7 +290,7 @@ def main(args: argparse.Namespace) -> int:
         cfg[name]['vs_hf'] = cfg[name]['p50_ms'] / cfg['hf_full']['p50_ms'] \
             if 'hf_full' in cfg else None
         full = name.split('_')[0] + '_full'
-        if name.endswith(('_pruned', *TOKEN_CONFIGS)) and full in cfg:
+        if name.endswith(('_pruned', '_int4', *TOKEN_CONFIGS)) and full in cfg:
             out[f'{name}_vs_{full}'] = cfg[name]['p50_ms'] / cfg[full]['p50_ms']
             cfg[name]['flops_vs_full'] = cfg[name]['gflops'] / cfg[full]['gflops']
         if 'hf_full' in cfg and name != 'hf_full':

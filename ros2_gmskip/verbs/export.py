@@ -110,7 +110,8 @@ def main(args: argparse.Namespace) -> int:
     m = result.manifest
     graphs = ['vision.onnx', *[seg['file'] for seg in m['decoder_segments']]]
     fused = m.get('fused_decoder') or {}
-    graphs += [fused[k] for k in ('file', 'decode_file') if fused.get(k)]
+    graphs += [part[k] for part in fused.get('segments') or ([fused] if fused else [])
+               for k in ('file', 'decode_file') if part.get(k)]
     sizes = ', '.join(f'{name} {(result.path / name).stat().st_size / 2 ** 20:.1f} MiB'
                       for name in graphs)
     plan = m['plan']

@@ -1,0 +1,180 @@
+"""Token skipping on the fused ONNX Runtime decoder: one explicit-position fused graph per decoder
+segment, FastV ranking from the exported query, KV removal by compacting the in-place buffers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ros2_gmskip.errors import BundleError
+from ros2_gmskip.runtime.bundle import load_bundle
+from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
+
+torch.set_num_threads(1)
+NEW = 12
+# FastV after block 1 (K=2) and half the visual KV entries dropped from block 3 on: three
+# segments, [0, 2) ranks, [2, 3) keeps its visual entries, [3, 4) compacts its buffers.
+SKIP = TokenSkip(FastVConfig(k=2, r=0.5), kv_ratio=0.5, kv_start=3)
+
+
+def _export(model_dir: Path, out: Path, **kw) -> Path:
+    from ros2_gmskip.exporters.onnx_export import export_bundle
+    export_bundle(model_dir, out, tokens=SKIP, max_new_tokens=NEW, threads=1, **kw)
+    return out
+
+
+def _backend(bundle: Path, **kwargs):
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+    return OrtBackend(bundle, threads=1, **kwargs)
+
+
+@pytest.fixture(scope='module')
+def skip_bundle(tiny_model_dir, tmp_path_factory) -> Path:
+    """Export validation must pass: both graphs' greedy text == the torch reference."""
+    return _export(tiny_model_dir, tmp_path_factory.mktemp('fused_tokens') / 'b', validate_n=3)
+
+
+@pytest.fixture(scope='module')
+def fused(skip_bundle):
+    return _backend(skip_bundle)
+
+
+@pytest.fixture(scope='module')
+def portable(skip_bundle):
+    return _backend(skip_bundle, graph='portable')
+
+
+def _prompt_embeds(backend, image) -> np.ndarray:
+    ids = backend.tokenizer.prompt_ids(DEFAULT_PROMPT)
+    return backend.prompt_embeds(ids, backend.image_embeds(backend.preprocess(image))[0]), ids
+
+
+def test_manifest_records_one_fused_graph_per_segment(skip_bundle):
+    import onnx
+    bundle = load_bundle(skip_bundle)
+    entry = bundle.fused_decoder
+    parts = entry['segments']
+    assert [p['layers'] for p in parts] == [s['layers'] for s in bundle.segments] == \
+        [[0, 2], [2, 3], [3, 4]]
+    assert [p['file'] for p in parts] == ['decoder.fused.onnx', 'decoder.fused.1.onnx',
+                                          'decoder.fused.2.onnx']
+    assert all(p['file'] in bundle.manifest['files'] for p in parts)
+    assert [p['ranks'] for p in parts] == [True, False, False]
+    assert entry['positions'] == 'explicit' and entry['attention_scale'] > 0
+    ranking = onnx.load(str(skip_bundle / parts[0]['file'])).graph
+    assert [i.name for i in ranking.input][:2] == ['inputs_embeds', 'position_ids']
+    assert {o.name for o in ranking.output} >= {'hidden_states', 'last_query'}
+    assert 'RotaryEmbedding' in entry['ops']
+    v = bundle.manifest['validation']
+    assert v['fused_identical_text'] == '3/3'
+    assert any(c.startswith('✓ fused decoder greedy text: 3/3 test scenes identical to the '
+                            'torch reference with FastV K=2 R=0.5') for c in v['checks'])
+
+
+def test_fused_segments_decode_like_the_portable_ones(fused, portable, scene_images):
+    assert fused.info['decoder_graph'] == 'fused'
+    assert portable.info['decoder_graph'] == 'portable'
+    for image in scene_images:
+        a = fused.describe(image, DEFAULT_PROMPT, NEW)
+        b = portable.describe(image, DEFAULT_PROMPT, NEW)
+        assert (a.text, a.tokens) == (b.text, b.tokens)
+
+
+def test_ranking_attention_equals_the_portable_graphs(fused, portable, scene_images):
+    """FastV's ranking: numpy softmax over the fused graph's query and cached keys == the
+    portable graph's in-graph last_token_attention."""
+    embeds, ids = _prompt_embeds(fused, scene_images[1])
+    T = embeds.shape[1]
+    positions = np.arange(T)[None]
+    _, got, _ = fused.decoder_loop._run(fused.decoder_loop.segments[0], embeds, positions, T,
+                                        None)
+    _, want, _ = portable.decoder_loop._run(portable.decoder_loop.segments[0], embeds,
+                                            positions, T, None)
+    assert got.shape == want.shape == (1, T)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got.sum(), 1.0, atol=1e-5)
+
+
+def test_kv_removal_compacts_the_buffers_like_the_portable_gather(fused, portable, scene_images):
+    embeds, ids = _prompt_embeds(fused, scene_images[2])
+    image_positions = np.flatnonzero(ids == fused.tokenizer.image_token_id)
+    results = {}
+    for name, loop in (('fused', fused.decoder_loop), ('portable', portable.decoder_loop)):
+        logits, pasts, indexes = loop._prefill(embeds, image_positions)
+        lengths = loop._remove_visual_kv(pasts, indexes, image_positions)
+        results[name] = logits, pasts, lengths
+    f_logits, f_pasts, f_lengths = results['fused']
+    p_logits, p_pasts, p_lengths = results['portable']
+    np.testing.assert_allclose(f_logits, p_logits, atol=1e-4)
+    T, n_img = len(ids), len(image_positions)
+    assert f_lengths == p_lengths
+    assert f_lengths[:2] == [T, T - n_img // 2]           # FastV pruned; no KV removal before 3
+    assert f_lengths[2] < f_lengths[1]                    # block 3 dropped some kept image rows
+    for s, length in enumerate(f_lengths):
+        for buffer, present in zip(f_pasts[s], p_pasts[s]):
+            want = present if isinstance(present, np.ndarray) else present.numpy()
+            np.testing.assert_allclose(buffer.numpy()[:, :, :length], want, atol=1e-4)
+
+
+def test_a_request_longer_than_the_buffers_runs_on_the_portable_segments(skip_bundle, fused,
+                                                                         scene_images):
+    loop = fused.decoder_loop
+    calls = []
+    original = loop.fallback.generate
+    loop.fallback.generate = lambda *a, **k: calls.append(a) or original(*a, **k)
+    try:
+        fused.describe(scene_images[0], DEFAULT_PROMPT, loop.limit)     # prompt + limit > limit
+        fused.describe(scene_images[0], DEFAULT_PROMPT, 4)
+    finally:
+        loop.fallback.generate = original
+    assert len(calls) == 1
+
+
+def test_run_time_settings_the_segments_cannot_run_are_refused(skip_bundle):
+    with pytest.raises(BundleError, match='no decoder split at FastV K=1'):
+        _backend(skip_bundle, token_skip=TokenSkip(FastVConfig(k=1, r=0.5)))
+    off = _backend(skip_bundle, token_skip=TokenSkip())          # unpruned, still fused
+    assert off.info['decoder_graph'] == 'fused'
+
+
+def test_segments_entry_that_does_not_match_is_refused(skip_bundle, tmp_path):
+    bundle = Path(shutil.copytree(skip_bundle, tmp_path / 'b'))
+    manifest = json.loads((bundle / 'manifest.json').read_text())
+    manifest['fused_decoder']['segments'][1]['layers'] = [2, 4]
+    (bundle / 'manifest.json').write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match='fused_decoder segments do not match'):
+        load_bundle(bundle)
+
+
+def test_head_averaged_attention_matches_torch():
+    from ros2_gmskip.runtime.fused_token_decode import head_averaged_attention
+    rng = np.random.default_rng(0)
+    H, KV, T, d = 6, 2, 9, 8
+    q = rng.standard_normal(H * d).astype(np.float32)
+    keys = rng.standard_normal((KV, T, d)).astype(np.float32)
+    k = torch.from_numpy(keys).repeat_interleave(H // KV, dim=0)            # (H, T, d)
+    want = torch.softmax(torch.from_numpy(q).view(H, 1, d) @ k.transpose(1, 2) / d ** 0.5,
+                         dim=-1).mean(0)[0]
+    np.testing.assert_allclose(head_averaged_attention(q, keys, d ** -0.5), want.numpy(),
+                               atol=1e-6)
+
+
+def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
+    """Quantized decode steps: one MatMulNBits copy per segment; prefill stays fp32."""
+    out = _export(tiny_model_dir, tmp_path / 'int4', validate_n=0, fused_weights='int4')
+    bundle = load_bundle(out)
+    entry = bundle.fused_decoder
+    assert [p['decode_file'] for p in entry['segments']] == [
+        'decoder.fused.int4.onnx', 'decoder.fused.1.int4.onnx', 'decoder.fused.2.int4.onnx']
+    assert entry['decode_file'] == 'decoder.fused.int4.onnx'
+    assert entry['quantization']['matmuls'] == 4 * 4 + 1              # 4 per block + lm_head
+    backend = _backend(out)
+    assert backend.info['decoder_graph'] == 'fused, int4 decode steps'
+    assert all(s.step_session is not s.session for s in backend.decoder_loop.segments)
+    assert backend.describe(scene_images[0], DEFAULT_PROMPT, 6).tokens > 0
