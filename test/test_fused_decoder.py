@@ -157,6 +157,11 @@ def test_unsupported_models_get_no_fused_graph(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match='no fused decoder for this model: sliding-window'):
         build_fused_decoder(model, tmp_path / 'f.onnx', 64)
     model.model.language_model.config.sliding_window = None
+    cfg = model.model.language_model.config
+    head_dim = cfg.head_dim
+    cfg.head_dim = 8
+    assert fused_unsupported(model).startswith('head_dim 8 is not a multiple of 16')
+    cfg.head_dim = head_dim
     model.model.language_model.layers[0].mlp.config.hidden_act = 'gelu'
     assert fused_unsupported(model) == "block 0 MLP activation 'gelu' is not SiLU"
 

@@ -178,3 +178,50 @@ def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
     assert backend.info['decoder_graph'] == 'fused, int4 decode steps'
     assert all(s.step_session is not s.session for s in backend.decoder_loop.segments)
     assert backend.describe(scene_images[0], DEFAULT_PROMPT, 6).tokens > 0
+
+
+def test_step_graphs_rotate_at_the_given_positions(tiny_model_dir, skip_bundle, fused, tmp_path,
+                                                   scene_images):
+    """The decode-step variant (GroupQueryAttention's own RoPE at `position_ids`, used for the
+    quantized steps) built in fp32 decodes exactly as the explicit-RoPE graphs: same tokens."""
+    from types import SimpleNamespace
+
+    from ros2_gmskip.exporters.fused_decoder import build_fused_decoder
+    from ros2_gmskip.runtime.fused_token_decode import FusedTokenSkipDecoder
+    from ros2_gmskip.vlm.loading import load_vlm
+
+    model = load_vlm(tiny_model_dir)[0]
+    entry = load_bundle(skip_bundle).fused_decoder
+    steps, ops = [], set()
+    for i, part in enumerate(entry['segments']):
+        seg = SimpleNamespace(first=part['layers'][0], stop=part['layers'][1], ranks=part['ranks'],
+                              input_name=part['input'], output_name=part['output'])
+        path = tmp_path / f'step{i}.onnx'
+        built = build_fused_decoder(model, path, entry['max_length'], seg, step_graph=True)
+        ops |= set(built['ops'])
+        steps.append(fused._session(path, fused.vision.get_session_options()))
+    assert 'RotaryEmbedding' not in ops and 'GroupQueryAttention' in ops
+    loop = fused.decoder_loop
+    other = FusedTokenSkipDecoder(
+        [s.session for s in loop.segments], entry, fused.embed_table,
+        num_kv_heads=fused.bundle.decoder_config['num_kv_heads'],
+        head_dim=fused.bundle.decoder_config['head_dim'], stop_ids=fused.tokenizer.stop_ids,
+        token_skip=fused.token_skip, fallback=loop.fallback, step_sessions=steps)
+    assert 'last_query' not in {o.name for o in steps[0].get_outputs()}
+    for image in scene_images:
+        embeds, ids = _prompt_embeds(fused, image)
+        positions = np.flatnonzero(ids == fused.tokenizer.image_token_id)
+        a = loop.generate(embeds, NEW, positions)
+        b = other.generate(embeds, NEW, positions)
+        assert a.ids.tolist() == b.ids.tolist()
+    # After one prefill (FastV, KV removal), one step: the same logits at the right position,
+    # other logits at another one (the step graph does rotate at the given position).
+    steps = {}
+    for name, decoder in (('explicit', loop), ('step graph', other)):
+        _, pasts, indexes = decoder._prefill(embeds, positions)
+        lengths = decoder._remove_visual_kv(pasts, indexes, positions)
+        steps[name] = [(decoder._step(3, where, list(lengths), pasts), decoder._logits.copy())[1]
+                       for where in (embeds.shape[1], embeds.shape[1] + 5)]
+    same = np.abs(steps['step graph'][0] - steps['explicit'][0]).max()
+    moved = np.abs(steps['step graph'][1] - steps['explicit'][0]).max()
+    assert same < 1e-5 and moved > 20 * same + 1e-4    # (a random tiny model's logits are flat)

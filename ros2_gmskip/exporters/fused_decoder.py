@@ -29,9 +29,9 @@ per token (~60 % of the step in ONNX Runtime's profile).
 
 Contrib ops are not in TensorRT's ONNX parser, so this graph never replaces decoder.onnx: engines
 are built from decoder.onnx, and the runtime falls back to it for token skipping asked at run time
-of a bundle exported without it, for GPU execution providers (the graph is fp32 and made for the CPU kernels; the GPU
-GroupQueryAttention kernels are made for fp16 / bf16, and no GPU was at hand to test them), and for
-requests longer than `max_length`.
+of a bundle exported without it, for GPU execution providers (the graph is fp32 and made for the
+CPU kernels; the GPU GroupQueryAttention kernels are made for fp16 / bf16, and no GPU was at hand
+to test them), and for requests longer than `max_length`.
 
 Inputs:  inputs_embeds (1, T, C) float32, seqlens_k (1,) int32 = past + T - 1,
          total_sequence_length () int32 = past + T, past_key_values.{i}.key/value (1, kv, M, d)
@@ -50,7 +50,11 @@ split and rotated by ONNX RotaryEmbedding (opset 23), then GroupQueryAttention w
 that ends at FastV's K also outputs `last_query`, the rotated query of its last block at the last
 position, so the runtime can rank the image tokens from it and the cached keys
 (runtime/fused_token_decode.py). Why segments rather than pruning inside one graph: as for
-decoder.onnx (exporters/onnx_export.py).
+decoder.onnx (exporters/onnx_export.py). A decode step adds one row at a known position, which
+GroupQueryAttention's own RoPE handles when given `position_ids` (it cannot rotate a pruned
+prompt: it assumes consecutive positions), so the quantized decode-step graphs of such a bundle
+are built that way (`step_graph`), 10 nodes per block again; the fp32 bundle keeps one graph per
+segment for prefill and steps, so as not to hold the weights twice.
 
 Quantized decode steps (`export --fused-weights int4|int8`)
 -----------------------------------------------------------
@@ -96,6 +100,10 @@ def fused_unsupported(model) -> str | None:
     cfg = text.config
     if any(attention_windows(cfg, len(text.layers))):
         return 'sliding-window attention'
+    H = cfg.num_attention_heads
+    head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // H
+    if head_dim % 16:
+        return f'head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention\'s CPU RoPE)'
     rotary = text.rotary_emb
     if getattr(rotary, 'rope_type', 'default') not in SUPPORTED_ROPE_TYPES:
         return f'rope_type {rotary.rope_type!r} changes with the sequence length'
@@ -146,14 +154,17 @@ def _eps(norm) -> float:
     return float(getattr(norm, 'variance_epsilon', getattr(norm, 'eps', 1e-6)))
 
 
-def build_fused_decoder(model, path: Path, max_length: int, segment=None) -> dict:
+def build_fused_decoder(model, path: Path, max_length: int, segment=None,
+                        step_graph: bool = False) -> dict:
     """Write the fused decoder of `model` (already pruned) to `path`; -> its manifest entry.
 
     `max_length`: the KV buffers' and RoPE tables' length (prompt + generated tokens); the
     runtime decodes longer requests with decoder.onnx. `segment` (an export_config
     DecoderSegment): write only its blocks, with explicit positions, as the token-skipping graphs
-    need (see "Token skipping" above). Raises ValueError if `fused_unsupported(model)` names a
-    reason.
+    need (see "Token skipping" above). `step_graph` (with `segment`): the segment's decode-step
+    graph instead: GroupQueryAttention rotates with the given `position_ids` itself (right for one
+    new row, not for a pruned prompt), 10 nodes per block as the plain graph, no `last_query`.
+    Raises ValueError if `fused_unsupported(model)` names a reason.
     """
     import onnx
     import torch
@@ -170,7 +181,8 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None) -> dic
     C, V = cfg.hidden_size, model.lm_head.out_features
     first, stop = (0, len(text.layers)) if segment is None else (segment.first, segment.stop)
     last = stop == len(text.layers)
-    explicit = segment is not None
+    explicit = segment is not None and not step_graph
+    ranks = explicit and segment.ranks
     g = _Graph()
 
     # RoPE tables (max_length, d/2) from the model's own inverse frequencies and scaling.
@@ -183,7 +195,7 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None) -> dic
 
     input_name = 'inputs_embeds' if segment is None else segment.input_name
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 'seq', C])]
-    if explicit:
+    if segment is not None:
         inputs.append(helper.make_tensor_value_info('position_ids', TensorProto.INT64,
                                                     [1, 'seq']))
     inputs += [helper.make_tensor_value_info('seqlens_k', TensorProto.INT32, [1]),
@@ -191,7 +203,7 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None) -> dic
     outputs = [helper.make_tensor_value_info('logits', TensorProto.FLOAT, [1, 1, V]) if last
                else helper.make_tensor_value_info(segment.output_name, TensorProto.FLOAT,
                                                   [1, 'seq', C])]
-    if explicit and segment.ranks:
+    if ranks:
         outputs.append(helper.make_tensor_value_info(RANK_OUTPUT, TensorProto.FLOAT,
                                                      [1, 1, H * d]))
     kv_shape = [1, KV, max_length, d]
@@ -234,12 +246,13 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None) -> dic
                                                'total_sequence_length'],
                        [f'l{i}.attn', *present], 'com.microsoft', num_heads=H, kv_num_heads=KV,
                        do_rotary=0, scale=float(attn.scaling))
-                if segment.ranks and i == stop - 1:               # FastV ranks by this query
+                if ranks and i == stop - 1:                       # FastV ranks by this query
                     _last_position(g, q, RANK_OUTPUT)
-            else:
+            else:                            # positions from the cache length, or the given ones
+                given = ['position_ids'] if step_graph else []
                 g.node('GroupQueryAttention',
                        [qkv, '', '', *past, 'seqlens_k', 'total_sequence_length', 'cos_cache',
-                        'sin_cache'], [f'l{i}.attn', *present], 'com.microsoft',
+                        'sin_cache', *given], [f'l{i}.attn', *present], 'com.microsoft',
                        num_heads=H, kv_num_heads=KV, do_rotary=1, rotary_interleaved=0,
                        scale=float(attn.scaling))
             g.node('MatMul', [f'l{i}.attn', g.weight(f'l{i}.o.weight', attn.o_proj.weight.T)],
@@ -278,10 +291,9 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None) -> dic
     entry = {'file': Path(path).name, 'max_length': int(max_length), 'opset': OPSET,
              'num_layers': len(text.layers), 'nodes': len(g.nodes),
              'ops': sorted({n.op_type for n in g.nodes})}
-    if explicit:
+    if segment is not None:
         entry.update({'layers': [first, stop], 'input': input_name,
-                      'output': 'logits' if last else segment.output_name,
-                      'ranks': bool(segment.ranks)})
+                      'output': 'logits' if last else segment.output_name, 'ranks': ranks})
     return entry
 
 
@@ -322,9 +334,9 @@ def decode_graph_file(weights: str, fused_file: str = FUSED_DECODER) -> str:
     return fused_file.replace('.onnx', f'.{weights}.onnx')
 
 
-def quantize_decode_graph(fused_path: Path, weights: str) -> dict:
-    """Write the `weights` ('int8' | 'int4') copy of the fused graph beside it (MatMulNBits);
-    -> the manifest fields that describe it."""
+def quantize_decode_graph(fused_path: Path, weights: str, out_name: str | None = None) -> dict:
+    """Write the `weights` ('int8' | 'int4') copy of the fused graph beside it (MatMulNBits), as
+    `out_name` (default decode_graph_file); -> the manifest fields that describe it."""
     import logging
 
     import onnx
@@ -344,7 +356,8 @@ def quantize_decode_graph(fused_path: Path, weights: str) -> dict:
         quantizer.process()
     finally:
         quiet.setLevel(level)
-    out = Path(fused_path).with_name(decode_graph_file(weights, Path(fused_path).name))
+    out = Path(fused_path).with_name(out_name or decode_graph_file(weights,
+                                                                   Path(fused_path).name))
     onnx.save(quantizer.model.model, str(out))
     quantized = sum(n.op_type == 'MatMulNBits' for n in quantizer.model.model.graph.node)
     return {'decode_file': out.name, 'decode_weights': weights,

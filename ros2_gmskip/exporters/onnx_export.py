@@ -74,8 +74,9 @@ from ros2_gmskip.exporters.export_config import (ATTENTION_EXTRAS, DEFAULT_OPSET
                                                  attention_windows, export_config_for,
                                                  family_of_config, rope_parameters)
 from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, WEIGHTS, build_fused_decoder,
-                                                 build_fused_segments, fused_unsupported,
-                                                 quantize_decode_graph, quantize_settings)
+                                                 build_fused_segments, decode_graph_file,
+                                                 fused_unsupported, quantize_decode_graph,
+                                                 quantize_settings)
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -272,7 +273,18 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments, stag
         return entry
     stage(f'quantizing the fused decoder\'s decode steps to {weights} (MatMulNBits)')
     parts = entry.get('segments') or [entry]
-    done = [quantize_decode_graph(folder / part['file'], weights) for part in parts]
+    done = []
+    for i, part in enumerate(parts):
+        if segments is None:
+            done.append(quantize_decode_graph(folder / part['file'], weights))
+            continue
+        # A token-skipping segment's steps need no RotaryEmbedding nodes: one new row at a given
+        # position is what GroupQueryAttention's own RoPE handles (fused_decoder.py).
+        step = folder / part['file'].replace('.onnx', '.step.onnx')
+        build_fused_decoder(model, step, length, segments[i], step_graph=True)
+        done.append(quantize_decode_graph(step, weights,
+                                          decode_graph_file(weights, part['file'])))
+        step.unlink()
     for part, q in zip(parts, done):
         part['decode_file'] = q['decode_file']
     entry.update(decode_file=done[0]['decode_file'], decode_weights=weights,

@@ -105,9 +105,9 @@ class FusedTokenSkipDecoder(TokenSkipDecoder):
             seg.seqlens, seg.total = np.zeros(1, dtype=np.int32), np.zeros((), dtype=np.int32)
             out = np.zeros(output_shape(seg.step_session, seg.output_name), dtype=np.float32)
             outputs = {seg.output_name: out}
-            if seg.ranks:                                       # computed, not read, in steps
+            if any(o.name == RANK_OUTPUT for o in seg.step_session.get_outputs()):
                 outputs[RANK_OUTPUT] = np.zeros(output_shape(seg.step_session, RANK_OUTPUT),
-                                                dtype=np.float32)
+                                                dtype=np.float32)      # computed, not read
             seg.step = StepBinding(
                 seg.step_session, {seg.input_name: h, 'position_ids': self._position,
                                    'seqlens_k': seg.seqlens, 'total_sequence_length': seg.total},
