@@ -35,7 +35,11 @@ $G evaluate --model $M --plan $PLAN --fastv "$FASTV" --split test --n 500 --json
 #    FastV, GM-Skip + FastV (+ KV removal) (accuracy / CIDEr / GFLOPs on the same 50 frames)
 $G bench --model $M --plan $PLAN --fastv "$FASTV" --n 50 --threads 1 --rounds 3 --out-dir $OUT --json \
     | tail -1 > /dev/null
-# 5. int4-weight decode steps (export --fused-weights int4) against fp32, all 500 test scenes
-$G bench --model $M --plan $PLAN --only ort_pruned ort_pruned_int4 --n 500 --threads 1 \
+# 5. int4-weight decode steps (export --fused-weights int4) against fp32, all 500 test scenes,
+#    GM-Skip alone and GM-Skip + FastV (+ KV removal)
+$G bench --model $M --plan $PLAN --fastv "$FASTV" --n 500 --threads 1 \
+    --only ort_pruned ort_pruned_int4 ort_combined ort_combined_int4 \
     --out-dir $OUT/int4_test500 --json | tail -1 > /dev/null
+# 6. one fused decode step: binding every buffer per step against the prepared StepBinding
+$PY bench/decode_step.py --rounds 9 2>/dev/null | grep -v INFO > $OUT/decode_step.txt
 cat $OUT/eval_*_test.json

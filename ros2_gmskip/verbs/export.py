@@ -19,8 +19,9 @@ examples:
 
 Token skipping (FastV, Skip-Vision KV removal) comes from the plan's `tokens` entry (written by
 `calibrate --tokens`) or from --fastv / --kv-removal; the decoder is then exported in segments
-split at FastV's K, and validation compares the runtime's greedy text with the torch reference
-using the same settings.
+split at FastV's K (decoder.onnx, decoder.1.onnx, ... and their fused twins decoder.fused.onnx,
+decoder.fused.1.onnx, ..., which take explicit positions), and validation compares the runtime's
+greedy text with the torch reference using the same settings, for both kinds of graph.
 """
 
 from __future__ import annotations

@@ -1,0 +1,65 @@
+"""Time one fused decode step two ways, side by side: binding every input and KV buffer anew
+(what runtime/fused_decode.py did before StepBinding) against the prepared StepBinding.
+
+    .venv/bin/python bench/decode_step.py                  # the pruned default model's bundle
+    .venv/bin/python bench/decode_step.py --bundle BUNDLE --steps 300 --rounds 5
+
+Prints the median time per step of each way over the rounds (order alternated) and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--bundle', type=Path, default=None,
+                        help='plain bundle with decoder.fused.onnx (default: the pruned default '
+                             'model, exported once into the cache)')
+    parser.add_argument('--steps', type=int, default=300, help='decode steps per round and way')
+    parser.add_argument('--rounds', type=int, default=5)
+    args = parser.parse_args()
+
+    from ros2_gmskip.runtime.defaults import ensure_bundle
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+    from ros2_gmskip.scenes.dataset import load_samples
+
+    backend = OrtBackend(args.bundle or ensure_bundle(), threads=1, graph='fused')
+    loop = backend.decoder_loop
+    image = load_samples('test', 1)[0].image
+    T = len(backend.tokenizer.prompt_ids('describe the scene.'))
+    backend.describe(image, 'describe the scene.')               # fills the KV buffers
+    token = int(backend.tokenizer.stop_ids[0])
+
+    def rebinding(n: int) -> None:
+        loop._run(loop.embed_table[token:token + 1][None], T + n % 16, loop.step_session)
+
+    def prepared(n: int) -> None:
+        loop._embeds[0, 0] = loop.embed_table[token]
+        loop._seqlens[0] = T + n % 16
+        loop._total[()] = T + n % 16 + 1
+        loop._step.run()
+
+    times: dict[str, list[float]] = {'bind every step': [], 'StepBinding': []}
+    ways = list(zip(times, (rebinding, prepared)))
+    for r in range(args.rounds):
+        for name, way in (ways if r % 2 == 0 else ways[::-1]):
+            t = time.perf_counter()
+            for n in range(args.steps):
+                way(n)
+            times[name].append((time.perf_counter() - t) / args.steps * 1e3)
+    for name, values in times.items():
+        print(f'{name:<16} {np.median(values):.3f} ms per step (rounds: '
+              f'{", ".join(f"{v:.3f}" for v in values)})')
+    ratio = np.median(times['StepBinding']) / np.median(times['bind every step'])
+    print(f'StepBinding / bind every step = {ratio:.3f} '
+          f'({backend.bundle.decoder_config["num_layers"]} blocks, 1 thread)')
+
+
+if __name__ == '__main__':
+    main()
