@@ -225,3 +225,21 @@ def test_step_graphs_rotate_at_the_given_positions(tiny_model_dir, skip_bundle, 
     same = np.abs(steps['step graph'][0] - steps['explicit'][0]).max()
     moved = np.abs(steps['step graph'][1] - steps['explicit'][0]).max()
     assert same < 1e-5 and moved > 20 * same + 1e-4    # (a random tiny model's logits are flat)
+
+
+def test_random_fastv_and_kv_removal_without_a_split(tiny_model_dir, tmp_path, scene_images):
+    """FastV K=0 (a seeded random subset before block 0) and KV removal from block 0 need no
+    split: one explicit-position fused graph, compacted in place, decodes as decoder.onnx."""
+    from ros2_gmskip.exporters.onnx_export import export_bundle
+    out = tmp_path / 'k0'
+    export_bundle(tiny_model_dir, out, tokens=TokenSkip(FastVConfig(k=0, r=0.5), kv_ratio=0.5),
+                  validate_n=2, max_new_tokens=NEW, threads=1)
+    entry = load_bundle(out).fused_decoder
+    assert [p['layers'] for p in entry['segments']] == [[0, 4]]
+    assert not entry['segments'][0]['ranks']
+    fused, portable = _backend(out), _backend(out, graph='portable')
+    assert fused.info['decoder_graph'] == 'fused'
+    for image in scene_images:
+        a = fused.describe(image, DEFAULT_PROMPT, NEW)
+        b = portable.describe(image, DEFAULT_PROMPT, NEW)
+        assert (a.text, a.tokens) == (b.text, b.tokens)
