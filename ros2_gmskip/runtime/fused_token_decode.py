@@ -19,6 +19,10 @@ What changes against the portable loop:
   is computed here in numpy: softmax(q . k / sqrt(d)) per head, GQA heads sharing their KV head.
 - KV removal compacts the kept slots to the front of each buffer, in place (the buffers are numpy
   arrays the OrtValues wrap), and the segment's length shrinks: no new tensors.
+- Decode steps bind nothing: one `fused_decode.StepBinding` per segment, the token's embedding and
+  position written in place, each segment's output array the next one's input. With quantized
+  decode steps (`export --fused-weights int4`), each segment's step graph rotates inside
+  GroupQueryAttention at the given position (no RotaryEmbedding nodes).
 - A request longer than the buffers runs on `fallback` (the portable loop), as in FusedDecoder.
 """
 
