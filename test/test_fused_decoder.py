@@ -220,28 +220,39 @@ def test_int4_decode_graph_is_recorded_and_quantizes_every_matmul(int4_bundle):
     assert 'MatMul' not in ops
 
 
-def test_int4_prefill_is_fp32_and_steps_are_close(int4_bundle, tiny_pruned_bundle, scene_images):
+def test_int4_bundle_runs_int8_prefill_and_int4_steps(int4_bundle, tiny_pruned_bundle,
+                                                      scene_images):
+    import onnx
     quant, exact = _backend(int4_bundle), _backend(tiny_pruned_bundle)
-    assert quant.info['decoder_graph'] == 'fused, int4 decode steps'
+    assert quant.info['decoder_graph'] == 'fused, int8 prefill, int4 decode steps'
+    entry = quant.bundle.fused_decoder
+    assert entry['prefill_file'] == 'decoder.fused.prefill.int8.onnx' in quant.bundle.manifest[
+        'files']
+    ops = [n.op_type for n in onnx.load(str(int4_bundle / entry['prefill_file'])).graph.node]
+    assert ops.count('MatMulInteger') == 4 * 2 + 1 and 'MatMul' not in ops
     loop = quant.decoder_loop
     assert loop.step_session is not loop.session
     ids = quant.tokenizer.prompt_ids(DEFAULT_PROMPT)
     embeds = quant.prompt_embeds(ids, quant.image_embeds(quant.preprocess(scene_images[0]))[0])
     T = embeds.shape[1]
-    np.testing.assert_array_equal(loop._run(embeds, 0), exact.decoder_loop._run(embeds, 0))
-    step = quant.embed_table[5][None, None]
-    want = exact.decoder_loop._run(step, T)
-    got = loop._run(step, T, loop.step_session)
-    assert np.abs(got - want).max() > 0                            # other weights ...
-    assert np.corrcoef(got, want)[0, 1] > 0.95                       # ... same function
+    for got, want in ((loop._run(embeds, 0), exact.decoder_loop._run(embeds, 0)),
+                      (loop._run(quant.embed_table[5][None, None], T, loop.step_session),
+                       exact.decoder_loop._run(quant.embed_table[5][None, None], T))):
+        assert np.abs(got - want).max() > 0                        # other weights ...
+        assert np.corrcoef(got, want)[0, 1] > 0.95                   # ... same function
     assert quant.describe(scene_images[0], DEFAULT_PROMPT, 8).tokens > 0
+    fp32 = _backend(int4_bundle, quantized=False)           # what export validation compares
+    assert fp32.info['decoder_graph'] == 'fused'
+    np.testing.assert_array_equal(fp32.decoder_loop._run(embeds, 0),
+                                  exact.decoder_loop._run(embeds, 0))
 
 
 def test_quantized_agreement_threshold(tiny_model_dir, tmp_path, monkeypatch):
     from ros2_gmskip.exporters import onnx_export, validate
     monkeypatch.setattr(validate, 'MIN_QUANTIZED_AGREEMENT', 1.01)     # no run can meet it
-    with pytest.raises(BundleError, match=r'fused decoder greedy text \(int4 decode steps\): '
-                                          r'\d/2 test scenes identical .*at least 101% needed'):
+    with pytest.raises(BundleError, match=r'fused decoder greedy text \(fused, int8 prefill, '
+                                          r'int4 decode steps\): \d/2 test scenes identical '
+                                          r'.*at least 101% needed'):
         onnx_export.export_bundle(tiny_model_dir, tmp_path / 'a', validate_n=2,
                                   max_new_tokens=4, threads=1, fused_weights='int4')
     monkeypatch.setattr(validate, 'MIN_QUANTIZED_AGREEMENT', 0.0)

@@ -166,7 +166,8 @@ def test_head_averaged_attention_matches_torch():
 
 
 def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
-    """Quantized decode steps: one MatMulNBits copy per segment; prefill stays fp32."""
+    """Quantized bundle: per segment an int4 MatMulNBits decode-step graph and a dynamic int8
+    prefill graph."""
     out = _export(tiny_model_dir, tmp_path / 'int4', validate_n=0, fused_weights='int4')
     bundle = load_bundle(out)
     entry = bundle.fused_decoder
@@ -174,8 +175,11 @@ def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
         'decoder.fused.int4.onnx', 'decoder.fused.1.int4.onnx', 'decoder.fused.2.int4.onnx']
     assert entry['decode_file'] == 'decoder.fused.int4.onnx'
     assert entry['quantization']['matmuls'] == 4 * 4 + 1              # 4 per block + lm_head
+    assert [p['prefill_file'] for p in entry['segments']] == [
+        'decoder.fused.prefill.int8.onnx', 'decoder.fused.1.prefill.int8.onnx',
+        'decoder.fused.2.prefill.int8.onnx']
     backend = _backend(out)
-    assert backend.info['decoder_graph'] == 'fused, int4 decode steps'
+    assert backend.info['decoder_graph'] == 'fused, int8 prefill, int4 decode steps'
     assert all(s.step_session is not s.session for s in backend.decoder_loop.segments)
     assert backend.describe(scene_images[0], DEFAULT_PROMPT, 6).tokens > 0
 

@@ -56,17 +56,20 @@ prompt: it assumes consecutive positions), so the quantized decode-step graphs o
 are built that way (`step_graph`), 10 nodes per block again; the fp32 bundle keeps one graph per
 segment for prefill and steps, so as not to hold the weights twice.
 
-Quantized decode steps (`export --fused-weights int4|int8`)
------------------------------------------------------------
+Quantized graphs (`export --fused-weights int4|int8`)
+----------------------------------------------------
 Since a decode step is weight streaming, fewer weight bytes are the remaining lever on a CPU.
 `quantize_decode_graph` rewrites every MatMul of the fused graph as com.microsoft.MatMulNBits
 (ONNX Runtime's weight-only quantizer: symmetric, blocks of 32 along the input axis, int8
-activations inside the kernel: accuracy_level 4) into a second file. The runtime runs the prefill
-on the fp32 graph and only the decode steps on the quantized one (same inputs, outputs and KV
-buffers), because MatMulNBits made the 70-token prefill slower on this AVX2 core (no VNNI) while it
-makes a decode step ~2x faster. Quantized weights change numbers: validation compares the greedy
-text with `generate` and refuses the bundle when more than 1 in 5 test scenes differ
-(`MIN_QUANTIZED_AGREEMENT`); the agreement is recorded in the manifest.
+activations inside the kernel: accuracy_level 4) into the decode-step graph. The prefill is a
+70-row GEMM, compute-bound: MatMulNBits made it slower on this AVX2 core (no VNNI), so it gets its
+own copy instead (`quantize_prefill_graph`): ONNX Runtime's dynamic int8 quantization (int8
+weights per tensor, activations quantized per run, MatMulInteger), which measured 10.6 -> 7.5 ms
+for the pruned default model's prefill on one core. Both copies share the fp32 graph's inputs,
+outputs and KV buffers; the fp32 graph stays in the bundle (export validation compares it with
+PyTorch). Quantized weights change numbers: validation compares the greedy text with `generate`
+and refuses the bundle when more than 1 in 5 test scenes differ (`MIN_QUANTIZED_AGREEMENT`); the
+agreement is recorded in the manifest.
 """
 
 from __future__ import annotations
@@ -362,6 +365,32 @@ def quantize_decode_graph(fused_path: Path, weights: str, out_name: str | None =
     quantized = sum(n.op_type == 'MatMulNBits' for n in quantizer.model.model.graph.node)
     return {'decode_file': out.name, 'decode_weights': weights,
             'quantization': quantize_settings(weights, quantized)}
+
+
+def prefill_graph_file(fused_file: str = FUSED_DECODER) -> str:
+    """File name of the int8 prefill copy of `fused_file`, e.g. decoder.fused.prefill.int8.onnx."""
+    return fused_file.replace('.onnx', '.prefill.int8.onnx')
+
+
+def quantize_prefill_graph(fused_path: Path) -> str:
+    """Write the prefill copy of the fused graph beside it, MatMuls as dynamic int8 (weights int8
+    per tensor, activations quantized per run: MatMulInteger); -> its file name."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(fused_path).with_name(prefill_graph_file(Path(fused_path).name))
+    quiet = logging.getLogger()
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)                # the quantizer warns about the contrib ops
+    try:
+        quantize_dynamic(str(fused_path), str(out), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=['MatMul'],
+                         extra_options={'DefaultTensorType': onnx.TensorProto.FLOAT})
+    finally:
+        quiet.setLevel(level)
+    return out.name
 
 
 def quantize_settings(weights: str, matmuls: int) -> dict:

@@ -76,7 +76,7 @@ from ros2_gmskip.exporters.export_config import (ATTENTION_EXTRAS, DEFAULT_OPSET
 from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, WEIGHTS, build_fused_decoder,
                                                  build_fused_segments, decode_graph_file,
                                                  fused_unsupported, quantize_decode_graph,
-                                                 quantize_settings)
+                                                 quantize_prefill_graph, quantize_settings)
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -271,7 +271,8 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments, stag
         entry = build_fused_segments(model, folder, length, segments)
     if weights == 'fp32':
         return entry
-    stage(f'quantizing the fused decoder\'s decode steps to {weights} (MatMulNBits)')
+    stage(f'quantizing the fused decoder: decode steps to {weights} (MatMulNBits), prefill to '
+          'dynamic int8 (MatMulInteger)')
     parts = entry.get('segments') or [entry]
     done = []
     for i, part in enumerate(parts):
@@ -287,7 +288,9 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments, stag
         step.unlink()
     for part, q in zip(parts, done):
         part['decode_file'] = q['decode_file']
+        part['prefill_file'] = quantize_prefill_graph(folder / part['file'])
     entry.update(decode_file=done[0]['decode_file'], decode_weights=weights,
+                 prefill_file=parts[0]['prefill_file'], prefill_weights='int8 (dynamic)',
                  quantization=quantize_settings(weights, sum(q['quantization']['matmuls']
                                                              for q in done)))
     return entry
@@ -382,7 +385,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     Runtime-only graph (exporters/fused_decoder.py) whose KV buffers hold `fused_max_length`
     positions (default: the model's max_position_embeddings, at most 2048); a model it does not
     cover gets none, with a log line saying why. `fused_weights` 'int4' / 'int8' adds the
-    weight-quantized copy the runtime uses for decode steps (fused_decoder.py says why).
+    quantized copies the runtime uses: decode steps with int4 / int8 weights, the prefill with
+    dynamic int8 (fused_decoder.py says why).
     `on_stage(text)` / `on_check(Check)` report progress.
     """
     from ros2_gmskip.exporters import trt_ops, validate

@@ -431,7 +431,7 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
                 on_check(c)
 
     add(check_graphs(bundle_dir, config, lint or lint_graph))
-    fused = None
+    fused = exact = None
     try:
         backend = OrtBackend(Path(bundle_dir), threads=threads, graph='portable')
         entry = load_bundle(Path(bundle_dir), verify=False).fused_decoder
@@ -439,6 +439,8 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
             add([check_fused_graph(Path(bundle_dir) / part['file'])
                  for part in entry.get('segments') or [entry]])
             fused = OrtBackend(Path(bundle_dir), threads=threads, graph='fused')
+            exact = fused if not entry.get('decode_file') else OrtBackend(
+                Path(bundle_dir), threads=threads, graph='fused', quantized=False)
     except Exception as err:  # noqa: BLE001 - report it as a failed check, with the others
         add([Check('onnxruntime load', False, f'{type(err).__name__}: {err}')])
         return report
@@ -447,7 +449,7 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
         add(check_interface(seg.name, session, list(seg.inputs), list(seg.outputs)))
     images = scene_images(max(n_scenes, 1))
     add(check_values(backend, model, processor, config, images[0], prompt, report,
-                     fused=fused.decoder_loop if fused else None))
+                     fused=exact.decoder_loop if fused else None))
     references: dict = {}
 
     def record(identical: int, n: int) -> None:
@@ -462,7 +464,7 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
         quantized = fused.bundle.fused_decoder.get('decode_weights')
         add([check_greedy(fused, model, processor, images[:n_scenes], prompt, max_new_tokens,
                           record_fused, stage, references=references,
-                          name='fused decoder greedy text' + (f' ({quantized} decode steps)'
+                          name='fused decoder greedy text' + (f' ({fused.info["decoder_graph"]})'
                                                               if quantized else ''),
                           min_agreement=MIN_QUANTIZED_AGREEMENT if quantized else 1.0)])
     return report

@@ -100,8 +100,9 @@ class Bundle:
     @property
     def fused_decoder(self) -> dict | None:
         """The ONNX Runtime-only fused decoder graph (exporters/fused_decoder.py): {'file',
-        'max_length', ...; with quantized decode steps 'decode_file', 'decode_weights'; for a
-        token-skipping bundle 'segments' (one graph per decoder segment), 'attention_scale'},
+        'max_length', ...; quantized: 'decode_file', 'decode_weights', 'prefill_file',
+        'prefill_weights'; for a token-skipping bundle 'segments' (one graph per decoder
+        segment), 'attention_scale'},
         or None (older bundle, or a model the fused graph does not cover)."""
         return self.manifest.get('fused_decoder')
 
@@ -175,10 +176,11 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
     if fused is not None and not (isinstance(fused, dict) and fused.get('file') in files
                                   and isinstance(fused.get('max_length'), int)
                                   and fused['max_length'] > 0
-                                  and fused.get('decode_file', fused['file']) in files):
+                                  and fused.get('decode_file', fused['file']) in files
+                                  and fused.get('prefill_file', fused['file']) in files):
         raise BundleError(f'bundle {str(path)!r}: manifest fused_decoder {fused!r} does not name a '
-                          'listed file (and decode_file) and a max_length: re-run ros2-gmskip '
-                          'export')
+                          'listed file (and decode_file, prefill_file) and a max_length: re-run '
+                          'ros2-gmskip export')
     if fused is not None and 'segments' in fused:
         _check_fused_segments(path, manifest)
     log.debug('bundle %s: %d files checked', path, len(files))
@@ -211,9 +213,9 @@ def _check_fused_segments(path: Path, manifest: dict) -> None:
     plain = [seg['layers'] for seg in Bundle(path, manifest).segments]
     try:
         parts = fused['segments']
-        quantized = 'decode_file' in fused
+        quantized = [k for k in ('decode_file', 'prefill_file') if k in fused]
         ok = (isinstance(parts, list) and [p['layers'] for p in parts] == plain
-              and all(p['file'] in files and (not quantized or p['decode_file'] in files)
+              and all(p['file'] in files and all(p[k] in files for k in quantized)
                       for p in parts)
               and float(fused['attention_scale']) > 0)
     except (KeyError, TypeError, ValueError):

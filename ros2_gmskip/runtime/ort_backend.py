@@ -94,7 +94,8 @@ class OrtBackend(BundleBackend):
 
     def __init__(self, bundle_path: Path, providers: Sequence[str] | str | None = None,
                  threads: int | None = None, verify: bool = True,
-                 token_skip: TokenSkip | None = None, graph: str = 'auto') -> None:
+                 token_skip: TokenSkip | None = None, graph: str = 'auto',
+                 quantized: bool = True) -> None:
         import onnxruntime as ort
 
         if graph not in GRAPHS:
@@ -136,7 +137,7 @@ class OrtBackend(BundleBackend):
                 stop_ids=self.tokenizer.stop_ids, token_skip=self.token_skip,
                 device=device, where=f'bundle {str(self.bundle.path)!r}')
         if self._use_fused(graph):                  # the portable loop stays, for long requests
-            self.decoder_loop = self._fused_loop(options)
+            self.decoder_loop = self._fused_loop(options, quantized)
         plan = self.bundle.plan or {}
         self.info = {
             'backend': self.name,
@@ -154,34 +155,40 @@ class OrtBackend(BundleBackend):
         log.info('onnxruntime backend: %s, %d decoder layers, providers %s', self.bundle.path,
                  cfg['num_layers'], ', '.join(self.info['providers']))
 
-    def _fused_loop(self, options) -> FusedDecoder | FusedTokenSkipDecoder:
-        """The decode loop over the fused graph(s), the portable loop as its fallback."""
+    def _fused_loop(self, options, quantized: bool) -> FusedDecoder | FusedTokenSkipDecoder:
+        """The decode loop over the fused graph(s), the portable loop as its fallback;
+        `quantized`: the bundle's quantized prefill / decode-step copies where it has them."""
         fused, cfg = self.bundle.fused_decoder, self.bundle.decoder_config
+        prefill_key = 'prefill_file' if quantized and fused.get('prefill_file') else 'file'
+        step_key = 'decode_file' if quantized and fused.get('decode_file') else None
+        self._fused_keys = prefill_key, step_key
         parts = fused.get('segments')
         if parts is None:
-            step = fused.get('decode_file')
             return FusedDecoder(
-                self._session(self.bundle.file(fused['file']), options), self.embed_table,
+                self._session(self.bundle.file(fused[prefill_key]), options), self.embed_table,
                 num_layers=cfg['num_layers'], num_kv_heads=cfg['num_kv_heads'],
                 head_dim=cfg['head_dim'], max_length=fused['max_length'],
                 stop_ids=self.tokenizer.stop_ids, fallback=self.decoder_loop,
-                step_session=self._session(self.bundle.file(step), options) if step else None)
+                step_session=(self._session(self.bundle.file(fused[step_key]), options)
+                              if step_key else None))
         steps = None
-        if fused.get('decode_file'):
-            steps = [self._session(self.bundle.file(p['decode_file']), options) for p in parts]
+        if step_key:
+            steps = [self._session(self.bundle.file(p[step_key]), options) for p in parts]
         return FusedTokenSkipDecoder(
-            [self._session(self.bundle.file(p['file']), options) for p in parts], fused,
+            [self._session(self.bundle.file(p[prefill_key]), options) for p in parts], fused,
             self.embed_table, num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
             stop_ids=self.tokenizer.stop_ids, token_skip=self.token_skip,
             fallback=self.decoder_loop, step_sessions=steps,
             where=f'bundle {str(self.bundle.path)!r}')
 
     def _graph_name(self) -> str:
-        """'portable', 'fused', or e.g. 'fused, int4 decode steps'."""
+        """'portable', 'fused', or e.g. 'fused, int8 prefill, int4 decode steps'."""
         if not isinstance(self.decoder_loop, (FusedDecoder, FusedTokenSkipDecoder)):
             return 'portable'
-        weights = self.bundle.fused_decoder.get('decode_weights')
-        return f'fused, {weights} decode steps' if weights else 'fused'
+        prefill_key, step_key = self._fused_keys
+        fused = self.bundle.fused_decoder
+        return ', '.join(['fused'] + (['int8 prefill'] if prefill_key == 'prefill_file' else [])
+                         + ([f'{fused["decode_weights"]} decode steps'] if step_key else []))
 
     def _use_fused(self, graph: str) -> bool:
         """Whether plain decoding runs decoder.fused.onnx (`graph` as in the module docstring)."""

@@ -10,11 +10,12 @@ it made the 11-block ORT decoder exactly as slow as the 16-block one):
   ort_full      ONNX Runtime backend on the exported full model
   ort_pruned    ONNX Runtime backend on the exported pruned model (decoder.fused.onnx, as the node)
   ort_pruned_portable   the same bundle on decoder.onnx, the plain-op graph TensorRT builds from
-  ort_pruned_int4       ort_pruned with int4-weight decode steps (export --fused-weights int4)
+  ort_pruned_int4       ort_pruned quantized (export --fused-weights int4: int4-weight decode
+                        steps, dynamic int8 prefill)
   trt_full / trt_pruned   native TensorRT engines, where TensorRT and a GPU are available
   torch_fastv / ort_fastv         full model + FastV (token pruning after block K)
   torch_combined / ort_combined   GM-Skip plan + FastV + visual KV removal
-  ort_combined_int4     ort_combined with int4-weight decode steps: every acceleration at once
+  ort_combined_int4     ort_combined quantized the same way: every acceleration at once
 The token configurations take FastV K,R and the KV-removal ratio from --fastv / --kv-removal, else
 from the plan's `tokens` entry (`calibrate --tokens`); without either they are skipped. Every
 `*_pruned` configuration is GM-Skip only (the plan's token settings are not applied there).
@@ -296,7 +297,7 @@ def main(args: argparse.Namespace) -> int:
         if 'hf_full' in cfg and name != 'hf_full':
             out[f'{name}_vs_hf'] = cfg[name]['vs_hf']
     for a, b in (('ort_pruned', 'ort_pruned_portable'), ('ort_pruned_int4', 'ort_pruned')):
-        if a in cfg and b in cfg:                   # the fused graph, its int4 decode steps
+        if a in cfg and b in cfg:                   # the fused graph, its quantized copies
             out[f'{a}_vs_{b}'] = cfg[a]['p50_ms'] / cfg[b]['p50_ms']
     print(f'{"config":<15} {"p50 ms":>8} {"p90 ms":>8} {"tok/s":>7} {"vs hf":>6}  '
           f'{"vision":>6} {"prefill":>7} {"decode":>6}  {"acc":>5} {"CIDEr":>5} {"GFLOPs":>6}')

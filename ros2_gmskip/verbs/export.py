@@ -74,14 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'tokens; longer requests run on decoder.onnx). Default: the model\'s '
                              'max_position_embeddings, at most 2048')
     parser.add_argument('--fused-weights', choices=('fp32', 'int8', 'int4'), default='fp32',
-                        help='int4 / int8: also write a weight-quantized copy of the fused decoder '
-                             '(ONNX Runtime MatMulNBits, blocks of 32) that the runtime uses for '
-                             'the decode steps; the prefill stays fp32. Decode steps are weight '
-                             'streaming on a CPU, so fewer weight bytes make them faster; the '
-                             'greedy text may change, and validation refuses the bundle when more '
-                             'than 1 in 5 of the --validate-n test scenes differ from generate '
-                             '(use 50 or more: a handful is too few to judge; default: '
-                             '%(default)s)')
+                        help='int4 / int8: also write quantized copies of the fused decoder that '
+                             'the runtime uses instead: decode steps with int4 / int8 weights '
+                             '(ONNX Runtime MatMulNBits, blocks of 32; a step is weight streaming '
+                             'on a CPU) and the prefill with dynamic int8 (MatMulInteger; a '
+                             'prefill is a GEMM). The greedy text may change, and validation '
+                             'refuses the bundle when more than 1 in 5 of the --validate-n test '
+                             'scenes differ from generate (use 50 or more: a handful is too few '
+                             'to judge; default: %(default)s)')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for PyTorch and ONNX Runtime during validation '
                              '(default: all)')
@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     graphs = ['vision.onnx', *[seg['file'] for seg in m['decoder_segments']]]
     fused = m.get('fused_decoder') or {}
     graphs += [part[k] for part in fused.get('segments') or ([fused] if fused else [])
-               for k in ('file', 'decode_file') if part.get(k)]
+               for k in ('file', 'prefill_file', 'decode_file') if part.get(k)]
     sizes = ', '.join(f'{name} {(result.path / name).stat().st_size / 2 ** 20:.1f} MiB'
                       for name in graphs)
     plan = m['plan']
