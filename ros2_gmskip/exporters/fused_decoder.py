@@ -22,7 +22,7 @@ Concat. This graph is what onnxruntime-genai builds for LLMs, for the same reaso
 one buffer per layer and kind, (1, kv_heads, max_length, head_dim), as both `past` and `present`,
 so GroupQueryAttention appends the new rows in place. Measured on the 2-core CPU (10-block pruned
 default model, 1 thread, `ros2-gmskip bench --rounds 3`: ort_pruned vs ort_pruned_portable): decode
-37.9 -> 22.6 ms per frame (~16 tokens), frame 53.8 -> 38.8 ms, identical text
+32.5 -> 19.6 ms per frame (~16 tokens), frame 48.4 -> 35.6 ms, identical text
 (bench/results/bench.json; the step binding of runtime/fused_decode.py included). What a decode step
 still costs is the weights themselves: 41 matrix-vector products stream ~18 MB of fp32 weights
 per token (~60 % of the step in ONNX Runtime's profile).
