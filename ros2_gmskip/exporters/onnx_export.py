@@ -260,8 +260,8 @@ class ExportResult:
 
 def _export_fused(model, folder: Path, length: int, weights: str, segments, stage) -> dict:
     """decoder.fused.onnx (or, for token skipping, one explicit-position fused graph per decoder
-    segment) and, with `weights` int4 / int8, their quantized decode-step copies; -> the
-    manifest's `fused_decoder` entry."""
+    segment) and, with `weights` int4 / int8, their quantized copies (decode steps: MatMulNBits;
+    prefill: dynamic int8); -> the manifest's `fused_decoder` entry."""
     what = 'ONNX Runtime contrib ops' if segments is None else \
         f'{len(segments)} segment(s) with explicit positions for token skipping'
     stage(f'exporting {FUSED_DECODER} ({what}, KV buffers of {length} positions)')

@@ -13,8 +13,9 @@ Decode steps reuse one IOBinding (`StepBinding`): their inputs and outputs are s
 overwritten in place, so a step binds nothing from Python.
 
 With `step_session` (the weight-quantized copy of the graph, `export --fused-weights int4`), the
-prefill runs on `session` and every decode step on `step_session`: the same buffers, so nothing
-changes hands between them.
+prefill runs on `session` (which the backend makes from the bundle's int8 prefill copy, when it
+has one) and every decode step on `step_session`: the same buffers, so nothing changes hands
+between them.
 
 A request longer than the buffers (prompt + max_new_tokens > max_length) is decoded by `fallback`
 (the portable decoder.onnx loop), so no request fails for being long.
