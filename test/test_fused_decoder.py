@@ -195,6 +195,31 @@ def test_describe_cli_names_and_chooses_the_decoder_graph(tiny_pruned_bundle, sc
     assert texts['auto'] == texts['portable']
 
 
+def test_describe_fused_weights_exports_the_quantized_bundle(int4_bundle, tiny_pruned_bundle,
+                                                             scene_images, tmp_path, capsys,
+                                                             monkeypatch):
+    """`describe --fused-weights int4` asks the cache for the quantized export (here: the int4
+    fixture bundle stands in for it) and runs it; with --bundle it is a one-line error."""
+    from PIL import Image
+
+    from ros2_gmskip.cli import main
+    from ros2_gmskip.runtime import defaults
+    asked = []
+    monkeypatch.setattr(defaults, 'ensure_bundle',
+                        lambda *a, **k: asked.append(k['fused_weights']) or int4_bundle)
+    image = tmp_path / 'frame.png'
+    Image.fromarray(scene_images[0]).save(image)
+    assert main(['describe', str(image), '--fused-weights', 'int4', '--max-new-tokens', '4']) == 0
+    assert asked == ['int4']
+    timing = capsys.readouterr().out.strip().splitlines()[-1]
+    assert timing.startswith('backend onnxruntime (decoder: fused, int8 prefill, int4 decode '
+                             'steps): ')
+    assert main(['describe', str(image), '--fused-weights', 'int4', '--bundle',
+                 str(tiny_pruned_bundle)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'a given bundle carries its own' in err[0]
+
+
 @pytest.fixture(scope='module')
 def int4_bundle(tiny_model_dir, make_plan, tmp_path_factory) -> Path:
     """The tiny model without blocks 1 and 3, with int4-weight decode steps (greedy check off:

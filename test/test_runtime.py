@@ -286,13 +286,17 @@ def test_factory_kinds(tiny_bundle, tiny_model_dir, monkeypatch):
     assert create_backend('torch', model=tiny_model_dir, threads=1).name == 'torch'
     calls = []                  # no bundle: the cached export of (model, plan) from defaults
 
-    def ensure_bundle(model, plan, full=False, tokens=None):
-        calls.append((model, plan, full))
+    def ensure_bundle(model, plan, full=False, tokens=None, fused_weights='fp32'):
+        calls.append((model, plan, full, fused_weights))
         return tiny_bundle
     monkeypatch.setattr(defaults, 'ensure_bundle', ensure_bundle)
     assert create_backend('onnxruntime', full=True, threads=1).info['bundle'] == str(tiny_bundle)
     assert create_backend('onnxruntime', model=tiny_model_dir, plan=None, threads=1).name
-    assert calls == [(None, None, True), (tiny_model_dir, None, False)]
+    assert create_backend('onnxruntime', fused_weights='int8', threads=1).name
+    assert calls == [(None, None, True, 'fp32'), (tiny_model_dir, None, False, 'fp32'),
+                     (None, None, False, 'int8')]
+    with pytest.raises(GmSkipError, match='fused_weights int4 quantizes the cached ONNX export'):
+        create_backend('torch', fused_weights='int4')
     with pytest.raises(GmSkipError, match="unknown backend 'onnx': expected one of onnxruntime"):
         create_backend('onnx')
     monkeypatch.setitem(sys.modules, 'ros2_gmskip.runtime.trt_backend', None)

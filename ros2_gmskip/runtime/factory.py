@@ -74,7 +74,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
 
     onnxruntime: `bundle` (from `ros2-gmskip export`; the plan is baked into it); opts `providers`
                  ('cpu', 'cuda', 'tensorrt'), `threads`, `graph` ('auto' | 'fused' | 'portable':
-                 which decoder graph, see ort_backend).
+                 which decoder graph, see ort_backend); without a bundle, `fused_weights`
+                 ('int4' | 'int8') exports the quantized fused decoder (export --fused-weights).
     torch:       `model`, `plan`; opts `device`, `threads`.
     `tokens` (a tokenskip.settings.TokenSkip): FastV / KV-removal settings instead of the plan's
     (TokenSkip() turns them off); a bundle made here is exported with them.
@@ -87,6 +88,11 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
         raise GmSkipError(f'unknown backend {kind!r}: expected one of {", ".join(KINDS)}')
     full = bool(opts.pop('full', False))
     tokens = opts.pop('tokens', None)            # TokenSkip; None: the plan's / bundle's own
+    fused_weights = opts.pop('fused_weights', 'fp32')
+    if fused_weights != 'fp32' and (kind != 'onnxruntime' or bundle is not None):
+        raise GmSkipError(f'fused_weights {fused_weights} quantizes the cached ONNX export of the '
+                          'onnxruntime backend; a given bundle carries its own (export it with '
+                          '--fused-weights) and other backends have none')
     model = Path(model) if model else None
     plan = Path(plan) if plan else None
     if kind == 'torch':
@@ -101,7 +107,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
     exported = bundle is None
     if bundle is None and not (kind == 'tensorrt' and engine is not None):
         from ros2_gmskip.runtime import defaults
-        bundle = defaults.ensure_bundle(model, plan, full=full, tokens=tokens)
+        bundle = defaults.ensure_bundle(model, plan, full=full, tokens=tokens,
+                                        fused_weights=fused_weights)
     if kind == 'onnxruntime':
         from ros2_gmskip.runtime.ort_backend import OrtBackend
         return OrtBackend(Path(bundle), providers=opts.get('providers'),

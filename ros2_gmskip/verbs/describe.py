@@ -39,6 +39,11 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              'cache in place), decoder.onnx (plain ops, what TensorRT builds '
                              'from), or auto = fused where the bundle has it and it can run '
                              '(default: %(default)s)')
+    parser.add_argument('--fused-weights', choices=('fp32', 'int8', 'int4'), default='fp32',
+                        help='onnxruntime without --bundle: export (once, cached) and run the '
+                             'quantized fused decoder: int8 prefill, int4 / int8 decode steps '
+                             '(faster; the text may differ from generate on a few frames, see '
+                             '`ros2-gmskip export --help`; default: %(default)s)')
     parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='text prompt')
     parser.add_argument('--max-new-tokens', type=positive_int, default=48)
 
@@ -46,6 +51,8 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 def backend_from_args(args: argparse.Namespace):
     from ros2_gmskip.runtime.factory import create_backend
     opts = {'graph': args.ort_graph} if args.backend == 'onnxruntime' else {}
+    if args.fused_weights != 'fp32':
+        opts['fused_weights'] = args.fused_weights
     return create_backend(args.backend, model=args.model, plan=args.plan, bundle=args.bundle,
                           engine=args.engine, full=args.full, **opts)
 
