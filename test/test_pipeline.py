@@ -304,13 +304,19 @@ def test_create_backend_maps_parameters(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setattr(factory, 'create_backend', lambda kind, **kw: calls.append((kind, kw)))
     monkeypatch.setattr(defaults, 'default_plan_path', lambda: tmp_path / 'shipped.json')
-    monkeypatch.setattr(defaults, 'ensure_bundle', lambda model, plan: tmp_path / 'bundle')
+    exported = []
+    monkeypatch.setattr(defaults, 'ensure_bundle', lambda model, plan, fused_weights:
+                        exported.append(fused_weights) or tmp_path / 'bundle')
 
     node.create_backend(replace(PARAMS, backend='onnxruntime', device='cpu'))
     kind, kw = calls[-1]
     assert kind == 'onnxruntime' and kw['providers'] == 'cpu'
     assert kw['bundle'] == tmp_path / 'bundle' and kw['plan'] == tmp_path / 'shipped.json'
     assert kw['model'] is None and kw['engine'] is None and kw['build_only'] is False
+    node.create_backend(replace(PARAMS, backend='onnxruntime', device='cpu',
+                                fused_weights='int4'))
+    node.create_backend(replace(PARAMS, backend='tensorrt', fused_weights='int4'))
+    assert exported == ['fp32', 'int4', 'fp32']           # engines build from decoder.onnx
 
     node.create_backend(replace(PARAMS, backend='torch', device='cuda', gpu_id=1,
                                 model_path=str(tmp_path)), build_only=True)

@@ -58,7 +58,8 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
         plan = defaults.default_plan_path()
     opts: dict[str, Any] = {}
     if kind in ('onnxruntime', 'tensorrt') and bundle is None:
-        bundle = defaults.ensure_bundle(model, plan)
+        bundle = defaults.ensure_bundle(model, plan, fused_weights=params.fused_weights
+                                        if kind == 'onnxruntime' else 'fp32')
     if kind == 'onnxruntime':
         opts['providers'] = _ort_provider(params.device)
     elif kind == 'torch':

@@ -38,6 +38,7 @@ class DescriberParams:
     plan_path: str = ''                    # '' = factory's choice
     bundle_path: str = ''                  # '' = derived from model + plan
     engine_path: str = ''                  # '' = cached beside the bundle
+    fused_weights: str = 'fp32'            # fp32 | int8 | int4 (onnxruntime, cached export)
     precision: str = 'fp16'                # fp16 | fp32
     device: str = 'auto'                   # auto | cpu | cuda
     gpu_id: int = 0
