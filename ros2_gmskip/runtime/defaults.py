@@ -82,7 +82,7 @@ def ensure_bundle(model_dir: Path | None = None, plan: Path | None = None, full:
 
     With no model and no plan: the default model pruned by its shipped plan (or unpruned: `full`).
     `tokens`: FastV / KV-removal settings; None applies the plan's `tokens`, TokenSkip() none.
-    `fused_weights`: 'int4' / 'int8' exports weight-quantized decode steps (export --fused-weights).
+    `fused_weights`: 'int4' / 'int8' exports the quantized fused decoder (export --fused-weights).
     """
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     if plan is None and not full and model_dir == default_model_dir():
