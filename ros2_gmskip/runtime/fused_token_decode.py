@@ -32,12 +32,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ros2_gmskip.exporters.fused_decoder import RANK_OUTPUT
 from ros2_gmskip.runtime.decode import DecodeOutput
 from ros2_gmskip.runtime.fused_decode import output_shape, StepBinding
 from ros2_gmskip.runtime.token_decode import _Segment, TokenSkipDecoder
 from ros2_gmskip.tokenskip.settings import TokenSkip
-
-RANK_OUTPUT = 'last_query'          # exporters.fused_decoder.RANK_OUTPUT (no onnx import here)
 
 
 @dataclass
