@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from ros2_gmskip.argtypes import positive_int
+from ros2_gmskip.exporters.fused_decoder import WEIGHTS
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT
 
 HELP = 'describe an image file and print the text and latency breakdown'
@@ -39,7 +40,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              'cache in place), decoder.onnx (plain ops, what TensorRT builds '
                              'from), or auto = fused where the bundle has it and it can run '
                              '(default: %(default)s)')
-    parser.add_argument('--fused-weights', choices=('fp32', 'int8', 'int4'), default='fp32',
+    parser.add_argument('--fused-weights', choices=WEIGHTS, default='fp32',
                         help='onnxruntime without --bundle: export (once, cached) and run the '
                              'quantized fused decoder: int8 prefill, int4 / int8 decode steps '
                              '(faster; the text may differ from generate on a few frames, see '

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ros2_gmskip.argtypes import (existing_dir, existing_file, fastv_setting, fraction,
                                   non_negative_int, positive_int)
+from ros2_gmskip.exporters.fused_decoder import WEIGHTS
 
 HELP = ('export a (pruned) VLM to an ONNX bundle (vision.onnx, decoder.onnx, manifest) and '
         'validate it')
@@ -73,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='positions the fused decoder\'s KV buffers hold (prompt + generated '
                              'tokens; longer requests run on decoder.onnx). Default: the model\'s '
                              'max_position_embeddings, at most 2048')
-    parser.add_argument('--fused-weights', choices=('fp32', 'int8', 'int4'), default='fp32',
+    parser.add_argument('--fused-weights', choices=WEIGHTS, default='fp32',
                         help='int4 / int8: also write quantized copies of the fused decoder that '
                              'the runtime uses instead: decode steps with int4 / int8 weights '
                              '(ONNX Runtime MatMulNBits, blocks of 32; a step is weight streaming '
