@@ -400,8 +400,7 @@ def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: st
     n = len(images)
     if record is not None:
         record(n - len(mismatches), n)
-    against = ('transformers generate' if token_skip is None or token_skip.is_off else
-               f'the torch reference with {token_skip.describe()}')
+    against = 'transformers generate' if key is None else f'the torch reference with {key}'
     detail = f'{n - len(mismatches)}/{n} test scenes identical to {against}'
     if min_agreement != 1.0:
         detail += f' (quantized weights: at least {min_agreement:.0%} needed)'
