@@ -107,6 +107,18 @@ def kv_removal_generate_ids(model: nn.Module, inputs, cfg: KVRemovalConfig, max_
                             ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Greedy token ids (B, N) with the visual KV entries removed after prefill."""
     embeds, mask, positions, image_mask = embed_inputs(model, inputs)
+    logits, past, masks = prefill_and_remove(model, embeds, mask, positions, image_mask, cfg,
+                                             fastv)
+    return greedy_decode(model, logits, past, masks, positions[:, -1] + 1, max_new_tokens, stop,
+                         pad_id, keep_logits)
+
+
+def prefill_and_remove(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor,
+                       positions: torch.Tensor, image_mask: torch.Tensor, cfg: KVRemovalConfig,
+                       fastv: FastVConfig | None = None) -> tuple[torch.Tensor, Past, list]:
+    """The prefill (FastV's, or Skip-FFN's with `cfg.skip_ffn_prefill`) of `embed_inputs`'
+    outputs, then `cfg`'s visual KV removal -> (last logits, cache, per-layer attention masks),
+    what `greedy_decode` continues from."""
     drop = drop_mask_for(image_mask, cfg)                                  # (B, T)
     if cfg.skip_ffn_prefill:
         if fastv is not None and fastv.r > 0:
@@ -118,9 +130,7 @@ def kv_removal_generate_ids(model: nn.Module, inputs, cfg: KVRemovalConfig, max_
         logits, past, kept_index = fastv_prefill(model, embeds, mask, positions, image_mask, fastv)
     keep, masks = plan_kv_removal(kept_index, layer_masks(mask, kept_index), drop,
                                   cfg.start_layer)
-    past = remove_visual_kv(past, keep)
-    return greedy_decode(model, logits, past, masks, positions[:, -1] + 1, max_new_tokens, stop,
-                         pad_id, keep_logits)
+    return logits, remove_visual_kv(past, keep), masks
 
 
 @torch.no_grad()

@@ -140,10 +140,9 @@ class TorchBackend:
     def _describe_token_skip(self, image: np.ndarray, prompt: str, max_new_tokens: int
                              ) -> Result:
         """`describe` through FastV prefill + visual KV removal + greedy decode."""
-        from ros2_gmskip.tokenskip.fastv import (embed_inputs, fastv_prefill, greedy_decode,
-                                                 layer_masks, pad_token_id)
-        from ros2_gmskip.tokenskip.kv_removal import (drop_mask_for, KVRemovalConfig,
-                                                      plan_kv_removal, remove_visual_kv)
+        from ros2_gmskip.tokenskip.fastv import embed_inputs, greedy_decode, pad_token_id
+        from ros2_gmskip.tokenskip.kv_removal import prefill_and_remove
+        from ros2_gmskip.tokenskip.reference import kv_config
         model, tokens = self.model, self.tokens
         stop = sorted(self.stop_ids)
         t0 = time.perf_counter()
@@ -152,12 +151,8 @@ class TorchBackend:
         embeds, mask, positions, image_mask = embed_inputs(model, inputs)
         self._sync()
         t2 = time.perf_counter()
-        logits, past, kept_index = fastv_prefill(model, embeds, mask, positions, image_mask,
-                                                 tokens.fastv)
-        kv = KVRemovalConfig(ratio=tokens.kv_ratio, start_layer=tokens.kv_start)
-        keep, masks = plan_kv_removal(kept_index, layer_masks(mask, kept_index),
-                                      drop_mask_for(image_mask, kv), kv.start_layer)
-        past = remove_visual_kv(past, keep)
+        logits, past, masks = prefill_and_remove(model, embeds, mask, positions, image_mask,
+                                                 kv_config(tokens), tokens.fastv)
         first = int(logits[0].argmax())
         self._sync()
         t3 = time.perf_counter()
