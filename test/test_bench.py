@@ -1,6 +1,7 @@
 """`ros2-gmskip bench` runs configurations side by side and reports ratios, JSON and a chart."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,24 @@ def test_bench_fused_and_portable_graphs_of_one_bundle(tiny_model_dir, tiny_prun
     for cfg in result['configs'].values():      # 2 rounds of 2 frames, pooled
         assert len(cfg['round_p50_ms']) == 2 and cfg['mean_tokens'] > 0
     assert 'ort_pruned: p50 per round ' in out
+
+
+def test_readme_table_from_bench_json(tmp_path):
+    """bench/readme_table.py renders the README latency table from the numbers of a bench.json."""
+    import runpy
+    table = runpy.run_path(str(Path(__file__).parents[1] / 'bench' / 'readme_table.py'))['table']
+    config = {'p50_ms': 50.0, 'p90_ms': 60.0, 'round_p50_ms': [49.0, 51.0], 'tokens_per_s': 300.0,
+              'accuracy': 0.9, 'cider': 8.0, 'gflops': 0.5, 'vs_hf': 0.2, 'tokens': None}
+    result = {'n': 50, 'configs': {
+        'hf_full': dict(config, vs_hf=1.0), 'ort_full': config,
+        'ort_fastv': dict(config, p50_ms=25.0, vs_hf=0.1,
+                          tokens={'fastv': {'k': 1, 'r': 0.25, 'seed': 0}}),
+        'new_config': dict(config, p50_ms=40.0)}}
+    lines = table(result).splitlines()
+    assert lines[0].count('|') == 11 and 'accuracy (50)' in lines[0]
+    assert lines[2].startswith('| HF `generate`, full model | 50.0 | 60.0 | 49.0, 51.0 | 300.0 | '
+                               '1.000 | - |')
+    assert '| ONNX Runtime, full (fused decoder) |' in lines[3] and '| 0.200 | 1 |' in lines[3]
+    assert lines[4].startswith('| ONNX Runtime, FastV K=1 R=0.25 (fused segments) | 25.0 |')
+    assert '| 0.100 | 0.500 |' in lines[4]
+    assert lines[5].startswith('| new_config | 40.0 |') and '| 0.200 | - |' in lines[5]
