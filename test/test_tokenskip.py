@@ -414,3 +414,36 @@ def test_flops_by_hand():
     assert prefill_flops(real, 70, 64, fastv=FastVConfig(2, 0.5)) < prefill_flops(real, 70, 64)
     with pytest.raises(ValueError):
         prefill_flops(dims, 4, 2, removed_blocks=[3])
+
+
+def test_blind_answer_training_mask_equals_kv_removal(vlm, inputs):
+    """Training with --blind-answers shows the model exactly what a decode step sees after visual
+    KV removal at ratio 1: teacher-forced logits under the training mask equal every step of a
+    cached KV-removal run."""
+    from ros2_gmskip.vlm.train import blind_answer_mask
+    model, _ = vlm
+    tokens, logits = _kv_run(vlm, inputs, KVRemovalConfig(ratio=1.0))
+    embeds, mask, _, image_mask = embed_inputs(model, inputs)
+    T, n = embeds.shape[1], tokens.shape[1]
+    seq = torch.cat((embeds, model.get_input_embeddings()(tokens[:, :n - 1])), dim=1)
+    attention = torch.ones(seq.shape[:2], dtype=torch.long)
+    with torch.no_grad():
+        out = model(inputs_embeds=seq, use_cache=False,
+                    attention_mask=blind_answer_mask(attention, image_mask[0], T)).logits
+        open_ = model(inputs_embeds=seq, attention_mask=attention, use_cache=False).logits
+    assert float((out[:, T - 1:] - logits).abs().max()) < 1e-5
+    assert float((open_[:, T:] - logits[:, 1:]).abs().max()) > 1e-3, 'the mask must matter'
+
+
+def test_stage2_blocks_early_exit_and_layerdrop():
+    import random
+    from ros2_gmskip.vlm.train import stage2_blocks
+    drop_p = [0.3 * i / 15 for i in range(16)]
+    plain, new = random.Random(0), random.Random(0)
+    for _ in range(50):          # drop_suffix 0 draws what plain LayerDrop drew (old recipes)
+        assert stage2_blocks(drop_p, 0.0, new) == [i for i in range(16)
+                                                   if plain.random() >= drop_p[i]]
+    rng = random.Random(1)
+    exits = [stage2_blocks([0.0] * 16, 1.0, rng) for _ in range(400)]
+    assert {len(b) for b in exits} == set(range(8, 16))        # 1..8 late blocks skipped
+    assert all(b == list(range(len(b))) for b in exits), 'early exit skips a suffix'

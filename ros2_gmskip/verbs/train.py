@@ -37,6 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--lr', type=float, default=d.lr, help='peak learning rate')
     parser.add_argument('--layerdrop', type=fraction, default=d.layerdrop,
                         help='max probability of skipping a decoder block per batch (0 = off)')
+    parser.add_argument('--drop-suffix', type=fraction, default=d.drop_suffix, metavar='PROB',
+                        help='share of stage-2 batches that exit early: their last 1..L/2 decoder '
+                             'blocks are all skipped, so removing late blocks (GM-Skip) costs '
+                             'little (0 = off)')
+    parser.add_argument('--blind-answers', type=fraction, default=d.blind_answers,
+                        metavar='PROB',
+                        help='share of stage-2 batches whose answer tokens cannot attend to the '
+                             'image tokens, as after visual KV removal (ratio 1) at inference; '
+                             'the prompt tokens learn to carry the image (0 = off)')
     parser.add_argument('--skip-ffn', type=fraction, default=d.skip_ffn, metavar='RATIO',
                         help='Skip-Vision: share of visual tokens that bypass every decoder FFN in '
                              'stage 2 (still attended to); the retained ones are a fixed stride, '
@@ -59,7 +68,8 @@ def main(args: argparse.Namespace) -> int:
                           'overwrite it')
     cfg = TrainConfig(steps=args.steps, vision_steps=args.vision_steps, scenes=args.scenes,
                       skip_ffn=args.skip_ffn, batch_size=args.batch_size, lr=args.lr,
-                      layerdrop=args.layerdrop, seed=args.seed, threads=args.threads,
+                      layerdrop=args.layerdrop, drop_suffix=args.drop_suffix,
+                      blind_answers=args.blind_answers, seed=args.seed, threads=args.threads,
                       eval_every=args.eval_every)
     summary = train(cfg, args.out)
     print(f'trained {summary["parameters"] / 1e6:.2f}M parameters for {cfg.steps} steps in '

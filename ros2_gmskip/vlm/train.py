@@ -17,6 +17,23 @@ Stage 2, the whole model: caption loss on the answer tokens, plus the same groun
 stochastic depth on the decoder ("LayerDrop", Fan et al. 2019): block l is skipped for a whole
 batch with probability layerdrop * l / (L - 1). Later blocks are dropped more often, which makes
 them the cheap ones to remove, matching GM-Skip's late-blocks-first search (`--layerdrop 0`: off).
+Independent drops rarely skip several late blocks at once, which is what a GM-Skip plan does, so
+with probability `drop_suffix` a batch also exits early: its last k blocks (k uniform in 1..L/2)
+are all skipped (LayerSkip-style early exit, Elhoushi et al. 2024), so the decoder learns to
+answer from any depth >= L/2. Off by default (the shipped model has none); measured with
+`--drop-suffix 0.5` and otherwise the default recipe (bench/results/early_exit/): GM-Skip then
+removes 9 of 16 blocks instead of 6, at -1.0 pt test accuracy against that model's own full
+depth, but the full model scores 0.942 instead of 0.954, under the 0.95 quality bar.
+
+Image-blind answers (`--blind-answers PROB`): in that share of stage-2 batches the answer tokens
+cannot attend to the image tokens (a 4-D attention mask); the prompt tokens after the image still
+see it. This is the exact condition visual KV removal at ratio 1 creates at inference (the prefill
+sees the image, every decode step only the text keys; test_tokenskip.py checks that the two give
+the same logits), so the prompt tokens learn to carry the image, and KV removal could stop costing
+accuracy (a model trained without it loses ~70 points to KV removal). Off by default: the ~6
+prompt tokens must carry the whole scene, and a run with 0.5 (plus early exit, 1500 steps) learnt
+far slower: val accuracy 0.41 after 600 steps, where the recipes without it were at 0.72-0.75. It
+was stopped there.
 
 Skip-FFN (`--skip-ffn RATIO`, Skip-Vision arXiv 2503.21817): in stage 2 that share of the image
 tokens bypasses the FFN of every decoder block (they stay queries and keys in attention); the
@@ -143,6 +160,31 @@ def adamw(named_params, lr: float, weight_decay: float) -> torch.optim.AdamW:
                              betas=(0.9, 0.98))
 
 
+def stage2_blocks(drop_p: list[float], drop_suffix: float, rng: random.Random) -> list[int]:
+    """Indices of the decoder blocks one stage-2 batch runs: an early exit with probability
+    drop_suffix (the last 1..L/2 blocks skipped), then LayerDrop on the rest. With drop_suffix 0
+    it draws exactly what plain LayerDrop drew, so older recipes reproduce."""
+    L = len(drop_p)
+    depth = L - rng.randint(1, L // 2) if drop_suffix and rng.random() < drop_suffix else L
+    return [i for i in range(depth) if rng.random() >= drop_p[i]]
+
+
+def blind_answer_mask(attention: torch.Tensor, image_row: torch.Tensor, prompt_len: int,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(B, 1, T, T) additive attention mask (0 = visible, dtype min = hidden): causal, no padded
+    keys, and queries from `prompt_len` on (the answer tokens) see no image key: what a decode
+    step sees after visual KV removal at ratio 1. `image_row` (P,) marks the image tokens of the
+    shared prompt. Additive, not bool: transformers passes a 4-D mask through as-is, and eager
+    attention adds it to the scores (SDPA takes either)."""
+    B, T = attention.shape
+    allowed = torch.tril(torch.ones(T, T, dtype=torch.bool))[None] & attention.bool()[:, None, :]
+    image = torch.zeros(T, dtype=torch.bool)
+    image[:len(image_row)] = image_row
+    allowed[:, prompt_len:, :] &= ~image
+    mask = torch.zeros(B, 1, T, T, dtype=dtype)
+    return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
+
+
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Projected image tokens (B, N_img, C), as LlavaModel merges them into the prompt."""
     return torch.stack(list(model.model.get_image_features(
@@ -201,6 +243,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
     L = len(layers)
     drop_p = [cfg.layerdrop * i / (L - 1) for i in range(L)]
     drop_rng = random.Random(cfg.seed)
+    image_mask_row = torch.tensor(prompt_ids) == model.config.image_token_id       # (P,)
     bar = tqdm(range(cfg.steps), desc='stage 2 model', disable=not progress, unit='step')
     stage2_seconds = 0.0                           # training steps only, evals excluded
     ffn_rows = {'computed': 0, 'total': 0}         # decoder FFN token rows (Skip-FFN saves some)
@@ -221,9 +264,11 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
         for group in opt.param_groups:
             group['lr'] = lr_at(step, cfg.steps, cfg.lr, cfg)
         # ---- forward with stochastic depth: a smaller ModuleList for this batch only
-        keep = [i for i in range(L) if drop_rng.random() >= drop_p[i]]
+        keep = stage2_blocks(drop_p, cfg.drop_suffix, drop_rng)
+        blind = bool(cfg.blind_answers) and drop_rng.random() < cfg.blind_answers
         model.model.language_model.layers = torch.nn.ModuleList([layers[i] for i in keep])
         image_mask = input_ids == model.config.image_token_id                  # (B, T)
+        mask = blind_answer_mask(attention, image_mask_row, P) if blind else attention
         ffn_skip = (select_skipped(image_mask, cfg.skip_ffn) if cfg.skip_ffn
                     else torch.zeros_like(image_mask))
         try:
@@ -231,7 +276,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
                 feats = image_features(model, cache.pixel_values(idx))        # (B, N_img, C)
                 embeds = model.get_input_embeddings()(input_ids)              # (B, T, C)
                 embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
-                out_ = model(inputs_embeds=embeds, attention_mask=attention, labels=labels,
+                out_ = model(inputs_embeds=embeds, attention_mask=mask, labels=labels,
                              use_cache=False)
         finally:
             model.model.language_model.layers = layers
@@ -247,7 +292,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
         opt.step()
         loss_value = out_.loss.item()                      # caption loss (aux not included)
         stage2_seconds += time.perf_counter() - t_step
-        log.append({'stage': 2, 'step': step, 'loss': loss_value, 'blocks': len(keep)})
+        log.append({'stage': 2, 'step': step, 'loss': loss_value, 'blocks': len(keep),
+                    'blind': blind})
         bar.set_postfix(loss=f'{loss_value:.3f}', blocks=len(keep))
         # ---- eval: greedy decodes of 32 val scenes, logged
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
