@@ -12,7 +12,7 @@ RATIO=${RATIO:-0.75}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 # the recipe bench/results/skip_ffn.json was measured with: plain LayerDrop, no early exit, no
-# image-blind answers (the shipped model's newer defaults), so Skip-FFN is the only difference
+# image-blind answers (pinned, so a change of the train defaults cannot change this comparison)
 ARGS="--scenes 4000 --vision-steps 400 --steps 300 --eval-every 0 --seed 0 --drop-suffix 0"
 ARGS="$ARGS --blind-answers 0"
 $G train --out "$WORK/normal" $ARGS | tail -1
