@@ -129,16 +129,12 @@ class FusedTokenSkipDecoder(TokenSkipDecoder):
             seg.step.run()
         return int(self._logits[0, 0].argmax())
 
-    def _run(self, seg: _FusedSegment, h: np.ndarray, positions: np.ndarray, total: int, past):
-        """One segment over its buffers (the prefill graph when `past` is None, else the
-        decode-step graph) -> (main output, attention (1, total) or None, its buffers)."""
-        return self._run_on(seg.session if past is None else seg.step_session, seg, h,
-                            positions, total)
-
-    def _run_on(self, session, seg: _FusedSegment, h: np.ndarray, positions: np.ndarray,
-                total: int):
-        """`_run` on a given graph of the segment (its prefill or its decode-step graph)."""
-        binding = session.io_binding()
+    def _run(self, seg: _FusedSegment, h: np.ndarray, positions: np.ndarray, total: int,
+             past=None):
+        """One segment's prefill (fp32 or int8) graph over its buffers -> (main output, attention
+        (1, total) or None, its buffers). `past` is unused: the buffers are the cache, and decode
+        steps go through `_step`'s prepared bindings instead."""
+        binding = seg.session.io_binding()
         binding.bind_cpu_input(seg.input_name, h)
         binding.bind_cpu_input('position_ids', positions)
         binding.bind_cpu_input('seqlens_k', np.array([total - 1], dtype=np.int32))
@@ -149,7 +145,7 @@ class FusedTokenSkipDecoder(TokenSkipDecoder):
         binding.bind_output(seg.output_name, 'cpu')
         if seg.ranks:
             binding.bind_output(RANK_OUTPUT, 'cpu')
-        session.run_with_iobinding(binding)
+        seg.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()[len(seg.values):]     # bind order: buffers first
         attention = None
         if seg.ranks:
@@ -171,7 +167,7 @@ class FusedTokenSkipDecoder(TokenSkipDecoder):
         positions = self._positions[:, past_length:total]
         h = np.ascontiguousarray(embeds, dtype=np.float32)
         for seg in self.segments:
-            h, _, _ = self._run_on(seg.session, seg, h, positions, total)
+            h, _, _ = self._run(seg, h, positions, total)
         return h[0, -1]
 
     def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
