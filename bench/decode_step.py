@@ -19,18 +19,27 @@ import numpy as np
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--bundle', type=Path, default=None,
-                        help='plain bundle with decoder.fused.onnx (default: the pruned default '
-                             'model, exported once into the cache)')
+                        help='plain bundle with decoder.fused.onnx (default: the default model '
+                             'pruned by its plan\'s blocks, without its token skipping, exported '
+                             'once into the cache)')
     parser.add_argument('--steps', type=int, default=300, help='decode steps per round and way')
     parser.add_argument('--rounds', type=int, default=5)
     args = parser.parse_args()
 
     from ros2_gmskip.runtime.defaults import ensure_bundle
+    from ros2_gmskip.runtime.fused_decode import FusedDecoder
     from ros2_gmskip.runtime.ort_backend import OrtBackend
     from ros2_gmskip.scenes.dataset import load_samples
+    from ros2_gmskip.tokenskip.settings import TokenSkip
 
-    backend = OrtBackend(args.bundle or ensure_bundle(), threads=1, graph='fused')
+    # TokenSkip(): blocks only; with the plan's FastV the loop is a FusedTokenSkipDecoder, whose
+    # segments this comparison does not cover
+    bundle = args.bundle or ensure_bundle(tokens=TokenSkip())
+    backend = OrtBackend(bundle, threads=1, graph='fused')
     loop = backend.decoder_loop
+    if not isinstance(loop, FusedDecoder):
+        parser.error(f'{bundle}: its decoder loop is a {type(loop).__name__}, not a plain '
+                     'FusedDecoder (export it without --fastv / --kv-removal)')
     image = load_samples('test', 1)[0].image
     T = len(backend.tokenizer.prompt_ids('describe the scene.'))
     backend.describe(image, 'describe the scene.')               # fills the KV buffers

@@ -9,10 +9,13 @@ PY=".venv/bin/python"
 M=models/gmskip-llava-scenes
 PLAN=$M/plans/accuracy-reverse.json
 OUT=bench/results
+# accuracy on 2000 test scenes: on 500, one accuracy's standard error (~1 pt) is as large as the
+# 1-point goal it is compared with
+NTEST=2000
 mkdir -p "$OUT" "$M/plans"
 
 # 1. full model on the test split (never used for calibration)
-$G evaluate --model $M --split test --n 500 --json | tail -1 > $OUT/eval_full_test.json
+$G evaluate --model $M --split test --n $NTEST --json | tail -1 > $OUT/eval_full_test.json
 # 2. GM-Skip on the val split (reverse strategy, accuracy), then the token knobs on top of it
 #    (FastV K,R x KV-removal ratio), same floor against the unpruned model
 $G calibrate --model $M --data val --n 1000 --metric accuracy --strategy reverse \
@@ -22,14 +25,14 @@ $G calibrate --model $M --data val --n 1000 --metric accuracy --strategy reverse
 #    (+ the plan's KV removal). FastV K,R: the plan's, else $FASTV (default 1,0.25: the token
 #    search's choice on top of the 200-scene block plan; on the 1000-scene plan the blocks already
 #    use the whole floor, so the search keeps no token skipping)
-$G evaluate --model $M --plan $PLAN --no-plan-tokens --split test --n 500 --json | tail -1 \
+$G evaluate --model $M --plan $PLAN --no-plan-tokens --split test --n $NTEST --json | tail -1 \
     > $OUT/eval_pruned_test.json
 PLAN_FASTV=$($PY -c "import json; t=json.load(open('$PLAN'))['tokens'] or {}; f=t.get('fastv'); \
 print(f'{f[\"k\"]},{f[\"r\"]}' if f else '')")
 FASTV=${PLAN_FASTV:-${FASTV:-1,0.25}}
-$G evaluate --model $M --fastv "$FASTV" --split test --n 500 --json | tail -1 \
+$G evaluate --model $M --fastv "$FASTV" --split test --n $NTEST --json | tail -1 \
     > $OUT/eval_fastv_test.json
-$G evaluate --model $M --plan $PLAN --fastv "$FASTV" --split test --n 500 --json | tail -1 \
+$G evaluate --model $M --plan $PLAN --fastv "$FASTV" --split test --n $NTEST --json | tail -1 \
     > $OUT/eval_combined_test.json
 # 4. latency, side by side: HF generate vs torch / ONNX Runtime backends: full, GM-Skip,
 #    FastV, GM-Skip + FastV (+ KV removal) (accuracy / CIDEr / GFLOPs on the same 50 frames)

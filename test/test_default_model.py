@@ -65,6 +65,18 @@ def test_shipped_model_files_and_card():
     assert config['text_config']['num_hidden_layers'] >= 12
 
 
+def test_default_train_config_is_the_shipped_models_recipe():
+    """`ros2-gmskip train` with no options trains what models/gmskip-llava-scenes was trained
+    with (its training_log.json), so changing a default means retraining the shipped model."""
+    from dataclasses import asdict
+
+    from ros2_gmskip.vlm.configs import TrainConfig
+    summary = json.loads((MODEL / 'training_log.json').read_text())['summary']
+    cfg = asdict(TrainConfig())
+    assert summary['model_config'] == cfg.pop('model')
+    assert summary['train_config'] == cfg
+
+
 @pytest.mark.slow
 def test_shipped_model_loads_offline_and_meets_quality_bar(monkeypatch):
     """On a fixed 64-scene slice of the test split (the full bar, on 500, is in the model card)."""

@@ -42,7 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     layerdrop: float = 0.3        # max per-block skip probability (last block); 0 = off
-    drop_suffix: float = 0.0      # per batch: skip the last 1..L/2 blocks together (early exit)
+    drop_suffix: float = 0.25     # per batch: skip the last 1..L/2 blocks together (early exit)
     blind_answers: float = 0.0    # per batch: answer tokens cannot attend to image tokens
     skip_ffn: float = 0.0         # share of visual tokens that bypass decoder FFNs (Skip-Vision)
     aux_weight: float = 1.0       # weight of the image-token ground-truth loss; 0 = off
