@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce every number in README.md "Results" and the model card, in one run, on this machine.
-#   bench/results.sh            (about 35 minutes on 2 CPU cores)
+# Reproduce the default model's numbers in README.md "Results" and the model card, in one run (rows
+# that name another folder of bench/results/ show their own commands).
+#   bench/results.sh            (about 30 minutes on 2 CPU cores)
 # Writes bench/results/*.json, the shipped plan + plots, and bench/results/bench.{json,png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,9 +23,8 @@ $G calibrate --model $M --data val --n 1000 --metric accuracy --strategy reverse
     --lambda 0.3 --protect-first 0.25 --min-score-ratio 0.99 --batch-size 40 --tokens \
     --out $PLAN --plot $M/plans/accuracy-reverse.png | tee $OUT/calibrate.txt
 # 3. the same test scenes: GM-Skip only, FastV only (on the full model), and GM-Skip + FastV
-#    (+ the plan's KV removal). FastV K,R: the plan's, else $FASTV (default 1,0.25: the token
-#    search's choice on top of the 200-scene block plan; on the 1000-scene plan the blocks already
-#    use the whole floor, so the search keeps no token skipping)
+#    (+ the plan's KV removal). FastV K,R: the plan's (the token search keeps 1,0.5 for the
+#    shipped model), else $FASTV (default 1,0.25)
 $G evaluate --model $M --plan $PLAN --no-plan-tokens --split test --n $NTEST --json | tail -1 \
     > $OUT/eval_pruned_test.json
 PLAN_FASTV=$($PY -c "import json; t=json.load(open('$PLAN'))['tokens'] or {}; f=t.get('fastv'); \
