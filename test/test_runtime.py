@@ -120,6 +120,17 @@ def test_preprocess_equals_hf_processor(resample, scene_images):
         assert np.abs(got - want).max() <= 1e-6
 
 
+@pytest.mark.parametrize('rescale, mean, std', [
+    (1 / 255, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)), (1 / 255, None, None), (None, None, None)])
+def test_preprocess_lookup_gives_the_computed_bits(rescale, mean, std):
+    """The per-value table is the rescale + normalise arithmetic, bit for bit, every value."""
+    mine = Preprocessor(size=(16, 16), rescale_factor=rescale, image_mean=mean, image_std=std)
+    image = np.arange(16 * 16 * 3, dtype=np.int64).reshape(16, 16, 3).astype(np.uint8)  # all
+    got, want = mine(image), mine.reference(image)
+    assert got.dtype == want.dtype == np.float32 and got.shape == (1, 3, 16, 16)
+    assert got.tobytes() == want.tobytes()
+
+
 def test_preprocess_from_manifest_equals_model_processor(tiny_bundle, tiny_model, scene_images):
     _, processor = tiny_model
     mine = Preprocessor.from_manifest(load_bundle(tiny_bundle).preprocess)

@@ -8,6 +8,9 @@ the ONNX path sees the same pixels as the torch reference, bit for bit:
     (x - mean) / std in float32, per channel         (transformers' `normalize`)
     HWC -> CHW, batch of 1
 
+The last three are elementwise, so they run as one lookup of each uint8 value in a per-channel
+table computed with exactly those steps (`Preprocessor.table`; `reference` computes them).
+
 Input policy (the Backend contract): an RGB uint8 array (H, W, 3) of any size. Anything else -
 float pixels, grey (H, W), RGBA, BGR-with-alpha, an empty image - raises `ImageError` with what was
 received and what to do; nothing is converted silently, because a silent guess (is this 0..1 or
@@ -18,6 +21,7 @@ received and what to do; nothing is converted silently, because a silent guess (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -77,13 +81,18 @@ class Preprocessor:
                    image_mean=tuple(mean) if mean is not None else None,
                    image_std=tuple(std) if std is not None else None)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """RGB uint8 (H, W, 3) -> pixel_values float32 (1, 3, size[0], size[1])."""
-        image = check_image(image)
-        H, W = self.size
-        if image.shape[:2] != (H, W):
-            pil = Image.fromarray(np.ascontiguousarray(image))   # uint8 (H, W, 3): RGB
-            image = np.asarray(pil.resize((W, H), resample=RESAMPLE[self.resample]))
+    @cached_property
+    def table(self) -> np.ndarray:
+        """(3, 256) float32: what rescale + normalise make of each uint8 value, per channel.
+
+        Both steps are elementwise, so looking the value up gives the same float32 bits as
+        computing it (tested); on the 2-core CPU the lookup takes 0.07 ms per 128x128 frame where
+        the arithmetic (float64 rescale, subtract, divide, transpose) took 0.33 ms."""
+        values = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=2)  # (256,1,3)
+        return np.ascontiguousarray(self.reference(values)[0, :, :, 0])           # (3, 256)
+
+    def reference(self, image: np.ndarray) -> np.ndarray:
+        """transformers' rescale + normalise, computed: uint8 (H, W, 3) -> float32 (1, 3, H, W)."""
         if self.rescale_factor is not None:
             x = (image.astype(np.float64) * self.rescale_factor).astype(np.float32)
         else:
@@ -93,3 +102,15 @@ class Preprocessor:
             std = np.asarray(self.image_std, dtype=np.float32)
             x = (x - mean) / std                                # (H, W, 3), per channel
         return np.ascontiguousarray(x.transpose(2, 0, 1)[None])    # (1, 3, H, W)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> pixel_values float32 (1, 3, size[0], size[1])."""
+        image = check_image(image)
+        H, W = self.size
+        if image.shape[:2] != (H, W):
+            pil = Image.fromarray(np.ascontiguousarray(image))   # uint8 (H, W, 3): RGB
+            image = np.asarray(pil.resize((W, H), resample=RESAMPLE[self.resample]))
+        out = np.empty((1, 3, H, W), dtype=np.float32)
+        for c in range(3):
+            np.take(self.table[c], image[..., c], out=out[0, c])
+        return out
