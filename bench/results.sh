@@ -15,6 +15,9 @@ OUT=bench/results
 NTEST=2000
 mkdir -p "$OUT" "$M/plans"
 
+# 0. the n-gram draft table speculative decoding guesses from (deterministic: rewrites the shipped
+#    models/gmskip-llava-scenes/draft_ngrams.json with the same bytes)
+$G draft 2>/dev/null > $OUT/draft.txt
 # 1. full model on the test split (never used for calibration)
 $G evaluate --model $M --split test --n $NTEST --json | tail -1 > $OUT/eval_full_test.json
 # 2. GM-Skip on the val split (reverse strategy, accuracy), then the token knobs on top of it
@@ -45,4 +48,6 @@ $G bench --model $M --plan $PLAN --fastv "$FASTV" --n 500 --threads 1 \
     --out-dir $OUT/int4_test500 --json | tail -1 > /dev/null
 # 6. one fused decode step: binding every buffer per step against the prepared StepBinding
 $PY bench/decode_step.py --rounds 9 2>/dev/null | grep -v INFO > $OUT/decode_step.txt
+# 7. speculative decoding: one run's cost by rows, and decode time by guesses per run
+$PY bench/speculative.py --n 40 --rounds 5 2>/dev/null | grep -v INFO > $OUT/speculative.txt
 cat $OUT/eval_*_test.json

@@ -57,6 +57,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp('tiny_model')
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    # an n-gram draft table, as `ros2-gmskip draft` writes: every tiny bundle decodes
+    # speculatively (the random model refuses most guesses, which is tested too)
+    from ros2_gmskip.runtime.draft import DRAFT_FILE, NgramDraft
+    NgramDraft.build([tokenizer.encode(c, add_special_tokens=False) + [tokenizer.eos_token_id]
+                      for c in corpus]).save(out / DRAFT_FILE)
     return out
 
 

@@ -29,13 +29,16 @@ def test_bench_fused_and_portable_graphs_of_one_bundle(tiny_model_dir, tiny_prun
     monkeypatch.setattr(defaults, 'ensure_bundle', lambda *a, **k: tiny_pruned_bundle)
     plan = make_plan(tiny_model_dir, [1, 3], tmp_path / 'plan.json')
     rc = main(['bench', '--model', str(tiny_model_dir), '--plan', str(plan), '--only',
-               'ort_pruned', 'ort_pruned_portable', '--n', '2', '--warmup', '0', '--threads', '1',
+               'ort_pruned', 'ort_pruned_greedy', 'ort_pruned_portable', '--n', '2', '--warmup',
+               '0', '--threads', '1',
                '--rounds', '2', '--max-new-tokens', '6', '--out-dir', str(tmp_path), '--json'])
     assert rc == 0
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
-    assert set(result['configs']) == {'ort_pruned', 'ort_pruned_portable'}
+    assert set(result['configs']) == {'ort_pruned', 'ort_pruned_greedy', 'ort_pruned_portable'}
     assert result['same_text_as']['ort_pruned']['ort_pruned_portable'] == 1.0
+    assert result['same_text_as']['ort_pruned']['ort_pruned_greedy'] == 1.0
+    assert 'ort_pruned_vs_ort_pruned_greedy = ' in out
     assert result['ort_pruned_vs_ort_pruned_portable'] == pytest.approx(
         result['configs']['ort_pruned']['p50_ms']
         / result['configs']['ort_pruned_portable']['p50_ms'])
@@ -61,7 +64,9 @@ def test_readme_table_from_bench_json(tmp_path):
     assert lines[0].count('|') == 11 and 'accuracy (50)' in lines[0]
     assert lines[2].startswith('| HF `generate`, full model | 50.0 | 60.0 | 49.0, 51.0 | 300.0 | '
                                '1.000 | - |')
-    assert '| ONNX Runtime, full (fused decoder) |' in lines[3] and '| 0.200 | 1 |' in lines[3]
-    assert lines[4].startswith('| ONNX Runtime, FastV K=1 R=0.25 (fused segments) | 25.0 |')
+    assert '| ONNX Runtime, full (fused decoder, speculative) |' in lines[3]
+    assert '| 0.200 | 1 |' in lines[3]
+    assert lines[4].startswith(
+        '| ONNX Runtime, FastV K=1 R=0.25 (fused segments, speculative) | 25.0 |')
     assert '| 0.100 | 0.500 |' in lines[4]
     assert lines[5].startswith('| new_config | 40.0 |') and '| 0.200 | - |' in lines[5]

@@ -182,6 +182,32 @@ def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
     assert backend.info['decoder_graph'] == 'fused, int8 prefill, int4 decode steps'
     assert all(s.step_session is not s.session for s in backend.decoder_loop.segments)
     assert backend.describe(scene_images[0], DEFAULT_PROMPT, 6).tokens > 0
+    _speculation_keeps_the_greedy_ids(out, scene_images)
+
+
+def _speculation_keeps_the_greedy_ids(bundle: Path, images) -> None:
+    """Speculative steps through the segments (the bundle's own draft table: mostly refused
+    guesses; the model's own outputs as the table: mostly kept ones) give greedy's ids."""
+    from ros2_gmskip.runtime.draft import NgramDraft
+    plain, fast = _backend(bundle, draft_tokens=0), _backend(bundle)
+    assert not plain.decoder_loop.speculative and fast.decoder_loop.speculative
+    image_id = plain.tokenizer.image_token_id
+    embeds = [_prompt_embeds(plain, image) for image in images]
+    want = [plain.decoder_loop.generate(e, NEW, np.flatnonzero(ids == image_id))
+            for e, ids in embeds]
+    guesses = [fast.decoder_loop.draft,
+               NgramDraft.build([[*w.ids, 2] for w in want], order=6)]
+    for fast.decoder_loop.draft in guesses:
+        runs = 0
+        for (e, ids), w in zip(embeds, want):
+            got = fast.decoder_loop.generate(e, NEW, np.flatnonzero(ids == image_id))
+            assert got.ids.tolist() == w.ids.tolist() and got.decode_steps == w.decode_steps
+            runs += got.decode_runs
+    assert runs < sum(w.decode_steps for w in want)        # the model's own guesses save runs
+
+
+def test_speculative_steps_give_the_greedy_ids(skip_bundle, scene_images):
+    _speculation_keeps_the_greedy_ids(skip_bundle, scene_images)
 
 
 def test_step_graphs_rotate_at_the_given_positions(tiny_model_dir, skip_bundle, fused, tmp_path,

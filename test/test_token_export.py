@@ -112,7 +112,8 @@ def test_runtime_prunes_the_expected_number_of_tokens(fastv_bundle, scene_images
     visual key at all (KV ratio 1): count the rows and cache lengths the sessions see, on the
     fused segments (decode steps through their prepared bindings) and on decoder.onnx's."""
     from ros2_gmskip.runtime.ort_backend import OrtBackend
-    backend = OrtBackend(fastv_bundle, threads=1, graph=graph)
+    # one token per decode run (speculative runs: test_fused_token_decode.py)
+    backend = OrtBackend(fastv_bundle, threads=1, graph=graph, draft_tokens=0)
     assert backend.info['decoder_graph'] == graph
     loop = backend.decoder_loop
     seen = []

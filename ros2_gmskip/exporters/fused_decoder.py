@@ -16,7 +16,7 @@ Concat. This graph is what onnxruntime-genai builds for LLMs, for the same reaso
                SkipSimplifiedLayerNormalization (residual add + norm) -> MatMul gate|up -> Split
                -> QuickGelu(alpha=1) = SiLU -> Mul -> MatMul down ->
                SkipSimplifiedLayerNormalization (residual add + next norm)
-    last position only -> MatMul lm_head
+    MatMul lm_head (every row: all_logits) -> last position (logits)
 
 10 nodes per block instead of ~32, and no KV copies: the runtime (runtime/fused_decode.py) binds
 one buffer per layer and kind, (1, kv_heads, max_length, head_dim), as both `past` and `present`,
@@ -35,7 +35,9 @@ to test them), and for requests longer than `max_length`.
 
 Inputs:  inputs_embeds (1, T, C) float32, seqlens_k (1,) int32 = past + T - 1,
          total_sequence_length () int32 = past + T, past_key_values.{i}.key/value (1, kv, M, d)
-Outputs: logits (1, 1, V) of the last position, present.{i}.key/value (the same buffers).
+Outputs: logits (1, 1, V) of the last position, all_logits (1, T, V) of every new row (a
+         speculative decode run reads one per drafted token, runtime/draft.py; a 42-token lm_head
+         over 70 rows is ~0.5 MFLOP), present.{i}.key/value (the same buffers).
 Batch 1 only: that is how the runtime decodes (one camera frame per request).
 
 Token skipping (a bundle exported with FastV / visual KV removal)
@@ -91,6 +93,9 @@ NORMS = ('LlamaRMSNorm', 'MistralRMSNorm', 'Qwen2RMSNorm')
 # The token-skipping segment ending at FastV's K also outputs its last block's rotated query at
 # the last position (1, 1, H*d): the runtime ranks the image tokens by it.
 RANK_OUTPUT = 'last_query'
+# The last graph's logits at every new row (1, seq, V), next to `logits` (the last row): a
+# speculative decode run checks one drafted token per row (runtime/draft.py).
+ALL_LOGITS = 'all_logits'
 
 
 def _text(model):
@@ -206,6 +211,8 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
     outputs = [helper.make_tensor_value_info('logits', TensorProto.FLOAT, [1, 1, V]) if last
                else helper.make_tensor_value_info(segment.output_name, TensorProto.FLOAT,
                                                   [1, 'seq', C])]
+    if last:
+        outputs.append(helper.make_tensor_value_info(ALL_LOGITS, TensorProto.FLOAT, [1, 'seq', V]))
     if ranks:
         outputs.append(helper.make_tensor_value_info(RANK_OUTPUT, TensorProto.FLOAT,
                                                      [1, 1, H * d]))
@@ -280,9 +287,9 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
             g.node('SkipSimplifiedLayerNormalization',
                    [pending, residual, g.weight('norm.weight', text.norm.weight)], ['normed'],
                    'com.microsoft', epsilon=_eps(text.norm))
-            _last_position(g, 'normed', 'normed_last')
-            g.node('MatMul', ['normed_last', g.weight('lm_head.weight',
-                                                      model.lm_head.weight.T)], ['logits'])
+            g.node('MatMul', ['normed', g.weight('lm_head.weight', model.lm_head.weight.T)],
+                   [ALL_LOGITS])                   # every row: speculative decoding checks them
+            _last_position(g, ALL_LOGITS, 'logits')
 
     graph = helper.make_graph(g.nodes, 'ros2_gmskip_fused_decoder', inputs, outputs,
                               g.initializers)

@@ -79,6 +79,7 @@ from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, WEIGHTS, build_f
                                                  quantize_prefill_graph, quantize_settings)
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
+from ros2_gmskip.runtime.draft import DRAFT_FILE
 from ros2_gmskip.tokenskip.settings import TokenSkip
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ log = logging.getLogger(__name__)
 # Files copied from the model folder when present (tokenizer.json is required).
 MODEL_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
                'processor_config.json', 'preprocessor_config.json', 'chat_template.jinja',
-               'chat_template.json', 'config.json', 'generation_config.json')
+               'chat_template.json', 'config.json', 'generation_config.json',
+               DRAFT_FILE)         # the n-gram draft table (ros2-gmskip draft), where made
 TWO_GB = 2 ** 31
 
 

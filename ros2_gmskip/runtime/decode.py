@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -44,8 +44,9 @@ class DecodeOutput:
     ids: np.ndarray          # (n,) int64
     prefill_ms: float        # first decoder run (whole prompt) + first argmax
     decode_ms: float         # the `decode_steps` runs after it
-    decode_steps: int
+    decode_steps: int        # tokens the decode produced (greedy: one decoder run each)
     stopped: bool            # True: a stop token ended it; False: max_new_tokens reached
+    decode_runs: int | None = None   # decoder runs, where drafts made them fewer than the steps
 
 
 def _ms(t0: float, t1: float) -> float:
@@ -66,6 +67,43 @@ def greedy_loop(token: int, step: Callable[[int, int], int], max_new_tokens: int
         if n == max_new_tokens:
             return n, steps, False
         token = step(token, n)
+        steps += 1
+
+
+def speculative_loop(token: int, verify: Callable[[int, list[int], int], Sequence[int]],
+                     propose: Callable[[int, int], list[int]], max_new_tokens: int,
+                     stop_ids: frozenset[int], out: np.ndarray) -> tuple[int, int, bool, int]:
+    """greedy_loop's result in fewer decoder runs (runtime/draft.py says why).
+
+    `propose(n, limit)`: up to `limit` guessed ids to follow out[:n]. `verify(token, drafts, n)`:
+    one decoder run over `token` + `drafts` (the cache holds everything before `token`) -> the
+    greedy choice after each of those rows (len(drafts) + 1 ids). A draft is kept while it equals
+    the choice before it, so every kept token is the model's own greedy choice; the first choice
+    that differs (or follows the last draft) is the next `token`. Rows of refused drafts stay in
+    the cache past its length and are overwritten. -> (kept, steps, stopped, runs): `steps` counts
+    what greedy_loop would have run a step for."""
+    n = steps = runs = 0
+    while True:
+        if token in stop_ids:
+            return n, steps, True, runs
+        out[n] = token
+        n += 1
+        if n == max_new_tokens:
+            return n, steps, False, runs
+        drafts = propose(n, max_new_tokens - n)
+        choices = verify(token, drafts, n)
+        runs += 1
+        i = 0
+        while i < len(drafts) and int(choices[i]) == drafts[i]:
+            steps += 1
+            if drafts[i] in stop_ids:
+                return n, steps, True, runs
+            out[n] = drafts[i]
+            n += 1
+            if n == max_new_tokens:
+                return n, steps, False, runs
+            i += 1
+        token = int(choices[i])
         steps += 1
 
 
@@ -100,6 +138,21 @@ class DecodeBuffers:
         t2 = time.perf_counter()
         return DecodeOutput(ids=self._tokens[:n].copy(), prefill_ms=_ms(t0, t1),
                             decode_ms=_ms(t1, t2), decode_steps=steps, stopped=stopped)
+
+    def _timed_speculative(self, prefill: Callable[[], int],
+                           verify: Callable[[int, list[int], int], Sequence[int]],
+                           propose: Callable[[int, int], list[int]],
+                           max_new_tokens: int) -> DecodeOutput:
+        """_timed_greedy with `speculative_loop`: the same ids, `decode_runs` recorded."""
+        t0 = time.perf_counter()
+        token = prefill()
+        t1 = time.perf_counter()
+        n, steps, stopped, runs = speculative_loop(token, verify, propose, max_new_tokens,
+                                                   self.stop_ids, self._tokens)
+        t2 = time.perf_counter()
+        return DecodeOutput(ids=self._tokens[:n].copy(), prefill_ms=_ms(t0, t1),
+                            decode_ms=_ms(t1, t2), decode_steps=steps, stopped=stopped,
+                            decode_runs=runs)
 
 
 class GreedyDecoder(DecodeBuffers):

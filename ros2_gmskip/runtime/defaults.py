@@ -55,7 +55,7 @@ def cache_dir() -> Path:
 
 
 QUANTIZED_VALIDATE_N = 50          # scenes that judge a quantized decode graph's agreement
-BUNDLE_LAYOUT = 'int8-prefill'  # bumped when export adds graphs the runtime should use
+BUNDLE_LAYOUT = 'all-logits+draft'  # bumped when export adds graphs or files the runtime uses
 
 
 def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None,

@@ -74,7 +74,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
 
     onnxruntime: `bundle` (from `ros2-gmskip export`; the plan is baked into it); opts `providers`
                  ('cpu', 'cuda', 'tensorrt'), `threads`, `graph` ('auto' | 'fused' | 'portable':
-                 which decoder graph, see ort_backend); without a bundle, `fused_weights`
+                 which decoder graph, see ort_backend), `draft_tokens` (speculative decoding,
+                 0 = off); without a bundle, `fused_weights`
                  ('int4' | 'int8') exports the quantized fused decoder (export --fused-weights).
     torch:       `model`, `plan`; opts `device`, `threads`.
     `tokens` (a tokenskip.settings.TokenSkip): FastV / KV-removal settings instead of the plan's
@@ -113,7 +114,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
         from ros2_gmskip.runtime.ort_backend import OrtBackend
         return OrtBackend(Path(bundle), providers=opts.get('providers'),
                           threads=opts.get('threads'), token_skip=None if exported else tokens,
-                          graph=opts.get('graph') or 'auto')
+                          graph=opts.get('graph') or 'auto',
+                          **{k: opts[k] for k in ('draft_tokens',) if k in opts})
     try:
         module = importlib.import_module('ros2_gmskip.runtime.trt_backend')
     except ModuleNotFoundError as err:

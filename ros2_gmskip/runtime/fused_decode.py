@@ -17,6 +17,11 @@ prefill runs on `session` (which the backend makes from the bundle's int8 prefil
 has one) and every decode step on `step_session`: the same buffers, so nothing changes hands
 between them.
 
+With a draft table (`draft`, runtime/draft.py) and a graph that outputs `all_logits`, decoding is
+speculative: one run over the last kept token plus up to `draft_tokens` guessed ones (a binding
+per row count, made once), keeping every guess the model's greedy choice confirms
+(decode.speculative_loop): greedy's ids in fewer runs.
+
 A request longer than the buffers (prompt + max_new_tokens > max_length) is decoded by `fallback`
 (the portable decoder.onnx loop), so no request fails for being long.
 """
@@ -26,7 +31,11 @@ from __future__ import annotations
 import numpy as np
 
 from ros2_gmskip.errors import BundleError
+from ros2_gmskip.exporters.fused_decoder import ALL_LOGITS
 from ros2_gmskip.runtime.decode import DecodeBuffers, DecodeOutput
+from ros2_gmskip.runtime.draft import NgramDraft
+
+DRAFT_TOKENS = 3        # guesses per run: 2..4 measured alike, 1 and 6 worse (bench/speculative.py)
 
 
 class StepBinding:
@@ -63,12 +72,37 @@ def output_shape(session, name: str) -> tuple[int, ...]:
     return tuple(d if isinstance(d, int) else 1 for d in shape)
 
 
-class FusedDecoder(DecodeBuffers):
+class Drafting:
+    """What both fused loops share for speculative decoding (runtime/draft.py): the draft
+    table, if the last graph can check guesses (outputs all_logits) and any are asked for."""
+
+    draft: NgramDraft | None = None
+    draft_tokens: int = 0
+
+    def _use_draft(self, draft: NgramDraft | None, draft_tokens: int, last_graph) -> None:
+        self.draft_tokens = draft_tokens
+        self.draft = draft if draft_tokens > 0 and any(
+            o.name == ALL_LOGITS for o in last_graph.get_outputs()) else None
+
+    @property
+    def speculative(self) -> bool:
+        """Whether `generate` decodes with drafts."""
+        return self.draft is not None
+
+    def _propose(self, n: int, limit: int) -> list[int]:
+        """Guesses for after the n ids kept so far (self._tokens), at most `limit`."""
+        return self.draft.propose(self._tokens[:n], min(self.draft_tokens, limit), self.stop_ids)
+
+
+class FusedDecoder(Drafting, DecodeBuffers):
     """`generate` like decode.GreedyDecoder, over the fused graph's session."""
 
     def __init__(self, session, embed_table: np.ndarray, num_layers: int, num_kv_heads: int,
                  head_dim: int, max_length: int, stop_ids: tuple[int, ...], fallback,
-                 step_session=None) -> None:
+                 step_session=None, draft: NgramDraft | None = None,
+                 draft_tokens: int = DRAFT_TOKENS) -> None:
+        """`draft` (with `draft_tokens` >= 1): decode speculatively, up to `draft_tokens`
+        guesses per run (runtime/draft.py), where the step graph outputs `all_logits`."""
         import onnxruntime as ort
 
         self.session = session
@@ -98,6 +132,21 @@ class FusedDecoder(DecodeBuffers):
             self.step_session, {'inputs_embeds': self._embeds, 'seqlens_k': self._seqlens,
                                 'total_sequence_length': self._total}, {'logits': self._logits},
             [(past, present, value) for (past, present), value in zip(self.pairs, self.cache)])
+        self._use_draft(draft, draft_tokens, self.step_session)
+        self._verifiers = [self._verifier(m) for m in range(1, draft_tokens + 2)] \
+            if self.draft else []
+
+    def _verifier(self, rows: int) -> tuple[StepBinding, np.ndarray, np.ndarray]:
+        """A decode run over `rows` new rows (the last kept token + rows-1 drafts), bound once:
+        (binding, its inputs_embeds (1, rows, C), its all_logits (1, rows, V))."""
+        embeds = np.zeros((1, rows, self.embed_table.shape[1]), dtype=np.float32)
+        every = np.zeros((1, rows, self._logits.shape[-1]), dtype=np.float32)
+        binding = StepBinding(
+            self.step_session, {'inputs_embeds': embeds, 'seqlens_k': self._seqlens,
+                                'total_sequence_length': self._total},
+            {'logits': np.zeros_like(self._logits), ALL_LOGITS: every},
+            [(past, present, value) for (past, present), value in zip(self.pairs, self.cache)])
+        return binding, embeds, every
 
     def _run(self, embeds: np.ndarray, past_length: int, session=None) -> np.ndarray:
         """One run of `session` (default: the prefill graph) for `embeds` (1, T, C) after
@@ -131,6 +180,10 @@ class FusedDecoder(DecodeBuffers):
         def prefill() -> int:
             return int(self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0).argmax())
 
+        if self.draft is not None:
+            return self._timed_speculative(prefill, lambda token, drafts, n: self._verify(
+                token, drafts, T + n - 1), self._propose, max_new_tokens)
+
         def step(token: int, n: int) -> int:
             self._embeds[0, 0] = self.embed_table[token]
             self._seqlens[0] = T + n - 1                     # the cache holds T + n - 1 rows
@@ -139,3 +192,15 @@ class FusedDecoder(DecodeBuffers):
             return int(self._logits[0, 0].argmax())
 
         return self._timed_greedy(prefill, step, max_new_tokens)
+
+    def _verify(self, token: int, drafts: list[int], cached: int) -> np.ndarray:
+        """One run over `token` + `drafts` after `cached` rows -> the greedy choice after each."""
+        binding, embeds, every = self._verifiers[len(drafts)]
+        embeds[0, 0] = self.embed_table[token]
+        if drafts:
+            embeds[0, 1:] = self.embed_table[drafts]
+        rows = len(drafts) + 1
+        self._seqlens[0] = cached + rows - 1
+        self._total[()] = cached + rows
+        binding.run()
+        return every[0].argmax(axis=-1)

@@ -24,6 +24,9 @@ What changes against the portable loop:
   decode steps (`export --fused-weights int4`), each segment's step graph rotates inside
   GroupQueryAttention at the given position (no RotaryEmbedding nodes).
 - A request longer than the buffers runs on `fallback` (the portable loop), as in FusedDecoder.
+- Decode steps can be speculative, as FusedDecoder's (runtime/draft.py): one run over the last
+  token and its drafted followers at consecutive positions through every segment; each segment's
+  cache length after the run is recomputed from the tokens kept, so refused rows are overwritten.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ros2_gmskip.exporters.fused_decoder import RANK_OUTPUT
+from ros2_gmskip.exporters.fused_decoder import ALL_LOGITS, RANK_OUTPUT
 from ros2_gmskip.runtime.decode import DecodeOutput
-from ros2_gmskip.runtime.fused_decode import output_shape, StepBinding
+from ros2_gmskip.runtime.draft import NgramDraft
+from ros2_gmskip.runtime.fused_decode import DRAFT_TOKENS, Drafting, output_shape, StepBinding
 from ros2_gmskip.runtime.token_decode import _Segment, TokenSkipDecoder
 from ros2_gmskip.tokenskip.settings import TokenSkip
 
@@ -61,16 +65,18 @@ def head_averaged_attention(query: np.ndarray, keys: np.ndarray, scale: float) -
     return probs.reshape(-1, probs.shape[-1]).mean(axis=0).astype(np.float32)
 
 
-class FusedTokenSkipDecoder(TokenSkipDecoder):
+class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
     """`generate` like TokenSkipDecoder, over the fused explicit-position segments."""
 
     REQUIRED_INPUTS = ('position_ids', 'seqlens_k', 'total_sequence_length')
 
     def __init__(self, sessions: list, fused: dict, embed_table: np.ndarray, num_kv_heads: int,
                  head_dim: int, stop_ids: tuple[int, ...], token_skip: TokenSkip, fallback,
-                 step_sessions: list | None = None, where: str = 'bundle') -> None:
+                 step_sessions: list | None = None, where: str = 'bundle',
+                 draft: NgramDraft | None = None, draft_tokens: int = DRAFT_TOKENS) -> None:
         """`fused`: the manifest's fused_decoder entry (with 'segments'); `step_sessions`: the
-        quantized decode-step graphs, one per segment (None: the prefill graphs)."""
+        quantized decode-step graphs, one per segment (None: the prefill graphs); `draft`,
+        `draft_tokens`: speculative decode steps, as in FusedDecoder."""
         import onnxruntime as ort
 
         self.limit = int(fused['max_length'])
@@ -85,6 +91,9 @@ class FusedTokenSkipDecoder(TokenSkipDecoder):
                 self._segment(step, entry)                      # the same inputs, or BundleError
                 seg.step_session = step
         self._bind_steps(embed_table.shape[1])
+        self._use_draft(draft, draft_tokens, self.segments[-1].step_session)
+        self._verifiers = [self._bind_rows(m, embed_table.shape[1])
+                           for m in range(1, draft_tokens + 2)] if self.draft else []
 
     def _segment(self, session, seg: dict) -> _FusedSegment:
         base = super()._segment(session, seg)
@@ -117,6 +126,48 @@ class FusedTokenSkipDecoder(TokenSkipDecoder):
                 outputs, list(zip(seg.past_names, seg.present_names, seg.values)))
             h = out
         self._logits = h
+
+    def _bind_rows(self, rows: int, hidden: int) -> tuple[list, np.ndarray, np.ndarray,
+                                                          np.ndarray]:
+        """_bind_steps for a speculative run over `rows` new rows: (one StepBinding per segment,
+        the embeddings (1, rows, C), positions (1, rows), all_logits (1, rows, V)) in place."""
+        embeds = np.zeros((1, rows, hidden), dtype=np.float32)
+        positions = np.zeros((1, rows), dtype=np.int64)
+        every = np.zeros((1, rows, self.embed_table.shape[0]), dtype=np.float32)
+        h, bindings = embeds, []
+        for seg in self.segments:
+            graph = seg.step_session
+            if seg is self.segments[-1]:
+                out = None
+                outputs = {'logits': np.zeros(output_shape(graph, 'logits'), np.float32),
+                           ALL_LOGITS: every}
+            else:
+                out = np.zeros((1, rows, hidden), dtype=np.float32)
+                outputs = {seg.output_name: out}
+            if any(o.name == RANK_OUTPUT for o in graph.get_outputs()):
+                outputs[RANK_OUTPUT] = np.zeros(output_shape(graph, RANK_OUTPUT), np.float32)
+            bindings.append(StepBinding(
+                graph, {seg.input_name: h, 'position_ids': positions, 'seqlens_k': seg.seqlens,
+                        'total_sequence_length': seg.total}, outputs,
+                list(zip(seg.past_names, seg.present_names, seg.values))))
+            h = out
+        return bindings, embeds, positions, every
+
+    def _verify(self, token: int, drafts: list[int], position: int, cached: list[int]
+                ) -> np.ndarray:
+        """One speculative run of `token` (at `position`) + `drafts` through every segment, each
+        holding `cached` rows -> the greedy choice after each row."""
+        bindings, embeds, positions, every = self._verifiers[len(drafts)]
+        rows = len(drafts) + 1
+        embeds[0, 0] = self.embed_table[token]
+        if drafts:
+            embeds[0, 1:] = self.embed_table[drafts]
+        positions[0] = self._positions[0, position:position + rows]
+        for seg, binding, length in zip(self.segments, bindings, cached):
+            seg.seqlens[0] = length + rows - 1
+            seg.total[()] = length + rows
+            binding.run()
+        return every[0].argmax(axis=-1)
 
     def _step(self, token: int, position: int, lengths: list[int], pasts: list) -> int:
         """TokenSkipDecoder._step over the prepared bindings: nothing is bound per step."""
@@ -175,4 +226,16 @@ class FusedTokenSkipDecoder(TokenSkipDecoder):
         """TokenSkipDecoder.generate, or `fallback`'s for requests longer than the buffers."""
         if inputs_embeds.shape[1] + max_new_tokens > self.limit:
             return self.fallback.generate(inputs_embeds, max_new_tokens, image_positions)
-        return super().generate(inputs_embeds, max_new_tokens, image_positions)
+        if self.draft is None:
+            return super().generate(inputs_embeds, max_new_tokens, image_positions)
+        T = self._start(inputs_embeds, max_new_tokens)
+        lengths: list[int] = []                 # each segment's cache after the prefill
+
+        def prefill() -> int:
+            return self._begin(inputs_embeds, image_positions, lengths, [])
+
+        def verify(token: int, drafts: list[int], n: int) -> np.ndarray:
+            # n - 1 kept tokens since the prefill sit in every segment's cache
+            return self._verify(token, drafts, T + n - 1, [c + n - 1 for c in lengths])
+
+        return self._timed_speculative(prefill, verify, self._propose, max_new_tokens)

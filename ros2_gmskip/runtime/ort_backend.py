@@ -20,6 +20,12 @@ them through `fused_token_decode.FusedTokenSkipDecoder` over its fused segments,
 `token_decode.TokenSkipDecoder` over its decoder.onnx segments (graph 'portable');
 `token_skip=TokenSkip()` runs it without.
 
+Speculative decoding (`draft_tokens`, default 3; 0 turns it off): where the bundle holds an n-gram
+draft table (draft_ngrams.json, from `ros2-gmskip draft`) and its fused graph outputs
+`all_logits`, fused decoding feeds up to `draft_tokens` guessed tokens per decoder run and
+keeps those the model's greedy choice confirms: the same text in fewer runs (runtime/draft.py).
+The fused token-skipping loop does the same; the portable loops decode one token per run.
+
 Sessions use graph optimisation level ALL and, by default, ONNX Runtime's thread count; pass
 `threads` to pin it (the node shares its cores with the rest of the stack).
 """
@@ -36,7 +42,8 @@ from ros2_gmskip.errors import BundleError, EngineError
 from ros2_gmskip.runtime.bundle import Bundle, load_bundle
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
 from ros2_gmskip.runtime.decode import GreedyDecoder
-from ros2_gmskip.runtime.fused_decode import FusedDecoder
+from ros2_gmskip.runtime.draft import DRAFT_FILE, NgramDraft
+from ros2_gmskip.runtime.fused_decode import DRAFT_TOKENS, FusedDecoder
 from ros2_gmskip.runtime.fused_token_decode import FusedTokenSkipDecoder
 from ros2_gmskip.runtime.preprocess import Preprocessor
 from ros2_gmskip.runtime.token_decode import TokenSkipDecoder
@@ -95,7 +102,7 @@ class OrtBackend(BundleBackend):
     def __init__(self, bundle_path: Path, providers: Sequence[str] | str | None = None,
                  threads: int | None = None, verify: bool = True,
                  token_skip: TokenSkip | None = None, graph: str = 'auto',
-                 quantized: bool = True) -> None:
+                 quantized: bool = True, draft_tokens: int = DRAFT_TOKENS) -> None:
         import onnxruntime as ort
 
         if graph not in GRAPHS:
@@ -136,6 +143,9 @@ class OrtBackend(BundleBackend):
                 num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
                 stop_ids=self.tokenizer.stop_ids, token_skip=self.token_skip,
                 device=device, where=f'bundle {str(self.bundle.path)!r}')
+        if draft_tokens < 0:
+            raise ValueError(f'draft_tokens must be >= 0, got {draft_tokens}')
+        self.draft_tokens = draft_tokens
         if self._use_fused(graph):                  # the portable loop stays, for long requests
             self.decoder_loop = self._fused_loop(options, quantized)
         plan = self.bundle.plan or {}
@@ -151,6 +161,8 @@ class OrtBackend(BundleBackend):
             'decoder_graph': self._graph_name(),
             'providers': self.decoder.get_providers(),
             'threads': threads,
+            'draft_tokens': self.draft_tokens if getattr(self.decoder_loop, 'speculative', False)
+            else 0,
         }
         log.info('onnxruntime backend: %s, %d decoder layers, providers %s', self.bundle.path,
                  cfg['num_layers'], ', '.join(self.info['providers']))
@@ -170,7 +182,8 @@ class OrtBackend(BundleBackend):
                 head_dim=cfg['head_dim'], max_length=fused['max_length'],
                 stop_ids=self.tokenizer.stop_ids, fallback=self.decoder_loop,
                 step_session=(self._session(self.bundle.file(fused[step_key]), options)
-                              if step_key else None))
+                              if step_key else None),
+                draft=self._draft(), draft_tokens=self.draft_tokens)
         steps = None
         if step_key:
             steps = [self._session(self.bundle.file(p[step_key]), options) for p in parts]
@@ -179,7 +192,15 @@ class OrtBackend(BundleBackend):
             self.embed_table, num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
             stop_ids=self.tokenizer.stop_ids, token_skip=self.token_skip,
             fallback=self.decoder_loop, step_sessions=steps,
-            where=f'bundle {str(self.bundle.path)!r}')
+            where=f'bundle {str(self.bundle.path)!r}', draft=self._draft(),
+            draft_tokens=self.draft_tokens)
+
+    def _draft(self) -> NgramDraft | None:
+        """The bundle's draft table, if it has one and drafts are asked for."""
+        path = self.bundle.file(DRAFT_FILE)
+        if self.draft_tokens == 0 or not path.is_file():
+            return None
+        return NgramDraft.load(path, vocab_size=self.embed_table.shape[0])
 
     def _graph_name(self) -> str:
         """'portable', 'fused', or e.g. 'fused, int8 prefill, int4 decode steps'."""

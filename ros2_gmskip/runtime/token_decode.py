@@ -188,22 +188,28 @@ class TokenSkipDecoder(DecodeBuffers):
         """Greedy continuation of `inputs_embeds` (1, T, C); `image_positions` (n,) the image
         tokens' indices in the prompt."""
         T = self._start(inputs_embeds, max_new_tokens)
-        image_positions = (np.zeros(0, dtype=np.int64) if image_positions is None
-                           else np.asarray(image_positions, dtype=np.int64))
         pasts: list = []
         lengths: list[int] = []
 
         def prefill() -> int:
-            logits, segment_pasts, indexes = self._prefill(
-                np.ascontiguousarray(inputs_embeds, dtype=np.float32), image_positions)
-            lengths.extend(self._remove_visual_kv(segment_pasts, indexes, image_positions))
-            pasts.extend(segment_pasts)
-            return int(logits.argmax())
+            return self._begin(inputs_embeds, image_positions, lengths, pasts)
 
         def step(token: int, n: int) -> int:
             return self._step(token, T + n - 1, lengths, pasts)
 
         return self._timed_greedy(prefill, step, max_new_tokens)
+
+    def _begin(self, inputs_embeds: np.ndarray, image_positions: np.ndarray | None,
+               lengths: list[int], pasts: list) -> int:
+        """A request's prefill, FastV and KV removal -> the first token; fills `lengths` (each
+        segment's cache length) and `pasts` (each segment's cache)."""
+        image_positions = (np.zeros(0, dtype=np.int64) if image_positions is None
+                           else np.asarray(image_positions, dtype=np.int64))
+        logits, segment_pasts, indexes = self._prefill(
+            np.ascontiguousarray(inputs_embeds, dtype=np.float32), image_positions)
+        lengths.extend(self._remove_visual_kv(segment_pasts, indexes, image_positions))
+        pasts.extend(segment_pasts)
+        return int(logits.argmax())
 
     def _step(self, token: int, position: int, lengths: list[int], pasts: list) -> int:
         """One decode step of `token` at absolute `position` through every segment (each

@@ -8,7 +8,9 @@ it made the 11-block ORT decoder exactly as slow as the 16-block one):
   torch_full    our torch backend (own greedy loop with KV cache), full model
   torch_pruned  the same, GM-Skip plan applied
   ort_full      ONNX Runtime backend on the exported full model
-  ort_pruned    ONNX Runtime backend on the exported pruned model (decoder.fused.onnx, as the node)
+  ort_pruned    ONNX Runtime backend on the exported pruned model (decoder.fused.onnx, as the node,
+                speculative decoding with the bundle's draft table: `describe --help`)
+  ort_pruned_greedy     the same, one token per decoder run (--draft-tokens 0): what the drafts buy
   ort_pruned_portable   the same bundle on decoder.onnx, the plain-op graph TensorRT builds from
   ort_pruned_int4       ort_pruned quantized (export --fused-weights int4: int4-weight decode
                         steps, dynamic int8 prefill)
@@ -54,7 +56,8 @@ from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
 HELP = 'time HF generate, torch, ONNX Runtime (and TensorRT) full vs pruned on the same scenes'
 LOG = logging.getLogger(__name__)
 CONFIGS = ('hf_full', 'torch_full', 'torch_pruned', 'torch_fastv', 'torch_combined', 'ort_full',
-           'ort_pruned', 'ort_pruned_portable', 'ort_pruned_int4', 'ort_fastv', 'ort_combined',
+           'ort_pruned', 'ort_pruned_greedy', 'ort_pruned_portable', 'ort_pruned_int4',
+           'ort_fastv', 'ort_combined',
            'ort_combined_int4',
            'trt_full', 'trt_pruned')
 TOKEN_CONFIGS = ('_fastv', '_combined')
@@ -162,7 +165,8 @@ def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
                                    fused_weights='int4' if name.endswith('_int4') else 'fp32')
             backends[name] = create_backend('onnxruntime', bundle=bundle, providers=providers,
                                             threads=args.threads,
-                                            graph='portable' if 'portable' in name else 'auto')
+                                            graph='portable' if 'portable' in name else 'auto',
+                                            **({'draft_tokens': 0} if 'greedy' in name else {}))
         elif name.startswith('trt'):
             from ros2_gmskip.runtime.trt_backend import available
             ok, why = available()
@@ -296,7 +300,8 @@ def main(args: argparse.Namespace) -> int:
             cfg[name]['flops_vs_full'] = cfg[name]['gflops'] / cfg[full]['gflops']
         if 'hf_full' in cfg and name != 'hf_full':
             out[f'{name}_vs_hf'] = cfg[name]['vs_hf']
-    for a, b in (('ort_pruned', 'ort_pruned_portable'), ('ort_pruned_int4', 'ort_pruned')):
+    for a, b in (('ort_pruned', 'ort_pruned_portable'), ('ort_pruned_int4', 'ort_pruned'),
+                 ('ort_pruned', 'ort_pruned_greedy')):
         if a in cfg and b in cfg:                   # the fused graph, its quantized copies
             out[f'{a}_vs_{b}'] = cfg[a]['p50_ms'] / cfg[b]['p50_ms']
     print(f'{"config":<15} {"p50 ms":>8} {"p90 ms":>8} {"tok/s":>7} {"vs hf":>6}  '
@@ -315,7 +320,7 @@ def main(args: argparse.Namespace) -> int:
         if cfg[name]['tokens']:
             print(f'{name}: token skipping {cfg[name]["tokens"]}')
     for key in sorted(k for k in out if '_vs_' in k and k.endswith(
-            ('_vs_hf', '_full', '_vs_ort_pruned', '_portable'))):
+            ('_vs_hf', '_full', '_vs_ort_pruned', '_portable', '_greedy'))):
         print(f'{key} = {out[key]:.3f}')
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / 'bench.json').write_text(json.dumps(out, indent=1))

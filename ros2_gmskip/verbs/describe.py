@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ros2_gmskip.argtypes import positive_int
+from ros2_gmskip.argtypes import non_negative_int, positive_int
 from ros2_gmskip.exporters.fused_decoder import WEIGHTS
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT
 
@@ -45,13 +45,19 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              'quantized fused decoder: int8 prefill, int4 / int8 decode steps '
                              '(faster; the text may differ from generate on a few frames, see '
                              '`ros2-gmskip export --help`; default: %(default)s)')
+    parser.add_argument('--draft-tokens', type=non_negative_int, default=3,
+                        help='onnxruntime fused decoder: guessed tokens (from the bundle\'s '
+                             'n-gram table, `ros2-gmskip draft`) checked per decoder run; the '
+                             'text stays greedy decoding\'s, token for token; 0 = one token per '
+                             'run (default: %(default)s)')
     parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='text prompt')
     parser.add_argument('--max-new-tokens', type=positive_int, default=48)
 
 
 def backend_from_args(args: argparse.Namespace):
     from ros2_gmskip.runtime.factory import create_backend
-    opts = {'graph': args.ort_graph} if args.backend == 'onnxruntime' else {}
+    opts = ({'graph': args.ort_graph, 'draft_tokens': args.draft_tokens}
+            if args.backend == 'onnxruntime' else {})
     if args.fused_weights != 'fp32':
         opts['fused_weights'] = args.fused_weights
     return create_backend(args.backend, model=args.model, plan=args.plan, bundle=args.bundle,
@@ -82,7 +88,10 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps({**result.to_dict(), 'backend': backend.name, 'info': backend.info}))
         return 0
     print(result.text)
-    graph = (backend.info or {}).get('decoder_graph')
+    info = backend.info or {}
+    graph = info.get('decoder_graph')
+    if graph and info.get('draft_tokens'):
+        graph += f', {info["draft_tokens"]} draft tokens per run'
     name = f'{backend.name} (decoder: {graph})' if graph else backend.name
     print(f'backend {name}: preprocess {lat.preprocess_ms:.1f} ms | vision '
           f'{lat.vision_ms:.1f} ms | prefill {lat.prefill_ms:.1f} ms | decode '
