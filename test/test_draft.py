@@ -152,7 +152,7 @@ def test_fused_speculative_decoding_gives_the_greedy_ids(tiny_pruned_bundle, sce
     plain = OrtBackend(tiny_pruned_bundle, threads=1, draft_tokens=0)
     bundled = OrtBackend(tiny_pruned_bundle, threads=1)
     assert not plain.decoder_loop.speculative and plain.info['draft_tokens'] == 0
-    assert bundled.decoder_loop.speculative and bundled.info['draft_tokens'] == 3
+    assert bundled.decoder_loop.speculative and bundled.info['draft_tokens'] == 4
     ids = plain.tokenizer.prompt_ids(DEFAULT_PROMPT)
     embeds = [plain.prompt_embeds(ids, plain.image_embeds(plain.preprocess(im))[0])
               for im in scene_images]

@@ -190,7 +190,7 @@ def test_describe_cli_names_and_chooses_the_decoder_graph(tiny_pruned_bundle, sc
                      graph, '--max-new-tokens', '8']) == 0
         text, timing = capsys.readouterr().out.strip().splitlines()[-2:]
         texts[graph] = text
-        want = 'fused, 3 draft tokens per run' if graph == 'auto' else 'portable'
+        want = 'fused, 4 draft tokens per run' if graph == 'auto' else 'portable'
         assert timing.startswith(f'backend onnxruntime (decoder: {want}): preprocess ')
     assert texts['auto'] == texts['portable']
     assert main(['describe', str(image), '--bundle', str(tiny_pruned_bundle), '--draft-tokens',
@@ -217,7 +217,7 @@ def test_describe_fused_weights_exports_the_quantized_bundle(int4_bundle, tiny_p
     assert asked == ['int4']
     timing = capsys.readouterr().out.strip().splitlines()[-1]
     assert timing.startswith('backend onnxruntime (decoder: fused, int8 prefill, int4 decode '
-                             'steps, 3 draft tokens per run): ')
+                             'steps, 4 draft tokens per run): ')
     assert main(['describe', str(image), '--fused-weights', 'int4', '--bundle',
                  str(tiny_pruned_bundle)]) != 0
     err = capsys.readouterr().err.strip().splitlines()

@@ -310,13 +310,15 @@ def test_create_backend_maps_parameters(monkeypatch, tmp_path):
 
     node.create_backend(replace(PARAMS, backend='onnxruntime', device='cpu'))
     kind, kw = calls[-1]
-    assert kind == 'onnxruntime' and kw['providers'] == 'cpu'
+    assert kind == 'onnxruntime' and kw['providers'] == 'cpu' and kw['draft_tokens'] == 4
+    node.create_backend(replace(PARAMS, backend='onnxruntime', device='cpu', draft_tokens=0))
+    assert calls[-1][1]['draft_tokens'] == 0
     assert kw['bundle'] == tmp_path / 'bundle' and kw['plan'] == tmp_path / 'shipped.json'
     assert kw['model'] is None and kw['engine'] is None and kw['build_only'] is False
     node.create_backend(replace(PARAMS, backend='onnxruntime', device='cpu',
                                 fused_weights='int4'))
     node.create_backend(replace(PARAMS, backend='tensorrt', fused_weights='int4'))
-    assert exported == ['fp32', 'int4', 'fp32']           # engines build from decoder.onnx
+    assert exported == ['fp32', 'fp32', 'int4', 'fp32']   # engines build from decoder.onnx
 
     node.create_backend(replace(PARAMS, backend='torch', device='cuda', gpu_id=1,
                                 model_path=str(tmp_path)), build_only=True)

@@ -62,6 +62,7 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
                                         if kind == 'onnxruntime' else 'fp32')
     if kind == 'onnxruntime':
         opts['providers'] = _ort_provider(params.device)
+        opts['draft_tokens'] = params.draft_tokens
     elif kind == 'torch':
         opts['device'] = _torch_device(params.device, params.gpu_id)
     elif kind == 'tensorrt':

@@ -39,6 +39,7 @@ class DescriberParams:
     bundle_path: str = ''                  # '' = derived from model + plan
     engine_path: str = ''                  # '' = cached beside the bundle
     fused_weights: str = 'fp32'            # fp32 | int8 | int4 (onnxruntime, cached export)
+    draft_tokens: int = 4                  # speculative decoding guesses per run (onnxruntime)
     precision: str = 'fp16'                # fp16 | fp32
     device: str = 'auto'                   # auto | cpu | cuda
     gpu_id: int = 0

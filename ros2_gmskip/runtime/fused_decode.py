@@ -33,9 +33,7 @@ import numpy as np
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.exporters.fused_decoder import ALL_LOGITS
 from ros2_gmskip.runtime.decode import DecodeBuffers, DecodeOutput
-from ros2_gmskip.runtime.draft import NgramDraft
-
-DRAFT_TOKENS = 3        # guesses per run: 2..4 measured alike, 1 and 6 worse (bench/speculative.py)
+from ros2_gmskip.runtime.draft import DRAFT_TOKENS, NgramDraft
 
 
 class StepBinding:

@@ -20,7 +20,7 @@ them through `fused_token_decode.FusedTokenSkipDecoder` over its fused segments,
 `token_decode.TokenSkipDecoder` over its decoder.onnx segments (graph 'portable');
 `token_skip=TokenSkip()` runs it without.
 
-Speculative decoding (`draft_tokens`, default 3; 0 turns it off): where the bundle holds an n-gram
+Speculative decoding (`draft_tokens`, default 4; 0 turns it off): where the bundle holds an n-gram
 draft table (draft_ngrams.json, from `ros2-gmskip draft`) and its fused graph outputs
 `all_logits`, fused decoding feeds up to `draft_tokens` guessed tokens per decoder run and
 keeps those the model's greedy choice confirms: the same text in fewer runs (runtime/draft.py).

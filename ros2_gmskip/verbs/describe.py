@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ros2_gmskip.argtypes import non_negative_int, positive_int
 from ros2_gmskip.exporters.fused_decoder import WEIGHTS
+from ros2_gmskip.runtime.draft import DRAFT_TOKENS
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT
 
 HELP = 'describe an image file and print the text and latency breakdown'
@@ -45,7 +46,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              'quantized fused decoder: int8 prefill, int4 / int8 decode steps '
                              '(faster; the text may differ from generate on a few frames, see '
                              '`ros2-gmskip export --help`; default: %(default)s)')
-    parser.add_argument('--draft-tokens', type=non_negative_int, default=3,
+    parser.add_argument('--draft-tokens', type=non_negative_int, default=DRAFT_TOKENS,
                         help='onnxruntime fused decoder: guessed tokens (from the bundle\'s '
                              'n-gram table, `ros2-gmskip draft`) checked per decoder run; the '
                              'text stays greedy decoding\'s, token for token; 0 = one token per '

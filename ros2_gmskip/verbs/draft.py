@@ -1,7 +1,7 @@
 """Build the n-gram draft table that lets the runtime decode speculatively.
 
 The table maps the last 1..order-1 generated tokens to the token that most often followed them in
-the training captions. The ONNX Runtime backend feeds up to 3 such guesses per decoder run and
+the training captions. The ONNX Runtime backend feeds up to 4 such guesses per decoder run and
 keeps those the model's own greedy choice confirms, so the text is greedy decoding's, token for
 token, in fewer decoder runs (ros2_gmskip/runtime/draft.py says why a run over a few rows costs
 about as much as over one on a CPU). A bad table only costs speed, never output.
