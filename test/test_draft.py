@@ -4,6 +4,7 @@ Runtime decoder running it, and `ros2-gmskip draft`. The contract: the same ids 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -172,7 +173,7 @@ def test_fused_speculative_decoding_gives_the_greedy_ids(tiny_pruned_bundle, sce
 
 
 def test_the_bundle_carries_the_draft_table_under_its_manifest(tiny_pruned_bundle, tiny_model_dir,
-                                                               tmp_path):
+                                                               tmp_path, caplog):
     from ros2_gmskip.runtime.bundle import load_bundle
     from ros2_gmskip.runtime.ort_backend import OrtBackend
     manifest = load_bundle(tiny_pruned_bundle).manifest
@@ -186,6 +187,13 @@ def test_the_bundle_carries_the_draft_table_under_its_manifest(tiny_pruned_bundl
     with pytest.raises(BundleError, match='cannot read draft table'):
         OrtBackend(copy, threads=1, verify=False)
     assert OrtBackend(copy, threads=1, verify=False, draft_tokens=0).info['draft_tokens'] == 0
+    (copy / DRAFT_FILE).unlink()                      # as exported from a model without a table
+    manifest = json.loads((copy / 'manifest.json').read_text())
+    del manifest['files'][DRAFT_FILE]
+    (copy / 'manifest.json').write_text(json.dumps(manifest))
+    with caplog.at_level(logging.INFO, logger='ros2_gmskip.runtime.ort_backend'):
+        assert OrtBackend(copy, threads=1).info['draft_tokens'] == 0
+    assert f'has no {DRAFT_FILE}: decoding one token per run' in caplog.text
     with pytest.raises(ValueError, match='draft_tokens'):
         OrtBackend(tiny_pruned_bundle, threads=1, draft_tokens=-1)
 

@@ -20,7 +20,7 @@ PARAMS = DescriberParams()
 DIAGNOSTIC_KEYS = {
     'input_rate_hz', 'output_rate_hz', 'received', 'described', 'dropped', 'rejected', 'errors',
     'tokens_per_s', 'backend', 'blocks_removed', 'model_id', 'plan_id', 'engine_id', 'last_error',
-    'token_skip', 'decoder_graph',
+    'token_skip', 'decoder_graph', 'draft_tokens',
     'total_ms_p50', 'total_ms_p90', 'total_ms_p99', 'total_ms_max', 'vision_ms_p50',
     'prefill_ms_p99', 'preprocess_ms_max', 'decode_per_token_ms_p90',
 }

@@ -333,7 +333,8 @@ class DescriberCore:
         values['pipeline_latency_ms'] = last.pipeline_latency_ms if last else math.nan
         info = (getattr(self.backend, 'info', None) or {}) if self.backend is not None else {}
         values['backend'] = getattr(self.backend, 'name', 'none') if self.backend else 'none'
-        for key in ('blocks_removed', 'model_id', 'plan_id', 'engine_id', 'decoder_graph'):
+        for key in ('blocks_removed', 'model_id', 'plan_id', 'engine_id', 'decoder_graph',
+                    'draft_tokens'):
             values[key] = info.get(key, '')
         values['token_skip'] = token_skip_text(info.get('tokens'))
         values['last_error'] = last_error

@@ -198,7 +198,12 @@ class OrtBackend(BundleBackend):
     def _draft(self) -> NgramDraft | None:
         """The bundle's draft table, if it has one and drafts are asked for."""
         path = self.bundle.file(DRAFT_FILE)
-        if self.draft_tokens == 0 or not path.is_file():
+        if self.draft_tokens == 0:
+            return None
+        if not path.is_file():
+            log.info('bundle %s has no %s: decoding one token per run (ros2-gmskip draft '
+                     'builds the table next to the model; export again after it)',
+                     self.bundle.path, DRAFT_FILE)
             return None
         return NgramDraft.load(path, vocab_size=self.embed_table.shape[0])
 
