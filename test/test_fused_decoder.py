@@ -300,12 +300,18 @@ def test_fused_weights_errors(tiny_model_dir, tmp_path):
     assert not (tmp_path / 'a').exists()
 
 
-def test_cached_bundles_are_keyed_by_the_decode_weights(tiny_model_dir):
+def test_cached_bundles_are_keyed_by_the_decode_weights(tiny_model_dir, tmp_path):
     from ros2_gmskip.runtime.defaults import bundle_cache_path
+    from ros2_gmskip.runtime.draft import DRAFT_FILE
     assert bundle_cache_path(tiny_model_dir, None) == bundle_cache_path(tiny_model_dir, None,
                                                                         None, 'fp32')
     assert bundle_cache_path(tiny_model_dir, None, None, 'int4') != \
         bundle_cache_path(tiny_model_dir, None)
+    # and by the draft table: a rebuilt table means a new export
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / 'm'))
+    before = bundle_cache_path(model, None)
+    (model / DRAFT_FILE).write_text((model / DRAFT_FILE).read_text().replace('"order"', '"order" '))
+    assert bundle_cache_path(model, None) != before
 
 
 def test_ensure_bundle_exports_quantized_decode_steps_with_enough_scenes(tiny_model_dir,

@@ -18,6 +18,7 @@ import sys
 from ros2_gmskip import __version__
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.bundle import sha256_file
+from ros2_gmskip.runtime.draft import DRAFT_FILE
 from ros2_gmskip.tokenskip.settings import TokenSkip
 
 LOG = logging.getLogger(__name__)
@@ -60,12 +61,15 @@ BUNDLE_LAYOUT = 'all-logits+draft'  # bumped when export adds graphs or files th
 
 def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None,
                       fused_weights: str = 'fp32') -> Path:
-    """Cache folder keyed by the model weights, the plan file, the token-skip settings (None: the
-    plan's), the fused decoder's decode-step weights, this package's version and the bundle
-    layout (a new graph means a new folder)."""
+    """Cache folder keyed by the model weights, its draft table (rebuilding it re-exports), the
+    plan file, the token-skip settings (None: the plan's), the fused decoder's decode-step weights,
+    this package's version and the bundle layout (a new graph means a new folder)."""
     h = hashlib.sha256(f'{__version__}/{BUNDLE_LAYOUT}'.encode())
     for weights in sorted(Path(model_dir).glob('*.safetensors')):
         h.update(sha256_file(weights).encode())
+    draft = Path(model_dir) / DRAFT_FILE
+    if draft.is_file():
+        h.update(f'draft={sha256_file(draft)}'.encode())
     h.update(sha256_file(plan).encode() if plan else b'no-plan')
     if tokens is not None and (plan is not None or not tokens.is_off):   # no plan: None == off
         h.update(json.dumps(tokens.to_dict(), sort_keys=True).encode())

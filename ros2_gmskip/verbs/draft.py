@@ -3,11 +3,12 @@
 The table maps the last 1..order-1 generated tokens to the token that most often followed them in
 the training captions. The ONNX Runtime backend feeds up to 4 such guesses per decoder run and
 keeps those the model's own greedy choice confirms, so the text is greedy decoding's, token for
-token, in fewer decoder runs (ros2_gmskip/runtime/draft.py says why a run over a few rows costs
-about as much as over one on a CPU). A bad table only costs speed, never output.
+token, in fewer decoder runs (ros2_gmskip/runtime/draft.py says why, on a CPU, one run over a few
+rows costs much less than as many runs over one). A bad table costs speed, never output.
 
 Writes MODEL/draft_ngrams.json (or --out); `ros2-gmskip export` copies it into every bundle made
-from the model afterwards (cached bundles of the default model are re-exported on the next start).
+from the model afterwards (the bundle cache is keyed by the table: cached bundles are exported
+again on their next use).
 Prints how many tokens one decoder run would keep on held-out captions (--check), per number of
 guesses: the speed-up to expect where the model says what the captions say.
 
