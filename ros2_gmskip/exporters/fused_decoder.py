@@ -37,7 +37,7 @@ Inputs:  inputs_embeds (1, T, C) float32, seqlens_k (1,) int32 = past + T - 1,
          total_sequence_length () int32 = past + T, past_key_values.{i}.key/value (1, kv, M, d)
 Outputs: logits (1, 1, V) of the last position, all_logits (1, T, V) of every new row (a
          speculative decode run reads one per drafted token, runtime/draft.py; a 42-token lm_head
-         over 70 rows is ~0.5 MFLOP), present.{i}.key/value (the same buffers).
+         over 70 rows is ~1 MFLOP), present.{i}.key/value (the same buffers).
 Batch 1 only: that is how the runtime decodes (one camera frame per request).
 
 Token skipping (a bundle exported with FastV / visual KV removal)

@@ -37,8 +37,8 @@ import numpy as np
 
 from ros2_gmskip.exporters.fused_decoder import ALL_LOGITS, RANK_OUTPUT
 from ros2_gmskip.runtime.decode import DecodeOutput
-from ros2_gmskip.runtime.draft import NgramDraft
-from ros2_gmskip.runtime.fused_decode import DRAFT_TOKENS, Drafting, output_shape, StepBinding
+from ros2_gmskip.runtime.draft import DRAFT_TOKENS, NgramDraft
+from ros2_gmskip.runtime.fused_decode import Drafting, output_shape, StepBinding
 from ros2_gmskip.runtime.token_decode import _Segment, TokenSkipDecoder
 from ros2_gmskip.tokenskip.settings import TokenSkip
 

@@ -42,8 +42,8 @@ from ros2_gmskip.errors import BundleError, EngineError
 from ros2_gmskip.runtime.bundle import Bundle, load_bundle
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
 from ros2_gmskip.runtime.decode import GreedyDecoder
-from ros2_gmskip.runtime.draft import DRAFT_FILE, NgramDraft
-from ros2_gmskip.runtime.fused_decode import DRAFT_TOKENS, FusedDecoder
+from ros2_gmskip.runtime.draft import DRAFT_FILE, DRAFT_TOKENS, NgramDraft
+from ros2_gmskip.runtime.fused_decode import FusedDecoder
 from ros2_gmskip.runtime.fused_token_decode import FusedTokenSkipDecoder
 from ros2_gmskip.runtime.preprocess import Preprocessor
 from ros2_gmskip.runtime.token_decode import TokenSkipDecoder
@@ -197,9 +197,9 @@ class OrtBackend(BundleBackend):
 
     def _draft(self) -> NgramDraft | None:
         """The bundle's draft table, if it has one and drafts are asked for."""
-        path = self.bundle.file(DRAFT_FILE)
         if self.draft_tokens == 0:
             return None
+        path = self.bundle.file(DRAFT_FILE)
         if not path.is_file():
             log.info('bundle %s has no %s: decoding one token per run (ros2-gmskip draft '
                      'builds the table next to the model; export again after it)',
