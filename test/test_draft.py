@@ -52,15 +52,15 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize('content, message', [
-    ('{not json', 'cannot read draft table'),
-    (json.dumps({'format': 'other', 'order': 3, 'table': []}), "format 'other'"),
+    ('{not json', 'draft_ngrams.json is not valid JSON'),
+    (json.dumps({'format': 'other', 'order': 3, 'table': []}), "format 'other' is not"),
     (json.dumps({'format': 'ros2_gmskip.ngram_draft/1', 'order': 'x', 'table': []}),
      'order must be an integer'),
     (json.dumps({'format': 'ros2_gmskip.ngram_draft/1', 'order': 3, 'table': [[7, 99]]}),
      'bad row'),
     (json.dumps({'format': 'ros2_gmskip.ngram_draft/1', 'order': 3, 'table': [[1, 2, 3, 4]]}),
      'bad row'),
-    (json.dumps([1, 2]), "format 'list'"),
+    (json.dumps([1, 2]), "format 'list' is not"),
 ])
 def test_a_bad_table_is_a_one_line_error(tmp_path, content, message):
     path = tmp_path / DRAFT_FILE
@@ -184,7 +184,7 @@ def test_the_bundle_carries_the_draft_table_under_its_manifest(tiny_pruned_bundl
     (copy / DRAFT_FILE).write_text('{broken')
     with pytest.raises(BundleError, match=DRAFT_FILE):
         OrtBackend(copy, threads=1)                      # the manifest hash catches it first
-    with pytest.raises(BundleError, match='cannot read draft table'):
+    with pytest.raises(BundleError, match='draft_ngrams.json is not valid JSON'):
         OrtBackend(copy, threads=1, verify=False)
     assert OrtBackend(copy, threads=1, verify=False, draft_tokens=0).info['draft_tokens'] == 0
     (copy / DRAFT_FILE).unlink()                      # as exported from a model without a table

@@ -53,7 +53,7 @@ def test_bad_manifest_json_and_format(bundle_copy):
     with pytest.raises(BundleError, match='manifest.json is not valid JSON'):
         load_bundle(bundle_copy)
     (bundle_copy / 'manifest.json').write_text('{"format": "other@2"}')
-    with pytest.raises(BundleError, match="manifest format 'other@2' is not"):
+    with pytest.raises(BundleError, match="manifest.json format 'other@2' is not"):
         load_bundle(bundle_copy)
 
 

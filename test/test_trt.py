@@ -283,7 +283,7 @@ def test_missing_corrupt_or_foreign_manifest(built, tmp_path):
     path = engine_dir / em.MANIFEST
     text = path.read_text()
     path.write_text(text[: len(text) // 2])
-    with pytest.raises(EngineError, match='engine_manifest.json is corrupt'):
+    with pytest.raises(EngineError, match='engine_manifest.json is not valid JSON'):
         check(engine_dir)
     path.write_text(json.dumps({**json.loads(text), 'format': 'other@2'}))
     with pytest.raises(EngineError, match="format 'other@2'"):

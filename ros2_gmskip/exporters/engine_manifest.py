@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ros2_gmskip.errors import EngineError
+from ros2_gmskip.formats import read_format_json
 from ros2_gmskip.runtime.bundle import MANIFEST as BUNDLE_MANIFEST
 from ros2_gmskip.runtime.bundle import sha256_file
 
@@ -156,15 +157,8 @@ def read_engine_manifest(engine_dir: Path) -> dict:
         raise EngineError(f'engine {engine_dir} has no {MANIFEST} (not built, or the build was '
                           f'interrupted): build it with ros2-gmskip build-engine BUNDLE '
                           f'--out {engine_dir}')
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise EngineError(f'engine {engine_dir}: {MANIFEST} is corrupt ({err}): '
-                          f'{_rebuild_hint(engine_dir, None)}') from err
-    if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
-        found = manifest.get('format') if isinstance(manifest, dict) else type(manifest).__name__
-        raise EngineError(f'engine {engine_dir}: {MANIFEST} format {found!r} is not {FORMAT!r}: '
-                          f'{_rebuild_hint(engine_dir, None)}')
+    manifest = read_format_json(path, FORMAT, EngineError, f'engine {engine_dir}',
+                                _rebuild_hint(engine_dir, None))
     hint = _rebuild_hint(engine_dir, manifest.get('bundle_path'))
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:

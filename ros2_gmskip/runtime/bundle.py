@@ -13,12 +13,12 @@ says what to re-run. numpy/json only: no torch, no onnx.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ros2_gmskip.errors import BundleError, EngineError
+from ros2_gmskip.formats import read_format_json
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +133,8 @@ def _read_manifest(path: Path) -> dict:
     if not manifest_path.is_file():
         raise BundleError(f'bundle {str(path)!r} has no {MANIFEST}: it is not an export bundle '
                           '(or the export was interrupted): re-run ros2-gmskip export')
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as err:
-        raise BundleError(f'bundle {str(path)!r}: {MANIFEST} is not valid JSON ({err}): re-run '
-                          'ros2-gmskip export') from err
-    if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
-        found = manifest.get('format') if isinstance(manifest, dict) else type(manifest).__name__
-        raise BundleError(f'bundle {str(path)!r}: manifest format {found!r} is not {FORMAT!r}: '
-                          're-run ros2-gmskip export with this version')
+    manifest = read_format_json(manifest_path, FORMAT, BundleError, f'bundle {str(path)!r}',
+                                're-run ros2-gmskip export with this version')
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
         raise BundleError(f'bundle {str(path)!r}: manifest lacks {", ".join(missing)}: re-run '

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from ros2_gmskip.errors import BundleError
+from ros2_gmskip.formats import read_format_json
 
 FORMAT = 'ros2_gmskip.ngram_draft/1'
 DRAFT_FILE = 'draft_ngrams.json'
@@ -91,15 +92,8 @@ class NgramDraft:
         """Read a table `save` wrote; BundleError (one line, what to re-run) if it is unreadable,
         of another format, or names ids outside the vocabulary."""
         where = f'draft table {str(path)!r}'
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise BundleError(f'cannot read {where}: {err}: re-run ros2-gmskip draft, or delete '
-                              'it to decode without drafts') from None
-        if not isinstance(data, dict) or data.get('format') != FORMAT:
-            got = data.get('format') if isinstance(data, dict) else type(data).__name__
-            raise BundleError(f'{where} has format {got!r}, expected {FORMAT!r}: re-run '
-                              'ros2-gmskip draft')
+        data = read_format_json(path, FORMAT, BundleError, where, 're-run ros2-gmskip draft, or '
+                                'delete the file to decode one token per run')
         order, table = data.get('order'), {}
         if not isinstance(order, int) or order < 2:
             raise BundleError(f'{where}: order must be an integer >= 2, got {order!r}: re-run '

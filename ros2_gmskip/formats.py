@@ -1,0 +1,30 @@
+"""Reading the project's versioned JSON files: bundle and engine manifests, n-gram draft tables.
+
+Each file names its format (`{"format": "<name>/<version>", ...}`), so a file from another version
+or another tool is refused with one line instead of failing later on a missing key:
+
+    data = read_format_json(path, 'ros2_gmskip.ngram_draft/1', BundleError,
+                            where="draft table 'x.json'", fix='re-run ros2-gmskip draft')
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ros2_gmskip.errors import GmSkipError
+
+
+def read_format_json(path: Path, expected: str, error: type[GmSkipError], where: str,
+                     fix: str) -> dict:
+    """The JSON object in `path` if its `format` is `expected`; else `error`, one line:
+    '<where>: <file> is not valid JSON (<why>): <fix>' or '<where>: <file> format <found> is not
+    <expected>: <fix>'."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise error(f'{where}: {Path(path).name} is not valid JSON ({err}): {fix}') from None
+    if not isinstance(data, dict) or data.get('format') != expected:
+        found = data.get('format') if isinstance(data, dict) else type(data).__name__
+        raise error(f'{where}: {Path(path).name} format {found!r} is not {expected!r}: {fix}')
+    return data
