@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the default model's numbers in README.md "Results" and the model card, in one run (rows
 # that name another folder of bench/results/ show their own commands).
-#   bench/results.sh            (about 30 minutes on 2 CPU cores)
+#   bench/results.sh            (about 35 minutes on 2 CPU cores)
 # Writes bench/results/*.json, the shipped plan + plots, and bench/results/bench.{json,png}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
