@@ -93,6 +93,13 @@ def test_speculative_loop_keeps_exactly_what_the_greedy_loop_keeps(seed):
     def step(token: int, n: int) -> int:
         return model.choice(list(ref[:n]))
     want = greedy_loop(first, step, max_new, stop, ref)
+    # greedy_loop runs on speculative_loop, so it is checked against the plain rule too: keep
+    # tokens until a stop token (not kept) or max_new of them
+    plain, token = [], first
+    while token not in stop and len(plain) < max_new:
+        plain.append(token)
+        token = model.choice(plain)
+    assert list(ref[:want[0]]) == plain and want[2] == (token in stop and len(plain) < max_new)
     quality = seed % 4                    # 0: random guesses .. 3: mostly the model's own
 
     def propose(n: int, limit: int) -> list[int]:

@@ -53,27 +53,31 @@ def _ms(t0: float, t1: float) -> float:
     return (t1 - t0) * 1e3
 
 
+def _no_drafts(n: int, limit: int) -> list[int]:
+    return []
+
+
+def _one_step(step: Callable[[int, int], int]) -> Callable[[int, list[int], int], Sequence[int]]:
+    """`step(token, n)` as a `verify` that is never given guesses."""
+    return lambda token, drafts, n: (step(token, n),)
+
+
 def greedy_loop(token: int, step: Callable[[int, int], int], max_new_tokens: int,
                 stop_ids: frozenset[int], out: np.ndarray) -> tuple[int, int, bool]:
     """The loop every decoder shares, from the prefill's first token: a stop token ends it (not
     kept), else the token goes to `out` and `step(token, n)` (n tokens kept so far) returns the
-    next one, until `max_new_tokens` are kept. -> (kept, decoder steps run, stopped)."""
-    n = steps = 0
-    while True:
-        if token in stop_ids:
-            return n, steps, True
-        out[n] = token
-        n += 1
-        if n == max_new_tokens:
-            return n, steps, False
-        token = step(token, n)
-        steps += 1
+    next one, until `max_new_tokens` are kept. -> (kept, decoder steps run, stopped).
+    `speculative_loop` without guesses, so both end on exactly the same rules."""
+    n, steps, stopped, _ = speculative_loop(token, _one_step(step), _no_drafts, max_new_tokens,
+                                            stop_ids, out)
+    return n, steps, stopped
 
 
 def speculative_loop(token: int, verify: Callable[[int, list[int], int], Sequence[int]],
                      propose: Callable[[int, int], list[int]], max_new_tokens: int,
                      stop_ids: frozenset[int], out: np.ndarray) -> tuple[int, int, bool, int]:
-    """greedy_loop's result in fewer decoder runs (runtime/draft.py says why).
+    """The decode loop, with guesses: greedy decoding's result in fewer decoder runs
+    (runtime/draft.py says why).
 
     `propose(n, limit)`: up to `limit` guessed ids to follow out[:n]. `verify(token, drafts, n)`:
     one decoder run over `token` + `drafts` (the cache holds everything before `token`) -> the
@@ -81,7 +85,7 @@ def speculative_loop(token: int, verify: Callable[[int, list[int], int], Sequenc
     the choice before it, so every kept token is the model's own greedy choice; the first choice
     that differs (or follows the last draft) is the next `token`. Rows of refused drafts stay in
     the cache past its length and are overwritten. -> (kept, steps, stopped, runs): `steps` counts
-    what greedy_loop would have run a step for."""
+    the tokens a one-token-per-run loop would have run a step for."""
     n = steps = runs = 0
     while True:
         if token in stop_ids:
@@ -131,19 +135,16 @@ class DecodeBuffers:
                       max_new_tokens: int) -> DecodeOutput:
         """What every decoder's `generate` ends in: `prefill()` (-> the first token) timed as the
         prefill, then `greedy_loop` over `step` timed as the decode."""
-        t0 = time.perf_counter()
-        token = prefill()
-        t1 = time.perf_counter()
-        n, steps, stopped = greedy_loop(token, step, max_new_tokens, self.stop_ids, self._tokens)
-        t2 = time.perf_counter()
-        return DecodeOutput(ids=self._tokens[:n].copy(), prefill_ms=_ms(t0, t1),
-                            decode_ms=_ms(t1, t2), decode_steps=steps, stopped=stopped)
+        out = self._timed_speculative(prefill, _one_step(step), _no_drafts, max_new_tokens)
+        out.decode_runs = None                  # one run per step: nothing to add
+        return out
 
     def _timed_speculative(self, prefill: Callable[[], int],
                            verify: Callable[[int, list[int], int], Sequence[int]],
                            propose: Callable[[int, int], list[int]],
                            max_new_tokens: int) -> DecodeOutput:
-        """_timed_greedy with `speculative_loop`: the same ids, `decode_runs` recorded."""
+        """`prefill()` timed as the prefill, then `speculative_loop` timed as the decode, with
+        `decode_runs` recorded."""
         t0 = time.perf_counter()
         token = prefill()
         t1 = time.perf_counter()

@@ -121,6 +121,8 @@ class FusedDecoder(Drafting, DecodeBuffers):
         shape = (1, num_kv_heads, self.limit, head_dim)
         self.cache = [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.float32, 'cpu', 0)
                       for _ in self.pairs]
+        self._kv = [(past, present, value)                    # bound as both, in every binding
+                    for (past, present), value in zip(self.pairs, self.cache)]
         self._alloc(self.limit)
         self._embeds = np.zeros((1, 1, embed_table.shape[1]), dtype=np.float32)
         self._seqlens = np.zeros(1, dtype=np.int32)
@@ -129,7 +131,7 @@ class FusedDecoder(Drafting, DecodeBuffers):
         self._step = StepBinding(
             self.step_session, {'inputs_embeds': self._embeds, 'seqlens_k': self._seqlens,
                                 'total_sequence_length': self._total}, {'logits': self._logits},
-            [(past, present, value) for (past, present), value in zip(self.pairs, self.cache)])
+            self._kv)
         self._use_draft(draft, draft_tokens, self.step_session)
         self._verifiers = [self._verifier(m) for m in range(1, draft_tokens + 2)] \
             if self.draft else []
@@ -143,7 +145,7 @@ class FusedDecoder(Drafting, DecodeBuffers):
             self.step_session, {'inputs_embeds': embeds, 'seqlens_k': self._seqlens,
                                 'total_sequence_length': self._total},
             {'logits': np.zeros_like(self._logits), ALL_LOGITS: every},
-            [(past, present, value) for (past, present), value in zip(self.pairs, self.cache)])
+            self._kv)
         return binding, embeds, every
 
     def _run(self, embeds: np.ndarray, past_length: int, session=None) -> np.ndarray:
@@ -156,7 +158,7 @@ class FusedDecoder(Drafting, DecodeBuffers):
         binding.bind_cpu_input('inputs_embeds', embeds)
         binding.bind_cpu_input('seqlens_k', np.array([total - 1], dtype=np.int32))
         binding.bind_cpu_input('total_sequence_length', np.array(total, dtype=np.int32))
-        for (past, present), value in zip(self.pairs, self.cache):
+        for past, present, value in self._kv:
             binding.bind_ortvalue_input(past, value)
             binding.bind_ortvalue_output(present, value)
         binding.bind_output('logits', 'cpu')
