@@ -26,6 +26,7 @@ VERBS: dict[str, str] = {
     'describe': 'describe',
     'calibrate': 'calibrate',
     'prune': 'prune',
+    'heal': 'heal',
     'draft': 'draft',
     'export': 'export',
     'build-engine': 'build_engine',

@@ -348,6 +348,7 @@ def test_prune_end_to_end(tmp_path, capsys):
     source = tmp_path / 'model'
     model = tiny_llava_folder(source)
     plan_path = make_plan(source, [1, 4], tmp_path / 'plan.json')
+    (source / 'draft_ngrams.json').write_text('{"format": "table"}')   # carried over as is
     out = tmp_path / 'pruned'
     args = verb_args(prune, ['--model', str(source), '--plan', str(plan_path),
                              '--out', str(out)])
@@ -356,7 +357,7 @@ def test_prune_end_to_end(tmp_path, capsys):
 
     files = set(os.listdir(out))
     assert {'config.json', 'model.safetensors', 'gmskip_prune.json', 'tokenizer.json',
-            'processor_config.json'} <= files
+            'processor_config.json', 'draft_ngrams.json'} <= files
     assert not [f for f in os.listdir(tmp_path) if f.startswith('.')]   # no temp folders left
     manifest = json.loads((out / 'gmskip_prune.json').read_text())
     assert manifest['plan_id'] == plan_id(load_plan(plan_path))

@@ -447,3 +447,66 @@ def test_stage2_blocks_early_exit_and_layerdrop():
     exits = [stage2_blocks([0.0] * 16, 1.0, rng) for _ in range(400)]
     assert {len(b) for b in exits} == set(range(8, 16))        # 1..8 late blocks skipped
     assert all(b == list(range(len(b))) for b in exits), 'early exit skips a suffix'
+
+
+# --------------------------------------------------------------------------------------------------
+# Healing (vlm/heal.py): the training forward is the inference path, run with gradients
+
+@pytest.mark.parametrize('fastv, kv', [
+    (None, False),                           # plain: the HF model
+    (FastVConfig(k=2, r=0.5), False),        # FastV ranked after block 1
+    (FastVConfig(k=0, r=0.5), True),         # random subset, answers without image keys
+    (FastVConfig(k=3, r=0.75), True),        # FastV + KV removal ratio 1
+])
+def test_healing_forward_equals_cached_inference(vlm, inputs, fastv, kv):
+    """Teacher-forced logits of `fastv_layers` over prompt + generated answer equal the logits a
+    cached greedy run chose every token from (FastV prefill, KV removal, decode steps)."""
+    from ros2_gmskip.tokenskip.fastv import fastv_layers, text_model
+    model, _ = vlm
+    if kv:
+        tokens, logits = _kv_run(vlm, inputs, KVRemovalConfig(ratio=1.0), fastv=fastv)
+    else:
+        tokens, logits = _ids(vlm, inputs, fastv)
+    embeds, mask, positions, image_mask = embed_inputs(model, inputs)
+    assert bool(mask.all()), 'same prompt for both images: no padding'
+    B, T = mask.shape
+    n = tokens.shape[1]
+    seq = torch.cat((embeds, model.get_input_embeddings()(tokens[:, :n - 1])), dim=1)
+    full = torch.ones(seq.shape[:2], dtype=torch.long)
+    image = torch.cat((image_mask, torch.zeros(B, n - 1, dtype=torch.bool)), dim=1)
+    with torch.no_grad():
+        h, _, kept = fastv_layers(model, seq, full, torch.arange(T + n - 1).expand(B, -1), image,
+                                  fastv, rank_row=T - 1, blind_from=T if kv else None)
+        out = model.lm_head(text_model(model).norm(h))
+    assert float((out[:, -n:] - logits).abs().max()) < 1e-5
+    if fastv is not None:
+        assert kept[-1].shape[1] == T + n - 1 - (16 - fastv.n_keep(16))
+
+
+def test_healing_loss_is_the_model_loss_and_trains_every_kept_part(vlm, images):
+    """No token skipping: the healing loss is transformers' own caption loss on a right-padded
+    batch; with FastV + KV removal gradients reach the vision tower and every block."""
+    from ros2_gmskip.tokenskip.settings import TokenSkip
+    from ros2_gmskip.vlm.heal import healing_loss, prompt_ids_of
+    from ros2_gmskip.vlm.train import caption_batch
+    model, processor = vlm
+    prompt = prompt_ids_of(processor, PROMPT)
+    tok = processor.tokenizer
+    answers = [tok('a red car ahead.')['input_ids'][1:] + [tok.eos_token_id],
+               tok('a bus on the left, far.')['input_ids'][1:] + [tok.eos_token_id]]
+    input_ids, labels, attention = caption_batch(prompt, answers, tok.pad_token_id)
+    pixels = processor.image_processor(images, return_tensors='pt')['pixel_values']
+    with torch.no_grad():
+        ours = healing_loss(model, pixels, input_ids, labels, attention, TokenSkip(), len(prompt))
+        theirs = model(input_ids=input_ids, pixel_values=pixels, attention_mask=attention,
+                       labels=labels).loss
+    assert abs(float(ours) - float(theirs)) < 1e-5
+    trained = copy.deepcopy(model).train()
+    loss = healing_loss(trained, pixels, input_ids, labels, attention,
+                        TokenSkip(fastv=FastVConfig(k=1, r=0.5), kv_ratio=1.0), len(prompt))
+    loss.backward()
+    text = trained.model.language_model
+    parts = [trained.model.vision_tower, trained.model.multi_modal_projector, *text.layers]
+    for part in parts:
+        assert any(p.grad is not None and float(p.grad.abs().sum()) > 0
+                   for p in part.parameters()), type(part).__name__

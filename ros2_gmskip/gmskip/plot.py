@@ -1,8 +1,9 @@
 """Plot a GM-Skip search: score ratio and objective against the number of blocks removed.
 
-    from ros2_gmskip.gmskip.plot import plot_search, plot_token_search
+    from ros2_gmskip.gmskip.plot import plot_healing, plot_search, plot_token_search
     plot_search(result, 'plan.png', title='default model, val n=256')
     plot_token_search(token_result, 'plan-tokens.png')
+    plot_healing(summary['log'], 'heal.png', summary['val_accuracy'])   # heal --plot
 
 Left axis: S(R)/S(empty) along the trajectory (line) and for every evaluated candidate (faint
 dots); the score floor as a dashed line when set. Right axis: J(R). The chosen plan is ringed.
@@ -111,6 +112,45 @@ def plot_token_search(result: TokenSearchResult, path: str | os.PathLike, title:
         ax.legend(loc='lower right', fontsize=8)
         ax.set_title(title or f'token search: λ={result.objective.lam:g}, '
                      f'{result.evaluations} evaluations', fontsize=10)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_healing(log: list[dict], path: str | os.PathLike, val: dict | None = None,
+                 eval_n: int | None = None, title: str = '') -> Path:
+    """Write a healing run's curve as a PNG at `path`: caption loss per step (faint) with its
+    running mean, val accuracy at the logged steps (`eval_n` scenes) and, from `val`
+    ({'n', 'before', 'after'}), the larger before / after measurement at steps 0 and last."""
+    plt = _pyplot()
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    try:
+        steps = [e['step'] + 1 for e in log]
+        losses = [e['loss'] for e in log]
+        window = max(1, len(losses) // 20)
+        recent = [losses[max(0, i - window + 1):i + 1] for i in range(len(losses))]
+        ax.plot(steps, losses, color='tab:blue', alpha=0.25, linewidth=0.8)
+        ax.plot(steps, [sum(r) / len(r) for r in recent], color='tab:blue',
+                label=f'caption loss (mean of {window})')
+        ax.set_xlabel('healing step')
+        ax.set_ylabel('caption loss', color='tab:blue')
+        ax.grid(alpha=0.3)
+        right = ax.twinx()
+        points = [(e['step'] + 1, e['val_accuracy']) for e in log if 'val_accuracy' in e]
+        if points:
+            right.plot([p[0] for p in points], [p[1] for p in points], 'o:', color='tab:green',
+                       alpha=0.6, label=f'val accuracy ({eval_n or "?"} scenes)')
+        if val and val.get('before') is not None and val.get('after') is not None:
+            right.plot([0, steps[-1] if steps else 0], [val['before'], val['after']], 's',
+                       color='tab:green', markersize=8,
+                       label=f'val accuracy before / after ({val["n"]} scenes)')
+        right.set_ylabel('val accuracy (token skipping on)', color='tab:green')
+        lines = ax.get_legend_handles_labels()
+        more = right.get_legend_handles_labels()
+        ax.legend(lines[0] + more[0], lines[1] + more[1], loc='center right', fontsize=8)
+        ax.set_title(title or 'healing', fontsize=10)
         _save(fig, path)
     finally:
         plt.close(fig)

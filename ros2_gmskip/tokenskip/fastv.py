@@ -208,16 +208,43 @@ def fastv_prefill(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask:
     Returns logits of the last prompt token (B, V), the cache per layer ((B, KV, S_l, d) key and
     value), and kept_index per layer: (B, S_l) original sequence index of every cache slot.
     """
-    text = text_model(model)
-    layers = text.layers
-    B, T, C = inputs_embeds.shape
     if not bool(attention_mask[:, -1].all()):
         raise ValueError('fastv_prefill needs left padding: the last prompt token of every row '
                          'must be at index T-1')
+    h, past, kept_index = fastv_layers(model, inputs_embeds, attention_mask, position_ids,
+                                       image_mask, cfg, inputs_embeds.shape[1] - 1)
+    text = text_model(model)
+    logits = model.lm_head(text.norm(h[:, -1:]))[:, 0]                      # (B, V)
+    return logits, past, kept_index
+
+
+def fastv_layers(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor, image_mask: torch.Tensor, cfg: FastVConfig | None,
+                 rank_row: int, blind_from: int | None = None
+                 ) -> tuple[torch.Tensor, Past, list[torch.Tensor]]:
+    """The decoder blocks over a whole sequence, image tokens pruned after layer K; differentiable
+    (the inference prefill and `vlm/heal.py`'s training forward are this one function).
+
+    rank_row: the query row ranking the image tokens (the last prompt token: T-1 in a left-padded
+    prefill, P-1 in a right-padded prompt + answer). blind_from: queries at original index >=
+    blind_from see no image key, what a decode step sees after visual KV removal at ratio 1
+    (None: off). Returns the final hidden states (B, T', C) before the norm, the cache and
+    kept_index per layer ((B, S_l) original sequence index of every slot).
+    """
+    text = text_model(model)
+    layers = text.layers
+    B, T, C = inputs_embeds.shape
     image_positions = image_positions_of(image_mask)                       # (B, n_img)
     n_img = image_positions.shape[1]
     n_keep = n_img if cfg is None else cfg.n_keep(n_img)
     prune_at = cfg.k if cfg is not None and n_keep < n_img and cfg.k < len(layers) else None
+
+    def hidden_for(mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        hidden = hidden_keys(None, mask)                                   # (B, 1, T', T')
+        if blind_from is None:
+            return hidden
+        image_key = image_mask.gather(1, index)[:, None, None, :]          # (B, 1, 1, T')
+        return hidden | ((index >= blind_from)[:, None, :, None] & image_key)
 
     h, mask, pos = inputs_embeds, attention_mask, position_ids
     index = torch.arange(T, device=h.device).expand(B, T)                  # (B, T) original index
@@ -225,24 +252,23 @@ def fastv_prefill(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask:
         keep = keep_index(image_mask, random_kept(image_positions, n_keep, cfg.seed))
         h, mask, pos, index = _gather_tokens(keep, h, mask, pos, index)    # (B, T', ...)
     cos, sin = text.rotary_emb(h, pos)                                     # (B, T, d)
-    hidden = hidden_keys(None, mask)
+    hidden = hidden_for(mask, index)
     past: Past = []
     kept_index: list[torch.Tensor] = []
     probs = None
     for i, layer in enumerate(layers):
         if prune_at is not None and i == prune_at and i > 0:
-            # Rank by layer K-1's attention from the last prompt token (row T-1: nothing has been
-            # gathered yet, so rows and keys are still the original indices).
-            ranked = rank_image_tokens(probs, image_positions, T - 1)      # (B, n_img)
+            # Rank by layer K-1's attention from the rank row (nothing has been gathered yet, so
+            # rows and keys are still the original indices).
+            ranked = rank_image_tokens(probs, image_positions, rank_row)   # (B, n_img)
             keep = keep_index(image_mask, ranked[:, :n_keep])              # (B, T')
             h, mask, pos, index = _gather_tokens(keep, h, mask, pos, index)
             cos, sin = text.rotary_emb(h, pos)                             # original positions
-            hidden = hidden_keys(None, mask)
+            hidden = hidden_for(mask, index)
         h, present, probs = block_forward(layer, h, cos, sin, None, hidden)
         past.append(present)
         kept_index.append(index)
-    logits = model.lm_head(text.norm(h[:, -1:]))[:, 0]                      # (B, V)
-    return logits, past, kept_index
+    return h, past, kept_index
 
 
 @torch.no_grad()

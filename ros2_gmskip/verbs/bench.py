@@ -22,6 +22,13 @@ The token configurations take FastV K,R and the KV-removal ratio from --fastv / 
 from the plan's `tokens` entry (`calibrate --tokens`); without either they are skipped. Every
 `*_pruned` configuration is GM-Skip only (the plan's token settings are not applied there).
 
+A healed model (`ros2-gmskip heal`: the plan's blocks removed, then fine-tuned with its token
+skipping on) or any already pruned folder (`prune`) is compared with `--pruned-model DIR`: every
+`*_pruned` / `*_combined` configuration runs that folder as it is, the `*_full` ones --model, and
+the token settings come from DIR/plans/healed.json (or --fastv / --kv-removal):
+
+    ros2-gmskip bench --pruned-model models/gmskip-llava-scenes-healed --n 50 --rounds 3
+
 Besides latency, each configuration's texts are scored against the scenes' ground truth (accuracy,
 CIDEr-D), and its decoder FLOPs are estimated with tokenskip/flops.py (FastV's per-layer formula
 4nd^2 + 2n^2d + 2ndm; prefill + every decode step at its mean generated length), so one run gives
@@ -50,7 +57,7 @@ import time
 
 import numpy as np
 
-from ros2_gmskip.argtypes import fastv_setting, fraction, positive_int
+from ros2_gmskip.argtypes import existing_dir, fastv_setting, fraction, positive_int
 from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
 
 HELP = 'time HF generate, torch, ONNX Runtime (and TensorRT) full vs pruned on the same scenes'
@@ -68,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='model folder (default: the embedded default model)')
     parser.add_argument('--plan', type=Path, default=None,
                         help='skip plan (default: the shipped plan of the embedded model)')
+    parser.add_argument('--pruned-model', type=existing_dir, default=None, metavar='DIR',
+                        help='an already pruned model folder (heal / prune output) for the '
+                             '*_pruned and *_combined configurations, instead of applying --plan '
+                             'to --model; its token settings: DIR/plans/healed.json')
     parser.add_argument('--n', type=positive_int, default=50, help='test scenes')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames per config')
     parser.add_argument('--rounds', type=positive_int, default=1,
@@ -133,6 +144,16 @@ def token_settings(args, plan: Path | None):
     return (TokenSkip(fastv=combined.fastv) if combined.fastv is not None else None, combined)
 
 
+def pruned_source(args, model_dir: Path, plan: Path | None) -> tuple[Path, Path | None]:
+    """(model folder, plan) the *_pruned / *_combined configurations run: --pruned-model with its
+    heal plan (token settings only; it removes nothing more), else --model with --plan."""
+    if args.pruned_model is None:
+        return model_dir, plan
+    from ros2_gmskip.verbs.heal import HEALED_PLAN
+    healed = args.pruned_model / HEALED_PLAN
+    return args.pruned_model, healed if healed.is_file() else None
+
+
 def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
     """name -> backend, for the configurations that can run here."""
     from ros2_gmskip.runtime.defaults import ensure_bundle
@@ -141,14 +162,17 @@ def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
     wanted = args.only or CONFIGS
     backends = {}
     providers = 'cuda' if args.device == 'cuda' else 'cpu'
-    fastv_only, combined = token_settings(args, plan)
+    pruned_dir, pruned_plan = pruned_source(args, model_dir, plan)
+    fastv_only, combined = token_settings(args, pruned_plan)
     for name in wanted:
         pruned = '_pruned' in name or '_combined' in name
         tokens = (fastv_only if name.endswith('_fastv') else combined
                   if '_combined' in name else TokenSkip())
-        if pruned and plan is None:
+        if pruned and plan is None and args.pruned_model is None:
             LOG.warning('skipping %s: no plan', name)
             continue
+        source = pruned_dir if pruned else model_dir
+        source_plan = pruned_plan if pruned else None
         if tokens is None:
             LOG.warning('skipping %s: no token settings (pass --fastv / --kv-removal or a plan '
                         'made with calibrate --tokens)', name)
@@ -156,12 +180,11 @@ def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
         if name == 'hf_full':
             backends[name] = HFGenerate(model_dir, args.device, args.threads)
         elif name.startswith('torch'):
-            backends[name] = create_backend('torch', model=model_dir,
-                                            plan=plan if pruned else None, device=args.device,
-                                            threads=args.threads, tokens=tokens, full=not pruned)
+            backends[name] = create_backend('torch', model=source, plan=source_plan,
+                                            device=args.device, threads=args.threads,
+                                            tokens=tokens, full=not pruned)
         elif name.startswith('ort'):
-            bundle = ensure_bundle(model_dir, plan if pruned else None, full=not pruned,
-                                   tokens=tokens,
+            bundle = ensure_bundle(source, source_plan, full=not pruned, tokens=tokens,
                                    fused_weights='int4' if name.endswith('_int4') else 'fp32')
             backends[name] = create_backend('onnxruntime', bundle=bundle, providers=providers,
                                             threads=args.threads,
@@ -173,7 +196,7 @@ def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
             if not ok:
                 LOG.warning('skipping %s: %s', name, why)
                 continue
-            bundle = ensure_bundle(model_dir, plan if pruned else None, full=not pruned)
+            bundle = ensure_bundle(source, source_plan, full=not pruned)
             backends[name] = create_backend('tensorrt', bundle=bundle)
     return backends
 
@@ -216,12 +239,18 @@ def estimated_flops(name: str, backend, model_dir: Path, mean_tokens: float,
 
 def prompt_sizes(backends: dict) -> tuple[int, int]:
     """(prompt tokens, image tokens) of the default prompt, from any bundle backend's tokenizer
-    (else the default model's: 70 and 64)."""
+    or torch backend's processor (else the default model's: 70 and 64)."""
     for backend in backends.values():
         tok = getattr(backend, 'tokenizer', None)
         if tok is not None and hasattr(tok, 'prompt_ids'):
             ids = tok.prompt_ids(DEFAULT_PROMPT)
             return len(ids), int((ids == tok.image_token_id).sum())
+    for backend in backends.values():
+        processor = getattr(backend, 'processor', None)
+        if processor is not None and hasattr(backend, 'image_token_id'):
+            from ros2_gmskip.vlm.heal import prompt_ids_of
+            ids = prompt_ids_of(processor)
+            return len(ids), sum(i == backend.image_token_id for i in ids)
     return 70, 64
 
 
@@ -277,6 +306,7 @@ def main(args: argparse.Namespace) -> int:
     machine = f'{platform.processor() or platform.machine()}, {args.device}'
     out = {'n': len(samples), 'threads': args.threads, 'device': args.device,
            'machine': machine, 'model': str(model_dir), 'plan': str(plan) if plan else None,
+           'pruned_model': str(args.pruned_model) if args.pruned_model else None,
            'rounds': args.rounds,
            'configs': {n: {**summarize(r), 'round_p50_ms': round_p50[n]}
                        for n, r in results.items()}}
@@ -285,10 +315,12 @@ def main(args: argparse.Namespace) -> int:
                                for m in names if m != n} for n in names}
     cfg = out['configs']
     prompt_tokens, image_tokens = prompt_sizes(backends)
+    pruned_dir, _ = pruned_source(args, model_dir, plan)
     for name in names:
         cfg[name].update(quality(ref[name], samples))
         cfg[name]['tokens'] = (getattr(backends[name], 'info', {}) or {}).get('tokens')
-        cfg[name]['gflops'] = estimated_flops(name, backends[name], model_dir,
+        source = pruned_dir if '_pruned' in name or '_combined' in name else model_dir
+        cfg[name]['gflops'] = estimated_flops(name, backends[name], source,
                                               cfg[name]['mean_tokens'], prompt_tokens,
                                               image_tokens) / 1e9
     for name in names:

@@ -2,8 +2,9 @@
 
 Loads the model with transformers, checks the plan was made for these weights (sha256), removes
 the blocks (the layer list shrinks, config layer counts and KV-cache layer indices are renumbered),
-and saves a standard transformers folder (safetensors + config + processor files) that loads
-with `from_pretrained` and exports like any other model. Writes `gmskip_prune.json` beside it:
+and saves a standard transformers folder (safetensors + config + processor files, plus the draft
+table of `ros2-gmskip draft` if the source has one) that loads with `from_pretrained` and exports
+like any other model. Writes `gmskip_prune.json` beside it:
 plan id, removed blocks, source and output weight hashes. The output appears complete or not at
 all (written to a temporary folder, then renamed).
 
@@ -72,6 +73,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         model.save_pretrained(tmp)
         _copy_processor(args.model, tmp, args.trust_remote_code)
+        copy_draft_table(args.model, tmp)
         manifest = {
             'format': MANIFEST_FORMAT,
             'plan_id': plan_id(plan),
@@ -139,6 +141,14 @@ def _copy_processor(model_dir: Path, out: Path, trust_remote_code: bool) -> None
         raise ModelLoadError(f'cannot load the processor of {str(model_dir)!r}: '
                              f'{type(err).__name__}: {first}') from err
     processor.save_pretrained(out)
+
+
+def copy_draft_table(model_dir: Path, out: Path) -> None:
+    """Carry the n-gram draft table over (`ros2-gmskip draft`): same tokenizer, same captions,
+    so the smaller model's bundle still decodes speculatively."""
+    from ros2_gmskip.runtime.draft import DRAFT_FILE
+    if (Path(model_dir) / DRAFT_FILE).is_file():
+        shutil.copy2(Path(model_dir) / DRAFT_FILE, Path(out) / DRAFT_FILE)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

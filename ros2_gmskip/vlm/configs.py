@@ -50,3 +50,22 @@ class TrainConfig:
     threads: int = 2              # torch intra-op threads (the target machine has 2 cores)
     eval_every: int = 200         # stage 2: greedy-decode 32 val scenes and log accuracy
     model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
+
+
+@dataclass
+class HealConfig:
+    """A short fine-tune of a GM-Skip pruned model with its token skipping on (vlm/heal.py)."""
+
+    steps: int = 400              # optimizer steps, whole pruned model, caption loss
+    batch_size: int = 32
+    lr: float = 3e-4              # peak learning rate: a fifth of training's, the model is trained
+    min_lr_ratio: float = 0.1
+    warmup: int = 40
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    scenes: int = 8000            # train-split scenes rendered once (the model saw 16000)
+    seed: int = 0
+    threads: int = 2
+    eval_every: int = 100         # greedy-decode `eval_n` val scenes with the token skipping on
+    eval_n: int = 64
+    val_n: int = 500              # val scenes scored before and after (the plan's metric record)

@@ -186,6 +186,23 @@ def blind_answer_mask(attention: torch.Tensor, image_row: torch.Tensor, prompt_l
     return mask.masked_fill(~allowed[:, None], torch.finfo(dtype).min)
 
 
+def caption_batch(prompt_ids: list[int], answers: list[list[int]], pad_id: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, labels, attention) (B, P + longest answer): prompt + answer, right-padded;
+    labels hold the answer tokens at their own positions (-100 elsewhere), transformers' form."""
+    P = len(prompt_ids)
+    T = P + max(len(a) for a in answers)
+    input_ids = torch.full((len(answers), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(answers), T), -100, dtype=torch.long)
+    attention = torch.zeros((len(answers), T), dtype=torch.long)
+    for b, ans in enumerate(answers):
+        seq = prompt_ids + ans
+        input_ids[b, :len(seq)] = torch.tensor(seq)
+        labels[b, P:len(seq)] = torch.tensor(ans)
+        attention[b, :len(seq)] = 1
+    return input_ids, labels, attention
+
+
 def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Projected image tokens (B, N_img, C), as LlavaModel merges them into the prompt."""
     return torch.stack(list(model.model.get_image_features(
@@ -252,16 +269,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
         t_step = time.perf_counter()
         # ---- data: prompt + answer, right-padded; loss on the answer tokens only
         idx = rng.integers(0, len(cache), cfg.batch_size)
-        answers = [cache.answers[i] for i in idx]
-        T = P + max(len(a) for a in answers)
-        input_ids = torch.full((len(idx), T), tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(idx), T), -100, dtype=torch.long)
-        attention = torch.zeros((len(idx), T), dtype=torch.long)
-        for b, ans in enumerate(answers):
-            seq = prompt_ids + ans
-            input_ids[b, :len(seq)] = torch.tensor(seq)
-            labels[b, P:len(seq)] = torch.tensor(ans)
-            attention[b, :len(seq)] = 1
+        input_ids, labels, attention = caption_batch(prompt_ids, [cache.answers[i] for i in idx],
+                                                     tokenizer.pad_token_id)
         for group in opt.param_groups:
             group['lr'] = lr_at(step, cfg.steps, cfg.lr, cfg)
         # ---- forward with stochastic depth: a smaller ModuleList for this batch only
