@@ -107,3 +107,15 @@ def test_bench_runs_a_healed_model_against_the_full_one(healed, tmp_path, capsys
                                     fastv=fastv) / 1e9
         assert cfg[name]['gflops'] == pytest.approx(expected), name
     assert 'torch_combined_vs_torch_full' in result
+
+
+def test_heal_takes_the_shipped_plan_for_the_embedded_model_however_it_is_spelled(tmp_path,
+                                                                                    capsys):
+    """--model given as another path to the embedded model still finds its shipped plan (the
+    plan check and the token check run before any training)."""
+    from ros2_gmskip.runtime.defaults import default_model_dir
+    spelled = default_model_dir() / '..' / default_model_dir().name
+    assert main(['heal', '--model', str(spelled), '--kv-removal', '0.5', '--out',
+                 str(tmp_path / 'out')]) == 1
+    err = capsys.readouterr().err
+    assert 'ratio 1 from layer 0 only' in err and 'FastV K=1 R=0.5' in err

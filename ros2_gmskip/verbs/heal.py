@@ -78,7 +78,8 @@ def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.verbs.prune import _check_out
 
     model_dir = model_dir_or_default(args.model)
-    plan_path = args.plan or (default_plan_path() if model_dir == default_model_dir() else None)
+    default = Path(model_dir).resolve() == default_model_dir().resolve()
+    plan_path = args.plan or (default_plan_path() if default else None)
     if plan_path is None:
         raise GmSkipError('no --plan: heal needs the skip plan made for --model (ros2-gmskip '
                           'calibrate)')
