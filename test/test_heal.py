@@ -109,8 +109,7 @@ def test_bench_runs_a_healed_model_against_the_full_one(healed, tmp_path, capsys
     assert 'torch_combined_vs_torch_full' in result
 
 
-def test_heal_takes_the_shipped_plan_for_the_embedded_model_however_it_is_spelled(tmp_path,
-                                                                                    capsys):
+def test_heal_finds_the_shipped_plan_however_the_model_path_is_spelled(tmp_path, capsys):
     """--model given as another path to the embedded model still finds its shipped plan (the
     plan check and the token check run before any training)."""
     from ros2_gmskip.runtime.defaults import default_model_dir
