@@ -7,10 +7,12 @@ that inference runs (ros2_gmskip/vlm/heal.py). Output: a standard transformers f
 processor, draft table, `gmskip_heal.json` (settings, val accuracy before / after, seconds) and
 `plans/healed.json`, which carries the token settings to export, bench, replay and the node.
 
-    ros2-gmskip heal --out models/gmskip-llava-scenes-healed      # shipped plan + its FastV
-    ros2-gmskip evaluate --model models/gmskip-llava-scenes-healed \\
-        --plan models/gmskip-llava-scenes-healed/plans/healed.json --split test --n 2000
-    ros2-gmskip bench --pruned-model models/gmskip-llava-scenes-healed --n 50
+    ros2-gmskip heal --out /tmp/healed      # the embedded model's shipped plan + its FastV
+    ros2-gmskip heal --plan models/gmskip-llava-scenes/plans/accuracy-reverse-for-healing.json \\
+        --fastv 1,0.5 --out /tmp/healed-10 --plot heal.png    # = models/gmskip-llava-scenes-healed
+    ros2-gmskip evaluate --model /tmp/healed-10 --plan /tmp/healed-10/plans/healed.json \\
+        --split test --n 2000
+    ros2-gmskip bench --pruned-model /tmp/healed-10 --n 50 --threads 1 --rounds 3
 
 The token settings are the plan's (`calibrate --tokens`), replaced by --fastv / --kv-removal.
 Deterministic for a given --seed and thread count.
@@ -26,7 +28,8 @@ from pathlib import Path
 import shutil
 import tempfile
 
-from ros2_gmskip.argtypes import existing_dir, existing_file, fastv_setting, fraction, positive_int
+from ros2_gmskip.argtypes import (existing_dir, existing_file, fastv_setting, fraction,
+                                  positive_float, positive_int)
 
 HELP = 'fine-tune a GM-Skip pruned model with its token skipping on (healing), save it'
 MANIFEST = 'gmskip_heal.json'
@@ -51,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='1: train the answer tokens without the image keys, as decoding '
                              "after visual KV removal sees them; 0: none (default: the plan's)")
     parser.add_argument('--steps', type=positive_int, default=d.steps, help='optimizer steps')
-    parser.add_argument('--lr', type=float, default=d.lr, help='peak learning rate')
+    parser.add_argument('--lr', type=positive_float, default=d.lr, help='peak learning rate')
     parser.add_argument('--batch-size', type=positive_int, default=d.batch_size)
     parser.add_argument('--scenes', type=positive_int, default=d.scenes,
                         help='train-split scenes rendered once into the training cache')
