@@ -5,8 +5,11 @@
 #    without FastV, next to bench/test5000.sh's full model;
 #  - latency side by side with the full model in one bench run;
 #  - two controls: the full model given the same 400 steps (does healing only add training?), and
-#    the shipped 9-block plan healed with visual KV removal on (`--kv-removal 1`).
-#   bench/heal.sh    (about 75 minutes on 2 CPU cores; writes bench/results/heal/)
+#    the shipped 9-block plan healed with visual KV removal on (`--kv-removal 1`);
+#  - two variants: the shipped 9-block plan healed with FastV R=0.5 and R=0.75.
+# The second bench runs of bench/results/heal/ (bench_run2.json, bench_plan9_r075_run2.json) are
+# the same bench commands run once more.
+#   bench/heal.sh    (about 2 hours on 2 CPU cores; writes bench/results/heal/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 G=".venv/bin/ros2-gmskip"
@@ -45,6 +48,19 @@ $G evaluate --model $T/full_400 --split test --n 5000 --json | tail -1 > $O/eval
 $G heal --model $M --fastv 1,0.5 --kv-removal 1 --out $T/kv --force
 $G evaluate --model $T/kv --plan $T/kv/plans/healed.json --split test --n 5000 --json | tail -1 \
     > $O/eval_control_kv.json
+# variants: the shipped 9-block plan healed with FastV R=0.5 (its own) and R=0.75
+for r in 0.5 0.75; do
+    tag=plan9$([ $r = 0.75 ] && echo _r075 || true)
+    $G heal --model $M --fastv 1,$r --out $T/$tag --force
+    cp $T/$tag/gmskip_heal.json $O/${tag}_gmskip_heal.json
+    $G evaluate --model $T/$tag --plan $T/$tag/plans/healed.json --split test --n 5000 --json \
+        | tail -1 > $O/eval_${tag}_healed_combined.json
+    $G bench --model $M --pruned-model $T/$tag --n 50 --threads 1 --rounds 3 \
+        --only hf_full torch_full torch_combined ort_full ort_pruned ort_combined \
+        --out-dir $T/bench_$tag && cp $T/bench_$tag/bench.json $O/bench_$tag.json
+done
+$G evaluate --model $T/plan9 --plan $T/plan9/plans/healed.json --no-plan-tokens --split test \
+    --n 5000 --json | tail -1 > $O/eval_plan9_healed_pruned.json
 cp $T/full_400/gmskip_heal.json $O/control_full_gmskip_heal.json
 cp $T/kv/gmskip_heal.json $O/control_kv_gmskip_heal.json
 cat $O/eval_*.json
