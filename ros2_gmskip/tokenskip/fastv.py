@@ -211,16 +211,16 @@ def fastv_prefill(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask:
     if not bool(attention_mask[:, -1].all()):
         raise ValueError('fastv_prefill needs left padding: the last prompt token of every row '
                          'must be at index T-1')
-    h, past, kept_index = fastv_layers(model, inputs_embeds, attention_mask, position_ids,
-                                       image_mask, cfg, inputs_embeds.shape[1] - 1)
     text = text_model(model)
+    h, past, kept_index = fastv_layers(model, inputs_embeds, attention_mask, position_ids,
+                                       image_mask, cfg, inputs_embeds.shape[1] - 1, text=text)
     logits = model.lm_head(text.norm(h[:, -1:]))[:, 0]                      # (B, V)
     return logits, past, kept_index
 
 
 def fastv_layers(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                  position_ids: torch.Tensor, image_mask: torch.Tensor, cfg: FastVConfig | None,
-                 rank_row: int, blind_from: int | None = None
+                 rank_row: int, blind_from: int | None = None, text: nn.Module | None = None
                  ) -> tuple[torch.Tensor, Past, list[torch.Tensor]]:
     """The decoder blocks over a whole sequence, image tokens pruned after layer K; differentiable
     (the inference prefill and `vlm/heal.py`'s training forward are this one function).
@@ -228,10 +228,11 @@ def fastv_layers(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
     rank_row: the query row ranking the image tokens (the last prompt token: T-1 in a left-padded
     prefill, P-1 in a right-padded prompt + answer). blind_from: queries at original index >=
     blind_from see no image key, what a decode step sees after visual KV removal at ratio 1
-    (None: off). Returns the final hidden states (B, T', C) before the norm, the cache and
-    kept_index per layer ((B, S_l) original sequence index of every slot).
+    (None: off). `text`: `text_model(model)` when the caller has it (the norm after this needs it
+    too). Returns the final hidden states (B, T', C) before the norm, the cache and kept_index per
+    layer ((B, S_l) original sequence index of every slot).
     """
-    text = text_model(model)
+    text = text if text is not None else text_model(model)
     layers = text.layers
     B, T, C = inputs_embeds.shape
     image_positions = image_positions_of(image_mask)                       # (B, n_img)

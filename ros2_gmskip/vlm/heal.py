@@ -29,8 +29,6 @@ import logging
 import math
 import random
 import time
-from typing import Sequence
-
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -70,10 +68,11 @@ def healing_loss(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
     embeds = embeds.masked_scatter(image_mask[..., None], feats.to(embeds.dtype))
     B, T = input_ids.shape
     positions = torch.arange(T).expand(B, T)               # right padding: index = position
+    text = text_model(model)
     h, _, kept = fastv_layers(model, embeds, attention, positions, image_mask, tokens.fastv,
                               rank_row=prompt_len - 1,
-                              blind_from=prompt_len if tokens.kv_ratio else None)
-    logits = model.lm_head(text_model(model).norm(h))                      # (B, T', V)
+                              blind_from=prompt_len if tokens.kv_ratio else None, text=text)
+    logits = model.lm_head(text.norm(h))                                   # (B, T', V)
     targets = torch.full_like(labels, -100)
     targets[:, :-1] = labels[:, 1:]                        # row t predicts token t + 1
     targets = targets.gather(1, kept[-1])                  # the rows that survived pruning
@@ -81,33 +80,17 @@ def healing_loss(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                                              ignore_index=-100)
 
 
-@torch.no_grad()
-def token_skip_texts(model, processor, images: Sequence[np.ndarray], tokens: TokenSkip,
-                     batch_size: int = 32) -> list[str]:
-    """Greedy descriptions with `tokens` applied (the torch functional path)."""
-    from ros2_gmskip.tokenskip.fastv import fastv_generate
-    from ros2_gmskip.tokenskip.kv_removal import kv_removal_generate, KVRemovalConfig
-    texts: list[str] = []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start:start + batch_size]
-        if tokens.kv_ratio:
-            texts += kv_removal_generate(model, processor, chunk, cfg=KVRemovalConfig(
-                ratio=tokens.kv_ratio, start_layer=tokens.kv_start), fastv=tokens.fastv)
-        else:
-            texts += fastv_generate(model, processor, chunk, cfg=tokens.fastv)
-    return texts
-
-
 def val_accuracy(model, processor, tokens: TokenSkip, n: int) -> float:
     """Main-object accuracy on the first n val scenes with the token skipping on."""
     from ros2_gmskip.gmskip.metrics import accuracy
     from ros2_gmskip.scenes import load_samples
+    from ros2_gmskip.tokenskip.reference import token_skip_texts
     was_training = model.training
     model.eval()
     samples = load_samples('val', n)
     try:
-        return accuracy(token_skip_texts(model, processor, [s.image for s in samples], tokens),
-                        samples)
+        return accuracy(token_skip_texts(model, processor, [s.image for s in samples], tokens,
+                                         batch_size=32), samples)
     finally:
         model.train(was_training)
 
@@ -142,19 +125,20 @@ def heal(model, processor, tokens: TokenSkip, cfg: HealConfig, progress: bool = 
             group['lr'] = lr_at(step, cfg.steps, cfg.lr, cfg)
         loss = healing_loss(model, cache.pixel_values(idx), input_ids, labels, attention,
                             tokens, len(prompt_ids))
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f'healing loss is {loss.item()} at step {step}: lower --lr')
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f'healing loss is {value} at step {step}: lower --lr')
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
         opt.step()
         train_seconds += time.perf_counter() - t_step
-        log.append({'step': step, 'loss': loss.item()})
-        bar.set_postfix(loss=f'{loss.item():.3f}')
+        log.append({'step': step, 'loss': value})
+        bar.set_postfix(loss=f'{value:.3f}')
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             acc = val_accuracy(model, processor, tokens, cfg.eval_n)
             log[-1]['val_accuracy'] = acc
-            LOG.info('step %d loss %.4f val accuracy (%d scenes) %.3f', step + 1, loss.item(),
+            LOG.info('step %d loss %.4f val accuracy (%d scenes) %.3f', step + 1, value,
                      cfg.eval_n, acc)
     model.eval()
     after = val_accuracy(model, processor, tokens, cfg.val_n) if cfg.val_n else None
