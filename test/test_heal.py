@@ -94,7 +94,7 @@ def test_bench_runs_a_healed_model_against_the_full_one(healed, tmp_path, capsys
     assert result['pruned_model'] == str(out)
     assert cfg['torch_pruned']['tokens'] is None
     assert cfg['torch_combined']['tokens']['fastv'] == {'k': 1, 'r': 0.5, 'seed': 0}
-    from ros2_gmskip.vlm.heal import prompt_ids_of
+    from ros2_gmskip.vlm.prompting import prompt_ids_of
     from ros2_gmskip.vlm.loading import load_vlm
     prompt = prompt_ids_of(load_vlm(source)[1])
     assert len(prompt) == 22

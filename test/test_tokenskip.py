@@ -487,7 +487,8 @@ def test_healing_loss_is_the_model_loss_and_trains_every_kept_part(vlm, images):
     """No token skipping: the healing loss is transformers' own caption loss on a right-padded
     batch; with FastV + KV removal gradients reach the vision tower and every block."""
     from ros2_gmskip.tokenskip.settings import TokenSkip
-    from ros2_gmskip.vlm.heal import healing_loss, prompt_ids_of
+    from ros2_gmskip.vlm.heal import healing_loss
+    from ros2_gmskip.vlm.prompting import prompt_ids_of
     from ros2_gmskip.vlm.train import caption_batch
     model, processor = vlm
     prompt = prompt_ids_of(processor, PROMPT)

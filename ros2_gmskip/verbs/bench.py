@@ -248,7 +248,7 @@ def prompt_sizes(backends: dict) -> tuple[int, int]:
     for backend in backends.values():
         processor = getattr(backend, 'processor', None)
         if processor is not None and hasattr(backend, 'image_token_id'):
-            from ros2_gmskip.vlm.heal import prompt_ids_of
+            from ros2_gmskip.vlm.prompting import prompt_ids_of
             ids = prompt_ids_of(processor)
             return len(ids), sum(i == backend.image_token_id for i in ids)
     return 70, 64

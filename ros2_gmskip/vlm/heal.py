@@ -33,19 +33,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.configs import HealConfig
-from ros2_gmskip.vlm.train import adamw, caption_batch, image_features, lr_at, SceneCache
+from ros2_gmskip.vlm.prompting import prompt_ids_of
+from ros2_gmskip.vlm.train import adamw, caption_batch, embed_with_image, lr_at, SceneCache
 
 LOG = logging.getLogger(__name__)
-
-
-def prompt_ids_of(processor, prompt: str = DEFAULT_PROMPT) -> list[int]:
-    """The prompt's token ids exactly as inference builds them (image tokens expanded)."""
-    from ros2_gmskip.vlm.prompting import build_inputs
-    blank = np.zeros((8, 8, 3), dtype=np.uint8)
-    return build_inputs(processor, [blank], prompt)['input_ids'][0].tolist()
 
 
 def check_healable(tokens: TokenSkip) -> None:
@@ -63,9 +56,7 @@ def healing_loss(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
     tokens after block K; with KV removal the answer tokens see no image key."""
     from ros2_gmskip.tokenskip.fastv import fastv_layers, text_model
     image_mask = input_ids == model.config.image_token_id                  # (B, T)
-    feats = image_features(model, pixel_values)                            # (B, N_img, C)
-    embeds = model.get_input_embeddings()(input_ids)
-    embeds = embeds.masked_scatter(image_mask[..., None], feats.to(embeds.dtype))
+    embeds, _ = embed_with_image(model, input_ids, image_mask, pixel_values)
     B, T = input_ids.shape
     positions = torch.arange(T).expand(B, T)               # right padding: index = position
     text = text_model(model)

@@ -23,3 +23,9 @@ def build_inputs(processor, images: Sequence[np.ndarray], prompt: str = DEFAULT_
     text = prompt_text(processor, prompt)
     return processor(images=list(images), text=[text] * len(images), return_tensors='pt',
                      padding=True)
+
+
+def prompt_ids_of(processor, prompt: str = DEFAULT_PROMPT) -> list[int]:
+    """The prompt's token ids exactly as inference builds them (image tokens expanded)."""
+    blank = np.zeros((8, 8, 3), dtype=np.uint8)
+    return build_inputs(processor, [blank], prompt)['input_ids'][0].tolist()

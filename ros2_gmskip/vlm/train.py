@@ -210,6 +210,15 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
         vision_feature_select_strategy='full').pooler_output))
 
 
+def embed_with_image(model, input_ids: torch.Tensor, image_mask: torch.Tensor,
+                     pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs_embeds (B, T, C) with the projected image tokens at `image_mask`, those image
+    tokens (B, N_img, C)): the LLaVA merge, with gradients (stage 2 and healing)."""
+    feats = image_features(model, pixel_values)                            # (B, N_img, C)
+    embeds = model.get_input_embeddings()(input_ids)                       # (B, T, C)
+    return embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype)), feats
+
+
 def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
     """Build, train and save the default model; returns a summary dict (also saved as JSON)."""
     torch.manual_seed(cfg.seed)
@@ -283,9 +292,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
                     else torch.zeros_like(image_mask))
         try:
             with skip_ffn(model, ffn_skip) as mlps:   # Skip-Vision: skipped rows bypass the FFN
-                feats = image_features(model, cache.pixel_values(idx))        # (B, N_img, C)
-                embeds = model.get_input_embeddings()(input_ids)              # (B, T, C)
-                embeds = embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype))
+                embeds, feats = embed_with_image(model, input_ids, image_mask,
+                                                 cache.pixel_values(idx))
                 out_ = model(inputs_embeds=embeds, attention_mask=mask, labels=labels,
                              use_cache=False)
         finally:
