@@ -57,7 +57,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -77,6 +76,7 @@ from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, WEIGHTS, build_f
                                                  build_fused_segments, decode_graph_file,
                                                  fused_unsupported, quantize_decode_graph,
                                                  quantize_prefill_graph, quantize_settings)
+from ros2_gmskip.folders import written_in_place
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 from ros2_gmskip.runtime.draft import DRAFT_FILE
@@ -357,17 +357,6 @@ def _prepare_out(out: Path) -> None:
                               'pass a new or empty folder (an existing bundle is replaced)')
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished bundle into place; an old bundle at `out` is replaced."""
-    if out.exists():
-        old = out.with_name(f'.{out.name}.old-{int(time.time())}')
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
 def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                   tokens: TokenSkip | None = None,
                   removed_blocks: list[int] | None = None, opset: int = DEFAULT_OPSET,
@@ -437,9 +426,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         model.set_attn_implementation('eager')                    # plain ops in the vision graph
     seconds['load'] = time.perf_counter() - t
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
-    try:
+    with written_in_place(out) as tmp:
         t = time.perf_counter()
         stage(f'exporting vision.onnx (opset {opset})')
         _export_graph(VisionForExport(model), _dummy_vision_inputs(config), tmp / 'vision.onnx',
@@ -513,10 +500,6 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             raise BundleError(f'export validation failed ({len(failures)} of {len(report.checks)} '
                               'checks): ' + '; '.join(f'{c.name}: {c.detail}' for c in failures)
                               + f': bundle not written to {str(out)!r}')
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info('bundle %s written (max |logit diff| %.1e, identical text %s)', out,
              manifest['validation']['max_abs_logit_diff'], manifest['validation']['identical_text'])
     return ExportResult(path=out, manifest=manifest, checks=report.checks, seconds=seconds)

@@ -25,8 +25,6 @@ from datetime import datetime, timezone
 import json
 import logging
 from pathlib import Path
-import shutil
-import tempfile
 
 from ros2_gmskip.argtypes import (existing_dir, existing_file, fastv_setting, fraction,
                                   positive_float, positive_int)
@@ -115,7 +113,8 @@ def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
     from ros2_gmskip.gmskip.objective import Objective
     from ros2_gmskip.gmskip.plan import (MetricRecord, ModelRef, plan_id, save_plan, SkipPlan,
                                          weights_sha256)
-    from ros2_gmskip.verbs.prune import _move_into_place, copy_draft_table
+    from ros2_gmskip.folders import written_in_place
+    from ros2_gmskip.verbs.prune import copy_draft_table
     from ros2_gmskip.vlm.blocks import family_of, get_stack, remove_blocks
     from ros2_gmskip.vlm.configs import HealConfig
     from ros2_gmskip.vlm.heal import heal
@@ -129,9 +128,7 @@ def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
                      threads=args.threads)
     summary = heal(model, processor, tokens, cfg)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
-    try:
+    with written_in_place(out) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         copy_draft_table(model_dir, tmp)
@@ -160,8 +157,4 @@ def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
             'log': summary['log'],
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + '\n', encoding='utf-8')
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ros2_gmskip import __version__
 from ros2_gmskip.argtypes import existing_dir, existing_file, model_dir_or_default
 from ros2_gmskip.errors import GmSkipError, ModelLoadError, PlanError
+from ros2_gmskip.folders import written_in_place
 
 HELP = 'apply a skip plan: save the model with the planned blocks removed'
 MANIFEST = 'gmskip_prune.json'
@@ -68,9 +67,7 @@ def main(args: argparse.Namespace) -> int:
     remove_blocks(model, plan.removed_blocks, plan.stack)
     after = get_stack(model, plan.stack).num_blocks
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
-    try:
+    with written_in_place(out) as tmp:
         model.save_pretrained(tmp)
         _copy_processor(args.model, tmp, args.trust_remote_code)
         copy_draft_table(args.model, tmp)
@@ -90,10 +87,6 @@ def main(args: argparse.Namespace) -> int:
             'created_at': datetime.now(timezone.utc).isoformat(timespec='seconds'),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n', encoding='utf-8')
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f'pruned {args.model} ({family}): removed {plan.stack} blocks '
           f'{list(plan.removed_blocks)} ({before} -> {after}), plan {manifest["plan_id"]}; '
           f'saved to {out}')
@@ -149,19 +142,3 @@ def copy_draft_table(model_dir: Path, out: Path) -> None:
     from ros2_gmskip.runtime.draft import DRAFT_FILE
     if (Path(model_dir) / DRAFT_FILE).is_file():
         shutil.copy2(Path(model_dir) / DRAFT_FILE, Path(out) / DRAFT_FILE)
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished temp folder to `out`; an existing `out` is replaced only at the end."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.old-'))
-    os.replace(out, old / 'out')          # move the old folder aside ...
-    try:
-        os.replace(tmp, out)              # ... then the new one in
-    except BaseException:
-        os.replace(old / 'out', out)      # put the old one back
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
