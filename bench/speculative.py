@@ -1,4 +1,19 @@
-"""Speculative decoding on the pruned default model's fused ONNX Runtime decoder, side by side.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Speculative decoding on the pruned default model's fused ONNX Runtime decoder, side by side.
 
     .venv/bin/python bench/speculative.py                      # 40 test scenes, 3 rounds
     .venv/bin/python bench/speculative.py --n 100 --rounds 5 --guesses 0,1,2,3,4,6

@@ -1,3 +1,17 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Shared argparse `type=` validators: each names the bad value and what is expected."""
 
 from __future__ import annotations
@@ -33,8 +47,10 @@ positive_float = _number(float, lambda v: 0.0 < v < float('inf'), 'a number > 0'
 
 def comma_list(item: Callable[[str], object], expected: str, name: str
                ) -> Callable[[str], list]:
-    """A validator for 'a,b,c': every item parsed by the validator `item`; duplicates dropped,
-    order kept (a search grid need not evaluate a value twice)."""
+    """
+    A validator for 'a,b,c': every item parsed by the validator `item`; duplicates dropped,
+    order kept (a search grid need not evaluate a value twice).
+    """
     def parse(text: str) -> list:
         values: list = []
         for part in text.split(','):
@@ -55,8 +71,10 @@ fraction_list = comma_list(fraction, 'numbers in [0, 1] (e.g. 0.25,0.5)', 'fract
 
 
 def fastv_setting(text: str):
-    """'K,R' (e.g. '2,0.5') -> tokenskip.settings.FastVConfig; a one-line argparse error
-    otherwise (an R out of [0, 1] or a missing R is caught here, not after loading a model)."""
+    """
+    'K,R' (e.g. '2,0.5') -> tokenskip.settings.FastVConfig; a one-line argparse error
+    otherwise (an R out of [0, 1] or a missing R is caught here, not after loading a model).
+    """
     from ros2_gmskip.tokenskip.settings import parse_fastv
     try:
         return parse_fastv(text)

@@ -1,4 +1,19 @@
-"""Shared fixtures: a tiny random LLaVA (save_pretrained folder) and ONNX bundles exported from it.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Shared fixtures: a tiny random LLaVA (save_pretrained folder) and ONNX bundles exported from it.
 
 Built once per session (a few seconds on one core): the model is the project's default
 architecture (SigLIP tower + GELU projector + Llama decoder, word-level tokenizer, PIL SigLIP
@@ -27,13 +42,16 @@ def _threads() -> None:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A save_pretrained folder of a tiny random default-architecture model (GQA decoder)."""
     _threads()
-    import torch
-    from transformers import LlavaForConditionalGeneration
-
     from ros2_gmskip.runtime.types import DEFAULT_PROMPT
     from ros2_gmskip.scenes import CLASSES, LIGHTINGS, POSITIONS, WEATHERS
     from ros2_gmskip.vlm.default_model import (
-        build_model, build_processor, build_tokenizer, DefaultModelConfig)
+        build_model,
+        build_processor,
+        build_tokenizer,
+        DefaultModelConfig,
+    )
+    import torch
+    from transformers import LlavaForConditionalGeneration
 
     corpus = [DEFAULT_PROMPT, 'a red car ahead, near. a bus on the left, far.',
               ' '.join(CLASSES), ' '.join(LIGHTINGS), ' '.join(WEATHERS), ' '.join(POSITIONS)]

@@ -1,4 +1,19 @@
-"""Test doubles for the node tests: a FakeBackend, message stand-ins, a DDS camera publisher.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Test doubles for the node tests: a FakeBackend, message stand-ins, a DDS camera publisher.
 
 Not a conftest: tests import it explicitly (`from fakes import ...`; pytest puts test/ on sys.path
 for rootdir-less test files), and the DDS test runs it as a script:
@@ -100,8 +115,8 @@ def stand_in_convert(msg, compressed: bool) -> np.ndarray:
 def converter():
     """The real converter when image_convert exists, else the stand-in."""
     try:
-        from ros2_gmskip.ros.pipeline import default_convert
         import ros2_gmskip.ros.image_convert  # noqa: F401
+        from ros2_gmskip.ros.pipeline import default_convert
         return default_convert
     except ImportError:
         return stand_in_convert

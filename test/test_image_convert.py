@@ -1,3 +1,17 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """image_convert against OpenCV references: every encoding, padded rows, byte containers, errors."""
 
 from __future__ import annotations
@@ -9,11 +23,15 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from rosbags.typesys import get_typestore, Stores
-
 from ros2_gmskip.errors import MessageError
 from ros2_gmskip.ros.image_convert import (
-    compressed_to_rgb, image_to_rgb, rgb_to_image_fields, rgb_to_jpeg, SUPPORTED_ENCODINGS)
+    compressed_to_rgb,
+    image_to_rgb,
+    rgb_to_image_fields,
+    rgb_to_jpeg,
+    SUPPORTED_ENCODINGS,
+)
+from rosbags.typesys import get_typestore, Stores
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 RosImage = TS.types['sensor_msgs/msg/Image']

@@ -1,4 +1,19 @@
-"""The node on rclpy (runs where ROS 2 is sourced; skipped otherwise).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The node on rclpy (runs where ROS 2 is sourced; skipped otherwise).
 
 Isolation: a random ROS_DOMAIN_ID, Cyclone DDS on loopback (config/cyclonedds-loopback.xml) and
 localhost-only discovery for the other RMWs (ROS_LOCALHOST_ONLY on Humble,

@@ -1,4 +1,19 @@
-"""TensorRT engines: profiles, names, engine manifests, the builder and the backend.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+TensorRT engines: profiles, names, engine manifests, the builder and the backend.
 
 Everything up to the real-GPU class runs without TensorRT: a small stand-in `tensorrt` module (and a
 stand-in CUDA with host memory behind fake device pointers) is injected where the builder and the
@@ -12,20 +27,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ros2_gmskip import cli
 from ros2_gmskip.errors import EngineError
-from ros2_gmskip.exporters import engine_manifest as em
-from ros2_gmskip.exporters import trt_build
+from ros2_gmskip.exporters import engine_manifest as em, trt_build
 from ros2_gmskip.exporters.trt_profiles import (
-    Limits, Precision, Profile, ShapeRange, build_profiles, cache_key, decoder_profiles,
-    engine_file_name, profiles_from_dict, profiles_to_dict, vision_profiles)
+    build_profiles,
+    cache_key,
+    decoder_profiles,
+    engine_file_name,
+    Limits,
+    Precision,
+    Profile,
+    profiles_from_dict,
+    profiles_to_dict,
+    ShapeRange,
+    vision_profiles,
+)
 from ros2_gmskip.runtime import trt_backend
 from ros2_gmskip.runtime.bundle import Bundle, load_bundle
 from ros2_gmskip.runtime.trt_backend import GpuInfo
@@ -118,9 +141,9 @@ def test_engine_file_names_carry_the_precision():
 def test_profiles_round_trip_and_cache_key_tracks_every_setting():
     profiles = build_profiles(fake_manifest(), Limits(1, 32, 8), 12)
     assert profiles_from_dict(json.loads(json.dumps(profiles_to_dict(profiles)))) == profiles
-    base = dict(source_onnx_sha256={'vision': 'a', 'decoder': 'b'}, precision='fp16',
-                limits=Limits(), prompt_len=12, tensorrt_version='10.3.0',
-                compute_capability='8.7', dla_core=None)
+    base = {'source_onnx_sha256': {'vision': 'a', 'decoder': 'b'}, 'precision': 'fp16',
+                'limits': Limits(), 'prompt_len': 12, 'tensorrt_version': '10.3.0',
+                'compute_capability': '8.7', 'dla_core': None}
     key = cache_key(**base)
     assert key == cache_key(**base) and len(key) == 16
     for change in ({'source_onnx_sha256': {'vision': 'a', 'decoder': 'c'}}, {'precision': 'fp32'},
@@ -488,8 +511,10 @@ class FakeBuilder:
 
 
 def make_fake_trt(version='10.3.0', dla_cores=0, fail_build=False, bf16=True):
-    """A `tensorrt` stand-in with the calls the builder and the backend make (names as in the
-    TensorRT 10 Python API); `state` records what was asked of it."""
+    """
+    A `tensorrt` stand-in with the calls the builder and the backend make (names as in the
+    TensorRT 10 Python API); `state` records what was asked of it.
+    """
     trt = types.ModuleType('tensorrt')
     state = types.SimpleNamespace(networks=[], configs=[], cache_loads=[], dla_cores=dla_cores,
                                   fail_build=fail_build)
@@ -503,7 +528,7 @@ def make_fake_trt(version='10.3.0', dla_cores=0, fail_build=False, bf16=True):
             pass
     trt.ILogger = ILogger
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
-    flags = dict(FP16='FP16', INT8='INT8', TF32='TF32', GPU_FALLBACK='GPU_FALLBACK')
+    flags = {'FP16': 'FP16', 'INT8': 'INT8', 'TF32': 'TF32', 'GPU_FALLBACK': 'GPU_FALLBACK'}
     if bf16:
         flags['BF16'] = 'BF16'
     trt.BuilderFlag = types.SimpleNamespace(**flags)
@@ -944,7 +969,7 @@ def test_real_tensorrt_logger_and_gpu_query():
 def test_real_tensorrt_builds_a_tiny_onnx_with_profiles(tmp_path):
     trt = _real_trt_and_gpu()
     onnx = pytest.importorskip('onnx')
-    from onnx import TensorProto, helper
+    from onnx import helper, TensorProto
     x = helper.make_tensor_value_info('x', TensorProto.FLOAT, ['batch', 4])
     y = helper.make_tensor_value_info('y', TensorProto.FLOAT, ['batch', 4])
     graph = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g', [x], [y])

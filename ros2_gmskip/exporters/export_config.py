@@ -1,4 +1,19 @@
-"""What a model family exports to: graph inputs/outputs with symbolic axes, opset, tolerances.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+What a model family exports to: graph inputs/outputs with symbolic axes, opset, tolerances.
 
 Optimum-style: one `ExportConfig` per model family declares, for each graph, the tensors with
 their axes (an int for a fixed size, a name for a dynamic one) and, for each output, the absolute
@@ -68,7 +83,8 @@ class DecoderShape:
 
 @dataclass(frozen=True)
 class DecoderSegment:
-    """One decoder graph: blocks [first, stop) of the (pruned) decoder.
+    """
+    One decoder graph: blocks [first, stop) of the (pruned) decoder.
 
     A bundle without token skipping has one segment (decoder.onnx: embeddings -> logits). FastV
     and KV removal from a layer split the decoder there (see onnx_export.py for why): the first
@@ -208,8 +224,10 @@ def family_of_config(config: Any) -> str:
 
 
 def attention_windows(text_config: Any, num_layers: int) -> list[int | None]:
-    """Per decoder block, its sliding attention window (Mistral; Qwen2 with use_sliding_window),
-    None for full attention."""
+    """
+    Per decoder block, its sliding attention window (Mistral; Qwen2 with use_sliding_window),
+    None for full attention.
+    """
     window = _get(text_config, 'sliding_window')
     layer_types = _get(text_config, 'layer_types')
     return [window if window and (layer_types is None or layer_types[i] == 'sliding_attention')
@@ -230,8 +248,10 @@ def rope_parameters(text_config: Any) -> dict:
 def export_config_for(config: Any, num_layers: int | None = None, opset: int = DEFAULT_OPSET,
                       image_size: tuple[int, int] | None = None, splits: tuple[int, ...] = (),
                       rank_at: int | None = None) -> ExportConfig:
-    """The ExportConfig of a VLM config (after pruning: pass the remaining `num_layers`;
-    token skipping: the decoder `splits` and FastV's K as `rank_at`)."""
+    """
+    The ExportConfig of a VLM config (after pruning: pass the remaining `num_layers`;
+    token skipping: the decoder `splits` and FastV's K as `rank_at`).
+    """
     family = family_of_config(config)
     text = _get(config, 'text_config')
     vision = _get(config, 'vision_config')

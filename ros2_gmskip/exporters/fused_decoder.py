@@ -1,4 +1,19 @@
-"""A second, ONNX Runtime-only decoder graph, built straight from the weights with ORT's fused ops.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+A second, ONNX Runtime-only decoder graph, built straight from the weights with ORT's fused ops.
 
     entry = build_fused_decoder(model, Path('bundle/decoder.fused.onnx'), max_length=256)
     reason = fused_unsupported(model)       # None, or why this model gets no fused graph
@@ -79,9 +94,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from ros2_gmskip.exporters.export_config import (ATTENTION_EXTRAS, SUPPORTED_ROPE_TYPES,
-                                                 attention_windows)
+from ros2_gmskip.exporters.export_config import (
+    ATTENTION_EXTRAS,
+    attention_windows,
+    SUPPORTED_ROPE_TYPES,
+)
 
 FUSED_DECODER = 'decoder.fused.onnx'
 WEIGHTS = ('fp32', 'int8', 'int4')        # --fused-weights: the decode-step graph's MatMul weights
@@ -111,7 +128,7 @@ def fused_unsupported(model) -> str | None:
     H = cfg.num_attention_heads
     head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // H
     if head_dim % 16:
-        return f'head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention\'s CPU RoPE)'
+        return f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention's CPU RoPE)"
     rotary = text.rotary_emb
     if getattr(rotary, 'rope_type', 'default') not in SUPPORTED_ROPE_TYPES:
         return f'rope_type {rotary.rope_type!r} changes with the sequence length'
@@ -164,7 +181,8 @@ def _eps(norm) -> float:
 
 def build_fused_decoder(model, path: Path, max_length: int, segment=None,
                         step_graph: bool = False) -> dict:
-    """Write the fused decoder of `model` (already pruned) to `path`; -> its manifest entry.
+    """
+    Write the fused decoder of `model` (already pruned) to `path`; -> its manifest entry.
 
     `max_length`: the KV buffers' and RoPE tables' length (prompt + generated tokens); the
     runtime decodes longer requests with decoder.onnx. `segment` (an export_config
@@ -175,8 +193,8 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
     Raises ValueError if `fused_unsupported(model)` names a reason.
     """
     import onnx
+    from onnx import helper, TensorProto
     import torch
-    from onnx import TensorProto, helper
 
     reason = fused_unsupported(model)
     if reason:
@@ -316,16 +334,20 @@ def _last_position(g: _Graph, name: str, out: str) -> None:
 
 
 def fused_segment_file(index: int) -> str:
-    """decoder.fused.onnx, decoder.fused.1.onnx, ... (the token-skipping graphs, one per
-    decoder.onnx segment)."""
+    """
+    decoder.fused.onnx, decoder.fused.1.onnx, ... (the token-skipping graphs, one per
+    decoder.onnx segment).
+    """
     return FUSED_DECODER if index == 0 else FUSED_DECODER.replace('.onnx', f'.{index}.onnx')
 
 
 def build_fused_segments(model, folder: Path, max_length: int, segments) -> dict:
-    """The token-skipping variant: one explicit-position fused graph per decoder segment (the
+    """
+    The token-skipping variant: one explicit-position fused graph per decoder segment (the
     same blocks, input and output names as decoder.onnx's segments) in `folder`; -> the manifest
     entry: the first graph's fields plus 'positions': 'explicit', 'attention_scale' and
-    'segments' (one entry per graph: file, layers, input, output, ranks)."""
+    'segments' (one entry per graph: file, layers, input, output, ranks).
+    """
     entries = [build_fused_decoder(model, Path(folder) / fused_segment_file(i), max_length, seg)
                for i, seg in enumerate(segments)]
     attn = _text(model).layers[0].self_attn
@@ -339,14 +361,18 @@ def build_fused_segments(model, folder: Path, max_length: int, segments) -> dict
 
 
 def decode_graph_file(weights: str, fused_file: str = FUSED_DECODER) -> str:
-    """File name of the quantized decode-step copy of `fused_file`, e.g. decoder.fused.int4.onnx
-    (decoder.fused.1.int4.onnx for a second token-skipping segment)."""
+    """
+    File name of the quantized decode-step copy of `fused_file`, e.g. decoder.fused.int4.onnx
+    (decoder.fused.1.int4.onnx for a second token-skipping segment).
+    """
     return fused_file.replace('.onnx', f'.{weights}.onnx')
 
 
 def quantize_decode_graph(fused_path: Path, weights: str, out_name: str | None = None) -> dict:
-    """Write the `weights` ('int8' | 'int4') copy of the fused graph beside it (MatMulNBits), as
-    `out_name` (default decode_graph_file); -> the manifest fields that describe it."""
+    """
+    Write the `weights` ('int8' | 'int4') copy of the fused graph beside it (MatMulNBits), as
+    `out_name` (default decode_graph_file); -> the manifest fields that describe it.
+    """
     import logging
 
     import onnx
@@ -380,12 +406,14 @@ def prefill_graph_file(fused_file: str = FUSED_DECODER) -> str:
 
 
 def quantize_prefill_graph(fused_path: Path) -> str:
-    """Write the prefill copy of the fused graph beside it, MatMuls as dynamic int8 (weights int8
-    per tensor, activations quantized per run: MatMulInteger); -> its file name."""
+    """
+    Write the prefill copy of the fused graph beside it, MatMuls as dynamic int8 (weights int8
+    per tensor, activations quantized per run: MatMulInteger); -> its file name.
+    """
     import logging
 
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_dynamic, QuantType
 
     out = Path(fused_path).with_name(prefill_graph_file(Path(fused_path).name))
     quiet = logging.getLogger()

@@ -1,4 +1,19 @@
-"""Export a (GM-Skip pruned) LLaVA-style VLM to an ONNX bundle: vision + decoder graphs + manifest.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Export a (GM-Skip pruned) LLaVA-style VLM to an ONNX bundle: vision + decoder graphs + manifest.
 
     bundle = export_bundle(Path('models/gmskip-llava-scenes'), Path('bundles/pruned'),
                            plan=Path('plans/reverse.json'), validate_n=50)
@@ -54,33 +69,45 @@ written as one self-contained file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import json
 import logging
+from pathlib import Path
 import shutil
 import time
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
+import warnings
 
 import numpy as np
-import torch
-from torch import nn
-
 from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
-from ros2_gmskip.exporters.export_config import (ATTENTION_EXTRAS, DEFAULT_OPSET, ExportConfig,
-                                                 attention_windows, export_config_for,
-                                                 family_of_config, rope_parameters)
-from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, WEIGHTS, build_fused_decoder,
-                                                 build_fused_segments, decode_graph_file,
-                                                 fused_unsupported, quantize_decode_graph,
-                                                 quantize_prefill_graph, quantize_settings)
+from ros2_gmskip.exporters.export_config import (
+    ATTENTION_EXTRAS,
+    attention_windows,
+    DEFAULT_OPSET,
+    export_config_for,
+    ExportConfig,
+    family_of_config,
+    rope_parameters,
+)
+from ros2_gmskip.exporters.fused_decoder import (
+    build_fused_decoder,
+    build_fused_segments,
+    decode_graph_file,
+    FUSED_DECODER,
+    fused_unsupported,
+    quantize_decode_graph,
+    quantize_prefill_graph,
+    quantize_settings,
+    WEIGHTS,
+)
 from ros2_gmskip.folders import written_in_place
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 from ros2_gmskip.runtime.draft import DRAFT_FILE
 from ros2_gmskip.tokenskip.settings import TokenSkip
+import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +144,10 @@ class VisionForExport(nn.Module):
 
 
 class _FusedLinear(nn.Module):
-    """Several nn.Linear over the same input as one MatMul (weights concatenated, values unchanged):
-    fewer, larger graph nodes; the output holds the projections' outputs side by side."""
+    """
+    Several nn.Linear over the same input as one MatMul (weights concatenated, values unchanged):
+    fewer, larger graph nodes; the output holds the projections' outputs side by side.
+    """
 
     def __init__(self, *linears: nn.Linear) -> None:
         super().__init__()
@@ -142,7 +171,8 @@ def _is_gated_mlp(mlp: nn.Module) -> bool:
 
 
 class DecoderForExport(nn.Module):
-    """The text decoder with explicit KV tensors (see the module docstring for why).
+    """
+    The text decoder with explicit KV tensors (see the module docstring for why).
 
     forward(inputs_embeds, attention_mask, position_ids, *past) -> (logits, *present), with past /
     present ordered (layer 0 key, layer 0 value, layer 1 key, ...).
@@ -261,9 +291,11 @@ class ExportResult:
 
 
 def _export_fused(model, folder: Path, length: int, weights: str, segments, stage) -> dict:
-    """decoder.fused.onnx (or, for token skipping, one explicit-position fused graph per decoder
+    """
+    decoder.fused.onnx (or, for token skipping, one explicit-position fused graph per decoder
     segment) and, with `weights` int4 / int8, their quantized copies (decode steps: MatMulNBits;
-    prefill: dynamic int8); -> the manifest's `fused_decoder` entry."""
+    prefill: dynamic int8); -> the manifest's `fused_decoder` entry.
+    """
     what = 'ONNX Runtime contrib ops' if segments is None else \
         f'{len(segments)} segment(s) with explicit positions for token skipping'
     stage(f'exporting {FUSED_DECODER} ({what}, KV buffers of {length} positions)')
@@ -300,7 +332,8 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments, stag
 
 def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] | None
                  ) -> tuple[list[int], str, dict | None]:
-    """(blocks to remove, their stack, the manifest's `plan` entry) from a plan file or a list.
+    """
+    (blocks to remove, their stack, the manifest's `plan` entry) from a plan file or a list.
 
     `load_plan` refuses a plan made for other weights (PlanError naming both hashes).
     """
@@ -365,7 +398,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                   fused_max_length: int | None = None, fused_weights: str = 'fp32',
                   on_stage: Callable[[str], None] | None = None,
                   on_check: Callable[[object], None] | None = None) -> ExportResult:
-    """Export `model_dir` (minus the plan's blocks) to the bundle folder `out`, then validate it.
+    """
+    Export `model_dir` (minus the plan's blocks) to the bundle folder `out`, then validate it.
 
     The bundle is written into a temporary sibling folder and renamed to `out` only after every
     validation check passed; otherwise `BundleError` lists all failures and `out` is untouched.

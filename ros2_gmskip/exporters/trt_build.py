@@ -1,4 +1,19 @@
-"""Build TensorRT engines from an export bundle: one engine per ONNX graph, plus their manifest.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Build TensorRT engines from an export bundle: one engine per ONNX graph, plus their manifest.
 
     config = BuildConfig(precision='fp16', limits=Limits(max_prompt=256))
     manifest = build_engines(load_bundle(Path('bundle')), Path('engines/orin-fp16'), config)
@@ -30,19 +45,27 @@ ModelOpt) instead of silently building an uncalibrated or fp32 engine.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import json
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
+import time
 from typing import Any
 
 from ros2_gmskip.errors import EngineError
 from ros2_gmskip.exporters import engine_manifest as em
 from ros2_gmskip.exporters.trt_profiles import (
-    GRAPHS, Limits, Precision, Profile, build_profiles, cache_key, engine_file_name,
-    parse_precision, profiles_to_dict)
-from ros2_gmskip.runtime.trt_backend import GpuInfo, gpu_info, import_tensorrt, make_logger
+    build_profiles,
+    cache_key,
+    engine_file_name,
+    GRAPHS,
+    Limits,
+    parse_precision,
+    Precision,
+    Profile,
+    profiles_to_dict,
+)
+from ros2_gmskip.runtime.trt_backend import gpu_info, GpuInfo, import_tensorrt, make_logger
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +97,10 @@ class BuildConfig:
 
     @classmethod
     def from_stale_manifest(cls, engine_dir: Path) -> 'BuildConfig':
-        """The settings of the engines in `engine_dir` (to rebuild them alike), or the defaults
-        where its manifest is missing or unreadable."""
+        """
+        The settings of the engines in `engine_dir` (to rebuild them alike), or the defaults
+        where its manifest is missing or unreadable.
+        """
         try:
             m = json.loads((Path(engine_dir) / em.MANIFEST).read_text())
             return cls(precision=m['precision'], workspace_mb=int(m['workspace_mb']),
@@ -104,8 +129,10 @@ def _has_fast(precision: Precision, cc: str | None) -> bool | None:
 
 
 def check_precision_support(trt, builder, precision: Precision, gpu: GpuInfo) -> None:
-    """Warn when the GPU has no fast path for `precision` (the build still runs: TensorRT falls
-    back to fp32 kernels); EngineError when this TensorRT cannot build it at all."""
+    """
+    Warn when the GPU has no fast path for `precision` (the build still runs: TensorRT falls
+    back to fp32 kernels); EngineError when this TensorRT cannot build it at all.
+    """
     if precision is Precision.FP32:
         return
     if precision in (Precision.FP16, Precision.BF16):
@@ -134,9 +161,11 @@ def network_flags(trt, precision: Precision) -> int:
 
 
 def parse_onnx(trt, builder, logger, onnx_path: Path, flags: int):
-    """(network, parser) for `onnx_path`; on failure every parser error is logged, then
+    """
+    (network, parser) for `onnx_path`; on failure every parser error is logged, then
     EngineError with the count and the first error. The parser is returned because the network's
-    weights belong to it (keep it alive until the build is done)."""
+    weights belong to it (keep it alive until the build is done).
+    """
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -229,7 +258,7 @@ def configure(trt, builder, network, cfg: BuildConfig, graph: str, gpu: GpuInfo)
     elif not has_qdq(trt, network):                   # int8: explicit quantization only
         raise EngineError(f'--precision int8: {graph}.onnx has no QuantizeLinear/DequantizeLinear '
                           'nodes; TensorRT 10 builds INT8 from explicitly quantized graphs (its '
-                          'calibrators are deprecated since 10.1): quantize the bundle\'s ONNX '
+                          "calibrators are deprecated since 10.1): quantize the bundle's ONNX "
                           'with NVIDIA ModelOpt (modelopt.onnx.quantization, int8) or use '
                           '--precision fp16')
     if cfg.dla_core is not None and graph == 'vision':
@@ -316,8 +345,10 @@ def build_engines(bundle: Any, out_dir: Path, cfg: BuildConfig | None = None, *,
 
 
 def planned_cache_key(bundle: Any, cfg: BuildConfig, trt_version: str, gpu: GpuInfo) -> str:
-    """The cache key a build of `bundle` with `cfg` on this machine would get (to skip an
-    up-to-date build without building)."""
+    """
+    The cache key a build of `bundle` with `cfg` on this machine would get (to skip an
+    up-to-date build without building).
+    """
     prompt_len = cfg.prompt_len or default_prompt_len(bundle)
     return cache_key(source_onnx_sha256={g: bundle.manifest['files'][f'{g}.onnx'] for g in GRAPHS},
                      precision=cfg.precision, limits=cfg.limits, prompt_len=prompt_len,

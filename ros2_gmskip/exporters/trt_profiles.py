@@ -1,4 +1,19 @@
-"""TensorRT optimization profiles for a bundle's graphs, engine file names and the engine cache key.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+TensorRT optimization profiles for a bundle's graphs, engine file names and the engine cache key.
 
 Pure Python (no tensorrt): the builder turns these into `IOptimizationProfile.set_shape` calls, the
 runtime reads them back from `engine_manifest.json` to size its buffers, and the tests check them by
@@ -29,10 +44,10 @@ times per frame). The runtime keeps one execution context per profile.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from enum import Enum
+import hashlib
+import json
 
 from ros2_gmskip.errors import EngineError
 
@@ -63,8 +78,10 @@ def parse_precision(value: str | Precision) -> Precision:
 
 
 def engine_file_name(graph: str, precision: str | Precision) -> str:
-    """`<graph>.<precision>.engine`, e.g. `decoder.fp16.engine` (Autoware keeps the precision in
-    the engine's name, so engines of two precisions can sit side by side)."""
+    """
+    `<graph>.<precision>.engine`, e.g. `decoder.fp16.engine` (Autoware keeps the precision in
+    the engine's name, so engines of two precisions can sit side by side).
+    """
     if graph not in GRAPHS:
         raise EngineError(f'unknown graph {graph!r}: expected one of {", ".join(GRAPHS)}')
     return f'{graph}.{parse_precision(precision).value}.engine'
@@ -173,8 +190,10 @@ def vision_profiles(bundle_manifest: dict, limits: Limits) -> list[Profile]:
 
 
 def decoder_profiles(bundle_manifest: dict, limits: Limits, prompt_len: int) -> list[Profile]:
-    """[prefill, decode] (see the module docstring); `prompt_len` is the prompt the engine is tuned
-    for: image tokens + the default prompt's text tokens."""
+    """
+    [prefill, decode] (see the module docstring); `prompt_len` is the prompt the engine is tuned
+    for: image tokens + the default prompt's text tokens.
+    """
     num_image_tokens = int(bundle_manifest.get('tokens', {}).get('num_image_tokens', 0))
     if prompt_len < max(num_image_tokens, 1):
         raise EngineError(f'prompt length {prompt_len} is shorter than the image tokens '
@@ -215,10 +234,12 @@ def profiles_from_dict(d: dict) -> dict[str, list[Profile]]:
 def cache_key(*, source_onnx_sha256: dict[str, str], precision: str | Precision, limits: Limits,
               prompt_len: int, tensorrt_version: str, compute_capability: str | None,
               dla_core: int | None) -> str:
-    """What an engine build depends on, as 16 hex digits: the graphs (their hashes), precision,
+    """
+    What an engine build depends on, as 16 hex digits: the graphs (their hashes), precision,
     profiles (limits + tuned prompt length), TensorRT version, GPU architecture and DLA core.
     Two builds with the same key make interchangeable engines; a different key means rebuild.
-    (Workspace and timing cache change build time / tactic choice, not what the engine runs.)"""
+    (Workspace and timing cache change build time / tactic choice, not what the engine runs.)
+    """
     payload = {
         'onnx': dict(sorted(source_onnx_sha256.items())),
         'precision': parse_precision(precision).value,

@@ -1,4 +1,19 @@
-"""Validate a freshly exported bundle against the PyTorch model it came from.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Validate a freshly exported bundle against the PyTorch model it came from.
 
 Always runs after export (optimum-style), in this order, and reports every failure together:
 
@@ -27,17 +42,16 @@ each split against `output_hidden_states` / `output_attentions`).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
+import logging
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-
 from ros2_gmskip.exporters.export_config import ExportConfig, TensorSpec
 from ros2_gmskip.exporters.fused_decoder import MIN_QUANTIZED_AGREEMENT
 from ros2_gmskip.exporters.trt_ops import check_opset, graph_opset
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +163,7 @@ def check_graphs(bundle_dir: Path, config: ExportConfig,
         unsupported = lint(path)
         checks.append(Check(f'{name} TensorRT ops', not unsupported,
                             f'unsupported by TensorRT 10: {", ".join(unsupported)}' if unsupported
-                            else 'all ops in the TensorRT 10 ONNX parser\'s list'))
+                            else "all ops in the TensorRT 10 ONNX parser's list"))
     return checks
 
 
@@ -208,10 +222,12 @@ def _decoder_feed(embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
 def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask: np.ndarray,
                  positions: np.ndarray, past: list[np.ndarray], only: list[str] | None = None
                  ) -> tuple[dict[str, np.ndarray], list[Check]]:
-    """Every decoder segment in order, no token skipping -> {name: array} with `logits`,
+    """
+    Every decoder segment in order, no token skipping -> {name: array} with `logits`,
     `present.{i}.*` for all blocks and, per split at block s, `hidden_states@s` and
     `last_token_attention@s`; plus one output-shape check per segment. `only=['logits']`: just
-    the logits."""
+    the logits.
+    """
     out: dict[str, np.ndarray] = {}
     checks = []
     h = embeds
@@ -253,9 +269,11 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
 
 def _fused_diffs(fused, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref
                  ) -> dict[str, float]:
-    """The fused decoder (runtime.fused_decode.FusedDecoder, or the token-skipping segments'
+    """
+    The fused decoder (runtime.fused_decode.FusedDecoder, or the token-skipping segments'
     FusedTokenSkipDecoder run unpruned) at prefill and one step vs torch: last-position logits,
-    and the KV rows its in-place buffers hold after the step."""
+    and the KV rows its in-place buffers hold after the step.
+    """
     T = embeds.shape[1]
     logits = max(_max_diff(fused.logits_after(embeds, 0), ref.logits[0, -1].numpy()),
                  _max_diff(fused.logits_after(step_embeds, T), step_ref.logits[0, -1].numpy()))
@@ -267,9 +285,11 @@ def _fused_diffs(fused, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_r
 @torch.no_grad()
 def check_values(backend, model, processor, config: ExportConfig, image: np.ndarray, prompt: str,
                  report: ValidationReport, fused=None) -> list[Check]:
-    """Preprocessing, prompt ids, and ORT vs PyTorch values for every output (a segmented
+    """
+    Preprocessing, prompt ids, and ORT vs PyTorch values for every output (a segmented
     decoder is run segment after segment, unpruned, against the whole HF decoder); with `fused`
-    (a FusedDecoder) the fused graph's logits and KV rows too."""
+    (a FusedDecoder) the fused graph's logits and KV rows too.
+    """
     from ros2_gmskip.vlm.prompting import build_inputs
 
     checks = []
@@ -289,7 +309,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
                         f'(tolerance {PREPROCESS_ATOL:.0e})'))
     runtime_ids = backend.tokenizer.prompt_ids(prompt)
     same = np.array_equal(runtime_ids, ids[0].numpy())
-    checks.append(Check('prompt ids', same, f'{T} ids identical to the processor\'s' if same else
+    checks.append(Check('prompt ids', same, f"{T} ids identical to the processor's" if same else
                         f'runtime {runtime_ids.tolist()[:8]}.. != processor '
                         f'{ids[0].tolist()[:8]}..'))
 
@@ -370,9 +390,11 @@ def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: st
                  max_new_tokens: int, record: Callable[[int, int], None] | None,
                  stage: Callable[[str], None], name: str = 'greedy text',
                  references: dict | None = None, min_agreement: float = 1.0) -> Check:
-    """`backend`'s greedy texts vs the torch reference for its token settings; `record(identical,
+    """
+    `backend`'s greedy texts vs the torch reference for its token settings; `record(identical,
     n)` gets the counts; `references` caches the reference texts between calls; the check passes
-    when at least `min_agreement` of the scenes are identical (1.0: all)."""
+    when at least `min_agreement` of the scenes are identical (1.0: all).
+    """
     from ros2_gmskip.vlm.generation import generate_texts
 
     if not images:

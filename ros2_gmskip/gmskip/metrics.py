@@ -1,4 +1,19 @@
-"""Task metrics S(R) for GM-Skip: main-object accuracy, CIDEr-D, exact match, or a user callable.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Task metrics S(R) for GM-Skip: main-object accuracy, CIDEr-D, exact match, or a user callable.
 
 A metric is `f(predictions: list[str], references: list[Sample]) -> float` (higher is better);
 `Sample` is `ros2_gmskip.scenes.Sample` (captions, main_class, objects).
@@ -15,7 +30,7 @@ from ros2_gmskip.errors import MetricError
 from ros2_gmskip.scenes.spec import SYNONYMS
 
 Metric = Callable[[Sequence[str], Sequence[object]], float]
-_PUNCT = re.compile(r"[^\w\s]")
+_PUNCT = re.compile(r'[^\w\s]')
 
 
 def normalize(text: str) -> str:
@@ -30,8 +45,10 @@ def names_class(text: str, cls: str) -> bool:
 
 
 def accuracy(predictions: Sequence[str], references: Sequence[object]) -> float:
-    """Single-object classification accuracy (the GM-Skip paper's COCO metric): the share of
-    images whose generated text names the main object's class (or a synonym)."""
+    """
+    Single-object classification accuracy (the GM-Skip paper's COCO metric): the share of
+    images whose generated text names the main object's class (or a synonym).
+    """
     pairs = [(p, r.main_class) for p, r in zip(predictions, references) if r.main_class]
     if not pairs:
         raise MetricError('accuracy needs references with a main_class; use --metric cider '
@@ -48,8 +65,10 @@ def exact_match(predictions: Sequence[str], references: Sequence[object]) -> flo
 
 
 def cider(predictions: Sequence[str], references: Sequence[object]) -> float:
-    """CIDEr-D (Vedantam et al. 2015) via pycocoevalcap's scorer; document frequencies come from
-    the references of this evaluation set, as in the COCO caption evaluation."""
+    """
+    CIDEr-D (Vedantam et al. 2015) via pycocoevalcap's scorer; document frequencies come from
+    the references of this evaluation set, as in the COCO caption evaluation.
+    """
     from pycocoevalcap.cider.cider import Cider
     if not predictions:
         raise MetricError('cider of an empty prediction list')

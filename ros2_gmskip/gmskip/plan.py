@@ -1,4 +1,19 @@
-"""Skip plans: the JSON contract between calibrate, prune, export and the node.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Skip plans: the JSON contract between calibrate, prune, export and the node.
 
     plan = SkipPlan.from_search(result, model_dir, family='llava', metric='accuracy')
     save_plan(plan, 'plan.json')                        # atomic: never half-written
@@ -25,14 +40,14 @@ stdlib: the node can read plans without torch.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 import hashlib
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
+import tempfile
 from typing import Any
 
 from ros2_gmskip import __version__
@@ -256,7 +271,8 @@ def plan_id(plan: SkipPlan) -> str:
 
 
 def save_plan(plan: SkipPlan, path: str | os.PathLike) -> Path:
-    """Write the plan atomically: a temp file in the same folder, then `os.replace`.
+    """
+    Write the plan atomically: a temp file in the same folder, then `os.replace`.
 
     Nothing is written if the plan cannot be serialised; an existing file at `path` is only ever
     replaced by a complete new one.
@@ -309,8 +325,10 @@ def load_plan(path: str | os.PathLike, model_dir: str | os.PathLike | None = Non
 
 
 def plan_token_skip(path: str | os.PathLike | None) -> TokenSkip:
-    """The token-skip settings a plan file records (`tokens`), or none (no plan / no tokens).
-    The weights hash is not checked here: callers that load the model check it."""
+    """
+    The token-skip settings a plan file records (`tokens`), or none (no plan / no tokens).
+    The weights hash is not checked here: callers that load the model check it.
+    """
     if path is None:
         return TokenSkip()
     return TokenSkip.from_dict(load_plan(path, check_hash=False).tokens)

@@ -1,4 +1,19 @@
-"""ROS 2 message types as Cyclone DDS IDL structs, as rmw_cyclonedds_cpp puts them on the wire.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+ROS 2 message types as Cyclone DDS IDL structs, as rmw_cyclonedds_cpp puts them on the wire.
 
 rmw_cyclonedds_cpp names a ROS type `pkg::msg::dds_::Type_` and serializes it as plain (XCDR1) CDR,
 fields in declaration order, field names unchanged (names never reach the wire: CDR is positional,
@@ -20,8 +35,7 @@ from dataclasses import dataclass, field
 import struct
 import typing
 
-from cyclonedds.idl import IdlStruct
-from cyclonedds.idl import types
+from cyclonedds.idl import IdlStruct, types
 
 
 @dataclass

@@ -1,4 +1,19 @@
-"""Parameters of the gmskip_describer node: defaults from config/, checked against schema/.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Parameters of the gmskip_describer node: defaults from config/, checked against schema/.
 
 `config/gmskip.param.yaml` (`/**: ros__parameters:`) holds the defaults; `schema/gmskip.schema.json`
 (draft-07) says what is valid. Both are found in the source tree or, once installed, in the
@@ -15,9 +30,8 @@ import re
 import sys
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from ros2_gmskip.errors import GmSkipError
+import yaml
 
 PACKAGE = 'ros2_gmskip'
 NODE_NAME = 'gmskip_describer'
@@ -105,7 +119,8 @@ def node_schema(schema: dict | None = None) -> dict:
 
 def load_param_file(path: str | Path, node_name: str = NODE_NAME,
                     namespace: str = '/') -> dict[str, Any]:
-    """`ros__parameters` for this node in a parameter file (`/**:` or node-named sections).
+    """
+    `ros__parameters` for this node in a parameter file (`/**:` or node-named sections).
 
     Sections apply in file order; nested keys are joined by '.' as ROS 2 does.
     """

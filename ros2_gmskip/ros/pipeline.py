@@ -1,4 +1,19 @@
-"""The describer's core, independent of rclpy / DDS: newest-frame hand-off, one worker, statistics.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The describer's core, independent of rclpy / DDS: newest-frame hand-off, one worker, statistics.
 
 A subscription callback calls `DescriberCore.on_image(msg, compressed)`, which only stores the
 message in a one-slot holder and returns (it never blocks on inference). One worker thread takes the
@@ -22,7 +37,6 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-
 from ros2_gmskip.errors import GmSkipError, MessageError
 from ros2_gmskip.runtime.stats import LatencyStats, RateMeter, STAGES
 from ros2_gmskip.runtime.types import Result
@@ -118,7 +132,8 @@ class _RateLimitedLog:
 
 
 class DescriberCore:
-    """Newest-frame hand-off + worker + counters + diagnostics (see the module docstring).
+    """
+    Newest-frame hand-off + worker + counters + diagnostics (see the module docstring).
 
     `params` needs: prompt, max_new_tokens, latency_warn_ms, drop_warn_ratio, error_window,
     stats_window (a `DescriberParams`). `publish` is called on the worker thread.

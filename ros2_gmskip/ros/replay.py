@@ -1,4 +1,19 @@
-"""Replay a rosbag2 camera topic through the describer pipeline; record what the node would publish.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Replay a rosbag2 camera topic through the describer pipeline; record what the node would publish.
 
     summary = replay_bag(Path('drive_bag'), Path('drive_described'), backend, rate='max')
 
@@ -46,16 +61,19 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from rosbags.typesys import get_types_from_msg, Stores, get_typestore
-
 from ros2_gmskip.errors import BagError, GmSkipError
-from ros2_gmskip.ros.bag import (
-    BagImageReader, BagOutputWriter, GROUND_TRUTH_TOPIC, STRING_TYPE)
+from ros2_gmskip.ros.bag import BagImageReader, BagOutputWriter, GROUND_TRUTH_TOPIC, STRING_TYPE
 from ros2_gmskip.ros.node import DEBUG_TOPICS, DIAGNOSTIC_NAME, FLOAT64_STAMPED
 from ros2_gmskip.ros.params import DescriberParams, NODE_NAME
 from ros2_gmskip.ros.pipeline import (
-    DescriberCore, default_convert, format_value, LEVELS, SceneOutput)
+    default_convert,
+    DescriberCore,
+    format_value,
+    LEVELS,
+    SceneOutput,
+)
 from ros2_gmskip.runtime.stats import percentiles, STAGES
+from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +129,14 @@ def _time_msg(stamp_ns: int) -> Any:
 
 
 def read_string_topic(path: Path, topic: str) -> tuple[list[tuple[int, str]], str | None]:
-    """[(bag time ns, data)] of a std_msgs/String topic, up to any damage; and the damage (or None).
+    """
+    [(bag time ns, data)] of a std_msgs/String topic, up to any damage; and the damage (or None).
 
     A topic the bag does not have gives ([], None).
     """
-    from rosbags.rosbag2 import Reader
-
     # bag.py's path resolution and salvage reader (no public API for non-image topics yet)
     from ros2_gmskip.ros.bag import _resolve, _Salvage
+    from rosbags.rosbag2 import Reader
 
     paths = _resolve(Path(path))
     out: list[tuple[int, str]] = []
@@ -188,7 +206,8 @@ class _Ticks:
 
 
 class _Recorder:
-    """Records what the node would publish into the output bag; collects per-frame timings.
+    """
+    Records what the node would publish into the output bag; collects per-frame timings.
 
     `publish` (worker thread) only builds the messages and queues them; `flush`, `diagnostics`
     and `truth_until` (replay thread) write.
@@ -324,7 +343,8 @@ def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParam
                rate: str = 'max', topic: str | None = None, storage: str = 'mcap',
                progress: bool = True,
                convert: Callable[[Any, bool], Any] = default_convert) -> dict[str, Any]:
-    """Describe the frames of `in_bag`'s image topic, write the outputs to `out_bag`; the summary.
+    """
+    Describe the frames of `in_bag`'s image topic, write the outputs to `out_bag`; the summary.
 
     `backend`: a Backend, or a callable returning one, called once the input bag has opened
     (a bad input path then fails before a model loads, and before `out_bag` is created).

@@ -1,4 +1,19 @@
-"""Open an ONNX bundle (what `ros2-gmskip export` writes) and check it against its manifest.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Open an ONNX bundle (what `ros2-gmskip export` writes) and check it against its manifest.
 
     bundle = load_bundle(Path('bundles/gmskip-8of16'))
     bundle.decoder_path, bundle.tokens['eos_token_id'], bundle.decoder_config['num_layers']
@@ -12,9 +27,9 @@ says what to re-run. numpy/json only: no torch, no onnx.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from ros2_gmskip.errors import BundleError, EngineError
@@ -88,8 +103,10 @@ class Bundle:
 
     @property
     def segments(self) -> list[dict]:
-        """Decoder graphs in order: [{'file', 'layers': [first, stop], 'input', 'output',
-        'ranks'}]; one (decoder.onnx) unless the bundle was exported with token skipping."""
+        """
+        Decoder graphs in order: [{'file', 'layers': [first, stop], 'input', 'output',
+        'ranks'}]; one (decoder.onnx) unless the bundle was exported with token skipping.
+        """
         segs = self.manifest.get('decoder_segments')
         if not segs:
             layers = self.decoder_config['num_layers']
@@ -99,11 +116,13 @@ class Bundle:
 
     @property
     def fused_decoder(self) -> dict | None:
-        """The ONNX Runtime-only fused decoder graph (exporters/fused_decoder.py): {'file',
+        """
+        The ONNX Runtime-only fused decoder graph (exporters/fused_decoder.py): {'file',
         'max_length', ...; quantized: 'decode_file', 'decode_weights', 'prefill_file',
         'prefill_weights'; for a token-skipping bundle 'segments' (one graph per decoder
         segment), 'attention_scale'},
-        or None (older bundle, or a model the fused graph does not cover)."""
+        or None (older bundle, or a model the fused graph does not cover).
+        """
         return self.manifest.get('fused_decoder')
 
     @property
@@ -200,8 +219,10 @@ def _check_segments(path: Path, manifest: dict) -> None:
 
 
 def _check_fused_segments(path: Path, manifest: dict) -> None:
-    """A token-skipping fused decoder: one listed graph (and decode-step graph, when quantized)
-    per decoder segment, over the same blocks, and an attention scale for FastV's ranking."""
+    """
+    A token-skipping fused decoder: one listed graph (and decode-step graph, when quantized)
+    per decoder segment, over the same blocks, and an attention scale for FastV's ranking.
+    """
     fused, files = manifest['fused_decoder'], manifest['files']
     plain = [seg['layers'] for seg in Bundle(path, manifest).segments]
     try:

@@ -1,4 +1,19 @@
-"""Prompt ids and detokenisation from a bundle with the `tokenizers` library (no transformers).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Prompt ids and detokenisation from a bundle with the `tokenizers` library (no transformers).
 
 The exporter renders the model's chat template once, with a `{prompt}` placeholder and the image
 token already expanded to the number of image embeddings, and stores it in the manifest. So the
@@ -15,15 +30,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
-
 from ros2_gmskip.errors import BundleError
+from tokenizers import Tokenizer
 
 PLACEHOLDER = '{prompt}'
 
 
 def clean_up_tokenization(text: str) -> str:
-    """transformers' `clean_up_tokenization` (used when the tokenizer config asks for it)."""
+    """Transformers' `clean_up_tokenization` (used when the tokenizer config asks for it)."""
     for a, b in ((' .', '.'), (' ?', '?'), (' !', '!'), (' ,', ','), (" ' ", "'"), (" n't", "n't"),
                  (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
         text = text.replace(a, b)

@@ -1,4 +1,19 @@
-"""The canonical caption of a scene: one fixed grammar the model is trained to reproduce.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The canonical caption of a scene: one fixed grammar the model is trained to reproduce.
 
     phrase  = 'a ' [colour ' '] noun ' ' ('close' | 'far') ' '
               ('on the left' | 'ahead' | 'on the right')
@@ -15,7 +30,14 @@ from __future__ import annotations
 from typing import Iterable
 
 from ros2_gmskip.scenes.spec import (
-    DISTANCE_WORDS, LIGHTINGS, NOUNS, POSITION_WORDS, WEATHER_WORDS, WEATHERS, SceneObject)
+    DISTANCE_WORDS,
+    LIGHTINGS,
+    NOUNS,
+    POSITION_WORDS,
+    SceneObject,
+    WEATHER_WORDS,
+    WEATHERS,
+)
 
 
 def phrase_for(obj: SceneObject) -> str:

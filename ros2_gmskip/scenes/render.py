@@ -1,4 +1,19 @@
-"""Deterministic procedural front-camera road scenes, with ground truth.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Deterministic procedural front-camera road scenes, with ground truth.
 
     img, scene = render_scene(seed=10_000_123)     # (480, 640, 3) uint8 RGB, Scene
 
@@ -23,11 +38,18 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
-
 from ros2_gmskip.scenes.captions import caption_for
 from ros2_gmskip.scenes.spec import (
-    CLASSES, DISTANCES, LIGHT_STATES, LIGHTINGS, POSITIONS, VEHICLE_COLORS, WEATHERS, Scene,
-    SceneObject)
+    CLASSES,
+    DISTANCES,
+    LIGHT_STATES,
+    LIGHTINGS,
+    POSITIONS,
+    Scene,
+    SceneObject,
+    VEHICLE_COLORS,
+    WEATHERS,
+)
 
 RGB = tuple[int, int, int]
 
@@ -207,7 +229,8 @@ def _hidden_fraction(placed: list[_Placed]) -> list[float]:
 
 
 def _layout(rng: np.random.Generator) -> list[_Placed]:
-    """Objects in the canonical frame, each at most MAX_HIDDEN covered by the ones in front.
+    """
+    Objects in the canonical frame, each at most MAX_HIDDEN covered by the ones in front.
 
     Layouts are redrawn (from the same generator, so still deterministic) until no object is
     hidden; after LAYOUT_TRIES the hidden objects of the last draw are dropped instead.

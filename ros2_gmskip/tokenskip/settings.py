@@ -1,4 +1,19 @@
-"""Token-skip settings: the FastV and visual-KV-removal knobs, as plans, bundles and the runtime
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Token-skip settings: the FastV and visual-KV-removal knobs, as plans, bundles and the runtime
 carry them. Pure stdlib (no torch), so the runtime and the node can read them.
 
     ts = TokenSkip(fastv=FastVConfig(k=2, r=0.5), kv_ratio=1.0)
@@ -20,8 +35,8 @@ numpy runtime pick exactly the same slots:
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
+import random
 from typing import Any
 
 from ros2_gmskip.tokenskip.flops import num_kept
@@ -84,16 +99,20 @@ class TokenSkip:
 
     def with_overrides(self, fastv: FastVConfig | None = None, kv_ratio: float | None = None,
                        kv_start: int | None = None) -> TokenSkip:
-        """These settings with the given knobs replaced (None keeps the knob): how a plan's
-        `tokens` and command-line flags (--fastv, --kv-removal, --kv-start) combine."""
+        """
+        These settings with the given knobs replaced (None keeps the knob): how a plan's
+        `tokens` and command-line flags (--fastv, --kv-removal, --kv-start) combine.
+        """
         return TokenSkip(fastv=self.fastv if fastv is None else fastv,
                          kv_ratio=self.kv_ratio if kv_ratio is None else kv_ratio,
                          kv_start=self.kv_start if kv_start is None else kv_start)
 
     def splits(self, num_layers: int) -> tuple[tuple[int, ...], int | None]:
-        """Where an exported decoder must be split for these settings, and FastV's K if it ranks
+        """
+        Where an exported decoder must be split for these settings, and FastV's K if it ranks
         there: (sorted block indices in 1..num_layers-1, K or None). K = 0 needs no split (a
-        random subset is chosen before the decoder); KV removal from layer s > 0 needs one at s."""
+        random subset is chosen before the decoder); KV removal from layer s > 0 needs one at s.
+        """
         points, rank_at = set(), None
         if self.fastv is not None and self.fastv.active(num_layers) and self.fastv.k > 0:
             points.add(self.fastv.k)
@@ -115,8 +134,10 @@ class TokenSkip:
 
     @classmethod
     def from_dict(cls, data: Any) -> TokenSkip:
-        """From a plan's `tokens` or a manifest's `token_skip` (None: off). Extra keys (the
-        calibration record) are ignored; a malformed entry raises ValueError naming the field."""
+        """
+        From a plan's `tokens` or a manifest's `token_skip` (None: off). Extra keys (the
+        calibration record) are ignored; a malformed entry raises ValueError naming the field.
+        """
         if data is None:
             return cls()
         if not isinstance(data, dict):
@@ -154,8 +175,10 @@ def parse_fastv(text: str) -> FastVConfig:
 
 
 def retained_slots(n: int, ratio: float) -> list[int]:
-    """Image-token slots (0..n-1) kept by the stride rule: ceil((1-ratio) n) evenly spaced,
-    starting at slot 0 (n = 64, ratio = 0.75 -> 0, 4, 8, ..., 60)."""
+    """
+    Image-token slots (0..n-1) kept by the stride rule: ceil((1-ratio) n) evenly spaced,
+    starting at slot 0 (n = 64, ratio = 0.75 -> 0, 4, 8, ..., 60).
+    """
     n_keep = num_kept(n, ratio)
     return [i * n // n_keep for i in range(n_keep)]
 

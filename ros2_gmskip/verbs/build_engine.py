@@ -1,4 +1,19 @@
-"""Build TensorRT engines from an ONNX bundle, on the machine that will run them.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Build TensorRT engines from an ONNX bundle, on the machine that will run them.
 
 Engines are specific to the GPU model and the TensorRT version, so the bundle is exported on a dev
 machine (`ros2-gmskip export`), copied to the car, and the engines are built there. One engine per
@@ -64,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.exporters import engine_manifest as em
-    from ros2_gmskip.exporters.trt_build import BuildConfig, build_engines, planned_cache_key
+    from ros2_gmskip.exporters.trt_build import build_engines, BuildConfig, planned_cache_key
     from ros2_gmskip.exporters.trt_profiles import Limits
     from ros2_gmskip.runtime.bundle import load_bundle
     from ros2_gmskip.runtime.trt_backend import gpu_info, import_tensorrt

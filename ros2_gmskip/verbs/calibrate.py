@@ -1,4 +1,19 @@
-"""Search which decoder blocks to skip (GM-Skip) and write a skip plan.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Search which decoder blocks to skip (GM-Skip) and write a skip plan.
 
 Scores the model on calibration data with candidate blocks removed, walks the `reverse` or
 `greedy` strategy, and picks the plan with the best balance J = S(R)/S(empty) + lambda*|R|/L that
@@ -32,8 +47,16 @@ import logging
 from pathlib import Path
 
 from ros2_gmskip.argtypes import (
-    count_or_fraction, existing_dir, fraction, fraction_list, int_list, model_dir_or_default,
-    non_negative_float, positive_float, positive_int)
+    count_or_fraction,
+    existing_dir,
+    fraction,
+    fraction_list,
+    int_list,
+    model_dir_or_default,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from ros2_gmskip.errors import DatasetError, PlanError
 
 HELP = 'search the blocks to skip (GM-Skip) and write a skip plan'
@@ -106,7 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
     from ros2_gmskip.gmskip.objective import Objective
-    from ros2_gmskip.gmskip.plan import SkipPlan, plan_id, save_plan, weights_sha256
+    from ros2_gmskip.gmskip.plan import plan_id, save_plan, SkipPlan, weights_sha256
     from ros2_gmskip.gmskip.strategies import search
     from ros2_gmskip.scenes import load_samples
 
@@ -163,8 +186,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def wants_tokens(args: argparse.Namespace) -> bool:
-    """--tokens, or any grid option given (a grid without the search would be silently lost);
-    fills in the grid's defaults."""
+    """
+    --tokens, or any grid option given (a grid without the search would be silently lost);
+    fills in the grid's defaults.
+    """
     given = [v is not None for v in (args.fastv_k, args.fastv_r, args.kv_ratio)]
     args.tokens = bool(args.tokens or any(given))
     args.fastv_k = list(FASTV_K) if args.fastv_k is None else args.fastv_k
@@ -180,7 +205,7 @@ def search_token_skip(evaluator, result, objective, args: argparse.Namespace):
     workload = evaluator.workload(removed)
     print(f'token search on the block plan ({evaluator.num_blocks - len(removed)} blocks kept): '
           f'prompt {workload.n_tokens} tokens ({workload.n_image} image), FLOPs at '
-          f'{workload.new_tokens} generated tokens (the block plan\'s mean)')
+          f"{workload.new_tokens} generated tokens (the block plan's mean)")
     tokens = search_tokens(lambda ts: evaluator.score(removed, tokens=ts),
                            baseline=result.baseline, block_score=result.best.score,
                            removed_blocks=removed, workload=workload, ks=args.fastv_k,

@@ -1,4 +1,19 @@
-"""Apply a skip plan: save a smaller model with the planned blocks physically removed.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Apply a skip plan: save a smaller model with the planned blocks physically removed.
 
 Loads the model with transformers, checks the plan was made for these weights (sha256), removes
 the blocks (the layer list shrinks, config layer counts and KV-cache layer indices are renumbered),
@@ -16,11 +31,11 @@ examples:
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 import json
 import logging
-import shutil
-from datetime import datetime, timezone
 from pathlib import Path
+import shutil
 
 from ros2_gmskip import __version__
 from ros2_gmskip.argtypes import existing_dir, existing_file, model_dir_or_default
@@ -105,8 +120,8 @@ def _check_out(out: Path, force: bool, model_dir: Path) -> None:
 
 def _load_model(model_dir: Path, trust_remote_code: bool):
     """The model in its checkpoint dtype (a bf16 checkpoint stays bf16), offline, safetensors."""
-    import transformers
     from ros2_gmskip.vlm.loading import check_model_dir
+    import transformers
     check_model_dir(model_dir)        # one-line errors: no config.json, corrupt safetensors ...
     try:
         model = transformers.AutoModelForImageTextToText.from_pretrained(
@@ -137,8 +152,10 @@ def _copy_processor(model_dir: Path, out: Path, trust_remote_code: bool) -> None
 
 
 def copy_draft_table(model_dir: Path, out: Path) -> None:
-    """Carry the n-gram draft table over (`ros2-gmskip draft`): same tokenizer, same captions,
-    so the smaller model's bundle still decodes speculatively."""
+    """
+    Carry the n-gram draft table over (`ros2-gmskip draft`): same tokenizer, same captions,
+    so the smaller model's bundle still decodes speculatively.
+    """
     from ros2_gmskip.runtime.draft import DRAFT_FILE
     if (Path(model_dir) / DRAFT_FILE).is_file():
         shutil.copy2(Path(model_dir) / DRAFT_FILE, Path(out) / DRAFT_FILE)

@@ -1,4 +1,19 @@
-"""The embedded default VLM: a standard transformers LLaVA (SigLIP vision tower + projector + Llama
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The embedded default VLM: a standard transformers LLaVA (SigLIP vision tower + projector + Llama
 decoder) with a word-level tokenizer, small enough to train from scratch on 2 CPU cores.
 
 Everything here produces ordinary Hugging Face objects, saved with `save_pretrained`, so the rest of
@@ -9,12 +24,25 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, Tokenizer, trainers
-from transformers import (LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
-                          PreTrainedTokenizerFast, SiglipVisionConfig)
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
 from ros2_gmskip.vlm.configs import DefaultModelConfig  # noqa: F401 - part of this API
+from tokenizers import (
+    AddedToken,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    Tokenizer,
+    trainers,
+)
+from transformers import (
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+)
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 SPECIAL_TOKENS = ('<pad>', '<s>', '</s>', '<unk>', '<image>', '<sep>')
 # The prompt is plain text between the image and the answer; <sep> ends the user turn.
@@ -25,7 +53,8 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer trained on `corpus` with the `tokenizers` library.
+    """
+    Word-level tokenizer trained on `corpus` with the `tokenizers` library.
 
     Words carry a leading '▁' (Metaspace) and punctuation is split off, so decoding restores the
     exact text ('a red car, rainy night.'), and one word is one token: short decodes, fast decoding.
