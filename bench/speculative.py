@@ -47,7 +47,7 @@ def main() -> None:
 
     from ros2_gmskip.runtime.defaults import ensure_bundle
     from ros2_gmskip.runtime.ort_backend import OrtBackend
-    from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+    from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     from ros2_gmskip.scenes.dataset import load_samples
     from ros2_gmskip.tokenskip.settings import TokenSkip
 

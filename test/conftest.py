@@ -42,7 +42,7 @@ def _threads() -> None:
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A save_pretrained folder of a tiny random default-architecture model (GQA decoder)."""
     _threads()
-    from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+    from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     from ros2_gmskip.scenes import CLASSES, LIGHTINGS, POSITIONS, WEATHERS
     from ros2_gmskip.vlm.default_model import (
         build_model,

@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ros2_gmskip.errors import MessageError  # noqa: E402
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result  # noqa: E402
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result  # noqa: E402
 
 
 class FakeBackend:

@@ -29,7 +29,7 @@ import pytest
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.decode import greedy_loop, speculative_loop
 from ros2_gmskip.runtime.draft import DRAFT_FILE, NgramDraft, START
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 
 EOS = 2
 

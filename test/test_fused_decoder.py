@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.bundle import load_bundle
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 import torch
 
 torch.set_num_threads(1)

@@ -26,7 +26,7 @@ import pytest
 from ros2_gmskip.errors import BundleError, EngineError, GmSkipError, ImageError
 from ros2_gmskip.runtime.bundle import load_bundle, sha256_file
 from ros2_gmskip.runtime.preprocess import check_image, Preprocessor
-from ros2_gmskip.runtime.types import Backend, DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import Backend, DEFAULT_PROMPT
 import torch
 
 torch.set_num_threads(1)

@@ -415,7 +415,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     `on_stage(text)` / `on_check(Check)` report progress.
     """
     from ros2_gmskip.exporters import trt_ops, validate
-    from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+    from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     from ros2_gmskip.vlm.blocks import remove_blocks
     from ros2_gmskip.vlm.loading import check_model_dir, load_vlm
     from ros2_gmskip.vlm.prompting import prompt_text

@@ -113,7 +113,7 @@ class BuildConfig:
 def default_prompt_len(bundle) -> int:
     """Tokens of the default prompt (image tokens included): what the profiles are tuned for."""
     from ros2_gmskip.runtime.tokenizer import PromptTokenizer
-    from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+    from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     return int(len(PromptTokenizer.from_bundle(bundle).prompt_ids(DEFAULT_PROMPT)))
 
 

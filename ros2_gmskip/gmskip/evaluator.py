@@ -36,7 +36,7 @@ from typing import Sequence
 
 from ros2_gmskip.errors import DatasetError, ModelLoadError
 from ros2_gmskip.gmskip.metrics import checked, resolve_metric
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.generation import decode_new_tokens
 from ros2_gmskip.vlm.prompting import build_inputs

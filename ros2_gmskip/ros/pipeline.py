@@ -38,8 +38,8 @@ from typing import Any, Callable
 
 import numpy as np
 from ros2_gmskip.errors import GmSkipError, MessageError
+from ros2_gmskip.runtime.results import Result
 from ros2_gmskip.runtime.stats import LatencyStats, RateMeter, STAGES
-from ros2_gmskip.runtime.types import Result
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,6 @@ numpy, tokenizers, onnxruntime and (optionally) TensorRT. The torch reference ba
 `ros2_gmskip.vlm.torch_backend` and is only imported when asked for.
 """
 
-from ros2_gmskip.runtime.types import Backend, DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import Backend, DEFAULT_PROMPT, Latency, Result
 
 __all__ = ['Backend', 'DEFAULT_PROMPT', 'Latency', 'Result']

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 
 
 class BundleBackend:

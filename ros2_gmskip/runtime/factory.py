@@ -35,7 +35,7 @@ import time
 import numpy as np
 from ros2_gmskip.errors import EngineError, GmSkipError
 from ros2_gmskip.runtime.preprocess import check_image
-from ros2_gmskip.runtime.types import Backend, DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import Backend, DEFAULT_PROMPT, Latency, Result
 
 KINDS = ('onnxruntime', 'torch', 'tensorrt', 'fake:MS')
 

@@ -21,7 +21,7 @@ import math
 import time
 
 import numpy as np
-from ros2_gmskip.runtime.types import Result
+from ros2_gmskip.runtime.results import Result
 
 STAGES = ('preprocess_ms', 'vision_ms', 'prefill_ms', 'decode_per_token_ms', 'total_ms')
 

@@ -56,7 +56,7 @@ from typing import Sequence
 
 import numpy as np
 from ros2_gmskip.errors import ModelLoadError
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import FastVConfig, random_slots
 from ros2_gmskip.vlm.blocks import decoder_stack
 from ros2_gmskip.vlm.prompting import build_inputs

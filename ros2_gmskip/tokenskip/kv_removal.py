@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.fastv import (
     embed_inputs,
     fastv_prefill,

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.fastv import pad_token_id, stop_ids
 from ros2_gmskip.tokenskip.kv_removal import kv_removal_generate_ids, KVRemovalConfig
 from ros2_gmskip.tokenskip.settings import TokenSkip

@@ -72,7 +72,7 @@ import time
 
 import numpy as np
 from ros2_gmskip.argtypes import existing_dir, fastv_setting, fraction, positive_int
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 
 HELP = 'time HF generate, torch, ONNX Runtime (and TensorRT) full vs pruned on the same scenes'
 LOG = logging.getLogger(__name__)

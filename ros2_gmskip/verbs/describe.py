@@ -32,7 +32,7 @@ from pathlib import Path
 from ros2_gmskip.argtypes import non_negative_int, positive_int
 from ros2_gmskip.exporters.fused_decoder import WEIGHTS
 from ros2_gmskip.runtime.draft import DRAFT_TOKENS
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 
 HELP = 'describe an image file and print the text and latency breakdown'
 

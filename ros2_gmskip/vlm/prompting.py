@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 
 
 def prompt_text(processor, prompt: str = DEFAULT_PROMPT) -> str:

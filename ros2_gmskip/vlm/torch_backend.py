@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 from ros2_gmskip.runtime.preprocess import check_image
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.loading import load_vlm
 from ros2_gmskip.vlm.prompting import build_inputs

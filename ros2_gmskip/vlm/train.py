@@ -71,7 +71,7 @@ import random
 import time
 
 import numpy as np
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.scenes import render_scene, split_seeds
 from ros2_gmskip.scenes.spec import (
     CLASSES,
