@@ -23,7 +23,7 @@ from typing import Callable
 
 def _number(cast: Callable[[str], float], ok: Callable[[float], bool], expected: str,
             name: str) -> Callable[[str], float]:
-    """A validator: `cast(text)` must succeed and satisfy `ok`, else 'expected <expected>'."""
+    """Return a validator: `cast(text)` must succeed and pass `ok`, else 'expected <expected>'."""
     def parse(text: str):
         try:
             value = cast(text)
@@ -48,8 +48,9 @@ positive_float = _number(float, lambda v: 0.0 < v < float('inf'), 'a number > 0'
 def comma_list(item: Callable[[str], object], expected: str, name: str
                ) -> Callable[[str], list]:
     """
-    A validator for 'a,b,c': every item parsed by the validator `item`; duplicates dropped,
-    order kept (a search grid need not evaluate a value twice).
+    Return a validator for 'a,b,c' that parses every item with the validator `item`.
+
+    Duplicates are dropped, order kept (a search grid need not evaluate a value twice).
     """
     def parse(text: str) -> list:
         values: list = []
@@ -72,8 +73,10 @@ fraction_list = comma_list(fraction, 'numbers in [0, 1] (e.g. 0.25,0.5)', 'fract
 
 def fastv_setting(text: str):
     """
-    'K,R' (e.g. '2,0.5') -> tokenskip.settings.FastVConfig; a one-line argparse error
-    otherwise (an R out of [0, 1] or a missing R is caught here, not after loading a model).
+    Parse 'K,R' (e.g. '2,0.5') into a tokenskip.settings.FastVConfig.
+
+    Anything else is a one-line argparse error (an R out of [0, 1] or a missing R is caught
+    here, not after loading a model).
     """
     from ros2_gmskip.tokenskip.settings import parse_fastv
     try:
@@ -97,7 +100,7 @@ def existing_file(text: str) -> Path:
 
 
 def count_or_fraction(text: str) -> int | float:
-    """A count (integer >= 0, e.g. `4`) or a fraction in [0, 1) (e.g. `0.25`)."""
+    """Parse a count (integer >= 0, e.g. `4`) or a fraction in [0, 1) (e.g. `0.25`)."""
     error = argparse.ArgumentTypeError(
         f'expected a block count >= 0 or a fraction in [0, 1), got {text!r}')
     try:

@@ -35,7 +35,7 @@ from typing import Iterator
 
 @contextmanager
 def written_in_place(out: Path) -> Iterator[Path]:
-    """An empty temporary folder beside `out`, moved to `out` when the block succeeds."""
+    """Yield an empty temporary folder beside `out`, moved to `out` when the block succeeds."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
@@ -49,8 +49,9 @@ def written_in_place(out: Path) -> Iterator[Path]:
 
 def move_into_place(tmp: Path, out: Path) -> None:
     """
-    Rename the finished folder `tmp` to `out`; an existing `out` is replaced only at the end
-    (and put back if the rename fails).
+    Rename the finished folder `tmp` to `out`.
+
+    An existing `out` is replaced only at the end (and put back if the rename fails).
     """
     if not out.exists():
         os.replace(tmp, out)

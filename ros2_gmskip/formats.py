@@ -33,9 +33,10 @@ from ros2_gmskip.errors import GmSkipError
 def read_format_json(path: Path, expected: str, error: type[GmSkipError], where: str,
                      fix: str) -> dict:
     """
-    The JSON object in `path` if its `format` is `expected`; else `error`, one line:
-    '<where>: <file> is not valid JSON (<why>): <fix>' or '<where>: <file> format <found> is not
-    <expected>: <fix>'.
+    Return the JSON object in `path` if its `format` is `expected`.
+
+    Otherwise raise `error` with one line: '<where>: <file> is not valid JSON (<why>): <fix>'
+    or '<where>: <file> format <found> is not <expected>: <fix>'.
     """
     try:
         data = json.loads(Path(path).read_text())

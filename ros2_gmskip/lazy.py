@@ -13,8 +13,10 @@
 # limitations under the License.
 
 """
-Lazy package exports (PEP 562): `import ros2_gmskip.ros` must not pull in cv2, rosbags or torch
-until a name that needs them is used.
+Lazy package exports (PEP 562).
+
+`import ros2_gmskip.ros` must not pull in cv2, rosbags or torch until a name that needs them is
+used.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from typing import Any, Callable
 def lazy_exports(package: str, exports: dict[str, str], names: list[str]
                  ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """
-    (`__getattr__`, `__dir__`) for `package`: `exports` maps a name to its submodule; the first
-    use imports the submodule and caches the name in the package.
+    Return (`__getattr__`, `__dir__`) for `package`.
+
+    `exports` maps a name to its submodule; the first use imports the submodule and caches the
+    name in the package.
     """
     def getattr_(name: str) -> Any:
         module = exports.get(name)

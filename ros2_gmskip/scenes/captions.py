@@ -41,14 +41,14 @@ from ros2_gmskip.scenes.spec import (
 
 
 def phrase_for(obj: SceneObject) -> str:
-    """'a red car close ahead' for one object."""
+    """Return the phrase for one object, e.g. 'a red car close ahead'."""
     color = f'{obj.color} ' if obj.color else ''
     return (f'a {color}{NOUNS[obj.cls]} {DISTANCE_WORDS[obj.distance]} '
             f'{POSITION_WORDS[obj.position]}')
 
 
 def caption_for(lighting: str, weather: str, objects: Iterable[SceneObject]) -> str:
-    """The caption of a scene whose objects are given main object first."""
+    """Return the caption of a scene whose objects are given main object first."""
     assert lighting in LIGHTINGS, f'unknown lighting {lighting!r}'
     assert weather in WEATHERS, f'unknown weather {weather!r}'
     phrases = [phrase_for(o) for o in objects]

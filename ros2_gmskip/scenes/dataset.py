@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 GENERATOR = 'ros2_gmskip.scenes'
 CAPTIONS_FILE = 'captions.json'
 IMAGES_DIR = 'images'
-PNG_COMPRESS_LEVEL = 3      # zlib level: 3 writes ~2x faster than the default 6, files ~10 % larger
+PNG_COMPRESS_LEVEL = 3      # zlib level: 3 writes ~2x faster than the default 6, files ~10% larger
 
 
 @dataclass
@@ -138,7 +138,7 @@ def write_folder(out: Path, split: str, n: int, width: int = 640, height: int = 
 
 
 def _find_captions(path: Path) -> Path:
-    """The captions json of a dataset: `path` itself, path/captions.json, or a lone *.json."""
+    """Return the captions json of a dataset: `path`, path/captions.json, or a lone *.json."""
     if path.is_file():
         return path
     if not path.is_dir():
@@ -164,7 +164,11 @@ def _image_path(root: Path, file_name: str) -> Path:
 
 
 def load_folder(path: Path, n: int | None = None) -> list[Sample]:
-    """Samples of a COCO-captions folder (ours or plain COCO), in file order; first `n` if given."""
+    """
+    Load the samples of a COCO-captions folder (ours or plain COCO), in file order.
+
+    With `n`, only the first `n` of them.
+    """
     path = Path(path)
     json_path = _find_captions(path)
     root = json_path.parent

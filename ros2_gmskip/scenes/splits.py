@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Seed ranges of the train / val / test splits; the ranges never overlap, so no image is shared."""
+"""Seed ranges of the train / val / test splits: they never overlap, so no image is shared."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ SPLITS: dict[str, tuple[int, int]] = {
 
 
 def split_seeds(split: str, n: int, offset: int = 0) -> list[int]:
-    """The first `n` seeds of `split`'s range after skipping `offset` of them."""
+    """Return the first `n` seeds of `split`'s range after skipping `offset` of them."""
     if split not in SPLITS:
         raise ValueError(f'unknown split {split!r}: expected one of {", ".join(SPLITS)}')
     if n < 0 or offset < 0:
