@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""
+r"""
 Benchmark backends side by side on the same test scenes, in one run, and print ratios.
 
 Configurations (each one describes every image, one configuration after the other; interleaving
@@ -50,7 +50,7 @@ CIDEr-D), and its decoder FLOPs are estimated with tokenskip/flops.py (FastV's p
 the side-by-side table of the token-skipping issue: full / GM-Skip / FastV / combined.
 
     ros2-gmskip bench --n 50
-    ros2-gmskip bench --model models/gmskip-llava-scenes \\
+    ros2-gmskip bench --model models/gmskip-llava-scenes \
         --plan models/gmskip-llava-scenes/plans/accuracy-reverse.json --n 50 --json
 
 A shared machine has slow spells; `--rounds R` runs every configuration R times in rotated order
@@ -159,8 +159,10 @@ def token_settings(args, plan: Path | None):
 
 def pruned_source(args, model_dir: Path, plan: Path | None) -> tuple[Path, Path | None]:
     """
-    (model folder, plan) the *_pruned / *_combined configurations run: --pruned-model with its
-    heal plan (token settings only; it removes nothing more), else --model with --plan.
+    Return the (model folder, plan) the *_pruned / *_combined configurations run.
+
+    That is --pruned-model with its heal plan (token settings only; it removes nothing more),
+    else --model with --plan.
     """
     if args.pruned_model is None:
         return model_dir, plan
@@ -237,7 +239,7 @@ def quality(texts: list[str], samples) -> dict:
 
 def estimated_flops(name: str, backend, model_dir: Path, mean_tokens: float,
                     prompt_tokens: int, image_tokens: int) -> float:
-    """Decoder FLOPs of one description (tokenskip/flops.py), from the backend's own settings."""
+    """Return one description's decoder FLOPs (tokenskip/flops.py) at the backend's settings."""
     from ros2_gmskip.tokenskip.flops import DecoderDims, generation_flops
     from ros2_gmskip.tokenskip.settings import TokenSkip
     config = json.loads((model_dir / 'config.json').read_text())
@@ -254,8 +256,10 @@ def estimated_flops(name: str, backend, model_dir: Path, mean_tokens: float,
 
 def prompt_sizes(backends: dict) -> tuple[int, int]:
     """
-    (prompt tokens, image tokens) of the default prompt, from any bundle backend's tokenizer
-    or torch backend's processor (else the default model's: 70 and 64).
+    Return (prompt tokens, image tokens) of the default prompt.
+
+    Counted with any bundle backend's tokenizer or torch backend's processor (else the default
+    model's: 70 and 64).
     """
     for backend in backends.values():
         tok = getattr(backend, 'tokenizer', None)

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""
+r"""
 Build TensorRT engines from an ONNX bundle, on the machine that will run them.
 
 Engines are specific to the GPU model and the TensorRT version, so the bundle is exported on a dev
@@ -25,12 +25,12 @@ skipped (--rebuild forces it). Without --build-only the engines are then loaded 
 is described as a check.
 
 Jetson AGX Orin (JetPack 6, TensorRT 10.3):
-    ros2-gmskip build-engine bundles/gmskip --precision fp16 --workspace-mb 2048 \\
+    ros2-gmskip build-engine bundles/gmskip --precision fp16 --workspace-mb 2048 \
         --timing-cache ~/.cache/ros2_gmskip/orin.timing --out engines/orin-fp16
     ros2-gmskip build-engine bundles/gmskip --precision fp16 --dla-core 0 --out engines/orin-dla0
 
 x86 + NVIDIA GPU (pip install tensorrt cuda-python):
-    ros2-gmskip build-engine bundles/gmskip --precision fp16 --max-batch 4 --max-prompt 256 \\
+    ros2-gmskip build-engine bundles/gmskip --precision fp16 --max-batch 4 --max-prompt 256 \
         --out engines/x86-fp16
     ros2-gmskip build-engine bundles/gmskip --precision fp32 --build-only --out engines/x86-fp32
 
@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('bundle', type=Path, help='ONNX bundle folder (from ros2-gmskip export)')
     parser.add_argument('--out', type=Path, required=True, help='engine folder to write')
     parser.add_argument('--precision', choices=PRECISIONS, default='fp16',
-                        help='engine precision (default: fp16; int8 needs a Q/DQ-quantized bundle)')
+                        help='engine precision (default: fp16; int8 needs a Q/DQ-quantized '
+                             'bundle)')
     parser.add_argument('--workspace-mb', type=positive_int, default=4096,
                         help='builder workspace limit in MiB (default: 4096)')
     parser.add_argument('--dla-core', type=non_negative_int, default=None,

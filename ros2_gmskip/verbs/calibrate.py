@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""
+r"""
 Search which decoder blocks to skip (GM-Skip) and write a skip plan.
 
 Scores the model on calibration data with candidate blocks removed, walks the `reverse` or
@@ -32,11 +32,11 @@ always a candidate (it is the block plan itself, so it costs no evaluation). FLO
 decoder estimate of a whole description (tokenskip/flops.py) at the mean length the block-pruned
 model generates on the calibration data.
 
-examples:
+usage examples:
   ros2-gmskip calibrate --model models/gmskip-default --data val --n 128 --out plan.json
-  ros2-gmskip calibrate --model DIR --strategy greedy --lambda 0.2 --min-score-ratio 0.98 \\
+  ros2-gmskip calibrate --model DIR --strategy greedy --lambda 0.2 --min-score-ratio 0.98 \
       --protect-first 4 --out plans/greedy.json --plot plans/greedy.png
-  ros2-gmskip calibrate --model DIR --min-score-ratio 0.95 --tokens --fastv-k 1,2 \\
+  ros2-gmskip calibrate --model DIR --min-score-ratio 0.95 --tokens --fastv-k 1,2 \
       --fastv-r 0.5,0.75 --kv-ratio 0,1 --out plans/tokens.json --plot plans/tokens.png
 """
 
@@ -104,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='calibration batch size (default: %(default)s)')
     parser.add_argument('--out', type=Path, required=True, help='skip plan to write (JSON)')
     parser.add_argument('--plot', type=Path, default=None,
-                        help='also write a PNG of the search (score ratio and J vs blocks removed)')
+                        help='also write a PNG of the search (score ratio and J vs blocks '
+                             'removed)')
     parser.add_argument('--trust-remote-code', action='store_true',
                         help="allow the model folder's own Python code (off by default)")
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -187,8 +188,9 @@ def main(args: argparse.Namespace) -> int:
 
 def wants_tokens(args: argparse.Namespace) -> bool:
     """
-    --tokens, or any grid option given (a grid without the search would be silently lost);
-    fills in the grid's defaults.
+    Return True for --tokens or any grid option given, and fill in the grid's defaults.
+
+    A grid option implies the token search: without it the grid would be silently lost.
     """
     given = [v is not None for v in (args.fastv_k, args.fastv_r, args.kv_ratio)]
     args.tokens = bool(args.tokens or any(given))
@@ -199,7 +201,7 @@ def wants_tokens(args: argparse.Namespace) -> bool:
 
 
 def search_token_skip(evaluator, result, objective, args: argparse.Namespace):
-    """The token search on the block plan `result.best`; prints its table and choice."""
+    """Run the token search on the block plan `result.best`; print its table and choice."""
     from ros2_gmskip.gmskip.token_search import search_tokens
     removed = result.best.removed
     workload = evaluator.workload(removed)
@@ -226,7 +228,7 @@ def token_plot_path(plot: Path) -> Path:
 
 
 def format_token_trajectory(result) -> str:
-    """The token search as a text table; the chosen setting marked with '*'."""
+    """Format the token search as a text table; the chosen setting marked with '*'."""
     rows = [f'{"#":>4}  {"K":>2}  {"R":>5}  {"KV":>5}  {"S":>8}  {"S/S0":>7}  {"FLOPs":>6}  '
             f'{"J":>7}  {"ok":>3}  setting']
     for i, step in enumerate(result.trajectory):
@@ -241,7 +243,7 @@ def format_token_trajectory(result) -> str:
 
 
 def format_trajectory(result) -> str:
-    """The trajectory as a text table; the chosen state marked with '*'."""
+    """Format the trajectory as a text table; the chosen state marked with '*'."""
     rows = [f'{"step":>4}  {"block":>5}  {"S(R)":>8}  {"S/S0":>7}  {"J":>7}  {"ok":>3}  '
             f'{"evals":>5}  removed']
     for i, step in enumerate(result.trajectory):

@@ -133,7 +133,7 @@ def _prepare_out(out: Path, names: tuple[str, ...]) -> None:
 
 
 def _check_default_model(full: bool) -> tuple[Path, Path | None]:
-    """(default model folder, its shipped plan or None with --full); one-line errors if missing."""
+    """Return (default model folder, its shipped plan or None with --full); one-line errors."""
     from ros2_gmskip.errors import ModelLoadError, PlanError
     from ros2_gmskip.runtime.defaults import (
         default_model_dir,
@@ -155,7 +155,7 @@ def _check_default_model(full: bool) -> tuple[Path, Path | None]:
 
 
 def _create_backend(kind: str, model_dir: Path, plan: Path | None, full: bool) -> Any:
-    """The backend on the default model (+ plan); exports the ONNX bundle first if not cached."""
+    """Return the backend on the default model (+ plan); export the ONNX bundle if not cached."""
     from ros2_gmskip.runtime.defaults import bundle_cache_path, ensure_bundle
     from ros2_gmskip.runtime.factory import create_backend
 

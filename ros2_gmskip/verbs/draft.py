@@ -27,7 +27,7 @@ again on their next use).
 Prints how many tokens one decoder run would keep on held-out captions (--check), per number of
 guesses: the speed-up to expect where the model says what the captions say.
 
-examples:
+usage examples:
   ros2-gmskip draft                                   # the default model, 5000 train captions
   ros2-gmskip draft --model models/mine --data data/scenes_train --n 20000 --order 5
 """
@@ -79,7 +79,7 @@ def _captions(data: str, n: int, desc: str) -> list[str]:
 
 
 def _eos_id(model_dir: Path) -> int:
-    """The stop token generation ends on (generation_config.json, else config.json)."""
+    """Return the stop token generation ends on (generation_config.json, else config.json)."""
     from ros2_gmskip.errors import ModelLoadError
 
     for name in ('generation_config.json', 'config.json'):
@@ -137,5 +137,6 @@ def main(args: argparse.Namespace) -> int:
     print(f'tokens kept per decoder run on {len(held)} captions of {args.check} '
           '(greedy decoding: 1.00):')
     for k in range(1, MAX_GUESSES + 1):
-        print(f'  {k} guess{"es" if k > 1 else "  "} per run: {tokens_per_run(draft, held, k):.2f}')
+        per_run = tokens_per_run(draft, held, k)
+        print(f'  {k} guess{"es" if k > 1 else "  "} per run: {per_run:.2f}')
     return 0

@@ -12,13 +12,13 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""
+r"""
 Evaluate a VLM (optionally pruned by a skip plan) on scenes or a COCO-captions-style folder.
 
 Metrics: main-object accuracy (class or synonym named in the text), CIDEr-D, exact match.
 
     ros2-gmskip evaluate --model models/gmskip-llava-scenes --split test --n 500 --json
-    ros2-gmskip evaluate --model models/gmskip-llava-scenes \\
+    ros2-gmskip evaluate --model models/gmskip-llava-scenes \
         --plan models/gmskip-llava-scenes/plans/accuracy-reverse.json --split test --n 500
     ros2-gmskip evaluate --model models/gmskip-llava-scenes --fastv 2,0.5 --kv-removal 1
 
@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_tokens(plan_tokens: dict | None, fastv=None, kv_ratio: float | None = None):
-    """The TokenSkip to evaluate: the plan's (None: none), then --fastv / --kv-removal on top."""
+    """Return the TokenSkip to evaluate: the plan's (None: none), then --fastv / --kv-removal."""
     from ros2_gmskip.tokenskip.settings import TokenSkip
     return TokenSkip.from_dict(plan_tokens).with_overrides(fastv, kv_ratio)
 

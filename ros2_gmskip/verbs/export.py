@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""
+r"""
 Export a VLM, pruned by a GM-Skip plan, to an ONNX bundle and validate it.
 
 Writes BUNDLE/vision.onnx (pixels -> image embeddings), BUNDLE/decoder.onnx (decoder with explicit
@@ -25,9 +25,9 @@ onnx.checker, the TensorRT op lint, names/axes/shapes, ONNX Runtime vs PyTorch v
 and greedy text vs transformers `generate` on --validate-n test scenes (for both decoder graphs).
 The bundle appears at --out only when every check passed (an existing bundle there is replaced).
 
-examples:
+usage examples:
   ros2-gmskip export --out bundles/full                                  # embedded default model
-  ros2-gmskip export --model models/gmskip-llava-scenes --plan plans/reverse.json \\
+  ros2-gmskip export --model models/gmskip-llava-scenes --plan plans/reverse.json \
       --out bundles/reverse
   ros2-gmskip export --plan plans/reverse.json --fastv 2,0.5 --kv-removal 1 --out bundles/tokens
   ros2-gmskip describe --backend onnxruntime --bundle bundles/reverse --image frame.png
@@ -154,8 +154,9 @@ def main(args: argparse.Namespace) -> int:
 
 def export_tokens(args: argparse.Namespace):
     """
-    TokenSkip from --fastv / --kv-removal / --kv-start over the plan's (None: let export use
-    the plan's).
+    Return the TokenSkip from --fastv / --kv-removal / --kv-start over the plan's.
+
+    None lets export use the plan's.
     """
     from ros2_gmskip.gmskip.plan import plan_token_skip
     from ros2_gmskip.tokenskip.settings import TokenSkip

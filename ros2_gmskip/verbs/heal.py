@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""
+r"""
 Heal a pruned model: fine-tune what a skip plan leaves, with its token skipping on, and save it.
 
 GM-Skip removes blocks without training and FastV drops image tokens the model never learnt to do
@@ -23,9 +23,9 @@ processor, draft table, `gmskip_heal.json` (settings, val accuracy before / afte
 `plans/healed.json`, which carries the token settings to export, bench, replay and the node.
 
     ros2-gmskip heal --out /tmp/healed      # the embedded model's shipped plan + its FastV
-    ros2-gmskip heal --plan models/gmskip-llava-scenes/plans/accuracy-reverse-for-healing.json \\
+    ros2-gmskip heal --plan models/gmskip-llava-scenes/plans/accuracy-reverse-for-healing.json \
         --fastv 1,0.5 --out /tmp/healed-10 --plot heal.png    # = models/gmskip-llava-scenes-healed
-    ros2-gmskip evaluate --model /tmp/healed-10 --plan /tmp/healed-10/plans/healed.json \\
+    ros2-gmskip evaluate --model /tmp/healed-10 --plan /tmp/healed-10/plans/healed.json \
         --split test --n 2000
     ros2-gmskip bench --pruned-model /tmp/healed-10 --n 50 --threads 1 --rounds 3
 

@@ -23,7 +23,7 @@ like any other model. Writes `gmskip_prune.json` beside it:
 plan id, removed blocks, source and output weight hashes. The output appears complete or not at
 all (written to a temporary folder, then renamed).
 
-examples:
+usage examples:
   ros2-gmskip prune --model models/gmskip-default --plan plan.json --out models/gmskip-pruned
   ros2-gmskip prune --model DIR --plan plan.json --out DIR2 --force    # replace DIR2
 """
@@ -119,7 +119,7 @@ def _check_out(out: Path, force: bool, model_dir: Path) -> None:
 
 
 def _load_model(model_dir: Path, trust_remote_code: bool):
-    """The model in its checkpoint dtype (a bf16 checkpoint stays bf16), offline, safetensors."""
+    """Load the model in its checkpoint dtype (bf16 stays bf16), offline, from safetensors."""
     from ros2_gmskip.vlm.loading import check_model_dir
     import transformers
     check_model_dir(model_dir)        # one-line errors: no config.json, corrupt safetensors ...
@@ -153,8 +153,9 @@ def _copy_processor(model_dir: Path, out: Path, trust_remote_code: bool) -> None
 
 def copy_draft_table(model_dir: Path, out: Path) -> None:
     """
-    Carry the n-gram draft table over (`ros2-gmskip draft`): same tokenizer, same captions,
-    so the smaller model's bundle still decodes speculatively.
+    Carry the n-gram draft table (`ros2-gmskip draft`) over to the pruned model.
+
+    Same tokenizer, same captions, so the smaller model's bundle still decodes speculatively.
     """
     from ros2_gmskip.runtime.draft import DRAFT_FILE
     if (Path(model_dir) / DRAFT_FILE).is_file():

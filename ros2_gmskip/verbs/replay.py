@@ -31,8 +31,8 @@ second of bag time), /gmskip_describer/debug/*_ms (Float64Stamped) and the input
 model is busy are dropped and counted, as in the live node.
 
 A truncated or corrupt bag is replayed up to the damage: a warning, exit 0, and "bag_error" in the
-summary. Frames that cannot be decoded are rejected and counted. With --json the last stdout line is
-the summary as one JSON object.
+summary. Frames that cannot be decoded are rejected and counted. With --json the last stdout line
+is the summary as one JSON object.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def add_fake_backend_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def make_backend(args: argparse.Namespace) -> Any:
-    """The backend the options ask for (the fake one with --fake-backend-ms)."""
+    """Return the backend the options ask for (the fake one with --fake-backend-ms)."""
     if getattr(args, 'fake_backend_ms', None) is not None:
         from ros2_gmskip.runtime.factory import create_backend
         return create_backend(f'fake:{args.fake_backend_ms:g}')
@@ -111,7 +111,7 @@ def latency_table(summary: dict, quantiles: tuple[str, ...] = ('p50', 'p90', 'p9
 
 
 def summary_lines(s: dict) -> list[str]:
-    """The human-readable replay summary."""
+    """Format the human-readable replay summary."""
     from ros2_gmskip.ros.pipeline import token_skip_text
     ids = ', '.join(f'{k} {s[k]}' for k in ('model_id', 'plan_id', 'engine_id') if s.get(k))
     lines = [

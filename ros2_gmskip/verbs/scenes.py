@@ -21,7 +21,7 @@ val and test never share an image; the same split, offset and size always give t
 
 Writes OUT/images/<split>_<seed>.png and OUT/captions.json.
 
-examples:
+usage examples:
   ros2-gmskip scenes --split val --n 500 --out data/scenes_val
   ros2-gmskip scenes --split train --n 20000 --offset 20000 --out data/scenes_train_b
 """

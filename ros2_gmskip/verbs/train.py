@@ -62,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'image tokens, as after visual KV removal (ratio 1) at inference; '
                              'the prompt tokens learn to carry the image (0 = off)')
     parser.add_argument('--skip-ffn', type=fraction, default=d.skip_ffn, metavar='RATIO',
-                        help='Skip-Vision: share of visual tokens that bypass every decoder FFN in '
-                             'stage 2 (still attended to); the retained ones are a fixed stride, '
+                        help='Skip-Vision: share of visual tokens that bypass every decoder FFN '
+                             'in stage 2 (still attended to); the retained ones are a fixed '
+                             'stride, '
                              'the same rule kv-removal uses at inference (0 = off)')
     parser.add_argument('--seed', type=int, default=d.seed)
     parser.add_argument('--threads', type=positive_int, default=d.threads,
@@ -88,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
                       eval_every=args.eval_every)
     summary = train(cfg, args.out)
     print(f'trained {summary["parameters"] / 1e6:.2f}M parameters for {cfg.steps} steps in '
-          f'{summary["train_seconds"] / 60:.1f} min (stage 2: {summary["stage2_seconds"] / 60:.1f} '
-          f'min); final loss {summary["final_loss"]:.4f}; saved to {args.out}')
+          f'{summary["train_seconds"] / 60:.1f} min '
+          f'(stage 2: {summary["stage2_seconds"] / 60:.1f} min); '
+          f'final loss {summary["final_loss"]:.4f}; saved to {args.out}')
     return 0
