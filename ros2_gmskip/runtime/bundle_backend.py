@@ -31,7 +31,7 @@ class BundleBackend:
     """Timed describe over a bundle's preprocessing, tokenizer, vision graph and decode loop."""
 
     def _check_ready(self) -> None:
-        """Hook: raise if this backend cannot run (e.g. a build-only TensorRT backend)."""
+        """Raise if this backend cannot run (e.g. a build-only TensorRT backend); a hook."""
 
     def prompt_embeds(self, ids: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
         """Token embeddings of `ids` (T,) with the image embeddings (n, C) at the image tokens."""

@@ -42,7 +42,7 @@ DEFAULT_PLAN_NAME = 'accuracy-reverse.json'
 
 
 def package_share() -> Path:
-    """The folder holding models/, config/, schema/, launch/: source tree or installed share."""
+    """Return the folder holding models/, config/, schema/, launch/: source tree or share."""
     src = Path(__file__).resolve().parents[2]
     if (src / 'models').is_dir():
         return src
@@ -77,9 +77,11 @@ BUNDLE_LAYOUT = 'all-logits+draft'  # bumped when export adds graphs or files th
 def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None,
                       fused_weights: str = 'fp32') -> Path:
     """
-    Cache folder keyed by the model weights, its draft table (rebuilding it re-exports), the
-    plan file, the token-skip settings (None: the plan's), the fused decoder's decode-step weights,
-    this package's version and the bundle layout (a new graph means a new folder).
+    Return the cache folder for one export of the model.
+
+    It is keyed by the model weights, its draft table (rebuilding it re-exports), the plan file,
+    the token-skip settings (None: the plan's), the fused decoder's decode-step weights, this
+    package's version and the bundle layout (a new graph means a new folder).
     """
     h = hashlib.sha256(f'{__version__}/{BUNDLE_LAYOUT}'.encode())
     for weights in sorted(Path(model_dir).glob('*.safetensors')):
@@ -100,7 +102,7 @@ def ensure_bundle(model_dir: Path | None = None, plan: Path | None = None, full:
                   validate_n: int = 5, tokens: TokenSkip | None = None,
                   fused_weights: str = 'fp32') -> Path:
     """
-    A bundle for (model, plan, tokens), exported into the cache by a subprocess if missing.
+    Return a bundle for (model, plan, tokens), exported into the cache by a subprocess if missing.
 
     With no model and no plan: the default model pruned by its shipped plan (or unpruned: `full`).
     `tokens`: FastV / KV-removal settings; None applies the plan's `tokens`, TokenSkip() none.

@@ -18,12 +18,12 @@ One place that turns a backend name into a `Backend`: what the node, `describe` 
     backend = create_backend('onnxruntime', bundle=Path('bundles/pruned'), threads=2)
     backend = create_backend('torch', model=Path('models/gmskip-llava-scenes'), plan=plan)
     backend = create_backend('tensorrt', engine=Path('engines/pruned'), bundle=bundle)
-    backend = create_backend('fake:25')     # tests/demos: no model, sleeps 25 ms per describe
-    backend = create_backend('onnxruntime')  # embedded default model + shipped plan (cached export)
+    backend = create_backend('fake:25')      # tests/demos: no model, sleeps 25 ms per describe
+    backend = create_backend('onnxruntime')  # embedded default model + shipped plan, cached
 
 Heavy modules load lazily: 'torch' imports `ros2_gmskip.vlm.torch_backend` (torch, transformers)
-only when asked for, 'tensorrt' imports `ros2_gmskip.runtime.trt_backend` (tensorrt); importing this
-module imports neither.
+only when asked for, 'tensorrt' imports `ros2_gmskip.runtime.trt_backend` (tensorrt); importing
+this module imports neither.
 """
 
 from __future__ import annotations
@@ -42,9 +42,11 @@ KINDS = ('onnxruntime', 'torch', 'tensorrt', 'fake:MS')
 
 class FakeBackend:
     """
-    FOR TESTS AND DEMOS WITHOUT A MODEL: checks the image like a real backend, sleeps `ms`
-    milliseconds, and returns a fixed description with a plausible latency split. Never use its
-    output as a measurement of anything but the pipeline around the backend.
+    A backend FOR TESTS AND DEMOS WITHOUT A MODEL.
+
+    It checks the image like a real backend, sleeps `ms` milliseconds, and returns a fixed
+    description with a plausible latency split. Never use its output as a measurement of
+    anything but the pipeline around the backend.
     """
 
     name = 'fake'
@@ -83,7 +85,7 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
                    bundle: Path | None = None, engine: Path | None = None,
                    build_only: bool = False, **opts) -> Backend:
     """
-    A ready backend of `kind` ('onnxruntime' | 'torch' | 'tensorrt' | 'fake:MS').
+    Return a ready backend of `kind` ('onnxruntime' | 'torch' | 'tensorrt' | 'fake:MS').
 
     Missing paths mean the embedded default (`runtime.defaults`): the default model with its
     shipped skip plan (unless `full=True` or a `plan` is given), and for onnxruntime / tensorrt

@@ -69,8 +69,10 @@ class _FusedSegment(_Segment):
 
 def head_averaged_attention(query: np.ndarray, keys: np.ndarray, scale: float) -> np.ndarray:
     """
-    Softmax attention of one query over `keys`, averaged over heads: query (H * d,) rotated,
-    keys (KV, T, d) rotated, H a multiple of KV (head h reads KV head h // (H / KV)) -> (T,).
+    Return the softmax attention of one query over `keys`, averaged over heads -> (T,).
+
+    query (H * d,) rotated, keys (KV, T, d) rotated, H a multiple of KV (head h reads KV head
+    h // (H / KV)).
     """
     kv, _, d = keys.shape
     q = query.reshape(kv, -1, d).astype(np.float64)                   # (KV, group, d)
@@ -91,6 +93,8 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
                  step_sessions: list | None = None, where: str = 'bundle',
                  draft: NgramDraft | None = None, draft_tokens: int = DRAFT_TOKENS) -> None:
         """
+        Set up the per-segment fused graphs of a token-skipping bundle.
+
         `fused`: the manifest's fused_decoder entry (with 'segments'); `step_sessions`: the
         quantized decode-step graphs, one per segment (None: the prefill graphs); `draft`,
         `draft_tokens`: speculative decode steps, as in FusedDecoder.
@@ -126,9 +130,10 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
 
     def _bind_steps(self, hidden: int) -> None:
         """
-        One StepBinding per segment over shared arrays: the token's embedding and position
-        go in once, each segment's (1, 1, C) output is the next one's input, the last writes
-        the logits.
+        Make one StepBinding per segment over shared arrays.
+
+        The token's embedding and position go in once, each segment's (1, 1, C) output is the
+        next one's input, the last writes the logits.
         """
         self._embeds = np.zeros((1, 1, hidden), dtype=np.float32)
         self._position = np.zeros((1, 1), dtype=np.int64)
@@ -150,8 +155,10 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
     def _bind_rows(self, rows: int, hidden: int) -> tuple[list, np.ndarray, np.ndarray,
                                                           np.ndarray]:
         """
-        _bind_steps for a speculative run over `rows` new rows: (one StepBinding per segment,
-        the embeddings (1, rows, C), positions (1, rows), all_logits (1, rows, V)) in place.
+        Bind as `_bind_steps` does, for a speculative run over `rows` new rows.
+
+        -> (one StepBinding per segment, the embeddings (1, rows, C), positions (1, rows),
+        all_logits (1, rows, V)), all in place.
         """
         embeds = np.zeros((1, rows, hidden), dtype=np.float32)
         positions = np.zeros((1, rows), dtype=np.int64)
@@ -178,8 +185,9 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
     def _verify(self, token: int, drafts: list[int], position: int, cached: list[int]
                 ) -> np.ndarray:
         """
-        One speculative run of `token` (at `position`) + `drafts` through every segment, each
-        holding `cached` rows -> the greedy choice after each row.
+        Run `token` (at `position`) + `drafts` once through every segment, speculatively.
+
+        Each segment holds `cached` rows -> the greedy choice after each row.
         """
         bindings, embeds, positions, every = self._verifiers[len(drafts)]
         rows = len(drafts) + 1
@@ -207,9 +215,10 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
     def _run(self, seg: _FusedSegment, h: np.ndarray, positions: np.ndarray, total: int,
              past=None):
         """
-        One segment's prefill (fp32 or int8) graph over its buffers -> (main output, attention
-        (1, total) or None, its buffers). `past` is unused: the buffers are the cache, and decode
-        steps go through `_step`'s prepared bindings instead.
+        Run one segment's prefill (fp32 or int8) graph over its buffers.
+
+        -> (main output, attention (1, total) or None, its buffers). `past` is unused: the
+        buffers are the cache, and decode steps go through `_step`'s prepared bindings instead.
         """
         binding = seg.session.io_binding()
         binding.bind_cpu_input(seg.input_name, h)
@@ -238,9 +247,10 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
 
     def logits_after(self, embeds: np.ndarray, past_length: int) -> np.ndarray:
         """
-        Every segment's prefill (fp32) graph, unpruned, for `embeds` (1, T, C) after
-        `past_length` cached positions -> the last position's logits (V,) (export validation
-        compares it with torch).
+        Run every segment's prefill (fp32) graph, unpruned, for `embeds` (1, T, C).
+
+        After `past_length` cached positions -> the last position's logits (V,) (export
+        validation compares it with torch).
         """
         total = past_length + embeds.shape[1]
         positions = self._positions[:, past_length:total]

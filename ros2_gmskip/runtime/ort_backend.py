@@ -78,8 +78,10 @@ PROVIDERS = {
 
 def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
     """
-    Execution providers to ask ONNX Runtime for, CPU last as the fallback; EngineError listing
-    the available ones if a requested provider is not in this onnxruntime build.
+    Return the execution providers to ask ONNX Runtime for, CPU last as the fallback.
+
+    EngineError listing the available ones if a requested provider is not in this onnxruntime
+    build.
     """
     import onnxruntime as ort
 
@@ -186,7 +188,8 @@ class OrtBackend(BundleBackend):
 
     def _fused_loop(self, options, quantized: bool) -> FusedDecoder | FusedTokenSkipDecoder:
         """
-        The decode loop over the fused graph(s), the portable loop as its fallback;
+        Return the decode loop over the fused graph(s), the portable loop as its fallback.
+
         `quantized`: the bundle's quantized prefill / decode-step copies where it has them.
         """
         fused, cfg = self.bundle.fused_decoder, self.bundle.decoder_config
@@ -215,7 +218,7 @@ class OrtBackend(BundleBackend):
             draft_tokens=self.draft_tokens)
 
     def _draft(self) -> NgramDraft | None:
-        """The bundle's draft table, if it has one and drafts are asked for."""
+        """Return the bundle's draft table, if it has one and drafts are asked for."""
         if self.draft_tokens == 0:
             return None
         path = self.bundle.file(DRAFT_FILE)
@@ -258,8 +261,10 @@ class OrtBackend(BundleBackend):
 
     def _token_skip(self, override: TokenSkip | None) -> TokenSkip:
         """
-        The bundle's token-skip settings, or `override` (e.g. TokenSkip() to run a token-skip
-        bundle unpruned; TokenSkipDecoder refuses one the bundle's split graphs cannot run).
+        Return the bundle's token-skip settings, or `override`.
+
+        E.g. TokenSkip() runs a token-skip bundle unpruned; TokenSkipDecoder refuses an override
+        the bundle's split graphs cannot run.
         """
         try:
             exported = TokenSkip.from_dict(self.bundle.token_skip)

@@ -57,7 +57,8 @@ RESAMPLE_NAMES = {int(v): k for k, v in RESAMPLE.items()}
 def check_image(image: object) -> np.ndarray:
     """`image` if it is an RGB uint8 array (H, W, 3) with H, W > 0, else ImageError saying why."""
     if not isinstance(image, np.ndarray):
-        raise ImageError(f'expected an RGB uint8 numpy array (H, W, 3), got {type(image).__name__}')
+        raise ImageError('expected an RGB uint8 numpy array (H, W, 3), '
+                         f'got {type(image).__name__}')
     if image.dtype != np.uint8:
         raise ImageError(f'expected an RGB uint8 image, got dtype {image.dtype} with shape '
                          f'{image.shape}: convert it to uint8 0..255 first')
@@ -108,7 +109,7 @@ class Preprocessor:
         return np.ascontiguousarray(self.reference(values)[0, :, :, 0])           # (3, 256)
 
     def reference(self, image: np.ndarray) -> np.ndarray:
-        """Transformers' rescale + normalise, computed: uint8 (H, W, 3) -> float32 (1, 3, H, W)."""
+        """Rescale + normalise as transformers does: uint8 (H, W, 3) -> float32 (1, 3, H, W)."""
         if self.rescale_factor is not None:
             x = (image.astype(np.float64) * self.rescale_factor).astype(np.float32)
         else:

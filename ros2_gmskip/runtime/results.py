@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The backend contract: every backend returns the same `Result` with the same latency breakdown."""
+"""The backend contract: every backend returns one `Result` with the same latency breakdown."""
 
 from __future__ import annotations
 

@@ -37,8 +37,8 @@ past + the new token, into the other), so the cache never leaves the GPU and is 
 step only the token's embedding (C floats) and its position go up and the last logits row comes
 down. Input shapes are set per call (`set_input_shape`), addresses per call only for the KV banks.
 
-CUDA calls go through cuda-python (`cuda.bindings.runtime`, formerly `cuda.cudart`, as TensorRT 10's
-Python samples use it), else pycuda. Never imports torch or transformers.
+CUDA calls go through cuda-python (`cuda.bindings.runtime`, formerly `cuda.cudart`, as TensorRT
+10's Python samples use it), else pycuda. Never imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ PREFILL, DECODE = 0, 1      # decoder optimization profiles (ros2_gmskip.exporte
 
 
 def import_tensorrt():
-    """The `tensorrt` module, or EngineError with how to install it."""
+    """Return the `tensorrt` module, or raise EngineError with how to install it."""
     try:
         import tensorrt
     except ImportError as err:
@@ -78,13 +78,14 @@ def import_tensorrt():
 
 
 def make_logger(trt, verbose: bool = False):
-    """A `trt.ILogger` that forwards TensorRT's messages to this module's `logging` logger."""
+    """Return a `trt.ILogger` that forwards TensorRT's messages to the `tensorrt` logger."""
     S = trt.ILogger.Severity
     levels = {S.INTERNAL_ERROR: logging.CRITICAL, S.ERROR: logging.ERROR,
               S.WARNING: logging.WARNING, S.INFO: logging.INFO, S.VERBOSE: logging.DEBUG}
     trt_log = logging.getLogger('tensorrt')
 
     class _Logger(trt.ILogger):
+
         def __init__(self) -> None:
             trt.ILogger.__init__(self)          # the docs' required explicit base init
 
@@ -258,9 +259,11 @@ def _nvidia_smi_info(device: int) -> GpuInfo | None:
 
 def gpu_info(device: int = 0) -> GpuInfo:
     """
-    This machine's GPU, for engine manifests: cuda-python, else pycuda, else nvidia-smi (the
-    TensorRT Python API itself does not expose the device's name); GpuInfo(None, None) if none of
-    them can tell (then manifests are checked for the TensorRT version only, with a warning).
+    Return this machine's GPU, for engine manifests.
+
+    Asks cuda-python, else pycuda, else nvidia-smi (the TensorRT Python API itself does not
+    expose the device's name); GpuInfo(None, None) if none of them can tell (then manifests are
+    checked for the TensorRT version only, with a warning).
     """
     try:
         return CudaPython().device_info(device)
@@ -279,8 +282,10 @@ def gpu_info(device: int = 0) -> GpuInfo:
 
 def available() -> tuple[bool, str]:
     """
-    Whether this backend can run here: (True, 'TensorRT 10.3.0 on Orin (sm_87)') or
-    (False, why not: TensorRT missing, CUDA bindings missing, no GPU).
+    Tell whether this backend can run here -> (ok, why).
+
+    (True, 'TensorRT 10.3.0 on Orin (sm_87)') or (False, why not: TensorRT missing, CUDA
+    bindings missing, no GPU).
     """
     try:
         trt = import_tensorrt()
@@ -299,8 +304,9 @@ def available() -> tuple[bool, str]:
 
 def default_engine_dir(bundle_path: Path, precision: str = 'fp16') -> Path:
     """
-    Engines beside their bundle, precision in the name: `bundles/x` -> `bundles/x.fp16.engines`
-    (Autoware keeps engines beside their ONNX with the precision in the file name).
+    Return the engine folder beside a bundle: `bundles/x` -> `bundles/x.fp16.engines`.
+
+    Autoware keeps engines beside their ONNX with the precision in the file name.
     """
     bundle_path = Path(bundle_path)
     return bundle_path.parent / f'{bundle_path.name}.{precision}.engines'
@@ -420,7 +426,8 @@ class _DecoderRunner:
     def run(self, embeds: np.ndarray, start: int, total: int, past: int | None
             ) -> tuple[int, np.ndarray]:
         """
-        Positions start..total-1 with the KV cache in bank `past` (None: empty cache, prefill).
+        Run positions start..total-1 with the KV cache in bank `past` (None: empty, prefill).
+
         Returns (the bank now holding the cache, the last position's logits (V,)).
         """
         B, T, C = embeds.shape                                                # (1, seq, C)
@@ -455,9 +462,10 @@ class _DecoderRunner:
 
 class _TrtGreedyDecoder(GreedyDecoder):
     """
-    `GreedyDecoder.generate` (the same greedy loop, stop tokens and timing as onnxruntime) over
-    the TensorRT decoder: only the per-step run differs. Buffers are sized to the engine once, so
-    the loop never grows them; a request beyond the engine's limits is an EngineError.
+    `GreedyDecoder.generate` over the TensorRT decoder: only the per-step run differs.
+
+    The same greedy loop, stop tokens and timing as onnxruntime. Buffers are sized to the engine
+    once, so the loop never grows them; a request beyond the engine's limits is an EngineError.
     """
 
     def __init__(self, runner: _DecoderRunner, embed_table: np.ndarray,
@@ -491,6 +499,8 @@ class TrtBackend(BundleBackend):
                  verbose: bool = False, *, engine: Path | None = None, build_only: bool = False,
                  precision: str = 'fp16') -> None:
         """
+        Open (or build) the TensorRT engines of a bundle.
+
         `engine_dir` (alias `engine`, as `runtime.factory` passes it): the engine folder;
         None: `default_engine_dir(bundle, precision)`. `bundle`: a `Bundle` or folder; None: the
         one the engine manifest names. A folder without engines is built on first use (as
