@@ -103,7 +103,7 @@ class BlockStack:
 
 
 def family_of(model: Any) -> str:
-    """The model family ('llava', 'qwen2_vl', ...), or ModelLoadError for an unsupported one."""
+    """Return the model family ('llava', 'qwen2_vl', ...); ModelLoadError if unsupported."""
     config = getattr(model, 'config', None)
     model_type = getattr(config, 'model_type', None)
     if model_type not in FAMILIES:
@@ -130,7 +130,7 @@ def _unique_configs(configs: Iterable[Any]) -> tuple[PretrainedConfig, ...]:
 
 def decoder_stack(model: Any) -> BlockStack:
     """
-    The language model's decoder blocks.
+    Return the language model's decoder blocks.
 
     In transformers v5 `get_decoder()` returns the base text model (LlamaModel, Qwen2Model,
     Qwen2VLTextModel, GemmaModel, Gemma3TextModel ...) whose `.layers` is the block list, for every
@@ -156,7 +156,7 @@ def decoder_stack(model: Any) -> BlockStack:
 
 
 def vision_stack(model: Any) -> BlockStack:
-    """The vision tower's encoder blocks (CLIP/SigLIP/Idefics3 `encoder.layers`, Qwen `blocks`)."""
+    """Return the vision tower's blocks (CLIP/SigLIP/Idefics3 `encoder.layers`, Qwen `blocks`)."""
     family = family_of(model)
     towers = []
     if hasattr(model, 'get_encoder'):

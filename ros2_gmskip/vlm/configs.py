@@ -13,8 +13,9 @@
 # limitations under the License.
 
 """
-Configuration dataclasses of the default model and its training (no heavy imports: the CLI
-reads their defaults for `--help`).
+Configuration dataclasses of the default model and its training.
+
+No heavy imports here: the CLI reads their defaults for `--help`.
 """
 
 from __future__ import annotations

@@ -13,11 +13,12 @@
 # limitations under the License.
 
 """
-The embedded default VLM: a standard transformers LLaVA (SigLIP vision tower + projector + Llama
-decoder) with a word-level tokenizer, small enough to train from scratch on 2 CPU cores.
+The embedded default VLM: a standard transformers LLaVA small enough to train on 2 CPU cores.
 
-Everything here produces ordinary Hugging Face objects, saved with `save_pretrained`, so the rest of
-the project (GM-Skip, export, runtime) treats the default model exactly like a downloaded LLaVA.
+A SigLIP vision tower + projector + Llama decoder with a word-level tokenizer, trained from
+scratch. Everything here produces ordinary Hugging Face objects, saved with `save_pretrained`, so
+the rest of the project (GM-Skip, export, runtime) treats the default model exactly like a
+downloaded LLaVA.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ SPECIAL_TOKENS = ('<pad>', '<s>', '</s>', '<unk>', '<image>', '<sep>')
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endfor %}{% if add_generation_prompt %}<sep>{% endif %}")
+    '{% endfor %}{% endfor %}{% if add_generation_prompt %}<sep>{% endif %}')
 
 
 def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
@@ -57,7 +58,8 @@ def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
     Word-level tokenizer trained on `corpus` with the `tokenizers` library.
 
     Words carry a leading '▁' (Metaspace) and punctuation is split off, so decoding restores the
-    exact text ('a red car, rainy night.'), and one word is one token: short decodes, fast decoding.
+    exact text ('a red car, rainy night.'), and one word is one token: short decodes, fast
+    decoding.
     """
     tok = Tokenizer(models.WordLevel(unk_token='<unk>'))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -79,7 +81,11 @@ def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: DefaultModelConfig) -> LlavaProcessor:
-    """LLaVA processor: PIL SigLIP image processor (bilinear resize, mean=std=0.5) + tokenizer."""
+    """
+    Build the LLaVA processor: a PIL SigLIP image processor + the tokenizer.
+
+    The image processor resizes bilinearly and normalizes with mean = std = 0.5.
+    """
     image_processor = SiglipImageProcessorPil(
         size={'height': cfg.image_size, 'width': cfg.image_size}, resample=2,
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
@@ -90,7 +96,7 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: DefaultModelConfig)
 
 def build_model(cfg: DefaultModelConfig,
                 tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
-    """A randomly initialised LlavaForConditionalGeneration of the configured size."""
+    """Build a randomly initialised LlavaForConditionalGeneration of the configured size."""
     vision = SiglipVisionConfig(
         hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
         num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,

@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""Batched greedy generation with Hugging Face `generate` (reference path of evaluate/calibrate)."""
+"""Batched greedy generation with Hugging Face `generate`: evaluate's and calibrate's reference."""
 
 from __future__ import annotations
 

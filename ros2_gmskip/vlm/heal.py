@@ -12,10 +12,10 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""
+r"""
 Heal a GM-Skip pruned model: a short fine-tune of what remains, with the token skipping on.
 
-    ros2-gmskip heal --plan models/gmskip-llava-scenes/plans/accuracy-reverse-for-healing.json \\
+    ros2-gmskip heal --plan models/gmskip-llava-scenes/plans/accuracy-reverse-for-healing.json \
         --fastv 1,0.5 --out /tmp/healed-10      # = models/gmskip-llava-scenes-healed
 
 Why: GM-Skip removes blocks without training (the paper's method), and FastV then prunes image
@@ -67,9 +67,11 @@ def healing_loss(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                  labels: torch.Tensor, attention: torch.Tensor, tokens: TokenSkip,
                  prompt_len: int) -> torch.Tensor:
     """
-    Caption loss of a right-padded prompt + answer batch through the pruned decoder with the
-    token skipping of inference: FastV ranks by the last prompt token's attention and drops image
-    tokens after block K; with KV removal the answer tokens see no image key.
+    Return the caption loss of a prompt + answer batch through the pruned, token-skipping decoder.
+
+    The batch is right-padded; the token skipping is inference's: FastV ranks by the last prompt
+    token's attention and drops image tokens after block K; with KV removal the answer tokens see
+    no image key.
     """
     from ros2_gmskip.tokenskip.fastv import fastv_layers, text_model
     image_mask = input_ids == model.config.image_token_id                  # (B, T)

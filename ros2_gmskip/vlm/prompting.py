@@ -23,7 +23,7 @@ from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 
 
 def prompt_text(processor, prompt: str = DEFAULT_PROMPT) -> str:
-    """The templated user turn (image placeholder + prompt) ending with the generation prompt."""
+    """Return the user turn from the template: image placeholder + prompt + generation prompt."""
     messages = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': prompt}]}]
     if getattr(processor, 'chat_template', None):
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -39,6 +39,6 @@ def build_inputs(processor, images: Sequence[np.ndarray], prompt: str = DEFAULT_
 
 
 def prompt_ids_of(processor, prompt: str = DEFAULT_PROMPT) -> list[int]:
-    """The prompt's token ids exactly as inference builds them (image tokens expanded)."""
+    """Return the prompt's token ids exactly as inference builds them (image tokens expanded)."""
     blank = np.zeros((8, 8, 3), dtype=np.uint8)
     return build_inputs(processor, [blank], prompt)['input_ids'][0].tolist()

@@ -16,7 +16,7 @@
 The PyTorch reference backend: the Hugging Face model (optionally GM-Skip pruned), greedy decode.
 
     backend = TorchBackend(Path('models/gmskip-llava-scenes'), plan=Path('plans/reverse.json'))
-    result = backend.describe(rgb_uint8)       # same Result / Latency as the ONNX and TensorRT ones
+    result = backend.describe(rgb_uint8)    # same Result / Latency as the ONNX and TensorRT ones
 
 Its own loop rather than `generate`, so the time splits into the same stages as the other backends
 (preprocess, vision, prefill, decode) and the semantics match `runtime.decode` exactly: greedy
@@ -125,8 +125,8 @@ class TorchBackend:
                                        feats.to(embeds.dtype))
         mask = torch.ones(1, T + max_new_tokens, dtype=torch.int64, device=self.device)
         positions = torch.arange(T + max_new_tokens, device=self.device)[None]
-        out = model(inputs_embeds=embeds, attention_mask=mask[:, :T], position_ids=positions[:, :T],
-                    use_cache=True)
+        out = model(inputs_embeds=embeds, attention_mask=mask[:, :T],
+                    position_ids=positions[:, :T], use_cache=True)
         token = int(out.logits[0, -1].argmax())
         self._sync()
         t3 = time.perf_counter()
