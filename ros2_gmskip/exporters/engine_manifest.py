@@ -87,8 +87,10 @@ def sha256_bytes(data: bytes) -> str:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
-    Write `data` to `path` through a temporary file in the same folder and os.replace, so a
-    reader never sees half a file (an interrupted build leaves the old file or none).
+    Write `data` to `path` so that a reader never sees half a file.
+
+    It goes through a temporary file in the same folder and os.replace: an interrupted build
+    leaves the old file or none.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
@@ -112,7 +114,7 @@ def _rebuild_hint(engine_dir: Path, bundle_path: Any) -> str:
 
 
 def _bundle_parts(bundle: Any) -> tuple[Path, dict]:
-    """(folder, manifest dict) of a `Bundle` or a bundle folder path (manifest read, not hashed)."""
+    """Return (folder, manifest dict) of a `Bundle` or a bundle folder (read, not hashed)."""
     if hasattr(bundle, 'manifest') and hasattr(bundle, 'path'):
         return Path(bundle.path), bundle.manifest
     from ros2_gmskip.runtime.bundle import load_bundle
@@ -128,7 +130,7 @@ def make_engine_manifest(*, bundle: Any, engines: dict[str, dict], tensorrt_vers
                          gpu_name: str | None, compute_capability: Any, precision: str,
                          profiles: dict, limits: dict, prompt_len: int, workspace_mb: int,
                          dla_core: int | None, cache_key: str) -> dict:
-    """The manifest dict; `engines` is {graph: {file, sha256, source_onnx, source_onnx_sha256}}."""
+    """Return the manifest dict; `engines` is {graph: {file, sha256, source_onnx, ..._sha256}}."""
     from ros2_gmskip import __version__
 
     bundle_path, _ = _bundle_parts(bundle)
@@ -163,8 +165,10 @@ def write_engine_manifest(engine_dir: Path, manifest: dict) -> Path:
 
 def read_engine_manifest(engine_dir: Path) -> dict:
     """
-    The manifest of `engine_dir`; EngineError (one line, with what to run) if the folder or
-    its manifest is missing, unreadable, of another format or incomplete.
+    Return the manifest of `engine_dir`.
+
+    EngineError (one line, with what to run) if the folder or its manifest is missing,
+    unreadable, of another format or incomplete.
     """
     engine_dir = Path(engine_dir)
     path = engine_dir / MANIFEST

@@ -35,7 +35,7 @@ from typing import Any
 from ros2_gmskip.errors import ModelLoadError
 
 DEFAULT_OPSET = 17
-MIN_OPSET, MAX_OPSET = 17, 20        # TensorRT 10.x parses opsets 9..20; below 17 lacks what we use
+MIN_OPSET, MAX_OPSET = 17, 20  # TensorRT 10.x parses opsets 9..20; below 17 lacks what we use
 
 # Dynamic axis names (also the names the ONNX graphs carry).
 BATCH, SEQ, PAST, TOTAL = 'batch', 'seq', 'past', 'total'
@@ -125,7 +125,7 @@ def segment_file(index: int) -> str:
 
 @dataclass
 class ExportConfig:
-    """The two graphs of a VLM bundle: vision (pixels -> image embeddings) and decoder (with KV)."""
+    """The two graphs of a VLM bundle: vision (pixels -> image embeddings), decoder (with KV)."""
 
     family: str
     decoder_type: str
@@ -192,7 +192,7 @@ class ExportConfig:
                               ranks=ranks, inputs=tuple(inputs), outputs=tuple(outputs))
 
     def graphs(self) -> dict[str, dict[str, list[dict]]]:
-        """The manifest's `graphs` entry: vision, then one entry per decoder segment."""
+        """Return the manifest's `graphs` entry: vision, then one entry per decoder segment."""
         out = {'vision': {'inputs': [s.to_dict() for s in self.vision_inputs],
                           'outputs': [s.to_dict() for s in self.vision_outputs]}}
         for seg in self.segments:
@@ -210,7 +210,9 @@ def present_name(layer: int, kind: str) -> str:
 
 
 def _get(config: Any, name: str, default: Any = None) -> Any:
-    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+    if isinstance(config, dict):
+        return config.get(name, default)
+    return getattr(config, name, default)
 
 
 def family_of_config(config: Any) -> str:
@@ -225,8 +227,9 @@ def family_of_config(config: Any) -> str:
 
 def attention_windows(text_config: Any, num_layers: int) -> list[int | None]:
     """
-    Per decoder block, its sliding attention window (Mistral; Qwen2 with use_sliding_window),
-    None for full attention.
+    Return each decoder block's sliding attention window, None for full attention.
+
+    Sliding windows: Mistral; Qwen2 with use_sliding_window.
     """
     window = _get(text_config, 'sliding_window')
     layer_types = _get(text_config, 'layer_types')
@@ -235,7 +238,7 @@ def attention_windows(text_config: Any, num_layers: int) -> list[int | None]:
 
 
 def rope_parameters(text_config: Any) -> dict:
-    """The decoder's RoPE settings (v5 `rope_parameters`; v4 `rope_theta` / `rope_scaling`)."""
+    """Get the decoder's RoPE settings (v5 `rope_parameters`; v4 `rope_theta`, `rope_scaling`)."""
     params = _get(text_config, 'rope_parameters')
     if isinstance(params, dict) and params:
         return dict(params)
@@ -249,8 +252,10 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
                       image_size: tuple[int, int] | None = None, splits: tuple[int, ...] = (),
                       rank_at: int | None = None) -> ExportConfig:
     """
-    The ExportConfig of a VLM config (after pruning: pass the remaining `num_layers`;
-    token skipping: the decoder `splits` and FastV's K as `rank_at`).
+    Return the ExportConfig of a VLM config.
+
+    After pruning, pass the remaining `num_layers`; for token skipping, the decoder `splits` and
+    FastV's K as `rank_at`.
     """
     family = family_of_config(config)
     text = _get(config, 'text_config')

@@ -79,7 +79,7 @@ def _ids(value: Any) -> list[int]:
 def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
                  num_image_tokens: int, prompt_text) -> dict:
     """
-    The manifest's `tokens`: ids and the prompt template with the image token expanded.
+    Return the manifest's `tokens`: ids and the prompt template with the image token expanded.
 
     `prompt_text(processor, prompt)` renders the chat template (ros2_gmskip.vlm.prompting); it is
     rendered once with a sentinel prompt, which then becomes the `{prompt}` placeholder.
@@ -96,8 +96,8 @@ def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
                              f'the model config says {config_id}')
     rendered = prompt_text(processor, _SENTINEL)
     if rendered.count(_SENTINEL) != 1 or rendered.count(image_token) != 1:
-        raise ModelLoadError(f'the chat template renders {rendered!r}: expected the prompt and the '
-                             f'image token {image_token!r} once each')
+        raise ModelLoadError(f'the chat template renders {rendered!r}: '
+                             f'expected the prompt and the image token {image_token!r} once each')
     if PLACEHOLDER in rendered:
         raise ModelLoadError(f'the chat template itself contains {PLACEHOLDER!r}')
     template = rendered.replace(_SENTINEL, PLACEHOLDER)
@@ -119,7 +119,7 @@ def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
 
 
 def preprocess_entry(image_processor: Any) -> dict:
-    """The manifest's `preprocess`, or ModelLoadError for processors the runtime cannot replay."""
+    """Return the manifest's `preprocess`; ModelLoadError if the runtime cannot replay it."""
     size = dict(getattr(image_processor, 'size', None) or {})
     name = type(image_processor).__name__
     if not (size.get('height') and size.get('width')) or {k for k, v in size.items() if v} - {

@@ -136,7 +136,9 @@ class VisionForExport(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
         hidden = out.hidden_states                                       # (L+1) x (B, N, Cv)
-        layers = [self.feature_layer] if isinstance(self.feature_layer, int) else self.feature_layer
+        layers = self.feature_layer
+        if isinstance(layers, int):
+            layers = [layers]
         feats = [hidden[i][:, 1:] if self.select_strategy == 'default' else hidden[i]
                  for i in layers]
         feats = feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
@@ -145,8 +147,9 @@ class VisionForExport(nn.Module):
 
 class _FusedLinear(nn.Module):
     """
-    Several nn.Linear over the same input as one MatMul (weights concatenated, values unchanged):
-    fewer, larger graph nodes; the output holds the projections' outputs side by side.
+    Several nn.Linear over the same input as one MatMul (weights concatenated, values unchanged).
+
+    Fewer, larger graph nodes; the output holds the projections' outputs side by side.
     """
 
     def __init__(self, *linears: nn.Linear) -> None:
@@ -199,10 +202,12 @@ class DecoderForExport(nn.Module):
         self.lm_head = model.lm_head
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
-        self.head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = (getattr(cfg, 'head_dim', None)
+                         or cfg.hidden_size // cfg.num_attention_heads)
         self.groups = self.num_heads // self.num_kv_heads
         rotary = text.rotary_emb
-        self.register_buffer('inv_freq', rotary.inv_freq.detach().float().clone(), persistent=False)
+        self.register_buffer('inv_freq', rotary.inv_freq.detach().float().clone(),
+                             persistent=False)
         self.rope_scaling = float(getattr(rotary, 'attention_scaling', 1.0))
         self.windows = attention_windows(cfg, len(text.layers))[first:stop]
         for i, layer in enumerate(self.layers):
@@ -292,9 +297,11 @@ class ExportResult:
 
 def _export_fused(model, folder: Path, length: int, weights: str, segments, stage) -> dict:
     """
-    decoder.fused.onnx (or, for token skipping, one explicit-position fused graph per decoder
-    segment) and, with `weights` int4 / int8, their quantized copies (decode steps: MatMulNBits;
-    prefill: dynamic int8); -> the manifest's `fused_decoder` entry.
+    Write decoder.fused.onnx (for token skipping, one fused graph per segment) and its copies.
+
+    For token skipping it is one explicit-position fused graph per decoder segment. With
+    `weights` int4 / int8, their quantized copies too (decode steps: MatMulNBits; prefill:
+    dynamic int8); -> the manifest's `fused_decoder` entry.
     """
     what = 'ONNX Runtime contrib ops' if segments is None else \
         f'{len(segments)} segment(s) with explicit positions for token skipping'
@@ -358,7 +365,7 @@ def _dummy_vision_inputs(config: ExportConfig) -> tuple[torch.Tensor]:
 
 
 def _dummy_decoder_inputs(config: ExportConfig, segment=None) -> tuple[torch.Tensor, ...]:
-    """Batch 2, 3 new tokens after 4 cached ones (non-trivial sizes so no axis gets specialised)."""
+    """Batch 2, 3 new tokens after 4 cached ones (non-trivial sizes: no axis gets specialised)."""
     d = config.decoder
     segment = segment or config.segments[0]
     B, T, P = 2, 3, 4
@@ -534,6 +541,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             raise BundleError(f'export validation failed ({len(failures)} of {len(report.checks)} '
                               'checks): ' + '; '.join(f'{c.name}: {c.detail}' for c in failures)
                               + f': bundle not written to {str(out)!r}')
+    validation = manifest['validation']
     log.info('bundle %s written (max |logit diff| %.1e, identical text %s)', out,
-             manifest['validation']['max_abs_logit_diff'], manifest['validation']['identical_text'])
+             validation['max_abs_logit_diff'], validation['identical_text'])
     return ExportResult(path=out, manifest=manifest, checks=report.checks, seconds=seconds)

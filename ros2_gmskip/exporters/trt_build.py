@@ -38,8 +38,8 @@ Precisions. fp16 / bf16: a weakly typed network with the FP16 / BF16 builder fla
 fp32 where a layer is faster or only exists in fp32 (the exported graphs are fp32). fp32: no flag,
 and TF32 off so the engine is the fp32 reference. int8: TensorRT 10 builds INT8 from *explicitly
 quantized* graphs (QuantizeLinear/DequantizeLinear nodes) in a strongly typed network, with no
-precision flags; its calibrators (IInt8EntropyCalibrator2 ...) are deprecated since 10.1 and gone in
-11. So a graph without Q/DQ nodes is refused with what to do (quantize the ONNX with NVIDIA
+precision flags; its calibrators (IInt8EntropyCalibrator2 ...) are deprecated since 10.1 and gone
+in 11. So a graph without Q/DQ nodes is refused with what to do (quantize the ONNX with NVIDIA
 ModelOpt) instead of silently building an uncalibrated or fp32 engine.
 """
 
@@ -98,8 +98,9 @@ class BuildConfig:
     @classmethod
     def from_stale_manifest(cls, engine_dir: Path) -> 'BuildConfig':
         """
-        The settings of the engines in `engine_dir` (to rebuild them alike), or the defaults
-        where its manifest is missing or unreadable.
+        Return the settings of the engines in `engine_dir`, to rebuild them alike.
+
+        The defaults where its manifest is missing or unreadable.
         """
         try:
             m = json.loads((Path(engine_dir) / em.MANIFEST).read_text())
@@ -130,8 +131,9 @@ def _has_fast(precision: Precision, cc: str | None) -> bool | None:
 
 def check_precision_support(trt, builder, precision: Precision, gpu: GpuInfo) -> None:
     """
-    Warn when the GPU has no fast path for `precision` (the build still runs: TensorRT falls
-    back to fp32 kernels); EngineError when this TensorRT cannot build it at all.
+    Warn when the GPU has no fast path for `precision`; EngineError if TensorRT cannot build it.
+
+    On a warning the build still runs: TensorRT falls back to fp32 kernels.
     """
     if precision is Precision.FP32:
         return
@@ -162,9 +164,11 @@ def network_flags(trt, precision: Precision) -> int:
 
 def parse_onnx(trt, builder, logger, onnx_path: Path, flags: int):
     """
-    (network, parser) for `onnx_path`; on failure every parser error is logged, then
-    EngineError with the count and the first error. The parser is returned because the network's
-    weights belong to it (keep it alive until the build is done).
+    Parse `onnx_path` -> (network, parser).
+
+    On failure every parser error is logged, then EngineError with the count and the first
+    error. The parser is returned because the network's weights belong to it (keep it alive
+    until the build is done).
     """
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -207,20 +211,20 @@ def add_profiles(builder, config, network, profiles: list[Profile], graph: str) 
                               're-run ros2-gmskip export')
         p = builder.create_optimization_profile()
         for name, r in profile.shapes.items():
-            p.set_shape(name, r.min, r.opt, r.max)
+            p.set_shape(name, r.min_shape, r.opt_shape, r.max_shape)
             log.debug('%s profile %s: %s min %s opt %s max %s', graph, profile.name, name,
-                      r.min, r.opt, r.max)
+                      r.min_shape, r.opt_shape, r.max_shape)
         index = config.add_optimization_profile(p)
         if index < 0:
             raise EngineError(f'{graph}: TensorRT rejected optimization profile {profile.name!r} '
                               f'({profile.to_dict()["shapes"]})')
         log.info('%s profile %d %r: %s', graph, index, profile.name,
-                 ', '.join(f'{n} {r.min}..{r.max}' for n, r in profile.shapes.items()
-                           if r.min != r.max))
+                 ', '.join(f'{n} {r.min_shape}..{r.max_shape}'
+                           for n, r in profile.shapes.items() if r.min_shape != r.max_shape))
 
 
 def attach_timing_cache(config, path: Path | None):
-    """The timing cache from `path` (a new one if absent, or from another TensorRT / GPU)."""
+    """Return the timing cache from `path` (a new one if absent, or from another TensorRT/GPU)."""
     blob = path.read_bytes() if path is not None and path.is_file() else b''
     cache = config.create_timing_cache(blob)
     if not config.set_timing_cache(cache, False):
@@ -246,7 +250,7 @@ def save_timing_cache(config, path: Path | None) -> None:
 
 
 def configure(trt, builder, network, cfg: BuildConfig, graph: str, gpu: GpuInfo):
-    """The IBuilderConfig of one graph: workspace, precision, DLA, timing cache."""
+    """Return the IBuilderConfig of one graph: workspace, precision, DLA, timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
     if cfg.precision is Precision.FP16:
@@ -278,8 +282,9 @@ def configure(trt, builder, network, cfg: BuildConfig, graph: str, gpu: GpuInfo)
 
 def build_graph(trt, builder, logger, onnx_path: Path, graph: str, profiles: list[Profile],
                 cfg: BuildConfig, gpu: GpuInfo):
-    """The serialized engine (IHostMemory) of one graph."""
-    network, parser = parse_onnx(trt, builder, logger, onnx_path, network_flags(trt, cfg.precision))
+    """Build the serialized engine (IHostMemory) of one graph."""
+    flags = network_flags(trt, cfg.precision)
+    network, parser = parse_onnx(trt, builder, logger, onnx_path, flags)
     log_network_io(network, graph)
     config = configure(trt, builder, network, cfg, graph, gpu)
     add_profiles(builder, config, network, profiles, graph)
@@ -346,8 +351,9 @@ def build_engines(bundle: Any, out_dir: Path, cfg: BuildConfig | None = None, *,
 
 def planned_cache_key(bundle: Any, cfg: BuildConfig, trt_version: str, gpu: GpuInfo) -> str:
     """
-    The cache key a build of `bundle` with `cfg` on this machine would get (to skip an
-    up-to-date build without building).
+    Return the cache key a build of `bundle` with `cfg` on this machine would get.
+
+    It lets an up-to-date build be skipped without building.
     """
     prompt_len = cfg.prompt_len or default_prompt_len(bundle)
     return cache_key(source_onnx_sha256={g: bundle.manifest['files'][f'{g}.onnx'] for g in GRAPHS},

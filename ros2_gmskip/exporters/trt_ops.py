@@ -42,8 +42,8 @@ EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool
 GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization GRU HammingWindow HannWindow
 HardSigmoid HardSwish Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN
 LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool
-MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not
-OneHot Or Pad ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike
+MatMul Max MaxPool Mean MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero
+Not OneHot Or Pad ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike
 RandomUniform RandomUniformLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp
 ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize
 ReverseSequence RMSNormalization RNN RoiAlign RotaryEmbedding Round STFT ScaledTanh Scan Scatter
@@ -60,7 +60,7 @@ _ONNX_DOMAINS = ('', 'ai.onnx')
 
 
 def supported_ops(include_new: bool = False) -> frozenset[str]:
-    """The op types to accept: everything TensorRT 10.15 parses, minus its newest ops by default."""
+    """Return the op types to accept: all TensorRT 10.15 parses, minus its newest by default."""
     return SUPPORTED_OPS if include_new else SUPPORTED_OPS - NEW_IN_10_15
 
 
@@ -86,7 +86,7 @@ def op_counts(path: Path) -> Counter:
 
 
 def graph_opset(path: Path) -> int:
-    """The default-domain opset the graph at `path` declares."""
+    """Return the default-domain opset the graph at `path` declares."""
     import onnx
     model = onnx.load(str(path), load_external_data=False)
     for imp in model.opset_import:

@@ -97,10 +97,11 @@ class ValidationReport:
 
 
 def count_image_tokens(processor, prompt_text: Callable) -> int:
-    """How many image tokens the processor puts into a prompt (checked against the vision graph)."""
+    """Count the image tokens the processor puts in a prompt (checked against the vision graph)."""
     size = processor.image_processor.size
     image = np.zeros((size['height'], size['width'], 3), dtype=np.uint8)
-    ids = processor(images=[image], text=[prompt_text(processor)], return_tensors='np')['input_ids']
+    inputs = processor(images=[image], text=[prompt_text(processor)], return_tensors='np')
+    ids = inputs['input_ids']
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     return int((ids[0] == image_token_id).sum())
 
@@ -223,10 +224,11 @@ def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask:
                  positions: np.ndarray, past: list[np.ndarray], only: list[str] | None = None
                  ) -> tuple[dict[str, np.ndarray], list[Check]]:
     """
-    Every decoder segment in order, no token skipping -> {name: array} with `logits`,
-    `present.{i}.*` for all blocks and, per split at block s, `hidden_states@s` and
-    `last_token_attention@s`; plus one output-shape check per segment. `only=['logits']`: just
-    the logits.
+    Run every decoder segment in order, no token skipping -> {name: array}.
+
+    The names are `logits`, `present.{i}.*` for all blocks and, per split at block s,
+    `hidden_states@s` and `last_token_attention@s`; plus one output-shape check per segment.
+    `only=['logits']`: just the logits.
     """
     out: dict[str, np.ndarray] = {}
     checks = []
@@ -248,7 +250,7 @@ def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask:
 
 
 def _reference(out, first_layer: int = 0) -> dict[str, np.ndarray]:
-    """The same keys from a transformers forward (output_hidden_states / output_attentions)."""
+    """Return the same keys from a transformers forward (output_hidden_states / _attentions)."""
     ref = {'logits': out.logits.numpy()}
     for i, t in enumerate(_cache_tensors(out.past_key_values)):
         ref[f'present.{first_layer + i // 2}.{"key" if i % 2 == 0 else "value"}'] = t.numpy()
@@ -270,9 +272,11 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
 def _fused_diffs(fused, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref
                  ) -> dict[str, float]:
     """
-    The fused decoder (runtime.fused_decode.FusedDecoder, or the token-skipping segments'
-    FusedTokenSkipDecoder run unpruned) at prefill and one step vs torch: last-position logits,
-    and the KV rows its in-place buffers hold after the step.
+    Check the fused decoder against torch at prefill and one step.
+
+    The decoder is runtime.fused_decode.FusedDecoder, or the token-skipping segments'
+    FusedTokenSkipDecoder run unpruned; checked are the last-position logits and the KV rows its
+    in-place buffers hold after the step.
     """
     T = embeds.shape[1]
     logits = max(_max_diff(fused.logits_after(embeds, 0), ref.logits[0, -1].numpy()),
@@ -286,9 +290,10 @@ def _fused_diffs(fused, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_r
 def check_values(backend, model, processor, config: ExportConfig, image: np.ndarray, prompt: str,
                  report: ValidationReport, fused=None) -> list[Check]:
     """
-    Preprocessing, prompt ids, and ORT vs PyTorch values for every output (a segmented
-    decoder is run segment after segment, unpruned, against the whole HF decoder); with `fused`
-    (a FusedDecoder) the fused graph's logits and KV rows too.
+    Check preprocessing, prompt ids, and ORT vs PyTorch values for every output.
+
+    A segmented decoder is run segment after segment, unpruned, against the whole HF decoder;
+    with `fused` (a FusedDecoder) the fused graph's logits and KV rows are checked too.
     """
     from ros2_gmskip.vlm.prompting import build_inputs
 
@@ -354,8 +359,8 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
 
     # 4d. batch of 2, the second row left-padded by 3: dynamic batch + attention_mask
     pad = 3
-    emb2 = torch.cat([embeds, torch.cat([torch.zeros(1, pad, embeds.shape[2]), embeds[:, :T - pad]],
-                                        dim=1)])                          # (2, T, C)
+    padded = torch.cat([torch.zeros(1, pad, embeds.shape[2]), embeds[:, :T - pad]], dim=1)
+    emb2 = torch.cat([embeds, padded])                                    # (2, T, C)
     mask2 = torch.ones(2, T, dtype=torch.int64)
     mask2[1, :pad] = 0
     pos2 = (mask2.cumsum(-1) - 1).clamp(min=0)
@@ -391,9 +396,10 @@ def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: st
                  stage: Callable[[str], None], name: str = 'greedy text',
                  references: dict | None = None, min_agreement: float = 1.0) -> Check:
     """
-    `backend`'s greedy texts vs the torch reference for its token settings; `record(identical,
-    n)` gets the counts; `references` caches the reference texts between calls; the check passes
-    when at least `min_agreement` of the scenes are identical (1.0: all).
+    Compare `backend`'s greedy texts with the torch reference for its token settings.
+
+    `record(identical, n)` gets the counts; `references` caches the reference texts between
+    calls; the check passes when at least `min_agreement` of the scenes are identical (1.0: all).
     """
     from ros2_gmskip.vlm.generation import generate_texts
 
