@@ -84,7 +84,7 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 def header_msg(stamp_ns: int, frame_id: str = '') -> Any:
-    """A std_msgs/msg/Header of the typestore."""
+    """Return a std_msgs/msg/Header of the typestore."""
     Time = TYPESTORE.types['builtin_interfaces/msg/Time']
     Header = TYPESTORE.types['std_msgs/msg/Header']
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
@@ -106,7 +106,7 @@ class BagFrame:
 
     @property
     def stamp_ns(self) -> int:
-        """The header stamp in nanoseconds."""
+        """Return the header stamp in nanoseconds."""
         return stamp_to_ns(self.msg.header.stamp)
 
 
@@ -274,6 +274,8 @@ def _padded_sqlite(path: Path) -> tuple[Any, Any]:
     size = max(path.stat().st_size, page_size * struct.unpack('>I', head[28:32])[0])
 
     class File(apsw.VFSFile):
+        """`path` opened read-only, reading zeros past its end up to `size`."""
+
         def __init__(self) -> None:            # no base init: read-only, immutable, no locks
             self._file = path.open('rb')
 
@@ -300,6 +302,8 @@ def _padded_sqlite(path: Path) -> tuple[Any, Any]:
             self._file.close()
 
     class VFS(apsw.VFS):
+        """A VFS whose every file is a `File`."""
+
         def __init__(self, name: str) -> None:
             super().__init__(name, '')
 
@@ -506,8 +510,8 @@ class BagImageReader:
                 others = ', '.join(f'{t} ({m})' for t, (m, _) in sorted(topics.items()))
                 raise BagError(f'no sensor_msgs/msg/Image or CompressedImage topic in '
                                f'{str(self.path)!r}; its topics: {others or "none"}')
-            raise BagError(f'{len(images)} image topics in {str(self.path)!r}: {listing}; pick one '
-                           f'with --topic')
+            raise BagError(f'{len(images)} image topics in {str(self.path)!r}: {listing}; '
+                           'pick one with --topic')
         if topic not in topics:
             raise BagError(f'topic {topic!r} not in {str(self.path)!r}; its image topics: '
                            f'{listing}')
@@ -530,7 +534,7 @@ class BagImageReader:
             self.skip_reasons.append(reason)
 
     def frames(self) -> Iterator[BagFrame]:
-        """The topic's messages, in time order (in recording order where salvaged)."""
+        """Yield the topic's messages, in time order (in recording order where salvaged)."""
         if self._closed:
             raise BagError(f'rosbag {str(self.path)!r} is closed')
         self.error, self.skipped, self.skip_reasons = None, 0, []

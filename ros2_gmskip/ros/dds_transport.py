@@ -75,6 +75,8 @@ def dds_topic_name(resolved: str) -> str:
 
 
 class _Publisher:
+    """A `transport.Publisher` over one DDS writer."""
+
     def __init__(self, writer, topic: str) -> None:
         self.writer = writer
         self.topic = topic

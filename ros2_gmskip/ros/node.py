@@ -61,7 +61,7 @@ BackendFactory = Callable[..., Any]     # (params, build_only=False) -> Backend
 
 def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
     """
-    The backend the parameters ask for, through `ros2_gmskip.runtime.factory` (lazy imports).
+    Create the backend the parameters ask for, through `ros2_gmskip.runtime.factory` (lazy).
 
     Empty paths mean the embedded default: the default model with its shipped skip plan, and for
     onnxruntime / tensorrt its ONNX bundle (exported once into the cache when missing).
@@ -254,7 +254,7 @@ def run(argv: Sequence[str], transport: str = 'auto', duration_s: float | None =
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """Console script `gmskip_describer` (ros2 run / ros2 launch): rclpy if importable, else DDS."""
+    """Run the console script `gmskip_describer` (ros2 run / launch): rclpy if found, else DDS."""
     argv = list(sys.argv if args is None else args)
     parser = argparse.ArgumentParser(prog=NODE_NAME, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -16,10 +16,11 @@
 The describer's core, independent of rclpy / DDS: newest-frame hand-off, one worker, statistics.
 
 A subscription callback calls `DescriberCore.on_image(msg, compressed)`, which only stores the
-message in a one-slot holder and returns (it never blocks on inference). One worker thread takes the
-newest frame, converts it to RGB, runs `backend.describe` and calls `publish(SceneOutput)`. A frame
-that is still waiting when a newer one arrives is dropped and counted: a VLM at a few Hz behind a
-30 Hz camera always describes the most recent view, and latency never builds up in a queue.
+message in a one-slot holder and returns (it never blocks on inference). One worker thread takes
+the newest frame, converts it to RGB, runs `backend.describe` and calls `publish(SceneOutput)`. A
+frame that is still waiting when a newer one arrives is dropped and counted: a VLM at a few Hz
+behind a 30 Hz camera always describes the most recent view, and latency never builds up in a
+queue.
 
 Every frame ends in exactly one counter once the worker is stopped:
     received == described + dropped + rejected + errors        (+ pending while running)
@@ -70,7 +71,7 @@ class SceneOutput:
     cyclic_time_ms: float = math.nan     # since the previous output (NaN for the first)
 
     def scene_dict(self) -> dict[str, Any]:
-        """The JSON object published on ~/output/scene."""
+        """Return the JSON object published on ~/output/scene."""
         return {
             'stamp': {'sec': self.stamp_sec, 'nanosec': self.stamp_nanosec},
             'frame_id': self.frame_id,
@@ -402,7 +403,7 @@ def format_value(value: Any) -> str:
 
 
 def token_skip_text(tokens: dict | None) -> str:
-    """The backend's FastV / KV-removal settings in words ('none' when off)."""
+    """Return the backend's FastV / KV-removal settings in words ('none' when off)."""
     from ros2_gmskip.tokenskip.settings import TokenSkip
     try:
         return TokenSkip.from_dict(tokens).describe()

@@ -26,8 +26,8 @@ newest-frame hand-off to one worker thread, counters, diagnostics); only time is
   and hands each frame over with `on_image` while the core's worker runs inference, so frames
   that arrive while the model is busy are dropped and counted exactly as in the live node.
 
-Replay clock (`ReplayClock`): bag time, running at real speed from an anchor. In realtime mode it is
-anchored once (first frame's bag time = the instant it is fed); in max mode it is re-anchored at
+Replay clock (`ReplayClock`): bag time, running at real speed from an anchor. In realtime mode it
+is anchored once (first frame's bag time = the instant it is fed); in max mode it is re-anchored at
 each frame's bag time when the frame is fed, as if every frame found the pipeline idle. The core
 gets it as `clock` and `wall_clock`, so processing time is real elapsed time, and pipeline latency
 (replay clock at output - input header stamp) is the time from capture to output in bag time
@@ -45,9 +45,9 @@ Outputs are written at replay-clock time of publication (input bag time + wait +
 they sort after their input; description, scene and debug messages carry the input header stamp
 (in the scene JSON / Float64Stamped.stamp). The input images are not copied (the bag stays small).
 
-Float64Stamped is not in rosbags' ROS 2 Humble typestore: it is registered (`builtin_interfaces/Time
-stamp`, `float64 data`, the definition of autoware_internal_debug_msgs) in this module's own copy,
-`REPLAY_TYPESTORE`, so the shared `bag.TYPESTORE` is left as it is.
+Float64Stamped is not in rosbags' ROS 2 Humble typestore: it is registered
+(`builtin_interfaces/Time stamp`, `float64 data`, the definition of autoware_internal_debug_msgs)
+in this module's own copy, `REPLAY_TYPESTORE`, so the shared `bag.TYPESTORE` is left as it is.
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class _Ticks:
         self.last_ns: int | None = None        # stamp of the last tick given
 
     def due(self, bag_ns: int) -> list[int]:
-        """The ticks at or before `bag_ns` not given yet (at most MAX_TICKS_PER_GAP)."""
+        """Return the ticks at or before `bag_ns` not given yet (at most MAX_TICKS_PER_GAP)."""
         if self.next_ns is None:
             self.next_ns = bag_ns + self.period_ns
             return []
@@ -230,7 +230,7 @@ class _Recorder:
     # -- worker thread
 
     def publish(self, out: SceneOutput) -> None:
-        """DescriberCore's publish callback: description, scene JSON, debug timings."""
+        """Write one output (DescriberCore's publish callback): text, scene JSON, debug timings."""
         try:
             write_ns = self.clock.now_ns()
             msgs = [(DESCRIPTION_TOPIC, STRING_TYPE, write_ns, self.String(data=out.text)),
@@ -274,7 +274,7 @@ class _Recorder:
                 self._cond.wait(0.002)        # rejected / failed frames do not publish: poll
 
     def diagnostics(self, core: DescriberCore, stamp_ns: int) -> None:
-        """One DiagnosticArray from `core.diagnostics()`, stamped (and written) at `stamp_ns`."""
+        """Write a DiagnosticArray of the core's diagnostics, stamped and written at `stamp_ns`."""
         d = core.diagnostics()
         T = REPLAY_TYPESTORE.types
         status = T['diagnostic_msgs/msg/DiagnosticStatus'](

@@ -74,12 +74,12 @@ def params_table(schema: dict | None = None) -> str:
 
 
 def readme_block(schema: dict | None = None) -> str:
-    """The table with its markers, as it appears in README.md."""
+    """Return the table with its markers, as it appears in README.md."""
     return f'{BEGIN_MARKER}\n{params_table(schema)}\n{END_MARKER}'
 
 
 def extract_table(readme_text: str) -> str | None:
-    """The text between the markers in README.md (stripped), or None without the begin marker."""
+    """Return the text between the markers in README.md (stripped); None without a begin marker."""
     start = readme_text.find(BEGIN_MARKER)
     if start < 0:
         return None

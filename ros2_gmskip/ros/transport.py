@@ -43,6 +43,8 @@ class TransportError(GmSkipError):
 
 
 class Publisher(Protocol):
+    """What a transport's `create_publisher` returns."""
+
     def publish(self, msg: Any) -> None:
         ...
 
@@ -95,7 +97,7 @@ def rclpy_available() -> bool:
 
 
 def select_transport(kind: str = 'auto') -> type:
-    """The transport class for 'auto' (rclpy if importable, else dds), 'rclpy' or 'dds'."""
+    """Return the transport class for 'auto' (rclpy if importable, else dds), 'rclpy' or 'dds'."""
     if kind not in TRANSPORTS:
         raise TransportError(f'unknown transport {kind!r}: use one of {", ".join(TRANSPORTS)}')
     if kind == 'auto':
@@ -103,7 +105,7 @@ def select_transport(kind: str = 'auto') -> type:
     if kind == 'rclpy':
         if not rclpy_available():
             raise TransportError("transport 'rclpy' needs ROS 2: source "
-                                 "/opt/ros/<distro>/setup.bash or use --transport dds")
+                                 '/opt/ros/<distro>/setup.bash or use --transport dds')
         from ros2_gmskip.ros.rclpy_transport import RclpyTransport
         return RclpyTransport
     from ros2_gmskip.ros.dds_transport import DdsTransport
