@@ -13,8 +13,9 @@
 # limitations under the License.
 
 """
-Token-level acceleration: visual-token pruning (FastV) and visual KV-cache removal with training-
-time FFN skipping (Skip-Vision), plus the FLOPs estimates that compare them with GM-Skip.
+Token-level acceleration: visual-token pruning (FastV) and visual KV-cache removal (Skip-Vision).
+
+Skip-Vision comes with training-time FFN skipping; the FLOPs estimates compare both with GM-Skip.
 
     from ros2_gmskip.tokenskip import FastVConfig, fastv_generate, kv_removal_generate
     texts = fastv_generate(model, processor, images, cfg=FastVConfig(k=2, r=0.5))

@@ -13,12 +13,15 @@
 # limitations under the License.
 
 """
-Estimated decoder FLOPs with GM-Skip (blocks removed), FastV (image tokens pruned after layer K)
-and Skip-Vision KV removal (visual keys dropped from the cache after prefill).
+Estimated decoder FLOPs with GM-Skip, FastV and Skip-Vision KV removal.
+
+GM-Skip removes blocks, FastV prunes image tokens after layer K, and Skip-Vision KV removal drops
+visual keys from the cache after prefill.
 
     dims = DecoderDims.from_config(model.config.get_text_config(decoder=True))
     full = prefill_flops(dims, n_tokens=70, n_image=64)
-    both = prefill_flops(dims, 70, 64, removed_blocks=[13, 14, 15], fastv=FastVConfig(k=2, r=0.5))
+    both = prefill_flops(dims, 70, 64, removed_blocks=[13, 14, 15],
+                         fastv=FastVConfig(k=2, r=0.5))
     step = decode_flops(dims, context=80, n_image=64, kv_ratio=1.0)      # one generated token
 
 The per-layer estimate is the one of the FastV paper (arXiv 2403.06764, Sec. 4.3):
@@ -112,9 +115,10 @@ def decode_flops(dims: DecoderDims, context: int, n_image: int,
     """
     One decode step: a new token after `context` tokens (prompt + tokens generated so far).
 
-    Keys per layer: context + 1, minus the image tokens FastV pruned (layers >= K), minus the visual
-    KV entries Skip-Vision removed: a share `kv_ratio` of the visual tokens still cached, in layers
-    >= `kv_start` (same counting as the removal itself: num_kept of the cached visual tokens stay).
+    Keys per layer: context + 1, minus the image tokens FastV pruned (layers >= K), minus the
+    visual KV entries Skip-Vision removed: a share `kv_ratio` of the visual tokens still cached, in
+    layers >= `kv_start` (same counting as the removal itself: num_kept of the cached visual tokens
+    stay).
     """
     total = 0
     for layer in range(_remaining(dims, removed_blocks)):

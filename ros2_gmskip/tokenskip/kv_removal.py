@@ -13,8 +13,10 @@
 # limitations under the License.
 
 """
-Skip-Vision KV-cache removal (arXiv 2503.21817): after prefill, the visual tokens' key/value
-entries are dropped, so every decode step attends to fewer keys.
+Skip-Vision KV-cache removal (arXiv 2503.21817): visual keys/values dropped after prefill.
+
+After prefill the visual tokens' key/value entries are dropped, so every decode step attends to
+fewer keys.
 
     cfg = KVRemovalConfig(ratio=1.0, start_layer=0)          # all visual KV, every layer
     texts = kv_removal_generate(model, processor, images, 'describe the scene.', cfg)
@@ -78,7 +80,7 @@ class KVRemovalConfig:
 
 
 def drop_mask_for(image_mask: torch.Tensor, cfg: KVRemovalConfig) -> torch.Tensor:
-    """(B, T) bool: the visual tokens whose KV entries are dropped (the Skip-FFN selection rule)."""
+    """Return (B, T) bool: the visual tokens whose KV entries are dropped (Skip-FFN's rule)."""
     generator = torch.Generator().manual_seed(cfg.seed)
     return select_skipped(image_mask, cfg.ratio, cfg.mode, generator)
 
@@ -110,10 +112,7 @@ def plan_kv_removal(cache_index: list[torch.Tensor], masks: list[torch.Tensor],
 
 
 def remove_visual_kv(past: Past, keep_index_per_layer: Sequence[torch.Tensor | None]) -> Past:
-    """
-    Each layer's key/value (B, KV, S_l, d) reduced to the slots keep[l] (B, S'_l); None keeps
-    the layer as it is.
-    """
+    """Reduce each layer's key/value (B, KV, S_l, d) to slots keep[l] (B, S'_l); None keeps all."""
     out: Past = []
     for (k, v), keep in zip(past, keep_index_per_layer):
         if keep is None:
@@ -142,9 +141,10 @@ def prefill_and_remove(model: nn.Module, embeds: torch.Tensor, mask: torch.Tenso
                        positions: torch.Tensor, image_mask: torch.Tensor, cfg: KVRemovalConfig,
                        fastv: FastVConfig | None = None) -> tuple[torch.Tensor, Past, list]:
     """
-    The prefill (FastV's, or Skip-FFN's with `cfg.skip_ffn_prefill`) of `embed_inputs`'
-    outputs, then `cfg`'s visual KV removal -> (last logits, cache, per-layer attention masks),
-    what `greedy_decode` continues from.
+    Run the prefill, then `cfg`'s visual KV removal: what `greedy_decode` continues from.
+
+    The prefill (FastV's, or Skip-FFN's with `cfg.skip_ffn_prefill`) runs on `embed_inputs`'
+    outputs. -> (last logits, cache, per-layer attention masks).
     """
     drop = drop_mask_for(image_mask, cfg)                                  # (B, T)
     if cfg.skip_ffn_prefill:

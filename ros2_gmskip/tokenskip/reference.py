@@ -37,7 +37,7 @@ from torch import nn
 
 
 def kv_config(ts: TokenSkip) -> KVRemovalConfig:
-    """The torch KV-removal config of a TokenSkip (stride rule, as the runtime applies it)."""
+    """Return the torch KV-removal config of a TokenSkip (stride rule, as the runtime applies)."""
     return KVRemovalConfig(ratio=ts.kv_ratio, start_layer=ts.kv_start)
 
 

@@ -13,8 +13,9 @@
 # limitations under the License.
 
 """
-Skip-FFN (Skip-Vision, arXiv 2503.21817): a share of the visual tokens bypasses the FFN of the
-decoder blocks while still taking part in attention.
+Skip-FFN (Skip-Vision, arXiv 2503.21817): a share of the visual tokens bypasses the FFN.
+
+The skipped tokens bypass the FFN of the decoder blocks while still taking part in attention.
 
     image_mask = input_ids == model.config.image_token_id                     # (B, T)
     skip = select_skipped(image_mask, ratio=0.5)                               # (B, T) bool
@@ -69,13 +70,16 @@ class Selection(str, Enum):
 
 def retained_slots(n: int, ratio: float) -> torch.Tensor:
     """
-    Image-token slots (0..n-1) that do NOT skip under the stride rule (settings.py defines it:
-    ceil((1-ratio) n) evenly spaced, starting at slot 0; n = 64, ratio = 0.75 -> 0, 4, ..., 60).
+    Return the image-token slots (0..n-1) that do NOT skip under the stride rule.
+
+    settings.py defines it: ceil((1-ratio) n) evenly spaced, starting at slot 0; n = 64, ratio =
+    0.75 -> 0, 4, ..., 60.
     """
     return torch.tensor(settings.retained_slots(n, ratio), dtype=torch.long)
 
 
-def select_skipped(image_mask: torch.Tensor, ratio: float, mode: Selection | str = Selection.STRIDE,
+def select_skipped(image_mask: torch.Tensor, ratio: float,
+                   mode: Selection | str = Selection.STRIDE,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """
     (B, T) bool: the visual tokens that skip, n - ceil((1-ratio) * n) per row of n image tokens.
@@ -132,8 +136,10 @@ class SkipFFN(nn.Module):
 def skip_ffn(model: nn.Module, skip_mask: torch.Tensor,
              layers: Iterable[int] | None = None) -> Iterator[list[SkipFFN]]:
     """
-    Inside the block, the MLP of each decoder block in `layers` (default all) skips the tokens
-    where `skip_mask` (B, T) is True. Yields the wrappers (their `.rows` counters), in layer order.
+    Make the MLPs of the decoder blocks in `layers` (default all) skip rows, inside the block.
+
+    They skip the tokens where `skip_mask` (B, T) is True. Yields the wrappers (their `.rows`
+    counters), in layer order.
     """
     blocks = decoder_stack(model).layers
     chosen = range(len(blocks)) if layers is None else sorted({int(i) for i in layers})
