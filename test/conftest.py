@@ -40,7 +40,7 @@ def _threads() -> None:
 
 @pytest.fixture(scope='session')
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A save_pretrained folder of a tiny random default-architecture model (GQA decoder)."""
+    """Save a tiny random default-architecture model (GQA decoder) with save_pretrained."""
     _threads()
     from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     from ros2_gmskip.scenes import CLASSES, LIGHTINGS, POSITIONS, WEATHERS
@@ -93,7 +93,7 @@ def tiny_model(tiny_model_dir):
 
 def write_plan(model_dir: Path, removed: list[int], path: Path, num_blocks: int = TINY_LAYERS,
                sha256: str | None = None) -> Path:
-    """A minimal valid skip plan (format ros2_gmskip/skip-plan@1) removing decoder `removed`."""
+    """Write a minimal valid skip plan (ros2_gmskip/skip-plan@1) removing decoder `removed`."""
     from ros2_gmskip.gmskip.plan import weights_sha256
     plan = {
         'format': 'ros2_gmskip/skip-plan@1',
@@ -110,13 +110,13 @@ def write_plan(model_dir: Path, removed: list[int], path: Path, num_blocks: int 
 
 @pytest.fixture(scope='session')
 def make_plan():
-    """`make_plan(model_dir, removed, path, sha256=None) -> Path`: write a skip plan file."""
+    """Return `write_plan`: (model_dir, removed, path, sha256=None) -> Path writes a skip plan."""
     return write_plan
 
 
 @pytest.fixture(scope='session')
 def tiny_bundle(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model exported (full) and validated on 3 test scenes."""
+    """Export the tiny model (full) and validate it on 3 test scenes."""
     from ros2_gmskip.exporters.onnx_export import export_bundle
     _threads()
     out = tmp_path_factory.mktemp('bundles') / 'full'
@@ -126,7 +126,7 @@ def tiny_bundle(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='session')
 def tiny_pruned_bundle(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model exported with a plan that removes decoder blocks 1 and 3."""
+    """Export the tiny model with a plan that removes decoder blocks 1 and 3."""
     from ros2_gmskip.exporters.onnx_export import export_bundle
     _threads()
     folder = tmp_path_factory.mktemp('pruned')

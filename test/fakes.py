@@ -86,7 +86,7 @@ def make_backend(delay_ms: str | float = 20.0) -> FakeBackend:
 
 def image_msg(height: int = 48, width: int = 64, encoding: str = 'rgb8', sec: int = 0,
               nanosec: int = 0, frame_id: str = 'camera0/camera_link', data: bytes | None = None):
-    """A sensor_msgs/Image stand-in (duck-typed fields)."""
+    """Return a sensor_msgs/Image stand-in (duck-typed fields)."""
     channels = {'rgb8': 3, 'bgr8': 3, 'mono8': 1, 'rgba8': 4, 'bgra8': 4}.get(encoding, 3)
     if data is None:
         rng = np.random.default_rng(height * 1000 + width)
@@ -113,7 +113,7 @@ def stand_in_convert(msg, compressed: bool) -> np.ndarray:
 
 
 def converter():
-    """The real converter when image_convert exists, else the stand-in."""
+    """Return the real converter when image_convert exists, else the stand-in."""
     try:
         import ros2_gmskip.ros.image_convert  # noqa: F401
         from ros2_gmskip.ros.pipeline import default_convert

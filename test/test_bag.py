@@ -13,8 +13,10 @@
 # limitations under the License.
 
 """
-rosbag2 I/O: make_bag round trips (mcap, sqlite3; Image, CompressedImage), output bags, damaged
-bags read up to the damage, one-line errors, and the make-bag verb.
+Test rosbag2 I/O.
+
+make_bag round trips (mcap, sqlite3; Image, CompressedImage), output bags, damaged bags read up
+to the damage, one-line errors, and the make-bag verb.
 """
 
 from __future__ import annotations
@@ -183,8 +185,9 @@ def damaged_copy(src: Path, dst: Path, how: str) -> Path:
 
 def assert_prefix(frames: list, intact: list, last_may_differ: bool = False) -> None:
     """
-    `frames` are the first frames of `intact`, pixel for pixel (the last one may hold the
-    start of an overwritten span: its header is whole, its data is not).
+    Assert `frames` are the first frames of `intact`, pixel for pixel.
+
+    The last one may hold the start of an overwritten span: its header is whole, its data is not.
     """
     assert len(frames) < len(intact)
     for i, (got, want) in enumerate(zip(frames, intact)):

@@ -31,9 +31,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 TEST_DIR = Path(__file__).resolve().parent
 LOOPBACK = REPO / 'config' / 'cyclonedds-loopback.xml'
@@ -41,6 +38,8 @@ os.environ['CYCLONEDDS_URI'] = f'file://{LOOPBACK}'       # before cyclonedds is
 
 from cyclonedds.core import Policy  # noqa: E402
 from fakes import FakeBackend  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from ros2_gmskip.ros import dds_types as D  # noqa: E402
 from ros2_gmskip.ros.dds_transport import _qos, dds_topic_name, DdsTransport  # noqa: E402
 from ros2_gmskip.ros.params import ParameterError  # noqa: E402
@@ -85,7 +84,8 @@ def test_image_bytes_match_ros2_cdr(typestore, h, w):
     T = typestore.types
     pixels = np.random.default_rng(h * w).integers(0, 255, h * w * 3, dtype=np.uint8)
     ours = D.make(D.Image, {'header': {'stamp': {'sec': 17, 'nanosec': 42}, 'frame_id': 'cam'},
-                                'height': h, 'width': w, 'encoding': 'rgb8', 'step': w * 3, 'data': pixels})
+                            'height': h, 'width': w, 'encoding': 'rgb8', 'step': w * 3,
+                            'data': pixels})
     ref = bytes(typestore.serialize_cdr(T['sensor_msgs/msg/Image'](
         header=ros_header(typestore, 17, 42, 'cam'), height=h, width=w, encoding='rgb8',
         is_bigendian=0, step=w * 3, data=pixels), 'sensor_msgs/msg/Image'))
@@ -129,8 +129,9 @@ def test_other_types_match_ros2_cdr(typestore):
         (D.make(D.DiagnosticArray, {
             'header': {'stamp': {'sec': 3, 'nanosec': 4}},
             'status': [{'level': 2, 'name': 'gmskip_describer: inference', 'message': 'm',
-                         'hardware_id': 'onnxruntime',
-                         'values': [{'key': 'dropped', 'value': '7'}, {'key': 'k', 'value': ''}]}]}),
+                        'hardware_id': 'onnxruntime',
+                        'values': [{'key': 'dropped', 'value': '7'},
+                                   {'key': 'k', 'value': ''}]}]}),
          T['diagnostic_msgs/msg/DiagnosticArray'](header=ros_header(typestore, 3, 4), status=[
              T['diagnostic_msgs/msg/DiagnosticStatus'](
                  level=2, name='gmskip_describer: inference', message='m',

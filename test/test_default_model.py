@@ -80,8 +80,10 @@ def test_shipped_model_files_and_card():
 
 def test_default_train_config_is_the_shipped_models_recipe():
     """
-    `ros2-gmskip train` with no options trains what models/gmskip-llava-scenes was trained
-    with (its training_log.json), so changing a default means retraining the shipped model.
+    Check `ros2-gmskip train` with no options trains the shipped model's recipe.
+
+    That is what models/gmskip-llava-scenes was trained with (its training_log.json), so changing
+    a default means retraining the shipped model.
     """
     from dataclasses import asdict
 

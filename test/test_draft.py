@@ -13,8 +13,10 @@
 # limitations under the License.
 
 """
-Speculative decoding: the n-gram draft table, the loop that checks its guesses, the fused ONNX
-Runtime decoder running it, and `ros2-gmskip draft`. The contract: the same ids as greedy.
+Speculative decoding; the contract: the same ids as greedy.
+
+Covers the n-gram draft table, the loop that checks its guesses, the fused ONNX Runtime decoder
+running it, and `ros2-gmskip draft`.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def test_good_guesses_save_runs():
 
 
 def _speculative_loop(backend, draft: NgramDraft, guesses: int):
-    """A FusedDecoder over `backend`'s sessions and buffers' shapes, with `draft`."""
+    """Build a FusedDecoder over `backend`'s sessions and buffers' shapes, with `draft`."""
     from ros2_gmskip.runtime.fused_decode import FusedDecoder
     loop, cfg = backend.decoder_loop, backend.bundle.decoder_config
     return FusedDecoder(loop.session, loop.embed_table, num_layers=cfg['num_layers'],

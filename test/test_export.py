@@ -94,7 +94,8 @@ def test_bundle_files_and_manifest(tiny_bundle, tiny_model_dir):
     assert m['graphs']['vision']['outputs'][0]['shape'] == ['batch', 16, 64]
     assert len(m['graphs']['decoder']['outputs']) == 1 + 2 * 4
     tokens = m['tokens']
-    assert tokens['num_image_tokens'] == 16 and tokens['stop_token_ids'] == [tokens['eos_token_id']]
+    assert tokens['num_image_tokens'] == 16
+    assert tokens['stop_token_ids'] == [tokens['eos_token_id']]
     assert tokens['prompt_template'] == '<image>' * 16 + '{prompt}<sep>'
     assert m['preprocess'] == {'size': [64, 64], 'resample': 'bilinear',
                                'rescale_factor': pytest.approx(1 / 255),

@@ -135,7 +135,9 @@ def test_graph_choice_errors(tiny_pruned_bundle, tmp_path):
 
 def test_token_skipping_on_a_plain_bundle_runs_on_the_portable_graph(tiny_pruned_bundle):
     """
-    A plain bundle's fused graph takes RoPE positions from the cache length: token skipping
+    Check token skipping asked of a plain bundle falls back to decoder.onnx or is refused.
+
+    A plain bundle's fused graph takes RoPE positions from the cache length, so token skipping
     asked of it at run time falls back to decoder.onnx (auto) or is refused (fused).
     """
     from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -217,8 +219,9 @@ def test_describe_fused_weights_exports_the_quantized_bundle(int4_bundle, tiny_p
                                                              scene_images, tmp_path, capsys,
                                                              monkeypatch):
     """
-    `describe --fused-weights int4` asks the cache for the quantized export (here: the int4
-    fixture bundle stands in for it) and runs it; with --bundle it is a one-line error.
+    Check `describe --fused-weights int4` asks the cache for the quantized export and runs it.
+
+    Here the int4 fixture bundle stands in for that export; with --bundle it is a one-line error.
     """
     from PIL import Image
     from ros2_gmskip.cli import main
@@ -242,8 +245,10 @@ def test_describe_fused_weights_exports_the_quantized_bundle(int4_bundle, tiny_p
 @pytest.fixture(scope='module')
 def int4_bundle(tiny_model_dir, make_plan, tmp_path_factory) -> Path:
     """
-    The tiny model without blocks 1 and 3, with int4-weight decode steps (greedy check off:
-    a random tiny model's near-flat logits say nothing about quantization).
+    Export the tiny model without blocks 1 and 3, with int4-weight decode steps.
+
+    The greedy check is off: a random tiny model's near-flat logits say nothing about
+    quantization.
     """
     from ros2_gmskip.exporters.onnx_export import export_bundle
     folder = tmp_path_factory.mktemp('int4')
@@ -327,7 +332,8 @@ def test_cached_bundles_are_keyed_by_the_decode_weights(tiny_model_dir, tmp_path
     # and by the draft table: a rebuilt table means a new export
     model = Path(shutil.copytree(tiny_model_dir, tmp_path / 'm'))
     before = bundle_cache_path(model, None)
-    (model / DRAFT_FILE).write_text((model / DRAFT_FILE).read_text().replace('"order"', '"order" '))
+    draft = (model / DRAFT_FILE).read_text()
+    (model / DRAFT_FILE).write_text(draft.replace('"order"', '"order" '))
     assert bundle_cache_path(model, None) != before
 
 
@@ -353,4 +359,5 @@ def test_ensure_bundle_exports_quantized_decode_steps_with_enough_scenes(tiny_mo
     assert cmd[cmd.index('--fused-weights') + 1] == 'int4'
     assert cmd[cmd.index('--validate-n') + 1] == str(defaults.QUANTIZED_VALIDATE_N)
     defaults.ensure_bundle(tiny_model_dir, None, full=True)                 # fp32: its own folder
-    assert '--fused-weights' not in calls[1] and calls[1][calls[1].index('--validate-n') + 1] == '5'
+    assert '--fused-weights' not in calls[1]
+    assert calls[1][calls[1].index('--validate-n') + 1] == '5'

@@ -13,8 +13,10 @@
 # limitations under the License.
 
 """
-Token skipping on the fused ONNX Runtime decoder: one explicit-position fused graph per decoder
-segment, FastV ranking from the exported query, KV removal by compacting the in-place buffers.
+Token skipping on the fused ONNX Runtime decoder.
+
+One explicit-position fused graph per decoder segment, FastV ranking from the exported query, KV
+removal by compacting the in-place buffers.
 """
 
 from __future__ import annotations
@@ -103,8 +105,10 @@ def test_fused_segments_decode_like_the_portable_ones(fused, portable, scene_ima
 
 def test_ranking_attention_equals_the_portable_graphs(fused, portable, scene_images):
     """
-    FastV's ranking: numpy softmax over the fused graph's query and cached keys == the
-    portable graph's in-graph last_token_attention.
+    Check the FastV ranking attention of the fused graph equals the portable graph's.
+
+    Numpy softmax over the fused graph's query and cached keys == the portable graph's in-graph
+    last_token_attention.
     """
     embeds, ids = _prompt_embeds(fused, scene_images[1])
     T = embeds.shape[1]
@@ -184,8 +188,9 @@ def test_head_averaged_attention_matches_torch():
 
 def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
     """
-    Quantized bundle: per segment an int4 MatMulNBits decode-step graph and a dynamic int8
-    prefill graph.
+    Check a quantized bundle has int4 decode steps and int8 prefill per segment.
+
+    Per segment: an int4 MatMulNBits decode-step graph and a dynamic int8 prefill graph.
     """
     out = _export(tiny_model_dir, tmp_path / 'int4', validate_n=0, fused_weights='int4')
     bundle = load_bundle(out)
@@ -206,8 +211,10 @@ def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
 
 def _speculation_keeps_the_greedy_ids(bundle: Path, images) -> None:
     """
-    Speculative steps through the segments (the bundle's own draft table: mostly refused
-    guesses; the model's own outputs as the table: mostly kept ones) give greedy's ids.
+    Check speculative steps through the segments give greedy's ids.
+
+    With the bundle's own draft table the guesses are mostly refused; with the model's own outputs
+    as the table, mostly kept.
     """
     from ros2_gmskip.runtime.draft import NgramDraft
     plain, fast = _backend(bundle, draft_tokens=0), _backend(bundle)
@@ -234,8 +241,10 @@ def test_speculative_steps_give_the_greedy_ids(skip_bundle, scene_images):
 def test_step_graphs_rotate_at_the_given_positions(tiny_model_dir, skip_bundle, fused, tmp_path,
                                                    scene_images):
     """
-    The decode-step variant (GroupQueryAttention's own RoPE at `position_ids`, used for the
-    quantized steps) built in fp32 decodes exactly as the explicit-RoPE graphs: same tokens.
+    Check the decode-step variant built in fp32 decodes the same tokens as explicit RoPE.
+
+    The variant (GroupQueryAttention's own RoPE at `position_ids`) is the one the quantized steps
+    use; the reference is the explicit-RoPE graphs.
     """
     from types import SimpleNamespace
 
@@ -282,8 +291,10 @@ def test_step_graphs_rotate_at_the_given_positions(tiny_model_dir, skip_bundle, 
 
 def test_random_fastv_and_kv_removal_without_a_split(tiny_model_dir, tmp_path, scene_images):
     """
-    FastV K=0 (a seeded random subset before block 0) and KV removal from block 0 need no
-    split: one explicit-position fused graph, compacted in place, decodes as decoder.onnx.
+    Check FastV K=0 and KV removal from block 0 need no split and decode as decoder.onnx.
+
+    FastV K=0 keeps a seeded random subset before block 0; one explicit-position fused graph,
+    compacted in place, decodes as decoder.onnx does.
     """
     from ros2_gmskip.exporters.onnx_export import export_bundle
     out = tmp_path / 'k0'

@@ -13,8 +13,9 @@
 # limitations under the License.
 
 """
-`ros2-gmskip heal`: the pruned model fine-tuned with its token skipping on, saved as a folder
-that loads with transformers and carries a plan for its own weights.
+`ros2-gmskip heal`: the pruned model fine-tuned with its token skipping on.
+
+It is saved as a folder that loads with transformers and carries a plan for its own weights.
 """
 
 from __future__ import annotations
@@ -95,8 +96,10 @@ def test_heal_refuses_a_plan_for_other_weights(tiny_model_dir, make_plan, tmp_pa
 
 def test_bench_runs_a_healed_model_against_the_full_one(healed, tmp_path, capsys):
     """
-    --pruned-model: *_pruned / *_combined run the healed folder as it is (its plan's token
-    settings on *_combined only), *_full the source model; FLOPs from each one's own depth.
+    Check bench --pruned-model runs the healed folder against the source model.
+
+    *_pruned / *_combined run the healed folder as it is (its plan's token settings on
+    *_combined only), *_full the source model; FLOPs come from each one's own depth.
     """
     from ros2_gmskip.tokenskip.flops import DecoderDims, generation_flops
     from ros2_gmskip.tokenskip.settings import FastVConfig
@@ -127,8 +130,9 @@ def test_bench_runs_a_healed_model_against_the_full_one(healed, tmp_path, capsys
 
 def test_heal_finds_the_shipped_plan_however_the_model_path_is_spelled(tmp_path, capsys):
     """
-    --model given as another path to the embedded model still finds its shipped plan (the
-    plan check and the token check run before any training).
+    Check --model given as another path to the embedded model still finds its shipped plan.
+
+    The plan check and the token check run before any training.
     """
     from ros2_gmskip.runtime.defaults import default_model_dir
     spelled = default_model_dir() / '..' / default_model_dir().name

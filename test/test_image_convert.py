@@ -12,11 +12,12 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""image_convert against OpenCV references: every encoding, padded rows, byte containers, errors."""
+"""image_convert vs OpenCV references: every encoding, padded rows, byte containers, errors."""
 
 from __future__ import annotations
 
 import array
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,10 +52,9 @@ class ImageMsg:
     data: Any
 
 
-@dataclass
-class CompressedMsg:
-    format: str
-    data: Any
+# Stand-in for a sensor_msgs/CompressedImage: its field `format` would shadow a builtin as a
+# class attribute (A003), so no class body.
+CompressedMsg = namedtuple('CompressedMsg', ['format', 'data'])
 
 
 def rng_rgb(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
@@ -62,7 +62,7 @@ def rng_rgb(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
 
 
 def smooth_rgb(h: int = 48, w: int = 64) -> np.ndarray:
-    """A gradient image (JPEG-friendly)."""
+    """Return a gradient image (JPEG-friendly)."""
     y, x = np.mgrid[0:h, 0:w]
     return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (h + w - 2)],
                     axis=-1).astype(np.uint8)

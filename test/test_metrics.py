@@ -63,6 +63,8 @@ def test_exact_match_by_hand():
 
 def test_cider_by_hand():
     """
+    Check CIDEr-D against a value worked out by hand: 5.0.
+
     Two images whose references share no n-gram: every n-gram has idf log(2). A prediction
     equal to its reference has cosine 1 for n = 1..4 and no length penalty -> 10; a prediction
     sharing nothing -> 0. CIDEr-D is the mean: 5.0.

@@ -42,7 +42,7 @@ def additive(removed):
 
 @pytest.fixture
 def model_dir(tmp_path):
-    """A folder with fake weights: enough for the hash."""
+    """Return a folder with fake weights: enough for the hash."""
     folder = tmp_path / 'model'
     folder.mkdir()
     (folder / 'model-00002-of-00002.safetensors').write_bytes(b'second shard')
@@ -343,7 +343,7 @@ def llava_inputs():
     g = torch.Generator().manual_seed(1)
     ids = torch.tensor([[1, 4] + [7] * 16 + [5, 6]])
     return {'input_ids': ids, 'attention_mask': torch.ones_like(ids),
-                'pixel_values': torch.randn(1, 3, 32, 32, generator=g)}
+            'pixel_values': torch.randn(1, 3, 32, 32, generator=g)}
 
 
 def make_plan(model_dir, removed, path):

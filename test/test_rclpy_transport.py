@@ -27,6 +27,7 @@ from pathlib import Path
 import random
 import time
 
+from fakes import FakeBackend
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,6 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 
 rclpy = pytest.importorskip('rclpy')
 
-from fakes import FakeBackend  # noqa: E402
 from ros2_gmskip.ros.node import DIAGNOSTIC_NAME, GmSkipDescriber, run  # noqa: E402
 from ros2_gmskip.ros.rclpy_transport import RclpyTransport  # noqa: E402
 

@@ -170,7 +170,7 @@ def test_realtime_drops_frames_when_the_backend_is_slower(bags, tmp_path):
                    rate='realtime', progress=False)
     assert s['rate'] == 'realtime' and s['frames'] == s['received'] == N
     assert s['dropped'] > 0 and 0 < s['described'] < N and balanced(s)
-    assert s['wall_s'] >= s['bag_s'] * 0.9               # paced by the bag, not as fast as possible
+    assert s['wall_s'] >= s['bag_s'] * 0.9            # paced by the bag, not as fast as possible
     scenes = [json.loads(m.data) for _, m in by_topic(tmp_path / 'out')[SCENE_TOPIC]]
     stamps = [sc['stamp']['sec'] * 1_000_000_000 + sc['stamp']['nanosec'] for sc in scenes]
     assert stamps == sorted(stamps) and set(stamps) <= set(STAMPS)

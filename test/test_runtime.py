@@ -40,7 +40,7 @@ def ort_backend(tiny_bundle):
 
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path) -> Path:
-    """A private copy of the tiny bundle, to corrupt."""
+    """Return a private copy of the tiny bundle, to corrupt."""
     return Path(shutil.copytree(tiny_bundle, tmp_path / 'bundle'))
 
 
@@ -275,7 +275,8 @@ def test_unavailable_provider_lists_the_available_ones():
         resolve_providers(['nope'])
     import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
-        with pytest.raises(EngineError, match=r"'cuda' \(CUDAExecutionProvider\).*onnxruntime-gpu"):
+        with pytest.raises(EngineError,
+                           match=r"'cuda' \(CUDAExecutionProvider\).*onnxruntime-gpu"):
             resolve_providers(['cuda'])
 
 

@@ -12,7 +12,11 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The runtime never imports torch or transformers: the node must start on a Jetson without them."""
+"""
+The runtime never imports torch or transformers.
+
+The node must start on a Jetson without them.
+"""
 
 from __future__ import annotations
 

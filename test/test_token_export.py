@@ -13,8 +13,10 @@
 # limitations under the License.
 
 """
-Token skipping in exported bundles: split decoder graphs, the numpy decode loop (FastV ranking,
-visual KV removal) against the torch reference, settings round trips, and clear refusals.
+Token skipping in exported bundles.
+
+Split decoder graphs, the numpy decode loop (FastV ranking, visual KV removal) against the torch
+reference, settings round trips, and clear refusals.
 """
 
 from __future__ import annotations
@@ -45,8 +47,9 @@ def _export(model_dir: Path, out: Path, tokens: TokenSkip, **kw) -> dict:
 @pytest.fixture(scope='module')
 def fastv_bundle(tiny_model_dir, tmp_path_factory) -> Path:
     """
-    Tiny model, FastV K=2 R=0.5 + all visual KV removed; export validation must pass (the
-    runtime's greedy text == the torch reference on 3 scenes).
+    Export the tiny model with FastV K=2 R=0.5 + all visual KV removed.
+
+    Export validation must pass (the runtime's greedy text == the torch reference on 3 scenes).
     """
     out = tmp_path_factory.mktemp('tokens') / 'fastv'
     _export(tiny_model_dir, out, TokenSkip(FastVConfig(k=2, r=0.5), kv_ratio=1.0))
@@ -131,6 +134,8 @@ def test_fastv_bundle_is_split_and_recorded(fastv_bundle):
 @pytest.mark.parametrize('graph', ['fused', 'portable'])
 def test_runtime_prunes_the_expected_number_of_tokens(fastv_bundle, scene_images, graph):
     """
+    Check the runtime prunes the expected number of tokens, counted in what the sessions see.
+
     The second segment's prefill runs on T - (n - ceil(n/2)) rows and decode attends to no
     visual key at all (KV ratio 1): count the rows and cache lengths the sessions see, on the
     fused segments (decode steps through their prepared bindings) and on decoder.onnx's.
@@ -259,8 +264,10 @@ def test_export_cli_flags(tiny_model_dir, tmp_path, capsys):
 
 def test_replay_applies_the_bundle_token_skipping(fastv_bundle, tiny_bundle, tmp_path):
     """
-    The node's pipeline (replay) over a token-skipping bundle: texts equal the torch reference
-    path's settings (the bundle validated that), the summary and diagnostics name the settings.
+    Check the node's pipeline (replay) applies a token-skipping bundle's settings.
+
+    Texts equal the torch reference path's settings (the bundle validated that), the summary and
+    diagnostics name the settings.
     """
     from ros2_gmskip.ros.bag import make_bag
     from ros2_gmskip.ros.replay import read_output_bag, replay_bag

@@ -13,8 +13,10 @@
 # limitations under the License.
 
 """
-Token-skip calibration: the K/R/KV search, the plan's `tokens`, calibrate --tokens, evaluate's
-token flags, the evaluator and the torch backend with token skipping.
+Token-skip calibration.
+
+The K/R/KV search, the plan's `tokens`, calibrate --tokens, evaluate's token flags, the
+evaluator and the torch backend with token skipping.
 """
 
 from __future__ import annotations
@@ -383,7 +385,7 @@ def test_evaluate_token_precedence():
 # --- on a tiny random model -----------------------------------------------------------------
 
 def chars(predictions, references) -> float:
-    """A metric a random model scores above 0 on: 1 + mean characters per description."""
+    """Score 1 + mean characters per description: a metric a random model scores above 0 on."""
     return 1.0 + sum(len(p) for p in predictions) / max(len(predictions), 1)
 
 

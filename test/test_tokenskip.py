@@ -13,13 +13,14 @@
 # limitations under the License.
 
 """
-Token-level acceleration (ros2_gmskip.tokenskip): FastV pruning, Skip-Vision KV removal,
-Skip-FFN, FLOPs estimates.
+Token-level acceleration (ros2_gmskip.tokenskip).
+
+FastV pruning, Skip-Vision KV removal, Skip-FFN, FLOPs estimates.
 
 Exactness is checked against transformers itself: with nothing pruned the functional path equals
-the Hugging Face model bit for bit (eager attention); with pruning / removal it equals the HF model
-recomputing the whole sequence at every step with the pruned / removed keys masked out per layer
-(forward pre-hooks on the decoder blocks swap in a per-layer mask), to 1e-5.
+the Hugging Face model bit for bit (eager attention); with pruning / removal it equals the HF
+model recomputing the whole sequence at every step with the pruned / removed keys masked out per
+layer (forward pre-hooks on the decoder blocks swap in a per-layer mask), to 1e-5.
 """
 
 from __future__ import annotations
@@ -67,9 +68,11 @@ NEW = 8                    # tokens generated per test
 @pytest.fixture(scope='module')
 def vlm():
     """
-    (model, processor): a tiny random LLaVA, 6 decoder blocks, GQA (4 heads, 2 KV), eager
-    attention. Init std 0.15: greedy text varies (0.02 repeats one word), and float noise between
-    cached and recomputed runs stays < 5e-6 (at 0.3 it reaches 1.4e-5 even without pruning).
+    Return (model, processor) of a tiny random LLaVA.
+
+    6 decoder blocks, GQA (4 heads, 2 KV), eager attention. Init std 0.15: greedy text varies
+    (0.02 repeats one word), and float noise between cached and recomputed runs stays < 5e-6 (at
+    0.3 it reaches 1.4e-5 even without pruning).
     """
     torch.set_num_threads(1)
     from ros2_gmskip.vlm.default_model import (
@@ -122,8 +125,9 @@ def _ids(vlm, inputs, cfg, **kw):
 
 def _reference_logits(model, embeds, hide):
     """
-    Last-position logits (B, V) of the HF model on embeds (B, S, C) where, in layer l, query i
-    cannot see key j when hide[l][b, i, j] (on top of causality). No cache.
+    Return the HF model's last-position logits (B, V) on embeds (B, S, C), with hidden keys.
+
+    In layer l, query i cannot see key j when hide[l][b, i, j] (on top of causality). No cache.
     """
     B, S, _ = embeds.shape
     causal = torch.ones(S, S, dtype=torch.bool).tril()
@@ -257,8 +261,10 @@ def test_fastv_k0_random_subset_is_seeded(vlm, inputs):
 @pytest.mark.parametrize('k, r', [(2, 0.5), (0, 0.5), (4, 0.75)])
 def test_fastv_decode_equals_masked_full_recompute(vlm, inputs, k, r):
     """
-    Prefill + cached decode with pruned tokens == HF recomputing everything with the pruned keys
-    hidden in layers >= K: original positions and per-layer masks are right.
+    Check prefill + cached decode with pruned tokens == HF recomputing everything.
+
+    HF recomputes with the pruned keys hidden in layers >= K; equality shows the original
+    positions and per-layer masks are right.
     """
     model, _ = vlm
     cfg = FastVConfig(k=k, r=r)
@@ -443,7 +449,8 @@ def test_flops_by_hand():
     assert prefill_flops(dims, 4, 2) == 3 * 176
     # GM-Skip removes block 1; FastV K=1 (of the 2 left) R=0.5: n=4 then n=3 (48 + 36 + 36)
     assert prefill_flops(dims, 4, 2, removed_blocks=[1]) == 2 * 176
-    assert prefill_flops(dims, 4, 2, removed_blocks=[1], fastv=FastVConfig(k=1, r=0.5)) == 176 + 120
+    fastv = FastVConfig(k=1, r=0.5)
+    assert prefill_flops(dims, 4, 2, removed_blocks=[1], fastv=fastv) == 176 + 120
     assert prefill_flops(dims, 4, 2, fastv=FastVConfig(k=1, r=0.0)) == 3 * 176
     # decode after 4 tokens: 5 keys; all visual KV removed: 3 keys (16 + 12 + 12)
     assert decode_flops(dims, 4, 2) == 3 * 48
@@ -460,9 +467,10 @@ def test_flops_by_hand():
 
 def test_blind_answer_training_mask_equals_kv_removal(vlm, inputs):
     """
-    Training with --blind-answers shows the model exactly what a decode step sees after visual
-    KV removal at ratio 1: teacher-forced logits under the training mask equal every step of a
-    cached KV-removal run.
+    Check training with --blind-answers shows what a decode step sees after KV removal.
+
+    That is visual KV removal at ratio 1: teacher-forced logits under the training mask equal
+    every step of a cached KV-removal run.
     """
     from ros2_gmskip.vlm.train import blind_answer_mask
     model, _ = vlm
@@ -505,8 +513,10 @@ def test_stage2_blocks_early_exit_and_layerdrop():
 ])
 def test_healing_forward_equals_cached_inference(vlm, inputs, fastv, kv):
     """
-    Teacher-forced logits of `fastv_layers` over prompt + generated answer equal the logits a
-    cached greedy run chose every token from (FastV prefill, KV removal, decode steps).
+    Check the healing forward (`fastv_layers`, teacher-forced) equals cached inference.
+
+    Its logits over prompt + generated answer equal the logits a cached greedy run chose every
+    token from (FastV prefill, KV removal, decode steps).
     """
     from ros2_gmskip.tokenskip.fastv import fastv_layers, text_model
     model, _ = vlm
@@ -532,8 +542,10 @@ def test_healing_forward_equals_cached_inference(vlm, inputs, fastv, kv):
 
 def test_healing_loss_is_the_model_loss_and_trains_every_kept_part(vlm, images):
     """
-    No token skipping: the healing loss is transformers' own caption loss on a right-padded
-    batch; with FastV + KV removal gradients reach the vision tower and every block.
+    Check the healing loss is the model's loss and trains every kept part.
+
+    With no token skipping it is transformers' own caption loss on a right-padded batch; with
+    FastV + KV removal gradients reach the vision tower and every block.
     """
     from ros2_gmskip.tokenskip.settings import TokenSkip
     from ros2_gmskip.vlm.heal import healing_loss

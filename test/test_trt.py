@@ -15,11 +15,11 @@
 """
 TensorRT engines: profiles, names, engine manifests, the builder and the backend.
 
-Everything up to the real-GPU class runs without TensorRT: a small stand-in `tensorrt` module (and a
-stand-in CUDA with host memory behind fake device pointers) is injected where the builder and the
-backend import theirs, so their control flow - parser errors, profiles, flags, timing cache, files,
-manifest checks, buffers, the KV-cache ping-pong - is exercised here. Real TensorRT tests skip
-unless `tensorrt` and a CUDA GPU are present.
+Everything up to the real-GPU class runs without TensorRT: a small stand-in `tensorrt` module
+(and a stand-in CUDA with host memory behind fake device pointers) is injected where the builder
+and the backend import theirs, so their control flow - parser errors, profiles, flags, timing
+cache, files, manifest checks, buffers, the KV-cache ping-pong - is exercised here. Real TensorRT
+tests skip unless `tensorrt` and a CUDA GPU are present.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ TRT_MISSING_LINE = ('error: TensorRT is not installed (pip/apt package python3-l
 
 
 def graphs_entry() -> dict:
-    """The bundle manifest's `graphs`, as ros2_gmskip.exporters.export_config writes it."""
+    """Return the bundle manifest's `graphs`, as ros2_gmskip.exporters.export_config writes it."""
     dec_in = [{'name': 'inputs_embeds', 'shape': ['batch', 'seq', C], 'dtype': 'float32'},
               {'name': 'attention_mask', 'shape': ['batch', 'total'], 'dtype': 'int64'},
               {'name': 'position_ids', 'shape': ['batch', 'seq'], 'dtype': 'int64'}]
@@ -142,8 +142,8 @@ def test_profiles_round_trip_and_cache_key_tracks_every_setting():
     profiles = build_profiles(fake_manifest(), Limits(1, 32, 8), 12)
     assert profiles_from_dict(json.loads(json.dumps(profiles_to_dict(profiles)))) == profiles
     base = {'source_onnx_sha256': {'vision': 'a', 'decoder': 'b'}, 'precision': 'fp16',
-                'limits': Limits(), 'prompt_len': 12, 'tensorrt_version': '10.3.0',
-                'compute_capability': '8.7', 'dla_core': None}
+            'limits': Limits(), 'prompt_len': 12, 'tensorrt_version': '10.3.0',
+            'compute_capability': '8.7', 'dla_core': None}
     key = cache_key(**base)
     assert key == cache_key(**base) and len(key) == 16
     for change in ({'source_onnx_sha256': {'vision': 'a', 'decoder': 'c'}}, {'precision': 'fp32'},
@@ -160,7 +160,7 @@ def sha(data: bytes) -> str:
 
 
 def write_bundle(folder: Path, tokenizer: bool = False) -> Bundle:
-    """A bundle folder with its manifest (files hashed); the graphs are fake-ONNX JSON."""
+    """Write a bundle folder with its manifest (files hashed); the graphs are fake-ONNX JSON."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {'vision.onnx': json.dumps(fake_onnx('vision')).encode(),
              'decoder.onnx': json.dumps(fake_onnx('decoder')).encode()}
@@ -200,7 +200,7 @@ def make_tokenizer_json() -> bytes:
 
 @pytest.fixture
 def built(tmp_path):
-    """(bundle, engine_dir) with two fake engine files and a manifest for Orin / TensorRT 10.3.0."""
+    """Return (bundle, engine_dir): two fake engines and a manifest for Orin / TensorRT 10.3.0."""
     bundle = write_bundle(tmp_path / 'bundle')
     engine_dir = tmp_path / 'engines'
     engine_dir.mkdir()
@@ -374,7 +374,7 @@ def test_backend_unavailable_without_tensorrt(no_tensorrt, tmp_path):
 # --- a stand-in tensorrt ----------------------------------------------------------------------
 
 def fake_onnx(kind: str) -> dict:
-    """What the fake parser reads from a '.onnx' file: the graph's I/O (-1 = dynamic)."""
+    """Return what the fake parser reads from a '.onnx' file: the graph's I/O (-1 = dynamic)."""
     g = graphs_entry()[kind]
 
     def spec(t):
@@ -437,8 +437,8 @@ class FakeProfile:
     def __init__(self):
         self.shapes = {}
 
-    def set_shape(self, name, min, opt, max):
-        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+    def set_shape(self, name, min_shape, opt_shape, max_shape):
+        self.shapes[name] = (tuple(min_shape), tuple(opt_shape), tuple(max_shape))
 
 
 class FakeCache:
@@ -512,8 +512,9 @@ class FakeBuilder:
 
 def make_fake_trt(version='10.3.0', dla_cores=0, fail_build=False, bf16=True):
     """
-    A `tensorrt` stand-in with the calls the builder and the backend make (names as in the
-    TensorRT 10 Python API); `state` records what was asked of it.
+    Return a `tensorrt` stand-in with the calls the builder and the backend make.
+
+    Names are as in the TensorRT 10 Python API; `state` records what was asked of it.
     """
     trt = types.ModuleType('tensorrt')
     state = types.SimpleNamespace(networks=[], configs=[], cache_loads=[], dla_cores=dla_cores,
@@ -649,7 +650,8 @@ def test_failed_build_and_slow_fp16_gpu(tmp_path, monkeypatch, caplog):
         trt_build.build_engines(bundle, tmp_path / 'out', trt_build.BuildConfig(prompt_len=10),
                                 gpu=GpuInfo('Quadro M6000', '5.2'))
     assert 'has no fast fp16 (sm_70 or newer has)' in caplog.text
-    assert trt_build._has_fast(Precision.FP16, '8.7') and trt_build._has_fast(Precision.FP16, '5.3')
+    assert trt_build._has_fast(Precision.FP16, '8.7')
+    assert trt_build._has_fast(Precision.FP16, '5.3')
     assert not trt_build._has_fast(Precision.FP16, '6.1')          # GeForce Pascal
     assert not trt_build._has_fast(Precision.BF16, '7.5') and trt_build._has_fast(
         Precision.INT8, '6.1')
@@ -747,7 +749,7 @@ class FakeCuda:
 
 
 def toy_kv(embeds, positions, layer):
-    """The toy decoder's new keys/values (1, KV, T, D) from embeddings (1, T, C) and positions."""
+    """Return the toy decoder's new keys/values (1, KV, T, D) from embeds (1, T, C), positions."""
     T = embeds.shape[1]
     x = embeds[0, :, :KV * D].reshape(T, KV, D).transpose(1, 0, 2)        # (KV, T, D)
     k = x * (layer + 1) + 0.01 * positions[0][None, :, None]
