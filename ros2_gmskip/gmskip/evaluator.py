@@ -16,9 +16,9 @@
 S(R): the task metric of a model with decoder blocks R removed, on fixed calibration samples.
 
 Cost control (DESIGN.md): inputs are tokenised once; the vision tower runs once per calibration
-batch and its output is reused for every candidate (blocks are removed from the decoder only, so the
-vision features cannot change); candidates run batched through the model's own `generate`, so every
-family keeps its own merging and position logic (e.g. Qwen2-VL's mrope).
+batch and its output is reused for every candidate (blocks are removed from the decoder only, so
+the vision features cannot change); candidates run batched through the model's own `generate`, so
+every family keeps its own merging and position logic (e.g. Qwen2-VL's mrope).
 
 Token skipping (FastV, visual KV removal) cannot go through `generate`: it changes the token set
 inside the decoder. A non-off `TokenSkip` therefore decodes with tokenskip's functional path
@@ -73,7 +73,7 @@ class CachedModule(torch.nn.Module):
 
 
 def _vision_owner(model) -> tuple[torch.nn.Module, str]:
-    """The module holding the vision tower and the attribute name it uses."""
+    """Return the module holding the vision tower and the attribute name it uses."""
     for owner in (getattr(model, 'model', None), model):
         for attr in VISION_ATTRS:
             if owner is not None and isinstance(getattr(owner, attr, None), torch.nn.Module):
@@ -118,8 +118,10 @@ class CalibrationEvaluator:
     def predictions(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None
                     ) -> list[str]:
         """
-        Greedy texts of the model with `removed` decoder blocks taken out (restored after) and
-        the token skipping `tokens` applied (None or off: the model's own `generate`).
+        Return the greedy texts of the model with `removed` decoder blocks taken out.
+
+        The blocks are restored after; the token skipping `tokens` is applied (None or off: the
+        model's own `generate`).
         """
         from ros2_gmskip.vlm.blocks import temporarily_removed
         key = tuple(sorted(removed))
@@ -138,7 +140,7 @@ class CalibrationEvaluator:
         return texts
 
     def _generate(self, inputs, tokens: TokenSkip | None) -> torch.Tensor:
-        """New token ids (B, N) of one batch: after the stop token, rows hold padding."""
+        """Return the new token ids (B, N) of one batch; after the stop token rows hold padding."""
         if tokens is None or tokens.is_off:
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                       do_sample=False)
@@ -147,7 +149,7 @@ class CalibrationEvaluator:
         return token_skip_ids(self.model, self.processor, inputs, tokens, self.max_new_tokens)
 
     def _stop_ids(self) -> list[int]:
-        """The eos ids ([] when the model defines none: lengths then count every token)."""
+        """Return the eos ids ([] when the model defines none: lengths then count every token)."""
         from ros2_gmskip.tokenskip.fastv import stop_ids
         try:
             return stop_ids(self.model, self.processor)
@@ -155,18 +157,16 @@ class CalibrationEvaluator:
             return []
 
     def check_tokens(self) -> None:
-        """
-        ModelLoadError now (not after a long block search) if token skipping cannot run on
-        this model's decoder.
-        """
+        """Raise ModelLoadError now, not after a long search, if token skipping cannot run here."""
         from ros2_gmskip.tokenskip.fastv import text_model
         text_model(self.model)
 
     def mean_new_tokens(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None
                         ) -> float:
         """
-        Mean tokens generated per sample (stop token included) with `removed` and `tokens`;
-        reuses the last evaluation of that pair, else runs one.
+        Return the mean tokens generated per sample (stop token included) with `removed`, `tokens`.
+
+        Reuses the last evaluation of that pair, else runs one.
         """
         key = (tuple(sorted(removed)), _token_key(tokens))
         if key not in self.new_tokens:
@@ -175,9 +175,10 @@ class CalibrationEvaluator:
 
     def workload(self, removed: Sequence[int] = ()):
         """
-        The FLOPs workload of one calibration description for the token search: the full
-        decoder's sizes, the prompt's length and image tokens, and the mean number of tokens the
-        model with `removed` generates (plain decoding).
+        Return the FLOPs workload of one calibration description for the token search.
+
+        The full decoder's sizes, the prompt's length and image tokens, and the mean number of
+        tokens the model with `removed` generates (plain decoding).
         """
         from ros2_gmskip.gmskip.token_search import Workload
         from ros2_gmskip.tokenskip.flops import DecoderDims

@@ -34,20 +34,21 @@ _PUNCT = re.compile(r'[^\w\s]')
 
 
 def normalize(text: str) -> str:
-    """Lower case, punctuation removed, single spaces: the PTB-style tokenisation COCO eval uses."""
+    """Lower-case, drop punctuation, single spaces: the PTB-style tokenisation COCO eval uses."""
     return ' '.join(_PUNCT.sub(' ', text.lower()).split())
 
 
 def names_class(text: str, cls: str) -> bool:
-    """True if `text` names `cls` or one of its synonyms as whole words."""
+    """Return True if `text` names `cls` or one of its synonyms as whole words."""
     words = f' {normalize(text)} '
     return any(f' {normalize(s)} ' in words for s in SYNONYMS[cls])
 
 
 def accuracy(predictions: Sequence[str], references: Sequence[object]) -> float:
     """
-    Single-object classification accuracy (the GM-Skip paper's COCO metric): the share of
-    images whose generated text names the main object's class (or a synonym).
+    Return the share of images whose generated text names the main object's class (or synonym).
+
+    Single-object classification accuracy: the GM-Skip paper's COCO metric.
     """
     pairs = [(p, r.main_class) for p, r in zip(predictions, references) if r.main_class]
     if not pairs:
@@ -66,8 +67,10 @@ def exact_match(predictions: Sequence[str], references: Sequence[object]) -> flo
 
 def cider(predictions: Sequence[str], references: Sequence[object]) -> float:
     """
-    CIDEr-D (Vedantam et al. 2015) via pycocoevalcap's scorer; document frequencies come from
-    the references of this evaluation set, as in the COCO caption evaluation.
+    Score CIDEr-D (Vedantam et al. 2015) with pycocoevalcap's scorer.
+
+    Document frequencies come from the references of this evaluation set, as in the COCO caption
+    evaluation.
     """
     from pycocoevalcap.cider.cider import Cider
     if not predictions:
@@ -82,7 +85,7 @@ BUILTIN: dict[str, Metric] = {'accuracy': accuracy, 'cider': cider, 'exact_match
 
 
 def resolve_metric(name: str) -> Metric:
-    """A built-in metric name, or `module:function` for a user callable."""
+    """Return the metric for a built-in name, or `module:function` for a user callable."""
     if name in BUILTIN:
         return BUILTIN[name]
     if ':' not in name:

@@ -65,7 +65,7 @@ class Objective:
         return self.ratio(score, baseline) + self.lam * n_removed / num_blocks
 
     def feasible(self, score: float, baseline: float, n_removed: int, num_blocks: int) -> bool:
-        """True when the state meets the score floor and the sparsity cap (those that are set)."""
+        """Return True when the state meets the score floor and the sparsity cap (those set)."""
         if self.min_score_ratio is not None and (
                 self.ratio(score, baseline) < self.min_score_ratio - EPS):
             return False

@@ -73,8 +73,8 @@ def plot_search(result: SearchResult, path: str | os.PathLike, title: str = '') 
             ax.axvline(cap * result.num_blocks, color='tab:gray', linestyle=':', linewidth=1,
                        label=f'max sparsity {cap:g}')
         best = result.best
-        ax.plot([len(best.removed)], [best.score_ratio], 'o', markersize=14, markerfacecolor='none',
-                markeredgecolor='tab:green', markeredgewidth=2,
+        ax.plot([len(best.removed)], [best.score_ratio], 'o', markersize=14,
+                markerfacecolor='none', markeredgecolor='tab:green', markeredgewidth=2,
                 label=f'plan: {len(best.removed)}/{result.num_blocks} removed')
         ax.set_xlabel(f'blocks removed (of {result.num_blocks})')
         ax.set_ylabel('score ratio S(R)/S(∅)', color='tab:blue')
@@ -136,9 +136,11 @@ def plot_token_search(result: TokenSearchResult, path: str | os.PathLike, title:
 def plot_healing(log: list[dict], path: str | os.PathLike, val: dict | None = None,
                  eval_n: int | None = None, title: str = '') -> Path:
     """
-    Write a healing run's curve as a PNG at `path`: caption loss per step (faint) with its
-    running mean, val accuracy at the logged steps (`eval_n` scenes) and, from `val`
-    ({'n', 'before', 'after'}), the larger before / after measurement at steps 0 and last.
+    Write a healing run's curve as a PNG at `path`.
+
+    Caption loss per step (faint) with its running mean, val accuracy at the logged steps (`eval_n`
+    scenes) and, from `val` ({'n', 'before', 'after'}), the larger before / after measurement at
+    steps 0 and last.
     """
     plt = _pyplot()
     path = Path(path)

@@ -106,7 +106,7 @@ class SearchResult:
 
 def protected_blocks(num_blocks: int, protect_first: float | int) -> tuple[int, ...]:
     """
-    The first blocks the search must not touch.
+    Return the first blocks, which the search must not touch.
 
     An int >= 0 (or an integral float >= 1) is a count; a float in [0, 1) is a fraction of the
     blocks, rounded down (0.25 of 6 blocks protects 1). PlanError when nothing is left to remove.
@@ -146,8 +146,9 @@ class _Scorer:
 
 def checked_score(score_fn: Callable[[Any], Any], arg: Any, what: str) -> float:
     """
-    score_fn(arg) as a finite float; a raise, a non-number or NaN/inf is a one-line
-    MetricError naming `what` was scored.
+    Return score_fn(arg) as a finite float.
+
+    A raise, a non-number or NaN/inf is a one-line MetricError naming `what` was scored.
     """
     try:
         value = score_fn(arg)

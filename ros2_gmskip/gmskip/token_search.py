@@ -124,7 +124,7 @@ class TokenSearchResult:
     objective: Objective = field(default_factory=Objective)
 
     def to_record(self) -> dict:
-        """The plan's `tokens` entry: the chosen setting plus the search it came from."""
+        """Return the plan's `tokens` entry: the chosen setting plus the search it came from."""
         chosen = self.best.setting.to_dict() or {'fastv': None, 'kv_removal': None}
         return {**chosen, 'search': {
             'lambda': self.objective.lam,
@@ -141,7 +141,7 @@ class TokenSearchResult:
 def candidates(ks: Sequence[int], rs: Sequence[float], kv_ratios: Sequence[float],
                remaining_blocks: int) -> list[TokenSkip]:
     """
-    The grid ({FastV off} + {(K, R)}) x kv_ratios, "no token skipping" first.
+    Return the grid ({FastV off} + {(K, R)}) x kv_ratios, "no token skipping" first.
 
     Drops what cannot prune anything (K >= remaining blocks, R = 0: FastV off) and duplicates.
     """
