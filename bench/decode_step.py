@@ -13,8 +13,9 @@
 # limitations under the License.
 
 """
-Time one fused decode step two ways, side by side: binding every input and KV buffer anew
-(what runtime/fused_decode.py did before StepBinding) against the prepared StepBinding.
+Time one fused decode step two ways, side by side: binding anew against the prepared StepBinding.
+
+Binding every input and KV buffer anew is what runtime/fused_decode.py did before StepBinding.
 
     .venv/bin/python bench/decode_step.py                  # the pruned default model's bundle
     .venv/bin/python bench/decode_step.py --bundle BUNDLE --steps 300 --rounds 5
@@ -32,7 +33,7 @@ import numpy as np
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--bundle', type=Path, default=None,
                         help='plain bundle with decoder.fused.onnx (default: the default model '
                              "pruned by its plan's blocks, without its token skipping, exported "

@@ -84,7 +84,7 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('bench_json', type=Path, help='bench.json written by ros2-gmskip bench')
     args = parser.parse_args()
     print(table(json.loads(args.bench_json.read_text())))

@@ -36,7 +36,7 @@ import numpy as np
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--n', type=int, default=40, help='test scenes')
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--guesses', default='0,1,2,3,4,6',
