@@ -385,11 +385,13 @@ def fake_onnx(kind: str) -> dict:
 
 
 class FakeTensor:
+
     def __init__(self, spec):
         self.name, self.shape, self.dtype = spec['name'], tuple(spec['shape']), spec['dtype']
 
 
 class FakeNetwork:
+
     def __init__(self, flags):
         self.flags, self.spec = flags, None
 
@@ -416,6 +418,7 @@ class FakeNetwork:
 
 
 class FakeParser:
+
     def __init__(self, network, logger):
         self.network, self.errors = network, []
 
@@ -434,6 +437,7 @@ class FakeParser:
 
 
 class FakeProfile:
+
     def __init__(self):
         self.shapes = {}
 
@@ -442,6 +446,7 @@ class FakeProfile:
 
 
 class FakeCache:
+
     def __init__(self, blob):
         self.blob = blob
 
@@ -450,6 +455,7 @@ class FakeCache:
 
 
 class FakeConfig:
+
     def __init__(self, state):
         self.state = state
         self.flags, self.cleared, self.profiles, self.pools = set(), set(), [], {}
@@ -486,6 +492,7 @@ class FakeConfig:
 
 
 class FakeBuilder:
+
     def __init__(self, logger, state):
         self.state = state
         self.platform_has_fast_fp16 = True
@@ -768,6 +775,7 @@ def toy_logits(embeds, keys_last, mask):
 
 
 class FakeContext:
+
     def __init__(self, engine):
         self.engine, self.profile, self.shapes, self.addr = engine, 0, {}, {}
 
@@ -824,6 +832,7 @@ class FakeContext:
 
 
 class FakeEngine:
+
     def __init__(self, spec, cuda):
         self.spec, self.cuda, self.runs = spec, cuda, []
         self.names = [t['name'] for t in spec['inputs'] + spec['outputs']]

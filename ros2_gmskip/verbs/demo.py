@@ -75,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _Step:
+
     def __init__(self) -> None:
         self.n = 0
 
