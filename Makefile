@@ -26,7 +26,7 @@ test: $(STAMP)
 	CYCLONEDDS_URI=file://$(CURDIR)/config/cyclonedds-loopback.xml $(PY) -m pytest -q -p no:cacheprovider test
 
 # ROS 2's own linters with ament's settings, as `colcon test` runs them (test_flake8/test_pep257).
-LINT_PATHS := ros2_gmskip test bench setup.py
+LINT_PATHS := ros2_gmskip test bench launch setup.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ament_flake8 $(LINT_PATHS)
