@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Early-exit training (`train --drop-suffix 0.5`, otherwise the shipped recipe) and what GM-Skip
-# makes of that model: the "early-exit training" row of README "Results" (not the shipped model).
+# makes of that model: the "early-exit training" row of docs/results.md (not the shipped model).
 #   bench/early_exit.sh        (about 70 minutes on 2 CPU cores: 45 of them training)
 # Writes bench/results/early_exit/; the model goes to a temporary folder (not kept). Its plan.json
 # names the temporary model's sha256, so `prune` / `export` refuse it for the shipped model. The

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the default model's numbers in README.md "Results" and the model card, in one run (rows
+# Reproduce the default model's numbers in docs/results.md and the model card, in one run (rows
 # that name another folder of bench/results/ show their own commands).
 #   bench/results.sh            (about 35 minutes on 2 CPU cores)
 # Writes bench/results/*.json, the shipped plan + plots, and bench/results/bench.{json,png}.
