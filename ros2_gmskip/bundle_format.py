@@ -56,7 +56,6 @@ from dataclasses import dataclass, fields
 import hashlib
 import logging
 from pathlib import Path
-import re
 from typing import Any
 
 from ros2_gmskip.errors import BundleError
@@ -68,7 +67,7 @@ log = logging.getLogger(__name__)
 FORMAT_NAME = 'ros2_gmskip/onnx-bundle'
 FORMAT_VERSION = 2
 FORMAT = f'{FORMAT_NAME}@{FORMAT_VERSION}'
-REEXPORT = 're-export it with ros2-gmskip export'
+REEXPORT = 're-run ros2-gmskip export'
 
 # Files.
 MANIFEST = 'manifest.json'
@@ -434,11 +433,8 @@ class Bundle:
         return f'bundle {str(self.path)!r}'
 
 
-_VERSIONED = re.compile(rf'^{re.escape(FORMAT_NAME)}@(\d+)$')
-
-
 def read_manifest(path: Path) -> Manifest:
-    """Return the manifest of the bundle folder `path` (files not checked)."""
+    """Return the manifest of the bundle folder `path` (its files not checked)."""
     path = Path(path)
     where = f'bundle {str(path)!r}'
     if not path.is_dir():
@@ -447,14 +443,7 @@ def read_manifest(path: Path) -> Manifest:
     if not (path / MANIFEST).is_file():
         raise BundleError(f'{where} has no {MANIFEST}: it is not an export bundle (or the export '
                           f'was interrupted): {REEXPORT}')
-    data = read_format_json(path / MANIFEST, None, BundleError, where, REEXPORT)
-    found = data.get('format')
-    version = _VERSIONED.match(found) if isinstance(found, str) else None
-    if version is None:
-        raise BundleError(f'{where}: {MANIFEST} format {found!r} is not {FORMAT!r}: {REEXPORT}')
-    if int(version.group(1)) != FORMAT_VERSION:
-        raise BundleError(f'{where} has format {version.group(1)}, this version reads '
-                          f'{FORMAT_VERSION}: {REEXPORT}')
+    data = read_format_json(path / MANIFEST, FORMAT, BundleError, where, REEXPORT)
     return Manifest.from_dict(data, where)
 
 

@@ -279,7 +279,7 @@ class DescriberCore:
         t1 = self.clock()
         stamp = getattr(getattr(msg, 'header', None), 'stamp', None)
         sec, nanosec = int(getattr(stamp, 'sec', 0)), int(getattr(stamp, 'nanosec', 0))
-        info = getattr(self.backend, 'info', None) or {}
+        info = self.backend.info
         with self._cond:
             cyclic = (t1 - self._last_output_t) * 1e3 if self._last_output_t is not None \
                 else math.nan
@@ -288,8 +288,8 @@ class DescriberCore:
                 stamp_sec=sec, stamp_nanosec=nanosec,
                 frame_id=str(getattr(getattr(msg, 'header', None), 'frame_id', '')),
                 text=result.text, tokens=result.tokens, latency=result.latency.to_dict(),
-                objects=[], model_id=str(info.get('model_id', '')),
-                plan_id=str(info.get('plan_id', '')), engine_id=str(info.get('engine_id', '')),
+                objects=[], model_id=info.model_id, plan_id=info.plan_id,
+                engine_id=info.engine_id,
                 processing_time_ms=(t1 - t0) * 1e3,
                 queue_wait_ms=(t0 - t_recv) * 1e3 if t_recv is not None else 0.0,
                 pipeline_latency_ms=(self.wall_clock() - (sec + nanosec * 1e-9)) * 1e3
@@ -347,12 +347,13 @@ class DescriberCore:
         values['tokens_per_s'] = summary['tokens_per_s']['mean']
         values['processing_time_ms'] = last.processing_time_ms if last else math.nan
         values['pipeline_latency_ms'] = last.pipeline_latency_ms if last else math.nan
-        info = (getattr(self.backend, 'info', None) or {}) if self.backend is not None else {}
+        info = self.backend.info if self.backend is not None else None
         values['backend'] = getattr(self.backend, 'name', 'none') if self.backend else 'none'
         for key in ('blocks_removed', 'model_id', 'plan_id', 'engine_id', 'decoder_graph',
                     'draft_tokens'):
-            values[key] = info.get(key, '')
-        values['token_skip'] = token_skip_text(info.get('tokens'))
+            value = getattr(info, key) if info is not None else ''
+            values[key] = list(value) if isinstance(value, tuple) else value
+        values['token_skip'] = info.tokens.describe() if info is not None else ''
         values['last_error'] = last_error
 
         window = self.params.error_window

@@ -13,10 +13,11 @@
 # limitations under the License.
 
 """
-What the ONNX Runtime and TensorRT backends share: prompt assembly and the timed describe call.
+Share what the ONNX Runtime and TensorRT backends do alike: the bundle's parts, one describe.
 
-A subclass provides `preprocess` (Preprocessor), `tokenizer` (PromptTokenizer), `embed_table`
-(vocab, C), `decoder_loop` (GreedyDecoder) and `image_embeds(pixel_values) -> (1, n, C)`.
+A subclass sets `bundle` (bundle_format.Bundle), calls `_load_parts()` (the embedding table,
+`preprocess`, `tokenizer`), and provides `decoder_loop` (decode.DecodeLoop) and
+`image_embeds(pixel_values) -> (1, n, C)`.
 """
 
 from __future__ import annotations
@@ -24,11 +25,26 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from ros2_gmskip.bundle_format import EMBED, REEXPORT
+from ros2_gmskip.errors import BundleError
+from ros2_gmskip.runtime.preprocess import Preprocessor
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.tokenizer import PromptTokenizer
 
 
 class BundleBackend:
     """Timed describe over a bundle's preprocessing, tokenizer, vision graph and decode loop."""
+
+    def _load_parts(self) -> None:
+        """Load the embedding table (checked against the manifest), preprocessing, tokenizer."""
+        m = self.bundle.manifest
+        self.embed_table = np.load(self.bundle.file(EMBED), allow_pickle=False)   # (vocab, C)
+        want = (m.decoder.vocab_size, m.decoder.hidden_size)
+        if self.embed_table.shape != want:
+            raise BundleError(f'{self.bundle.where()}: {EMBED} has shape '
+                              f'{self.embed_table.shape}, the manifest says {want}: {REEXPORT}')
+        self.preprocess = Preprocessor.from_manifest(m.preprocess)
+        self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
 
     def _check_ready(self) -> None:
         """Raise if this backend cannot run (e.g. a build-only TensorRT backend); a hook."""
@@ -50,8 +66,8 @@ class BundleBackend:
         t2 = time.perf_counter()
         embeds = self.prompt_embeds(ids, image_embeds[0])                    # (1, T, C)
         merge_ms = (time.perf_counter() - t2) * 1e3
-        image_positions = np.flatnonzero(ids == self.tokenizer.image_token_id)
-        out = self.decoder_loop.generate(embeds, max_new_tokens, image_positions)
+        image_rows = np.flatnonzero(ids == self.tokenizer.image_token_id)
+        out = self.decoder_loop.generate(embeds, max_new_tokens, image_rows)
         text = self.tokenizer.decode(out.ids)
         t3 = time.perf_counter()
         latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,

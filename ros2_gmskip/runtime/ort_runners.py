@@ -55,7 +55,7 @@ def _check_inputs(session, names: list[str], what: str) -> None:
     missing = [n for n in names if n not in _inputs(session)]
     if missing:
         raise BundleError(f'{what} lacks inputs {missing[:3]}: bundle and manifest disagree: '
-                          're-export it with ros2-gmskip export')
+                          're-run ros2-gmskip export')
 
 
 def output_shape(session, name: str) -> tuple[int, ...]:

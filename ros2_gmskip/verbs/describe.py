@@ -30,9 +30,10 @@ import json
 from pathlib import Path
 
 from ros2_gmskip.argtypes import non_negative_int, positive_int
-from ros2_gmskip.exporters.fused_decoder import WEIGHTS
+from ros2_gmskip.bundle_format import WEIGHTS
 from ros2_gmskip.runtime.draft import DRAFT_TOKENS
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
+from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
 
 HELP = 'describe an image file and print the text and latency breakdown'
 
@@ -68,14 +69,22 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              'run (default: %(default)s)')
     parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='text prompt')
     parser.add_argument('--max-new-tokens', type=positive_int, default=48)
+    add_token_arguments(parser, "the plan's (torch, a cached export) or the bundle's (--bundle: "
+                                'it must be split where the settings act)')
 
 
 def backend_from_args(args: argparse.Namespace):
+    """Return the backend the options ask for (runtime.factory.create_backend)."""
+    from ros2_gmskip.runtime.defaults import default_plan_path
     from ros2_gmskip.runtime.factory import create_backend
     opts = ({'graph': args.ort_graph, 'draft_tokens': args.draft_tokens}
             if args.backend == 'onnxruntime' else {})
     if args.fused_weights != 'fp32':
         opts['fused_weights'] = args.fused_weights
+    plan = args.plan or (default_plan_path() if args.model is None and not args.full else None)
+    tokens = token_skip_from_args(args, plan)
+    if tokens is not None:
+        opts['tokens'] = tokens
     return create_backend(args.backend, model=args.model, plan=args.plan, bundle=args.bundle,
                           engine=args.engine, full=args.full, **opts)
 
@@ -101,13 +110,13 @@ def main(args: argparse.Namespace) -> int:
     result = backend.describe(image, args.prompt, args.max_new_tokens)
     lat = result.latency
     if args.json:
-        print(json.dumps({**result.to_dict(), 'backend': backend.name, 'info': backend.info}))
+        print(json.dumps({**result.to_dict(), 'backend': backend.name,
+                          'info': backend.info.to_dict()}))
         return 0
     print(result.text)
-    info = backend.info or {}
-    graph = info.get('decoder_graph')
-    if graph and info.get('draft_tokens'):
-        graph += f', {info["draft_tokens"]} draft tokens per run'
+    graph = backend.info.decoder_graph
+    if graph and backend.info.draft_tokens:
+        graph += f', {backend.info.draft_tokens} draft tokens per run'
     name = f'{backend.name} (decoder: {graph})' if graph else backend.name
     print(f'backend {name}: preprocess {lat.preprocess_ms:.1f} ms | vision '
           f'{lat.vision_ms:.1f} ms | prefill {lat.prefill_ms:.1f} ms | decode '

@@ -38,7 +38,8 @@ import json
 from pathlib import Path
 import time
 
-from ros2_gmskip.argtypes import fastv_setting, fraction, positive_int
+from ros2_gmskip.argtypes import positive_int
+from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
 
 HELP = 'measure accuracy / CIDEr / exact match of a (pruned) model on a data split or folder'
 
@@ -61,28 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='allow model code from the model folder (off by default)')
     parser.add_argument('--json', action='store_true',
                         help='print the result as one JSON object on the last line')
-    tokens = parser.add_argument_group(
-        "token skipping (with --plan: applied on top of its blocks, overriding the plan's own)")
-    tokens.add_argument('--fastv', type=fastv_setting, default=None, metavar='K,R',
-                        help='FastV: blocks 0..K-1 (of the pruned model) see every image token, '
-                             'later blocks only the ceil((1-R) n) the last prompt token attends '
-                             'to most, e.g. 2,0.5; R = 0 turns it off')
-    tokens.add_argument('--kv-removal', type=fraction, default=None, metavar='RATIO',
-                        help="drop this share of the visual tokens' KV-cache entries after the "
-                             'prefill (1 = all, 0 = none), so decoding attends to fewer keys')
-    tokens.add_argument('--no-plan-tokens', action='store_true',
-                        help="ignore the plan's token skipping (its blocks are still removed)")
-
-
-def resolve_tokens(plan_tokens: dict | None, fastv=None, kv_ratio: float | None = None):
-    """Return the TokenSkip to evaluate: the plan's (None: none), then --fastv / --kv-removal."""
-    from ros2_gmskip.tokenskip.settings import TokenSkip
-    return TokenSkip.from_dict(plan_tokens).with_overrides(fastv, kv_ratio)
+    add_token_arguments(parser, "the plan's tokens entry")
 
 
 def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
     from ros2_gmskip.scenes import load_samples
+    from ros2_gmskip.tokenskip.settings import TokenSkip
     from ros2_gmskip.vlm.loading import default_model_dir
 
     model_dir = args.model or default_model_dir()
@@ -94,8 +80,10 @@ def main(args: argparse.Namespace) -> int:
         plan = load_plan(args.plan, model_dir=model_dir)
         removed = list(plan.removed_blocks)
         plan_id = make_plan_id(plan)
-        plan_tokens = None if args.no_plan_tokens else plan.tokens
-    tokens = resolve_tokens(plan_tokens, args.fastv, args.kv_removal)
+        plan_tokens = plan.tokens
+    tokens = token_skip_from_args(args, plan_tokens)
+    if tokens is None:
+        tokens = TokenSkip.from_dict(plan_tokens)
     samples = load_samples(args.data or args.split, args.n)
     t0 = time.perf_counter()
     evaluator = CalibrationEvaluator(model_dir, samples, metric='exact_match',

@@ -37,8 +37,9 @@ from pathlib import Path
 import time
 
 import numpy as np
+from ros2_gmskip.bundle_format import plan_id_of, PlanRecord
 from ros2_gmskip.runtime.preprocess import check_image
-from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import BackendInfo, DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.loading import load_vlm
 from ros2_gmskip.vlm.prompting import build_inputs
@@ -69,7 +70,7 @@ class TorchBackend:
         plan_tokens = None
         if plan is not None:
             from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
-            from ros2_gmskip.runtime.bundle import sha256_file
+            from ros2_gmskip.bundle_format import sha256_file
             from ros2_gmskip.vlm.blocks import remove_blocks
             loaded = load_plan(Path(plan), Path(model_dir))
             removed = sorted(loaded.removed_blocks)
@@ -86,18 +87,14 @@ class TorchBackend:
         self.stop_ids = _stop_ids(self.model, self.processor)
         self.image_token_id = self.model.config.image_token_id
         from ros2_gmskip.gmskip.plan import weights_sha256
-        self.info = {
-            'backend': self.name,
-            'model': str(model_dir),
-            'model_sha256': weights_sha256(model_dir),
-            'plan_sha256': plan_sha,
-            'plan_id': plan_id,
-            'blocks_removed': removed,
-            'num_layers': len(self.model.model.language_model.layers),
-            'device': str(self.device),
-            'threads': torch.get_num_threads(),
-            'tokens': self.tokens.to_dict(),
-        }
+        record = PlanRecord(removed_blocks=tuple(removed), plan_id=plan_id) if plan else None
+        self.info = BackendInfo(
+            backend=self.name, model_id=weights_sha256(model_dir)[:12],
+            plan_id=plan_id_of(record), engine_id='', blocks_removed=tuple(removed),
+            num_layers=len(self.model.model.language_model.layers), tokens=self.tokens,
+            decoder_graph='transformers (eager)', device=str(self.device),
+            details={'model': str(model_dir), 'plan_sha256': plan_sha,
+                     'threads': torch.get_num_threads()})
 
     def _sync(self) -> None:
         if self.device.type == 'cuda':
