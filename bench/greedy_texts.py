@@ -66,7 +66,7 @@ def record(n: int, threads: int, kinds: list[str]) -> dict:
     """Describe the test scenes with every kind and way: {configuration: {texts, ...}}."""
     from ros2_gmskip.runtime.defaults import ensure_bundle
     from ros2_gmskip.runtime.factory import create_backend
-    from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+    from ros2_gmskip.runtime import DEFAULT_PROMPT
     from ros2_gmskip.scenes import load_samples
 
     samples = load_samples('test', n)

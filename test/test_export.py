@@ -23,10 +23,10 @@ import numpy as np
 import onnx
 from onnx import helper, TensorProto
 import pytest
+from ros2_gmskip.bundle_format import FORMAT, load_bundle, sha256_file
 from ros2_gmskip.errors import BundleError, ModelLoadError, PlanError
 from ros2_gmskip.exporters import export_config as ec
 from ros2_gmskip.exporters.trt_ops import check_opset, graph_opset, lint_graph, op_counts
-from ros2_gmskip.bundle_format import FORMAT, load_bundle, sha256_file
 import torch
 
 torch.set_num_threads(1)

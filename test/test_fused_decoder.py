@@ -22,8 +22,8 @@ import shutil
 
 import numpy as np
 import pytest
-from ros2_gmskip.errors import BundleError
 from ros2_gmskip.bundle_format import load_bundle
+from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 import torch
 

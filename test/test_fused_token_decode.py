@@ -27,8 +27,8 @@ import shutil
 
 import numpy as np
 import pytest
-from ros2_gmskip.errors import BundleError
 from ros2_gmskip.bundle_format import load_bundle
+from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
 import torch

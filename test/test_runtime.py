@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 import pytest
-from ros2_gmskip.errors import BundleError, EngineError, GmSkipError, ImageError
 from ros2_gmskip.bundle_format import load_bundle, sha256_file
+from ros2_gmskip.errors import BundleError, EngineError, GmSkipError, ImageError
 from ros2_gmskip.runtime.preprocess import check_image, Preprocessor
 from ros2_gmskip.runtime.results import Backend, DEFAULT_PROMPT
 import torch
