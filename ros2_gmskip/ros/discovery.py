@@ -41,7 +41,7 @@ GID_SIZE = 16          # RMW_GID_STORAGE_SIZE since Iron (Humble: 24, zero-padde
 
 @dataclass
 class Gid(IdlStruct, typename='rmw_dds_common::msg::dds_::Gid_'):
-    data: types.array[types.uint8, GID_SIZE] = field(default_factory=lambda: [0] * GID_SIZE)
+    data: types.array[types.uint8, GID_SIZE] = bytes(GID_SIZE)
 
 
 @dataclass
@@ -61,7 +61,7 @@ class ParticipantEntitiesInfo(IdlStruct,
 
 def gid(guid: uuid.UUID) -> Gid:
     """Return the rmw gid of a DDS entity whose GUID cyclonedds gives as a UUID."""
-    return Gid(data=list(guid.bytes))
+    return Gid(data=guid.bytes)
 
 
 def participant_info(participant_guid: uuid.UUID, nodes: typing.Sequence[tuple[
