@@ -38,11 +38,10 @@ rclpy = ros_env.import_rclpy()
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402, I100 - after the env is set
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
-from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
-from std_msgs.msg import String  # noqa: E402
-
 from ros2_gmskip.ros.dds_transport import DdsTransport  # noqa: E402
 from ros2_gmskip.ros.discovery import participant_info, ParticipantEntitiesInfo  # noqa: E402
+from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
 
 FAKE_TEXT = 'a car ahead, clear day.'
 HZ, SECONDS = 30.0, 2.0
