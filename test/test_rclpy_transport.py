@@ -1,26 +1,18 @@
-"""The node on rclpy (runs where ROS 2 is sourced; skipped otherwise).
+"""The node on rclpy, in this process (the Jazzy wheels from requirements-test.txt).
 
-Isolation: a random ROS_DOMAIN_ID, Cyclone DDS on loopback (config/cyclonedds-loopback.xml) and
-localhost-only discovery for the other RMWs (ROS_LOCALHOST_ONLY on Humble,
-ROS_AUTOMATIC_DISCOVERY_RANGE on Jazzy), all set before rclpy is imported.
+Isolation: a random ROS_DOMAIN_ID and loopback-only DDS for Cyclone DDS and Fast DDS
+(`ros_env.use_loopback`), set before rclpy is initialised.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-import random
 import time
 
 import pytest
+import ros_env
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ['CYCLONEDDS_URI'] = f'file://{REPO / "config" / "cyclonedds-loopback.xml"}'
-os.environ['ROS_DOMAIN_ID'] = str(random.randint(100, 200))
-os.environ['ROS_LOCALHOST_ONLY'] = '1'
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-
-rclpy = pytest.importorskip('rclpy')
+ros_env.use_loopback()
+rclpy = ros_env.import_rclpy()
 
 from fakes import FakeBackend  # noqa: E402
 from ros2_gmskip.ros.node import DIAGNOSTIC_NAME, GmSkipDescriber, run  # noqa: E402
