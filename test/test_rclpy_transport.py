@@ -14,7 +14,7 @@ import ros_env
 ros_env.use_loopback()
 rclpy = ros_env.import_rclpy()
 
-from fakes import FakeBackend  # noqa: E402
+from fakes import FakeBackend  # noqa: E402, I100 - after the env is set
 from ros2_gmskip.ros.node import DIAGNOSTIC_NAME, GmSkipDescriber, run  # noqa: E402
 from ros2_gmskip.ros.rclpy_transport import RclpyTransport  # noqa: E402
 
