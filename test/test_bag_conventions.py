@@ -31,6 +31,7 @@ from ros2_gmskip.ros.replay import (
 from ros2_gmskip.runtime.factory import create_backend
 import yaml
 
+pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
 N, W, H = 5, 64, 48
 CAMERA = '/sensing/camera/camera0/image_rect_color'
 

@@ -32,6 +32,7 @@ import xml.etree.ElementTree as ET
 import pytest
 import yaml
 
+pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
 REPO = Path(__file__).resolve().parents[1]
 SINGLE = REPO / 'launch' / 'gmskip.launch.xml'
 MULTI = REPO / 'launch' / 'gmskip_multi_camera.launch.py'
@@ -241,3 +242,23 @@ def test_multi_camera_refuses_bad_camera_ids(multi, text, problem):
     with pytest.raises(ValueError, match=problem) as err:
         multi.parse_camera_ids(text)
     assert repr(text) in str(err.value)
+
+
+def test_dds_transport_takes_use_sim_time_false_and_refuses_true():
+    import ros_env
+    domain = ros_env.use_loopback()
+    from ros2_gmskip.ros.dds_transport import DdsTransport
+    from ros2_gmskip.ros.transport import TransportError
+
+    defaults = {'max_new_tokens': 48}
+    for value, ok in (('false', True), ('true', False)):
+        transport = DdsTransport('gmskip_describer', ['x', '--ros-args', '-p',
+                                                      f'use_sim_time:={value}'], domain_id=domain)
+        try:
+            if ok:
+                assert transport.declare_parameters(defaults, {}) == defaults
+            else:
+                with pytest.raises(TransportError, match='use_sim_time true needs the rclpy'):
+                    transport.declare_parameters(defaults, {})
+        finally:
+            transport.shutdown()

@@ -28,6 +28,7 @@ from ros2_gmskip.ros.entry import DEPENDENCIES, first_missing, missing_line
 from ros2_gmskip.ros.ros_logging import PACKAGE_LOGGER, routed_to
 import ros_env
 
+pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
 BLOCK = 'import sys; sys.modules[{name!r}] = None; from ros2_gmskip.ros.entry import main; ' \
         'sys.exit(main(["gmskip_describer"] + sys.argv[1:]))'
 

@@ -13,6 +13,7 @@ import yaml
 from ros2_gmskip.ros import params as P
 from ros2_gmskip.ros.schema_table import extract_table, params_table, readme_block
 
+pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / 'schema' / 'gmskip.schema.json'
 PARAM_YAML = REPO / 'config' / 'gmskip.param.yaml'

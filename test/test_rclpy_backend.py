@@ -22,6 +22,7 @@ and the backend's own `logging` lines must reach /rosout under the node's name.
 
 import json
 import signal
+import time
 
 import pytest
 import ros_env
@@ -47,7 +48,7 @@ def test_onnxruntime_backend_end_to_end_under_rclpy(tiny_bundle, scene_images):
         '-r', '__ns:=/e2e', '-r', '~/input/image:=/e2e/camera/image',
         '-p', f'bundle_path:={tiny_bundle}', '-p', 'device:=cpu', '-p', f'prompt:={PROMPT}',
         '-p', f'max_new_tokens:={MAX_NEW_TOKENS}'], backend='')
-    rclpy.init()
+    rclpy.init(domain_id=DOMAIN)      # not the environment: other modules set theirs
     node = rclpy.create_node('e2e_probe')
     scenes, rosout = [], []
     node.create_subscription(String, '/e2e/gmskip_describer/output/scene',
@@ -66,8 +67,18 @@ def test_onnxruntime_backend_end_to_end_under_rclpy(tiny_bundle, scene_images):
             h, w, _ = rgb.shape
             msg = Image(height=h, width=w, encoding='rgb8', step=w * 3, data=rgb.tobytes())
             msg.header.stamp.sec, msg.header.frame_id = 1000 + i, 'camera0/camera_optical_link'
-            camera.publish(msg)             # one at a time: the node never drops one here
-            assert ros_env.wait_for(lambda: len(scenes) == i + 1, 60, spin, proc), \
+
+            def described(sec=1000 + i, msg=msg):
+                # best effort: sent again every 2 s until described (a repeat gives the same text)
+                if any(s['stamp']['sec'] == sec for s in scenes):
+                    return True
+                if time.monotonic() >= sent_at[0] + 2.0:
+                    camera.publish(msg)
+                    sent_at[0] = time.monotonic()
+                return False
+
+            sent_at = [0.0]
+            assert ros_env.wait_for(described, 90, spin, proc), \
                 ros_env.stop(proc, signal.SIGKILL)[1]
         assert ros_env.wait_for(lambda: any('[ros2_gmskip.runtime.ort_backend]' in m.msg
                                             for m in rosout), 5, spin)
@@ -76,8 +87,8 @@ def test_onnxruntime_backend_end_to_end_under_rclpy(tiny_bundle, scene_images):
         rclpy.try_shutdown()
         rc, out = ros_env.stop(proc, signal.SIGINT, timeout_s=30)
     assert rc == 0 and 'Traceback' not in out, out
-    assert [s['text'] for s in scenes] == expected
-    assert [s['stamp']['sec'] for s in scenes] == [1000, 1001, 1002]
+    texts = {s['stamp']['sec']: s['text'] for s in scenes}
+    assert texts == {1000 + i: text for i, text in enumerate(expected)}, scenes
     # the ids are the backend's (empty where the backend names none)
     assert {s['model_id'] for s in scenes} == {str(local.info.get('model_id') or '')}
     (loaded,) = [m for m in rosout if '[ros2_gmskip.runtime.ort_backend]' in m.msg

@@ -43,6 +43,7 @@ from rclpy.qos import (  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
+pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
 NAMESPACE, NAME = '/test/cam', 'describer_front'
 FQN = f'{NAMESPACE}/{NAME}'
 CAMERA = '/test/camera/image'
@@ -139,13 +140,17 @@ def world(tmp_path_factory):
     proc = ros_env.start_describer(DOMAIN, [
         '--params-file', str(params), '-r', f'__node:={NAME}', '-r', f'__ns:={NAMESPACE}',
         '-r', f'~/input/image:={CAMERA}', '-p', 'input_timeout_s:=1.0'])
-    rclpy.init()
+    rclpy.init(domain_id=DOMAIN)      # not the environment: other modules set theirs
     probe = Probe()
     try:
         up = probe.wait(lambda: probe.last_status() is not None, 60, proc=proc)
         if not up:
             _, out = ros_env.stop(proc, signal.SIGKILL)
             pytest.fail(f'the node published no /diagnostics within 60 s:\n{out}')
+        # best effort drops what is sent before the node's reader has matched: prime it
+        primed = probe.wait(lambda: probe.value('received') not in (None, '0') or
+                            probe.camera.publish(probe.image()), 20, proc=proc)
+        assert primed, 'no frame reached the node within 20 s'
         yield probe, proc
     finally:
         ros_env.stop(proc, signal.SIGKILL, timeout_s=5)
@@ -179,6 +184,8 @@ def test_parameters_come_from_the_file_sections_and_overrides(world):
 @pytest.mark.timeout(60)
 def test_describes_a_30_hz_camera_and_reports_it(world):
     probe, proc = world
+    assert probe.wait(lambda: probe.value('pending') == '0', 5, proc=proc)
+    before = int(probe.value('received'))
     sent = probe.publish_at(30.0, 3.0)
     assert probe.wait(lambda: probe.value('pending') == '0' and len(probe.descriptions) > 5,
                       10, proc=proc)
@@ -190,12 +197,12 @@ def test_describes_a_30_hz_camera_and_reports_it(world):
     values = {kv.key: kv.value for kv in status.values}
     counts = {k: int(values[k]) for k in ('received', 'described', 'dropped', 'rejected',
                                           'errors', 'pending')}
-    assert counts['received'] >= 0.9 * sent, (counts, sent)   # best effort, loopback
+    assert counts['received'] - before >= 0.9 * sent, (counts, before, sent)  # best effort
     assert counts['described'] + counts['dropped'] + counts['pending'] == counts['received']
     assert counts['dropped'] > 0, counts          # 40 ms inference behind a 33 ms camera
     assert status.hardware_id == 'fake' and values['backend'] == 'fake'
-    print(f'30 Hz for 3 s: sent {sent}, received {counts["received"]}, described '
-          f'{counts["described"]}, dropped {counts["dropped"]}')
+    print(f'30 Hz for 3 s: sent {sent}, received {counts["received"] - before} (node total '
+          f'{counts["received"]}: described {counts["described"]}, dropped {counts["dropped"]})')
 
 
 @pytest.mark.timeout(60)

@@ -18,6 +18,7 @@ from fakes import FakeBackend  # noqa: E402, I100 - after the env is set
 from ros2_gmskip.ros.node import DIAGNOSTIC_NAME, GmSkipDescriber, run  # noqa: E402
 from ros2_gmskip.ros.rclpy_transport import RclpyTransport  # noqa: E402
 
+pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
 CAMERA_TOPIC = '/test_gmskip/camera/image'
 
 
