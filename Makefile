@@ -27,12 +27,16 @@ ROS_ENV := CYCLONEDDS_URI=file://$(CURDIR)/config/cyclonedds-loopback.xml \
 	ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST \
 	FASTRTPS_DEFAULT_PROFILES_FILE=$(CURDIR)/config/fastdds-loopback.xml
 
+# TEST_MARK: a pytest marker expression to run part of the suite (CI: `not linter and not ros`,
+# the rest runs under `colcon test` in colcon-test); empty: the whole suite.
+TEST_MARK ?=
+
 test: $(STAMP)
-	$(ROS_ENV) $(PY) -m pytest -q -p no:cacheprovider test
+	$(ROS_ENV) $(PY) -m pytest -q -p no:cacheprovider $(if $(TEST_MARK),-m "$(TEST_MARK)") test
 
 # The package as ROS 2 users build it: a scratch colcon workspace, `colcon build
-# --symlink-install`, then `colcon test` (the linters and the ROS tests: marker COLCON_MARK; the
-# rest already ran in `make test`) and `colcon test-result`, which fails on any failed test.
+# --symlink-install`, then `colcon test` on the tests marked COLCON_MARK (the ament linters and
+# the ROS tests) and `colcon test-result`, which fails on any failed test.
 COLCON_WS ?= $(CURDIR)/build/colcon_ws
 COLCON_MARK ?= linter or ros
 
@@ -44,7 +48,7 @@ colcon-test: $(STAMP)
 	  cd $(COLCON_WS) && $(abspath $(PY)) -m colcon test-result --verbose && exit $$rc
 
 # ROS 2's own linters with ament's settings, as `colcon test` runs them (test_flake8/test_pep257).
-LINT_PATHS := ros2_gmskip test bench setup.py
+LINT_PATHS := ros2_gmskip test bench launch setup.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ament_flake8 $(LINT_PATHS)

@@ -1,4 +1,19 @@
-"""The node on rclpy, in this process (the Jazzy wheels from requirements-test.txt).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Run the node on rclpy in this process (the Jazzy wheels from requirements-test.txt).
 
 Isolation: a random ROS_DOMAIN_ID and loopback-only DDS for Cyclone DDS and Fast DDS
 (`ros_env.use_loopback`), set before rclpy is initialised.
@@ -8,17 +23,18 @@ from __future__ import annotations
 
 import time
 
+from fakes import FakeBackend
 import pytest
 import ros_env
 
 ros_env.use_loopback()
 rclpy = ros_env.import_rclpy()
 
-from fakes import FakeBackend  # noqa: E402, I100 - after the env is set
-from ros2_gmskip.ros.node import DIAGNOSTIC_NAME, GmSkipDescriber, run  # noqa: E402
+from ros2_gmskip.ros.node import DIAGNOSTIC_NAME, GmSkipDescriber, run  # noqa: E402, I100
 from ros2_gmskip.ros.rclpy_transport import RclpyTransport  # noqa: E402
 
 pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
+
 CAMERA_TOPIC = '/test_gmskip/camera/image'
 
 
