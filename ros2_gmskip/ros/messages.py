@@ -39,7 +39,7 @@ FLOAT64_STAMPED = 'autoware_internal_debug_msgs/msg/Float64Stamped'
 DIAGNOSTIC_ARRAY = 'diagnostic_msgs/msg/DiagnosticArray'
 DESCRIPTION, SCENE, DIAGNOSTICS = '~/output/description', '~/output/scene', '/diagnostics'
 DEBUG_TOPICS = ('processing_time_ms', 'pipeline_latency_ms', 'cyclic_time_ms')
-DIAGNOSTIC_NAME = f'{NODE_NAME}: inference'
+DIAGNOSTIC_NAME = f'{NODE_NAME}: inference'      # of the node at '/' under its default name
 
 Message = tuple[str, str, dict[str, Any]]
 
@@ -64,13 +64,14 @@ def scene_messages(out: SceneOutput, stamp: tuple[int, int], debug: bool = True
     return messages
 
 
-def diagnostics_message(diagnostics: dict[str, Any], stamp: tuple[int, int]) -> Message:
-    """Return the /diagnostics array of `DescriberCore.diagnostics()`'s status at `stamp`."""
+def diagnostics_message(diagnostics: dict[str, Any], stamp: tuple[int, int],
+                        name: str = DIAGNOSTIC_NAME) -> Message:
+    """Return the /diagnostics array of `DescriberCore.diagnostics()` at `stamp`, as `name`."""
     sec, nanosec = stamp
     values = diagnostics['values']
     status = {
         'level': LEVELS[diagnostics['level']],
-        'name': DIAGNOSTIC_NAME,
+        'name': name,
         'message': diagnostics['message'],
         'hardware_id': str(values.get('backend', '')),
         'values': [{'key': str(k), 'value': format_value(v)} for k, v in values.items()],
