@@ -90,7 +90,8 @@ def write_json_atomic(path: Path, data: Any, indent: int | None = 2, **dumps: An
     Write `data` as JSON (and a final newline) to `path` atomically; return the path.
 
     The text is made before the file is touched, so data that cannot be serialised (a NaN with
-    `allow_nan=False`, an object) leaves an existing file as it was.
+    `allow_nan=False`, an object) raises and leaves an existing file as it was. `dumps`: more
+    json.dumps options (sort_keys, separators, allow_nan).
     """
-    text = json.dumps(data, indent=indent, ensure_ascii=False, **dumps) + '\n'
+    text = json.dumps(data, indent=indent, **dumps) + '\n'
     return write_bytes_atomic(path, text.encode())

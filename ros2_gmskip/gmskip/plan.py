@@ -39,7 +39,6 @@ stdlib: the node can read plans without torch.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 import hashlib
@@ -47,11 +46,11 @@ import json
 import math
 import os
 from pathlib import Path
-import tempfile
 from typing import Any
 
 from ros2_gmskip import __version__
 from ros2_gmskip.errors import ModelLoadError, PlanError
+from ros2_gmskip.formats import write_json_atomic
 from ros2_gmskip.gmskip.objective import Objective
 from ros2_gmskip.gmskip.strategies import SearchResult, Step
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -260,11 +259,6 @@ def _field(data: dict, key: str, types: type | tuple[type, ...], prefix: str = '
     return value
 
 
-def plan_json(plan: SkipPlan) -> str:
-    """Return the plan file's text (indented, stable key order)."""
-    return json.dumps(plan.to_dict(), indent=2, allow_nan=False) + '\n'
-
-
 def plan_id(plan: SkipPlan) -> str:
     """Short id of a plan: first 12 hex digits of sha256 over its canonical JSON content."""
     canonical = json.dumps(plan.to_dict(), sort_keys=True, separators=(',', ':'))
@@ -279,23 +273,11 @@ def save_plan(plan: SkipPlan, path: str | os.PathLike) -> Path:
     replaced by a complete new one.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        text = plan_json(plan)
+        return write_json_atomic(path, plan.to_dict(), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise PlanError(f'cannot write plan {str(path)!r}: {err}') from err
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def load_plan(path: str | os.PathLike, model_dir: str | os.PathLike | None = None,

@@ -35,12 +35,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from ros2_gmskip.errors import DatasetError, ImageError
+from ros2_gmskip.formats import write_json_atomic
 from ros2_gmskip.scenes.render import render_scene
 from ros2_gmskip.scenes.splits import split_seeds, SPLITS
 
@@ -130,9 +130,7 @@ def write_folder(out: Path, split: str, n: int, width: int = 640, height: int = 
                     'seeds': [seeds[0], seeds[-1] + 1] if seeds else [],
                     'description': 'procedural driving scenes, COCO captions format'},
            'images': images, 'annotations': annotations}
-    tmp = out / (CAPTIONS_FILE + '.tmp')
-    tmp.write_text(json.dumps(doc, separators=(',', ':')))
-    os.replace(tmp, out / CAPTIONS_FILE)
+    write_json_atomic(out / CAPTIONS_FILE, doc, indent=None, separators=(',', ':'))
     log.info('wrote %d images of split %s to %s', len(images), split, out)
     return out
 
