@@ -111,27 +111,31 @@ class CalibrationEvaluator:
         images = [s.load_image() for s in self.samples]
         self.batches = [build_inputs(processor, images[i:i + batch_size], prompt)
                         for i in range(0, len(images), batch_size)]
-        owner, attr = _vision_owner(model)
-        self.vision = CachedModule(getattr(owner, attr))
-        setattr(owner, attr, self.vision)
+        self.vision: CachedModule | None = None
+        if stack == 'decoder':      # vision-stack candidates change the vision output
+            owner, attr = _vision_owner(model)
+            self.vision = CachedModule(getattr(owner, attr))
+            setattr(owner, attr, self.vision)
 
     @torch.no_grad()
     def predictions(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None
                     ) -> list[str]:
         """Greedy texts of the model with `removed` blocks of its stack taken out (restored
         after) and the token skipping `tokens` applied (None or off: the model's own `generate`).
-        The vision output is replayed only while the search removes decoder blocks."""
+        The vision output is replayed only when the search removes decoder blocks."""
         from ros2_gmskip.vlm.blocks import temporarily_removed
         key = tuple(sorted(removed))
         texts: list[str] = []
         lengths: list[int] = []
         with temporarily_removed(self.model, key, self.stack):
             for batch, inputs in enumerate(self.batches):
-                self.vision.key = batch if self.stack == 'decoder' else None
+                if self.vision is not None:
+                    self.vision.key = batch
                 try:
                     new = self._generate(inputs, tokens)
                 finally:
-                    self.vision.key = None
+                    if self.vision is not None:
+                        self.vision.key = None
                 texts += decode_new_tokens(self.processor, new, 0)
                 lengths += generated_lengths(new, self._stop_ids())
         self.new_tokens[(key, _token_key(tokens))] = sum(lengths) / len(lengths)
