@@ -1,4 +1,19 @@
-"""Output folders that appear complete or not at all (prune, heal and export write through it).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Output folders that appear complete or not at all (prune, heal and export write through it).
 
     with written_in_place(Path('models/pruned')) as tmp:
         model.save_pretrained(tmp)            # an error here leaves `out` as it was
@@ -20,7 +35,7 @@ from typing import Iterator
 
 @contextmanager
 def written_in_place(out: Path) -> Iterator[Path]:
-    """An empty temporary folder beside `out`, moved to `out` when the block succeeds."""
+    """Yield an empty temporary folder beside `out`, moved to `out` when the block succeeds."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
@@ -33,8 +48,11 @@ def written_in_place(out: Path) -> Iterator[Path]:
 
 
 def move_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder `tmp` to `out`; an existing `out` is replaced only at the end
-    (and put back if the rename fails)."""
+    """
+    Rename the finished folder `tmp` to `out`.
+
+    An existing `out` is replaced only at the end (and put back if the rename fails).
+    """
     if not out.exists():
         os.replace(tmp, out)
         return

@@ -1,5 +1,22 @@
-"""Load a VLM folder (ours or a real checkpoint) safely: safetensors only, remote code opt-in,
-and one-line errors that say what is wrong with the folder."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Load a VLM folder (ours or a real checkpoint) safely.
+
+Safetensors only, remote code opt-in, and one-line errors that say what is wrong with the folder.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +43,8 @@ def check_model_dir(model_dir: Path) -> None:
     try:
         json.loads(config.read_text())
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f'config.json in {str(model_dir)!r} is not valid JSON: {err}') from err
+        raise ModelLoadError(
+            f'config.json in {str(model_dir)!r} is not valid JSON: {err}') from err
     weights = sorted(model_dir.glob('*.safetensors'))
     if not weights:
         pickled = sorted(p.name for p in model_dir.glob('*.bin'))

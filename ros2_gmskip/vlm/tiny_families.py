@@ -35,7 +35,7 @@ import torch
 from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.vlm.processors import image_only
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
