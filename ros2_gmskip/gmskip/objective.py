@@ -18,8 +18,9 @@ The GM-Skip objective: balance the task score against sparsity.
     J(R) = S(R) / S(empty) + lam * |R| / L
 
 S(R) is the task metric with the blocks in R removed, S(empty) the unpruned baseline, L the number
-of blocks (with S(empty) = 0 the ratio is 1 + S(R): see `Objective.ratio`). A state is feasible when it respects the optional floor on the score ratio and the cap
-on sparsity; the plan chosen is the feasible state with the highest J.
+of blocks (with S(empty) = 0 the ratio is 1 + S(R): see `Objective.ratio`). A state is feasible
+when it respects the optional floor on the score ratio and the cap on sparsity; the plan chosen
+is the feasible state with the highest J.
 """
 
 from __future__ import annotations

@@ -163,11 +163,13 @@ def from_image_processor(ip) -> Preprocessor | ResizeCrop | QwenPatches:
     name = type(ip).__name__
     kind = name.removesuffix('Pil')
     resample = {int(v): k for k, v in RESAMPLE.items()}.get(int(_get(ip, 'resample') or 2))
-    common = dict(
-        resample=resample,
-        rescale_factor=float(ip.rescale_factor) if _get(ip, 'do_rescale') is not False else None,
-        image_mean=tuple(ip.image_mean) if _get(ip, 'do_normalize') is not False else None,
-        image_std=tuple(ip.image_std) if _get(ip, 'do_normalize') is not False else None)
+    normalise = _get(ip, 'do_normalize') is not False
+    common = {
+        'resample': resample,
+        'rescale_factor': (float(ip.rescale_factor) if _get(ip, 'do_rescale') is not False
+                           else None),
+        'image_mean': tuple(ip.image_mean) if normalise else None,
+        'image_std': tuple(ip.image_std) if normalise else None}
     size = _get(ip, 'size')
     if kind.startswith('Qwen2VL') or kind.startswith('Qwen2_5_VL'):
         return QwenPatches(int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size),

@@ -51,9 +51,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ros2_gmskip.errors import ModelLoadError
+import torch
 
 # Processor outputs that feed the vision side (never the decoder directly).
 VISION_KEYS = frozenset({'pixel_values', 'pixel_attention_mask', 'image_grid_thw',

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import types
 import logging
 from pathlib import Path
+import types
 from typing import Any
 
 from ros2_gmskip.errors import ModelLoadError

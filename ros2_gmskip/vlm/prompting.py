@@ -32,7 +32,8 @@ def prompt_text(processor, prompt: str = DEFAULT_PROMPT) -> str:
 
 
 def build_inputs(processor, images: Sequence[np.ndarray], prompt: str = DEFAULT_PROMPT):
-    """Batched model inputs (pt tensors) for RGB uint8 images with one shared prompt.
+    """
+    Return batched model inputs (pt tensors) for RGB uint8 images with one shared prompt.
 
     One image per sample, passed as one list per sample: Idefics3, SmolVLM and Gemma 3 read a
     flat list as N images of a single sample. A template that writes the BOS token itself is

@@ -31,15 +31,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import torch
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, Tokenizer
-from transformers import PreTrainedTokenizerFast
-
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.vlm.processors import image_only
+from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, Tokenizer
+import torch
+from transformers import PreTrainedTokenizerFast
 
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2,
-            num_key_value_heads=1, max_position_embeddings=512)
+TEXT = {'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 4,
+        'num_attention_heads': 2, 'num_key_value_heads': 1, 'max_position_embeddings': 512}
 VISION_LAYERS = 3
 INIT_STD = 0.2
 WORDS = ('a car truck bus pedestrian cyclist traffic light stop sign cone red green yellow white '
@@ -47,10 +46,10 @@ WORDS = ('a car truck bus pedestrian cyclist traffic light stop sign cone red gr
          'road , . : ? user assistant system you are helpful describe scene')
 
 # A generic chat template of the usual shape: one user turn, image placeholder then text.
-TEMPLATE = ("{{ bos }}{% for m in messages %}{{ start }}{{ m['role'] }}{{ sep }}"
-            "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ image }}"
-            "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{{ end }}{% endfor %}"
-            "{% if add_generation_prompt %}{{ start }}assistant{{ sep }}{% endif %}")
+TEMPLATE = ('{{ bos }}{% for m in messages %}{{ start }}{{ m["role"] }}{{ sep }}'
+            '{% for c in m["content"] %}{% if c["type"] == "image" %}{{ image }}'
+            '{% else %}{{ c["text"] }}{% endif %}{% endfor %}{{ end }}{% endfor %}'
+            '{% if add_generation_prompt %}{{ start }}assistant{{ sep }}{% endif %}')
 
 
 def _template(bos: str = '', start: str = '', sep: str = ' ', image: str = '<image>',
@@ -94,8 +93,8 @@ def build_tokenizer(special: dict[str, str], extra: tuple[str, ...] = (),
 
 
 def _ids(tokenizer: PreTrainedTokenizerFast) -> dict:
-    return dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return {'vocab_size': len(tokenizer), 'bos_token_id': tokenizer.bos_token_id,
+            'eos_token_id': tokenizer.eos_token_id, 'pad_token_id': tokenizer.pad_token_id}
 
 
 def _model(model_class: type, config) -> torch.nn.Module:
@@ -314,8 +313,9 @@ def gemma3():
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
         ('boi_token_index', '<start_of_image>'), ('eoi_token_index', '<end_of_image>'),
         ('image_token_index', '<image_soft_token>'))}
-    config = Gemma3Config(text_config=text, vision_config=_siglip(size, patch, vision_use_head=False),
-                          mm_tokens_per_image=tokens, **ids)
+    vision = _siglip(size, patch, vision_use_head=False)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens,
+                          **ids)
     image_processor = Gemma3ImageProcessorPil(size={'height': size, 'width': size},
                                               do_pan_and_scan=False)
     processor = Gemma3Processor(
@@ -340,3 +340,24 @@ def save_tiny(family: str, out: Path, seed: int = 0) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write tiny checkpoints: `python -m ros2_gmskip.vlm.tiny_families OUT [FAMILY ...]`."""
+    import argparse
+    parser = argparse.ArgumentParser(prog='python -m ros2_gmskip.vlm.tiny_families',
+                                     description=main.__doc__)
+    parser.add_argument('out', type=Path, help='folder to write one checkpoint folder per family')
+    parser.add_argument('families', nargs='*', metavar='FAMILY',
+                        help=f'families to build (default: all of {", ".join(BUILDERS)})')
+    args = parser.parse_args(argv)
+    unknown = [f for f in args.families if f not in BUILDERS]
+    if unknown:
+        parser.error(f'unknown family {unknown[0]!r}: choose from {", ".join(BUILDERS)}')
+    for family in args.families or list(BUILDERS):
+        print(save_tiny(family, args.out / family))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
