@@ -190,7 +190,7 @@ def test_calibrate_and_evaluate_a_vision_plan(family_dirs, tmp_path, capsys):
     """
     import argparse
     from ros2_gmskip.gmskip.plan import load_plan
-    from ros2_gmskip.verbs import calibrate, evaluate
+    from ros2_gmskip.verbs import calibrate, evaluate, prune
     model_dir = family_dirs['qwen2_vl']
 
     def run(verb, argv):
@@ -216,6 +216,15 @@ def test_calibrate_and_evaluate_a_vision_plan(family_dirs, tmp_path, capsys):
                                        '--json']).splitlines()[-1])
     assert result['stack'] == 'vision' and result['removed_blocks'] == [2]
     assert result['num_blocks'] == 3         # vision blocks, not the 4 decoder blocks
+
+    # prune saves the image-only processor under its real class; the copy scores the same
+    run(prune, ['--model', str(model_dir), '--plan', str(path), '--out', str(tmp_path / 'p')])
+    pruned = json.loads(run(evaluate, ['--model', str(tmp_path / 'p'), '--split', 'val',
+                                       '--n', '2', '--batch-size', '2',
+                                       '--json']).splitlines()[-1])
+    assert json.loads((tmp_path / 'p' / 'config.json').read_text())['vision_config'][
+        'depth'] == 2
+    assert pruned['cider'] == result['cider'] and pruned['num_blocks'] == 4
 
 
 def test_calibrate_cider_zero_baseline_is_searched():

@@ -94,6 +94,7 @@ class TorchBackend:
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.stop_ids = _stop_ids(self.model, self.processor)
+        self.image_token_id = self.model.config.image_token_id      # bench counts image tokens
         from ros2_gmskip.gmskip.plan import weights_sha256
         from ros2_gmskip.vlm.blocks import decoder_stack
         self.info = {
