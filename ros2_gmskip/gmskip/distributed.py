@@ -145,7 +145,8 @@ def prepare(model_dir: Path, samples: list, settings: dict) -> tuple[dict, dict]
     from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
     evaluator = CalibrationEvaluator(model_dir, samples, **settings)
     texts, lengths = evaluator.generate((), None, range(len(evaluator.batches)))
-    payload = {'batches': evaluator.batches, 'features': evaluator.vision.store,
+    features = {} if evaluator.vision is None else evaluator.vision.store   # vision stack: none
+    payload = {'batches': evaluator.batches, 'features': features,
                'samples': [dataclasses.replace(s, image=None) for s in samples]}
     info = {'family': evaluator.family, 'num_blocks': evaluator.num_blocks,
             'batches': len(evaluator.batches), 'texts': texts, 'lengths': lengths,
@@ -160,7 +161,8 @@ class EvaluatorWorker:
         from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
         self.evaluator = CalibrationEvaluator(model_dir, payload['samples'],
                                               batches=payload['batches'], **settings)
-        self.evaluator.vision.store = dict(payload['features'])
+        if self.evaluator.vision is not None:
+            self.evaluator.vision.store = dict(payload['features'])
 
     def generate(self, tag: Any, removed: Removed, tokens, batch_ids: Sequence[int]
                  ) -> tuple[Any, list[str], list[int]]:
@@ -179,7 +181,8 @@ class EvaluatorWorker:
 
     def status(self) -> dict:
         """Return this process's id and how often its vision tower really ran (tests)."""
-        return {'pid': os.getpid(), 'vision_calls': self.evaluator.vision.calls}
+        vision = self.evaluator.vision
+        return {'pid': os.getpid(), 'vision_calls': None if vision is None else vision.calls}
 
 
 class RayScorer:

@@ -23,7 +23,7 @@ After every step calibrate rewrites the file (atomically) with every score so fa
 evaluation order. A resumed search replays the same deterministic strategy with those scores
 memoised, so it walks the same trajectory and makes the same plan; only the sets it never
 reached are evaluated. The file names the inputs the scores depend on (weights hash, data,
-samples, metric, batch size): a record made with other inputs is refused, while the search
+samples, metric, batch size, block stack): a record made with other inputs is refused, while the search
 settings (strategy, lambda, floors) may change, since they do not change a score.
 """
 
@@ -46,7 +46,7 @@ class SearchProgress:
     """The progress file of one calibration: where it lives and the inputs it is valid for."""
 
     path: Path
-    inputs: dict          # what a score depends on: sha256, data, n, metric, batch_size
+    inputs: dict          # what a score depends on: sha256, data, n, metric, batch_size, stack
 
     @classmethod
     def beside(cls, out: Path, inputs: dict) -> SearchProgress:

@@ -136,8 +136,8 @@ class DescriberCore:
     """
     Newest-frame hand-off + worker + counters + diagnostics (see the module docstring).
 
-    `params` needs: prompt, max_new_tokens, latency_warn_ms, drop_warn_ratio, error_window,
-    stats_window (a `DescriberParams`). `publish` is called on the worker thread.
+    `params` needs: prompt, max_new_tokens, input_timeout_s, latency_warn_ms, drop_warn_ratio,
+    error_window, stats_window (a `DescriberParams`). `publish` is called on the worker thread.
     """
 
     def __init__(self, backend: Any, params: Any, publish: Callable[[SceneOutput], None],
@@ -174,6 +174,7 @@ class DescriberCore:
         self.last_error = ''
         self.last_output: SceneOutput | None = None
         self._last_output_t: float | None = None
+        self._last_input_t = clock()     # input timeout: counted from the start until a frame
 
     # ------------------------------------------------------------------------------------------
     # subscription side: never blocks on inference
@@ -184,6 +185,7 @@ class DescriberCore:
         with self._cond:
             self.received += 1
             self._input_rate.tick(now)
+            self._last_input_t = now
             if self._slot is not None:
                 self.dropped += 1
                 self._drops.append(True)
@@ -339,6 +341,7 @@ class DescriberCore:
                 'errors': self.errors,
                 'pending': int(self._slot is not None) + int(self._in_flight),
                 'drop_ratio': sum(drops) / len(drops) if drops else 0.0,
+                'seconds_since_last_image': now - self._last_input_t,
             }
             last_error = self.last_error
         for stage in STAGES:
@@ -362,6 +365,11 @@ class DescriberCore:
         elif len(outcomes) >= window and not any(outcomes):
             level, message = ERROR, f'last {window} frames failed: {last_error}'
         else:
+            silent_s = values['seconds_since_last_image']
+            if silent_s > self.params.input_timeout_s:
+                what = 'no image yet' if values['received'] == 0 else 'no image'
+                warnings.append(f'{what} for {silent_s:.1f} s '
+                                f'(> input_timeout_s {self.params.input_timeout_s:g} s)')
             if len(drops) >= 10 and values['drop_ratio'] > self.params.drop_warn_ratio:
                 warnings.append(f'dropping {values["drop_ratio"]:.0%} of input frames '
                                 f'(> {self.params.drop_warn_ratio:.0%})')

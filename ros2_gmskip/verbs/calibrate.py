@@ -93,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--metric', default='accuracy',
                         help="task metric: accuracy, cider, exact_match or 'module:function' "
                              '(default: %(default)s)')
+    parser.add_argument('--stack', choices=('decoder', 'vision'), default='decoder',
+                        help="which blocks to search: the language model's or the vision "
+                             "tower's (default: %(default)s)")
     parser.add_argument('--strategy', choices=('reverse', 'greedy'), default='reverse',
                         help='reverse: one pass from the last block; greedy: remove the least '
                              'harmful block each step (default: %(default)s)')
@@ -172,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
     with_tokens = wants_tokens(args)
     progress = SearchProgress.beside(args.out, {
         'sha256': sha256, 'data': args.data, 'n': args.n, 'metric': args.metric,
-        'batch_size': args.batch_size})
+        'batch_size': args.batch_size, 'stack': args.stack})
     known = progress.load() if args.resume else None
 
     samples = load_samples(args.data, args.n)
@@ -187,8 +190,9 @@ def main(args: argparse.Namespace) -> int:
             evaluator.check_tokens()             # unsupported decoder: fail before the search
         engine = 'serial' if args.ray is None else 'ray'
         workers = getattr(evaluator, 'workers', 1)
-        print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} decoder '
-              f'blocks) on {len(samples)} {args.data} samples, metric {args.metric}, strategy '
+        print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} '
+              f'{args.stack} blocks) on {len(samples)} {args.data} samples, metric '
+              f'{args.metric}, strategy '
               f'{args.strategy}' + ('' if args.ray is None else
                                     f', on Ray ({args.ray}): {_workers(workers)}'))
         if known:
@@ -201,14 +205,15 @@ def main(args: argparse.Namespace) -> int:
         search_s = time.monotonic() - started
         plan = SkipPlan.from_search(result, args.model, family=evaluator.family,
                                     metric=args.metric, split=args.data, n=len(samples),
-                                    protect_first=args.protect_first, sha256=sha256)
+                                    protect_first=args.protect_first, sha256=sha256,
+                                    stack=args.stack)
         plan.run = {'engine': engine, 'workers': workers, 'wall_time_s': round(search_s, 3),
                     'setup_s': round(setup_s, 3),
                     'resumed_evaluations': sum(k in (known or {}) for k in
                                                [s.removed for s in result.evaluated])}
         print(format_trajectory(result))
         best = result.best
-        print(f'plan: remove {len(best.removed)}/{result.num_blocks} decoder blocks '
+        print(f'plan: remove {len(best.removed)}/{result.num_blocks} {args.stack} blocks '
               f'{list(best.removed)}: {args.metric} {result.baseline:.4f} -> {best.score:.4f} '
               f'({100 * best.score_ratio:.1f}%), J {best.objective:.4f}; '
               f'{result.evaluations} evaluations in {search_s:.1f} s ({engine}, '
@@ -239,7 +244,7 @@ def main(args: argparse.Namespace) -> int:
 def make_evaluator(args: argparse.Namespace, samples: list):
     """Return the scorer of the calibration set: in this process, or Ray workers (--ray)."""
     settings = {'metric': args.metric, 'batch_size': args.batch_size,
-                'trust_remote_code': args.trust_remote_code}
+                'trust_remote_code': args.trust_remote_code, 'stack': args.stack}
     if args.ray is None:
         from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
         return CalibrationEvaluator(args.model, samples, **settings)
