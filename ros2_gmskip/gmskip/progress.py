@@ -23,8 +23,8 @@ After every step calibrate rewrites the file (atomically) with every score so fa
 evaluation order. A resumed search replays the same deterministic strategy with those scores
 memoised, so it walks the same trajectory and makes the same plan; only the sets it never
 reached are evaluated. The file names the inputs the scores depend on (weights hash, data,
-samples, metric, batch size, block stack): a record made with other inputs is refused, while the search
-settings (strategy, lambda, floors) may change, since they do not change a score.
+samples, metric, batch size, block stack): a record made with other inputs is refused, while
+the search settings (strategy, lambda, floors) may change, since they do not change a score.
 """
 
 from __future__ import annotations
