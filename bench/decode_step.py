@@ -1,5 +1,21 @@
-"""Time one fused decode step two ways, side by side: binding every input and KV buffer anew
-(what runtime/fused_decode.py did before StepBinding) against the prepared StepBinding.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Time one fused decode step two ways, side by side: binding anew against the prepared StepBinding.
+
+Binding every input and KV buffer anew is what runtime/fused_decode.py did before StepBinding.
 
     .venv/bin/python bench/decode_step.py                  # the pruned default model's bundle
     .venv/bin/python bench/decode_step.py --bundle BUNDLE --steps 300 --rounds 5
@@ -10,17 +26,17 @@ Prints the median time per step of each way over the rounds (order alternated) a
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
+import time
 
 import numpy as np
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--bundle', type=Path, default=None,
                         help='plain bundle with decoder.fused.onnx (default: the default model '
-                             'pruned by its plan\'s blocks, without its token skipping, exported '
+                             "pruned by its plan's blocks, without its token skipping, exported "
                              'once into the cache)')
     parser.add_argument('--steps', type=int, default=300, help='decode steps per round and way')
     parser.add_argument('--rounds', type=int, default=5)

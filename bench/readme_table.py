@@ -1,4 +1,19 @@
-"""Print the README "Results" latency table from a bench.json, so the table is the file's numbers.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Print the README "Results" latency table from a bench.json, so the table is the file's numbers.
 
     .venv/bin/python bench/readme_table.py bench/results/bench.json
 
@@ -20,7 +35,7 @@ LABELS = {
     'torch_fastv': 'torch backend, FastV {fastv}',
     'torch_combined': 'torch backend, GM-Skip + FastV',
     'ort_full': 'ONNX Runtime, full (fused decoder, speculative)',
-    'ort_pruned': '**ONNX Runtime, GM-Skip** (fused decoder, speculative: the node\'s default)',
+    'ort_pruned': "**ONNX Runtime, GM-Skip** (fused decoder, speculative: the node's default)",
     'ort_pruned_greedy': 'ONNX Runtime, GM-Skip, one token per decoder run (`--draft-tokens 0`)',
     'ort_pruned_portable': 'ONNX Runtime, GM-Skip, portable `decoder.onnx`',
     'ort_pruned_int4': 'ONNX Runtime, GM-Skip, quantized (`export --fused-weights int4`: int8 '
@@ -69,7 +84,7 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('bench_json', type=Path, help='bench.json written by ros2-gmskip bench')
     args = parser.parse_args()
     print(table(json.loads(args.bench_json.read_text())))

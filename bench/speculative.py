@@ -1,4 +1,19 @@
-"""Speculative decoding on the pruned default model's fused ONNX Runtime decoder, side by side.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Speculative decoding on the pruned default model's fused ONNX Runtime decoder, side by side.
 
     .venv/bin/python bench/speculative.py                      # 40 test scenes, 3 rounds
     .venv/bin/python bench/speculative.py --n 100 --rounds 5 --guesses 0,1,2,3,4,6
@@ -21,7 +36,7 @@ import numpy as np
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--n', type=int, default=40, help='test scenes')
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--guesses', default='0,1,2,3,4,6',
@@ -32,7 +47,7 @@ def main() -> None:
 
     from ros2_gmskip.runtime.defaults import ensure_bundle
     from ros2_gmskip.runtime.ort_backend import OrtBackend
-    from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+    from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     from ros2_gmskip.scenes.dataset import load_samples
     from ros2_gmskip.tokenskip.settings import TokenSkip
 

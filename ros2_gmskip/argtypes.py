@@ -1,3 +1,17 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Shared argparse `type=` validators: each names the bad value and what is expected."""
 
 from __future__ import annotations
@@ -9,7 +23,7 @@ from typing import Callable
 
 def _number(cast: Callable[[str], float], ok: Callable[[float], bool], expected: str,
             name: str) -> Callable[[str], float]:
-    """A validator: `cast(text)` must succeed and satisfy `ok`, else 'expected <expected>'."""
+    """Return a validator: `cast(text)` must succeed and pass `ok`, else 'expected <expected>'."""
     def parse(text: str):
         try:
             value = cast(text)
@@ -33,8 +47,11 @@ positive_float = _number(float, lambda v: 0.0 < v < float('inf'), 'a number > 0'
 
 def comma_list(item: Callable[[str], object], expected: str, name: str
                ) -> Callable[[str], list]:
-    """A validator for 'a,b,c': every item parsed by the validator `item`; duplicates dropped,
-    order kept (a search grid need not evaluate a value twice)."""
+    """
+    Return a validator for 'a,b,c' that parses every item with the validator `item`.
+
+    Duplicates are dropped, order kept (a search grid need not evaluate a value twice).
+    """
     def parse(text: str) -> list:
         values: list = []
         for part in text.split(','):
@@ -55,8 +72,12 @@ fraction_list = comma_list(fraction, 'numbers in [0, 1] (e.g. 0.25,0.5)', 'fract
 
 
 def fastv_setting(text: str):
-    """'K,R' (e.g. '2,0.5') -> tokenskip.settings.FastVConfig; a one-line argparse error
-    otherwise (an R out of [0, 1] or a missing R is caught here, not after loading a model)."""
+    """
+    Parse 'K,R' (e.g. '2,0.5') into a tokenskip.settings.FastVConfig.
+
+    Anything else is a one-line argparse error (an R out of [0, 1] or a missing R is caught
+    here, not after loading a model).
+    """
     from ros2_gmskip.tokenskip.settings import parse_fastv
     try:
         return parse_fastv(text)
@@ -79,7 +100,7 @@ def existing_file(text: str) -> Path:
 
 
 def count_or_fraction(text: str) -> int | float:
-    """A count (integer >= 0, e.g. `4`) or a fraction in [0, 1) (e.g. `0.25`)."""
+    """Parse a count (integer >= 0, e.g. `4`) or a fraction in [0, 1) (e.g. `0.25`)."""
     error = argparse.ArgumentTypeError(
         f'expected a block count >= 0 or a fraction in [0, 1), got {text!r}')
     try:

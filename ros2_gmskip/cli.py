@@ -1,4 +1,19 @@
-"""`ros2-gmskip <verb>`: the command-line entry point.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+`ros2-gmskip <verb>`: the command-line entry point.
 
 Each verb lives in `ros2_gmskip/verbs/<verb>.py` and exposes `HELP` (one line),
 `add_arguments(parser)` and `main(args) -> int`. Verb modules import heavy libraries (torch,
@@ -55,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         description='GM-Skip: metric-guided block skipping for driving-scene VLMs, '
                     'from calibration to a ROS 2 node. Pipeline: scenes -> train -> evaluate -> '
                     'calibrate -> prune/export -> build-engine -> make-bag/replay/node.',
-        epilog='Run `ros2-gmskip <verb> --help` for a verb\'s options and examples.')
+        epilog="Run `ros2-gmskip <verb> --help` for a verb's options and examples.")
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     parser.add_argument('-v', '--verbose', action='store_true', help='log at DEBUG level')
     sub = parser.add_subparsers(dest='verb', metavar='<verb>')

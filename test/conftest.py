@@ -1,4 +1,19 @@
-"""Shared fixtures: a tiny random LLaVA (save_pretrained folder) and ONNX bundles exported from it.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Shared fixtures: a tiny random LLaVA (save_pretrained folder) and ONNX bundles exported from it.
 
 Built once per session (a few seconds on one core): the model is the project's default
 architecture (SigLIP tower + GELU projector + Llama decoder, word-level tokenizer, PIL SigLIP
@@ -25,15 +40,18 @@ def _threads() -> None:
 
 @pytest.fixture(scope='session')
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A save_pretrained folder of a tiny random default-architecture model (GQA decoder)."""
+    """Save a tiny random default-architecture model (GQA decoder) with save_pretrained."""
     _threads()
-    import torch
-    from transformers import LlavaForConditionalGeneration
-
-    from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+    from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     from ros2_gmskip.scenes import CLASSES, LIGHTINGS, POSITIONS, WEATHERS
     from ros2_gmskip.vlm.default_model import (
-        build_model, build_processor, build_tokenizer, DefaultModelConfig)
+        build_model,
+        build_processor,
+        build_tokenizer,
+        DefaultModelConfig,
+    )
+    import torch
+    from transformers import LlavaForConditionalGeneration
 
     corpus = [DEFAULT_PROMPT, 'a red car ahead, near. a bus on the left, far.',
               ' '.join(CLASSES), ' '.join(LIGHTINGS), ' '.join(WEATHERS), ' '.join(POSITIONS)]
@@ -75,7 +93,7 @@ def tiny_model(tiny_model_dir):
 
 def write_plan(model_dir: Path, removed: list[int], path: Path, num_blocks: int = TINY_LAYERS,
                sha256: str | None = None) -> Path:
-    """A minimal valid skip plan (format ros2_gmskip/skip-plan@1) removing decoder `removed`."""
+    """Write a minimal valid skip plan (ros2_gmskip/skip-plan@1) removing decoder `removed`."""
     from ros2_gmskip.gmskip.plan import weights_sha256
     plan = {
         'format': 'ros2_gmskip/skip-plan@1',
@@ -92,13 +110,13 @@ def write_plan(model_dir: Path, removed: list[int], path: Path, num_blocks: int 
 
 @pytest.fixture(scope='session')
 def make_plan():
-    """`make_plan(model_dir, removed, path, sha256=None) -> Path`: write a skip plan file."""
+    """Return `write_plan`: (model_dir, removed, path, sha256=None) -> Path writes a skip plan."""
     return write_plan
 
 
 @pytest.fixture(scope='session')
 def tiny_bundle(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model exported (full) and validated on 3 test scenes."""
+    """Export the tiny model (full) and validate it on 3 test scenes."""
     from ros2_gmskip.exporters.onnx_export import export_bundle
     _threads()
     out = tmp_path_factory.mktemp('bundles') / 'full'
@@ -108,7 +126,7 @@ def tiny_bundle(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope='session')
 def tiny_pruned_bundle(tiny_model_dir, tmp_path_factory) -> Path:
-    """The tiny model exported with a plan that removes decoder blocks 1 and 3."""
+    """Export the tiny model with a plan that removes decoder blocks 1 and 3."""
     from ros2_gmskip.exporters.onnx_export import export_bundle
     _threads()
     folder = tmp_path_factory.mktemp('pruned')

@@ -1,4 +1,19 @@
-"""Test doubles for the node tests: a FakeBackend, message stand-ins, a DDS camera publisher.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Test doubles for the node tests: a FakeBackend, message stand-ins, a DDS camera publisher.
 
 Not a conftest: tests import it explicitly (`from fakes import ...`; pytest puts test/ on sys.path
 for rootdir-less test files), and the DDS test runs it as a script:
@@ -25,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ros2_gmskip.errors import MessageError  # noqa: E402
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result  # noqa: E402
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result  # noqa: E402
 
 
 class FakeBackend:
@@ -71,7 +86,7 @@ def make_backend(delay_ms: str | float = 20.0) -> FakeBackend:
 
 def image_msg(height: int = 48, width: int = 64, encoding: str = 'rgb8', sec: int = 0,
               nanosec: int = 0, frame_id: str = 'camera0/camera_link', data: bytes | None = None):
-    """A sensor_msgs/Image stand-in (duck-typed fields)."""
+    """Return a sensor_msgs/Image stand-in (duck-typed fields)."""
     channels = {'rgb8': 3, 'bgr8': 3, 'mono8': 1, 'rgba8': 4, 'bgra8': 4}.get(encoding, 3)
     if data is None:
         rng = np.random.default_rng(height * 1000 + width)
@@ -98,10 +113,10 @@ def stand_in_convert(msg, compressed: bool) -> np.ndarray:
 
 
 def converter():
-    """The real converter when image_convert exists, else the stand-in."""
+    """Return the real converter when image_convert exists, else the stand-in."""
     try:
-        from ros2_gmskip.ros.pipeline import default_convert
         import ros2_gmskip.ros.image_convert  # noqa: F401
+        from ros2_gmskip.ros.pipeline import default_convert
         return default_convert
     except ImportError:
         return stand_in_convert

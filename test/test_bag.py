@@ -1,21 +1,46 @@
-"""rosbag2 I/O: make_bag round trips (mcap, sqlite3; Image, CompressedImage), output bags, damaged
-bags read up to the damage, one-line errors, and the make-bag verb."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Test rosbag2 I/O.
+
+make_bag round trips (mcap, sqlite3; Image, CompressedImage), output bags, damaged bags read up
+to the damage, one-line errors, and the make-bag verb.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
-from rosbags.rosbag2 import Reader
-
 from ros2_gmskip.errors import BagError
 from ros2_gmskip.ros.bag import (
-    BagImageReader, BagOutputWriter, COMPRESSED_TYPE, DEFAULT_START_NS, GROUND_TRUTH_TOPIC,
-    header_msg, IMAGE_TYPE, make_bag, TYPESTORE)
+    BagImageReader,
+    BagOutputWriter,
+    COMPRESSED_TYPE,
+    DEFAULT_START_NS,
+    GROUND_TRUTH_TOPIC,
+    header_msg,
+    IMAGE_TYPE,
+    make_bag,
+    TYPESTORE,
+)
 from ros2_gmskip.ros.image_convert import compressed_to_rgb, image_to_rgb, rgb_to_image_fields
+from rosbags.rosbag2 import Reader
 
 N, FPS, W, H = 12, 5.0, 64, 48
 TOPIC = '/sensing/camera/camera0/image_rect_color'
@@ -159,8 +184,11 @@ def damaged_copy(src: Path, dst: Path, how: str) -> Path:
 
 
 def assert_prefix(frames: list, intact: list, last_may_differ: bool = False) -> None:
-    """`frames` are the first frames of `intact`, pixel for pixel (the last one may hold the
-    start of an overwritten span: its header is whole, its data is not)."""
+    """
+    Assert `frames` are the first frames of `intact`, pixel for pixel.
+
+    The last one may hold the start of an overwritten span: its header is whole, its data is not.
+    """
     assert len(frames) < len(intact)
     for i, (got, want) in enumerate(zip(frames, intact)):
         assert got.stamp_ns == want.stamp_ns

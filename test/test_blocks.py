@@ -1,31 +1,49 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Block surgery on tiny random-weight models of every supported family (no downloads)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-import transformers as tf
-
 from ros2_gmskip.errors import ModelLoadError, PlanError
 from ros2_gmskip.vlm.blocks import (
-    decoder_stack, family_of, remove_blocks, temporarily_removed, vision_stack)
+    decoder_stack,
+    family_of,
+    remove_blocks,
+    temporarily_removed,
+    vision_stack,
+)
+import torch
+import transformers as tf
 
 torch.set_num_threads(1)
 
 V = 128            # vocabulary; the last ids are the image / video / boundary tokens
 IMAGE = 32         # image side, pixels; patch 8 -> 16 patches
-TEXT = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            pad_token_id=0, bos_token_id=1, eos_token_id=2)
-VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              image_size=IMAGE, patch_size=8)
-QWEN_ROPE = dict(rope_type='default', rope_theta=10000.0, mrope_section=[2, 1, 1])
-QWEN_IDS = dict(image_token_id=V - 1, video_token_id=V - 2, vision_start_token_id=V - 3,
-                vision_end_token_id=V - 4)
+TEXT = {'vocab_size': V, 'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 6,
+        'num_attention_heads': 4, 'num_key_value_heads': 2, 'max_position_embeddings': 256,
+        'pad_token_id': 0, 'bos_token_id': 1, 'eos_token_id': 2}
+VISION = {'hidden_size': 32, 'intermediate_size': 64, 'num_hidden_layers': 2,
+          'num_attention_heads': 4, 'image_size': IMAGE, 'patch_size': 8}
+QWEN_ROPE = {'rope_type': 'default', 'rope_theta': 10000.0, 'mrope_section': [2, 1, 1]}
+QWEN_IDS = {'image_token_id': V - 1, 'video_token_id': V - 2, 'vision_start_token_id': V - 3,
+            'vision_end_token_id': V - 4}
 
 
 def build(kind: str) -> torch.nn.Module:
-    """A tiny random model: 6 decoder blocks, 2 vision blocks, hidden 32."""
+    """Build a tiny random model: 6 decoder blocks, 2 vision blocks, hidden 32."""
     torch.manual_seed(0)
     if kind == 'llava-clip':
         config = tf.LlavaConfig(vision_config=tf.CLIPVisionConfig(**VISION),
@@ -54,15 +72,17 @@ def build(kind: str) -> torch.nn.Module:
         return tf.SmolVLMForConditionalGeneration(config)
     if kind == 'qwen2_vl':
         config = tf.Qwen2VLConfig(
-            vision_config=dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2,
-                               patch_size=4, spatial_merge_size=2, temporal_patch_size=2),
+            vision_config={'depth': 2, 'embed_dim': 32, 'hidden_size': 32, 'num_heads': 4,
+                           'mlp_ratio': 2, 'patch_size': 4, 'spatial_merge_size': 2,
+                           'temporal_patch_size': 2},
             text_config=dict(TEXT, rope_parameters=QWEN_ROPE), **QWEN_IDS)
         return tf.Qwen2VLForConditionalGeneration(config)
     if kind == 'qwen2_5_vl':
         config = tf.Qwen2_5_VLConfig(
-            vision_config=dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=64,
-                               num_heads=4, patch_size=4, spatial_merge_size=2,
-                               temporal_patch_size=2, window_size=8, fullatt_block_indexes=[1]),
+            vision_config={'depth': 2, 'hidden_size': 32, 'out_hidden_size': 32,
+                           'intermediate_size': 64, 'num_heads': 4, 'patch_size': 4,
+                           'spatial_merge_size': 2, 'temporal_patch_size': 2, 'window_size': 8,
+                           'fullatt_block_indexes': [1]},
             text_config=dict(TEXT, rope_parameters=QWEN_ROPE), **QWEN_IDS)
         return tf.Qwen2_5_VLForConditionalGeneration(config)
     if kind == 'paligemma':

@@ -1,3 +1,17 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Dataset folders: write/load round trip, plain COCO captions, one-line errors, the CLI verb."""
 
 from __future__ import annotations
@@ -7,12 +21,18 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
-
+import pytest
 from ros2_gmskip.errors import DatasetError, ImageError
 from ros2_gmskip.scenes import (
-    CLASSES, Sample, load_folder, load_samples, render_scene, split_seeds, write_folder)
+    CLASSES,
+    load_folder,
+    load_samples,
+    render_scene,
+    Sample,
+    split_seeds,
+    write_folder,
+)
 
 W, H = 96, 64     # tiny images: the format, not the pixels, is under test
 

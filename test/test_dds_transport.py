@@ -1,4 +1,19 @@
-"""The Cyclone DDS transport: ROS 2 wire format, names, ROS arguments, and the node end to end.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The Cyclone DDS transport: ROS 2 wire format, names, ROS arguments, and the node end to end.
 
 Every participant here uses config/cyclonedds-loopback.xml (no packet leaves 127.0.0.1) and a
 random domain id in 100..200. The wire-format tests compare our serialization with rosbags' ROS 2
@@ -16,22 +31,26 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 TEST_DIR = Path(__file__).resolve().parent
 LOOPBACK = REPO / 'config' / 'cyclonedds-loopback.xml'
 os.environ['CYCLONEDDS_URI'] = f'file://{LOOPBACK}'       # before cyclonedds is imported
 
 from cyclonedds.core import Policy  # noqa: E402
-
 from fakes import FakeBackend  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 from ros2_gmskip.ros import dds_types as D  # noqa: E402
 from ros2_gmskip.ros.dds_transport import _qos, dds_topic_name, DdsTransport  # noqa: E402
 from ros2_gmskip.ros.params import ParameterError  # noqa: E402
 from ros2_gmskip.ros.transport import (  # noqa: E402
-    parse_ros_args, remap_name, remove_ros_args, resolve_name, select_transport, TransportError)
+    parse_ros_args,
+    remap_name,
+    remove_ros_args,
+    resolve_name,
+    select_transport,
+    TransportError,
+)
 
 CAMERA_TOPIC = '/sensing/camera/camera0/image_rect_color'
 FLOAT64_STAMPED_MSG = 'builtin_interfaces/Time stamp\nfloat64 data\n'
@@ -64,8 +83,9 @@ def ros_header(ts, sec=0, nanosec=0, frame_id=''):
 def test_image_bytes_match_ros2_cdr(typestore, h, w):
     T = typestore.types
     pixels = np.random.default_rng(h * w).integers(0, 255, h * w * 3, dtype=np.uint8)
-    ours = D.make(D.Image, dict(header={'stamp': {'sec': 17, 'nanosec': 42}, 'frame_id': 'cam'},
-                                height=h, width=w, encoding='rgb8', step=w * 3, data=pixels))
+    ours = D.make(D.Image, {'header': {'stamp': {'sec': 17, 'nanosec': 42}, 'frame_id': 'cam'},
+                            'height': h, 'width': w, 'encoding': 'rgb8', 'step': w * 3,
+                            'data': pixels})
     ref = bytes(typestore.serialize_cdr(T['sensor_msgs/msg/Image'](
         header=ros_header(typestore, 17, 42, 'cam'), height=h, width=w, encoding='rgb8',
         is_bigendian=0, step=w * 3, data=pixels), 'sensor_msgs/msg/Image'))
@@ -106,11 +126,12 @@ def test_other_types_match_ros2_cdr(typestore):
          'sensor_msgs/msg/CompressedImage'),
         (D.String(data='a car ahead.'), T['std_msgs/msg/String'](data='a car ahead.'),
          'std_msgs/msg/String'),
-        (D.make(D.DiagnosticArray, dict(
-            header={'stamp': {'sec': 3, 'nanosec': 4}},
-            status=[dict(level=2, name='gmskip_describer: inference', message='m',
-                         hardware_id='onnxruntime',
-                         values=[{'key': 'dropped', 'value': '7'}, {'key': 'k', 'value': ''}])])),
+        (D.make(D.DiagnosticArray, {
+            'header': {'stamp': {'sec': 3, 'nanosec': 4}},
+            'status': [{'level': 2, 'name': 'gmskip_describer: inference', 'message': 'm',
+                        'hardware_id': 'onnxruntime',
+                        'values': [{'key': 'dropped', 'value': '7'},
+                                   {'key': 'k', 'value': ''}]}]}),
          T['diagnostic_msgs/msg/DiagnosticArray'](header=ros_header(typestore, 3, 4), status=[
              T['diagnostic_msgs/msg/DiagnosticStatus'](
                  level=2, name='gmskip_describer: inference', message='m',
@@ -118,7 +139,7 @@ def test_other_types_match_ros2_cdr(typestore):
                      T['diagnostic_msgs/msg/KeyValue'](key='dropped', value='7'),
                      T['diagnostic_msgs/msg/KeyValue'](key='k', value='')])]),
          'diagnostic_msgs/msg/DiagnosticArray'),
-        (D.make(D.Float64Stamped, dict(stamp={'sec': 9, 'nanosec': 1}, data=12.5)),
+        (D.make(D.Float64Stamped, {'stamp': {'sec': 9, 'nanosec': 1}, 'data': 12.5}),
          T['autoware_internal_debug_msgs/msg/Float64Stamped'](
              stamp=T['builtin_interfaces/msg/Time'](sec=9, nanosec=1), data=12.5),
          'autoware_internal_debug_msgs/msg/Float64Stamped'),
@@ -271,14 +292,14 @@ def test_node_rejects_bad_parameter_naming_it():
 # ------------------------------------------------------------------------------------------------
 # two processes on loopback: fake camera at 30 Hz -> `ros2-gmskip node --transport dds`
 
-RUN_NODE_VERB = '''
+RUN_NODE_VERB = """
 import argparse, logging, sys
 from ros2_gmskip.verbs import node
 parser = argparse.ArgumentParser(prog='ros2-gmskip node')
 node.add_arguments(parser)
 logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
 sys.exit(node.main(parser.parse_args(sys.argv[1:])))
-'''
+"""
 
 
 def vm_rss_kb(pid: int) -> int:

@@ -1,10 +1,23 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The shipped default model loads offline and meets its quality bar; broken folders fail."""
 
 import json
 import os
 
 import pytest
-
 from ros2_gmskip.errors import ImageError, ModelLoadError
 from ros2_gmskip.vlm.loading import check_model_dir, default_model_dir, load_vlm
 
@@ -66,8 +79,12 @@ def test_shipped_model_files_and_card():
 
 
 def test_default_train_config_is_the_shipped_models_recipe():
-    """`ros2-gmskip train` with no options trains what models/gmskip-llava-scenes was trained
-    with (its training_log.json), so changing a default means retraining the shipped model."""
+    """
+    Check `ros2-gmskip train` with no options trains the shipped model's recipe.
+
+    That is what models/gmskip-llava-scenes was trained with (its training_log.json), so changing
+    a default means retraining the shipped model.
+    """
     from dataclasses import asdict
 
     from ros2_gmskip.vlm.configs import TrainConfig

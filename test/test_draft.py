@@ -1,20 +1,37 @@
-"""Speculative decoding: the n-gram draft table, the loop that checks its guesses, the fused ONNX
-Runtime decoder running it, and `ros2-gmskip draft`. The contract: the same ids as greedy."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Speculative decoding; the contract: the same ids as greedy.
+
+Covers the n-gram draft table, the loop that checks its guesses, the fused ONNX Runtime decoder
+running it, and `ros2-gmskip draft`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
-
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.decode import greedy_loop, speculative_loop
-from ros2_gmskip.runtime.draft import DRAFT_FILE, START, NgramDraft
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.draft import DRAFT_FILE, NgramDraft, START
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 
 EOS = 2
 
@@ -146,7 +163,7 @@ def test_good_guesses_save_runs():
 
 
 def _speculative_loop(backend, draft: NgramDraft, guesses: int):
-    """A FusedDecoder over `backend`'s sessions and buffers' shapes, with `draft`."""
+    """Build a FusedDecoder over `backend`'s sessions and buffers' shapes, with `draft`."""
     from ros2_gmskip.runtime.fused_decode import FusedDecoder
     loop, cfg = backend.decoder_loop, backend.bundle.decoder_config
     return FusedDecoder(loop.session, loop.embed_table, num_layers=cfg['num_layers'],

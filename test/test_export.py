@@ -1,3 +1,17 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """ONNX export: graphs, manifest, TensorRT lint, values vs PyTorch, plans, refusals."""
 
 from __future__ import annotations
@@ -9,12 +23,11 @@ import numpy as np
 import onnx
 from onnx import helper, TensorProto
 import pytest
-import torch
-
 from ros2_gmskip.errors import BundleError, ModelLoadError, PlanError
 from ros2_gmskip.exporters import export_config as ec
 from ros2_gmskip.exporters.trt_ops import check_opset, graph_opset, lint_graph, op_counts
 from ros2_gmskip.runtime.bundle import FORMAT, load_bundle, sha256_file
+import torch
 
 torch.set_num_threads(1)
 
@@ -81,7 +94,8 @@ def test_bundle_files_and_manifest(tiny_bundle, tiny_model_dir):
     assert m['graphs']['vision']['outputs'][0]['shape'] == ['batch', 16, 64]
     assert len(m['graphs']['decoder']['outputs']) == 1 + 2 * 4
     tokens = m['tokens']
-    assert tokens['num_image_tokens'] == 16 and tokens['stop_token_ids'] == [tokens['eos_token_id']]
+    assert tokens['num_image_tokens'] == 16
+    assert tokens['stop_token_ids'] == [tokens['eos_token_id']]
     assert tokens['prompt_template'] == '<image>' * 16 + '{prompt}<sep>'
     assert m['preprocess'] == {'size': [64, 64], 'resample': 'bilinear',
                                'rescale_factor': pytest.approx(1 / 255),

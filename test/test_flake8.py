@@ -1,15 +1,30 @@
-"""ament_flake8 with ament's settings and our line length (skipped without ament_flake8)."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 
 from pathlib import Path
 
+from ament_flake8.main import main_with_errors
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PATHS = [str(REPO / p) for p in ('ros2_gmskip', 'test', 'setup.py')]   # not .venv, build, ...
+PATHS = [str(REPO / p) for p in ('ros2_gmskip', 'test', 'bench', 'launch', 'setup.py')]
 
 
+@pytest.mark.flake8
 @pytest.mark.linter
 def test_flake8():
-    main_with_errors = pytest.importorskip('ament_flake8.main').main_with_errors
-    rc, errors = main_with_errors(argv=['--linelength', '100'] + PATHS)
-    assert rc == 0, f'Found {len(errors)} code style errors / warnings:\n' + '\n'.join(errors)
+    rc, errors = main_with_errors(argv=PATHS)
+    assert rc == 0, \
+        'Found %d code style errors / warnings:\n' % len(errors) + \
+        '\n'.join(errors)

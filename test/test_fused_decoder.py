@@ -1,18 +1,31 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """decoder.fused.onnx: the ONNX Runtime-only decoder (contrib ops, KV cache updated in place)."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
-import torch
-
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.bundle import load_bundle
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
+import torch
 
 torch.set_num_threads(1)
 
@@ -113,16 +126,20 @@ def _without_fused(src: Path, dst: Path) -> Path:
 def test_graph_choice_errors(tiny_pruned_bundle, tmp_path):
     older = _without_fused(tiny_pruned_bundle, tmp_path / 'older')
     assert _backend(older).info['decoder_graph'] == 'portable'          # auto falls back
-    with pytest.raises(BundleError, match=r"has no fused decoder graph .*re-run ros2-gmskip "
-                                          r"export$"):
+    with pytest.raises(BundleError, match=r'has no fused decoder graph .*re-run ros2-gmskip '
+                                          r'export$'):
         _backend(older, graph='fused')
     with pytest.raises(ValueError, match='graph must be one of auto, fused, portable'):
         _backend(tiny_pruned_bundle, graph='fast')
 
 
 def test_token_skipping_on_a_plain_bundle_runs_on_the_portable_graph(tiny_pruned_bundle):
-    """A plain bundle's fused graph takes RoPE positions from the cache length: token skipping
-    asked of it at run time falls back to decoder.onnx (auto) or is refused (fused)."""
+    """
+    Check token skipping asked of a plain bundle falls back to decoder.onnx or is refused.
+
+    A plain bundle's fused graph takes RoPE positions from the cache length, so token skipping
+    asked of it at run time falls back to decoder.onnx (auto) or is refused (fused).
+    """
     from ros2_gmskip.tokenskip.settings import TokenSkip
     skip = TokenSkip(kv_ratio=0.5)
     assert _backend(tiny_pruned_bundle, token_skip=skip).info['decoder_graph'] == 'portable'
@@ -180,7 +197,6 @@ def test_export_no_fused_flag(tiny_model_dir, tmp_path, capsys):
 def test_describe_cli_names_and_chooses_the_decoder_graph(tiny_pruned_bundle, scene_images,
                                                           tmp_path, capsys):
     from PIL import Image
-
     from ros2_gmskip.cli import main
     image = tmp_path / 'frame.png'
     Image.fromarray(scene_images[0]).save(image)
@@ -202,10 +218,12 @@ def test_describe_cli_names_and_chooses_the_decoder_graph(tiny_pruned_bundle, sc
 def test_describe_fused_weights_exports_the_quantized_bundle(int4_bundle, tiny_pruned_bundle,
                                                              scene_images, tmp_path, capsys,
                                                              monkeypatch):
-    """`describe --fused-weights int4` asks the cache for the quantized export (here: the int4
-    fixture bundle stands in for it) and runs it; with --bundle it is a one-line error."""
-    from PIL import Image
+    """
+    Check `describe --fused-weights int4` asks the cache for the quantized export and runs it.
 
+    Here the int4 fixture bundle stands in for that export; with --bundle it is a one-line error.
+    """
+    from PIL import Image
     from ros2_gmskip.cli import main
     from ros2_gmskip.runtime import defaults
     asked = []
@@ -226,8 +244,12 @@ def test_describe_fused_weights_exports_the_quantized_bundle(int4_bundle, tiny_p
 
 @pytest.fixture(scope='module')
 def int4_bundle(tiny_model_dir, make_plan, tmp_path_factory) -> Path:
-    """The tiny model without blocks 1 and 3, with int4-weight decode steps (greedy check off:
-    a random tiny model's near-flat logits say nothing about quantization)."""
+    """
+    Export the tiny model without blocks 1 and 3, with int4-weight decode steps.
+
+    The greedy check is off: a random tiny model's near-flat logits say nothing about
+    quantization.
+    """
     from ros2_gmskip.exporters.onnx_export import export_bundle
     folder = tmp_path_factory.mktemp('int4')
     plan = make_plan(tiny_model_dir, [1, 3], folder / 'plan.json')
@@ -310,7 +332,8 @@ def test_cached_bundles_are_keyed_by_the_decode_weights(tiny_model_dir, tmp_path
     # and by the draft table: a rebuilt table means a new export
     model = Path(shutil.copytree(tiny_model_dir, tmp_path / 'm'))
     before = bundle_cache_path(model, None)
-    (model / DRAFT_FILE).write_text((model / DRAFT_FILE).read_text().replace('"order"', '"order" '))
+    draft = (model / DRAFT_FILE).read_text()
+    (model / DRAFT_FILE).write_text(draft.replace('"order"', '"order" '))
     assert bundle_cache_path(model, None) != before
 
 
@@ -336,4 +359,5 @@ def test_ensure_bundle_exports_quantized_decode_steps_with_enough_scenes(tiny_mo
     assert cmd[cmd.index('--fused-weights') + 1] == 'int4'
     assert cmd[cmd.index('--validate-n') + 1] == str(defaults.QUANTIZED_VALIDATE_N)
     defaults.ensure_bundle(tiny_model_dir, None, full=True)                 # fp32: its own folder
-    assert '--fused-weights' not in calls[1] and calls[1][calls[1].index('--validate-n') + 1] == '5'
+    assert '--fused-weights' not in calls[1]
+    assert calls[1][calls[1].index('--validate-n') + 1] == '5'

@@ -1,20 +1,37 @@
-"""Token skipping on the fused ONNX Runtime decoder: one explicit-position fused graph per decoder
-segment, FastV ranking from the exported query, KV removal by compacting the in-place buffers."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Token skipping on the fused ONNX Runtime decoder.
+
+One explicit-position fused graph per decoder segment, FastV ranking from the exported query, KV
+removal by compacting the in-place buffers.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
-import torch
-
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.bundle import load_bundle
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
+import torch
 
 torch.set_num_threads(1)
 NEW = 12
@@ -87,8 +104,12 @@ def test_fused_segments_decode_like_the_portable_ones(fused, portable, scene_ima
 
 
 def test_ranking_attention_equals_the_portable_graphs(fused, portable, scene_images):
-    """FastV's ranking: numpy softmax over the fused graph's query and cached keys == the
-    portable graph's in-graph last_token_attention."""
+    """
+    Check the FastV ranking attention of the fused graph equals the portable graph's.
+
+    Numpy softmax over the fused graph's query and cached keys == the portable graph's in-graph
+    last_token_attention.
+    """
     embeds, ids = _prompt_embeds(fused, scene_images[1])
     T = embeds.shape[1]
     positions = np.arange(T)[None]
@@ -166,8 +187,11 @@ def test_head_averaged_attention_matches_torch():
 
 
 def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
-    """Quantized bundle: per segment an int4 MatMulNBits decode-step graph and a dynamic int8
-    prefill graph."""
+    """
+    Check a quantized bundle has int4 decode steps and int8 prefill per segment.
+
+    Per segment: an int4 MatMulNBits decode-step graph and a dynamic int8 prefill graph.
+    """
     out = _export(tiny_model_dir, tmp_path / 'int4', validate_n=0, fused_weights='int4')
     bundle = load_bundle(out)
     entry = bundle.fused_decoder
@@ -186,8 +210,12 @@ def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
 
 
 def _speculation_keeps_the_greedy_ids(bundle: Path, images) -> None:
-    """Speculative steps through the segments (the bundle's own draft table: mostly refused
-    guesses; the model's own outputs as the table: mostly kept ones) give greedy's ids."""
+    """
+    Check speculative steps through the segments give greedy's ids.
+
+    With the bundle's own draft table the guesses are mostly refused; with the model's own outputs
+    as the table, mostly kept.
+    """
     from ros2_gmskip.runtime.draft import NgramDraft
     plain, fast = _backend(bundle, draft_tokens=0), _backend(bundle)
     assert not plain.decoder_loop.speculative and fast.decoder_loop.speculative
@@ -212,8 +240,12 @@ def test_speculative_steps_give_the_greedy_ids(skip_bundle, scene_images):
 
 def test_step_graphs_rotate_at_the_given_positions(tiny_model_dir, skip_bundle, fused, tmp_path,
                                                    scene_images):
-    """The decode-step variant (GroupQueryAttention's own RoPE at `position_ids`, used for the
-    quantized steps) built in fp32 decodes exactly as the explicit-RoPE graphs: same tokens."""
+    """
+    Check the decode-step variant built in fp32 decodes the same tokens as explicit RoPE.
+
+    The variant (GroupQueryAttention's own RoPE at `position_ids`) is the one the quantized steps
+    use; the reference is the explicit-RoPE graphs.
+    """
     from types import SimpleNamespace
 
     from ros2_gmskip.exporters.fused_decoder import build_fused_decoder
@@ -258,8 +290,12 @@ def test_step_graphs_rotate_at_the_given_positions(tiny_model_dir, skip_bundle, 
 
 
 def test_random_fastv_and_kv_removal_without_a_split(tiny_model_dir, tmp_path, scene_images):
-    """FastV K=0 (a seeded random subset before block 0) and KV removal from block 0 need no
-    split: one explicit-position fused graph, compacted in place, decodes as decoder.onnx."""
+    """
+    Check FastV K=0 and KV removal from block 0 need no split and decode as decoder.onnx.
+
+    FastV K=0 keeps a seeded random subset before block 0; one explicit-position fused graph,
+    compacted in place, decodes as decoder.onnx does.
+    """
     from ros2_gmskip.exporters.onnx_export import export_bundle
     out = tmp_path / 'k0'
     export_bundle(tiny_model_dir, out, tokens=TokenSkip(FastVConfig(k=0, r=0.5), kv_ratio=0.5),

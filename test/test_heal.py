@@ -1,12 +1,28 @@
-"""`ros2-gmskip heal`: the pruned model fine-tuned with its token skipping on, saved as a folder
-that loads with transformers and carries a plan for its own weights."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+`ros2-gmskip heal`: the pruned model fine-tuned with its token skipping on.
+
+It is saved as a folder that loads with transformers and carries a plan for its own weights.
+"""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from ros2_gmskip.cli import main
 
 
@@ -25,11 +41,10 @@ def healed(tiny_model_dir, make_plan, tmp_path_factory):
 
 
 def test_heal_writes_a_loadable_pruned_model_with_its_plan(healed):
-    import torch
-    from safetensors.torch import load_file
-
     from ros2_gmskip.gmskip.plan import load_plan, plan_token_skip
     from ros2_gmskip.vlm.loading import load_vlm
+    from safetensors.torch import load_file
+    import torch
     source, plan, out = healed
     model, _ = load_vlm(out)
     assert len(model.model.language_model.layers) == 2
@@ -80,8 +95,12 @@ def test_heal_refuses_a_plan_for_other_weights(tiny_model_dir, make_plan, tmp_pa
 
 
 def test_bench_runs_a_healed_model_against_the_full_one(healed, tmp_path, capsys):
-    """--pruned-model: *_pruned / *_combined run the healed folder as it is (its plan's token
-    settings on *_combined only), *_full the source model; FLOPs from each one's own depth."""
+    """
+    Check bench --pruned-model runs the healed folder against the source model.
+
+    *_pruned / *_combined run the healed folder as it is (its plan's token settings on
+    *_combined only), *_full the source model; FLOPs come from each one's own depth.
+    """
     from ros2_gmskip.tokenskip.flops import DecoderDims, generation_flops
     from ros2_gmskip.tokenskip.settings import FastVConfig
     source, _, out = healed
@@ -94,8 +113,8 @@ def test_bench_runs_a_healed_model_against_the_full_one(healed, tmp_path, capsys
     assert result['pruned_model'] == str(out)
     assert cfg['torch_pruned']['tokens'] is None
     assert cfg['torch_combined']['tokens']['fastv'] == {'k': 1, 'r': 0.5, 'seed': 0}
-    from ros2_gmskip.vlm.prompting import prompt_ids_of
     from ros2_gmskip.vlm.loading import load_vlm
+    from ros2_gmskip.vlm.prompting import prompt_ids_of
     prompt = prompt_ids_of(load_vlm(source)[1])
     assert len(prompt) == 22
     config = json.loads((source / 'config.json').read_text())['text_config']
@@ -110,8 +129,11 @@ def test_bench_runs_a_healed_model_against_the_full_one(healed, tmp_path, capsys
 
 
 def test_heal_finds_the_shipped_plan_however_the_model_path_is_spelled(tmp_path, capsys):
-    """--model given as another path to the embedded model still finds its shipped plan (the
-    plan check and the token check run before any training)."""
+    """
+    Check --model given as another path to the embedded model still finds its shipped plan.
+
+    The plan check and the token check run before any training.
+    """
     from ros2_gmskip.runtime.defaults import default_model_dir
     spelled = default_model_dir() / '..' / default_model_dir().name
     assert main(['heal', '--model', str(spelled), '--kv-removal', '0.5', '--out',

@@ -1,19 +1,38 @@
-"""image_convert against OpenCV references: every encoding, padded rows, byte containers, errors."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""image_convert vs OpenCV references: every encoding, padded rows, byte containers, errors."""
 
 from __future__ import annotations
 
 import array
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-from rosbags.typesys import get_typestore, Stores
-
 from ros2_gmskip.errors import MessageError
 from ros2_gmskip.ros.image_convert import (
-    compressed_to_rgb, image_to_rgb, rgb_to_image_fields, rgb_to_jpeg, SUPPORTED_ENCODINGS)
+    compressed_to_rgb,
+    image_to_rgb,
+    rgb_to_image_fields,
+    rgb_to_jpeg,
+    SUPPORTED_ENCODINGS,
+)
+from rosbags.typesys import get_typestore, Stores
 
 TS = get_typestore(Stores.ROS2_HUMBLE)
 RosImage = TS.types['sensor_msgs/msg/Image']
@@ -33,10 +52,9 @@ class ImageMsg:
     data: Any
 
 
-@dataclass
-class CompressedMsg:
-    format: str
-    data: Any
+# Stand-in for a sensor_msgs/CompressedImage: its field `format` would shadow a builtin as a
+# class attribute (A003), so no class body.
+CompressedMsg = namedtuple('CompressedMsg', ['format', 'data'])
 
 
 def rng_rgb(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
@@ -44,7 +62,7 @@ def rng_rgb(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:
 
 
 def smooth_rgb(h: int = 48, w: int = 64) -> np.ndarray:
-    """A gradient image (JPEG-friendly)."""
+    """Return a gradient image (JPEG-friendly)."""
     y, x = np.mgrid[0:h, 0:w]
     return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 255 // (h + w - 2)],
                     axis=-1).astype(np.uint8)

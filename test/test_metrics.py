@@ -1,12 +1,32 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Metrics agree with values computed by hand."""
 
 import math
 
 import pytest
-
 from ros2_gmskip.errors import MetricError
-from ros2_gmskip.gmskip.metrics import (accuracy, checked, cider, exact_match, names_class,
-                                        normalize, resolve_metric)
+from ros2_gmskip.gmskip.metrics import (
+    accuracy,
+    checked,
+    cider,
+    exact_match,
+    names_class,
+    normalize,
+    resolve_metric,
+)
 from ros2_gmskip.scenes import Sample
 
 
@@ -42,9 +62,13 @@ def test_exact_match_by_hand():
 
 
 def test_cider_by_hand():
-    """Two images whose references share no n-gram: every n-gram has idf log(2). A prediction
+    """
+    Check CIDEr-D against a value worked out by hand: 5.0.
+
+    Two images whose references share no n-gram: every n-gram has idf log(2). A prediction
     equal to its reference has cosine 1 for n = 1..4 and no length penalty -> 10; a prediction
-    sharing nothing -> 0. CIDEr-D is the mean: 5.0."""
+    sharing nothing -> 0. CIDEr-D is the mean: 5.0.
+    """
     refs = [ref('a red car close ahead clear day'), ref('two yellow buses waiting there now')]
     preds = ['a red car close ahead clear day', 'nothing matches in this one']
     assert cider(preds, refs) == pytest.approx(5.0, abs=1e-6)

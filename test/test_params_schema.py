@@ -1,3 +1,17 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The param YAML, the JSON schema, the launch files and the README table agree."""
 
 from __future__ import annotations
@@ -9,10 +23,9 @@ import xml.etree.ElementTree as ET
 
 import jsonschema
 import pytest
-import yaml
-
 from ros2_gmskip.ros import params as P
 from ros2_gmskip.ros.schema_table import extract_table, params_table, readme_block
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / 'schema' / 'gmskip.schema.json'

@@ -1,15 +1,28 @@
-"""ament_pep257 over the package sources (skipped where ament_pep257 is not installed)."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 
 from pathlib import Path
 
+from ament_pep257.main import main
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PATHS = [str(REPO / p) for p in ('ros2_gmskip', 'test')]   # not .venv, build, ...
+PATHS = [str(REPO / p) for p in ('ros2_gmskip', 'test', 'bench', 'launch', 'setup.py')]
 
 
 @pytest.mark.linter
+@pytest.mark.pep257
 def test_pep257():
-    main = pytest.importorskip('ament_pep257.main').main
     rc = main(argv=PATHS)
     assert rc == 0, 'Found code style errors / warnings'

@@ -1,3 +1,17 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """DescriberCore: newest-frame policy, counters, failures, diagnostics, bounded memory."""
 
 from __future__ import annotations
@@ -8,9 +22,8 @@ import logging
 import threading
 import time
 
-import pytest
-
 from fakes import FakeBackend, image_msg, stand_in_convert
+import pytest
 from ros2_gmskip.errors import MessageError
 from ros2_gmskip.ros.params import DescriberParams
 from ros2_gmskip.ros.pipeline import DescriberCore, format_value, SceneOutput

@@ -1,3 +1,17 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Skip plans (format, validation, atomic writes), the search plot, calibrate and prune."""
 
 from __future__ import annotations
@@ -11,13 +25,11 @@ import sys
 import types
 
 import pytest
-import torch
-
 from ros2_gmskip.errors import DatasetError, GmSkipError, ModelLoadError, PlanError
 from ros2_gmskip.gmskip.objective import Objective
-from ros2_gmskip.gmskip.plan import (
-    FORMAT, SkipPlan, load_plan, plan_id, save_plan, weights_sha256)
+from ros2_gmskip.gmskip.plan import FORMAT, load_plan, plan_id, save_plan, SkipPlan, weights_sha256
 from ros2_gmskip.gmskip.strategies import search
+import torch
 
 torch.set_num_threads(1)
 
@@ -30,7 +42,7 @@ def additive(removed):
 
 @pytest.fixture
 def model_dir(tmp_path):
-    """A folder with fake weights: enough for the hash."""
+    """Return a folder with fake weights: enough for the hash."""
     folder = tmp_path / 'model'
     folder.mkdir()
     (folder / 'model-00002-of-00002.safetensors').write_bytes(b'second shard')
@@ -312,7 +324,7 @@ def tiny_llava_folder(folder, with_processor=True):
     model = tf.LlavaForConditionalGeneration(config).eval()
     model.save_pretrained(folder)
     if with_processor:
-        from tokenizers import Tokenizer, models, pre_tokenizers
+        from tokenizers import models, pre_tokenizers, Tokenizer
         words = ['<pad>', '<s>', '</s>', '<unk>', 'a', 'car', 'road', '<image>']
         tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token='<unk>'))
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -330,8 +342,8 @@ def tiny_llava_folder(folder, with_processor=True):
 def llava_inputs():
     g = torch.Generator().manual_seed(1)
     ids = torch.tensor([[1, 4] + [7] * 16 + [5, 6]])
-    return dict(input_ids=ids, attention_mask=torch.ones_like(ids),
-                pixel_values=torch.randn(1, 3, 32, 32, generator=g))
+    return {'input_ids': ids, 'attention_mask': torch.ones_like(ids),
+            'pixel_values': torch.randn(1, 3, 32, 32, generator=g)}
 
 
 def make_plan(model_dir, removed, path):
@@ -342,9 +354,9 @@ def make_plan(model_dir, removed, path):
 
 
 def test_prune_end_to_end(tmp_path, capsys):
-    import transformers as tf
     from ros2_gmskip.verbs import prune
     from ros2_gmskip.vlm.blocks import decoder_stack, remove_blocks
+    import transformers as tf
     source = tmp_path / 'model'
     model = tiny_llava_folder(source)
     plan_path = make_plan(source, [1, 4], tmp_path / 'plan.json')
@@ -425,8 +437,8 @@ def test_prune_refusals(tmp_path, caplog):
 
 
 def test_model_defaults_to_the_embedded_model(monkeypatch, model_dir, tmp_path):
-    import ros2_gmskip.runtime.defaults as defaults
     from ros2_gmskip.argtypes import model_dir_or_default
+    import ros2_gmskip.runtime.defaults as defaults
     assert model_dir_or_default(tmp_path) == tmp_path
     monkeypatch.setattr(defaults, 'default_model_dir', lambda: model_dir)
     assert model_dir_or_default(None) == model_dir

@@ -1,4 +1,19 @@
-"""The node on rclpy (runs where ROS 2 is sourced; skipped otherwise).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The node on rclpy (runs where ROS 2 is sourced; skipped otherwise).
 
 Isolation: a random ROS_DOMAIN_ID, Cyclone DDS on loopback (config/cyclonedds-loopback.xml) and
 localhost-only discovery for the other RMWs (ROS_LOCALHOST_ONLY on Humble,
@@ -12,6 +27,7 @@ from pathlib import Path
 import random
 import time
 
+from fakes import FakeBackend
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +38,6 @@ os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 
 rclpy = pytest.importorskip('rclpy')
 
-from fakes import FakeBackend  # noqa: E402
 from ros2_gmskip.ros.node import DIAGNOSTIC_NAME, GmSkipDescriber, run  # noqa: E402
 from ros2_gmskip.ros.rclpy_transport import RclpyTransport  # noqa: E402
 

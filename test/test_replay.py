@@ -1,4 +1,19 @@
-"""Replay: rosbag2 frames through DescriberCore into an output bag; the replay and demo verbs.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Replay: rosbag2 frames through DescriberCore into an output bag; the replay and demo verbs.
 
 sqlite3 and MCAP, Image and CompressedImage; max and realtime rates; damaged bags and bad frames.
 Fake backends only (the factory's 'fake:MS'), small images: the file runs in seconds.
@@ -12,19 +27,31 @@ import shutil
 
 import numpy as np
 import pytest
-from rosbags.rosbag2 import Reader
-
 from ros2_gmskip import cli
 from ros2_gmskip.errors import BagError, GmSkipError
 from ros2_gmskip.ros.bag import (
-    BagOutputWriter, COMPRESSED_TYPE, DEFAULT_START_NS, GROUND_TRUTH_TOPIC, header_msg,
-    make_bag, TYPESTORE)
+    BagOutputWriter,
+    COMPRESSED_TYPE,
+    DEFAULT_START_NS,
+    GROUND_TRUTH_TOPIC,
+    header_msg,
+    make_bag,
+    TYPESTORE,
+)
 from ros2_gmskip.ros.image_convert import rgb_to_jpeg
 from ros2_gmskip.ros.params import DescriberParams
 from ros2_gmskip.ros.replay import (
-    _Ticks, DEBUG_TOPIC, DESCRIPTION_TOPIC, DIAGNOSTICS_TOPIC, FLOAT64_STAMPED, read_output_bag,
-    replay_bag, SCENE_TOPIC)
+    _Ticks,
+    DEBUG_TOPIC,
+    DESCRIPTION_TOPIC,
+    DIAGNOSTICS_TOPIC,
+    FLOAT64_STAMPED,
+    read_output_bag,
+    replay_bag,
+    SCENE_TOPIC,
+)
 from ros2_gmskip.runtime.factory import create_backend
+from rosbags.rosbag2 import Reader
 
 N, FPS, W, H = 8, 20.0, 64, 48
 STEP_NS = int(1e9 / FPS)
@@ -143,7 +170,7 @@ def test_realtime_drops_frames_when_the_backend_is_slower(bags, tmp_path):
                    rate='realtime', progress=False)
     assert s['rate'] == 'realtime' and s['frames'] == s['received'] == N
     assert s['dropped'] > 0 and 0 < s['described'] < N and balanced(s)
-    assert s['wall_s'] >= s['bag_s'] * 0.9               # paced by the bag, not as fast as possible
+    assert s['wall_s'] >= s['bag_s'] * 0.9            # paced by the bag, not as fast as possible
     scenes = [json.loads(m.data) for _, m in by_topic(tmp_path / 'out')[SCENE_TOPIC]]
     stamps = [sc['stamp']['sec'] * 1_000_000_000 + sc['stamp']['nanosec'] for sc in scenes]
     assert stamps == sorted(stamps) and set(stamps) <= set(STAMPS)

@@ -1,20 +1,33 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The torch-free runtime: bundle checks, preprocessing, tokenizer, decode loop, backends."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-
 from ros2_gmskip.errors import BundleError, EngineError, GmSkipError, ImageError
 from ros2_gmskip.runtime.bundle import load_bundle, sha256_file
 from ros2_gmskip.runtime.preprocess import check_image, Preprocessor
-from ros2_gmskip.runtime.types import Backend, DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import Backend, DEFAULT_PROMPT
+import torch
 
 torch.set_num_threads(1)
 
@@ -27,7 +40,7 @@ def ort_backend(tiny_bundle):
 
 @pytest.fixture
 def bundle_copy(tiny_bundle, tmp_path) -> Path:
-    """A private copy of the tiny bundle, to corrupt."""
+    """Return a private copy of the tiny bundle, to corrupt."""
     return Path(shutil.copytree(tiny_bundle, tmp_path / 'bundle'))
 
 
@@ -101,9 +114,8 @@ def test_manifest_may_not_point_outside_the_bundle(bundle_copy):
 
 @pytest.mark.parametrize('resample', [2, 3])        # bilinear (the default model), bicubic
 def test_preprocess_equals_hf_processor(resample, scene_images):
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
     from ros2_gmskip.runtime.preprocess import RESAMPLE_NAMES
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     hf = SiglipImageProcessorPil(size={'height': 48, 'width': 64}, resample=resample,
                                  image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])
@@ -263,7 +275,8 @@ def test_unavailable_provider_lists_the_available_ones():
         resolve_providers(['nope'])
     import onnxruntime as ort
     if 'CUDAExecutionProvider' not in ort.get_available_providers():
-        with pytest.raises(EngineError, match=r"'cuda' \(CUDAExecutionProvider\).*onnxruntime-gpu"):
+        with pytest.raises(EngineError,
+                           match=r"'cuda' \(CUDAExecutionProvider\).*onnxruntime-gpu"):
             resolve_providers(['cuda'])
 
 
@@ -289,9 +302,8 @@ def test_factory_fake_backend(scene_images):
 def test_factory_kinds(tiny_bundle, tiny_model_dir, monkeypatch):
     import sys
 
-    from ros2_gmskip.runtime.factory import create_backend
-
     from ros2_gmskip.runtime import defaults
+    from ros2_gmskip.runtime.factory import create_backend
 
     assert create_backend('onnxruntime', bundle=tiny_bundle, threads=1).name == 'onnxruntime'
     assert create_backend('torch', model=tiny_model_dir, threads=1).name == 'torch'

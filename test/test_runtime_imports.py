@@ -1,4 +1,22 @@
-"""The runtime never imports torch or transformers: the node must start on a Jetson without them."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The runtime never imports torch or transformers.
+
+The node must start on a Jetson without them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +24,7 @@ import json
 import subprocess
 import sys
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, sys
 import numpy as np
 import ros2_gmskip.runtime
@@ -18,7 +36,7 @@ image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
 result = backend.describe(image, max_new_tokens=4)
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))
 print(json.dumps({'heavy': heavy, 'tokens': result.tokens, 'total_ms': result.latency.total_ms}))
-'''
+"""
 
 
 def test_runtime_runs_without_torch_or_transformers(tiny_bundle):

@@ -1,16 +1,43 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """The scene renderer: determinism, splits, caption grammar, ground-truth invariants."""
 
 from __future__ import annotations
 
-import re
 from collections import Counter
+import re
 
 import numpy as np
 import pytest
-
 from ros2_gmskip.scenes import (
-    CLASSES, DISTANCES, LIGHT_STATES, LIGHTINGS, NOUNS, POSITIONS, SPLITS, SYNONYMS,
-    VEHICLE_COLORS, WEATHERS, Scene, SceneObject, caption_for, render_scene, split_seeds)
+    caption_for,
+    CLASSES,
+    DISTANCES,
+    LIGHT_STATES,
+    LIGHTINGS,
+    NOUNS,
+    POSITIONS,
+    render_scene,
+    Scene,
+    SceneObject,
+    split_seeds,
+    SPLITS,
+    SYNONYMS,
+    VEHICLE_COLORS,
+    WEATHERS,
+)
 from ros2_gmskip.scenes.spec import WEATHER_WORDS
 
 W, H = 320, 240             # small renders keep the suite fast; the layout does not depend on size
@@ -172,13 +199,13 @@ def test_near_objects_are_lower_and_bigger_than_far(scenes):
 def test_every_value_appears(scenes):
     objs = [o for _, s in scenes for o in s.objects]
     assert set(Counter(o.cls for o in objs)) == set(CLASSES)
-    assert set(s.main_class for _, s in scenes) == set(CLASSES)
-    assert set(s.lighting for _, s in scenes) == set(LIGHTINGS)
-    assert set(s.weather for _, s in scenes) == set(WEATHERS)
-    assert set(o.position for o in objs) == set(POSITIONS)
-    assert set(o.distance for o in objs) == set(DISTANCES)
-    assert set(o.color for o in objs if o.cls in ('car', 'truck')) == set(VEHICLE_COLORS)
-    assert set(o.color for o in objs if o.cls == 'traffic_light') == set(LIGHT_STATES)
+    assert {s.main_class for _, s in scenes} == set(CLASSES)
+    assert {s.lighting for _, s in scenes} == set(LIGHTINGS)
+    assert {s.weather for _, s in scenes} == set(WEATHERS)
+    assert {o.position for o in objs} == set(POSITIONS)
+    assert {o.distance for o in objs} == set(DISTANCES)
+    assert {o.color for o in objs if o.cls in ('car', 'truck')} == set(VEHICLE_COLORS)
+    assert {o.color for o in objs if o.cls == 'traffic_light'} == set(LIGHT_STATES)
     counts = Counter(len(s.objects) for _, s in scenes)
     assert counts[1] > 150 and counts[2] > 150 and counts[3] > 60, counts
 

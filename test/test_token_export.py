@@ -1,5 +1,23 @@
-"""Token skipping in exported bundles: split decoder graphs, the numpy decode loop (FastV ranking,
-visual KV removal) against the torch reference, settings round trips, and clear refusals."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Token skipping in exported bundles.
+
+Split decoder graphs, the numpy decode loop (FastV ranking, visual KV removal) against the torch
+reference, settings round trips, and clear refusals.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ros2_gmskip.tokenskip.settings import (FastVConfig, parse_fastv, random_slots,
-                                            retained_slots, TokenSkip)
+from ros2_gmskip.tokenskip.settings import (
+    FastVConfig,
+    parse_fastv,
+    random_slots,
+    retained_slots,
+    TokenSkip,
+)
 
 NEW = 12
 
@@ -24,8 +46,11 @@ def _export(model_dir: Path, out: Path, tokens: TokenSkip, **kw) -> dict:
 
 @pytest.fixture(scope='module')
 def fastv_bundle(tiny_model_dir, tmp_path_factory) -> Path:
-    """Tiny model, FastV K=2 R=0.5 + all visual KV removed; export validation must pass (the
-    runtime's greedy text == the torch reference on 3 scenes)."""
+    """
+    Export the tiny model with FastV K=2 R=0.5 + all visual KV removed.
+
+    Export validation must pass (the runtime's greedy text == the torch reference on 3 scenes).
+    """
     out = tmp_path_factory.mktemp('tokens') / 'fastv'
     _export(tiny_model_dir, out, TokenSkip(FastVConfig(k=2, r=0.5), kv_ratio=1.0))
     return out
@@ -108,9 +133,13 @@ def test_fastv_bundle_is_split_and_recorded(fastv_bundle):
 
 @pytest.mark.parametrize('graph', ['fused', 'portable'])
 def test_runtime_prunes_the_expected_number_of_tokens(fastv_bundle, scene_images, graph):
-    """The second segment's prefill runs on T - (n - ceil(n/2)) rows and decode attends to no
+    """
+    Check the runtime prunes the expected number of tokens, counted in what the sessions see.
+
+    The second segment's prefill runs on T - (n - ceil(n/2)) rows and decode attends to no
     visual key at all (KV ratio 1): count the rows and cache lengths the sessions see, on the
-    fused segments (decode steps through their prepared bindings) and on decoder.onnx's."""
+    fused segments (decode steps through their prepared bindings) and on decoder.onnx's.
+    """
     from ros2_gmskip.runtime.ort_backend import OrtBackend
     # one token per decode run (speculative runs: test_fused_token_decode.py)
     backend = OrtBackend(fastv_bundle, threads=1, graph=graph, draft_tokens=0)
@@ -208,6 +237,7 @@ def test_tensorrt_refuses_token_skip_bundles(fastv_bundle):
 
 def test_segments_that_do_not_tile_the_decoder_are_refused(fastv_bundle, tmp_path):
     import shutil
+
     from ros2_gmskip.errors import BundleError
     from ros2_gmskip.runtime.bundle import load_bundle
     copy = tmp_path / 'b'
@@ -233,8 +263,12 @@ def test_export_cli_flags(tiny_model_dir, tmp_path, capsys):
 
 
 def test_replay_applies_the_bundle_token_skipping(fastv_bundle, tiny_bundle, tmp_path):
-    """The node's pipeline (replay) over a token-skipping bundle: texts equal the torch reference
-    path's settings (the bundle validated that), the summary and diagnostics name the settings."""
+    """
+    Check the node's pipeline (replay) applies a token-skipping bundle's settings.
+
+    Texts equal the torch reference path's settings (the bundle validated that), the summary and
+    diagnostics name the settings.
+    """
     from ros2_gmskip.ros.bag import make_bag
     from ros2_gmskip.ros.replay import read_output_bag, replay_bag
     from ros2_gmskip.runtime.factory import create_backend

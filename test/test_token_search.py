@@ -1,5 +1,23 @@
-"""Token-skip calibration: the K/R/KV search, the plan's `tokens`, calibrate --tokens, evaluate's
-token flags, the evaluator and the torch backend with token skipping."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Token-skip calibration.
+
+The K/R/KV search, the plan's `tokens`, calibrate --tokens, evaluate's token flags, the
+evaluator and the torch backend with token skipping.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +28,15 @@ import sys
 import types
 
 import pytest
-
 from ros2_gmskip.errors import MetricError, PlanError
 from ros2_gmskip.gmskip.objective import Objective
 from ros2_gmskip.gmskip.token_search import (
-    candidates, choose_best, FLOPS_REFERENCE, search_tokens, Workload)
+    candidates,
+    choose_best,
+    FLOPS_REFERENCE,
+    search_tokens,
+    Workload,
+)
 from ros2_gmskip.tokenskip.flops import DecoderDims, generation_flops
 from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
 
@@ -363,13 +385,13 @@ def test_evaluate_token_precedence():
 # --- on a tiny random model -----------------------------------------------------------------
 
 def chars(predictions, references) -> float:
-    """A metric a random model scores above 0 on: 1 + mean characters per description."""
+    """Score 1 + mean characters per description: a metric a random model scores above 0 on."""
     return 1.0 + sum(len(p) for p in predictions) / max(len(predictions), 1)
 
 
 def test_generated_lengths_count_up_to_the_stop_token():
-    import torch
     from ros2_gmskip.gmskip.evaluator import generated_lengths
+    import torch
     new = torch.tensor([[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]])
     assert generated_lengths(new, [2]) == [2, 4, 1]
     assert generated_lengths(new, [2, 7]) == [2, 3, 1]

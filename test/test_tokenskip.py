@@ -1,10 +1,26 @@
-"""Token-level acceleration (ros2_gmskip.tokenskip): FastV pruning, Skip-Vision KV removal,
-Skip-FFN, FLOPs estimates.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Token-level acceleration (ros2_gmskip.tokenskip).
+
+FastV pruning, Skip-Vision KV removal, Skip-FFN, FLOPs estimates.
 
 Exactness is checked against transformers itself: with nothing pruned the functional path equals
-the Hugging Face model bit for bit (eager attention); with pruning / removal it equals the HF model
-recomputing the whole sequence at every step with the pruned / removed keys masked out per layer
-(forward pre-hooks on the decoder blocks swap in a per-layer mask), to 1e-5.
+the Hugging Face model bit for bit (eager attention); with pruning / removal it equals the HF
+model recomputing the whole sequence at every step with the pruned / removed keys masked out per
+layer (forward pre-hooks on the decoder blocks swap in a per-layer mask), to 1e-5.
 """
 
 from __future__ import annotations
@@ -14,17 +30,34 @@ import math
 
 import numpy as np
 import pytest
-import torch
-
-from ros2_gmskip.tokenskip.fastv import (embed_inputs, fastv_generate, fastv_generate_ids,
-                                         fastv_prefill, FastVConfig, image_positions_of,
-                                         pad_token_id, rank_image_tokens, stop_ids)
-from ros2_gmskip.tokenskip.flops import (decode_flops, DecoderDims, generation_flops, layer_flops,
-                                         num_kept, prefill_flops)
-from ros2_gmskip.tokenskip.kv_removal import (drop_mask_for, kv_removal_generate,
-                                              kv_removal_generate_ids, KVRemovalConfig)
+from ros2_gmskip.tokenskip.fastv import (
+    embed_inputs,
+    fastv_generate,
+    fastv_generate_ids,
+    fastv_prefill,
+    FastVConfig,
+    image_positions_of,
+    pad_token_id,
+    rank_image_tokens,
+    stop_ids,
+)
+from ros2_gmskip.tokenskip.flops import (
+    decode_flops,
+    DecoderDims,
+    generation_flops,
+    layer_flops,
+    num_kept,
+    prefill_flops,
+)
+from ros2_gmskip.tokenskip.kv_removal import (
+    drop_mask_for,
+    kv_removal_generate,
+    kv_removal_generate_ids,
+    KVRemovalConfig,
+)
 from ros2_gmskip.tokenskip.skip_ffn import select_skipped, Selection, skip_ffn, SkipFFN
 from ros2_gmskip.vlm.prompting import build_inputs
+import torch
 
 LAYERS = 6
 N_IMG = 16                 # 64x64 image, patch 16
@@ -34,14 +67,21 @@ NEW = 8                    # tokens generated per test
 
 @pytest.fixture(scope='module')
 def vlm():
-    """(model, processor): a tiny random LLaVA, 6 decoder blocks, GQA (4 heads, 2 KV), eager
-    attention. Init std 0.15: greedy text varies (0.02 repeats one word), and float noise between
-    cached and recomputed runs stays < 5e-6 (at 0.3 it reaches 1.4e-5 even without pruning)."""
-    torch.set_num_threads(1)
-    from transformers import LlavaForConditionalGeneration
+    """
+    Return (model, processor) of a tiny random LLaVA.
 
-    from ros2_gmskip.vlm.default_model import (build_model, build_processor, build_tokenizer,
-                                               DefaultModelConfig)
+    6 decoder blocks, GQA (4 heads, 2 KV), eager attention. Init std 0.15: greedy text varies
+    (0.02 repeats one word), and float noise between cached and recomputed runs stays < 5e-6 (at
+    0.3 it reaches 1.4e-5 even without pruning).
+    """
+    torch.set_num_threads(1)
+    from ros2_gmskip.vlm.default_model import (
+        build_model,
+        build_processor,
+        build_tokenizer,
+        DefaultModelConfig,
+    )
+    from transformers import LlavaForConditionalGeneration
     cfg = DefaultModelConfig(image_size=64, patch_size=16, vision_hidden=32, vision_layers=1,
                              vision_heads=2, text_hidden=64, text_intermediate=128,
                              text_layers=LAYERS, text_heads=4, max_positions=128)
@@ -84,8 +124,11 @@ def _ids(vlm, inputs, cfg, **kw):
 # Reference: the HF model, whole sequence recomputed, keys hidden per layer
 
 def _reference_logits(model, embeds, hide):
-    """Last-position logits (B, V) of the HF model on embeds (B, S, C) where, in layer l, query i
-    cannot see key j when hide[l][b, i, j] (on top of causality). No cache."""
+    """
+    Return the HF model's last-position logits (B, V) on embeds (B, S, C), with hidden keys.
+
+    In layer l, query i cannot see key j when hide[l][b, i, j] (on top of causality). No cache.
+    """
     B, S, _ = embeds.shape
     causal = torch.ones(S, S, dtype=torch.bool).tril()
     neg = torch.finfo(embeds.dtype).min
@@ -115,7 +158,8 @@ def _reference_logits(model, embeds, hide):
 
 
 def _check_against_reference(model, inputs, tokens, logits, hide_fn, skip=None):
-    """Every step's logits of a cached run equal the masked full recompute (atol 1e-5).
+    """
+    Every step's logits of a cached run equal the masked full recompute (atol 1e-5).
 
     skip (B, T): prompt tokens that bypass the FFNs (Skip-FFN) in the reference too.
     """
@@ -216,8 +260,12 @@ def test_fastv_k0_random_subset_is_seeded(vlm, inputs):
 
 @pytest.mark.parametrize('k, r', [(2, 0.5), (0, 0.5), (4, 0.75)])
 def test_fastv_decode_equals_masked_full_recompute(vlm, inputs, k, r):
-    """Prefill + cached decode with pruned tokens == HF recomputing everything with the pruned keys
-    hidden in layers >= K: original positions and per-layer masks are right."""
+    """
+    Check prefill + cached decode with pruned tokens == HF recomputing everything.
+
+    HF recomputes with the pruned keys hidden in layers >= K; equality shows the original
+    positions and per-layer masks are right.
+    """
     model, _ = vlm
     cfg = FastVConfig(k=k, r=r)
     tokens, logits = _ids(vlm, inputs, cfg)
@@ -401,7 +449,8 @@ def test_flops_by_hand():
     assert prefill_flops(dims, 4, 2) == 3 * 176
     # GM-Skip removes block 1; FastV K=1 (of the 2 left) R=0.5: n=4 then n=3 (48 + 36 + 36)
     assert prefill_flops(dims, 4, 2, removed_blocks=[1]) == 2 * 176
-    assert prefill_flops(dims, 4, 2, removed_blocks=[1], fastv=FastVConfig(k=1, r=0.5)) == 176 + 120
+    fastv = FastVConfig(k=1, r=0.5)
+    assert prefill_flops(dims, 4, 2, removed_blocks=[1], fastv=fastv) == 176 + 120
     assert prefill_flops(dims, 4, 2, fastv=FastVConfig(k=1, r=0.0)) == 3 * 176
     # decode after 4 tokens: 5 keys; all visual KV removed: 3 keys (16 + 12 + 12)
     assert decode_flops(dims, 4, 2) == 3 * 48
@@ -417,9 +466,12 @@ def test_flops_by_hand():
 
 
 def test_blind_answer_training_mask_equals_kv_removal(vlm, inputs):
-    """Training with --blind-answers shows the model exactly what a decode step sees after visual
-    KV removal at ratio 1: teacher-forced logits under the training mask equal every step of a
-    cached KV-removal run."""
+    """
+    Check training with --blind-answers shows what a decode step sees after KV removal.
+
+    That is visual KV removal at ratio 1: teacher-forced logits under the training mask equal
+    every step of a cached KV-removal run.
+    """
     from ros2_gmskip.vlm.train import blind_answer_mask
     model, _ = vlm
     tokens, logits = _kv_run(vlm, inputs, KVRemovalConfig(ratio=1.0))
@@ -437,6 +489,7 @@ def test_blind_answer_training_mask_equals_kv_removal(vlm, inputs):
 
 def test_stage2_blocks_early_exit_and_layerdrop():
     import random
+
     from ros2_gmskip.vlm.train import stage2_blocks
     drop_p = [0.3 * i / 15 for i in range(16)]
     plain, new = random.Random(0), random.Random(0)
@@ -459,8 +512,12 @@ def test_stage2_blocks_early_exit_and_layerdrop():
     (FastVConfig(k=3, r=0.75), True),        # FastV + KV removal ratio 1
 ])
 def test_healing_forward_equals_cached_inference(vlm, inputs, fastv, kv):
-    """Teacher-forced logits of `fastv_layers` over prompt + generated answer equal the logits a
-    cached greedy run chose every token from (FastV prefill, KV removal, decode steps)."""
+    """
+    Check the healing forward (`fastv_layers`, teacher-forced) equals cached inference.
+
+    Its logits over prompt + generated answer equal the logits a cached greedy run chose every
+    token from (FastV prefill, KV removal, decode steps).
+    """
     from ros2_gmskip.tokenskip.fastv import fastv_layers, text_model
     model, _ = vlm
     if kv:
@@ -484,8 +541,12 @@ def test_healing_forward_equals_cached_inference(vlm, inputs, fastv, kv):
 
 
 def test_healing_loss_is_the_model_loss_and_trains_every_kept_part(vlm, images):
-    """No token skipping: the healing loss is transformers' own caption loss on a right-padded
-    batch; with FastV + KV removal gradients reach the vision tower and every block."""
+    """
+    Check the healing loss is the model's loss and trains every kept part.
+
+    With no token skipping it is transformers' own caption loss on a right-padded batch; with
+    FastV + KV removal gradients reach the vision tower and every block.
+    """
     from ros2_gmskip.tokenskip.settings import TokenSkip
     from ros2_gmskip.vlm.heal import healing_loss
     from ros2_gmskip.vlm.prompting import prompt_ids_of

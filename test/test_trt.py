@@ -1,10 +1,25 @@
-"""TensorRT engines: profiles, names, engine manifests, the builder and the backend.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 
-Everything up to the real-GPU class runs without TensorRT: a small stand-in `tensorrt` module (and a
-stand-in CUDA with host memory behind fake device pointers) is injected where the builder and the
-backend import theirs, so their control flow - parser errors, profiles, flags, timing cache, files,
-manifest checks, buffers, the KV-cache ping-pong - is exercised here. Real TensorRT tests skip
-unless `tensorrt` and a CUDA GPU are present.
+"""
+TensorRT engines: profiles, names, engine manifests, the builder and the backend.
+
+Everything up to the real-GPU class runs without TensorRT: a small stand-in `tensorrt` module
+(and a stand-in CUDA with host memory behind fake device pointers) is injected where the builder
+and the backend import theirs, so their control flow - parser errors, profiles, flags, timing
+cache, files, manifest checks, buffers, the KV-cache ping-pong - is exercised here. Real TensorRT
+tests skip unless `tensorrt` and a CUDA GPU are present.
 """
 
 from __future__ import annotations
@@ -12,20 +27,28 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from pathlib import Path
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ros2_gmskip import cli
 from ros2_gmskip.errors import EngineError
-from ros2_gmskip.exporters import engine_manifest as em
-from ros2_gmskip.exporters import trt_build
+from ros2_gmskip.exporters import engine_manifest as em, trt_build
 from ros2_gmskip.exporters.trt_profiles import (
-    Limits, Precision, Profile, ShapeRange, build_profiles, cache_key, decoder_profiles,
-    engine_file_name, profiles_from_dict, profiles_to_dict, vision_profiles)
+    build_profiles,
+    cache_key,
+    decoder_profiles,
+    engine_file_name,
+    Limits,
+    Precision,
+    Profile,
+    profiles_from_dict,
+    profiles_to_dict,
+    ShapeRange,
+    vision_profiles,
+)
 from ros2_gmskip.runtime import trt_backend
 from ros2_gmskip.runtime.bundle import Bundle, load_bundle
 from ros2_gmskip.runtime.trt_backend import GpuInfo
@@ -37,7 +60,7 @@ TRT_MISSING_LINE = ('error: TensorRT is not installed (pip/apt package python3-l
 
 
 def graphs_entry() -> dict:
-    """The bundle manifest's `graphs`, as ros2_gmskip.exporters.export_config writes it."""
+    """Return the bundle manifest's `graphs`, as ros2_gmskip.exporters.export_config writes it."""
     dec_in = [{'name': 'inputs_embeds', 'shape': ['batch', 'seq', C], 'dtype': 'float32'},
               {'name': 'attention_mask', 'shape': ['batch', 'total'], 'dtype': 'int64'},
               {'name': 'position_ids', 'shape': ['batch', 'seq'], 'dtype': 'int64'}]
@@ -118,9 +141,9 @@ def test_engine_file_names_carry_the_precision():
 def test_profiles_round_trip_and_cache_key_tracks_every_setting():
     profiles = build_profiles(fake_manifest(), Limits(1, 32, 8), 12)
     assert profiles_from_dict(json.loads(json.dumps(profiles_to_dict(profiles)))) == profiles
-    base = dict(source_onnx_sha256={'vision': 'a', 'decoder': 'b'}, precision='fp16',
-                limits=Limits(), prompt_len=12, tensorrt_version='10.3.0',
-                compute_capability='8.7', dla_core=None)
+    base = {'source_onnx_sha256': {'vision': 'a', 'decoder': 'b'}, 'precision': 'fp16',
+            'limits': Limits(), 'prompt_len': 12, 'tensorrt_version': '10.3.0',
+            'compute_capability': '8.7', 'dla_core': None}
     key = cache_key(**base)
     assert key == cache_key(**base) and len(key) == 16
     for change in ({'source_onnx_sha256': {'vision': 'a', 'decoder': 'c'}}, {'precision': 'fp32'},
@@ -137,7 +160,7 @@ def sha(data: bytes) -> str:
 
 
 def write_bundle(folder: Path, tokenizer: bool = False) -> Bundle:
-    """A bundle folder with its manifest (files hashed); the graphs are fake-ONNX JSON."""
+    """Write a bundle folder with its manifest (files hashed); the graphs are fake-ONNX JSON."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {'vision.onnx': json.dumps(fake_onnx('vision')).encode(),
              'decoder.onnx': json.dumps(fake_onnx('decoder')).encode()}
@@ -177,7 +200,7 @@ def make_tokenizer_json() -> bytes:
 
 @pytest.fixture
 def built(tmp_path):
-    """(bundle, engine_dir) with two fake engine files and a manifest for Orin / TensorRT 10.3.0."""
+    """Return (bundle, engine_dir): two fake engines and a manifest for Orin / TensorRT 10.3.0."""
     bundle = write_bundle(tmp_path / 'bundle')
     engine_dir = tmp_path / 'engines'
     engine_dir.mkdir()
@@ -351,7 +374,7 @@ def test_backend_unavailable_without_tensorrt(no_tensorrt, tmp_path):
 # --- a stand-in tensorrt ----------------------------------------------------------------------
 
 def fake_onnx(kind: str) -> dict:
-    """What the fake parser reads from a '.onnx' file: the graph's I/O (-1 = dynamic)."""
+    """Return what the fake parser reads from a '.onnx' file: the graph's I/O (-1 = dynamic)."""
     g = graphs_entry()[kind]
 
     def spec(t):
@@ -362,11 +385,13 @@ def fake_onnx(kind: str) -> dict:
 
 
 class FakeTensor:
+
     def __init__(self, spec):
         self.name, self.shape, self.dtype = spec['name'], tuple(spec['shape']), spec['dtype']
 
 
 class FakeNetwork:
+
     def __init__(self, flags):
         self.flags, self.spec = flags, None
 
@@ -393,6 +418,7 @@ class FakeNetwork:
 
 
 class FakeParser:
+
     def __init__(self, network, logger):
         self.network, self.errors = network, []
 
@@ -411,14 +437,16 @@ class FakeParser:
 
 
 class FakeProfile:
+
     def __init__(self):
         self.shapes = {}
 
-    def set_shape(self, name, min, opt, max):
-        self.shapes[name] = (tuple(min), tuple(opt), tuple(max))
+    def set_shape(self, name, min_shape, opt_shape, max_shape):
+        self.shapes[name] = (tuple(min_shape), tuple(opt_shape), tuple(max_shape))
 
 
 class FakeCache:
+
     def __init__(self, blob):
         self.blob = blob
 
@@ -427,6 +455,7 @@ class FakeCache:
 
 
 class FakeConfig:
+
     def __init__(self, state):
         self.state = state
         self.flags, self.cleared, self.profiles, self.pools = set(), set(), [], {}
@@ -463,6 +492,7 @@ class FakeConfig:
 
 
 class FakeBuilder:
+
     def __init__(self, logger, state):
         self.state = state
         self.platform_has_fast_fp16 = True
@@ -488,8 +518,11 @@ class FakeBuilder:
 
 
 def make_fake_trt(version='10.3.0', dla_cores=0, fail_build=False, bf16=True):
-    """A `tensorrt` stand-in with the calls the builder and the backend make (names as in the
-    TensorRT 10 Python API); `state` records what was asked of it."""
+    """
+    Return a `tensorrt` stand-in with the calls the builder and the backend make.
+
+    Names are as in the TensorRT 10 Python API; `state` records what was asked of it.
+    """
     trt = types.ModuleType('tensorrt')
     state = types.SimpleNamespace(networks=[], configs=[], cache_loads=[], dla_cores=dla_cores,
                                   fail_build=fail_build)
@@ -503,7 +536,7 @@ def make_fake_trt(version='10.3.0', dla_cores=0, fail_build=False, bf16=True):
             pass
     trt.ILogger = ILogger
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
-    flags = dict(FP16='FP16', INT8='INT8', TF32='TF32', GPU_FALLBACK='GPU_FALLBACK')
+    flags = {'FP16': 'FP16', 'INT8': 'INT8', 'TF32': 'TF32', 'GPU_FALLBACK': 'GPU_FALLBACK'}
     if bf16:
         flags['BF16'] = 'BF16'
     trt.BuilderFlag = types.SimpleNamespace(**flags)
@@ -624,7 +657,8 @@ def test_failed_build_and_slow_fp16_gpu(tmp_path, monkeypatch, caplog):
         trt_build.build_engines(bundle, tmp_path / 'out', trt_build.BuildConfig(prompt_len=10),
                                 gpu=GpuInfo('Quadro M6000', '5.2'))
     assert 'has no fast fp16 (sm_70 or newer has)' in caplog.text
-    assert trt_build._has_fast(Precision.FP16, '8.7') and trt_build._has_fast(Precision.FP16, '5.3')
+    assert trt_build._has_fast(Precision.FP16, '8.7')
+    assert trt_build._has_fast(Precision.FP16, '5.3')
     assert not trt_build._has_fast(Precision.FP16, '6.1')          # GeForce Pascal
     assert not trt_build._has_fast(Precision.BF16, '7.5') and trt_build._has_fast(
         Precision.INT8, '6.1')
@@ -722,7 +756,7 @@ class FakeCuda:
 
 
 def toy_kv(embeds, positions, layer):
-    """The toy decoder's new keys/values (1, KV, T, D) from embeddings (1, T, C) and positions."""
+    """Return the toy decoder's new keys/values (1, KV, T, D) from embeds (1, T, C), positions."""
     T = embeds.shape[1]
     x = embeds[0, :, :KV * D].reshape(T, KV, D).transpose(1, 0, 2)        # (KV, T, D)
     k = x * (layer + 1) + 0.01 * positions[0][None, :, None]
@@ -741,6 +775,7 @@ def toy_logits(embeds, keys_last, mask):
 
 
 class FakeContext:
+
     def __init__(self, engine):
         self.engine, self.profile, self.shapes, self.addr = engine, 0, {}, {}
 
@@ -797,6 +832,7 @@ class FakeContext:
 
 
 class FakeEngine:
+
     def __init__(self, spec, cuda):
         self.spec, self.cuda, self.runs = spec, cuda, []
         self.names = [t['name'] for t in spec['inputs'] + spec['outputs']]
@@ -944,7 +980,7 @@ def test_real_tensorrt_logger_and_gpu_query():
 def test_real_tensorrt_builds_a_tiny_onnx_with_profiles(tmp_path):
     trt = _real_trt_and_gpu()
     onnx = pytest.importorskip('onnx')
-    from onnx import TensorProto, helper
+    from onnx import helper, TensorProto
     x = helper.make_tensor_value_info('x', TensorProto.FLOAT, ['batch', 4])
     y = helper.make_tensor_value_info('y', TensorProto.FLOAT, ['batch', 4])
     graph = helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g', [x], [y])

@@ -1,4 +1,19 @@
-"""ONNX export of (GM-Skip pruned) VLMs, its validation, manifests and the TensorRT op lint.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+ONNX export of (GM-Skip pruned) VLMs, its validation, manifests and the TensorRT op lint.
 
     from ros2_gmskip.exporters import export_bundle
     result = export_bundle(Path('models/gmskip-llava-scenes'), Path('bundles/pruned'),

@@ -1,4 +1,19 @@
-"""`engine_manifest.json`: what a folder of TensorRT engines was built from, where and how.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+`engine_manifest.json`: what a folder of TensorRT engines was built from, where and how.
 
 TensorRT engines only run on the TensorRT version and the GPU model they were built with, and only
 mean something together with the bundle (tokenizer, embeddings, preprocessing) whose ONNX graphs
@@ -26,14 +41,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
+import tempfile
 from typing import Any
 
 from ros2_gmskip.errors import EngineError
 from ros2_gmskip.formats import read_format_json
-from ros2_gmskip.runtime.bundle import MANIFEST as BUNDLE_MANIFEST
-from ros2_gmskip.runtime.bundle import sha256_file
+from ros2_gmskip.runtime.bundle import MANIFEST as BUNDLE_MANIFEST, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +86,12 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace, so a
-    reader never sees half a file (an interrupted build leaves the old file or none)."""
+    """
+    Write `data` to `path` so that a reader never sees half a file.
+
+    It goes through a temporary file in the same folder and os.replace: an interrupted build
+    leaves the old file or none.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
@@ -96,7 +114,7 @@ def _rebuild_hint(engine_dir: Path, bundle_path: Any) -> str:
 
 
 def _bundle_parts(bundle: Any) -> tuple[Path, dict]:
-    """(folder, manifest dict) of a `Bundle` or a bundle folder path (manifest read, not hashed)."""
+    """Return (folder, manifest dict) of a `Bundle` or a bundle folder (read, not hashed)."""
     if hasattr(bundle, 'manifest') and hasattr(bundle, 'path'):
         return Path(bundle.path), bundle.manifest
     from ros2_gmskip.runtime.bundle import load_bundle
@@ -112,7 +130,7 @@ def make_engine_manifest(*, bundle: Any, engines: dict[str, dict], tensorrt_vers
                          gpu_name: str | None, compute_capability: Any, precision: str,
                          profiles: dict, limits: dict, prompt_len: int, workspace_mb: int,
                          dla_core: int | None, cache_key: str) -> dict:
-    """The manifest dict; `engines` is {graph: {file, sha256, source_onnx, source_onnx_sha256}}."""
+    """Return the manifest dict; `engines` is {graph: {file, sha256, source_onnx, ..._sha256}}."""
     from ros2_gmskip import __version__
 
     bundle_path, _ = _bundle_parts(bundle)
@@ -146,8 +164,12 @@ def write_engine_manifest(engine_dir: Path, manifest: dict) -> Path:
 
 
 def read_engine_manifest(engine_dir: Path) -> dict:
-    """The manifest of `engine_dir`; EngineError (one line, with what to run) if the folder or
-    its manifest is missing, unreadable, of another format or incomplete."""
+    """
+    Return the manifest of `engine_dir`.
+
+    EngineError (one line, with what to run) if the folder or its manifest is missing,
+    unreadable, of another format or incomplete.
+    """
     engine_dir = Path(engine_dir)
     path = engine_dir / MANIFEST
     if not engine_dir.is_dir():
@@ -181,7 +203,8 @@ def read_engine_manifest(engine_dir: Path) -> dict:
 def check_engine_manifest(engine_dir: Path, trt_version: str, gpu_name: str | None,
                           compute_capability: Any, bundle: Any = None,
                           verify: bool = True) -> dict:
-    """Refuse engines that cannot run here or do not belong to `bundle`; return the manifest.
+    """
+    Refuse engines that cannot run here or do not belong to `bundle`; return the manifest.
 
     Checks, in order: manifest present and well formed; TensorRT version, GPU name and compute
     capability equal to this machine's (None - the GPU could not be queried, here or on the
@@ -238,7 +261,8 @@ def check_engine_manifest(engine_dir: Path, trt_version: str, gpu_name: str | No
 def needs_rebuild(engine_dir: Path, trt_version: str, gpu_name: str | None,
                   compute_capability: Any, bundle: Any = None, cache_key: str | None = None,
                   verify: bool = True) -> str | None:
-    """Why the engines in `engine_dir` must be (re)built, or None if they are good to use.
+    """
+    Why the engines in `engine_dir` must be (re)built, or None if they are good to use.
 
     The reason is `check_engine_manifest`'s message; with `cache_key` (what `build-engine` would
     build now, `trt_profiles.cache_key`) a manifest built with other settings is stale too.

@@ -1,4 +1,19 @@
-"""What a model family exports to: graph inputs/outputs with symbolic axes, opset, tolerances.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+What a model family exports to: graph inputs/outputs with symbolic axes, opset, tolerances.
 
 Optimum-style: one `ExportConfig` per model family declares, for each graph, the tensors with
 their axes (an int for a fixed size, a name for a dynamic one) and, for each output, the absolute
@@ -20,7 +35,7 @@ from typing import Any
 from ros2_gmskip.errors import ModelLoadError
 
 DEFAULT_OPSET = 17
-MIN_OPSET, MAX_OPSET = 17, 20        # TensorRT 10.x parses opsets 9..20; below 17 lacks what we use
+MIN_OPSET, MAX_OPSET = 17, 20  # TensorRT 10.x parses opsets 9..20; below 17 lacks what we use
 
 # Dynamic axis names (also the names the ONNX graphs carry).
 BATCH, SEQ, PAST, TOTAL = 'batch', 'seq', 'past', 'total'
@@ -68,7 +83,8 @@ class DecoderShape:
 
 @dataclass(frozen=True)
 class DecoderSegment:
-    """One decoder graph: blocks [first, stop) of the (pruned) decoder.
+    """
+    One decoder graph: blocks [first, stop) of the (pruned) decoder.
 
     A bundle without token skipping has one segment (decoder.onnx: embeddings -> logits). FastV
     and KV removal from a layer split the decoder there (see onnx_export.py for why): the first
@@ -109,7 +125,7 @@ def segment_file(index: int) -> str:
 
 @dataclass
 class ExportConfig:
-    """The two graphs of a VLM bundle: vision (pixels -> image embeddings) and decoder (with KV)."""
+    """The two graphs of a VLM bundle: vision (pixels -> image embeddings), decoder (with KV)."""
 
     family: str
     decoder_type: str
@@ -176,7 +192,7 @@ class ExportConfig:
                               ranks=ranks, inputs=tuple(inputs), outputs=tuple(outputs))
 
     def graphs(self) -> dict[str, dict[str, list[dict]]]:
-        """The manifest's `graphs` entry: vision, then one entry per decoder segment."""
+        """Return the manifest's `graphs` entry: vision, then one entry per decoder segment."""
         out = {'vision': {'inputs': [s.to_dict() for s in self.vision_inputs],
                           'outputs': [s.to_dict() for s in self.vision_outputs]}}
         for seg in self.segments:
@@ -194,7 +210,9 @@ def present_name(layer: int, kind: str) -> str:
 
 
 def _get(config: Any, name: str, default: Any = None) -> Any:
-    return config.get(name, default) if isinstance(config, dict) else getattr(config, name, default)
+    if isinstance(config, dict):
+        return config.get(name, default)
+    return getattr(config, name, default)
 
 
 def family_of_config(config: Any) -> str:
@@ -208,8 +226,11 @@ def family_of_config(config: Any) -> str:
 
 
 def attention_windows(text_config: Any, num_layers: int) -> list[int | None]:
-    """Per decoder block, its sliding attention window (Mistral; Qwen2 with use_sliding_window),
-    None for full attention."""
+    """
+    Return each decoder block's sliding attention window, None for full attention.
+
+    Sliding windows: Mistral; Qwen2 with use_sliding_window.
+    """
     window = _get(text_config, 'sliding_window')
     layer_types = _get(text_config, 'layer_types')
     return [window if window and (layer_types is None or layer_types[i] == 'sliding_attention')
@@ -217,7 +238,7 @@ def attention_windows(text_config: Any, num_layers: int) -> list[int | None]:
 
 
 def rope_parameters(text_config: Any) -> dict:
-    """The decoder's RoPE settings (v5 `rope_parameters`; v4 `rope_theta` / `rope_scaling`)."""
+    """Get the decoder's RoPE settings (v5 `rope_parameters`; v4 `rope_theta`, `rope_scaling`)."""
     params = _get(text_config, 'rope_parameters')
     if isinstance(params, dict) and params:
         return dict(params)
@@ -230,8 +251,12 @@ def rope_parameters(text_config: Any) -> dict:
 def export_config_for(config: Any, num_layers: int | None = None, opset: int = DEFAULT_OPSET,
                       image_size: tuple[int, int] | None = None, splits: tuple[int, ...] = (),
                       rank_at: int | None = None) -> ExportConfig:
-    """The ExportConfig of a VLM config (after pruning: pass the remaining `num_layers`;
-    token skipping: the decoder `splits` and FastV's K as `rank_at`)."""
+    """
+    Return the ExportConfig of a VLM config.
+
+    After pruning, pass the remaining `num_layers`; for token skipping, the decoder `splits` and
+    FastV's K as `rank_at`.
+    """
     family = family_of_config(config)
     text = _get(config, 'text_config')
     vision = _get(config, 'vision_config')

@@ -1,4 +1,19 @@
-"""A second, ONNX Runtime-only decoder graph, built straight from the weights with ORT's fused ops.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+A second, ONNX Runtime-only decoder graph, built straight from the weights with ORT's fused ops.
 
     entry = build_fused_decoder(model, Path('bundle/decoder.fused.onnx'), max_length=256)
     reason = fused_unsupported(model)       # None, or why this model gets no fused graph
@@ -21,11 +36,11 @@ Concat. This graph is what onnxruntime-genai builds for LLMs, for the same reaso
 10 nodes per block instead of ~32, and no KV copies: the runtime (runtime/fused_decode.py) binds
 one buffer per layer and kind, (1, kv_heads, max_length, head_dim), as both `past` and `present`,
 so GroupQueryAttention appends the new rows in place. Measured on the 2-core CPU (10-block pruned
-default model, 1 thread, `ros2-gmskip bench --rounds 3`: ort_pruned vs ort_pruned_portable): decode
-32.5 -> 19.6 ms per frame (~16 tokens), frame 48.4 -> 35.6 ms, identical text
-(bench/results/bench.json; the step binding of runtime/fused_decode.py included). What a decode step
-still costs is the weights themselves: 41 matrix-vector products stream ~18 MB of fp32 weights
-per token (~60 % of the step in ONNX Runtime's profile).
+default model, 1 thread, `ros2-gmskip bench --rounds 3`: ort_pruned vs ort_pruned_portable):
+decode 32.5 -> 19.6 ms per frame (~16 tokens), frame 48.4 -> 35.6 ms, identical text
+(bench/results/bench.json; the step binding of runtime/fused_decode.py included). What a decode
+step still costs is the weights themselves: 41 matrix-vector products stream ~18 MB of fp32
+weights per token (~60 % of the step in ONNX Runtime's profile).
 
 Contrib ops are not in TensorRT's ONNX parser, so this graph never replaces decoder.onnx: engines
 are built from decoder.onnx, and the runtime falls back to it for token skipping asked at run time
@@ -79,9 +94,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-from ros2_gmskip.exporters.export_config import (ATTENTION_EXTRAS, SUPPORTED_ROPE_TYPES,
-                                                 attention_windows)
+from ros2_gmskip.exporters.export_config import (
+    ATTENTION_EXTRAS,
+    attention_windows,
+    SUPPORTED_ROPE_TYPES,
+)
 
 FUSED_DECODER = 'decoder.fused.onnx'
 WEIGHTS = ('fp32', 'int8', 'int4')        # --fused-weights: the decode-step graph's MatMul weights
@@ -111,7 +128,7 @@ def fused_unsupported(model) -> str | None:
     H = cfg.num_attention_heads
     head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // H
     if head_dim % 16:
-        return f'head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention\'s CPU RoPE)'
+        return f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention's CPU RoPE)"
     rotary = text.rotary_emb
     if getattr(rotary, 'rope_type', 'default') not in SUPPORTED_ROPE_TYPES:
         return f'rope_type {rotary.rope_type!r} changes with the sequence length'
@@ -164,7 +181,8 @@ def _eps(norm) -> float:
 
 def build_fused_decoder(model, path: Path, max_length: int, segment=None,
                         step_graph: bool = False) -> dict:
-    """Write the fused decoder of `model` (already pruned) to `path`; -> its manifest entry.
+    """
+    Write the fused decoder of `model` (already pruned) to `path`; -> its manifest entry.
 
     `max_length`: the KV buffers' and RoPE tables' length (prompt + generated tokens); the
     runtime decodes longer requests with decoder.onnx. `segment` (an export_config
@@ -175,8 +193,8 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
     Raises ValueError if `fused_unsupported(model)` names a reason.
     """
     import onnx
+    from onnx import helper, TensorProto
     import torch
-    from onnx import TensorProto, helper
 
     reason = fused_unsupported(model)
     if reason:
@@ -245,9 +263,9 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
             outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape)
                         for n in present]
             if explicit:                   # RoPE at the given positions, then attention without
-                q, k, v = g.node('Split', [qkv, g.weight(f'l{i}.qkv_sizes', [H * d, KV * d, KV * d],
-                                                         np.int64)],
-                                 [f'l{i}.q', f'l{i}.k', f'l{i}.v'], axis=-1)
+                sizes = g.weight(f'l{i}.qkv_sizes', [H * d, KV * d, KV * d], np.int64)
+                q, k, v = g.node('Split', [qkv, sizes], [f'l{i}.q', f'l{i}.k', f'l{i}.v'],
+                                 axis=-1)
                 q = g.node('RotaryEmbedding', [q, 'cos_cache', 'sin_cache', 'position_ids'],
                            [f'l{i}.q_rot'], num_heads=H, interleaved=0)[0]
                 k = g.node('RotaryEmbedding', [k, 'cos_cache', 'sin_cache', 'position_ids'],
@@ -316,20 +334,23 @@ def _last_position(g: _Graph, name: str, out: str) -> None:
 
 
 def fused_segment_file(index: int) -> str:
-    """decoder.fused.onnx, decoder.fused.1.onnx, ... (the token-skipping graphs, one per
-    decoder.onnx segment)."""
+    """Return decoder.fused.onnx, decoder.fused.1.onnx, ...: one graph per decoder.onnx segment."""
     return FUSED_DECODER if index == 0 else FUSED_DECODER.replace('.onnx', f'.{index}.onnx')
 
 
 def build_fused_segments(model, folder: Path, max_length: int, segments) -> dict:
-    """The token-skipping variant: one explicit-position fused graph per decoder segment (the
-    same blocks, input and output names as decoder.onnx's segments) in `folder`; -> the manifest
-    entry: the first graph's fields plus 'positions': 'explicit', 'attention_scale' and
-    'segments' (one entry per graph: file, layers, input, output, ranks)."""
+    """
+    Write the token-skipping variant: one explicit-position fused graph per decoder segment.
+
+    The graphs (the same blocks, input and output names as decoder.onnx's segments) go to
+    `folder`; -> the manifest entry: the first graph's fields plus 'positions': 'explicit',
+    'attention_scale' and 'segments' (one entry per graph: file, layers, input, output, ranks).
+    """
     entries = [build_fused_decoder(model, Path(folder) / fused_segment_file(i), max_length, seg)
                for i, seg in enumerate(segments)]
     attn = _text(model).layers[0].self_attn
-    entry = {k: v for k, v in entries[0].items() if k not in ('layers', 'input', 'output', 'ranks')}
+    per_segment = ('layers', 'input', 'output', 'ranks')
+    entry = {k: v for k, v in entries[0].items() if k not in per_segment}
     entry.update({'nodes': sum(e['nodes'] for e in entries),
                   'ops': sorted({op for e in entries for op in e['ops']}),
                   'positions': 'explicit', 'attention_scale': float(attn.scaling),
@@ -339,14 +360,20 @@ def build_fused_segments(model, folder: Path, max_length: int, segments) -> dict
 
 
 def decode_graph_file(weights: str, fused_file: str = FUSED_DECODER) -> str:
-    """File name of the quantized decode-step copy of `fused_file`, e.g. decoder.fused.int4.onnx
-    (decoder.fused.1.int4.onnx for a second token-skipping segment)."""
+    """
+    Return the file name of the quantized decode-step copy of `fused_file`.
+
+    E.g. decoder.fused.int4.onnx (decoder.fused.1.int4.onnx for a second token-skipping segment).
+    """
     return fused_file.replace('.onnx', f'.{weights}.onnx')
 
 
 def quantize_decode_graph(fused_path: Path, weights: str, out_name: str | None = None) -> dict:
-    """Write the `weights` ('int8' | 'int4') copy of the fused graph beside it (MatMulNBits), as
-    `out_name` (default decode_graph_file); -> the manifest fields that describe it."""
+    """
+    Write the `weights` ('int8' | 'int4') copy of the fused graph beside it (MatMulNBits).
+
+    It is named `out_name` (default decode_graph_file); -> the manifest fields that describe it.
+    """
     import logging
 
     import onnx
@@ -380,12 +407,15 @@ def prefill_graph_file(fused_file: str = FUSED_DECODER) -> str:
 
 
 def quantize_prefill_graph(fused_path: Path) -> str:
-    """Write the prefill copy of the fused graph beside it, MatMuls as dynamic int8 (weights int8
-    per tensor, activations quantized per run: MatMulInteger); -> its file name."""
+    """
+    Write the prefill copy of the fused graph beside it, MatMuls as dynamic int8.
+
+    Weights int8 per tensor, activations quantized per run (MatMulInteger); -> its file name.
+    """
     import logging
 
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_dynamic, QuantType
 
     out = Path(fused_path).with_name(prefill_graph_file(Path(fused_path).name))
     quiet = logging.getLogger()
@@ -401,6 +431,6 @@ def quantize_prefill_graph(fused_path: Path) -> str:
 
 
 def quantize_settings(weights: str, matmuls: int) -> dict:
-    """The manifest's record of how the decode-step weights were quantized."""
+    """Return the manifest's record of how the decode-step weights were quantized."""
     return {'op': 'MatMulNBits', 'bits': int(weights[3:]), 'block_size': QUANT_BLOCK_SIZE,
             'symmetric': True, 'accuracy_level': QUANT_ACCURACY_LEVEL, 'matmuls': int(matmuls)}

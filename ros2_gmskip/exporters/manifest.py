@@ -1,4 +1,19 @@
-"""The bundle manifest: what a bundle was made from, by which versions, and what the runtime needs.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The bundle manifest: what a bundle was made from, by which versions, and what the runtime needs.
 
 Written by the exporter, read by `ros2_gmskip.runtime.bundle` (which owns the format string and the
 file hashing, so writer and reader cannot disagree). Layout (`ros2_gmskip/onnx-bundle@1`):
@@ -25,9 +40,9 @@ Torch-free: the HF tokenizer / image processor objects are only read (duck-typed
 from __future__ import annotations
 
 import datetime as dt
+from importlib import metadata
 import json
 import os
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +78,8 @@ def _ids(value: Any) -> list[int]:
 
 def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
                  num_image_tokens: int, prompt_text) -> dict:
-    """The manifest's `tokens`: ids and the prompt template with the image token expanded.
+    """
+    Return the manifest's `tokens`: ids and the prompt template with the image token expanded.
 
     `prompt_text(processor, prompt)` renders the chat template (ros2_gmskip.vlm.prompting); it is
     rendered once with a sentinel prompt, which then becomes the `{prompt}` placeholder.
@@ -75,13 +91,13 @@ def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
     if config_id is None:
         config_id = getattr(model_config, 'image_token_index', None)
     if config_id is not None and int(config_id) != int(image_token_id):
-        raise ModelLoadError(f'the processor\'s image token {image_token!r} is id '
+        raise ModelLoadError(f"the processor's image token {image_token!r} is id "
                              f'{image_token_id}, '
                              f'the model config says {config_id}')
     rendered = prompt_text(processor, _SENTINEL)
     if rendered.count(_SENTINEL) != 1 or rendered.count(image_token) != 1:
-        raise ModelLoadError(f'the chat template renders {rendered!r}: expected the prompt and the '
-                             f'image token {image_token!r} once each')
+        raise ModelLoadError(f'the chat template renders {rendered!r}: '
+                             f'expected the prompt and the image token {image_token!r} once each')
     if PLACEHOLDER in rendered:
         raise ModelLoadError(f'the chat template itself contains {PLACEHOLDER!r}')
     template = rendered.replace(_SENTINEL, PLACEHOLDER)
@@ -103,10 +119,10 @@ def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
 
 
 def preprocess_entry(image_processor: Any) -> dict:
-    """The manifest's `preprocess`, or ModelLoadError for processors the runtime cannot replay."""
+    """Return the manifest's `preprocess`; ModelLoadError if the runtime cannot replay it."""
     size = dict(getattr(image_processor, 'size', None) or {})
     name = type(image_processor).__name__
-    if not (size.get('height') and size.get('width')) or set(k for k, v in size.items() if v) - {
+    if not (size.get('height') and size.get('width')) or {k for k, v in size.items() if v} - {
             'height', 'width'}:
         raise ModelLoadError(f'{name} resizes to {size}: export supports a fixed height/width '
                              'resize only (not shortest_edge / crops) for now')

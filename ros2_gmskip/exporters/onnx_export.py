@@ -1,4 +1,19 @@
-"""Export a (GM-Skip pruned) LLaVA-style VLM to an ONNX bundle: vision + decoder graphs + manifest.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Export a (GM-Skip pruned) LLaVA-style VLM to an ONNX bundle: vision + decoder graphs + manifest.
 
     bundle = export_bundle(Path('models/gmskip-llava-scenes'), Path('bundles/pruned'),
                            plan=Path('plans/reverse.json'), validate_n=50)
@@ -54,33 +69,45 @@ written as one self-contained file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import json
 import logging
+from pathlib import Path
 import shutil
 import time
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
+import warnings
 
 import numpy as np
-import torch
-from torch import nn
-
 from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
-from ros2_gmskip.exporters.export_config import (ATTENTION_EXTRAS, DEFAULT_OPSET, ExportConfig,
-                                                 attention_windows, export_config_for,
-                                                 family_of_config, rope_parameters)
-from ros2_gmskip.exporters.fused_decoder import (FUSED_DECODER, WEIGHTS, build_fused_decoder,
-                                                 build_fused_segments, decode_graph_file,
-                                                 fused_unsupported, quantize_decode_graph,
-                                                 quantize_prefill_graph, quantize_settings)
+from ros2_gmskip.exporters.export_config import (
+    ATTENTION_EXTRAS,
+    attention_windows,
+    DEFAULT_OPSET,
+    export_config_for,
+    ExportConfig,
+    family_of_config,
+    rope_parameters,
+)
+from ros2_gmskip.exporters.fused_decoder import (
+    build_fused_decoder,
+    build_fused_segments,
+    decode_graph_file,
+    FUSED_DECODER,
+    fused_unsupported,
+    quantize_decode_graph,
+    quantize_prefill_graph,
+    quantize_settings,
+    WEIGHTS,
+)
 from ros2_gmskip.folders import written_in_place
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
 from ros2_gmskip.runtime.draft import DRAFT_FILE
 from ros2_gmskip.tokenskip.settings import TokenSkip
+import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +136,9 @@ class VisionForExport(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
         hidden = out.hidden_states                                       # (L+1) x (B, N, Cv)
-        layers = [self.feature_layer] if isinstance(self.feature_layer, int) else self.feature_layer
+        layers = self.feature_layer
+        if isinstance(layers, int):
+            layers = [layers]
         feats = [hidden[i][:, 1:] if self.select_strategy == 'default' else hidden[i]
                  for i in layers]
         feats = feats[0] if len(feats) == 1 else torch.cat(feats, dim=-1)
@@ -117,8 +146,11 @@ class VisionForExport(nn.Module):
 
 
 class _FusedLinear(nn.Module):
-    """Several nn.Linear over the same input as one MatMul (weights concatenated, values unchanged):
-    fewer, larger graph nodes; the output holds the projections' outputs side by side."""
+    """
+    Several nn.Linear over the same input as one MatMul (weights concatenated, values unchanged).
+
+    Fewer, larger graph nodes; the output holds the projections' outputs side by side.
+    """
 
     def __init__(self, *linears: nn.Linear) -> None:
         super().__init__()
@@ -142,7 +174,8 @@ def _is_gated_mlp(mlp: nn.Module) -> bool:
 
 
 class DecoderForExport(nn.Module):
-    """The text decoder with explicit KV tensors (see the module docstring for why).
+    """
+    The text decoder with explicit KV tensors (see the module docstring for why).
 
     forward(inputs_embeds, attention_mask, position_ids, *past) -> (logits, *present), with past /
     present ordered (layer 0 key, layer 0 value, layer 1 key, ...).
@@ -169,10 +202,12 @@ class DecoderForExport(nn.Module):
         self.lm_head = model.lm_head
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
-        self.head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
+        self.head_dim = (getattr(cfg, 'head_dim', None)
+                         or cfg.hidden_size // cfg.num_attention_heads)
         self.groups = self.num_heads // self.num_kv_heads
         rotary = text.rotary_emb
-        self.register_buffer('inv_freq', rotary.inv_freq.detach().float().clone(), persistent=False)
+        self.register_buffer('inv_freq', rotary.inv_freq.detach().float().clone(),
+                             persistent=False)
         self.rope_scaling = float(getattr(rotary, 'attention_scaling', 1.0))
         self.windows = attention_windows(cfg, len(text.layers))[first:stop]
         for i, layer in enumerate(self.layers):
@@ -261,9 +296,13 @@ class ExportResult:
 
 
 def _export_fused(model, folder: Path, length: int, weights: str, segments, stage) -> dict:
-    """decoder.fused.onnx (or, for token skipping, one explicit-position fused graph per decoder
-    segment) and, with `weights` int4 / int8, their quantized copies (decode steps: MatMulNBits;
-    prefill: dynamic int8); -> the manifest's `fused_decoder` entry."""
+    """
+    Write decoder.fused.onnx (for token skipping, one fused graph per segment) and its copies.
+
+    For token skipping it is one explicit-position fused graph per decoder segment. With
+    `weights` int4 / int8, their quantized copies too (decode steps: MatMulNBits; prefill:
+    dynamic int8); -> the manifest's `fused_decoder` entry.
+    """
     what = 'ONNX Runtime contrib ops' if segments is None else \
         f'{len(segments)} segment(s) with explicit positions for token skipping'
     stage(f'exporting {FUSED_DECODER} ({what}, KV buffers of {length} positions)')
@@ -300,7 +339,8 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments, stag
 
 def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] | None
                  ) -> tuple[list[int], str, dict | None]:
-    """(blocks to remove, their stack, the manifest's `plan` entry) from a plan file or a list.
+    """
+    (blocks to remove, their stack, the manifest's `plan` entry) from a plan file or a list.
 
     `load_plan` refuses a plan made for other weights (PlanError naming both hashes).
     """
@@ -325,7 +365,7 @@ def _dummy_vision_inputs(config: ExportConfig) -> tuple[torch.Tensor]:
 
 
 def _dummy_decoder_inputs(config: ExportConfig, segment=None) -> tuple[torch.Tensor, ...]:
-    """Batch 2, 3 new tokens after 4 cached ones (non-trivial sizes so no axis gets specialised)."""
+    """Batch 2, 3 new tokens after 4 cached ones (non-trivial sizes: no axis gets specialised)."""
     d = config.decoder
     segment = segment or config.segments[0]
     B, T, P = 2, 3, 4
@@ -365,7 +405,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                   fused_max_length: int | None = None, fused_weights: str = 'fp32',
                   on_stage: Callable[[str], None] | None = None,
                   on_check: Callable[[object], None] | None = None) -> ExportResult:
-    """Export `model_dir` (minus the plan's blocks) to the bundle folder `out`, then validate it.
+    """
+    Export `model_dir` (minus the plan's blocks) to the bundle folder `out`, then validate it.
 
     The bundle is written into a temporary sibling folder and renamed to `out` only after every
     validation check passed; otherwise `BundleError` lists all failures and `out` is untouched.
@@ -381,7 +422,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     `on_stage(text)` / `on_check(Check)` report progress.
     """
     from ros2_gmskip.exporters import trt_ops, validate
-    from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+    from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     from ros2_gmskip.vlm.blocks import remove_blocks
     from ros2_gmskip.vlm.loading import check_model_dir, load_vlm
     from ros2_gmskip.vlm.prompting import prompt_text
@@ -500,6 +541,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             raise BundleError(f'export validation failed ({len(failures)} of {len(report.checks)} '
                               'checks): ' + '; '.join(f'{c.name}: {c.detail}' for c in failures)
                               + f': bundle not written to {str(out)!r}')
+    validation = manifest['validation']
     log.info('bundle %s written (max |logit diff| %.1e, identical text %s)', out,
-             manifest['validation']['max_abs_logit_diff'], manifest['validation']['identical_text'])
+             validation['max_abs_logit_diff'], validation['identical_text'])
     return ExportResult(path=out, manifest=manifest, checks=report.checks, seconds=seconds)

@@ -1,4 +1,19 @@
-"""Build TensorRT engines from an export bundle: one engine per ONNX graph, plus their manifest.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Build TensorRT engines from an export bundle: one engine per ONNX graph, plus their manifest.
 
     config = BuildConfig(precision='fp16', limits=Limits(max_prompt=256))
     manifest = build_engines(load_bundle(Path('bundle')), Path('engines/orin-fp16'), config)
@@ -23,26 +38,34 @@ Precisions. fp16 / bf16: a weakly typed network with the FP16 / BF16 builder fla
 fp32 where a layer is faster or only exists in fp32 (the exported graphs are fp32). fp32: no flag,
 and TF32 off so the engine is the fp32 reference. int8: TensorRT 10 builds INT8 from *explicitly
 quantized* graphs (QuantizeLinear/DequantizeLinear nodes) in a strongly typed network, with no
-precision flags; its calibrators (IInt8EntropyCalibrator2 ...) are deprecated since 10.1 and gone in
-11. So a graph without Q/DQ nodes is refused with what to do (quantize the ONNX with NVIDIA
+precision flags; its calibrators (IInt8EntropyCalibrator2 ...) are deprecated since 10.1 and gone
+in 11. So a graph without Q/DQ nodes is refused with what to do (quantize the ONNX with NVIDIA
 ModelOpt) instead of silently building an uncalibrated or fp32 engine.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import json
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
+import time
 from typing import Any
 
 from ros2_gmskip.errors import EngineError
 from ros2_gmskip.exporters import engine_manifest as em
 from ros2_gmskip.exporters.trt_profiles import (
-    GRAPHS, Limits, Precision, Profile, build_profiles, cache_key, engine_file_name,
-    parse_precision, profiles_to_dict)
-from ros2_gmskip.runtime.trt_backend import GpuInfo, gpu_info, import_tensorrt, make_logger
+    build_profiles,
+    cache_key,
+    engine_file_name,
+    GRAPHS,
+    Limits,
+    parse_precision,
+    Precision,
+    Profile,
+    profiles_to_dict,
+)
+from ros2_gmskip.runtime.trt_backend import gpu_info, GpuInfo, import_tensorrt, make_logger
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +97,11 @@ class BuildConfig:
 
     @classmethod
     def from_stale_manifest(cls, engine_dir: Path) -> 'BuildConfig':
-        """The settings of the engines in `engine_dir` (to rebuild them alike), or the defaults
-        where its manifest is missing or unreadable."""
+        """
+        Return the settings of the engines in `engine_dir`, to rebuild them alike.
+
+        The defaults where its manifest is missing or unreadable.
+        """
         try:
             m = json.loads((Path(engine_dir) / em.MANIFEST).read_text())
             return cls(precision=m['precision'], workspace_mb=int(m['workspace_mb']),
@@ -88,7 +114,7 @@ class BuildConfig:
 def default_prompt_len(bundle) -> int:
     """Tokens of the default prompt (image tokens included): what the profiles are tuned for."""
     from ros2_gmskip.runtime.tokenizer import PromptTokenizer
-    from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+    from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     return int(len(PromptTokenizer.from_bundle(bundle).prompt_ids(DEFAULT_PROMPT)))
 
 
@@ -104,8 +130,11 @@ def _has_fast(precision: Precision, cc: str | None) -> bool | None:
 
 
 def check_precision_support(trt, builder, precision: Precision, gpu: GpuInfo) -> None:
-    """Warn when the GPU has no fast path for `precision` (the build still runs: TensorRT falls
-    back to fp32 kernels); EngineError when this TensorRT cannot build it at all."""
+    """
+    Warn when the GPU has no fast path for `precision`; EngineError if TensorRT cannot build it.
+
+    On a warning the build still runs: TensorRT falls back to fp32 kernels.
+    """
     if precision is Precision.FP32:
         return
     if precision in (Precision.FP16, Precision.BF16):
@@ -134,9 +163,13 @@ def network_flags(trt, precision: Precision) -> int:
 
 
 def parse_onnx(trt, builder, logger, onnx_path: Path, flags: int):
-    """(network, parser) for `onnx_path`; on failure every parser error is logged, then
-    EngineError with the count and the first error. The parser is returned because the network's
-    weights belong to it (keep it alive until the build is done)."""
+    """
+    Parse `onnx_path` -> (network, parser).
+
+    On failure every parser error is logged, then EngineError with the count and the first
+    error. The parser is returned because the network's weights belong to it (keep it alive
+    until the build is done).
+    """
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -178,20 +211,20 @@ def add_profiles(builder, config, network, profiles: list[Profile], graph: str) 
                               're-run ros2-gmskip export')
         p = builder.create_optimization_profile()
         for name, r in profile.shapes.items():
-            p.set_shape(name, r.min, r.opt, r.max)
+            p.set_shape(name, r.min_shape, r.opt_shape, r.max_shape)
             log.debug('%s profile %s: %s min %s opt %s max %s', graph, profile.name, name,
-                      r.min, r.opt, r.max)
+                      r.min_shape, r.opt_shape, r.max_shape)
         index = config.add_optimization_profile(p)
         if index < 0:
             raise EngineError(f'{graph}: TensorRT rejected optimization profile {profile.name!r} '
                               f'({profile.to_dict()["shapes"]})')
         log.info('%s profile %d %r: %s', graph, index, profile.name,
-                 ', '.join(f'{n} {r.min}..{r.max}' for n, r in profile.shapes.items()
-                           if r.min != r.max))
+                 ', '.join(f'{n} {r.min_shape}..{r.max_shape}'
+                           for n, r in profile.shapes.items() if r.min_shape != r.max_shape))
 
 
 def attach_timing_cache(config, path: Path | None):
-    """The timing cache from `path` (a new one if absent, or from another TensorRT / GPU)."""
+    """Return the timing cache from `path` (a new one if absent, or from another TensorRT/GPU)."""
     blob = path.read_bytes() if path is not None and path.is_file() else b''
     cache = config.create_timing_cache(blob)
     if not config.set_timing_cache(cache, False):
@@ -217,7 +250,7 @@ def save_timing_cache(config, path: Path | None) -> None:
 
 
 def configure(trt, builder, network, cfg: BuildConfig, graph: str, gpu: GpuInfo):
-    """The IBuilderConfig of one graph: workspace, precision, DLA, timing cache."""
+    """Return the IBuilderConfig of one graph: workspace, precision, DLA, timing cache."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
     if cfg.precision is Precision.FP16:
@@ -229,7 +262,7 @@ def configure(trt, builder, network, cfg: BuildConfig, graph: str, gpu: GpuInfo)
     elif not has_qdq(trt, network):                   # int8: explicit quantization only
         raise EngineError(f'--precision int8: {graph}.onnx has no QuantizeLinear/DequantizeLinear '
                           'nodes; TensorRT 10 builds INT8 from explicitly quantized graphs (its '
-                          'calibrators are deprecated since 10.1): quantize the bundle\'s ONNX '
+                          "calibrators are deprecated since 10.1): quantize the bundle's ONNX "
                           'with NVIDIA ModelOpt (modelopt.onnx.quantization, int8) or use '
                           '--precision fp16')
     if cfg.dla_core is not None and graph == 'vision':
@@ -249,8 +282,9 @@ def configure(trt, builder, network, cfg: BuildConfig, graph: str, gpu: GpuInfo)
 
 def build_graph(trt, builder, logger, onnx_path: Path, graph: str, profiles: list[Profile],
                 cfg: BuildConfig, gpu: GpuInfo):
-    """The serialized engine (IHostMemory) of one graph."""
-    network, parser = parse_onnx(trt, builder, logger, onnx_path, network_flags(trt, cfg.precision))
+    """Build the serialized engine (IHostMemory) of one graph."""
+    flags = network_flags(trt, cfg.precision)
+    network, parser = parse_onnx(trt, builder, logger, onnx_path, flags)
     log_network_io(network, graph)
     config = configure(trt, builder, network, cfg, graph, gpu)
     add_profiles(builder, config, network, profiles, graph)
@@ -316,8 +350,11 @@ def build_engines(bundle: Any, out_dir: Path, cfg: BuildConfig | None = None, *,
 
 
 def planned_cache_key(bundle: Any, cfg: BuildConfig, trt_version: str, gpu: GpuInfo) -> str:
-    """The cache key a build of `bundle` with `cfg` on this machine would get (to skip an
-    up-to-date build without building)."""
+    """
+    Return the cache key a build of `bundle` with `cfg` on this machine would get.
+
+    It lets an up-to-date build be skipped without building.
+    """
     prompt_len = cfg.prompt_len or default_prompt_len(bundle)
     return cache_key(source_onnx_sha256={g: bundle.manifest['files'][f'{g}.onnx'] for g in GRAPHS},
                      precision=cfg.precision, limits=cfg.limits, prompt_len=prompt_len,

@@ -1,10 +1,25 @@
-"""TensorRT optimization profiles for a bundle's graphs, engine file names and the engine cache key.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 
-Pure Python (no tensorrt): the builder turns these into `IOptimizationProfile.set_shape` calls, the
-runtime reads them back from `engine_manifest.json` to size its buffers, and the tests check them by
-hand. The graphs' input shapes come from the bundle manifest's `graphs` entry, whose dynamic axes
-carry names (`batch`, `seq`, `past`, `total` = past + seq); each profile gives every named axis a
-(min, opt, max) and keeps fixed axes as they are.
+"""
+TensorRT optimization profiles for a bundle's graphs, engine file names and the engine cache key.
+
+Pure Python (no tensorrt): the builder turns these into `IOptimizationProfile.set_shape` calls,
+the runtime reads them back from `engine_manifest.json` to size its buffers, and the tests check
+them by hand. The graphs' input shapes come from the bundle manifest's `graphs` entry, whose
+dynamic axes carry names (`batch`, `seq`, `past`, `total` = past + seq); each profile gives every
+named axis a (min, opt, max) and keeps fixed axes as they are.
 
     vision   batch 1 / 1 / max_batch; H, W fixed
     decoder  profile 0 "prefill": the whole prompt, empty KV cache
@@ -29,10 +44,10 @@ times per frame). The runtime keeps one execution context per profile.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from enum import Enum
+import hashlib
+import json
 
 from ros2_gmskip.errors import EngineError
 
@@ -63,8 +78,12 @@ def parse_precision(value: str | Precision) -> Precision:
 
 
 def engine_file_name(graph: str, precision: str | Precision) -> str:
-    """`<graph>.<precision>.engine`, e.g. `decoder.fp16.engine` (Autoware keeps the precision in
-    the engine's name, so engines of two precisions can sit side by side)."""
+    """
+    Return the engine file name `<graph>.<precision>.engine`, e.g. `decoder.fp16.engine`.
+
+    Autoware keeps the precision in the engine's name, so engines of two precisions can sit side
+    by side.
+    """
     if graph not in GRAPHS:
         raise EngineError(f'unknown graph {graph!r}: expected one of {", ".join(GRAPHS)}')
     return f'{graph}.{parse_precision(precision).value}.engine'
@@ -87,7 +106,7 @@ class Limits:
 
     @property
     def max_total(self) -> int:
-        """The longest attention span a decode step can see (past + the new token)."""
+        """Return the longest attention span a decode step can see (past + the new token)."""
         return self.max_prompt + self.max_new_tokens + 1
 
     def to_dict(self) -> dict:
@@ -100,18 +119,25 @@ class Limits:
 
 @dataclass(frozen=True)
 class ShapeRange:
-    """(min, opt, max) of one input, as `IOptimizationProfile.set_shape(name, min, opt, max)`."""
+    """
+    (min, opt, max) of one input, as `IOptimizationProfile.set_shape(name, min, opt, max)`.
 
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
+    The fields carry a `_shape` suffix (as trtexec's --minShapes) so as not to shadow the
+    builtins; the manifest keys stay 'min', 'opt', 'max'.
+    """
+
+    min_shape: tuple[int, ...]
+    opt_shape: tuple[int, ...]
+    max_shape: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        assert len(self.min) == len(self.opt) == len(self.max), self
-        assert all(0 <= a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)), self
+        lo, mid, hi = self.min_shape, self.opt_shape, self.max_shape
+        assert len(lo) == len(mid) == len(hi), self
+        assert all(0 <= a <= b <= c for a, b, c in zip(lo, mid, hi)), self
 
     def to_dict(self) -> dict:
-        return {'min': list(self.min), 'opt': list(self.opt), 'max': list(self.max)}
+        return {'min': list(self.min_shape), 'opt': list(self.opt_shape),
+                'max': list(self.max_shape)}
 
     @classmethod
     def from_dict(cls, d: dict) -> 'ShapeRange':
@@ -146,7 +172,7 @@ def _graph_inputs(bundle_manifest: dict, graph: str) -> list[dict]:
 
 
 def _fill(graph: str, spec: dict, axes: dict[str, tuple[int, int, int]]) -> ShapeRange:
-    """The range of input `spec` ({name, shape}) with named axes replaced from `axes`."""
+    """Return the range of input `spec` ({name, shape}) with named axes replaced from `axes`."""
     lo, mid, hi = [], [], []
     for axis in spec['shape']:
         if isinstance(axis, int) and not isinstance(axis, bool):
@@ -173,8 +199,12 @@ def vision_profiles(bundle_manifest: dict, limits: Limits) -> list[Profile]:
 
 
 def decoder_profiles(bundle_manifest: dict, limits: Limits, prompt_len: int) -> list[Profile]:
-    """[prefill, decode] (see the module docstring); `prompt_len` is the prompt the engine is tuned
-    for: image tokens + the default prompt's text tokens."""
+    """
+    Return the decoder's [prefill, decode] profiles (see the module docstring).
+
+    `prompt_len` is the prompt the engine is tuned for: image tokens + the default prompt's text
+    tokens.
+    """
     num_image_tokens = int(bundle_manifest.get('tokens', {}).get('num_image_tokens', 0))
     if prompt_len < max(num_image_tokens, 1):
         raise EngineError(f'prompt length {prompt_len} is shorter than the image tokens '
@@ -215,10 +245,14 @@ def profiles_from_dict(d: dict) -> dict[str, list[Profile]]:
 def cache_key(*, source_onnx_sha256: dict[str, str], precision: str | Precision, limits: Limits,
               prompt_len: int, tensorrt_version: str, compute_capability: str | None,
               dla_core: int | None) -> str:
-    """What an engine build depends on, as 16 hex digits: the graphs (their hashes), precision,
-    profiles (limits + tuned prompt length), TensorRT version, GPU architecture and DLA core.
+    """
+    Return what an engine build depends on, as 16 hex digits.
+
+    The graphs (their hashes), precision, profiles (limits + tuned prompt length), TensorRT
+    version, GPU architecture and DLA core.
     Two builds with the same key make interchangeable engines; a different key means rebuild.
-    (Workspace and timing cache change build time / tactic choice, not what the engine runs.)"""
+    (Workspace and timing cache change build time / tactic choice, not what the engine runs.)
+    """
     payload = {
         'onnx': dict(sorted(source_onnx_sha256.items())),
         'precision': parse_precision(precision).value,

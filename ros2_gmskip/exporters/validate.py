@@ -1,4 +1,19 @@
-"""Validate a freshly exported bundle against the PyTorch model it came from.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Validate a freshly exported bundle against the PyTorch model it came from.
 
 Always runs after export (optimum-style), in this order, and reports every failure together:
 
@@ -27,17 +42,16 @@ each split against `output_hidden_states` / `output_attentions`).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
+import logging
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-
 from ros2_gmskip.exporters.export_config import ExportConfig, TensorSpec
 from ros2_gmskip.exporters.fused_decoder import MIN_QUANTIZED_AGREEMENT
 from ros2_gmskip.exporters.trt_ops import check_opset, graph_opset
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +97,11 @@ class ValidationReport:
 
 
 def count_image_tokens(processor, prompt_text: Callable) -> int:
-    """How many image tokens the processor puts into a prompt (checked against the vision graph)."""
+    """Count the image tokens the processor puts in a prompt (checked against the vision graph)."""
     size = processor.image_processor.size
     image = np.zeros((size['height'], size['width'], 3), dtype=np.uint8)
-    ids = processor(images=[image], text=[prompt_text(processor)], return_tensors='np')['input_ids']
+    inputs = processor(images=[image], text=[prompt_text(processor)], return_tensors='np')
+    ids = inputs['input_ids']
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     return int((ids[0] == image_token_id).sum())
 
@@ -149,7 +164,7 @@ def check_graphs(bundle_dir: Path, config: ExportConfig,
         unsupported = lint(path)
         checks.append(Check(f'{name} TensorRT ops', not unsupported,
                             f'unsupported by TensorRT 10: {", ".join(unsupported)}' if unsupported
-                            else 'all ops in the TensorRT 10 ONNX parser\'s list'))
+                            else "all ops in the TensorRT 10 ONNX parser's list"))
     return checks
 
 
@@ -208,10 +223,13 @@ def _decoder_feed(embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
 def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask: np.ndarray,
                  positions: np.ndarray, past: list[np.ndarray], only: list[str] | None = None
                  ) -> tuple[dict[str, np.ndarray], list[Check]]:
-    """Every decoder segment in order, no token skipping -> {name: array} with `logits`,
-    `present.{i}.*` for all blocks and, per split at block s, `hidden_states@s` and
-    `last_token_attention@s`; plus one output-shape check per segment. `only=['logits']`: just
-    the logits."""
+    """
+    Run every decoder segment in order, no token skipping -> {name: array}.
+
+    The names are `logits`, `present.{i}.*` for all blocks and, per split at block s,
+    `hidden_states@s` and `last_token_attention@s`; plus one output-shape check per segment.
+    `only=['logits']`: just the logits.
+    """
     out: dict[str, np.ndarray] = {}
     checks = []
     h = embeds
@@ -232,7 +250,7 @@ def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask:
 
 
 def _reference(out, first_layer: int = 0) -> dict[str, np.ndarray]:
-    """The same keys from a transformers forward (output_hidden_states / output_attentions)."""
+    """Return the same keys from a transformers forward (output_hidden_states / _attentions)."""
     ref = {'logits': out.logits.numpy()}
     for i, t in enumerate(_cache_tensors(out.past_key_values)):
         ref[f'present.{first_layer + i // 2}.{"key" if i % 2 == 0 else "value"}'] = t.numpy()
@@ -253,9 +271,13 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
 
 def _fused_diffs(fused, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref
                  ) -> dict[str, float]:
-    """The fused decoder (runtime.fused_decode.FusedDecoder, or the token-skipping segments'
-    FusedTokenSkipDecoder run unpruned) at prefill and one step vs torch: last-position logits,
-    and the KV rows its in-place buffers hold after the step."""
+    """
+    Check the fused decoder against torch at prefill and one step.
+
+    The decoder is runtime.fused_decode.FusedDecoder, or the token-skipping segments'
+    FusedTokenSkipDecoder run unpruned; checked are the last-position logits and the KV rows its
+    in-place buffers hold after the step.
+    """
     T = embeds.shape[1]
     logits = max(_max_diff(fused.logits_after(embeds, 0), ref.logits[0, -1].numpy()),
                  _max_diff(fused.logits_after(step_embeds, T), step_ref.logits[0, -1].numpy()))
@@ -267,9 +289,12 @@ def _fused_diffs(fused, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_r
 @torch.no_grad()
 def check_values(backend, model, processor, config: ExportConfig, image: np.ndarray, prompt: str,
                  report: ValidationReport, fused=None) -> list[Check]:
-    """Preprocessing, prompt ids, and ORT vs PyTorch values for every output (a segmented
-    decoder is run segment after segment, unpruned, against the whole HF decoder); with `fused`
-    (a FusedDecoder) the fused graph's logits and KV rows too."""
+    """
+    Check preprocessing, prompt ids, and ORT vs PyTorch values for every output.
+
+    A segmented decoder is run segment after segment, unpruned, against the whole HF decoder;
+    with `fused` (a FusedDecoder) the fused graph's logits and KV rows are checked too.
+    """
     from ros2_gmskip.vlm.prompting import build_inputs
 
     checks = []
@@ -289,7 +314,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
                         f'(tolerance {PREPROCESS_ATOL:.0e})'))
     runtime_ids = backend.tokenizer.prompt_ids(prompt)
     same = np.array_equal(runtime_ids, ids[0].numpy())
-    checks.append(Check('prompt ids', same, f'{T} ids identical to the processor\'s' if same else
+    checks.append(Check('prompt ids', same, f"{T} ids identical to the processor's" if same else
                         f'runtime {runtime_ids.tolist()[:8]}.. != processor '
                         f'{ids[0].tolist()[:8]}..'))
 
@@ -334,8 +359,8 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
 
     # 4d. batch of 2, the second row left-padded by 3: dynamic batch + attention_mask
     pad = 3
-    emb2 = torch.cat([embeds, torch.cat([torch.zeros(1, pad, embeds.shape[2]), embeds[:, :T - pad]],
-                                        dim=1)])                          # (2, T, C)
+    padded = torch.cat([torch.zeros(1, pad, embeds.shape[2]), embeds[:, :T - pad]], dim=1)
+    emb2 = torch.cat([embeds, padded])                                    # (2, T, C)
     mask2 = torch.ones(2, T, dtype=torch.int64)
     mask2[1, :pad] = 0
     pos2 = (mask2.cumsum(-1) - 1).clamp(min=0)
@@ -370,9 +395,12 @@ def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: st
                  max_new_tokens: int, record: Callable[[int, int], None] | None,
                  stage: Callable[[str], None], name: str = 'greedy text',
                  references: dict | None = None, min_agreement: float = 1.0) -> Check:
-    """`backend`'s greedy texts vs the torch reference for its token settings; `record(identical,
-    n)` gets the counts; `references` caches the reference texts between calls; the check passes
-    when at least `min_agreement` of the scenes are identical (1.0: all)."""
+    """
+    Compare `backend`'s greedy texts with the torch reference for its token settings.
+
+    `record(identical, n)` gets the counts; `references` caches the reference texts between
+    calls; the check passes when at least `min_agreement` of the scenes are identical (1.0: all).
+    """
     from ros2_gmskip.vlm.generation import generate_texts
 
     if not images:

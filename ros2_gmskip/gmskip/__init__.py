@@ -1,4 +1,19 @@
-"""GM-Skip: the metric-guided search for Transformer blocks to skip, and its skip plans.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+GM-Skip: the metric-guided search for Transformer blocks to skip, and its skip plans.
 
     from ros2_gmskip.gmskip import Objective, search, SkipPlan, save_plan, load_plan
     result = search(score_fn, num_blocks=24, strategy='reverse', objective=Objective(lam=0.3))
@@ -12,11 +27,17 @@ their modules directly.
 
 from ros2_gmskip.gmskip.objective import Objective
 from ros2_gmskip.gmskip.plan import (
-    FORMAT, MetricRecord, ModelRef, SkipPlan, load_plan, plan_id, save_plan, weights_sha256)
-from ros2_gmskip.gmskip.strategies import (
-    SearchResult, Step, Strategy, protected_blocks, search)
-from ros2_gmskip.gmskip.token_search import (
-    TokenSearchResult, TokenStep, Workload, search_tokens)
+    FORMAT,
+    load_plan,
+    MetricRecord,
+    ModelRef,
+    plan_id,
+    save_plan,
+    SkipPlan,
+    weights_sha256,
+)
+from ros2_gmskip.gmskip.strategies import protected_blocks, search, SearchResult, Step, Strategy
+from ros2_gmskip.gmskip.token_search import search_tokens, TokenSearchResult, TokenStep, Workload
 
 __all__ = [
     'FORMAT',

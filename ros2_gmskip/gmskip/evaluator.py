@@ -1,9 +1,24 @@
-"""S(R): the task metric of a model with decoder blocks R removed, on fixed calibration samples.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+S(R): the task metric of a model with decoder blocks R removed, on fixed calibration samples.
 
 Cost control (DESIGN.md): inputs are tokenised once; the vision tower runs once per calibration
-batch and its output is reused for every candidate (blocks are removed from the decoder only, so the
-vision features cannot change); candidates run batched through the model's own `generate`, so every
-family keeps its own merging and position logic (e.g. Qwen2-VL's mrope).
+batch and its output is reused for every candidate (blocks are removed from the decoder only, so
+the vision features cannot change); candidates run batched through the model's own `generate`, so
+every family keeps its own merging and position logic (e.g. Qwen2-VL's mrope).
 
 Token skipping (FastV, visual KV removal) cannot go through `generate`: it changes the token set
 inside the decoder. A non-off `TokenSkip` therefore decodes with tokenskip's functional path
@@ -19,14 +34,13 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from ros2_gmskip.errors import DatasetError, ModelLoadError
 from ros2_gmskip.gmskip.metrics import checked, resolve_metric
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.generation import decode_new_tokens
 from ros2_gmskip.vlm.prompting import build_inputs
+import torch
 
 LOG = logging.getLogger(__name__)
 VISION_ATTRS = ('vision_tower', 'vision_model', 'visual')
@@ -59,7 +73,7 @@ class CachedModule(torch.nn.Module):
 
 
 def _vision_owner(model) -> tuple[torch.nn.Module, str]:
-    """The module holding the vision tower and the attribute name it uses."""
+    """Return the module holding the vision tower and the attribute name it uses."""
     for owner in (getattr(model, 'model', None), model):
         for attr in VISION_ATTRS:
             if owner is not None and isinstance(getattr(owner, attr, None), torch.nn.Module):
@@ -103,8 +117,12 @@ class CalibrationEvaluator:
     @torch.no_grad()
     def predictions(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None
                     ) -> list[str]:
-        """Greedy texts of the model with `removed` decoder blocks taken out (restored after) and
-        the token skipping `tokens` applied (None or off: the model's own `generate`)."""
+        """
+        Return the greedy texts of the model with `removed` decoder blocks taken out.
+
+        The blocks are restored after; the token skipping `tokens` is applied (None or off: the
+        model's own `generate`).
+        """
         from ros2_gmskip.vlm.blocks import temporarily_removed
         key = tuple(sorted(removed))
         texts: list[str] = []
@@ -122,7 +140,7 @@ class CalibrationEvaluator:
         return texts
 
     def _generate(self, inputs, tokens: TokenSkip | None) -> torch.Tensor:
-        """New token ids (B, N) of one batch: after the stop token, rows hold padding."""
+        """Return the new token ids (B, N) of one batch; after the stop token rows hold padding."""
         if tokens is None or tokens.is_off:
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
                                       do_sample=False)
@@ -131,7 +149,7 @@ class CalibrationEvaluator:
         return token_skip_ids(self.model, self.processor, inputs, tokens, self.max_new_tokens)
 
     def _stop_ids(self) -> list[int]:
-        """The eos ids ([] when the model defines none: lengths then count every token)."""
+        """Return the eos ids ([] when the model defines none: lengths then count every token)."""
         from ros2_gmskip.tokenskip.fastv import stop_ids
         try:
             return stop_ids(self.model, self.processor)
@@ -139,24 +157,29 @@ class CalibrationEvaluator:
             return []
 
     def check_tokens(self) -> None:
-        """ModelLoadError now (not after a long block search) if token skipping cannot run on
-        this model's decoder."""
+        """Raise ModelLoadError now, not after a long search, if token skipping cannot run here."""
         from ros2_gmskip.tokenskip.fastv import text_model
         text_model(self.model)
 
     def mean_new_tokens(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None
                         ) -> float:
-        """Mean tokens generated per sample (stop token included) with `removed` and `tokens`;
-        reuses the last evaluation of that pair, else runs one."""
+        """
+        Return the mean tokens generated per sample (stop token included) with `removed`, `tokens`.
+
+        Reuses the last evaluation of that pair, else runs one.
+        """
         key = (tuple(sorted(removed)), _token_key(tokens))
         if key not in self.new_tokens:
             self.predictions(removed, tokens)
         return self.new_tokens[key]
 
     def workload(self, removed: Sequence[int] = ()):
-        """The FLOPs workload of one calibration description for the token search: the full
-        decoder's sizes, the prompt's length and image tokens, and the mean number of tokens the
-        model with `removed` generates (plain decoding)."""
+        """
+        Return the FLOPs workload of one calibration description for the token search.
+
+        The full decoder's sizes, the prompt's length and image tokens, and the mean number of
+        tokens the model with `removed` generates (plain decoding).
+        """
         from ros2_gmskip.gmskip.token_search import Workload
         from ros2_gmskip.tokenskip.flops import DecoderDims
         dims = DecoderDims.from_config(self.model.config.get_text_config(decoder=True))

@@ -1,4 +1,19 @@
-"""Task metrics S(R) for GM-Skip: main-object accuracy, CIDEr-D, exact match, or a user callable.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Task metrics S(R) for GM-Skip: main-object accuracy, CIDEr-D, exact match, or a user callable.
 
 A metric is `f(predictions: list[str], references: list[Sample]) -> float` (higher is better);
 `Sample` is `ros2_gmskip.scenes.Sample` (captions, main_class, objects).
@@ -15,23 +30,26 @@ from ros2_gmskip.errors import MetricError
 from ros2_gmskip.scenes.spec import SYNONYMS
 
 Metric = Callable[[Sequence[str], Sequence[object]], float]
-_PUNCT = re.compile(r"[^\w\s]")
+_PUNCT = re.compile(r'[^\w\s]')
 
 
 def normalize(text: str) -> str:
-    """Lower case, punctuation removed, single spaces: the PTB-style tokenisation COCO eval uses."""
+    """Lower-case, drop punctuation, single spaces: the PTB-style tokenisation COCO eval uses."""
     return ' '.join(_PUNCT.sub(' ', text.lower()).split())
 
 
 def names_class(text: str, cls: str) -> bool:
-    """True if `text` names `cls` or one of its synonyms as whole words."""
+    """Return True if `text` names `cls` or one of its synonyms as whole words."""
     words = f' {normalize(text)} '
     return any(f' {normalize(s)} ' in words for s in SYNONYMS[cls])
 
 
 def accuracy(predictions: Sequence[str], references: Sequence[object]) -> float:
-    """Single-object classification accuracy (the GM-Skip paper's COCO metric): the share of
-    images whose generated text names the main object's class (or a synonym)."""
+    """
+    Return the share of images whose generated text names the main object's class (or synonym).
+
+    Single-object classification accuracy: the GM-Skip paper's COCO metric.
+    """
     pairs = [(p, r.main_class) for p, r in zip(predictions, references) if r.main_class]
     if not pairs:
         raise MetricError('accuracy needs references with a main_class; use --metric cider '
@@ -48,8 +66,12 @@ def exact_match(predictions: Sequence[str], references: Sequence[object]) -> flo
 
 
 def cider(predictions: Sequence[str], references: Sequence[object]) -> float:
-    """CIDEr-D (Vedantam et al. 2015) via pycocoevalcap's scorer; document frequencies come from
-    the references of this evaluation set, as in the COCO caption evaluation."""
+    """
+    Score CIDEr-D (Vedantam et al. 2015) with pycocoevalcap's scorer.
+
+    Document frequencies come from the references of this evaluation set, as in the COCO caption
+    evaluation.
+    """
     from pycocoevalcap.cider.cider import Cider
     if not predictions:
         raise MetricError('cider of an empty prediction list')
@@ -63,7 +85,7 @@ BUILTIN: dict[str, Metric] = {'accuracy': accuracy, 'cider': cider, 'exact_match
 
 
 def resolve_metric(name: str) -> Metric:
-    """A built-in metric name, or `module:function` for a user callable."""
+    """Return the metric for a built-in name, or `module:function` for a user callable."""
     if name in BUILTIN:
         return BUILTIN[name]
     if ':' not in name:

@@ -1,4 +1,19 @@
-"""The GM-Skip objective: balance the task score against sparsity.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The GM-Skip objective: balance the task score against sparsity.
 
     J(R) = S(R) / S(empty) + lam * |R| / L
 
@@ -9,8 +24,8 @@ on sparsity; the plan chosen is the feasible state with the highest J.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+import math
 
 from ros2_gmskip.errors import MetricError, PlanError
 
@@ -50,7 +65,7 @@ class Objective:
         return self.ratio(score, baseline) + self.lam * n_removed / num_blocks
 
     def feasible(self, score: float, baseline: float, n_removed: int, num_blocks: int) -> bool:
-        """True when the state meets the score floor and the sparsity cap (those that are set)."""
+        """Return True when the state meets the score floor and the sparsity cap (those set)."""
         if self.min_score_ratio is not None and (
                 self.ratio(score, baseline) < self.min_score_ratio - EPS):
             return False

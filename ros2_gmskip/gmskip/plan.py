@@ -1,4 +1,19 @@
-"""Skip plans: the JSON contract between calibrate, prune, export and the node.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Skip plans: the JSON contract between calibrate, prune, export and the node.
 
     plan = SkipPlan.from_search(result, model_dir, family='llava', metric='accuracy')
     save_plan(plan, 'plan.json')                        # atomic: never half-written
@@ -25,14 +40,14 @@ stdlib: the node can read plans without torch.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 import hashlib
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
+import tempfile
 from typing import Any
 
 from ros2_gmskip import __version__
@@ -102,7 +117,7 @@ class SkipPlan:
     created_by: str = f'ros2_gmskip {__version__}'
     created_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec='seconds'))
-    format: str = FORMAT
+    plan_format: str = FORMAT  # the file's 'format' key
 
     @property
     def kept_blocks(self) -> list[int]:
@@ -117,7 +132,7 @@ class SkipPlan:
                     metric: str, split: str | None = None, n: int | None = None,
                     protect_first: float | int = 0.25, stack: str = 'decoder',
                     sha256: str | None = None) -> SkipPlan:
-        """The plan for `result.best`, made for the weights in `model_dir`."""
+        """Make the plan for `result.best`, for the weights in `model_dir`."""
         return cls(
             model=ModelRef(path=str(model_dir), sha256=sha256 or weights_sha256(model_dir),
                            family=family, num_blocks=result.num_blocks),
@@ -130,7 +145,7 @@ class SkipPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            'format': self.format,
+            'format': self.plan_format,
             'model': {'path': self.model.path, 'sha256': self.model.sha256,
                       'family': self.model.family, 'num_blocks': self.model.num_blocks},
             'stack': self.stack,
@@ -209,7 +224,8 @@ class SkipPlan:
                            family=_field(model, 'family', str, 'model.'), num_blocks=num_blocks),
             removed_blocks=sorted(removed),
             metric=MetricRecord(name=_field(metric, 'name', str, 'metric.'),
-                                baseline=float(_field(metric, 'baseline', (int, float), 'metric.')),
+                                baseline=float(_field(metric, 'baseline', (int, float),
+                                                      'metric.')),
                                 final=float(_field(metric, 'final', (int, float), 'metric.')),
                                 split=_field(metric, 'split', str, 'metric.', optional=True),
                                 n=_field(metric, 'n', int, 'metric.', optional=True)),
@@ -245,7 +261,7 @@ def _field(data: dict, key: str, types: type | tuple[type, ...], prefix: str = '
 
 
 def plan_json(plan: SkipPlan) -> str:
-    """The plan file's text (indented, stable key order)."""
+    """Return the plan file's text (indented, stable key order)."""
     return json.dumps(plan.to_dict(), indent=2, allow_nan=False) + '\n'
 
 
@@ -256,7 +272,8 @@ def plan_id(plan: SkipPlan) -> str:
 
 
 def save_plan(plan: SkipPlan, path: str | os.PathLike) -> Path:
-    """Write the plan atomically: a temp file in the same folder, then `os.replace`.
+    """
+    Write the plan atomically: a temp file in the same folder, then `os.replace`.
 
     Nothing is written if the plan cannot be serialised; an existing file at `path` is only ever
     replaced by a complete new one.
@@ -309,8 +326,11 @@ def load_plan(path: str | os.PathLike, model_dir: str | os.PathLike | None = Non
 
 
 def plan_token_skip(path: str | os.PathLike | None) -> TokenSkip:
-    """The token-skip settings a plan file records (`tokens`), or none (no plan / no tokens).
-    The weights hash is not checked here: callers that load the model check it."""
+    """
+    Return the token-skip settings a plan file records (`tokens`), or none (no plan / tokens).
+
+    The weights hash is not checked here: callers that load the model check it.
+    """
     if path is None:
         return TokenSkip()
     return TokenSkip.from_dict(load_plan(path, check_hash=False).tokens)

@@ -1,4 +1,19 @@
-"""Plot a GM-Skip search: score ratio and objective against the number of blocks removed.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Plot a GM-Skip search: score ratio and objective against the number of blocks removed.
 
     from ros2_gmskip.gmskip.plot import plot_healing, plot_search, plot_token_search
     plot_search(result, 'plan.png', title='default model, val n=256')
@@ -58,8 +73,8 @@ def plot_search(result: SearchResult, path: str | os.PathLike, title: str = '') 
             ax.axvline(cap * result.num_blocks, color='tab:gray', linestyle=':', linewidth=1,
                        label=f'max sparsity {cap:g}')
         best = result.best
-        ax.plot([len(best.removed)], [best.score_ratio], 'o', markersize=14, markerfacecolor='none',
-                markeredgecolor='tab:green', markeredgewidth=2,
+        ax.plot([len(best.removed)], [best.score_ratio], 'o', markersize=14,
+                markerfacecolor='none', markeredgecolor='tab:green', markeredgewidth=2,
                 label=f'plan: {len(best.removed)}/{result.num_blocks} removed')
         ax.set_xlabel(f'blocks removed (of {result.num_blocks})')
         ax.set_ylabel('score ratio S(R)/S(∅)', color='tab:blue')
@@ -89,8 +104,8 @@ def plot_token_search(result: TokenSearchResult, path: str | os.PathLike, title:
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     try:
-        for feasible, style in ((True, dict(color='tab:blue')),
-                                (False, dict(facecolors='none', edgecolors='tab:gray'))):
+        for feasible, style in ((True, {'color': 'tab:blue'}),
+                                (False, {'facecolors': 'none', 'edgecolors': 'tab:gray'})):
             steps = [s for s in result.trajectory if s.feasible is feasible]
             if steps:
                 ax.scatter([s.flops_ratio for s in steps], [s.score_ratio for s in steps], s=22,
@@ -120,9 +135,13 @@ def plot_token_search(result: TokenSearchResult, path: str | os.PathLike, title:
 
 def plot_healing(log: list[dict], path: str | os.PathLike, val: dict | None = None,
                  eval_n: int | None = None, title: str = '') -> Path:
-    """Write a healing run's curve as a PNG at `path`: caption loss per step (faint) with its
-    running mean, val accuracy at the logged steps (`eval_n` scenes) and, from `val`
-    ({'n', 'before', 'after'}), the larger before / after measurement at steps 0 and last."""
+    """
+    Write a healing run's curve as a PNG at `path`.
+
+    Caption loss per step (faint) with its running mean, val accuracy at the logged steps (`eval_n`
+    scenes) and, from `val` ({'n', 'before', 'after'}), the larger before / after measurement at
+    steps 0 and last.
+    """
     plt = _pyplot()
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)

@@ -1,4 +1,19 @@
-"""The GM-Skip search: which blocks to remove, driven only by a score function.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The GM-Skip search: which blocks to remove, driven only by a score function.
 
     from ros2_gmskip.gmskip.strategies import search
     result = search(evaluator.score, evaluator.num_blocks, strategy='reverse',
@@ -29,10 +44,10 @@ the empty plan is returned.
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+import logging
+import math
 from typing import Any, Callable, Iterable
 
 from ros2_gmskip.errors import GmSkipError, MetricError, PlanError
@@ -90,7 +105,8 @@ class SearchResult:
 
 
 def protected_blocks(num_blocks: int, protect_first: float | int) -> tuple[int, ...]:
-    """The first blocks the search must not touch.
+    """
+    Return the first blocks, which the search must not touch.
 
     An int >= 0 (or an integral float >= 1) is a count; a float in [0, 1) is a fraction of the
     blocks, rounded down (0.25 of 6 blocks protects 1). PlanError when nothing is left to remove.
@@ -129,8 +145,11 @@ class _Scorer:
 
 
 def checked_score(score_fn: Callable[[Any], Any], arg: Any, what: str) -> float:
-    """score_fn(arg) as a finite float; a raise, a non-number or NaN/inf is a one-line
-    MetricError naming `what` was scored."""
+    """
+    Return score_fn(arg) as a finite float.
+
+    A raise, a non-number or NaN/inf is a one-line MetricError naming `what` was scored.
+    """
     try:
         value = score_fn(arg)
     except GmSkipError:
@@ -242,7 +261,7 @@ def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',
 
 
 def choose_best(trajectory: list[Step]) -> Step:
-    """argmax J over the feasible states; ties -> more blocks removed; none feasible -> empty."""
+    """Argmax J over the feasible states; ties -> more blocks removed; none feasible -> empty."""
     feasible = [s for s in trajectory if s.feasible]
     if not feasible:
         return trajectory[0]

@@ -1,4 +1,19 @@
-"""The token-skip search: FastV K/R and visual KV removal, tuned on the block-pruned model.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The token-skip search: FastV K/R and visual KV removal, tuned on the block-pruned model.
 
     from ros2_gmskip.gmskip.token_search import Workload, search_tokens
     result = search_tokens(lambda ts: evaluator.score(plan_removed, tokens=ts),
@@ -109,7 +124,7 @@ class TokenSearchResult:
     objective: Objective = field(default_factory=Objective)
 
     def to_record(self) -> dict:
-        """The plan's `tokens` entry: the chosen setting plus the search it came from."""
+        """Return the plan's `tokens` entry: the chosen setting plus the search it came from."""
         chosen = self.best.setting.to_dict() or {'fastv': None, 'kv_removal': None}
         return {**chosen, 'search': {
             'lambda': self.objective.lam,
@@ -125,7 +140,8 @@ class TokenSearchResult:
 
 def candidates(ks: Sequence[int], rs: Sequence[float], kv_ratios: Sequence[float],
                remaining_blocks: int) -> list[TokenSkip]:
-    """The grid ({FastV off} + {(K, R)}) x kv_ratios, "no token skipping" first.
+    """
+    Return the grid ({FastV off} + {(K, R)}) x kv_ratios, "no token skipping" first.
 
     Drops what cannot prune anything (K >= remaining blocks, R = 0: FastV off) and duplicates.
     """
@@ -193,7 +209,7 @@ def search_tokens(score_fn: TokenScoreFn, baseline: float, block_score: float,
 
 
 def choose_best(trajectory: list[TokenStep]) -> TokenStep:
-    """argmax J over the feasible steps; ties -> fewer FLOPs; none feasible -> the first (off)."""
+    """Argmax J over the feasible steps; ties -> fewer FLOPs; none feasible -> the first (off)."""
     feasible = [s for s in trajectory if s.feasible]
     if not feasible:
         return trajectory[0]

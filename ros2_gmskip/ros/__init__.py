@@ -1,4 +1,19 @@
-"""The ROS 2 side: the describer node, message conversion, transports, rosbag2 I/O.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The ROS 2 side: the describer node, message conversion, transports, rosbag2 I/O.
 
 Nothing here imports torch or transformers. Importing this package is cheap: the names below are
 loaded from their submodule on first use (PEP 562), so `import ros2_gmskip.ros` pulls in neither

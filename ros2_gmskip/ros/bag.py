@@ -1,4 +1,19 @@
-"""rosbag2 (MCAP and sqlite3) reading and writing through `rosbags`, with no ROS 2 install.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+rosbag2 (MCAP and sqlite3) reading and writing through `rosbags`, with no ROS 2 install.
 
 - `BagImageReader` reads the frames of one camera topic (sensor_msgs/Image or CompressedImage).
   A damaged bag — a recorder killed mid-write, a copy cut short, corrupt bytes — gives its frames
@@ -16,24 +31,23 @@ or a lone .mcap / .db3 file (read on its own; also a folder whose metadata.yaml 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from io import BytesIO
 import itertools
 import json
 import logging
+from pathlib import Path
 import re
 import struct
-from dataclasses import dataclass
-from io import BytesIO
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterator
 
 import numpy as np
-import yaml
+from ros2_gmskip.errors import BagError, GmSkipError
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.storage_mcap import decompress as _mcap_decompress
-from rosbags.typesys import Stores, get_typestore
-
-from ros2_gmskip.errors import BagError, GmSkipError
+from rosbags.typesys import get_typestore, Stores
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +84,7 @@ def stamp_to_ns(stamp: Any) -> int:
 
 
 def header_msg(stamp_ns: int, frame_id: str = '') -> Any:
-    """A std_msgs/msg/Header of the typestore."""
+    """Return a std_msgs/msg/Header of the typestore."""
     Time = TYPESTORE.types['builtin_interfaces/msg/Time']
     Header = TYPESTORE.types['std_msgs/msg/Header']
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
@@ -92,7 +106,7 @@ class BagFrame:
 
     @property
     def stamp_ns(self) -> int:
-        """The header stamp in nanoseconds."""
+        """Return the header stamp in nanoseconds."""
         return stamp_to_ns(self.msg.header.stamp)
 
 
@@ -176,7 +190,8 @@ def _read_str(bio: BytesIO) -> str:
 
 
 def _record_head(bio: Any, end: int | None, where: str) -> tuple[int, int] | None:
-    """(opcode, length) of the next record; None at the end of the data.
+    """
+    (opcode, length) of the next record; None at the end of the data.
 
     `end`: the length of a chunk's records (None: the file, read to EOF); `where` names it.
     """
@@ -207,7 +222,8 @@ def _inner_records(data: bytes, where: str) -> Iterator[tuple[int, bytes]]:
 
 
 def _mcap_records(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(opcode, body) of an MCAP file's data section, chunks opened; _Damage where it breaks.
+    """
+    (opcode, body) of an MCAP file's data section, chunks opened; _Damage where it breaks.
 
     An uncompressed chunk cut short still gives the records before the cut.
     """
@@ -242,7 +258,8 @@ def _mcap_records(path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 def _padded_sqlite(path: Path) -> tuple[Any, Any]:
-    """(apsw connection, its VFS) reading `path` as if zero-filled up to its header's page count.
+    """
+    (apsw connection, its VFS) reading `path` as if zero-filled up to its header's page count.
 
     A cut .db3 then opens; its rows read in rowid order up to the first missing page.
     """
@@ -257,6 +274,8 @@ def _padded_sqlite(path: Path) -> tuple[Any, Any]:
     size = max(path.stat().st_size, page_size * struct.unpack('>I', head[28:32])[0])
 
     class File(apsw.VFSFile):
+        """`path` opened read-only, reading zeros past its end up to `size`."""
+
         def __init__(self) -> None:            # no base init: read-only, immutable, no locks
             self._file = path.open('rb')
 
@@ -283,6 +302,8 @@ def _padded_sqlite(path: Path) -> tuple[Any, Any]:
             self._file.close()
 
     class VFS(apsw.VFS):
+        """A VFS whose every file is a `File`."""
+
         def __init__(self, name: str) -> None:
             super().__init__(name, '')
 
@@ -301,7 +322,8 @@ def _padded_sqlite(path: Path) -> tuple[Any, Any]:
 
 
 class _Salvage:
-    """Topics and messages of damaged storage files, read in file (recording) order.
+    """
+    Topics and messages of damaged storage files, read in file (recording) order.
 
     `topics` has the readable message count of each topic; topics the files no longer show are
     taken from metadata.yaml with count 0. `messages` raises _Damage at the first damage.
@@ -413,7 +435,8 @@ class _Salvage:
 
 
 class BagImageReader:
-    """The frames of one image topic of a rosbag2; a context manager.
+    """
+    The frames of one image topic of a rosbag2; a context manager.
 
         with BagImageReader(Path('drive_bag')) as bag:
             for frame in bag.frames():
@@ -487,8 +510,8 @@ class BagImageReader:
                 others = ', '.join(f'{t} ({m})' for t, (m, _) in sorted(topics.items()))
                 raise BagError(f'no sensor_msgs/msg/Image or CompressedImage topic in '
                                f'{str(self.path)!r}; its topics: {others or "none"}')
-            raise BagError(f'{len(images)} image topics in {str(self.path)!r}: {listing}; pick one '
-                           f'with --topic')
+            raise BagError(f'{len(images)} image topics in {str(self.path)!r}: {listing}; '
+                           'pick one with --topic')
         if topic not in topics:
             raise BagError(f'topic {topic!r} not in {str(self.path)!r}; its image topics: '
                            f'{listing}')
@@ -511,7 +534,7 @@ class BagImageReader:
             self.skip_reasons.append(reason)
 
     def frames(self) -> Iterator[BagFrame]:
-        """The topic's messages, in time order (in recording order where salvaged)."""
+        """Yield the topic's messages, in time order (in recording order where salvaged)."""
         if self._closed:
             raise BagError(f'rosbag {str(self.path)!r} is closed')
         self.error, self.skipped, self.skip_reasons = None, 0, []
@@ -575,7 +598,8 @@ class BagImageReader:
 
 
 class BagOutputWriter:
-    """Writes typestore messages to a new rosbag2; a context manager.
+    """
+    Writes typestore messages to a new rosbag2; a context manager.
 
     The bag is closed properly (metadata.yaml and MCAP summary written) even when the `with`
     body raises, so an interrupted replay leaves a readable bag of what it wrote.
@@ -643,17 +667,17 @@ def make_bag(out: Path, n: int = 100, fps: float = 10.0, compressed: bool = Fals
              frame_id: str = DEFAULT_FRAME_ID, progress: bool = True, width: int = 640,
              height: int = 480, start_ns: int = DEFAULT_START_NS,
              truth_topic: str | None = GROUND_TRUTH_TOPIC) -> dict:
-    """Write `n` rendered scenes of `split` as a camera topic at `fps`; returns a summary.
+    """
+    Write `n` rendered scenes of `split` as a camera topic at `fps`; returns a summary.
 
     Image: sensor_msgs/Image rgb8 on `topic`. Compressed: sensor_msgs/CompressedImage jpeg on
     `<topic>/compressed`. Header stamp (and bag time) of frame i = start_ns + i / fps. With
     `truth_topic`, each frame's scene ground truth (std_msgs/String JSON: stamp_ns, frame_id,
     scene) is written at the same time.
     """
-    from tqdm import tqdm
-
     from ros2_gmskip.ros.image_convert import rgb_to_image_fields, rgb_to_jpeg
     from ros2_gmskip.scenes import render_scene, split_seeds
+    from tqdm import tqdm
 
     if n <= 0 or not fps > 0 or width <= 0 or height <= 0:
         raise BagError(f'make_bag needs n, fps, width, height > 0, got n={n}, fps={fps}, '

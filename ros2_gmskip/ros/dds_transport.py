@@ -1,4 +1,19 @@
-"""Cyclone DDS transport: the node without ROS 2, still on the ROS 2 wire (rmw_cyclonedds_cpp).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Cyclone DDS transport: the node without ROS 2, still on the ROS 2 wire (rmw_cyclonedds_cpp).
 
 What makes it interoperate with ROS 2 nodes using rmw_cyclonedds_cpp:
 - topic names `rt/<fully qualified name without the leading slash>` (`/diagnostics` ->
@@ -25,7 +40,13 @@ from typing import Any, Callable, Sequence
 from ros2_gmskip.ros import dds_types
 from ros2_gmskip.ros.params import load_param_file
 from ros2_gmskip.ros.transport import (
-    parse_ros_args, QOS_DEFAULT, QOS_SENSOR, remap_name, resolve_name, TransportError)
+    parse_ros_args,
+    QOS_DEFAULT,
+    QOS_SENSOR,
+    remap_name,
+    resolve_name,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +75,8 @@ def dds_topic_name(resolved: str) -> str:
 
 
 class _Publisher:
+    """A `transport.Publisher` over one DDS writer."""
+
     def __init__(self, writer, topic: str) -> None:
         self.writer = writer
         self.topic = topic

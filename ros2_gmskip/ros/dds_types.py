@@ -1,4 +1,19 @@
-"""ROS 2 message types as Cyclone DDS IDL structs, as rmw_cyclonedds_cpp puts them on the wire.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+ROS 2 message types as Cyclone DDS IDL structs, as rmw_cyclonedds_cpp puts them on the wire.
 
 rmw_cyclonedds_cpp names a ROS type `pkg::msg::dds_::Type_` and serializes it as plain (XCDR1) CDR,
 fields in declaration order, field names unchanged (names never reach the wire: CDR is positional,
@@ -20,8 +35,7 @@ from dataclasses import dataclass, field
 import struct
 import typing
 
-from cyclonedds.idl import IdlStruct
-from cyclonedds.idl import types
+from cyclonedds.idl import IdlStruct, types
 
 
 @dataclass
@@ -100,7 +114,8 @@ class _CdrReader:
                 meta = typing.get_args(hint)[1]
                 if isinstance(meta, str) and meta in _PRIMITIVES:
                     values[name] = self.primitive(*_PRIMITIVES[meta])
-                elif isinstance(meta, types.sequence) and meta.subtype in (types.uint8, types.byte):
+                elif (isinstance(meta, types.sequence)
+                      and meta.subtype in (types.uint8, types.byte)):
                     values[name] = self.octets()
                 else:
                     raise TypeError(f'{cls.__name__}.{name}: no fast path for {meta}')
@@ -122,8 +137,9 @@ def _serialize_bytes_tail(self, buffer=None, endianness=None, use_version_2=None
     data = _as_bytes(self.data)
     stub = copy.copy(self)
     stub.data = []
-    # the generic machine writes everything up to the empty sequence's 4-byte count; the count is
-    # last and aligned, so swapping it for (count + bytes) gives exactly the generic machine's bytes
+    # the generic machine writes everything up to the empty sequence's 4-byte count; the count
+    # is last and aligned, so swapping it for (count + bytes) gives exactly the generic machine's
+    # bytes
     head = IdlStruct.serialize(stub, buffer=buffer, endianness=endianness,
                                use_version_2=use_version_2)
     endian = '<' if head[1] & 1 else '>'
@@ -157,7 +173,7 @@ class Image(IdlStruct, typename='sensor_msgs::msg::dds_::Image_'):
 @dataclass
 class CompressedImage(IdlStruct, typename='sensor_msgs::msg::dds_::CompressedImage_'):
     header: Header = field(default_factory=Header)
-    format: str = ''
+    format: str = ''  # noqa: A003 (the field's name in sensor_msgs/msg/CompressedImage)
     data: types.sequence[types.uint8] = field(default_factory=list)
 
     serialize = _serialize_bytes_tail
@@ -212,7 +228,7 @@ TYPES: dict[str, type] = {
 
 
 def dds_type(msgtype: str) -> type:
-    """The IDL struct for a ROS 2 type name ('sensor_msgs/msg/Image')."""
+    """Return the IDL struct for a ROS 2 type name ('sensor_msgs/msg/Image')."""
     try:
         return TYPES[msgtype]
     except KeyError:
@@ -221,7 +237,7 @@ def dds_type(msgtype: str) -> type:
 
 
 def make(cls: type, values: dict[str, typing.Any]) -> typing.Any:
-    """Build `cls` from plain values; nested structs from dicts, sequences of structs from lists."""
+    """Build `cls` from plain values: nested structs from dicts, struct sequences from lists."""
     hints = typing.get_type_hints(cls, include_extras=True)
     kwargs = {}
     for name, value in values.items():

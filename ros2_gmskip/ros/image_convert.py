@@ -1,4 +1,19 @@
-"""sensor_msgs/Image and sensor_msgs/CompressedImage <-> RGB uint8 arrays, without cv_bridge.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+sensor_msgs/Image and sensor_msgs/CompressedImage <-> RGB uint8 arrays, without cv_bridge.
 
 The functions duck-type on the message fields, so they take a rosbags message, an rclpy message
 or a Cyclone DDS IDL dataclass alike:
@@ -26,7 +41,6 @@ from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
-
 from ros2_gmskip.errors import MessageError
 
 
@@ -73,7 +87,7 @@ _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
 def canonical_encoding(encoding: str) -> str:
-    """The ROS spelling of `encoding`, or MessageError naming the supported ones."""
+    """Return the ROS spelling of `encoding`, or raise MessageError naming the supported ones."""
     name = _BY_LOWER.get(str(encoding).strip().lower())
     if name is None:
         raise MessageError(f'unknown image encoding {encoding!r}: supported are '
@@ -82,7 +96,7 @@ def canonical_encoding(encoding: str) -> str:
 
 
 def _flat_uint8(data: Any) -> np.ndarray:
-    """`data` as a 1-D contiguous uint8 array, a view wherever the input allows one."""
+    """Return `data` as a 1-D contiguous uint8 array, a view wherever the input allows one."""
     try:
         if isinstance(data, np.ndarray):
             if data.dtype != np.uint8:
@@ -119,7 +133,7 @@ def _int_field(msg: Any, name: str) -> int:
 
 
 def _pixels(msg: Any) -> tuple[str, np.ndarray]:
-    """(encoding, array (H, W, C) of the message's values with row padding dropped, a view)."""
+    """Return (encoding, array (H, W, C) of the message's values, row padding dropped, a view)."""
     encoding = canonical_encoding(_field(msg, 'encoding'))
     spec = _ENCODINGS[encoding]
     H, W = _int_field(msg, 'height'), _int_field(msg, 'width')
@@ -146,7 +160,8 @@ def _pixels(msg: Any) -> tuple[str, np.ndarray]:
 
 
 def image_to_rgb(msg: Any) -> np.ndarray:
-    """A sensor_msgs/Image as RGB uint8 (H, W, 3), C-contiguous.
+    """
+    Convert a sensor_msgs/Image to RGB uint8 (H, W, 3), C-contiguous.
 
     For an unpadded rgb8 image the result is a view of `msg.data` (read-only when the data is
     bytes); copy it before writing into it.
@@ -189,7 +204,7 @@ def _compressed_kind(fmt: str, data: np.ndarray) -> str:
 
 
 def compressed_to_rgb(msg: Any) -> np.ndarray:
-    """A sensor_msgs/CompressedImage (jpeg or png) as RGB uint8 (H, W, 3)."""
+    """Decode a sensor_msgs/CompressedImage (jpeg or png) to RGB uint8 (H, W, 3)."""
     data = _flat_uint8(_field(msg, 'data'))
     fmt = _field(msg, 'format')
     kind = _compressed_kind(fmt, data)
@@ -244,7 +259,8 @@ def _bayer_mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
 
 
 def rgb_to_image_fields(rgb: np.ndarray, encoding: str = 'rgb8') -> dict:
-    """The fields of a sensor_msgs/Image holding `rgb` (H, W, 3 uint8) in `encoding`.
+    """
+    Return the fields of a sensor_msgs/Image holding `rgb` (H, W, 3 uint8) in `encoding`.
 
     Returns {height, width, encoding, is_bigendian, step, data (bytes)}; rows are unpadded and
     16-bit values little-endian (grey x 257, so `>> 8` gives the grey back). Lossy encodings

@@ -1,4 +1,19 @@
-"""The `gmskip_describer` node: camera image in, scene description + latency statistics out.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The `gmskip_describer` node: camera image in, scene description + latency statistics out.
 
 Topics (private names resolve to /<namespace>/gmskip_describer/...):
   in   ~/input/image                sensor_msgs/Image            (sensor-data QoS)
@@ -26,7 +41,12 @@ from typing import Any, Callable, Sequence
 
 from ros2_gmskip.errors import GmSkipError
 from ros2_gmskip.ros.params import (
-    DescriberParams, descriptions, load_defaults, NODE_NAME, ParameterError)
+    DescriberParams,
+    descriptions,
+    load_defaults,
+    NODE_NAME,
+    ParameterError,
+)
 from ros2_gmskip.ros.pipeline import DescriberCore, format_value, LEVELS, SceneOutput
 from ros2_gmskip.ros.transport import QOS_DEFAULT, QOS_SENSOR, remove_ros_args, select_transport
 
@@ -40,7 +60,8 @@ BackendFactory = Callable[..., Any]     # (params, build_only=False) -> Backend
 
 
 def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
-    """The backend the parameters ask for, through `ros2_gmskip.runtime.factory` (lazy imports).
+    """
+    Create the backend the parameters ask for, through `ros2_gmskip.runtime.factory` (lazy).
 
     Empty paths mean the embedded default: the default model with its shipped skip plan, and for
     onnxruntime / tensorrt its ONNX bundle (exported once into the cache when missing).
@@ -233,7 +254,7 @@ def run(argv: Sequence[str], transport: str = 'auto', duration_s: float | None =
 
 
 def main(args: Sequence[str] | None = None) -> int:
-    """Console script `gmskip_describer` (ros2 run / ros2 launch): rclpy if importable, else DDS."""
+    """Run the console script `gmskip_describer` (ros2 run / launch): rclpy if found, else DDS."""
     argv = list(sys.argv if args is None else args)
     parser = argparse.ArgumentParser(prog=NODE_NAME, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -1,8 +1,24 @@
-"""Parameters of the gmskip_describer node: defaults from config/, checked against schema/.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 
-`config/gmskip.param.yaml` (`/**: ros__parameters:`) holds the defaults; `schema/gmskip.schema.json`
-(draft-07) says what is valid. Both are found in the source tree or, once installed, in the
-package's share folder (ament_index when ROS 2 is sourced, else `<prefix>/share/ros2_gmskip`).
+"""
+Parameters of the gmskip_describer node: defaults from config/, checked against schema/.
+
+`config/gmskip.param.yaml` (`/**: ros__parameters:`) holds the defaults;
+`schema/gmskip.schema.json` (draft-07) says what is valid. Both are found in the source tree or,
+once installed, in the package's share folder (ament_index when ROS 2 is sourced, else
+`<prefix>/share/ros2_gmskip`).
 """
 
 from __future__ import annotations
@@ -15,9 +31,8 @@ import re
 import sys
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from ros2_gmskip.errors import GmSkipError
+import yaml
 
 PACKAGE = 'ros2_gmskip'
 NODE_NAME = 'gmskip_describer'
@@ -93,19 +108,20 @@ def find_share_file(relpath: str) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def load_schema() -> dict:
-    """The draft-07 schema (whole document)."""
+    """Return the draft-07 schema (whole document)."""
     with open(find_share_file(SCHEMA_FILE), encoding='utf-8') as f:
         return json.load(f)
 
 
 def node_schema(schema: dict | None = None) -> dict:
-    """The `definitions.gmskip_describer` object schema (properties, required, ...)."""
+    """Return the `definitions.gmskip_describer` object schema (properties, required, ...)."""
     return (schema or load_schema())['definitions'][NODE_NAME]
 
 
 def load_param_file(path: str | Path, node_name: str = NODE_NAME,
                     namespace: str = '/') -> dict[str, Any]:
-    """`ros__parameters` for this node in a parameter file (`/**:` or node-named sections).
+    """
+    `ros__parameters` for this node in a parameter file (`/**:` or node-named sections).
 
     Sections apply in file order; nested keys are joined by '.' as ROS 2 does.
     """
@@ -192,7 +208,7 @@ def load_params(param_files: Iterable[str | Path] = (),
 # helpers shared with the DDS transport (parameter files name nodes as rcl does)
 
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1} (ROS 2 nested parameter names)."""
+    """Flatten nested keys as ROS 2 names parameters: {'a': {'b': 1}} -> {'a.b': 1}."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         name = f'{prefix}{key}'
@@ -204,7 +220,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
 
 
 def node_matches(key: str, node_name: str, namespace: str) -> bool:
-    """Does a parameter-file key ('/**', 'name', '/ns/name', '/**/name', '/*/name') match?"""
+    """Return True if a parameter-file key ('/**', 'name', '/ns/name', '/**/name', ...) matches."""
     fqn = namespace.rstrip('/') + '/' + node_name
     if key in ('/**', '**'):
         return True

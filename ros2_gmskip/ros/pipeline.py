@@ -1,10 +1,26 @@
-"""The describer's core, independent of rclpy / DDS: newest-frame hand-off, one worker, statistics.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The describer's core, independent of rclpy / DDS: newest-frame hand-off, one worker, statistics.
 
 A subscription callback calls `DescriberCore.on_image(msg, compressed)`, which only stores the
-message in a one-slot holder and returns (it never blocks on inference). One worker thread takes the
-newest frame, converts it to RGB, runs `backend.describe` and calls `publish(SceneOutput)`. A frame
-that is still waiting when a newer one arrives is dropped and counted: a VLM at a few Hz behind a
-30 Hz camera always describes the most recent view, and latency never builds up in a queue.
+message in a one-slot holder and returns (it never blocks on inference). One worker thread takes
+the newest frame, converts it to RGB, runs `backend.describe` and calls `publish(SceneOutput)`. A
+frame that is still waiting when a newer one arrives is dropped and counted: a VLM at a few Hz
+behind a 30 Hz camera always describes the most recent view, and latency never builds up in a
+queue.
 
 Every frame ends in exactly one counter once the worker is stopped:
     received == described + dropped + rejected + errors        (+ pending while running)
@@ -22,10 +38,9 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-
 from ros2_gmskip.errors import GmSkipError, MessageError
+from ros2_gmskip.runtime.results import Result
 from ros2_gmskip.runtime.stats import LatencyStats, RateMeter, STAGES
-from ros2_gmskip.runtime.types import Result
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +71,7 @@ class SceneOutput:
     cyclic_time_ms: float = math.nan     # since the previous output (NaN for the first)
 
     def scene_dict(self) -> dict[str, Any]:
-        """The JSON object published on ~/output/scene."""
+        """Return the JSON object published on ~/output/scene."""
         return {
             'stamp': {'sec': self.stamp_sec, 'nanosec': self.stamp_nanosec},
             'frame_id': self.frame_id,
@@ -118,7 +133,8 @@ class _RateLimitedLog:
 
 
 class DescriberCore:
-    """Newest-frame hand-off + worker + counters + diagnostics (see the module docstring).
+    """
+    Newest-frame hand-off + worker + counters + diagnostics (see the module docstring).
 
     `params` needs: prompt, max_new_tokens, latency_warn_ms, drop_warn_ratio, error_window,
     stats_window (a `DescriberParams`). `publish` is called on the worker thread.
@@ -387,7 +403,7 @@ def format_value(value: Any) -> str:
 
 
 def token_skip_text(tokens: dict | None) -> str:
-    """The backend's FastV / KV-removal settings in words ('none' when off)."""
+    """Return the backend's FastV / KV-removal settings in words ('none' when off)."""
     from ros2_gmskip.tokenskip.settings import TokenSkip
     try:
         return TokenSkip.from_dict(tokens).describe()

@@ -1,4 +1,19 @@
-"""rclpy transport: the node on a sourced ROS 2 (Humble, Jazzy).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+rclpy transport: the node on a sourced ROS 2 (Humble, Jazzy).
 
 rclpy resolves names, remappings (`--ros-args -r`), namespaces and parameter files itself (from the
 arguments given to `rclpy.init`). Camera input uses `qos_profile_sensor_data`; publishers use depth
@@ -36,7 +51,8 @@ def _element_type(field_type: str) -> str:
 
 
 def fill(msg: Any, values: dict[str, Any]) -> Any:
-    """Set fields of a ROS message from plain values; nested messages from dicts / lists of dicts.
+    """
+    Set fields of a ROS message from plain values; nested messages from dicts / lists of dicts.
 
     ROS `byte` fields are `bytes` in rclpy: an int given for one becomes bytes([int]).
     """

@@ -1,4 +1,19 @@
-"""Replay a rosbag2 camera topic through the describer pipeline; record what the node would publish.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Replay a rosbag2 camera topic through the describer pipeline; record what the node would publish.
 
     summary = replay_bag(Path('drive_bag'), Path('drive_described'), backend, rate='max')
 
@@ -11,8 +26,8 @@ newest-frame hand-off to one worker thread, counters, diagnostics); only time is
   and hands each frame over with `on_image` while the core's worker runs inference, so frames
   that arrive while the model is busy are dropped and counted exactly as in the live node.
 
-Replay clock (`ReplayClock`): bag time, running at real speed from an anchor. In realtime mode it is
-anchored once (first frame's bag time = the instant it is fed); in max mode it is re-anchored at
+Replay clock (`ReplayClock`): bag time, running at real speed from an anchor. In realtime mode it
+is anchored once (first frame's bag time = the instant it is fed); in max mode it is re-anchored at
 each frame's bag time when the frame is fed, as if every frame found the pipeline idle. The core
 gets it as `clock` and `wall_clock`, so processing time is real elapsed time, and pipeline latency
 (replay clock at output - input header stamp) is the time from capture to output in bag time
@@ -30,9 +45,9 @@ Outputs are written at replay-clock time of publication (input bag time + wait +
 they sort after their input; description, scene and debug messages carry the input header stamp
 (in the scene JSON / Float64Stamped.stamp). The input images are not copied (the bag stays small).
 
-Float64Stamped is not in rosbags' ROS 2 Humble typestore: it is registered (`builtin_interfaces/Time
-stamp`, `float64 data`, the definition of autoware_internal_debug_msgs) in this module's own copy,
-`REPLAY_TYPESTORE`, so the shared `bag.TYPESTORE` is left as it is.
+Float64Stamped is not in rosbags' ROS 2 Humble typestore: it is registered
+(`builtin_interfaces/Time stamp`, `float64 data`, the definition of autoware_internal_debug_msgs)
+in this module's own copy, `REPLAY_TYPESTORE`, so the shared `bag.TYPESTORE` is left as it is.
 """
 
 from __future__ import annotations
@@ -46,16 +61,19 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from rosbags.typesys import get_types_from_msg, Stores, get_typestore
-
 from ros2_gmskip.errors import BagError, GmSkipError
-from ros2_gmskip.ros.bag import (
-    BagImageReader, BagOutputWriter, GROUND_TRUTH_TOPIC, STRING_TYPE)
+from ros2_gmskip.ros.bag import BagImageReader, BagOutputWriter, GROUND_TRUTH_TOPIC, STRING_TYPE
 from ros2_gmskip.ros.node import DEBUG_TOPICS, DIAGNOSTIC_NAME, FLOAT64_STAMPED
 from ros2_gmskip.ros.params import DescriberParams, NODE_NAME
 from ros2_gmskip.ros.pipeline import (
-    DescriberCore, default_convert, format_value, LEVELS, SceneOutput)
+    default_convert,
+    DescriberCore,
+    format_value,
+    LEVELS,
+    SceneOutput,
+)
 from ros2_gmskip.runtime.stats import percentiles, STAGES
+from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +129,14 @@ def _time_msg(stamp_ns: int) -> Any:
 
 
 def read_string_topic(path: Path, topic: str) -> tuple[list[tuple[int, str]], str | None]:
-    """[(bag time ns, data)] of a std_msgs/String topic, up to any damage; and the damage (or None).
+    """
+    [(bag time ns, data)] of a std_msgs/String topic, up to any damage; and the damage (or None).
 
     A topic the bag does not have gives ([], None).
     """
-    from rosbags.rosbag2 import Reader
-
     # bag.py's path resolution and salvage reader (no public API for non-image topics yet)
     from ros2_gmskip.ros.bag import _resolve, _Salvage
+    from rosbags.rosbag2 import Reader
 
     paths = _resolve(Path(path))
     out: list[tuple[int, str]] = []
@@ -171,7 +189,7 @@ class _Ticks:
         self.last_ns: int | None = None        # stamp of the last tick given
 
     def due(self, bag_ns: int) -> list[int]:
-        """The ticks at or before `bag_ns` not given yet (at most MAX_TICKS_PER_GAP)."""
+        """Return the ticks at or before `bag_ns` not given yet (at most MAX_TICKS_PER_GAP)."""
         if self.next_ns is None:
             self.next_ns = bag_ns + self.period_ns
             return []
@@ -188,7 +206,8 @@ class _Ticks:
 
 
 class _Recorder:
-    """Records what the node would publish into the output bag; collects per-frame timings.
+    """
+    Records what the node would publish into the output bag; collects per-frame timings.
 
     `publish` (worker thread) only builds the messages and queues them; `flush`, `diagnostics`
     and `truth_until` (replay thread) write.
@@ -211,7 +230,7 @@ class _Recorder:
     # -- worker thread
 
     def publish(self, out: SceneOutput) -> None:
-        """DescriberCore's publish callback: description, scene JSON, debug timings."""
+        """Write one output (DescriberCore's publish callback): text, scene JSON, debug timings."""
         try:
             write_ns = self.clock.now_ns()
             msgs = [(DESCRIPTION_TOPIC, STRING_TYPE, write_ns, self.String(data=out.text)),
@@ -255,7 +274,7 @@ class _Recorder:
                 self._cond.wait(0.002)        # rejected / failed frames do not publish: poll
 
     def diagnostics(self, core: DescriberCore, stamp_ns: int) -> None:
-        """One DiagnosticArray from `core.diagnostics()`, stamped (and written) at `stamp_ns`."""
+        """Write a DiagnosticArray of the core's diagnostics, stamped and written at `stamp_ns`."""
         d = core.diagnostics()
         T = REPLAY_TYPESTORE.types
         status = T['diagnostic_msgs/msg/DiagnosticStatus'](
@@ -324,7 +343,8 @@ def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParam
                rate: str = 'max', topic: str | None = None, storage: str = 'mcap',
                progress: bool = True,
                convert: Callable[[Any, bool], Any] = default_convert) -> dict[str, Any]:
-    """Describe the frames of `in_bag`'s image topic, write the outputs to `out_bag`; the summary.
+    """
+    Describe the frames of `in_bag`'s image topic, write the outputs to `out_bag`; the summary.
 
     `backend`: a Backend, or a callable returning one, called once the input bag has opened
     (a bad input path then fails before a model loads, and before `out_bag` is created).

@@ -1,4 +1,19 @@
-"""The README's parameter table, generated from schema/gmskip.schema.json so it cannot drift.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The README's parameter table, generated from schema/gmskip.schema.json so it cannot drift.
 
     python -m ros2_gmskip.ros.schema_table      # print the Markdown table
 
@@ -59,12 +74,12 @@ def params_table(schema: dict | None = None) -> str:
 
 
 def readme_block(schema: dict | None = None) -> str:
-    """The table with its markers, as it appears in README.md."""
+    """Return the table with its markers, as it appears in README.md."""
     return f'{BEGIN_MARKER}\n{params_table(schema)}\n{END_MARKER}'
 
 
 def extract_table(readme_text: str) -> str | None:
-    """The text between the markers in README.md (stripped), or None without the begin marker."""
+    """Return the text between the markers in README.md (stripped); None without a begin marker."""
     start = readme_text.find(BEGIN_MARKER)
     if start < 0:
         return None

@@ -1,4 +1,19 @@
-"""The node's view of ROS 2: one small `Transport` protocol, two implementations.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The node's view of ROS 2: one small `Transport` protocol, two implementations.
 
 - `rclpy` (`rclpy_transport.RclpyTransport`): when ROS 2 is sourced.
 - `dds` (`dds_transport.DdsTransport`): Cyclone DDS speaking the ROS 2 wire format, for machines
@@ -15,9 +30,8 @@ from dataclasses import dataclass, field
 import importlib.util
 from typing import Any, Callable, Protocol, Sequence
 
-import yaml
-
 from ros2_gmskip.errors import GmSkipError
+import yaml
 
 QOS_SENSOR = 'sensor'    # best effort, keep last 5, volatile (rclpy qos_profile_sensor_data)
 QOS_DEFAULT = 'default'  # reliable, keep last 10, volatile
@@ -29,6 +43,8 @@ class TransportError(GmSkipError):
 
 
 class Publisher(Protocol):
+    """What a transport's `create_publisher` returns."""
+
     def publish(self, msg: Any) -> None:
         ...
 
@@ -81,7 +97,7 @@ def rclpy_available() -> bool:
 
 
 def select_transport(kind: str = 'auto') -> type:
-    """The transport class for 'auto' (rclpy if importable, else dds), 'rclpy' or 'dds'."""
+    """Return the transport class for 'auto' (rclpy if importable, else dds), 'rclpy' or 'dds'."""
     if kind not in TRANSPORTS:
         raise TransportError(f'unknown transport {kind!r}: use one of {", ".join(TRANSPORTS)}')
     if kind == 'auto':
@@ -89,7 +105,7 @@ def select_transport(kind: str = 'auto') -> type:
     if kind == 'rclpy':
         if not rclpy_available():
             raise TransportError("transport 'rclpy' needs ROS 2: source "
-                                 "/opt/ros/<distro>/setup.bash or use --transport dds")
+                                 '/opt/ros/<distro>/setup.bash or use --transport dds')
         from ros2_gmskip.ros.rclpy_transport import RclpyTransport
         return RclpyTransport
     from ros2_gmskip.ros.dds_transport import DdsTransport
@@ -170,7 +186,7 @@ def parse_ros_args(argv: Sequence[str], node_name: str) -> tuple[RosArgs, list[s
 
 
 def remove_ros_args(argv: Sequence[str]) -> list[str]:
-    """argv without the `--ros-args ... [--]` sections (like rclpy.utilities.remove_ros_args)."""
+    """Argv without the `--ros-args ... [--]` sections (like rclpy.utilities.remove_ros_args)."""
     out: list[str] = []
     in_ros = False
     for arg in argv:

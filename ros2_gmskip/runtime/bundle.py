@@ -1,10 +1,25 @@
-"""Open an ONNX bundle (what `ros2-gmskip export` writes) and check it against its manifest.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Open an ONNX bundle (what `ros2-gmskip export` writes) and check it against its manifest.
 
     bundle = load_bundle(Path('bundles/gmskip-8of16'))
     bundle.decoder_path, bundle.tokens['eos_token_id'], bundle.decoder_config['num_layers']
 
-A bundle folder holds vision.onnx, decoder.onnx, embed_tokens.npy, the tokenizer/processor files and
-manifest.json (and, for Llama-style decoders, decoder.fused.onnx: the ONNX Runtime-only graph).
+A bundle folder holds vision.onnx, decoder.onnx, embed_tokens.npy, the tokenizer/processor files
+and manifest.json (and, for Llama-style decoders, decoder.fused.onnx: the ONNX Runtime-only graph).
 The manifest lists every file with its sha256; `load_bundle` hashes each file once and refuses a
 bundle whose files are missing or differ, with a one-line `BundleError` that names the file and
 says what to re-run. numpy/json only: no torch, no onnx.
@@ -12,9 +27,9 @@ says what to re-run. numpy/json only: no torch, no onnx.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from ros2_gmskip.errors import BundleError, EngineError
@@ -88,8 +103,11 @@ class Bundle:
 
     @property
     def segments(self) -> list[dict]:
-        """Decoder graphs in order: [{'file', 'layers': [first, stop], 'input', 'output',
-        'ranks'}]; one (decoder.onnx) unless the bundle was exported with token skipping."""
+        """
+        Return the decoder graphs in order: one (decoder.onnx) unless exported with token skipping.
+
+        Each is {'file', 'layers': [first, stop], 'input', 'output', 'ranks'}.
+        """
         segs = self.manifest.get('decoder_segments')
         if not segs:
             layers = self.decoder_config['num_layers']
@@ -99,20 +117,23 @@ class Bundle:
 
     @property
     def fused_decoder(self) -> dict | None:
-        """The ONNX Runtime-only fused decoder graph (exporters/fused_decoder.py): {'file',
-        'max_length', ...; quantized: 'decode_file', 'decode_weights', 'prefill_file',
+        """
+        Return the ONNX Runtime-only fused decoder graph (exporters/fused_decoder.py), or None.
+
+        {'file', 'max_length', ...; quantized: 'decode_file', 'decode_weights', 'prefill_file',
         'prefill_weights'; for a token-skipping bundle 'segments' (one graph per decoder
-        segment), 'attention_scale'},
-        or None (older bundle, or a model the fused graph does not cover)."""
+        segment), 'attention_scale'}; None for an older bundle, or a model the fused graph does
+        not cover.
+        """
         return self.manifest.get('fused_decoder')
 
     @property
     def token_skip(self) -> dict | None:
-        """FastV / KV-removal settings the bundle was exported for (tokenskip.settings)."""
+        """Token-skip settings (FastV, KV removal; tokenskip.settings) it was exported with."""
         return self.manifest.get('token_skip')
 
     def require_plain_decoder(self, who: str) -> None:
-        """EngineError for a consumer (`who`) that runs one decoder graph without token skipping."""
+        """Raise EngineError if the bundle skips tokens: `who` runs plain decoder graphs only."""
         skip = self.token_skip
         if len(self.segments) > 1 or (skip and (skip.get('fastv') or skip.get('kv_removal'))):
             raise EngineError(f'bundle {str(self.path)!r} was exported with token skipping '
@@ -143,7 +164,7 @@ def _read_manifest(path: Path) -> dict:
 
 
 def load_bundle(path: Path, verify: bool = True) -> Bundle:
-    """The bundle at `path`, its files checked against the manifest (sha256 when `verify`)."""
+    """Return the bundle at `path`, its files checked against the manifest (sha256: `verify`)."""
     path = Path(path)
     manifest = _read_manifest(path)
     files = manifest['files']
@@ -157,7 +178,8 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
                               'in the bundle folder: re-run ros2-gmskip export')
         file = path / name
         if not file.is_file():
-            raise BundleError(f'bundle {str(path)!r}: {name} is missing: re-run ros2-gmskip export')
+            raise BundleError(f'bundle {str(path)!r}: {name} is missing: '
+                              're-run ros2-gmskip export')
         if verify:
             actual = sha256_file(file)
             if actual != expected:
@@ -171,9 +193,9 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
                                   and fused['max_length'] > 0
                                   and fused.get('decode_file', fused['file']) in files
                                   and fused.get('prefill_file', fused['file']) in files):
-        raise BundleError(f'bundle {str(path)!r}: manifest fused_decoder {fused!r} does not name a '
-                          'listed file (and decode_file, prefill_file) and a max_length: re-run '
-                          'ros2-gmskip export')
+        raise BundleError(f'bundle {str(path)!r}: manifest fused_decoder {fused!r} '
+                          'does not name a listed file (and decode_file, prefill_file) and a '
+                          'max_length: re-run ros2-gmskip export')
     if fused is not None and 'segments' in fused:
         _check_fused_segments(path, manifest)
     log.debug('bundle %s: %d files checked', path, len(files))
@@ -181,7 +203,7 @@ def load_bundle(path: Path, verify: bool = True) -> Bundle:
 
 
 def _check_segments(path: Path, manifest: dict) -> None:
-    """Decoder segments must be listed files that tile the decoder's blocks in order."""
+    """Check that decoder segments are listed files that tile the decoder's blocks in order."""
     segs = manifest.get('decoder_segments')
     if not segs:
         return
@@ -200,8 +222,12 @@ def _check_segments(path: Path, manifest: dict) -> None:
 
 
 def _check_fused_segments(path: Path, manifest: dict) -> None:
-    """A token-skipping fused decoder: one listed graph (and decode-step graph, when quantized)
-    per decoder segment, over the same blocks, and an attention scale for FastV's ranking."""
+    """
+    Check a token-skipping fused decoder's segments against the decoder segments.
+
+    It needs one listed graph (and decode-step graph, when quantized) per decoder segment, over
+    the same blocks, and an attention scale for FastV's ranking.
+    """
     fused, files = manifest['fused_decoder'], manifest['files']
     plain = [seg['layers'] for seg in Bundle(path, manifest).segments]
     try:

@@ -1,4 +1,19 @@
-"""What the ONNX Runtime and TensorRT backends share: prompt assembly and the timed describe call.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+What the ONNX Runtime and TensorRT backends share: prompt assembly and the timed describe call.
 
 A subclass provides `preprocess` (Preprocessor), `tokenizer` (PromptTokenizer), `embed_table`
 (vocab, C), `decoder_loop` (GreedyDecoder) and `image_embeds(pixel_values) -> (1, n, C)`.
@@ -9,15 +24,14 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 
 
 class BundleBackend:
     """Timed describe over a bundle's preprocessing, tokenizer, vision graph and decode loop."""
 
     def _check_ready(self) -> None:
-        """Hook: raise if this backend cannot run (e.g. a build-only TensorRT backend)."""
+        """Raise if this backend cannot run (e.g. a build-only TensorRT backend); a hook."""
 
     def prompt_embeds(self, ids: np.ndarray, image_embeds: np.ndarray) -> np.ndarray:
         """Token embeddings of `ids` (T,) with the image embeddings (n, C) at the image tokens."""

@@ -1,4 +1,19 @@
-"""The greedy decode loop over the exported decoder graph, with a KV cache and preallocated buffers.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The greedy decode loop over the exported decoder graph, with a KV cache and preallocated buffers.
 
 One `describe` = one prefill (the whole prompt: image embeddings + text), then one decoder run
 per generated token, each feeding back the previous run's `present.*` tensors as
@@ -13,7 +28,8 @@ What keeps the loop lean:
 - the attention mask (all ones: batch 1, no padding), the position ids and the token buffer are
   allocated once, at the largest length seen, and sliced per step (views, no copies);
 - the KV tensors never leave ONNX Runtime: outputs are bound with IOBinding and the OrtValues are
-  bound back as the next step's inputs (on CUDA they stay on the GPU); only `logits` comes to numpy;
+  bound back as the next step's inputs (on CUDA they stay on the GPU); only `logits` comes to
+  numpy;
 - the next token's embedding is a row view of the embedding table (no graph, no copy);
 - argmax is numpy's on the last position's logits.
 
@@ -28,12 +44,11 @@ previous `_run` returned (None before the prefill), and reads `embed_table`, `st
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+import time
 from typing import Callable, Sequence
 
 import numpy as np
-
 from ros2_gmskip.errors import BundleError
 
 
@@ -64,10 +79,13 @@ def _one_step(step: Callable[[int, int], int]) -> Callable[[int, list[int], int]
 
 def greedy_loop(token: int, step: Callable[[int, int], int], max_new_tokens: int,
                 stop_ids: frozenset[int], out: np.ndarray) -> tuple[int, int, bool]:
-    """The loop every decoder shares, from the prefill's first token: a stop token ends it (not
-    kept), else the token goes to `out` and `step(token, n)` (n tokens kept so far) returns the
-    next one, until `max_new_tokens` are kept. -> (kept, decoder steps run, stopped).
-    `speculative_loop` without guesses, so both end on exactly the same rules."""
+    """
+    Run the loop every decoder shares, from the prefill's first token.
+
+    A stop token ends it (not kept), else the token goes to `out` and `step(token, n)` (n tokens
+    kept so far) returns the next one, until `max_new_tokens` are kept. -> (kept, decoder steps
+    run, stopped). `speculative_loop` without guesses, so both end on exactly the same rules.
+    """
     n, steps, stopped, _ = speculative_loop(token, _one_step(step), _no_drafts, max_new_tokens,
                                             stop_ids, out)
     return n, steps, stopped
@@ -76,8 +94,10 @@ def greedy_loop(token: int, step: Callable[[int, int], int], max_new_tokens: int
 def speculative_loop(token: int, verify: Callable[[int, list[int], int], Sequence[int]],
                      propose: Callable[[int, int], list[int]], max_new_tokens: int,
                      stop_ids: frozenset[int], out: np.ndarray) -> tuple[int, int, bool, int]:
-    """The decode loop, with guesses: greedy decoding's result in fewer decoder runs
-    (runtime/draft.py says why).
+    """
+    Run the decode loop with guesses: greedy decoding's result in fewer decoder runs.
+
+    runtime/draft.py says why.
 
     `propose(n, limit)`: up to `limit` guessed ids to follow out[:n]. `verify(token, drafts, n)`:
     one decoder run over `token` + `drafts` (the cache holds everything before `token`) -> the
@@ -85,7 +105,8 @@ def speculative_loop(token: int, verify: Callable[[int, list[int], int], Sequenc
     the choice before it, so every kept token is the model's own greedy choice; the first choice
     that differs (or follows the last draft) is the next `token`. Rows of refused drafts stay in
     the cache past its length and are overwritten. -> (kept, steps, stopped, runs): `steps` counts
-    the tokens a one-token-per-run loop would have run a step for."""
+    the tokens a one-token-per-run loop would have run a step for.
+    """
     n = steps = runs = 0
     while True:
         if token in stop_ids:
@@ -133,8 +154,12 @@ class DecodeBuffers:
 
     def _timed_greedy(self, prefill: Callable[[], int], step: Callable[[int, int], int],
                       max_new_tokens: int) -> DecodeOutput:
-        """What every decoder's `generate` ends in: `prefill()` (-> the first token) timed as the
-        prefill, then `greedy_loop` over `step` timed as the decode."""
+        """
+        Run `prefill()` then `greedy_loop` over `step`, timing each: every `generate` ends here.
+
+        `prefill()` returns the first token and is timed as the prefill; the loop is timed as the
+        decode.
+        """
         out = self._timed_speculative(prefill, _one_step(step), _no_drafts, max_new_tokens)
         out.decode_runs = None                  # one run per step: nothing to add
         return out
@@ -143,8 +168,11 @@ class DecodeBuffers:
                            verify: Callable[[int, list[int], int], Sequence[int]],
                            propose: Callable[[int, int], list[int]],
                            max_new_tokens: int) -> DecodeOutput:
-        """`prefill()` timed as the prefill, then `speculative_loop` timed as the decode, with
-        `decode_runs` recorded."""
+        """
+        Run `prefill()` then `speculative_loop`, timed as prefill and decode.
+
+        `decode_runs` is recorded too.
+        """
         t0 = time.perf_counter()
         token = prefill()
         t1 = time.perf_counter()
@@ -180,7 +208,7 @@ class GreedyDecoder(DecodeBuffers):
         self._alloc(max_length)
 
     def _run(self, embeds: np.ndarray, start: int, total: int, past) -> tuple[list, np.ndarray]:
-        """Decoder run for positions start..total-1 -> (present OrtValues, last logits (V,))."""
+        """Run positions start..total-1 -> (present OrtValues, last logits (V,))."""
         binding = self.session.io_binding()
         binding.bind_cpu_input('inputs_embeds', embeds)
         binding.bind_cpu_input('attention_mask', self._mask[:, :total])
@@ -195,14 +223,17 @@ class GreedyDecoder(DecodeBuffers):
         for name in self.present_names:
             binding.bind_output(name, self.device, self.device_id)
         self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()                 # [logits, present.0.key, ...] in bind order
+        outputs = binding.get_outputs()  # [logits, present.0.key, ...] in bind order
         logits = outputs[0].numpy()                     # (1, seq, vocab)
         return outputs[1:], logits[0, -1]
 
     def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
                  image_positions: np.ndarray | None = None) -> DecodeOutput:
-        """Greedy continuation of `inputs_embeds` (1, T, C) float32 (`image_positions` is for
-        token-skipping loops: token_decode.TokenSkipDecoder; unused here)."""
+        """
+        Return the greedy continuation of `inputs_embeds` (1, T, C) float32.
+
+        `image_positions` is for token-skipping loops (token_decode.TokenSkipDecoder); unused here.
+        """
         T = self._start(inputs_embeds, max_new_tokens)
         past = None
 

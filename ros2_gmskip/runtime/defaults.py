@@ -1,4 +1,19 @@
-"""Where the embedded default model, its shipped skip plan and its cached ONNX bundles live.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Where the embedded default model, its shipped skip plan and its cached ONNX bundles live.
 
 The runtime never imports torch, so a missing bundle is exported by running
 `ros2-gmskip export` in a subprocess once (like Autoware's TensorRT nodes building an engine on
@@ -27,7 +42,7 @@ DEFAULT_PLAN_NAME = 'accuracy-reverse.json'
 
 
 def package_share() -> Path:
-    """The folder holding models/, config/, schema/, launch/: source tree or installed share."""
+    """Return the folder holding models/, config/, schema/, launch/: source tree or share."""
     src = Path(__file__).resolve().parents[2]
     if (src / 'models').is_dir():
         return src
@@ -61,9 +76,13 @@ BUNDLE_LAYOUT = 'all-logits+draft'  # bumped when export adds graphs or files th
 
 def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None,
                       fused_weights: str = 'fp32') -> Path:
-    """Cache folder keyed by the model weights, its draft table (rebuilding it re-exports), the
-    plan file, the token-skip settings (None: the plan's), the fused decoder's decode-step weights,
-    this package's version and the bundle layout (a new graph means a new folder)."""
+    """
+    Return the cache folder for one export of the model.
+
+    It is keyed by the model weights, its draft table (rebuilding it re-exports), the plan file,
+    the token-skip settings (None: the plan's), the fused decoder's decode-step weights, this
+    package's version and the bundle layout (a new graph means a new folder).
+    """
     h = hashlib.sha256(f'{__version__}/{BUNDLE_LAYOUT}'.encode())
     for weights in sorted(Path(model_dir).glob('*.safetensors')):
         h.update(sha256_file(weights).encode())
@@ -82,7 +101,8 @@ def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | No
 def ensure_bundle(model_dir: Path | None = None, plan: Path | None = None, full: bool = False,
                   validate_n: int = 5, tokens: TokenSkip | None = None,
                   fused_weights: str = 'fp32') -> Path:
-    """A bundle for (model, plan, tokens), exported into the cache by a subprocess if missing.
+    """
+    Return a bundle for (model, plan, tokens), exported into the cache by a subprocess if missing.
 
     With no model and no plan: the default model pruned by its shipped plan (or unpruned: `full`).
     `tokens`: FastV / KV-removal settings; None applies the plan's `tokens`, TokenSkip() none.

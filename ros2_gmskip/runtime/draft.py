@@ -1,4 +1,19 @@
-"""Draft tokens for speculative greedy decoding: an n-gram table of the task's reference captions.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Draft tokens for speculative greedy decoding: an n-gram table of the task's reference captions.
 
 Why: a decoder run over a few new rows costs much less than that many runs over one, because a
 run streams every weight matrix once however many rows it carries (pruned default model, 1 thread,
@@ -11,8 +26,8 @@ Guessing is cheap because our captions follow a grammar ("a red car close on the
 rainy night."): after "on" comes "the", after "the" "left" or "right", after "stop" "sign". The
 table maps the last 1..order-1 tokens (START before the first generated token) to the token that
 most often followed them in the training captions; `propose` backs off from the longest context
-it knows. Built by `ros2-gmskip draft`, stored next to the weights as draft_ngrams.json, copied into
-every bundle by `ros2-gmskip export` (and covered by the bundle manifest's hashes).
+it knows. Built by `ros2-gmskip draft`, stored next to the weights as draft_ngrams.json, copied
+into every bundle by `ros2-gmskip export` (and covered by the bundle manifest's hashes).
 
     draft = NgramDraft.build([[7, 30, 12, 15, 2], ...], order=4)    # token ids, stop token last
     draft.save(Path('models/m/draft_ngrams.json'), source={'data': 'train', 'n': 5000})
@@ -22,8 +37,8 @@ every bundle by `ros2-gmskip export` (and covered by the bundle manifest's hashe
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
+import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -47,8 +62,11 @@ class NgramDraft:
 
     @classmethod
     def build(cls, sequences: Iterable[Sequence[int]], order: int = 4) -> 'NgramDraft':
-        """From token id sequences as the model generates them (stop token included). Ties go
-        to the smaller id, so the same captions always give the same table."""
+        """
+        Build the table from token id sequences as the model generates them (stop token included).
+
+        Ties go to the smaller id, so the same captions always give the same table.
+        """
         counts: dict[tuple[int, ...], Counter] = defaultdict(Counter)
         for seq in sequences:
             ids = [START, *(int(i) for i in seq)]
@@ -61,8 +79,11 @@ class NgramDraft:
 
     def propose(self, history: Sequence[int], k: int, stop_ids: frozenset[int] = frozenset()
                 ) -> list[int]:
-        """Up to `k` guesses for the tokens after `history` (the ids generated so far); fewer
-        where no context of the table matches, none after a stop id."""
+        """
+        Return up to `k` guesses for the tokens after `history` (the ids generated so far).
+
+        Fewer where no context of the table matches, none after a stop id.
+        """
         ctx = [int(i) for i in history[-(self.order - 1):]]
         if len(ctx) < self.order - 1:
             ctx.insert(0, START)
@@ -89,8 +110,12 @@ class NgramDraft:
 
     @classmethod
     def load(cls, path: Path, vocab_size: int) -> 'NgramDraft':
-        """Read a table `save` wrote; BundleError (one line, what to re-run) if it is unreadable,
-        of another format, or names ids outside the vocabulary."""
+        """
+        Read a table `save` wrote.
+
+        BundleError (one line, what to re-run) if it is unreadable, of another format, or names
+        ids outside the vocabulary.
+        """
         where = f'draft table {str(path)!r}'
         data = read_format_json(path, FORMAT, BundleError, where, 're-run ros2-gmskip draft, or '
                                 'delete the file to decode one token per run')

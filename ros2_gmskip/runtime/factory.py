@@ -1,35 +1,53 @@
-"""One place that turns a backend name into a `Backend`: what the node, `describe` and `bench` call.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+One place that turns a backend name into a `Backend`: what the node, `describe` and `bench` call.
 
     backend = create_backend('onnxruntime', bundle=Path('bundles/pruned'), threads=2)
     backend = create_backend('torch', model=Path('models/gmskip-llava-scenes'), plan=plan)
     backend = create_backend('tensorrt', engine=Path('engines/pruned'), bundle=bundle)
-    backend = create_backend('fake:25')     # tests/demos: no model, sleeps 25 ms per describe
-    backend = create_backend('onnxruntime')  # embedded default model + shipped plan (cached export)
+    backend = create_backend('fake:25')      # tests/demos: no model, sleeps 25 ms per describe
+    backend = create_backend('onnxruntime')  # embedded default model + shipped plan, cached
 
 Heavy modules load lazily: 'torch' imports `ros2_gmskip.vlm.torch_backend` (torch, transformers)
-only when asked for, 'tensorrt' imports `ros2_gmskip.runtime.trt_backend` (tensorrt); importing this
-module imports neither.
+only when asked for, 'tensorrt' imports `ros2_gmskip.runtime.trt_backend` (tensorrt); importing
+this module imports neither.
 """
 
 from __future__ import annotations
 
 import importlib
-import time
 from pathlib import Path
+import time
 
 import numpy as np
-
 from ros2_gmskip.errors import EngineError, GmSkipError
 from ros2_gmskip.runtime.preprocess import check_image
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Backend, Latency, Result
+from ros2_gmskip.runtime.results import Backend, DEFAULT_PROMPT, Latency, Result
 
 KINDS = ('onnxruntime', 'torch', 'tensorrt', 'fake:MS')
 
 
 class FakeBackend:
-    """FOR TESTS AND DEMOS WITHOUT A MODEL: checks the image like a real backend, sleeps `ms`
-    milliseconds, and returns a fixed description with a plausible latency split. Never use its
-    output as a measurement of anything but the pipeline around the backend."""
+    """
+    A backend FOR TESTS AND DEMOS WITHOUT A MODEL.
+
+    It checks the image like a real backend, sleeps `ms` milliseconds, and returns a fixed
+    description with a plausible latency split. Never use its output as a measurement of
+    anything but the pipeline around the backend.
+    """
 
     name = 'fake'
 
@@ -66,7 +84,8 @@ def _fake(kind: str) -> FakeBackend:
 def create_backend(kind: str, model: Path | None = None, plan: Path | None = None,
                    bundle: Path | None = None, engine: Path | None = None,
                    build_only: bool = False, **opts) -> Backend:
-    """A ready backend of `kind` ('onnxruntime' | 'torch' | 'tensorrt' | 'fake:MS').
+    """
+    Return a ready backend of `kind` ('onnxruntime' | 'torch' | 'tensorrt' | 'fake:MS').
 
     Missing paths mean the embedded default (`runtime.defaults`): the default model with its
     shipped skip plan (unless `full=True` or a `plan` is given), and for onnxruntime / tensorrt

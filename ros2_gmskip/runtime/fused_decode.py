@@ -1,4 +1,19 @@
-"""Greedy decoding over the fused ONNX Runtime decoder (decoder.fused.onnx), KV cache in place.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Greedy decoding over the fused ONNX Runtime decoder (decoder.fused.onnx), KV cache in place.
 
 The graph (exporters/fused_decoder.py) takes each layer's KV buffer (1, kv, max_length, d) as
 `past_key_values.{i}.*` and returns it as `present.{i}.*`; binding the same OrtValue to both makes
@@ -29,7 +44,6 @@ A request longer than the buffers (prompt + max_new_tokens > max_length) is deco
 from __future__ import annotations
 
 import numpy as np
-
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.exporters.fused_decoder import ALL_LOGITS
 from ros2_gmskip.runtime.decode import DecodeBuffers, DecodeOutput
@@ -37,10 +51,14 @@ from ros2_gmskip.runtime.draft import DRAFT_TOKENS, NgramDraft
 
 
 class StepBinding:
-    """A decode step's IOBinding, made once. Every input and output is an OrtValue over a numpy
-    array the loop overwrites in place (CPU OrtValues made from numpy share its memory), so a step
-    binds nothing. Binding ~20 KV buffers from Python every step cost a sixth of a step on the
-    2-core CPU (pruned default model; bench/decode_step.py: 0.83-0.87 of the time with it)."""
+    """
+    A decode step's IOBinding, made once.
+
+    Every input and output is an OrtValue over a numpy array the loop overwrites in place (CPU
+    OrtValues made from numpy share its memory), so a step binds nothing. Binding ~20 KV buffers
+    from Python every step cost a sixth of a step on the 2-core CPU (pruned default model;
+    bench/decode_step.py: 0.83-0.87 of the time with it).
+    """
 
     def __init__(self, session, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
                  cache: list[tuple[str, str, object]]) -> None:
@@ -65,14 +83,17 @@ class StepBinding:
 
 
 def output_shape(session, name: str) -> tuple[int, ...]:
-    """The fixed shape a graph declares for output `name` at one position (seq axis = 1)."""
+    """Return the fixed shape a graph declares for output `name` at one position (seq axis = 1)."""
     shape = next(o.shape for o in session.get_outputs() if o.name == name)
     return tuple(d if isinstance(d, int) else 1 for d in shape)
 
 
 class Drafting:
-    """What both fused loops share for speculative decoding (runtime/draft.py): the draft
-    table, if the last graph can check guesses (outputs all_logits) and any are asked for."""
+    """
+    Return the draft table both fused loops use for speculative decoding (runtime/draft.py).
+
+    Only if the last graph can check guesses (outputs all_logits) and any are asked for.
+    """
 
     draft: NgramDraft | None = None
     draft_tokens: int = 0
@@ -99,8 +120,12 @@ class FusedDecoder(Drafting, DecodeBuffers):
                  head_dim: int, max_length: int, stop_ids: tuple[int, ...], fallback,
                  step_session=None, draft: NgramDraft | None = None,
                  draft_tokens: int = DRAFT_TOKENS) -> None:
-        """`draft` (with `draft_tokens` >= 1): decode speculatively, up to `draft_tokens`
-        guesses per run (runtime/draft.py), where the step graph outputs `all_logits`."""
+        """
+        Prepare the fused decode loop; with `draft` (`draft_tokens` >= 1) decode speculatively.
+
+        Speculative decoding makes up to `draft_tokens` guesses per run (runtime/draft.py), where
+        the step graph outputs `all_logits`.
+        """
         import onnxruntime as ort
 
         self.session = session
@@ -137,8 +162,11 @@ class FusedDecoder(Drafting, DecodeBuffers):
             if self.draft else []
 
     def _verifier(self, rows: int) -> tuple[StepBinding, np.ndarray, np.ndarray]:
-        """A decode run over `rows` new rows (the last kept token + rows-1 drafts), bound once:
-        (binding, its inputs_embeds (1, rows, C), its all_logits (1, rows, V))."""
+        """
+        Return a decode run over `rows` new rows (the last kept token + rows-1 drafts), bound once.
+
+        -> (binding, its inputs_embeds (1, rows, C), its all_logits (1, rows, V)).
+        """
         embeds = np.zeros((1, rows, self.embed_table.shape[1]), dtype=np.float32)
         every = np.zeros((1, rows, self._logits.shape[-1]), dtype=np.float32)
         binding = StepBinding(
@@ -149,9 +177,12 @@ class FusedDecoder(Drafting, DecodeBuffers):
         return binding, embeds, every
 
     def _run(self, embeds: np.ndarray, past_length: int, session=None) -> np.ndarray:
-        """One run of `session` (default: the prefill graph) for `embeds` (1, T, C) after
-        `past_length` cached positions -> the last position's logits (V,); the new K/V rows land
-        in `self.cache`."""
+        """
+        Run `session` (default: the prefill graph) once for `embeds` (1, T, C).
+
+        After `past_length` cached positions -> the last position's logits (V,); the new K/V
+        rows land in `self.cache`.
+        """
         session = session or self.session
         total = past_length + embeds.shape[1]
         binding = session.io_binding()
@@ -166,8 +197,11 @@ class FusedDecoder(Drafting, DecodeBuffers):
         return binding.get_outputs()[-1].numpy()[0, -1]      # outputs in bind order: logits last
 
     def logits_after(self, embeds: np.ndarray, past_length: int) -> np.ndarray:
-        """The prefill graph for `embeds` (1, T, C) after `past_length` cached positions -> the
-        last position's logits (V,) (export validation compares it with torch)."""
+        """
+        Run the prefill graph for `embeds` (1, T, C) after `past_length` cached positions.
+
+        -> the last position's logits (V,) (export validation compares it with torch).
+        """
         return self._run(np.ascontiguousarray(embeds, dtype=np.float32), past_length)
 
     def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
@@ -178,7 +212,8 @@ class FusedDecoder(Drafting, DecodeBuffers):
         T = self._start(inputs_embeds, max_new_tokens)
 
         def prefill() -> int:
-            return int(self._run(np.ascontiguousarray(inputs_embeds, dtype=np.float32), 0).argmax())
+            embeds = np.ascontiguousarray(inputs_embeds, dtype=np.float32)
+            return int(self._run(embeds, 0).argmax())
 
         if self.draft is not None:
             return self._timed_speculative(prefill, lambda token, drafts, n: self._verify(

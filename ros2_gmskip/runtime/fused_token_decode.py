@@ -1,4 +1,19 @@
-"""Token skipping (FastV, visual KV removal) over the fused ONNX Runtime decoder segments.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Token skipping (FastV, visual KV removal) over the fused ONNX Runtime decoder segments.
 
     loop = FusedTokenSkipDecoder(sessions, bundle.fused_decoder, embed_table, num_kv_heads,
                                  head_dim, stop_ids, token_skip, fallback)
@@ -34,7 +49,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from ros2_gmskip.exporters.fused_decoder import ALL_LOGITS, RANK_OUTPUT
 from ros2_gmskip.runtime.decode import DecodeOutput
 from ros2_gmskip.runtime.draft import DRAFT_TOKENS, NgramDraft
@@ -54,8 +68,12 @@ class _FusedSegment(_Segment):
 
 
 def head_averaged_attention(query: np.ndarray, keys: np.ndarray, scale: float) -> np.ndarray:
-    """Softmax attention of one query over `keys`, averaged over heads: query (H * d,) rotated,
-    keys (KV, T, d) rotated, H a multiple of KV (head h reads KV head h // (H / KV)) -> (T,)."""
+    """
+    Return the softmax attention of one query over `keys`, averaged over heads -> (T,).
+
+    query (H * d,) rotated, keys (KV, T, d) rotated, H a multiple of KV (head h reads KV head
+    h // (H / KV)).
+    """
     kv, _, d = keys.shape
     q = query.reshape(kv, -1, d).astype(np.float64)                   # (KV, group, d)
     scores = np.einsum('kgd,ktd->kgt', q, keys.astype(np.float64)) * scale
@@ -74,9 +92,13 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
                  head_dim: int, stop_ids: tuple[int, ...], token_skip: TokenSkip, fallback,
                  step_sessions: list | None = None, where: str = 'bundle',
                  draft: NgramDraft | None = None, draft_tokens: int = DRAFT_TOKENS) -> None:
-        """`fused`: the manifest's fused_decoder entry (with 'segments'); `step_sessions`: the
+        """
+        Set up the per-segment fused graphs of a token-skipping bundle.
+
+        `fused`: the manifest's fused_decoder entry (with 'segments'); `step_sessions`: the
         quantized decode-step graphs, one per segment (None: the prefill graphs); `draft`,
-        `draft_tokens`: speculative decode steps, as in FusedDecoder."""
+        `draft_tokens`: speculative decode steps, as in FusedDecoder.
+        """
         import onnxruntime as ort
 
         self.limit = int(fused['max_length'])
@@ -107,9 +129,12 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
         return [v for seg in self.segments for v in seg.values]
 
     def _bind_steps(self, hidden: int) -> None:
-        """One StepBinding per segment over shared arrays: the token's embedding and position
-        go in once, each segment's (1, 1, C) output is the next one's input, the last writes
-        the logits."""
+        """
+        Make one StepBinding per segment over shared arrays.
+
+        The token's embedding and position go in once, each segment's (1, 1, C) output is the
+        next one's input, the last writes the logits.
+        """
         self._embeds = np.zeros((1, 1, hidden), dtype=np.float32)
         self._position = np.zeros((1, 1), dtype=np.int64)
         h = self._embeds
@@ -129,8 +154,12 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
 
     def _bind_rows(self, rows: int, hidden: int) -> tuple[list, np.ndarray, np.ndarray,
                                                           np.ndarray]:
-        """_bind_steps for a speculative run over `rows` new rows: (one StepBinding per segment,
-        the embeddings (1, rows, C), positions (1, rows), all_logits (1, rows, V)) in place."""
+        """
+        Bind as `_bind_steps` does, for a speculative run over `rows` new rows.
+
+        -> (one StepBinding per segment, the embeddings (1, rows, C), positions (1, rows),
+        all_logits (1, rows, V)), all in place.
+        """
         embeds = np.zeros((1, rows, hidden), dtype=np.float32)
         positions = np.zeros((1, rows), dtype=np.int64)
         every = np.zeros((1, rows, self.embed_table.shape[0]), dtype=np.float32)
@@ -155,8 +184,11 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
 
     def _verify(self, token: int, drafts: list[int], position: int, cached: list[int]
                 ) -> np.ndarray:
-        """One speculative run of `token` (at `position`) + `drafts` through every segment, each
-        holding `cached` rows -> the greedy choice after each row."""
+        """
+        Run `token` (at `position`) + `drafts` once through every segment, speculatively.
+
+        Each segment holds `cached` rows -> the greedy choice after each row.
+        """
         bindings, embeds, positions, every = self._verifiers[len(drafts)]
         rows = len(drafts) + 1
         embeds[0, 0] = self.embed_table[token]
@@ -182,9 +214,12 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
 
     def _run(self, seg: _FusedSegment, h: np.ndarray, positions: np.ndarray, total: int,
              past=None):
-        """One segment's prefill (fp32 or int8) graph over its buffers -> (main output, attention
-        (1, total) or None, its buffers). `past` is unused: the buffers are the cache, and decode
-        steps go through `_step`'s prepared bindings instead."""
+        """
+        Run one segment's prefill (fp32 or int8) graph over its buffers.
+
+        -> (main output, attention (1, total) or None, its buffers). `past` is unused: the
+        buffers are the cache, and decode steps go through `_step`'s prepared bindings instead.
+        """
         binding = seg.session.io_binding()
         binding.bind_cpu_input(seg.input_name, h)
         binding.bind_cpu_input('position_ids', positions)
@@ -211,9 +246,12 @@ class FusedTokenSkipDecoder(Drafting, TokenSkipDecoder):
         return past
 
     def logits_after(self, embeds: np.ndarray, past_length: int) -> np.ndarray:
-        """Every segment's prefill (fp32) graph, unpruned, for `embeds` (1, T, C) after
-        `past_length` cached positions -> the last position's logits (V,) (export validation
-        compares it with torch)."""
+        """
+        Run every segment's prefill (fp32) graph, unpruned, for `embeds` (1, T, C).
+
+        After `past_length` cached positions -> the last position's logits (V,) (export
+        validation compares it with torch).
+        """
         total = past_length + embeds.shape[1]
         positions = self._positions[:, past_length:total]
         h = np.ascontiguousarray(embeds, dtype=np.float32)

@@ -1,4 +1,19 @@
-"""The ONNX Runtime backend: an export bundle on CPU, CUDA or the TensorRT execution provider.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The ONNX Runtime backend: an export bundle on CPU, CUDA or the TensorRT execution provider.
 
     backend = OrtBackend(Path('bundles/gmskip-8of16'), threads=2)          # CPU
     backend = OrtBackend(bundle, providers=['cuda'])           # CUDA EP (needs onnxruntime-gpu)
@@ -37,7 +52,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-
 from ros2_gmskip.errors import BundleError, EngineError
 from ros2_gmskip.runtime.bundle import Bundle, load_bundle
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
@@ -63,8 +77,12 @@ PROVIDERS = {
 
 
 def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
-    """Execution providers to ask ONNX Runtime for, CPU last as the fallback; EngineError listing
-    the available ones if a requested provider is not in this onnxruntime build."""
+    """
+    Return the execution providers to ask ONNX Runtime for, CPU last as the fallback.
+
+    EngineError listing the available ones if a requested provider is not in this onnxruntime
+    build.
+    """
     import onnxruntime as ort
 
     if providers is None:
@@ -91,7 +109,8 @@ def resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
 
 
 class OrtBackend(BundleBackend):
-    """`Backend` over an export bundle with ONNX Runtime.
+    """
+    `Backend` over an export bundle with ONNX Runtime.
 
     One `describe` at a time (the decode buffers are per backend): the node's single worker
     thread is the intended caller; use one backend per thread otherwise.
@@ -168,8 +187,11 @@ class OrtBackend(BundleBackend):
                  cfg['num_layers'], ', '.join(self.info['providers']))
 
     def _fused_loop(self, options, quantized: bool) -> FusedDecoder | FusedTokenSkipDecoder:
-        """The decode loop over the fused graph(s), the portable loop as its fallback;
-        `quantized`: the bundle's quantized prefill / decode-step copies where it has them."""
+        """
+        Return the decode loop over the fused graph(s), the portable loop as its fallback.
+
+        `quantized`: the bundle's quantized prefill / decode-step copies where it has them.
+        """
         fused, cfg = self.bundle.fused_decoder, self.bundle.decoder_config
         prefill_key = 'prefill_file' if quantized and fused.get('prefill_file') else 'file'
         step_key = 'decode_file' if quantized and fused.get('decode_file') else None
@@ -196,7 +218,7 @@ class OrtBackend(BundleBackend):
             draft_tokens=self.draft_tokens)
 
     def _draft(self) -> NgramDraft | None:
-        """The bundle's draft table, if it has one and drafts are asked for."""
+        """Return the bundle's draft table, if it has one and drafts are asked for."""
         if self.draft_tokens == 0:
             return None
         path = self.bundle.file(DRAFT_FILE)
@@ -238,8 +260,12 @@ class OrtBackend(BundleBackend):
         return problem is None
 
     def _token_skip(self, override: TokenSkip | None) -> TokenSkip:
-        """The bundle's token-skip settings, or `override` (e.g. TokenSkip() to run a token-skip
-        bundle unpruned; TokenSkipDecoder refuses one the bundle's split graphs cannot run)."""
+        """
+        Return the bundle's token-skip settings, or `override`.
+
+        E.g. TokenSkip() runs a token-skip bundle unpruned; TokenSkipDecoder refuses an override
+        the bundle's split graphs cannot run.
+        """
         try:
             exported = TokenSkip.from_dict(self.bundle.token_skip)
         except ValueError as err:

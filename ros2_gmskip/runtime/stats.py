@@ -1,3 +1,17 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
 """Rolling latency statistics (percentiles per stage, rates) for node, replay, demo and bench."""
 
 from __future__ import annotations
@@ -7,8 +21,7 @@ import math
 import time
 
 import numpy as np
-
-from ros2_gmskip.runtime.types import Result
+from ros2_gmskip.runtime.results import Result
 
 STAGES = ('preprocess_ms', 'vision_ms', 'prefill_ms', 'decode_per_token_ms', 'total_ms')
 

@@ -1,4 +1,19 @@
-"""Greedy decoding with token skipping over a segmented decoder: FastV and visual KV removal.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Greedy decoding with token skipping over a segmented decoder: FastV and visual KV removal.
 
     loop = TokenSkipDecoder(sessions, bundle.segments, embed_table, num_kv_heads, head_dim,
                             stop_ids, TokenSkip.from_dict(bundle.token_skip))
@@ -27,7 +42,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.decode import DecodeBuffers, DecodeOutput
 from ros2_gmskip.tokenskip.settings import random_slots, retained_slots, TokenSkip
@@ -54,14 +68,17 @@ def keep_rows(n_rows: int, image_rows: np.ndarray, kept_image_rows: np.ndarray) 
 
 
 def rank_image_rows(scores: np.ndarray, image_rows: np.ndarray, n_keep: int) -> np.ndarray:
-    """The `n_keep` image rows with the highest scores (ties: the earlier row), sorted."""
+    """Return the `n_keep` image rows with the highest scores (ties: the earlier row), sorted."""
     order = np.argsort(-scores[image_rows], kind='stable')
     return np.sort(image_rows[order[:n_keep]])
 
 
 class TokenSkipDecoder(DecodeBuffers):
-    """Greedy decode (stop tokens, max tokens, timing as decode.GreedyDecoder) over decoder
-    segments, with FastV pruning in the prefill and visual KV removal after it."""
+    """
+    Greedy decode over decoder segments, with FastV in the prefill and visual KV removal after.
+
+    Stop tokens, max tokens and timing are as in decode.GreedyDecoder.
+    """
 
     def __init__(self, sessions: list, segments: list[dict], embed_table: np.ndarray,
                  num_kv_heads: int, head_dim: int, stop_ids: tuple[int, ...],
@@ -82,7 +99,7 @@ class TokenSkipDecoder(DecodeBuffers):
     REQUIRED_INPUTS = ('attention_mask', 'position_ids')
 
     def _segment(self, session, seg: dict) -> _Segment:
-        """The runtime view of one manifest segment; BundleError if its graph lacks inputs."""
+        """Return the runtime view of a manifest segment; BundleError if its graph lacks inputs."""
         first, stop = seg['layers']
         s = _Segment(session, first, stop, seg['input'], seg['output'], bool(seg['ranks']),
                      [f'past_key_values.{i}.{k}' for i in range(first, stop)
@@ -97,7 +114,7 @@ class TokenSkipDecoder(DecodeBuffers):
         return s
 
     def _check_settings(self, where: str) -> None:
-        """BundleError for token-skip settings the segments' split points cannot run."""
+        """Raise BundleError for token-skip settings the segments' split points cannot run."""
         token_skip = self.token_skip
         fastv = token_skip.fastv
         self.fastv = fastv if fastv is not None and fastv.active(self.num_layers) else None
@@ -185,8 +202,11 @@ class TokenSkipDecoder(DecodeBuffers):
 
     def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
                  image_positions: np.ndarray | None = None) -> DecodeOutput:
-        """Greedy continuation of `inputs_embeds` (1, T, C); `image_positions` (n,) the image
-        tokens' indices in the prompt."""
+        """
+        Return the greedy continuation of `inputs_embeds` (1, T, C).
+
+        `image_positions` (n,): the image tokens' indices in the prompt.
+        """
         T = self._start(inputs_embeds, max_new_tokens)
         pasts: list = []
         lengths: list[int] = []
@@ -201,8 +221,11 @@ class TokenSkipDecoder(DecodeBuffers):
 
     def _begin(self, inputs_embeds: np.ndarray, image_positions: np.ndarray | None,
                lengths: list[int], pasts: list) -> int:
-        """A request's prefill, FastV and KV removal -> the first token; fills `lengths` (each
-        segment's cache length) and `pasts` (each segment's cache)."""
+        """
+        Run a request's prefill, FastV and KV removal -> the first token.
+
+        Fills `lengths` (each segment's cache length) and `pasts` (each segment's cache).
+        """
         image_positions = (np.zeros(0, dtype=np.int64) if image_positions is None
                            else np.asarray(image_positions, dtype=np.int64))
         logits, segment_pasts, indexes = self._prefill(
@@ -212,8 +235,12 @@ class TokenSkipDecoder(DecodeBuffers):
         return int(logits.argmax())
 
     def _step(self, token: int, position: int, lengths: list[int], pasts: list) -> int:
-        """One decode step of `token` at absolute `position` through every segment (each
-        segment's cache length in `lengths`, its cache in `pasts`, both updated) -> next token."""
+        """
+        Run one decode step of `token` at absolute `position` through every segment.
+
+        Each segment's cache length is in `lengths`, its cache in `pasts`, both updated.
+        -> the next token.
+        """
         h = self.embed_table[token:token + 1][None]                      # (1, 1, C) view
         positions = self._positions[:, position:position + 1]
         for s, seg in enumerate(self.segments):

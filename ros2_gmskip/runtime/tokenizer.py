@@ -1,9 +1,24 @@
-"""Prompt ids and detokenisation from a bundle with the `tokenizers` library (no transformers).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Prompt ids and detokenisation from a bundle with the `tokenizers` library (no transformers).
 
 The exporter renders the model's chat template once, with a `{prompt}` placeholder and the image
 token already expanded to the number of image embeddings, and stores it in the manifest. So the
-runtime needs no jinja and no processor: the prompt ids are `tokenizer.json` applied to that string,
-and they are cached per prompt (a node asks the same question of every frame).
+runtime needs no jinja and no processor: the prompt ids are `tokenizer.json` applied to that
+string, and they are cached per prompt (a node asks the same question of every frame).
 
     tok = PromptTokenizer.from_bundle(bundle)
     ids = tok.prompt_ids('describe the scene.')   # int64 (T,), with image_token_id x n inside
@@ -15,15 +30,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
-
 from ros2_gmskip.errors import BundleError
+from tokenizers import Tokenizer
 
 PLACEHOLDER = '{prompt}'
 
 
 def clean_up_tokenization(text: str) -> str:
-    """transformers' `clean_up_tokenization` (used when the tokenizer config asks for it)."""
+    """Undo tokenizer spacing as transformers' `clean_up_tokenization` (if the config asks)."""
     for a, b in ((' .', '.'), (' ?', '?'), (' !', '!'), (' ,', ','), (" ' ", "'"), (" n't", "n't"),
                  (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
         text = text.replace(a, b)
@@ -60,13 +74,13 @@ class PromptTokenizer:
         ids = self._cache.get(prompt)
         if ids is None:
             text = f'{self.prefix}{prompt}{self.suffix}'
-            ids = np.asarray(self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
-                             .ids, dtype=np.int64)
+            encoding = self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens)
+            ids = np.asarray(encoding.ids, dtype=np.int64)
             found = int((ids == self.image_token_id).sum())
             if found != self.num_image_tokens:
-                raise BundleError(f'prompt {prompt!r} gives {found} image tokens, the vision graph '
-                                  f'makes {self.num_image_tokens}: do not put the image token '
-                                  'in the prompt text')
+                raise BundleError(f'prompt {prompt!r} gives {found} image tokens, '
+                                  f'the vision graph makes {self.num_image_tokens}: '
+                                  'do not put the image token in the prompt text')
             ids.setflags(write=False)
             if len(self._cache) >= self._max_cached:
                 self._cache.pop(next(iter(self._cache)))
@@ -74,7 +88,7 @@ class PromptTokenizer:
         return ids
 
     def decode(self, ids) -> str:
-        """Text of generated ids, special tokens skipped, stripped (as the torch reference does)."""
+        """Return the text of `ids`, special tokens skipped, stripped (as the torch reference)."""
         text = self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
         if self.clean_up_spaces:
             text = clean_up_tokenization(text)

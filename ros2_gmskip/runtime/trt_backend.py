@@ -1,4 +1,19 @@
-"""The native TensorRT backend: engines built by `ros2-gmskip build-engine`, run with enqueueV3.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The native TensorRT backend: engines built by `ros2-gmskip build-engine`, run with enqueueV3.
 
     backend = TrtBackend(Path('engines/orin-fp16'), Path('bundles/gmskip-8of16'))
     result = backend.describe(rgb_uint8, 'describe the scene.')
@@ -22,20 +37,19 @@ past + the new token, into the other), so the cache never leaves the GPU and is 
 step only the token's embedding (C floats) and its position go up and the last logits row comes
 down. Input shapes are set per call (`set_input_shape`), addresses per call only for the KV banks.
 
-CUDA calls go through cuda-python (`cuda.bindings.runtime`, formerly `cuda.cudart`, as TensorRT 10's
-Python samples use it), else pycuda. Never imports torch or transformers.
+CUDA calls go through cuda-python (`cuda.bindings.runtime`, formerly `cuda.cudart`, as TensorRT
+10's Python samples use it), else pycuda. Never imports torch or transformers.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 import logging
+from pathlib import Path
 import shutil
 import subprocess
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
 from ros2_gmskip.errors import BundleError, EngineError
 from ros2_gmskip.runtime.bundle import Bundle, load_bundle
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
@@ -55,7 +69,7 @@ PREFILL, DECODE = 0, 1      # decoder optimization profiles (ros2_gmskip.exporte
 
 
 def import_tensorrt():
-    """The `tensorrt` module, or EngineError with how to install it."""
+    """Return the `tensorrt` module, or raise EngineError with how to install it."""
     try:
         import tensorrt
     except ImportError as err:
@@ -64,13 +78,14 @@ def import_tensorrt():
 
 
 def make_logger(trt, verbose: bool = False):
-    """A `trt.ILogger` that forwards TensorRT's messages to this module's `logging` logger."""
+    """Return a `trt.ILogger` that forwards TensorRT's messages to the `tensorrt` logger."""
     S = trt.ILogger.Severity
     levels = {S.INTERNAL_ERROR: logging.CRITICAL, S.ERROR: logging.ERROR,
               S.WARNING: logging.WARNING, S.INFO: logging.INFO, S.VERBOSE: logging.DEBUG}
     trt_log = logging.getLogger('tensorrt')
 
     class _Logger(trt.ILogger):
+
         def __init__(self) -> None:
             trt.ILogger.__init__(self)          # the docs' required explicit base init
 
@@ -104,7 +119,7 @@ def _import_cudart():
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
-        from cuda import cudart      # noqa: F401 - raises ImportError when cuda-python is absent
+        from cuda import cudart  # noqa: F401 - raises ImportError when cuda-python is absent
     return cudart
 
 
@@ -243,9 +258,13 @@ def _nvidia_smi_info(device: int) -> GpuInfo | None:
 
 
 def gpu_info(device: int = 0) -> GpuInfo:
-    """This machine's GPU, for engine manifests: cuda-python, else pycuda, else nvidia-smi (the
-    TensorRT Python API itself does not expose the device's name); GpuInfo(None, None) if none of
-    them can tell (then manifests are checked for the TensorRT version only, with a warning)."""
+    """
+    Return this machine's GPU, for engine manifests.
+
+    Asks cuda-python, else pycuda, else nvidia-smi (the TensorRT Python API itself does not
+    expose the device's name); GpuInfo(None, None) if none of them can tell (then manifests are
+    checked for the TensorRT version only, with a warning).
+    """
     try:
         return CudaPython().device_info(device)
     except (ImportError, EngineError) as err:
@@ -262,8 +281,12 @@ def gpu_info(device: int = 0) -> GpuInfo:
 
 
 def available() -> tuple[bool, str]:
-    """Whether this backend can run here: (True, 'TensorRT 10.3.0 on Orin (sm_87)') or
-    (False, why not: TensorRT missing, CUDA bindings missing, no GPU)."""
+    """
+    Tell whether this backend can run here -> (ok, why).
+
+    (True, 'TensorRT 10.3.0 on Orin (sm_87)') or (False, why not: TensorRT missing, CUDA
+    bindings missing, no GPU).
+    """
     try:
         trt = import_tensorrt()
     except EngineError as err:
@@ -280,8 +303,11 @@ def available() -> tuple[bool, str]:
 # --- engines ------------------------------------------------------------------------------------
 
 def default_engine_dir(bundle_path: Path, precision: str = 'fp16') -> Path:
-    """Engines beside their bundle, precision in the name: `bundles/x` -> `bundles/x.fp16.engines`
-    (Autoware keeps engines beside their ONNX with the precision in the file name)."""
+    """
+    Return the engine folder beside a bundle: `bundles/x` -> `bundles/x.fp16.engines`.
+
+    Autoware keeps engines beside their ONNX with the precision in the file name.
+    """
     bundle_path = Path(bundle_path)
     return bundle_path.parent / f'{bundle_path.name}.{precision}.engines'
 
@@ -399,18 +425,21 @@ class _DecoderRunner:
 
     def run(self, embeds: np.ndarray, start: int, total: int, past: int | None
             ) -> tuple[int, np.ndarray]:
-        """Positions start..total-1 with the KV cache in bank `past` (None: empty cache, prefill).
-        Returns (the bank now holding the cache, the last position's logits (V,))."""
+        """
+        Run positions start..total-1 with the KV cache in bank `past` (None: empty, prefill).
+
+        Returns (the bank now holding the cache, the last position's logits (V,)).
+        """
         B, T, C = embeds.shape                                                # (1, seq, C)
         assert B == 1 and T == total - start and C == self.C, (embeds.shape, start, total)
         if past is None:
             if T > self.max_prompt:
-                raise EngineError(f'prompt of {T} tokens exceeds the engine\'s max prompt '
+                raise EngineError(f"prompt of {T} tokens exceeds the engine's max prompt "
                                   f'{self.max_prompt}: rebuild with a larger --max-prompt')
             ctx, src, dst = self.ctx[PREFILL], 0, 1
         else:
             if total > self.max_total:
-                raise EngineError(f'{total} tokens exceed the engine\'s limit {self.max_total}: '
+                raise EngineError(f"{total} tokens exceed the engine's limit {self.max_total}: "
                                   'rebuild with larger --max-prompt / --max-new-tokens')
             ctx, src, dst = self.ctx[DECODE], past, 1 - past
         _set_shape(ctx, 'inputs_embeds', (1, T, C), 'decoder engine')
@@ -432,9 +461,12 @@ class _DecoderRunner:
 
 
 class _TrtGreedyDecoder(GreedyDecoder):
-    """`GreedyDecoder.generate` (the same greedy loop, stop tokens and timing as onnxruntime) over
-    the TensorRT decoder: only the per-step run differs. Buffers are sized to the engine once, so
-    the loop never grows them; a request beyond the engine's limits is an EngineError."""
+    """
+    `GreedyDecoder.generate` over the TensorRT decoder: only the per-step run differs.
+
+    The same greedy loop, stop tokens and timing as onnxruntime. Buffers are sized to the engine
+    once, so the loop never grows them; a request beyond the engine's limits is an EngineError.
+    """
 
     def __init__(self, runner: _DecoderRunner, embed_table: np.ndarray,
                  stop_ids: tuple[int, ...]) -> None:
@@ -466,14 +498,21 @@ class TrtBackend(BundleBackend):
                  rebuild: bool = False, verify: bool = True, device: int = 0,
                  verbose: bool = False, *, engine: Path | None = None, build_only: bool = False,
                  precision: str = 'fp16') -> None:
-        """`engine_dir` (alias `engine`, as `runtime.factory` passes it): the engine folder;
+        """
+        Open (or build) the TensorRT engines of a bundle.
+
+        `engine_dir` (alias `engine`, as `runtime.factory` passes it): the engine folder;
         None: `default_engine_dir(bundle, precision)`. `bundle`: a `Bundle` or folder; None: the
         one the engine manifest names. A folder without engines is built on first use (as
         Autoware's TensorRT nodes do; minutes); stale engines are refused unless `rebuild`.
         `build_only`: make sure the engines are built and stop there (no GPU buffers; describe
-        raises), for the node's build_only parameter."""
+        raises), for the node's build_only parameter.
+        """
         from ros2_gmskip.exporters.engine_manifest import (
-            MANIFEST, needs_rebuild, read_engine_manifest)
+            MANIFEST,
+            needs_rebuild,
+            read_engine_manifest,
+        )
         from ros2_gmskip.exporters.trt_profiles import Limits
 
         engine_dir = engine_dir if engine_dir is not None else engine
@@ -499,7 +538,7 @@ class TrtBackend(BundleBackend):
             first_build = not (self.engine_dir / MANIFEST).is_file()
             if not (rebuild or first_build):
                 raise EngineError(reason)
-            from ros2_gmskip.exporters.trt_build import BuildConfig, build_engines
+            from ros2_gmskip.exporters.trt_build import build_engines, BuildConfig
             log.warning('%s: %s', reason, 'building them now (minutes)' if first_build else
                         'rebuilding (rebuild=True)')
             config = (BuildConfig(precision=precision) if first_build else
@@ -593,7 +632,7 @@ class TrtBackend(BundleBackend):
             pass
 
     def image_embeds(self, pixel_values: np.ndarray) -> np.ndarray:
-        """vision engine: (1, 3, H, W) -> (1, n_image_tokens, C)."""
+        """Vision engine: (1, 3, H, W) -> (1, n_image_tokens, C)."""
         return self.vision(pixel_values)
 
     def _check_ready(self) -> None:

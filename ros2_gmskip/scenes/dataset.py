@@ -1,4 +1,19 @@
-"""Samples for training, calibration and evaluation: rendered in memory or read from a folder.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Samples for training, calibration and evaluation: rendered in memory or read from a folder.
 
 A folder is COCO-captions style, so our own scenes and a real COCO subset load the same way:
 
@@ -17,25 +32,24 @@ captions per image; per-image `main_class` / `objects` are optional). Images are
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
 from ros2_gmskip.errors import DatasetError, ImageError
 from ros2_gmskip.scenes.render import render_scene
-from ros2_gmskip.scenes.splits import SPLITS, split_seeds
+from ros2_gmskip.scenes.splits import split_seeds, SPLITS
 
 log = logging.getLogger(__name__)
 
 GENERATOR = 'ros2_gmskip.scenes'
 CAPTIONS_FILE = 'captions.json'
 IMAGES_DIR = 'images'
-PNG_COMPRESS_LEVEL = 3      # zlib level: 3 writes ~2x faster than the default 6, files ~10 % larger
+PNG_COMPRESS_LEVEL = 3      # zlib level: 3 writes ~2x faster than the default 6, files ~10% larger
 
 
 @dataclass
@@ -88,7 +102,8 @@ def _seeds(split: str, n: int, offset: int) -> list[int]:
 
 def write_folder(out: Path, split: str, n: int, width: int = 640, height: int = 480,
                  progress: bool = True, offset: int = 0) -> Path:
-    """Render `n` scenes of `split` (from its `offset`-th seed) into a COCO-captions folder.
+    """
+    Render `n` scenes of `split` (from its `offset`-th seed) into a COCO-captions folder.
 
     Writes OUT/images/<split>_<seed>.png and, last (atomically), OUT/captions.json; returns out.
     """
@@ -123,7 +138,7 @@ def write_folder(out: Path, split: str, n: int, width: int = 640, height: int = 
 
 
 def _find_captions(path: Path) -> Path:
-    """The captions json of a dataset: `path` itself, path/captions.json, or a lone *.json."""
+    """Return the captions json of a dataset: `path`, path/captions.json, or a lone *.json."""
     if path.is_file():
         return path
     if not path.is_dir():
@@ -149,7 +164,11 @@ def _image_path(root: Path, file_name: str) -> Path:
 
 
 def load_folder(path: Path, n: int | None = None) -> list[Sample]:
-    """Samples of a COCO-captions folder (ours or plain COCO), in file order; first `n` if given."""
+    """
+    Load the samples of a COCO-captions folder (ours or plain COCO), in file order.
+
+    With `n`, only the first `n` of them.
+    """
     path = Path(path)
     json_path = _find_captions(path)
     root = json_path.parent
@@ -208,7 +227,8 @@ def load_folder(path: Path, n: int | None = None) -> list[Sample]:
 
 def load_samples(data: str, n: int, offset: int = 0, width: int = 640,
                  height: int = 480) -> list[Sample]:
-    """`n` samples: a split name renders them in memory from its seeds; else a folder is read.
+    """
+    `n` samples: a split name renders them in memory from its seeds; else a folder is read.
 
     `width`/`height` apply to rendered splits only. Memory: 0.9 MB per 640x480 sample.
     """

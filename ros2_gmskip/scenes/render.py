@@ -1,4 +1,19 @@
-"""Deterministic procedural front-camera road scenes, with ground truth.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Deterministic procedural front-camera road scenes, with ground truth.
 
     img, scene = render_scene(seed=10_000_123)     # (480, 640, 3) uint8 RGB, Scene
 
@@ -23,11 +38,18 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw
-
 from ros2_gmskip.scenes.captions import caption_for
 from ros2_gmskip.scenes.spec import (
-    CLASSES, DISTANCES, LIGHT_STATES, LIGHTINGS, POSITIONS, VEHICLE_COLORS, WEATHERS, Scene,
-    SceneObject)
+    CLASSES,
+    DISTANCES,
+    LIGHT_STATES,
+    LIGHTINGS,
+    POSITIONS,
+    Scene,
+    SceneObject,
+    VEHICLE_COLORS,
+    WEATHERS,
+)
 
 RGB = tuple[int, int, int]
 
@@ -92,7 +114,7 @@ class Look:
         return tuple(int(min(255, v)) for v in out)
 
     def emit(self, c: RGB, fog: float = 0.0) -> RGB:
-        """A light source: not darkened by lighting, only veiled by fog."""
+        """Return a light source's color: not darkened by lighting, only veiled by fog."""
         if not fog:
             return c
         return tuple(int(v * (1 - fog * 0.7) + f * fog * 0.7) for v, f in zip(c, self.fog_color))
@@ -165,7 +187,7 @@ def _sample_layout(rng: np.random.Generator) -> list[_Placed]:
 
 
 def _extent(p: _Placed) -> tuple[float, float, float, float]:
-    """The bbox (x0, y0, x1, y1) an object's drawer covers, unclipped."""
+    """Return the bbox (x0, y0, x1, y1) an object's drawer covers, unclipped."""
     s, cx, b = p.s, p.cx, p.base
     if p.cls == 'traffic_light':
         w, h, top = TL_HOUSING[0] * s, TL_HOUSING[1] * s, b - (TL_POLE + TL_HOUSING[1]) * s
@@ -180,7 +202,9 @@ def _extent(p: _Placed) -> tuple[float, float, float, float]:
 
 
 def _overlap(a, b) -> float:
-    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    dx = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    dy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return dx * dy
 
 
 def _hidden_fraction(placed: list[_Placed]) -> list[float]:
@@ -207,7 +231,8 @@ def _hidden_fraction(placed: list[_Placed]) -> list[float]:
 
 
 def _layout(rng: np.random.Generator) -> list[_Placed]:
-    """Objects in the canonical frame, each at most MAX_HIDDEN covered by the ones in front.
+    """
+    Objects in the canonical frame, each at most MAX_HIDDEN covered by the ones in front.
 
     Layouts are redrawn (from the same generator, so still deterministic) until no object is
     hidden; after LAYOUT_TRIES the hidden objects of the last draw are dropped instead.
@@ -222,7 +247,7 @@ def _layout(rng: np.random.Generator) -> list[_Placed]:
 
 
 def _to_image(p: _Placed, W: int, H: int) -> _Placed:
-    """A canonical-frame placement mapped onto a W x H image (sizes scale uniformly)."""
+    """Map a canonical-frame placement onto a W x H image (sizes scale uniformly)."""
     k = min(W / CANON[0], H / CANON[1])
     return replace(p, cx=p.cx * W / CANON[0], base=p.base * H / CANON[1], s=p.s * k)
 
@@ -260,7 +285,8 @@ def _background(rng: np.random.Generator, W: int, H: int, look: Look, lighting: 
             col = look.bg((g, g - 5, g + 5))
             d.rectangle([x - w / 2, yh - h, x + w / 2, yh], fill=col)
         else:
-            d.rectangle([x - w * 0.06, yh - h * 0.45, x + w * 0.06, yh], fill=look.bg((80, 60, 40)))
+            d.rectangle([x - w * 0.06, yh - h * 0.45, x + w * 0.06, yh],
+                        fill=look.bg((80, 60, 40)))
             d.ellipse([x - w / 2, yh - h * 1.1, x + w / 2, yh - h * 0.3],
                       fill=look.bg((50, 100, 50)))
 
@@ -346,7 +372,7 @@ def _vehicle_lights(d, look, fog, pts, color: RGB, r: float) -> None:
 
 
 def _rim(color: str, look: Look, fog: float) -> RGB:
-    """A lighter edge for a vehicle body, so dark paint still shows on a dark road."""
+    """Return a lighter edge for a vehicle body, so dark paint still shows on a dark road."""
     return look.obj(tuple(int(min(255, v * 0.6 + 90)) for v in PAINT[color]), fog)
 
 
@@ -578,7 +604,7 @@ def _draw_object(d, p: _Placed, look: Look, fog: float, W: int):
 
 @lru_cache(maxsize=1)
 def _noise_tile() -> np.ndarray:
-    """A fixed 512x512x3 tile of Gaussian pixel noise (int16); images take a seeded window."""
+    """Return a fixed 512x512x3 Gaussian noise tile (int16); images take a seeded window of it."""
     return np.round(np.random.default_rng(0x5CE7E).normal(0, NOISE_SIGMA, (512, 512, 3))
                     ).astype(np.int16)
 

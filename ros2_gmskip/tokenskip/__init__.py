@@ -1,5 +1,21 @@
-"""Token-level acceleration: visual-token pruning (FastV) and visual KV-cache removal with training-
-time FFN skipping (Skip-Vision), plus the FLOPs estimates that compare them with GM-Skip.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Token-level acceleration: visual-token pruning (FastV) and visual KV-cache removal (Skip-Vision).
+
+Skip-Vision comes with training-time FFN skipping; the FLOPs estimates compare both with GM-Skip.
 
     from ros2_gmskip.tokenskip import FastVConfig, fastv_generate, kv_removal_generate
     texts = fastv_generate(model, processor, images, cfg=FastVConfig(k=2, r=0.5))

@@ -1,17 +1,35 @@
-"""FastV: drop the least-attended image tokens after layer K (arXiv 2403.06764, "An Image is Worth
-1/2 Tokens After Layer 2").
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+FastV: drop the least-attended image tokens after layer K (arXiv 2403.06764).
+
+The paper: "An Image is Worth 1/2 Tokens After Layer 2".
 
     cfg = FastVConfig(k=2, r=0.5)
-    texts = fastv_generate(model, processor, images, 'describe the scene.', cfg, max_new_tokens=48)
+    texts = fastv_generate(model, processor, images, 'describe the scene.', cfg,
+                           max_new_tokens=48)
 
 The method
 ----------
 Layers 0..K-1 run on the whole prompt. In layer K-1 every image token gets a score: the attention
-the LAST prompt token pays to it, averaged over heads. The ceil((1-R) * n_img) best image tokens are
-kept; the others are gone for layers >= K: their hidden states are gathered away (the layers really
-run on fewer tokens, so the FLOPs really fall), and they have no KV-cache entry in those layers.
-K = 0 has no attention to rank by: a random subset (seeded, the same image-token slots for every
-image of the batch) is kept from the start. R = 0 prunes nothing and reproduces the plain model.
+the LAST prompt token pays to it, averaged over heads. The ceil((1-R) * n_img) best image tokens
+are kept; the others are gone for layers >= K: their hidden states are gathered away (the layers
+really run on fewer tokens, so the FLOPs really fall), and they have no KV-cache entry in those
+layers. K = 0 has no attention to rank by: a random subset (seeded, the same image-token slots for
+every image of the batch) is kept from the start. R = 0 prunes nothing and reproduces the plain
+model.
 
 Positions and masks
 -------------------
@@ -40,14 +58,13 @@ import logging
 from typing import Sequence
 
 import numpy as np
-import torch
-from torch import nn
-
 from ros2_gmskip.errors import ModelLoadError
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import FastVConfig, random_slots
 from ros2_gmskip.vlm.blocks import decoder_stack
 from ros2_gmskip.vlm.prompting import build_inputs
+import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +81,13 @@ _UNSUPPORTED = {'qwen2_vl': 'multimodal RoPE', 'qwen2_5_vl': 'multimodal RoPE',
 
 def rank_image_tokens(attn_probs: torch.Tensor, image_positions: torch.Tensor,
                       last_index: int | torch.Tensor) -> torch.Tensor:
-    """Image-token positions sorted by the attention the last prompt token pays them, best first.
+    """
+    Image-token positions sorted by the attention the last prompt token pays them, best first.
 
     attn_probs (B, H, T, S): one layer's attention probabilities; image_positions (B, n): the key
     index of every image token; last_index: the query row of the last prompt token (int or (B,)).
-    Returns (B, n) positions (values taken from image_positions); ties keep the earlier token first.
+    Returns (B, n) positions (values taken from image_positions); ties keep the earlier token
+    first.
     """
     B, H, T, S = attn_probs.shape
     rows = torch.as_tensor(last_index, device=attn_probs.device).expand(B)       # (B,)
@@ -79,7 +98,8 @@ def rank_image_tokens(attn_probs: torch.Tensor, image_positions: torch.Tensor,
 
 
 def keep_index(image_mask: torch.Tensor, kept_image: torch.Tensor) -> torch.Tensor:
-    """(B, T') sorted sequence indices to keep: every non-image token plus the kept image tokens.
+    """
+    (B, T') sorted sequence indices to keep: every non-image token plus the kept image tokens.
 
     image_mask (B, T) bool; kept_image (B, n_keep) positions of the image tokens to keep.
     """
@@ -110,7 +130,7 @@ def random_kept(image_positions: torch.Tensor, n_keep: int, seed: int) -> torch.
 # The decoder, functionally
 
 def text_model(model: nn.Module) -> nn.Module:
-    """The language model (with .layers, .norm, .rotary_emb), after checking it is supported."""
+    """Return the language model (with .layers, .norm, .rotary_emb), checked to be supported."""
     family = getattr(model.config, 'model_type', None)
     if family in _UNSUPPORTED:
         raise ModelLoadError(f'token skipping does not support {family} yet '
@@ -130,11 +150,12 @@ def text_model(model: nn.Module) -> nn.Module:
 
 
 def hidden_keys(past_mask: torch.Tensor | None, new_mask: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T, P+T) True where a query must NOT see a key.
+    """
+    (B, 1, T, P+T) True where a query must NOT see a key.
 
-    past_mask (B, P): 1 for cached entries to attend, 0 for padding (None: no past); new_mask (B, T)
-    the same for the new tokens. Cached entries all precede the new tokens, so causality only
-    matters among the new ones.
+    past_mask (B, P): 1 for cached entries to attend, 0 for padding (None: no past);
+    new_mask (B, T) the same for the new tokens. Cached entries all precede the new tokens, so
+    causality only matters among the new ones.
     """
     B, T = new_mask.shape
     keys = new_mask if past_mask is None else torch.cat((past_mask, new_mask), dim=1)   # (B, S)
@@ -153,7 +174,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def block_forward(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                   past: tuple[torch.Tensor, torch.Tensor] | None, hidden: torch.Tensor
                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One decoder block: h (B, T, C) -> (h, (key, value) with the past, attention probs).
+    """
+    One decoder block: h (B, T, C) -> (h, (key, value) with the past, attention probs).
 
     cos/sin (B, T, d) from the model's rotary module; hidden (B, 1, T, S) from `hidden_keys`.
     Operation order as transformers' LlamaDecoderLayer + eager_attention_forward.
@@ -201,7 +223,8 @@ def _gather_tokens(index: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Te
 def fastv_prefill(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                   position_ids: torch.Tensor, image_mask: torch.Tensor, cfg: FastVConfig | None
                   ) -> tuple[torch.Tensor, Past, list[torch.Tensor]]:
-    """The prompt through the decoder, image tokens pruned after layer K.
+    """
+    Run the prompt through the decoder, image tokens pruned after layer K.
 
     inputs_embeds (B, T, C) with image features merged in; attention_mask (B, T) (left padding);
     position_ids (B, T); image_mask (B, T) bool. cfg None: no pruning (a plain functional prefill).
@@ -222,8 +245,11 @@ def fastv_layers(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
                  position_ids: torch.Tensor, image_mask: torch.Tensor, cfg: FastVConfig | None,
                  rank_row: int, blind_from: int | None = None, text: nn.Module | None = None
                  ) -> tuple[torch.Tensor, Past, list[torch.Tensor]]:
-    """The decoder blocks over a whole sequence, image tokens pruned after layer K; differentiable
-    (the inference prefill and `vlm/heal.py`'s training forward are this one function).
+    """
+    Run the decoder blocks over a whole sequence, image tokens pruned after layer K.
+
+    Differentiable: the inference prefill and `vlm/heal.py`'s training forward are this one
+    function.
 
     rank_row: the query row ranking the image tokens (the last prompt token: T-1 in a left-padded
     prefill, P-1 in a right-padded prompt + answer). blind_from: queries at original index >=
@@ -276,9 +302,12 @@ def fastv_layers(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
 def decode_step(model: nn.Module, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
                 past: Past, past_masks: list[torch.Tensor], text: nn.Module | None = None
                 ) -> tuple[torch.Tensor, Past, list[torch.Tensor]]:
-    """New tokens (B, T, C) at absolute positions (B, T) over a cache whose length may differ per
-    layer; past_masks[l] (B, S_l) says which cache slots to attend. Returns logits (B, T, V), the
-    grown cache and masks. `text`: `text_model(model)` when the caller has it (it costs ~2 ms)."""
+    """
+    Run new tokens (B, T, C) at absolute positions (B, T) over a cache of per-layer lengths.
+
+    past_masks[l] (B, S_l) says which cache slots to attend. Returns logits (B, T, V), the grown
+    cache and masks. `text`: `text_model(model)` when the caller has it (it costs ~2 ms).
+    """
     text = text if text is not None else text_model(model)
     B, T, _ = inputs_embeds.shape
     new_mask = torch.ones(B, T, dtype=past_masks[0].dtype, device=inputs_embeds.device)
@@ -294,8 +323,9 @@ def decode_step(model: nn.Module, inputs_embeds: torch.Tensor, position_ids: tor
     return model.lm_head(text.norm(h)), new_past, new_masks
 
 
-def layer_masks(attention_mask: torch.Tensor, kept_index: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The padding mask of each layer's cache slots: (B, S_l) per layer."""
+def layer_masks(attention_mask: torch.Tensor,
+                kept_index: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Return the padding mask of each layer's cache slots: (B, S_l) per layer."""
     return [attention_mask.gather(1, index) for index in kept_index]
 
 
@@ -308,7 +338,7 @@ def stop_ids(model: nn.Module, processor) -> list[int]:
 
 
 def pad_token_id(processor) -> int:
-    """The id written after a row has stopped (the pad token, else eos, as `generate` does)."""
+    """Return the id written after a row has stopped (pad, else eos, as `generate` does)."""
     tok = processor.tokenizer
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
@@ -318,8 +348,11 @@ def greedy_decode(model: nn.Module, logits_last: torch.Tensor, past: Past,
                   masks: list[torch.Tensor], next_position: torch.Tensor, max_new_tokens: int,
                   stop: Sequence[int], pad_id: int, keep_logits: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Greedy tokens (B, N) from a prefill's last logits and cache, as transformers' `generate`
-    emits them: the stop token included, `pad_id` after a row has stopped, N <= max_new_tokens.
+    """
+    Decode greedy tokens (B, N) from a prefill's last logits and cache.
+
+    As transformers' `generate` emits them: the stop token included, `pad_id` after a row has
+    stopped, N <= max_new_tokens.
 
     next_position (B,): absolute position of the first generated token. With keep_logits, also
     the logits each token was chosen from (B, N, V).
@@ -353,9 +386,12 @@ def greedy_decode(model: nn.Module, logits_last: torch.Tensor, past: Past,
 @torch.no_grad()
 def embed_inputs(model: nn.Module, inputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                     torch.Tensor]:
-    """(inputs_embeds (B, T, C), attention_mask (B, T), position_ids (B, T), image_mask (B, T))
-    from processor outputs, as the LLaVA forward and `generate` build them (positions count real
-    tokens only, so left padding does not shift them)."""
+    """
+    Build the decoder inputs from processor outputs, as the LLaVA forward and `generate` do.
+
+    -> (inputs_embeds (B, T, C), attention_mask (B, T), position_ids (B, T), image_mask (B, T));
+    positions count real tokens only, so left padding does not shift them.
+    """
     ids = inputs['input_ids']                                              # (B, T)
     image_mask = ids == model.config.image_token_id
     embeds = model.get_input_embeddings()(ids)                            # (B, T, C)

@@ -1,9 +1,27 @@
-"""Estimated decoder FLOPs with GM-Skip (blocks removed), FastV (image tokens pruned after layer K)
-and Skip-Vision KV removal (visual keys dropped from the cache after prefill).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Estimated decoder FLOPs with GM-Skip, FastV and Skip-Vision KV removal.
+
+GM-Skip removes blocks, FastV prunes image tokens after layer K, and Skip-Vision KV removal drops
+visual keys from the cache after prefill.
 
     dims = DecoderDims.from_config(model.config.get_text_config(decoder=True))
     full = prefill_flops(dims, n_tokens=70, n_image=64)
-    both = prefill_flops(dims, 70, 64, removed_blocks=[13, 14, 15], fastv=FastVConfig(k=2, r=0.5))
+    both = prefill_flops(dims, 70, 64, removed_blocks=[13, 14, 15],
+                         fastv=FastVConfig(k=2, r=0.5))
     step = decode_flops(dims, context=80, n_image=64, kv_ratio=1.0)      # one generated token
 
 The per-layer estimate is the one of the FastV paper (arXiv 2403.06764, Sec. 4.3):
@@ -22,8 +40,8 @@ one place that says how many tokens a ratio keeps (FastV and Skip-FFN both use i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+import math
 from typing import Any, Iterable
 
 # Ratios such as 0.7 are not exact in binary: (1 - 0.7) * 10 = 3.0000000000000004 would ceil to 4.
@@ -59,7 +77,7 @@ class DecoderDims:
 
 
 def _remaining(dims: DecoderDims, removed_blocks: Iterable[int]) -> int:
-    removed = set(int(b) for b in removed_blocks)
+    removed = {int(b) for b in removed_blocks}
     bad = sorted(b for b in removed if not 0 <= b < dims.layers)
     if bad:
         raise ValueError(f'removed blocks {bad} out of range for {dims.layers} blocks')
@@ -75,7 +93,8 @@ def _pruned_image_tokens(layer: int, n_image: int, fastv: Any | None) -> int:
 
 def prefill_flops(dims: DecoderDims, n_tokens: int, n_image: int,
                   removed_blocks: Iterable[int] = (), fastv: Any | None = None) -> int:
-    """Prefill of a prompt of `n_tokens` tokens, `n_image` of them image tokens.
+    """
+    Prefill of a prompt of `n_tokens` tokens, `n_image` of them image tokens.
 
     `removed_blocks`: GM-Skip's removed block indices (full-model numbering). `fastv`: anything
     with `.k` and `.r` (a FastVConfig); K counts the blocks that remain after removal, since FastV
@@ -93,11 +112,13 @@ def prefill_flops(dims: DecoderDims, n_tokens: int, n_image: int,
 def decode_flops(dims: DecoderDims, context: int, n_image: int,
                  removed_blocks: Iterable[int] = (), fastv: Any | None = None,
                  kv_ratio: float = 0.0, kv_start: int = 0) -> int:
-    """One decode step: a new token after `context` tokens (prompt + tokens generated so far).
+    """
+    One decode step: a new token after `context` tokens (prompt + tokens generated so far).
 
-    Keys per layer: context + 1, minus the image tokens FastV pruned (layers >= K), minus the visual
-    KV entries Skip-Vision removed: a share `kv_ratio` of the visual tokens still cached, in layers
-    >= `kv_start` (same counting as the removal itself: num_kept of the cached visual tokens stay).
+    Keys per layer: context + 1, minus the image tokens FastV pruned (layers >= K), minus the
+    visual KV entries Skip-Vision removed: a share `kv_ratio` of the visual tokens still cached, in
+    layers >= `kv_start` (same counting as the removal itself: num_kept of the cached visual tokens
+    stay).
     """
     total = 0
     for layer in range(_remaining(dims, removed_blocks)):

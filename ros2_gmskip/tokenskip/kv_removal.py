@@ -1,5 +1,22 @@
-"""Skip-Vision KV-cache removal (arXiv 2503.21817): after prefill, the visual tokens' key/value
-entries are dropped, so every decode step attends to fewer keys.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Skip-Vision KV-cache removal (arXiv 2503.21817): visual keys/values dropped after prefill.
+
+After prefill the visual tokens' key/value entries are dropped, so every decode step attends to
+fewer keys.
 
     cfg = KVRemovalConfig(ratio=1.0, start_layer=0)          # all visual KV, every layer
     texts = kv_removal_generate(model, processor, images, 'describe the scene.', cfg)
@@ -28,14 +45,21 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
-from torch import nn
-
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
-from ros2_gmskip.tokenskip.fastv import (embed_inputs, fastv_prefill, FastVConfig, greedy_decode,
-                                         layer_masks, pad_token_id, Past, stop_ids)
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
+from ros2_gmskip.tokenskip.fastv import (
+    embed_inputs,
+    fastv_prefill,
+    FastVConfig,
+    greedy_decode,
+    layer_masks,
+    pad_token_id,
+    Past,
+    stop_ids,
+)
 from ros2_gmskip.tokenskip.skip_ffn import select_skipped, Selection, skip_ffn
 from ros2_gmskip.vlm.prompting import build_inputs
+import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -56,7 +80,7 @@ class KVRemovalConfig:
 
 
 def drop_mask_for(image_mask: torch.Tensor, cfg: KVRemovalConfig) -> torch.Tensor:
-    """(B, T) bool: the visual tokens whose KV entries are dropped (the Skip-FFN selection rule)."""
+    """Return (B, T) bool: the visual tokens whose KV entries are dropped (Skip-FFN's rule)."""
     generator = torch.Generator().manual_seed(cfg.seed)
     return select_skipped(image_mask, cfg.ratio, cfg.mode, generator)
 
@@ -64,7 +88,8 @@ def drop_mask_for(image_mask: torch.Tensor, cfg: KVRemovalConfig) -> torch.Tenso
 def plan_kv_removal(cache_index: list[torch.Tensor], masks: list[torch.Tensor],
                     drop_mask: torch.Tensor, start_layer: int = 0
                     ) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
-    """Slots to keep per layer, and the layers' new masks.
+    """
+    Slots to keep per layer, and the layers' new masks.
 
     cache_index[l] (B, S_l): original sequence index of each cache slot (fastv_prefill's
     kept_index); masks[l] (B, S_l): 1 = attend; drop_mask (B, T) over the original sequence.
@@ -87,8 +112,7 @@ def plan_kv_removal(cache_index: list[torch.Tensor], masks: list[torch.Tensor],
 
 
 def remove_visual_kv(past: Past, keep_index_per_layer: Sequence[torch.Tensor | None]) -> Past:
-    """Each layer's key/value (B, KV, S_l, d) reduced to the slots keep[l] (B, S'_l); None keeps
-    the layer as it is."""
+    """Reduce each layer's key/value (B, KV, S_l, d) to slots keep[l] (B, S'_l); None keeps all."""
     out: Past = []
     for (k, v), keep in zip(past, keep_index_per_layer):
         if keep is None:
@@ -116,9 +140,12 @@ def kv_removal_generate_ids(model: nn.Module, inputs, cfg: KVRemovalConfig, max_
 def prefill_and_remove(model: nn.Module, embeds: torch.Tensor, mask: torch.Tensor,
                        positions: torch.Tensor, image_mask: torch.Tensor, cfg: KVRemovalConfig,
                        fastv: FastVConfig | None = None) -> tuple[torch.Tensor, Past, list]:
-    """The prefill (FastV's, or Skip-FFN's with `cfg.skip_ffn_prefill`) of `embed_inputs`'
-    outputs, then `cfg`'s visual KV removal -> (last logits, cache, per-layer attention masks),
-    what `greedy_decode` continues from."""
+    """
+    Run the prefill, then `cfg`'s visual KV removal: what `greedy_decode` continues from.
+
+    The prefill (FastV's, or Skip-FFN's with `cfg.skip_ffn_prefill`) runs on `embed_inputs`'
+    outputs. -> (last logits, cache, per-layer attention masks).
+    """
     drop = drop_mask_for(image_mask, cfg)                                  # (B, T)
     if cfg.skip_ffn_prefill:
         if fastv is not None and fastv.r > 0:

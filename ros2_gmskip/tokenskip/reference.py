@@ -1,4 +1,19 @@
-"""Torch reference for token skipping: batched greedy texts with FastV and visual KV removal.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Torch reference for token skipping: batched greedy texts with FastV and visual KV removal.
 
     texts = token_skip_texts(model, processor, images, TokenSkip(FastVConfig(2, 0.5), 1.0))
 
@@ -12,18 +27,17 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
-from torch import nn
-
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.fastv import pad_token_id, stop_ids
 from ros2_gmskip.tokenskip.kv_removal import kv_removal_generate_ids, KVRemovalConfig
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.prompting import build_inputs
+import torch
+from torch import nn
 
 
 def kv_config(ts: TokenSkip) -> KVRemovalConfig:
-    """The torch KV-removal config of a TokenSkip (stride rule, as the runtime applies it)."""
+    """Return the torch KV-removal config of a TokenSkip (stride rule, as the runtime applies)."""
     return KVRemovalConfig(ratio=ts.kv_ratio, start_layer=ts.kv_start)
 
 

@@ -1,5 +1,21 @@
-"""Token-skip settings: the FastV and visual-KV-removal knobs, as plans, bundles and the runtime
-carry them. Pure stdlib (no torch), so the runtime and the node can read them.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Token-skip settings: the FastV and visual-KV-removal knobs as plans, bundles and runtime hold them.
+
+Pure stdlib (no torch), so the runtime and the node can read them.
 
     ts = TokenSkip(fastv=FastVConfig(k=2, r=0.5), kv_ratio=1.0)
     ts.to_dict()  # {'fastv': {'k': 2, 'r': 0.5, 'seed': 0},
@@ -10,8 +26,8 @@ The same dictionary is the plan's `tokens` entry (calibrate writes it, with the 
 from under `search`) and the bundle manifest's `token_skip` entry (export copies it), so the
 torch path, the ONNX bundle and the node all apply the same settings.
 
-Which image tokens a rule keeps is defined here once, in plain Python, so the torch backend and the
-numpy runtime pick exactly the same slots:
+Which image tokens a rule keeps is defined here once, in plain Python, so the torch backend and
+the numpy runtime pick exactly the same slots:
 - `retained_slots(n, ratio)`: the stride rule (Skip-FFN in training and KV removal at inference):
   ceil((1-ratio) n) evenly spaced slots, starting at 0;
 - `random_slots(n, n_keep, seed)`: FastV with K = 0 (no attention to rank by): a seeded random
@@ -20,8 +36,8 @@ numpy runtime pick exactly the same slots:
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
+import random
 from typing import Any
 
 from ros2_gmskip.tokenskip.flops import num_kept
@@ -47,7 +63,7 @@ class FastVConfig:
         return num_kept(n_image, self.r)
 
     def active(self, num_layers: int) -> bool:
-        """True when it prunes anything in a decoder of `num_layers` blocks."""
+        """Return True when it prunes anything in a decoder of `num_layers` blocks."""
         return self.r > 0 and self.k < num_layers
 
 
@@ -84,16 +100,24 @@ class TokenSkip:
 
     def with_overrides(self, fastv: FastVConfig | None = None, kv_ratio: float | None = None,
                        kv_start: int | None = None) -> TokenSkip:
-        """These settings with the given knobs replaced (None keeps the knob): how a plan's
-        `tokens` and command-line flags (--fastv, --kv-removal, --kv-start) combine."""
+        """
+        Return these settings with the given knobs replaced (None keeps the knob).
+
+        This is how a plan's `tokens` and command-line flags (--fastv, --kv-removal, --kv-start)
+        combine.
+        """
         return TokenSkip(fastv=self.fastv if fastv is None else fastv,
                          kv_ratio=self.kv_ratio if kv_ratio is None else kv_ratio,
                          kv_start=self.kv_start if kv_start is None else kv_start)
 
     def splits(self, num_layers: int) -> tuple[tuple[int, ...], int | None]:
-        """Where an exported decoder must be split for these settings, and FastV's K if it ranks
-        there: (sorted block indices in 1..num_layers-1, K or None). K = 0 needs no split (a
-        random subset is chosen before the decoder); KV removal from layer s > 0 needs one at s."""
+        """
+        Return where an exported decoder must be split for these settings, and FastV's K.
+
+        -> (sorted block indices in 1..num_layers-1, K if FastV ranks at a split, else None).
+        K = 0 needs no split (a random subset is chosen before the decoder); KV removal from layer
+        s > 0 needs one at s.
+        """
         points, rank_at = set(), None
         if self.fastv is not None and self.fastv.active(num_layers) and self.fastv.k > 0:
             points.add(self.fastv.k)
@@ -103,7 +127,7 @@ class TokenSkip:
         return tuple(sorted(points)), rank_at
 
     def to_dict(self) -> dict | None:
-        """The plan / manifest entry; None when nothing is skipped."""
+        """Return the plan / manifest entry; None when nothing is skipped."""
         if self.is_off:
             return None
         fastv = None
@@ -115,8 +139,12 @@ class TokenSkip:
 
     @classmethod
     def from_dict(cls, data: Any) -> TokenSkip:
-        """From a plan's `tokens` or a manifest's `token_skip` (None: off). Extra keys (the
-        calibration record) are ignored; a malformed entry raises ValueError naming the field."""
+        """
+        Read a plan's `tokens` or a manifest's `token_skip` (None: off).
+
+        Extra keys (the calibration record) are ignored; a malformed entry raises ValueError
+        naming the field.
+        """
         if data is None:
             return cls()
         if not isinstance(data, dict):
@@ -154,12 +182,15 @@ def parse_fastv(text: str) -> FastVConfig:
 
 
 def retained_slots(n: int, ratio: float) -> list[int]:
-    """Image-token slots (0..n-1) kept by the stride rule: ceil((1-ratio) n) evenly spaced,
-    starting at slot 0 (n = 64, ratio = 0.75 -> 0, 4, 8, ..., 60)."""
+    """
+    Return the image-token slots (0..n-1) kept by the stride rule.
+
+    ceil((1-ratio) n) evenly spaced, starting at slot 0 (n = 64, ratio = 0.75 -> 0, 4, 8, ..., 60).
+    """
     n_keep = num_kept(n, ratio)
     return [i * n // n_keep for i in range(n_keep)]
 
 
 def random_slots(n: int, n_keep: int, seed: int) -> list[int]:
-    """FastV K = 0: `n_keep` of the slots 0..n-1 chosen by `seed`, sorted."""
+    """Choose `n_keep` of the slots 0..n-1 by `seed`, sorted (FastV with K = 0)."""
     return sorted(random.Random(seed).sample(range(n), n_keep))

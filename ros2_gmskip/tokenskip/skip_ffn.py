@@ -1,5 +1,21 @@
-"""Skip-FFN (Skip-Vision, arXiv 2503.21817): a share of the visual tokens bypasses the FFN of the
-decoder blocks while still taking part in attention.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Skip-FFN (Skip-Vision, arXiv 2503.21817): a share of the visual tokens bypasses the FFN.
+
+The skipped tokens bypass the FFN of the decoder blocks while still taking part in attention.
 
     image_mask = input_ids == model.config.image_token_id                     # (B, T)
     skip = select_skipped(image_mask, ratio=0.5)                               # (B, T) bool
@@ -38,12 +54,11 @@ import contextlib
 from enum import Enum
 from typing import Iterable, Iterator
 
-import torch
-from torch import nn
-
 from ros2_gmskip.tokenskip import settings
 from ros2_gmskip.tokenskip.flops import num_kept
 from ros2_gmskip.vlm.blocks import decoder_stack
+import torch
+from torch import nn
 
 
 class Selection(str, Enum):
@@ -54,14 +69,20 @@ class Selection(str, Enum):
 
 
 def retained_slots(n: int, ratio: float) -> torch.Tensor:
-    """Image-token slots (0..n-1) that do NOT skip under the stride rule (settings.py defines it:
-    ceil((1-ratio) n) evenly spaced, starting at slot 0; n = 64, ratio = 0.75 -> 0, 4, ..., 60)."""
+    """
+    Return the image-token slots (0..n-1) that do NOT skip under the stride rule.
+
+    settings.py defines it: ceil((1-ratio) n) evenly spaced, starting at slot 0; n = 64, ratio =
+    0.75 -> 0, 4, ..., 60.
+    """
     return torch.tensor(settings.retained_slots(n, ratio), dtype=torch.long)
 
 
-def select_skipped(image_mask: torch.Tensor, ratio: float, mode: Selection | str = Selection.STRIDE,
+def select_skipped(image_mask: torch.Tensor, ratio: float,
+                   mode: Selection | str = Selection.STRIDE,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B, T) bool: the visual tokens that skip, n - ceil((1-ratio) * n) per row of n image tokens.
+    """
+    (B, T) bool: the visual tokens that skip, n - ceil((1-ratio) * n) per row of n image tokens.
 
     image_mask (B, T) bool; every row must hold the same number of image tokens. `generator`
     (RANDOM only) makes the subsets reproducible.
@@ -114,11 +135,14 @@ class SkipFFN(nn.Module):
 @contextlib.contextmanager
 def skip_ffn(model: nn.Module, skip_mask: torch.Tensor,
              layers: Iterable[int] | None = None) -> Iterator[list[SkipFFN]]:
-    """Inside the block, the MLP of each decoder block in `layers` (default all) skips the tokens
-    where `skip_mask` (B, T) is True. Yields the wrappers (their `.rows` counters), in layer order.
+    """
+    Make the MLPs of the decoder blocks in `layers` (default all) skip rows, inside the block.
+
+    They skip the tokens where `skip_mask` (B, T) is True. Yields the wrappers (their `.rows`
+    counters), in layer order.
     """
     blocks = decoder_stack(model).layers
-    chosen = range(len(blocks)) if layers is None else sorted(set(int(i) for i in layers))
+    chosen = range(len(blocks)) if layers is None else sorted({int(i) for i in layers})
     wrappers: list[SkipFFN] = []
     originals: dict[int, nn.Module] = {}
     try:

@@ -1,4 +1,19 @@
-"""Benchmark backends side by side on the same test scenes, in one run, and print ratios.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+r"""
+Benchmark backends side by side on the same test scenes, in one run, and print ratios.
 
 Configurations (each one describes every image, one configuration after the other; interleaving
 them per frame was tried and rejected: torch's OpenMP threads and ONNX Runtime's intra-op pool keep
@@ -35,7 +50,7 @@ CIDEr-D), and its decoder FLOPs are estimated with tokenskip/flops.py (FastV's p
 the side-by-side table of the token-skipping issue: full / GM-Skip / FastV / combined.
 
     ros2-gmskip bench --n 50
-    ros2-gmskip bench --model models/gmskip-llava-scenes \\
+    ros2-gmskip bench --model models/gmskip-llava-scenes \
         --plan models/gmskip-llava-scenes/plans/accuracy-reverse.json --n 50 --json
 
 A shared machine has slow spells; `--rounds R` runs every configuration R times in rotated order
@@ -56,9 +71,8 @@ import platform
 import time
 
 import numpy as np
-
 from ros2_gmskip.argtypes import existing_dir, fastv_setting, fraction, positive_int
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 
 HELP = 'time HF generate, torch, ONNX Runtime (and TensorRT) full vs pruned on the same scenes'
 LOG = logging.getLogger(__name__)
@@ -84,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--rounds', type=positive_int, default=1,
                         help='run every configuration this many times, the order rotated each '
                              'round, so a slow spell of a shared machine hits all of them; '
-                             'p50/p90 are over all rounds\' frames, and each round\'s p50 is '
+                             "p50/p90 are over all rounds' frames, and each round's p50 is "
                              'kept (round_p50_ms) to show the spread (default: %(default)s)')
     parser.add_argument('--threads', type=positive_int, default=2,
                         help='CPU threads for torch and onnxruntime (same for all)')
@@ -109,9 +123,8 @@ class HFGenerate:
     name = 'hf_generate'
 
     def __init__(self, model_dir: Path, device: str, threads: int) -> None:
-        import torch
-
         from ros2_gmskip.vlm.loading import load_vlm
+        import torch
         torch.set_num_threads(threads)
         self.torch = torch
         self.model, self.processor = load_vlm(model_dir)
@@ -145,8 +158,12 @@ def token_settings(args, plan: Path | None):
 
 
 def pruned_source(args, model_dir: Path, plan: Path | None) -> tuple[Path, Path | None]:
-    """(model folder, plan) the *_pruned / *_combined configurations run: --pruned-model with its
-    heal plan (token settings only; it removes nothing more), else --model with --plan."""
+    """
+    Return the (model folder, plan) the *_pruned / *_combined configurations run.
+
+    That is --pruned-model with its heal plan (token settings only; it removes nothing more),
+    else --model with --plan.
+    """
     if args.pruned_model is None:
         return model_dir, plan
     from ros2_gmskip.verbs.heal import HEALED_PLAN
@@ -155,7 +172,7 @@ def pruned_source(args, model_dir: Path, plan: Path | None) -> tuple[Path, Path 
 
 
 def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
-    """name -> backend, for the configurations that can run here."""
+    """Name -> backend, for the configurations that can run here."""
     from ros2_gmskip.runtime.defaults import ensure_bundle
     from ros2_gmskip.runtime.factory import create_backend
     from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -222,7 +239,7 @@ def quality(texts: list[str], samples) -> dict:
 
 def estimated_flops(name: str, backend, model_dir: Path, mean_tokens: float,
                     prompt_tokens: int, image_tokens: int) -> float:
-    """Decoder FLOPs of one description (tokenskip/flops.py), from the backend's own settings."""
+    """Return one description's decoder FLOPs (tokenskip/flops.py) at the backend's settings."""
     from ros2_gmskip.tokenskip.flops import DecoderDims, generation_flops
     from ros2_gmskip.tokenskip.settings import TokenSkip
     config = json.loads((model_dir / 'config.json').read_text())
@@ -238,8 +255,12 @@ def estimated_flops(name: str, backend, model_dir: Path, mean_tokens: float,
 
 
 def prompt_sizes(backends: dict) -> tuple[int, int]:
-    """(prompt tokens, image tokens) of the default prompt, from any bundle backend's tokenizer
-    or torch backend's processor (else the default model's: 70 and 64)."""
+    """
+    Return (prompt tokens, image tokens) of the default prompt.
+
+    Counted with any bundle backend's tokenizer or torch backend's processor (else the default
+    model's: 70 and 64).
+    """
     for backend in backends.values():
         tok = getattr(backend, 'tokenizer', None)
         if tok is not None and hasattr(tok, 'prompt_ids'):
@@ -282,10 +303,9 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ros2_gmskip.runtime.defaults import default_model_dir, default_plan_path
     from ros2_gmskip.scenes import load_samples
+    from tqdm import tqdm
 
     model_dir = args.model or default_model_dir()
     plan = args.plan or (default_plan_path() if args.model is None else None)

@@ -1,4 +1,19 @@
-"""Build TensorRT engines from an ONNX bundle, on the machine that will run them.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+r"""
+Build TensorRT engines from an ONNX bundle, on the machine that will run them.
 
 Engines are specific to the GPU model and the TensorRT version, so the bundle is exported on a dev
 machine (`ros2-gmskip export`), copied to the car, and the engines are built there. One engine per
@@ -10,12 +25,12 @@ skipped (--rebuild forces it). Without --build-only the engines are then loaded 
 is described as a check.
 
 Jetson AGX Orin (JetPack 6, TensorRT 10.3):
-    ros2-gmskip build-engine bundles/gmskip --precision fp16 --workspace-mb 2048 \\
+    ros2-gmskip build-engine bundles/gmskip --precision fp16 --workspace-mb 2048 \
         --timing-cache ~/.cache/ros2_gmskip/orin.timing --out engines/orin-fp16
     ros2-gmskip build-engine bundles/gmskip --precision fp16 --dla-core 0 --out engines/orin-dla0
 
 x86 + NVIDIA GPU (pip install tensorrt cuda-python):
-    ros2-gmskip build-engine bundles/gmskip --precision fp16 --max-batch 4 --max-prompt 256 \\
+    ros2-gmskip build-engine bundles/gmskip --precision fp16 --max-batch 4 --max-prompt 256 \
         --out engines/x86-fp16
     ros2-gmskip build-engine bundles/gmskip --precision fp32 --build-only --out engines/x86-fp32
 
@@ -41,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('bundle', type=Path, help='ONNX bundle folder (from ros2-gmskip export)')
     parser.add_argument('--out', type=Path, required=True, help='engine folder to write')
     parser.add_argument('--precision', choices=PRECISIONS, default='fp16',
-                        help='engine precision (default: fp16; int8 needs a Q/DQ-quantized bundle)')
+                        help='engine precision (default: fp16; int8 needs a Q/DQ-quantized '
+                             'bundle)')
     parser.add_argument('--workspace-mb', type=positive_int, default=4096,
                         help='builder workspace limit in MiB (default: 4096)')
     parser.add_argument('--dla-core', type=non_negative_int, default=None,
@@ -64,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.exporters import engine_manifest as em
-    from ros2_gmskip.exporters.trt_build import BuildConfig, build_engines, planned_cache_key
+    from ros2_gmskip.exporters.trt_build import build_engines, BuildConfig, planned_cache_key
     from ros2_gmskip.exporters.trt_profiles import Limits
     from ros2_gmskip.runtime.bundle import load_bundle
     from ros2_gmskip.runtime.trt_backend import gpu_info, import_tensorrt

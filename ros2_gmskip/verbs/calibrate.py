@@ -1,4 +1,19 @@
-"""Search which decoder blocks to skip (GM-Skip) and write a skip plan.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+r"""
+Search which decoder blocks to skip (GM-Skip) and write a skip plan.
 
 Scores the model on calibration data with candidate blocks removed, walks the `reverse` or
 `greedy` strategy, and picks the plan with the best balance J = S(R)/S(empty) + lambda*|R|/L that
@@ -17,11 +32,11 @@ always a candidate (it is the block plan itself, so it costs no evaluation). FLO
 decoder estimate of a whole description (tokenskip/flops.py) at the mean length the block-pruned
 model generates on the calibration data.
 
-examples:
+usage examples:
   ros2-gmskip calibrate --model models/gmskip-default --data val --n 128 --out plan.json
-  ros2-gmskip calibrate --model DIR --strategy greedy --lambda 0.2 --min-score-ratio 0.98 \\
+  ros2-gmskip calibrate --model DIR --strategy greedy --lambda 0.2 --min-score-ratio 0.98 \
       --protect-first 4 --out plans/greedy.json --plot plans/greedy.png
-  ros2-gmskip calibrate --model DIR --min-score-ratio 0.95 --tokens --fastv-k 1,2 \\
+  ros2-gmskip calibrate --model DIR --min-score-ratio 0.95 --tokens --fastv-k 1,2 \
       --fastv-r 0.5,0.75 --kv-ratio 0,1 --out plans/tokens.json --plot plans/tokens.png
 """
 
@@ -32,8 +47,16 @@ import logging
 from pathlib import Path
 
 from ros2_gmskip.argtypes import (
-    count_or_fraction, existing_dir, fraction, fraction_list, int_list, model_dir_or_default,
-    non_negative_float, positive_float, positive_int)
+    count_or_fraction,
+    existing_dir,
+    fraction,
+    fraction_list,
+    int_list,
+    model_dir_or_default,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from ros2_gmskip.errors import DatasetError, PlanError
 
 HELP = 'search the blocks to skip (GM-Skip) and write a skip plan'
@@ -81,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='calibration batch size (default: %(default)s)')
     parser.add_argument('--out', type=Path, required=True, help='skip plan to write (JSON)')
     parser.add_argument('--plot', type=Path, default=None,
-                        help='also write a PNG of the search (score ratio and J vs blocks removed)')
+                        help='also write a PNG of the search (score ratio and J vs blocks '
+                             'removed)')
     parser.add_argument('--trust-remote-code', action='store_true',
                         help="allow the model folder's own Python code (off by default)")
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -106,7 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
     from ros2_gmskip.gmskip.objective import Objective
-    from ros2_gmskip.gmskip.plan import SkipPlan, plan_id, save_plan, weights_sha256
+    from ros2_gmskip.gmskip.plan import plan_id, save_plan, SkipPlan, weights_sha256
     from ros2_gmskip.gmskip.strategies import search
     from ros2_gmskip.scenes import load_samples
 
@@ -163,8 +187,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def wants_tokens(args: argparse.Namespace) -> bool:
-    """--tokens, or any grid option given (a grid without the search would be silently lost);
-    fills in the grid's defaults."""
+    """
+    Return True for --tokens or any grid option given, and fill in the grid's defaults.
+
+    A grid option implies the token search: without it the grid would be silently lost.
+    """
     given = [v is not None for v in (args.fastv_k, args.fastv_r, args.kv_ratio)]
     args.tokens = bool(args.tokens or any(given))
     args.fastv_k = list(FASTV_K) if args.fastv_k is None else args.fastv_k
@@ -174,13 +201,13 @@ def wants_tokens(args: argparse.Namespace) -> bool:
 
 
 def search_token_skip(evaluator, result, objective, args: argparse.Namespace):
-    """The token search on the block plan `result.best`; prints its table and choice."""
+    """Run the token search on the block plan `result.best`; print its table and choice."""
     from ros2_gmskip.gmskip.token_search import search_tokens
     removed = result.best.removed
     workload = evaluator.workload(removed)
     print(f'token search on the block plan ({evaluator.num_blocks - len(removed)} blocks kept): '
           f'prompt {workload.n_tokens} tokens ({workload.n_image} image), FLOPs at '
-          f'{workload.new_tokens} generated tokens (the block plan\'s mean)')
+          f"{workload.new_tokens} generated tokens (the block plan's mean)")
     tokens = search_tokens(lambda ts: evaluator.score(removed, tokens=ts),
                            baseline=result.baseline, block_score=result.best.score,
                            removed_blocks=removed, workload=workload, ks=args.fastv_k,
@@ -201,7 +228,7 @@ def token_plot_path(plot: Path) -> Path:
 
 
 def format_token_trajectory(result) -> str:
-    """The token search as a text table; the chosen setting marked with '*'."""
+    """Format the token search as a text table; the chosen setting marked with '*'."""
     rows = [f'{"#":>4}  {"K":>2}  {"R":>5}  {"KV":>5}  {"S":>8}  {"S/S0":>7}  {"FLOPs":>6}  '
             f'{"J":>7}  {"ok":>3}  setting']
     for i, step in enumerate(result.trajectory):
@@ -216,7 +243,7 @@ def format_token_trajectory(result) -> str:
 
 
 def format_trajectory(result) -> str:
-    """The trajectory as a text table; the chosen state marked with '*'."""
+    """Format the trajectory as a text table; the chosen state marked with '*'."""
     rows = [f'{"step":>4}  {"block":>5}  {"S(R)":>8}  {"S/S0":>7}  {"J":>7}  {"ok":>3}  '
             f'{"evals":>5}  removed']
     for i, step in enumerate(result.trajectory):

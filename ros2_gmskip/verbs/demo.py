@@ -1,4 +1,19 @@
-"""The whole pipeline on the embedded default, offline: camera bag -> GM-Skip-pruned VLM -> bag.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The whole pipeline on the embedded default, offline: camera bag -> GM-Skip-pruned VLM -> bag.
 
 Steps (each announced on one line):
   1. render 20 test scenes (640x480, 10 fps, sensor_msgs/Image rgb8, MCAP) with their ground truth
@@ -60,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _Step:
+
     def __init__(self) -> None:
         self.n = 0
 
@@ -118,10 +134,14 @@ def _prepare_out(out: Path, names: tuple[str, ...]) -> None:
 
 
 def _check_default_model(full: bool) -> tuple[Path, Path | None]:
-    """(default model folder, its shipped plan or None with --full); one-line errors if missing."""
+    """Return (default model folder, its shipped plan or None with --full); one-line errors."""
     from ros2_gmskip.errors import ModelLoadError, PlanError
     from ros2_gmskip.runtime.defaults import (
-        DEFAULT_MODEL_NAME, DEFAULT_PLAN_NAME, default_model_dir, default_plan_path)
+        default_model_dir,
+        DEFAULT_MODEL_NAME,
+        DEFAULT_PLAN_NAME,
+        default_plan_path,
+    )
 
     model_dir = default_model_dir()
     if not model_dir.is_dir():
@@ -136,7 +156,7 @@ def _check_default_model(full: bool) -> tuple[Path, Path | None]:
 
 
 def _create_backend(kind: str, model_dir: Path, plan: Path | None, full: bool) -> Any:
-    """The backend on the default model (+ plan); exports the ONNX bundle first if not cached."""
+    """Return the backend on the default model (+ plan); export the ONNX bundle if not cached."""
     from ros2_gmskip.runtime.defaults import bundle_cache_path, ensure_bundle
     from ros2_gmskip.runtime.factory import create_backend
 

@@ -1,4 +1,19 @@
-"""Describe one image and print the latency breakdown.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Describe one image and print the latency breakdown.
 
 Uses the ONNX Runtime backend on the GM-Skip-pruned default model unless told otherwise (the bundle
 is exported once and cached; see `ros2-gmskip export`).
@@ -17,7 +32,7 @@ from pathlib import Path
 from ros2_gmskip.argtypes import non_negative_int, positive_int
 from ros2_gmskip.exporters.fused_decoder import WEIGHTS
 from ros2_gmskip.runtime.draft import DRAFT_TOKENS
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 
 HELP = 'describe an image file and print the text and latency breakdown'
 
@@ -47,9 +62,9 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              '(faster; the text may differ from generate on a few frames, see '
                              '`ros2-gmskip export --help`; default: %(default)s)')
     parser.add_argument('--draft-tokens', type=non_negative_int, default=DRAFT_TOKENS,
-                        help='onnxruntime fused decoder: guessed tokens (from the bundle\'s '
+                        help="onnxruntime fused decoder: guessed tokens (from the bundle's "
                              'n-gram table, `ros2-gmskip draft`) checked per decoder run; the '
-                             'text stays greedy decoding\'s, token for token; 0 = one token per '
+                             "text stays greedy decoding's, token for token; 0 = one token per "
                              'run (default: %(default)s)')
     parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='text prompt')
     parser.add_argument('--max-new-tokens', type=positive_int, default=48)

@@ -1,4 +1,19 @@
-"""Build the n-gram draft table that lets the runtime decode speculatively.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Build the n-gram draft table that lets the runtime decode speculatively.
 
 The table maps the last 1..order-1 generated tokens to the token that most often followed them in
 the training captions. The ONNX Runtime backend feeds up to 4 such guesses per decoder run and
@@ -12,7 +27,7 @@ again on their next use).
 Prints how many tokens one decoder run would keep on held-out captions (--check), per number of
 guesses: the speed-up to expect where the model says what the captions say.
 
-examples:
+usage examples:
   ros2-gmskip draft                                   # the default model, 5000 train captions
   ros2-gmskip draft --model models/mine --data data/scenes_train --n 20000 --order 5
 """
@@ -52,11 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _captions(data: str, n: int, desc: str) -> list[str]:
     """`n` reference captions: rendered from a split's seeds (with a progress bar), or read."""
-    from tqdm import tqdm
-
     from ros2_gmskip.scenes.dataset import load_folder
     from ros2_gmskip.scenes.render import render_scene
-    from ros2_gmskip.scenes.splits import SPLITS, split_seeds
+    from ros2_gmskip.scenes.splits import split_seeds, SPLITS
+    from tqdm import tqdm
 
     if data in SPLITS:     # the caption needs the full-size render: object order follows bboxes
         return [render_scene(seed)[1].caption
@@ -65,7 +79,7 @@ def _captions(data: str, n: int, desc: str) -> list[str]:
 
 
 def _eos_id(model_dir: Path) -> int:
-    """The stop token generation ends on (generation_config.json, else config.json)."""
+    """Return the stop token generation ends on (generation_config.json, else config.json)."""
     from ros2_gmskip.errors import ModelLoadError
 
     for name in ('generation_config.json', 'config.json'):
@@ -97,10 +111,9 @@ def tokens_per_run(draft, sequences: list[list[int]], guesses: int) -> float:
 
 
 def main(args: argparse.Namespace) -> int:
-    from tokenizers import Tokenizer
-
     from ros2_gmskip.errors import ModelLoadError
     from ros2_gmskip.runtime.draft import DRAFT_FILE, NgramDraft
+    from tokenizers import Tokenizer
 
     model_dir = model_dir_or_default(args.model)
     if args.order < 2:
@@ -124,5 +137,6 @@ def main(args: argparse.Namespace) -> int:
     print(f'tokens kept per decoder run on {len(held)} captions of {args.check} '
           '(greedy decoding: 1.00):')
     for k in range(1, MAX_GUESSES + 1):
-        print(f'  {k} guess{"es" if k > 1 else "  "} per run: {tokens_per_run(draft, held, k):.2f}')
+        per_run = tokens_per_run(draft, held, k)
+        print(f'  {k} guess{"es" if k > 1 else "  "} per run: {per_run:.2f}')
     return 0

@@ -1,9 +1,24 @@
-"""Evaluate a VLM (optionally pruned by a skip plan) on scenes or a COCO-captions-style folder.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+r"""
+Evaluate a VLM (optionally pruned by a skip plan) on scenes or a COCO-captions-style folder.
 
 Metrics: main-object accuracy (class or synonym named in the text), CIDEr-D, exact match.
 
     ros2-gmskip evaluate --model models/gmskip-llava-scenes --split test --n 500 --json
-    ros2-gmskip evaluate --model models/gmskip-llava-scenes \\
+    ros2-gmskip evaluate --model models/gmskip-llava-scenes \
         --plan models/gmskip-llava-scenes/plans/accuracy-reverse.json --split test --n 500
     ros2-gmskip evaluate --model models/gmskip-llava-scenes --fastv 2,0.5 --kv-removal 1
 
@@ -53,14 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'later blocks only the ceil((1-R) n) the last prompt token attends '
                              'to most, e.g. 2,0.5; R = 0 turns it off')
     tokens.add_argument('--kv-removal', type=fraction, default=None, metavar='RATIO',
-                        help='drop this share of the visual tokens\' KV-cache entries after the '
+                        help="drop this share of the visual tokens' KV-cache entries after the "
                              'prefill (1 = all, 0 = none), so decoding attends to fewer keys')
     tokens.add_argument('--no-plan-tokens', action='store_true',
                         help="ignore the plan's token skipping (its blocks are still removed)")
 
 
 def resolve_tokens(plan_tokens: dict | None, fastv=None, kv_ratio: float | None = None):
-    """The TokenSkip to evaluate: the plan's (None: none), then --fastv / --kv-removal on top."""
+    """Return the TokenSkip to evaluate: the plan's (None: none), then --fastv / --kv-removal."""
     from ros2_gmskip.tokenskip.settings import TokenSkip
     return TokenSkip.from_dict(plan_tokens).with_overrides(fastv, kv_ratio)
 

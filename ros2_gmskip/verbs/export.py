@@ -1,4 +1,19 @@
-"""Export a VLM, pruned by a GM-Skip plan, to an ONNX bundle and validate it.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+r"""
+Export a VLM, pruned by a GM-Skip plan, to an ONNX bundle and validate it.
 
 Writes BUNDLE/vision.onnx (pixels -> image embeddings), BUNDLE/decoder.onnx (decoder with explicit
 KV cache inputs/outputs, only the blocks the plan keeps), embed_tokens.npy, the tokenizer/processor
@@ -10,9 +25,9 @@ onnx.checker, the TensorRT op lint, names/axes/shapes, ONNX Runtime vs PyTorch v
 and greedy text vs transformers `generate` on --validate-n test scenes (for both decoder graphs).
 The bundle appears at --out only when every check passed (an existing bundle there is replaced).
 
-examples:
+usage examples:
   ros2-gmskip export --out bundles/full                                  # embedded default model
-  ros2-gmskip export --model models/gmskip-llava-scenes --plan plans/reverse.json \\
+  ros2-gmskip export --model models/gmskip-llava-scenes --plan plans/reverse.json \
       --out bundles/reverse
   ros2-gmskip export --plan plans/reverse.json --fastv 2,0.5 --kv-removal 1 --out bundles/tokens
   ros2-gmskip describe --backend onnxruntime --bundle bundles/reverse --image frame.png
@@ -27,11 +42,17 @@ greedy text with the torch reference using the same settings, for both kinds of 
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
+import time
 
-from ros2_gmskip.argtypes import (existing_dir, existing_file, fastv_setting, fraction,
-                                  non_negative_int, positive_int)
+from ros2_gmskip.argtypes import (
+    existing_dir,
+    existing_file,
+    fastv_setting,
+    fraction,
+    non_negative_int,
+    positive_int,
+)
 from ros2_gmskip.exporters.fused_decoder import WEIGHTS
 
 HELP = ('export a (pruned) VLM to an ONNX bundle (vision.onnx, decoder.onnx, manifest) and '
@@ -49,15 +70,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--fastv', type=fastv_setting, default=None, metavar='K,R',
                         help='FastV: after decoder block K-1 keep the (1-R) share of image tokens '
                              'the last prompt token attends to most (K counts the blocks left '
-                             'after the plan; e.g. 2,0.5). Default: the plan\'s tokens entry')
+                             "after the plan; e.g. 2,0.5). Default: the plan's tokens entry")
     parser.add_argument('--kv-removal', type=fraction, default=None, metavar='RATIO',
                         help='Skip-Vision: after the prefill, drop the KV-cache entries of this '
-                             'share of the image tokens (1 = all). Default: the plan\'s tokens')
+                             "share of the image tokens (1 = all). Default: the plan's tokens")
     parser.add_argument('--kv-start', type=non_negative_int, default=None, metavar='LAYER',
-                        help='KV removal only in decoder blocks >= LAYER (default: the plan\'s, '
+                        help="KV removal only in decoder blocks >= LAYER (default: the plan's, "
                              'else 0 = every block)')
     parser.add_argument('--no-plan-tokens', action='store_true',
-                        help='ignore the plan\'s FastV / KV-removal settings (blocks only)')
+                        help="ignore the plan's FastV / KV-removal settings (blocks only)")
     parser.add_argument('--out', type=Path, required=True,
                         help='bundle folder to write (created; an existing bundle is replaced)')
     parser.add_argument('--opset', type=int, choices=OPSETS, default=17,
@@ -71,8 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='do not write decoder.fused.onnx (the onnxruntime backend then runs '
                              'decoder.onnx)')
     parser.add_argument('--fused-max-length', type=positive_int, default=None, metavar='N',
-                        help='positions the fused decoder\'s KV buffers hold (prompt + generated '
-                             'tokens; longer requests run on decoder.onnx). Default: the model\'s '
+                        help="positions the fused decoder's KV buffers hold (prompt + generated "
+                             "tokens; longer requests run on decoder.onnx). Default: the model's "
                              'max_position_embeddings, at most 2048')
     parser.add_argument('--fused-weights', choices=WEIGHTS, default='fp32',
                         help='int4 / int8: also write quantized copies of the fused decoder that '
@@ -89,10 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import torch
-
     from ros2_gmskip.exporters.onnx_export import export_bundle
     from ros2_gmskip.vlm.loading import default_model_dir
+    import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,8 +153,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def export_tokens(args: argparse.Namespace):
-    """TokenSkip from --fastv / --kv-removal / --kv-start over the plan's (None: let export use
-    the plan's)."""
+    """
+    Return the TokenSkip from --fastv / --kv-removal / --kv-start over the plan's.
+
+    None lets export use the plan's.
+    """
     from ros2_gmskip.gmskip.plan import plan_token_skip
     from ros2_gmskip.tokenskip.settings import TokenSkip
 

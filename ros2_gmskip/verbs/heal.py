@@ -1,4 +1,19 @@
-"""Heal a pruned model: fine-tune what a skip plan leaves, with its token skipping on, and save it.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+r"""
+Heal a pruned model: fine-tune what a skip plan leaves, with its token skipping on, and save it.
 
 GM-Skip removes blocks without training and FastV drops image tokens the model never learnt to do
 without; both cost a little accuracy. `heal` removes the plan's blocks, then trains the smaller
@@ -8,9 +23,9 @@ processor, draft table, `gmskip_heal.json` (settings, val accuracy before / afte
 `plans/healed.json`, which carries the token settings to export, bench, replay and the node.
 
     ros2-gmskip heal --out /tmp/healed      # the embedded model's shipped plan + its FastV
-    ros2-gmskip heal --plan models/gmskip-llava-scenes/plans/accuracy-reverse-for-healing.json \\
+    ros2-gmskip heal --plan models/gmskip-llava-scenes/plans/accuracy-reverse-for-healing.json \
         --fastv 1,0.5 --out /tmp/healed-10 --plot heal.png    # = models/gmskip-llava-scenes-healed
-    ros2-gmskip evaluate --model /tmp/healed-10 --plan /tmp/healed-10/plans/healed.json \\
+    ros2-gmskip evaluate --model /tmp/healed-10 --plan /tmp/healed-10/plans/healed.json \
         --split test --n 2000
     ros2-gmskip bench --pruned-model /tmp/healed-10 --n 50 --threads 1 --rounds 3
 
@@ -26,8 +41,14 @@ import json
 import logging
 from pathlib import Path
 
-from ros2_gmskip.argtypes import (existing_dir, existing_file, fastv_setting, fraction,
-                                  positive_float, positive_int)
+from ros2_gmskip.argtypes import (
+    existing_dir,
+    existing_file,
+    fastv_setting,
+    fraction,
+    positive_float,
+    positive_int,
+)
 
 HELP = 'fine-tune a GM-Skip pruned model with its token skipping on (healing), save it'
 MANIFEST = 'gmskip_heal.json'
@@ -42,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--model', type=existing_dir, default=None,
                         help='model folder the plan was made for (default: the embedded model)')
     parser.add_argument('--plan', type=existing_file, default=None,
-                        help='skip plan from calibrate (default: the embedded model\'s shipped '
+                        help="skip plan from calibrate (default: the embedded model's shipped "
                              'plan)')
     parser.add_argument('--out', type=Path, required=True, help='folder for the healed model')
     parser.add_argument('--fastv', type=fastv_setting, default=None, metavar='K,R',
@@ -110,10 +131,16 @@ def main(args: argparse.Namespace) -> int:
 def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
     """Remove the plan's blocks, heal, write the folder (complete or not at all)."""
     from ros2_gmskip import __version__
-    from ros2_gmskip.gmskip.objective import Objective
-    from ros2_gmskip.gmskip.plan import (MetricRecord, ModelRef, plan_id, save_plan, SkipPlan,
-                                         weights_sha256)
     from ros2_gmskip.folders import written_in_place
+    from ros2_gmskip.gmskip.objective import Objective
+    from ros2_gmskip.gmskip.plan import (
+        MetricRecord,
+        ModelRef,
+        plan_id,
+        save_plan,
+        SkipPlan,
+        weights_sha256,
+    )
     from ros2_gmskip.verbs.prune import copy_draft_table
     from ros2_gmskip.vlm.blocks import family_of, get_stack, remove_blocks
     from ros2_gmskip.vlm.configs import HealConfig

@@ -1,4 +1,19 @@
-"""Run the gmskip_describer node: describe the newest camera frame, publish text + latency stats.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+r"""
+Run the gmskip_describer node: describe the newest camera frame, publish text + latency stats.
 
 With ROS 2 sourced it is an rclpy node (the same as `ros2 run ros2_gmskip gmskip_describer`).
 Without ROS 2 it runs on Cyclone DDS in the ROS 2 wire format (topics rt/..., types
@@ -10,7 +25,7 @@ Topics: in ~/input/image (or ~/input/image/compressed); out ~/output/description
 
 Example (no ROS 2 needed; Ctrl-C to stop; quote the ~ so the shell leaves it alone):
 
-  ros2-gmskip node --transport dds --backend onnxruntime \\
+  ros2-gmskip node --transport dds --backend onnxruntime \
       --ros-args -r '~/input/image:=/sensing/camera/camera0/image_rect_color'
 """
 
@@ -45,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def to_ros_argv(args: argparse.Namespace) -> list[str]:
-    """The options as node argv: `--ros-args --params-file F -p key:=value ... <ros args>`."""
+    """Return the options as node argv: `--ros-args --params-file F -p k:=v ... <ros args>`."""
     ros: list[str] = []
     if args.params_file:
         ros += ['--params-file', str(args.params_file)]

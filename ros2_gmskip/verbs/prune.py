@@ -1,4 +1,19 @@
-"""Apply a skip plan: save a smaller model with the planned blocks physically removed.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Apply a skip plan: save a smaller model with the planned blocks physically removed.
 
 Loads the model with transformers, checks the plan was made for these weights (sha256), removes
 the blocks (the layer list shrinks, config layer counts and KV-cache layer indices are renumbered),
@@ -8,7 +23,7 @@ like any other model. Writes `gmskip_prune.json` beside it:
 plan id, removed blocks, source and output weight hashes. The output appears complete or not at
 all (written to a temporary folder, then renamed).
 
-examples:
+usage examples:
   ros2-gmskip prune --model models/gmskip-default --plan plan.json --out models/gmskip-pruned
   ros2-gmskip prune --model DIR --plan plan.json --out DIR2 --force    # replace DIR2
 """
@@ -16,11 +31,11 @@ examples:
 from __future__ import annotations
 
 import argparse
+from datetime import datetime, timezone
 import json
 import logging
-import shutil
-from datetime import datetime, timezone
 from pathlib import Path
+import shutil
 
 from ros2_gmskip import __version__
 from ros2_gmskip.argtypes import existing_dir, existing_file, model_dir_or_default
@@ -104,9 +119,9 @@ def _check_out(out: Path, force: bool, model_dir: Path) -> None:
 
 
 def _load_model(model_dir: Path, trust_remote_code: bool):
-    """The model in its checkpoint dtype (a bf16 checkpoint stays bf16), offline, safetensors."""
-    import transformers
+    """Load the model in its checkpoint dtype (bf16 stays bf16), offline, from safetensors."""
     from ros2_gmskip.vlm.loading import check_model_dir
+    import transformers
     check_model_dir(model_dir)        # one-line errors: no config.json, corrupt safetensors ...
     try:
         model = transformers.AutoModelForImageTextToText.from_pretrained(
@@ -137,8 +152,11 @@ def _copy_processor(model_dir: Path, out: Path, trust_remote_code: bool) -> None
 
 
 def copy_draft_table(model_dir: Path, out: Path) -> None:
-    """Carry the n-gram draft table over (`ros2-gmskip draft`): same tokenizer, same captions,
-    so the smaller model's bundle still decodes speculatively."""
+    """
+    Carry the n-gram draft table (`ros2-gmskip draft`) over to the pruned model.
+
+    Same tokenizer, same captions, so the smaller model's bundle still decodes speculatively.
+    """
     from ros2_gmskip.runtime.draft import DRAFT_FILE
     if (Path(model_dir) / DRAFT_FILE).is_file():
         shutil.copy2(Path(model_dir) / DRAFT_FILE, Path(out) / DRAFT_FILE)

@@ -1,4 +1,19 @@
-"""Describe the camera frames of a rosbag2; write what the gmskip_describer node publishes to a bag.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Describe the camera frames of a rosbag2; write what the gmskip_describer node publishes to a bag.
 
 Reads any rosbag2 (sqlite3 or MCAP; sensor_msgs/Image or CompressedImage), runs the frames through
 the node's pipeline (newest-frame hand-off, one worker, diagnostics) and writes OUT with
@@ -16,8 +31,8 @@ second of bag time), /gmskip_describer/debug/*_ms (Float64Stamped) and the input
 model is busy are dropped and counted, as in the live node.
 
 A truncated or corrupt bag is replayed up to the damage: a warning, exit 0, and "bag_error" in the
-summary. Frames that cannot be decoded are rejected and counted. With --json the last stdout line is
-the summary as one JSON object.
+summary. Frames that cannot be decoded are rejected and counted. With --json the last stdout line
+is the summary as one JSON object.
 """
 
 from __future__ import annotations
@@ -53,10 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--out', type=Path, required=True,
                         help='output bag folder (must not exist)')
     parser.add_argument('--topic', default=None,
-                        help='image topic (default: the bag\'s only Image / CompressedImage topic)')
+                        help="image topic (default: the bag's only Image / CompressedImage topic)")
     parser.add_argument('--rate', choices=RATES, default='max',
                         help='max: every frame, as fast as possible (default); realtime: at the '
-                             'bag\'s pace, newest frame wins, drops counted')
+                             "bag's pace, newest frame wins, drops counted")
     parser.add_argument('--storage', choices=STORAGES, default='mcap',
                         help='output bag storage (default: mcap)')
     add_backend_arguments(parser)
@@ -73,7 +88,7 @@ def add_fake_backend_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def make_backend(args: argparse.Namespace) -> Any:
-    """The backend the options ask for (the fake one with --fake-backend-ms)."""
+    """Return the backend the options ask for (the fake one with --fake-backend-ms)."""
     if getattr(args, 'fake_backend_ms', None) is not None:
         from ros2_gmskip.runtime.factory import create_backend
         return create_backend(f'fake:{args.fake_backend_ms:g}')
@@ -96,7 +111,7 @@ def latency_table(summary: dict, quantiles: tuple[str, ...] = ('p50', 'p90', 'p9
 
 
 def summary_lines(s: dict) -> list[str]:
-    """The human-readable replay summary."""
+    """Format the human-readable replay summary."""
     from ros2_gmskip.ros.pipeline import token_skip_text
     ids = ', '.join(f'{k} {s[k]}' for k in ('model_id', 'plan_id', 'engine_id') if s.get(k))
     lines = [

@@ -1,4 +1,19 @@
-"""Render procedural driving scenes into a COCO-captions-style folder.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Render procedural driving scenes into a COCO-captions-style folder.
 
 Each image comes with its ground truth: a canonical caption, the main object's class and the
 object list (class, colour, position, distance, bbox). Splits use disjoint seed ranges, so train,
@@ -6,7 +21,7 @@ val and test never share an image; the same split, offset and size always give t
 
 Writes OUT/images/<split>_<seed>.png and OUT/captions.json.
 
-examples:
+usage examples:
   ros2-gmskip scenes --split val --n 500 --out data/scenes_val
   ros2-gmskip scenes --split train --n 20000 --offset 20000 --out data/scenes_train_b
 """
@@ -40,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ros2_gmskip.scenes import CLASSES, SPLITS, load_folder, write_folder
+    from ros2_gmskip.scenes import CLASSES, load_folder, SPLITS, write_folder
 
     out = write_folder(args.out, args.split, args.n, width=args.width, height=args.height,
                        progress=True, offset=args.offset)

@@ -1,4 +1,19 @@
-"""Train the default VLM (LLaVA: SigLIP vision + Llama decoder) from scratch on procedural scenes.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Train the default VLM (LLaVA: SigLIP vision + Llama decoder) from scratch on procedural scenes.
 
 Deterministic for a given --seed and thread count; renders fresh train-split scenes every step.
 The shipped model was made with the defaults:
@@ -47,8 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'image tokens, as after visual KV removal (ratio 1) at inference; '
                              'the prompt tokens learn to carry the image (0 = off)')
     parser.add_argument('--skip-ffn', type=fraction, default=d.skip_ffn, metavar='RATIO',
-                        help='Skip-Vision: share of visual tokens that bypass every decoder FFN in '
-                             'stage 2 (still attended to); the retained ones are a fixed stride, '
+                        help='Skip-Vision: share of visual tokens that bypass every decoder FFN '
+                             'in stage 2 (still attended to); the retained ones are a fixed '
+                             'stride, '
                              'the same rule kv-removal uses at inference (0 = off)')
     parser.add_argument('--seed', type=int, default=d.seed)
     parser.add_argument('--threads', type=positive_int, default=d.threads,
@@ -73,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
                       eval_every=args.eval_every)
     summary = train(cfg, args.out)
     print(f'trained {summary["parameters"] / 1e6:.2f}M parameters for {cfg.steps} steps in '
-          f'{summary["train_seconds"] / 60:.1f} min (stage 2: {summary["stage2_seconds"] / 60:.1f} '
-          f'min); final loss {summary["final_loss"]:.4f}; saved to {args.out}')
+          f'{summary["train_seconds"] / 60:.1f} min '
+          f'(stage 2: {summary["stage2_seconds"] / 60:.1f} min); '
+          f'final loss {summary["final_loss"]:.4f}; saved to {args.out}')
     return 0

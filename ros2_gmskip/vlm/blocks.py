@@ -1,4 +1,19 @@
-"""Block surgery: find a VLM's Transformer block stacks and physically remove blocks from them.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Block surgery: find a VLM's Transformer block stacks and physically remove blocks from them.
 
     from ros2_gmskip.vlm.blocks import decoder_stack, remove_blocks, temporarily_removed
     decoder_stack(model).num_blocks                     # e.g. 24
@@ -30,15 +45,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
 import logging
 import operator
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from ros2_gmskip.errors import ModelLoadError, PlanError
 import torch
 from transformers import PretrainedConfig
-
-from ros2_gmskip.errors import ModelLoadError, PlanError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +103,7 @@ class BlockStack:
 
 
 def family_of(model: Any) -> str:
-    """The model family ('llava', 'qwen2_vl', ...), or ModelLoadError for an unsupported one."""
+    """Return the model family ('llava', 'qwen2_vl', ...); ModelLoadError if unsupported."""
     config = getattr(model, 'config', None)
     model_type = getattr(config, 'model_type', None)
     if model_type not in FAMILIES:
@@ -115,7 +129,8 @@ def _unique_configs(configs: Iterable[Any]) -> tuple[PretrainedConfig, ...]:
 
 
 def decoder_stack(model: Any) -> BlockStack:
-    """The language model's decoder blocks.
+    """
+    Return the language model's decoder blocks.
 
     In transformers v5 `get_decoder()` returns the base text model (LlamaModel, Qwen2Model,
     Qwen2VLTextModel, GemmaModel, Gemma3TextModel ...) whose `.layers` is the block list, for every
@@ -141,7 +156,7 @@ def decoder_stack(model: Any) -> BlockStack:
 
 
 def vision_stack(model: Any) -> BlockStack:
-    """The vision tower's encoder blocks (CLIP/SigLIP/Idefics3 `encoder.layers`, Qwen `blocks`)."""
+    """Return the vision tower's blocks (CLIP/SigLIP/Idefics3 `encoder.layers`, Qwen `blocks`)."""
     family = family_of(model)
     towers = []
     if hasattr(model, 'get_encoder'):
@@ -309,7 +324,8 @@ def _update_config(config: PretrainedConfig, keep: list[int], num_blocks: int,
 
 
 def remove_blocks(model: Any, indices: Iterable[int], stack: str = 'decoder') -> Any:
-    """Physically remove blocks `indices` of `stack` ('decoder' | 'vision'), in place.
+    """
+    Physically remove blocks `indices` of `stack` ('decoder' | 'vision'), in place.
 
     Returns `model` (the same object, now smaller).
     """
@@ -320,7 +336,8 @@ def remove_blocks(model: Any, indices: Iterable[int], stack: str = 'decoder') ->
 @contextlib.contextmanager
 def temporarily_removed(model: Any, indices: Iterable[int],
                         stack: str = 'decoder') -> Iterator[Any]:
-    """Remove blocks for the duration of the `with`; restore the original ModuleList and configs.
+    """
+    Remove blocks for the duration of the `with`; restore the original ModuleList and configs.
 
     The restored model is the same objects as before (same layers, same config values), so the
     search can evaluate a candidate without copying the model.

@@ -1,5 +1,22 @@
-"""Configuration dataclasses of the default model and its training (no heavy imports: the CLI
-reads their defaults for `--help`)."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Configuration dataclasses of the default model and its training.
+
+No heavy imports here: the CLI reads their defaults for `--help`.
+"""
 
 from __future__ import annotations
 

@@ -1,34 +1,65 @@
-"""The embedded default VLM: a standard transformers LLaVA (SigLIP vision tower + projector + Llama
-decoder) with a word-level tokenizer, small enough to train from scratch on 2 CPU cores.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 
-Everything here produces ordinary Hugging Face objects, saved with `save_pretrained`, so the rest of
-the project (GM-Skip, export, runtime) treats the default model exactly like a downloaded LLaVA.
+"""
+The embedded default VLM: a standard transformers LLaVA small enough to train on 2 CPU cores.
+
+A SigLIP vision tower + projector + Llama decoder with a word-level tokenizer, trained from
+scratch. Everything here produces ordinary Hugging Face objects, saved with `save_pretrained`, so
+the rest of the project (GM-Skip, export, runtime) treats the default model exactly like a
+downloaded LLaVA.
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
-from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, Tokenizer, trainers
-from transformers import (LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
-                          PreTrainedTokenizerFast, SiglipVisionConfig)
-from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
 from ros2_gmskip.vlm.configs import DefaultModelConfig  # noqa: F401 - part of this API
+from tokenizers import (
+    AddedToken,
+    decoders,
+    models,
+    pre_tokenizers,
+    processors,
+    Tokenizer,
+    trainers,
+)
+from transformers import (
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+)
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 SPECIAL_TOKENS = ('<pad>', '<s>', '</s>', '<unk>', '<image>', '<sep>')
 # The prompt is plain text between the image and the answer; <sep> ends the user turn.
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% for c in m['content'] %}"
     "{% if c['type'] == 'image' %}<image>{% else %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endfor %}{% if add_generation_prompt %}<sep>{% endif %}")
+    '{% endfor %}{% endfor %}{% if add_generation_prompt %}<sep>{% endif %}')
 
 
 def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer trained on `corpus` with the `tokenizers` library.
+    """
+    Word-level tokenizer trained on `corpus` with the `tokenizers` library.
 
     Words carry a leading '▁' (Metaspace) and punctuation is split off, so decoding restores the
-    exact text ('a red car, rainy night.'), and one word is one token: short decodes, fast decoding.
+    exact text ('a red car, rainy night.'), and one word is one token: short decodes, fast
+    decoding.
     """
     tok = Tokenizer(models.WordLevel(unk_token='<unk>'))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -50,7 +81,11 @@ def build_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
 
 
 def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: DefaultModelConfig) -> LlavaProcessor:
-    """LLaVA processor: PIL SigLIP image processor (bilinear resize, mean=std=0.5) + tokenizer."""
+    """
+    Build the LLaVA processor: a PIL SigLIP image processor + the tokenizer.
+
+    The image processor resizes bilinearly and normalizes with mean = std = 0.5.
+    """
     image_processor = SiglipImageProcessorPil(
         size={'height': cfg.image_size, 'width': cfg.image_size}, resample=2,
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
@@ -61,7 +96,7 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, cfg: DefaultModelConfig)
 
 def build_model(cfg: DefaultModelConfig,
                 tokenizer: PreTrainedTokenizerFast) -> LlavaForConditionalGeneration:
-    """A randomly initialised LlavaForConditionalGeneration of the configured size."""
+    """Build a randomly initialised LlavaForConditionalGeneration of the configured size."""
     vision = SiglipVisionConfig(
         hidden_size=cfg.vision_hidden, intermediate_size=2 * cfg.vision_hidden,
         num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,

@@ -1,15 +1,28 @@
-"""Batched greedy generation with Hugging Face `generate` (reference path of evaluate/calibrate)."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""Batched greedy generation with Hugging Face `generate`: evaluate's and calibrate's reference."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
+from ros2_gmskip.vlm.prompting import build_inputs
 import torch
 from tqdm import tqdm
-
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
-from ros2_gmskip.vlm.prompting import build_inputs
 
 
 @torch.no_grad()

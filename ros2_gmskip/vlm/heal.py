@@ -1,6 +1,21 @@
-"""Heal a GM-Skip pruned model: a short fine-tune of what remains, with the token skipping on.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 
-    ros2-gmskip heal --plan models/gmskip-llava-scenes/plans/accuracy-reverse-for-healing.json \\
+r"""
+Heal a GM-Skip pruned model: a short fine-tune of what remains, with the token skipping on.
+
+    ros2-gmskip heal --plan models/gmskip-llava-scenes/plans/accuracy-reverse-for-healing.json \
         --fastv 1,0.5 --out /tmp/healed-10      # = models/gmskip-llava-scenes-healed
 
 Why: GM-Skip removes blocks without training (the paper's method), and FastV then prunes image
@@ -29,14 +44,14 @@ import logging
 import math
 import random
 import time
-import numpy as np
-import torch
-from tqdm import tqdm
 
+import numpy as np
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.configs import HealConfig
 from ros2_gmskip.vlm.prompting import prompt_ids_of
 from ros2_gmskip.vlm.train import adamw, caption_batch, embed_with_image, lr_at, SceneCache
+import torch
+from tqdm import tqdm
 
 LOG = logging.getLogger(__name__)
 
@@ -51,9 +66,13 @@ def check_healable(tokens: TokenSkip) -> None:
 def healing_loss(model, pixel_values: torch.Tensor, input_ids: torch.Tensor,
                  labels: torch.Tensor, attention: torch.Tensor, tokens: TokenSkip,
                  prompt_len: int) -> torch.Tensor:
-    """Caption loss of a right-padded prompt + answer batch through the pruned decoder with the
-    token skipping of inference: FastV ranks by the last prompt token's attention and drops image
-    tokens after block K; with KV removal the answer tokens see no image key."""
+    """
+    Return the caption loss of a prompt + answer batch through the pruned, token-skipping decoder.
+
+    The batch is right-padded; the token skipping is inference's: FastV ranks by the last prompt
+    token's attention and drops image tokens after block K; with KV removal the answer tokens see
+    no image key.
+    """
     from ros2_gmskip.tokenskip.fastv import fastv_layers, text_model
     image_mask = input_ids == model.config.image_token_id                  # (B, T)
     embeds, _ = embed_with_image(model, input_ids, image_mask, pixel_values)

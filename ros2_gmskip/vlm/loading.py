@@ -1,5 +1,22 @@
-"""Load a VLM folder (ours or a real checkpoint) safely: safetensors only, remote code opt-in,
-and one-line errors that say what is wrong with the folder."""
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Load a VLM folder (ours or a real checkpoint) safely.
+
+Safetensors only, remote code opt-in, and one-line errors that say what is wrong with the folder.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +42,8 @@ def check_model_dir(model_dir: Path) -> None:
     try:
         json.loads(config.read_text())
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f'config.json in {str(model_dir)!r} is not valid JSON: {err}') from err
+        raise ModelLoadError(
+            f'config.json in {str(model_dir)!r} is not valid JSON: {err}') from err
     weights = sorted(model_dir.glob('*.safetensors'))
     if not weights:
         pickled = sorted(p.name for p in model_dir.glob('*.bin'))
@@ -57,9 +75,9 @@ def load_vlm(model_dir: Path, trust_remote_code: bool = False, dtype: str = 'flo
             model_dir, trust_remote_code=trust_remote_code, use_safetensors=True,
             local_files_only=True, dtype=getattr(torch, dtype))
     except Exception as err:  # noqa: BLE001 - transformers raises many types
+        first_line = str(err).splitlines()[0] if str(err) else ''
         raise ModelLoadError(f'cannot load model from {str(model_dir)!r}: '
-                             f'{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}'
-                             ) from err
+                             f'{type(err).__name__}: {first_line}') from err
     try:
         processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
                                                   local_files_only=True)

@@ -1,7 +1,22 @@
-"""The PyTorch reference backend: the Hugging Face model (optionally GM-Skip pruned), greedy decode.
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+The PyTorch reference backend: the Hugging Face model (optionally GM-Skip pruned), greedy decode.
 
     backend = TorchBackend(Path('models/gmskip-llava-scenes'), plan=Path('plans/reverse.json'))
-    result = backend.describe(rgb_uint8)       # same Result / Latency as the ONNX and TensorRT ones
+    result = backend.describe(rgb_uint8)    # same Result / Latency as the ONNX and TensorRT ones
 
 Its own loop rather than `generate`, so the time splits into the same stages as the other backends
 (preprocess, vision, prefill, decode) and the semantics match `runtime.decode` exactly: greedy
@@ -18,17 +33,16 @@ that follows it and the first token, decode = the remaining greedy steps.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
+import time
 
 import numpy as np
-import torch
-
 from ros2_gmskip.runtime.preprocess import check_image
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.loading import load_vlm
 from ros2_gmskip.vlm.prompting import build_inputs
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +68,8 @@ class TorchBackend:
         plan_id = plan_sha = None
         plan_tokens = None
         if plan is not None:
-            from ros2_gmskip.runtime.bundle import sha256_file
             from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
+            from ros2_gmskip.runtime.bundle import sha256_file
             from ros2_gmskip.vlm.blocks import remove_blocks
             loaded = load_plan(Path(plan), Path(model_dir))
             removed = sorted(loaded.removed_blocks)
@@ -111,8 +125,8 @@ class TorchBackend:
                                        feats.to(embeds.dtype))
         mask = torch.ones(1, T + max_new_tokens, dtype=torch.int64, device=self.device)
         positions = torch.arange(T + max_new_tokens, device=self.device)[None]
-        out = model(inputs_embeds=embeds, attention_mask=mask[:, :T], position_ids=positions[:, :T],
-                    use_cache=True)
+        out = model(inputs_embeds=embeds, attention_mask=mask[:, :T],
+                    position_ids=positions[:, :T], use_cache=True)
         token = int(out.logits[0, -1].argmax())
         self._sync()
         t3 = time.perf_counter()

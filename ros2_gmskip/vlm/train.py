@@ -1,4 +1,19 @@
-"""Train the default VLM from scratch on procedural scenes (nanoGPT-style: plain loops).
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Train the default VLM from scratch on procedural scenes (nanoGPT-style: plain loops).
 
 Command that produced the shipped model (models/gmskip-llava-scenes/README.md has the numbers):
 
@@ -56,17 +71,24 @@ import random
 import time
 
 import numpy as np
-import torch
-from tqdm import tqdm
-
-from ros2_gmskip.runtime.types import DEFAULT_PROMPT
+from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.scenes import render_scene, split_seeds
-from ros2_gmskip.scenes.spec import (CLASSES, DISTANCES, LIGHT_STATES, LIGHTINGS, NOUNS,
-                                     POSITIONS, VEHICLE_COLORS, WEATHERS)
+from ros2_gmskip.scenes.spec import (
+    CLASSES,
+    DISTANCES,
+    LIGHT_STATES,
+    LIGHTINGS,
+    NOUNS,
+    POSITIONS,
+    VEHICLE_COLORS,
+    WEATHERS,
+)
 from ros2_gmskip.tokenskip.skip_ffn import select_skipped, skip_ffn
 from ros2_gmskip.vlm.configs import TrainConfig
 from ros2_gmskip.vlm.default_model import build_model, build_processor, build_tokenizer
 from ros2_gmskip.vlm.prompting import prompt_text
+import torch
+from tqdm import tqdm
 
 LOG = logging.getLogger(__name__)
 AUX_COLORS = (None,) + tuple(dict.fromkeys(VEHICLE_COLORS + LIGHT_STATES))
@@ -153,7 +175,7 @@ def lr_at(step: int, steps: int, peak: float, cfg: TrainConfig) -> float:
 
 
 def adamw(named_params, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with no decay on norms and biases."""
+    """Return AdamW with no weight decay on norms and biases."""
     decay = [p for _, p in named_params if p.dim() >= 2]
     no_decay = [p for _, p in named_params if p.dim() < 2]
     return torch.optim.AdamW([{'params': decay, 'weight_decay': weight_decay},
@@ -162,9 +184,13 @@ def adamw(named_params, lr: float, weight_decay: float) -> torch.optim.AdamW:
 
 
 def stage2_blocks(drop_p: list[float], drop_suffix: float, rng: random.Random) -> list[int]:
-    """Indices of the decoder blocks one stage-2 batch runs: an early exit with probability
-    drop_suffix (the last 1..L/2 blocks skipped), then LayerDrop on the rest. With drop_suffix 0
-    it draws exactly what plain LayerDrop drew, so older recipes reproduce."""
+    """
+    Draw the indices of the decoder blocks one stage-2 batch runs.
+
+    An early exit with probability drop_suffix (the last 1..L/2 blocks skipped), then LayerDrop
+    on the rest. With drop_suffix 0 it draws exactly what plain LayerDrop drew, so older recipes
+    reproduce.
+    """
     L = len(drop_p)
     depth = L - rng.randint(1, L // 2) if drop_suffix and rng.random() < drop_suffix else L
     return [i for i in range(depth) if rng.random() >= drop_p[i]]
@@ -172,11 +198,14 @@ def stage2_blocks(drop_p: list[float], drop_suffix: float, rng: random.Random) -
 
 def blind_answer_mask(attention: torch.Tensor, image_row: torch.Tensor, prompt_len: int,
                       dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """(B, 1, T, T) additive attention mask (0 = visible, dtype min = hidden): causal, no padded
-    keys, and queries from `prompt_len` on (the answer tokens) see no image key: what a decode
-    step sees after visual KV removal at ratio 1. `image_row` (P,) marks the image tokens of the
-    shared prompt. Additive, not bool: transformers passes a 4-D mask through as-is, and eager
-    attention adds it to the scores (SDPA takes either)."""
+    """
+    Return the (B, 1, T, T) additive attention mask (0 = visible, dtype min = hidden).
+
+    Causal, no padded keys, and queries from `prompt_len` on (the answer tokens) see no image
+    key: what a decode step sees after visual KV removal at ratio 1. `image_row` (P,) marks the
+    image tokens of the shared prompt. Additive, not bool: transformers passes a 4-D mask through
+    as-is, and eager attention adds it to the scores (SDPA takes either).
+    """
     B, T = attention.shape
     allowed = torch.tril(torch.ones(T, T, dtype=torch.bool))[None] & attention.bool()[:, None, :]
     image = torch.zeros(T, dtype=torch.bool)
@@ -188,8 +217,12 @@ def blind_answer_mask(attention: torch.Tensor, image_row: torch.Tensor, prompt_l
 
 def caption_batch(prompt_ids: list[int], answers: list[list[int]], pad_id: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, labels, attention) (B, P + longest answer): prompt + answer, right-padded;
-    labels hold the answer tokens at their own positions (-100 elsewhere), transformers' form."""
+    """
+    Return (input_ids, labels, attention), each (B, P + longest answer): prompt + answer.
+
+    Right-padded; labels hold the answer tokens at their own positions (-100 elsewhere),
+    transformers' form.
+    """
     P = len(prompt_ids)
     T = P + max(len(a) for a in answers)
     input_ids = torch.full((len(answers), T), pad_id, dtype=torch.long)
@@ -212,8 +245,12 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 def embed_with_image(model, input_ids: torch.Tensor, image_mask: torch.Tensor,
                      pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs_embeds (B, T, C) with the projected image tokens at `image_mask`, those image
-    tokens (B, N_img, C)): the LLaVA merge, with gradients (stage 2 and healing)."""
+    """
+    Merge the projected image tokens into the prompt embeddings, as LLaVA does, with gradients.
+
+    Returns (inputs_embeds (B, T, C) with the projected image tokens at `image_mask`, those image
+    tokens (B, N_img, C)); used by stage 2 and healing.
+    """
     feats = image_features(model, pixel_values)                            # (B, N_img, C)
     embeds = model.get_input_embeddings()(input_ids)                       # (B, T, C)
     return embeds.masked_scatter(image_mask.unsqueeze(-1), feats.to(embeds.dtype)), feats
@@ -340,7 +377,11 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
 
 @torch.no_grad()
 def quick_eval(model, processor, n: int = 32) -> float:
-    """Main-object accuracy of greedy decodes on the first n val scenes (a training-time signal)."""
+    """
+    Return the main-object accuracy of greedy decodes on the first n val scenes.
+
+    A training-time signal.
+    """
     from ros2_gmskip.gmskip.metrics import names_class
     from ros2_gmskip.vlm.generation import generate_texts
     rendered = [render_scene(seed) for seed in split_seeds('val', n)]
