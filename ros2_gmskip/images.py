@@ -84,15 +84,14 @@ def header_size(data: bytes | memoryview, what: str) -> tuple[int, int]:
         raise ImageError(f"{what} is {size}, over Pillow's hard limit of "
                          f'{2 * Image.MAX_IMAGE_PIXELS:,} (a decompression bomb guard): shrink '
                          'it') from None
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         kind = _kind_from_magic(bytes(data[:12]))
         if kind:
+            why = '' if isinstance(err, UnidentifiedImageError) else f' ({_reason(err)})'
             raise ImageError(f'{what} starts like a {kind} file but its header is truncated or '
-                             'corrupt: re-encode it') from None
+                             f'corrupt{why}: re-encode it') from None
         raise ImageError(f'{what} is not an image file this reader knows (png, jpeg, bmp, tiff, '
                          'webp, ppm, ...): convert it to png or jpeg') from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f'{what} has a corrupt header: {_reason(err)}') from None
 
 
 def decode_image(data: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
