@@ -200,9 +200,9 @@ def file_in_place(path: Path, what: str = 'output') -> Iterator[Path]:
         raise
 
 
-def write_file(path: Path, data: str | bytes, what: str = 'output') -> Path:
+def write_file(path: Path, data: str | bytes | memoryview, what: str = 'output') -> Path:
     """Write `data` (text as UTF-8) to `path` atomically: a complete new file or the old one."""
-    payload = data.encode('utf-8') if isinstance(data, str) else bytes(data)
+    payload = data.encode('utf-8') if isinstance(data, str) else data
     with file_in_place(path, what) as tmp:
         with open(tmp, 'wb') as f:
             f.write(payload)

@@ -111,7 +111,7 @@ def test_a_read_only_file_system_is_named(tmp_path, monkeypatch):
                                  'a read-only file system: choose a writable folder')
 
 
-CHECK_AS_NOBODY = '''
+CHECK_AS_NOBODY = """
 import sys
 from ros2_gmskip.folders import check_writable
 from ros2_gmskip.errors import OutputError
@@ -121,7 +121,7 @@ except OutputError as err:
     print(err)
     sys.exit(1)
 print('ok')
-'''
+"""
 
 
 def run_as_nobody(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -40,12 +40,11 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
-import tempfile
 from typing import Any
 
 from ros2_gmskip.errors import EngineError
+from ros2_gmskip.folders import write_file
 from ros2_gmskip.formats import read_format_json
 from ros2_gmskip.runtime.bundle import MANIFEST as BUNDLE_MANIFEST, sha256_file
 
@@ -89,23 +88,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """
     Write `data` to `path` so that a reader never sees half a file.
 
-    It goes through a temporary file in the same folder and os.replace: an interrupted build
-    leaves the old file or none.
+    It goes through folders.write_file (a temporary file in the same folder, renamed): an
+    interrupted build or a full disk leaves the old file or none, with the umask's mode.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_file(Path(path), data, 'engine file')
 
 
 def _rebuild_hint(engine_dir: Path, bundle_path: Any) -> str:

@@ -103,10 +103,11 @@ class NgramDraft:
 
     def save(self, path: Path, source: dict | None = None) -> Path:
         """Write the table as JSON: {format, order, source, table: [[context..., next], ...]}."""
+        from ros2_gmskip.folders import write_file
         rows = sorted([*ctx, nxt] for ctx, nxt in self.table.items())
-        Path(path).write_text(json.dumps({'format': FORMAT, 'order': self.order,
-                                          'source': source or {}, 'table': rows}) + '\n')
-        return Path(path)
+        return write_file(Path(path), json.dumps({'format': FORMAT, 'order': self.order,
+                                                  'source': source or {}, 'table': rows}) + '\n',
+                          'draft table')
 
     @classmethod
     def load(cls, path: Path, vocab_size: int) -> 'NgramDraft':

@@ -85,6 +85,11 @@ def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.runtime.bundle import load_bundle
     from ros2_gmskip.runtime.trt_backend import gpu_info, import_tensorrt
 
+    from ros2_gmskip.folders import check_writable
+
+    check_writable(args.out, '--out')           # before a build of minutes, not after it
+    if args.timing_cache is not None:
+        check_writable(args.timing_cache, '--timing-cache')
     trt = import_tensorrt()                     # EngineError: "TensorRT is not installed ..."
     bundle = load_bundle(args.bundle)
     cfg = BuildConfig(precision=args.precision, workspace_mb=args.workspace_mb,

@@ -82,8 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--n', type=positive_int, default=128,
                         help='calibration samples (default: %(default)s)')
     parser.add_argument('--metric', default='accuracy',
-                        help="task metric: accuracy, cider, exact_match or 'module:function' "
-                             '(default: %(default)s)')
+                        help='task metric: accuracy, cider, exact_match, object_f1 or '
+                             "'module:function' (default: %(default)s)")
+    parser.add_argument('--object-parser', default='', metavar='MODULE:FUNCTION',
+                        help="object_f1's parser of the generated text: the default model's "
+                             'caption grammar (default) or a function(text) -> list of {cls, '
+                             'color, position, distance} dicts')
     parser.add_argument('--strategy', choices=('reverse', 'greedy'), default='reverse',
                         help='reverse: one pass from the last block; greedy: remove the least '
                              'harmful block each step (default: %(default)s)')
@@ -134,10 +138,15 @@ def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.gmskip.strategies import search
     from ros2_gmskip.scenes import load_samples
 
+    from ros2_gmskip.folders import check_writable
+
     args.model = model_dir_or_default(args.model)
     if args.out.is_dir():
         raise PlanError(f'--out {str(args.out)!r} is a folder: give the plan file to write, '
                         'e.g. plan.json')
+    check_writable(args.out, '--out')            # before the search, not after it
+    if args.plot is not None:
+        check_writable(args.plot, '--plot')
     objective = Objective(lam=args.lam, min_score_ratio=args.min_score_ratio,
                           max_sparsity=args.max_sparsity)
     sha256 = weights_sha256(args.model)          # fail before the long search, not after it
@@ -149,7 +158,8 @@ def main(args: argparse.Namespace) -> int:
                            'with images and captions')
     evaluator = CalibrationEvaluator(args.model, samples, metric=args.metric,
                                      batch_size=args.batch_size,
-                                     trust_remote_code=args.trust_remote_code)
+                                     trust_remote_code=args.trust_remote_code,
+                                     object_parser=args.object_parser)
     if with_tokens:
         evaluator.check_tokens()                 # unsupported decoder: fail before the search
     print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} decoder blocks) '

@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 from ros2_gmskip.runtime.preprocess import check_image
+from ros2_gmskip.runtime.requests import check_prompt_text, check_request, context_length
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.loading import load_vlm
@@ -68,10 +69,12 @@ class TorchBackend:
         plan_id = plan_sha = None
         plan_tokens = None
         if plan is not None:
-            from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
+            from ros2_gmskip.gmskip.plan import (
+                check_plan_fits, load_plan, plan_id as make_plan_id)
             from ros2_gmskip.runtime.bundle import sha256_file
             from ros2_gmskip.vlm.blocks import remove_blocks
             loaded = load_plan(Path(plan), Path(model_dir))
+            check_plan_fits(loaded, plan, self.model)
             removed = sorted(loaded.removed_blocks)
             remove_blocks(self.model, removed, stack=getattr(loaded, 'stack', 'decoder'))
             plan_id, plan_sha = make_plan_id(loaded), sha256_file(Path(plan))
@@ -85,6 +88,7 @@ class TorchBackend:
         self.model.to(self.device).eval()
         self.stop_ids = _stop_ids(self.model, self.processor)
         self.image_token_id = self.model.config.image_token_id
+        self.context = context_length(self.model.config.to_dict())   # max_position_embeddings
         from ros2_gmskip.gmskip.plan import weights_sha256
         self.info = {
             'backend': self.name,
@@ -98,6 +102,13 @@ class TorchBackend:
             'threads': torch.get_num_threads(),
             'tokens': self.tokens.to_dict(),
         }
+
+    def check_request(self, prompt: str, max_new_tokens: int) -> None:
+        """Raise PromptError unless the prompt (with a probe image) + max_new_tokens fit."""
+        check_prompt_text(prompt)
+        probe = np.zeros((64, 64, 3), np.uint8)      # fixed-size processors: any image will do
+        ids = build_inputs(self.processor, [probe], prompt)['input_ids']
+        check_request(prompt, ids.shape[1], max_new_tokens, self.context)
 
     def _sync(self) -> None:
         if self.device.type == 'cuda':
@@ -115,6 +126,7 @@ class TorchBackend:
         inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
         ids = inputs['input_ids']                                          # (1, T)
         T = ids.shape[1]
+        check_request(prompt, T, max_new_tokens, self.context)
         t1 = time.perf_counter()
         feats = model.get_image_features(pixel_values=inputs['pixel_values']).pooler_output
         feats = torch.cat(list(feats), dim=0)                              # (n, C)
@@ -161,6 +173,7 @@ class TorchBackend:
         stop = sorted(self.stop_ids)
         t0 = time.perf_counter()
         inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
+        check_request(prompt, inputs['input_ids'].shape[1], max_new_tokens, self.context)
         t1 = time.perf_counter()
         embeds, mask, positions, image_mask = embed_inputs(model, inputs)
         self._sync()
