@@ -31,6 +31,7 @@ or a lone .mcap / .db3 file (read on its own; also a folder whose metadata.yaml 
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 import errno
@@ -653,10 +654,16 @@ class BagOutputWriter:
         self.counts[topic] = self.counts.get(topic, 0) + 1
 
     def close(self) -> None:
+        """Write the index and metadata.yaml; if that fails (a full disk), release the file."""
         writer, self._writer = self._writer, None
         if writer is not None:
-            with self._storage_errors():
-                writer.close()
+            try:
+                with self._storage_errors():
+                    writer.close()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    writer.abort()           # close the file without its summary
+                raise
 
     @contextmanager
     def _storage_errors(self) -> Iterator[None]:
