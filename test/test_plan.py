@@ -213,9 +213,9 @@ class FakeEvaluator:
     instances: list[FakeEvaluator] = []
 
     def __init__(self, model_dir, samples, metric, batch_size, trust_remote_code=False,
-                 object_parser=''):
+                 stack='decoder', object_parser=''):
         self.model_dir, self.samples, self.metric = model_dir, samples, metric
-        self.batch_size, self.trust_remote_code = batch_size, trust_remote_code
+        self.batch_size, self.trust_remote_code, self.stack = batch_size, trust_remote_code, stack
         self.num_blocks, self.family, self.evaluations = 8, 'gmskip_llava', 0
         FakeEvaluator.instances.append(self)
 
@@ -258,6 +258,7 @@ def test_calibrate_writes_plan_and_plot(fake_calibration, model_dir, tmp_path, c
     assert fake_calibration == [('val', 12)]
     evaluator, = FakeEvaluator.instances
     assert (evaluator.metric, evaluator.batch_size, len(evaluator.samples)) == ('accuracy', 4, 12)
+    assert evaluator.stack == 'decoder'
     plan = load_plan(out, model_dir=model_dir)
     assert plan.removed_blocks == [3, 5, 6]
     assert plan.strategy == 'greedy' and plan.protect_first == 2

@@ -167,9 +167,21 @@ def test_raising_metric_is_a_metric_error():
         search(score, L, progress=False)
 
 
-def test_zero_baseline_is_a_metric_error():
-    with pytest.raises(MetricError, match='baseline score 0.0 is not positive'):
-        search(lambda removed: 0.0, L, progress=False)
+def test_zero_baseline_searches_on_sparsity():
+    """A model scoring 0 (CIDEr of a weak model) loses nothing: ratio 1 + S, J rises with |R|."""
+    result = search(lambda removed: 0.0, L, strategy='reverse', progress=False,
+                    objective=Objective(lam=0.3, min_score_ratio=0.98))
+    assert result.baseline == 0.0
+    assert all(step.score_ratio == 1.0 for step in result.trajectory)
+    assert len(result.best.removed) == len(result.trajectory) - 1 > 0
+    gain = search(lambda removed: 0.5 if removed else 0.0, L, strategy='greedy',
+                  progress=False)
+    assert gain.trajectory[1].score_ratio == pytest.approx(1.5)
+
+
+def test_negative_baseline_is_a_metric_error():
+    with pytest.raises(MetricError, match='baseline score -1.0 is negative'):
+        search(lambda removed: -1.0, L, progress=False)
 
 
 def test_bad_arguments():
@@ -190,8 +202,9 @@ def test_objective_value_and_feasible():
     assert not obj.feasible(0.89, 1.0, 1, 4)
     assert not obj.feasible(1.0, 1.0, 3, 4)
     assert Objective(max_sparsity=0.3).feasible(1.0, 1.0, 3, 10)     # 3/10 <= 0.3 despite floats
+    assert obj.value(0.5, 0.0, 1, 4) == pytest.approx(1.5 + 0.125)     # zero baseline: 1 + S
     with pytest.raises(MetricError):
-        obj.value(0.5, 0.0, 1, 4)
+        obj.value(0.5, float('nan'), 1, 4)
 
 
 def test_progress_bar_runs(capsys):

@@ -183,11 +183,14 @@ def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',
     candidates = [b for b in range(num_blocks) if b not in protected]
     scorer = _Scorer(score_fn)
     baseline = scorer(())
-    objective.ratio(baseline, baseline)      # MetricError now if the baseline is not positive
+    objective.ratio(baseline, baseline)      # MetricError now if the baseline is negative
+    if baseline == 0:
+        logger.warning('the unpruned model scores 0: every removal keeps the score ratio at '
+                       '1 + S(R); the search is driven by sparsity alone')
     L = num_blocks
 
     def make_step(removed: tuple[int, ...], score: float, block: int | None, tried: int) -> Step:
-        return Step(removed=removed, score=score, score_ratio=score / baseline,
+        return Step(removed=removed, score=score, score_ratio=objective.ratio(score, baseline),
                     objective=objective.value(score, baseline, len(removed), L),
                     feasible=objective.feasible(score, baseline, len(removed), L),
                     tried=tried, block=block)

@@ -143,10 +143,11 @@ class DescriberCore:
     """
     Newest-frame hand-off + worker + counters + diagnostics (see the module docstring).
 
-    `params` needs: prompt, max_new_tokens, latency_warn_ms, drop_warn_ratio, error_window,
-    stats_window, and optionally max_image_pixels and object_parser (a `DescriberParams`).
-    `publish` is called on the worker thread. The backend's `check_request` (where it has one)
-    must accept the prompt and max_new_tokens: PromptError otherwise, before any frame.
+    `params` needs: prompt, max_new_tokens, input_timeout_s, latency_warn_ms, drop_warn_ratio,
+    error_window, stats_window, and optionally max_image_pixels and object_parser (a
+    `DescriberParams`). `publish` is called on the worker thread. The backend's `check_request`
+    (where it has one) must accept the prompt and max_new_tokens: PromptError otherwise, before
+    any frame.
     """
 
     def __init__(self, backend: Any, params: Any, publish: Callable[[SceneOutput], None],
@@ -189,6 +190,7 @@ class DescriberCore:
         self.last_error = ''
         self.last_output: SceneOutput | None = None
         self._last_output_t: float | None = None
+        self._last_input_t = clock()     # input timeout: counted from the start until a frame
 
     def check_request(self, params: Any) -> None:
         """Raise PromptError if the backend says params' prompt + max_new_tokens do not fit."""
@@ -205,6 +207,7 @@ class DescriberCore:
         with self._cond:
             self.received += 1
             self._input_rate.tick(now)
+            self._last_input_t = now
             if self._slot is not None:
                 self.dropped += 1
                 self._drops.append(True)
@@ -375,6 +378,7 @@ class DescriberCore:
                 'pending': int(self._slot is not None) + int(self._in_flight),
                 'drop_ratio': sum(drops) / len(drops) if drops else 0.0,
                 'object_parse_errors': self.parse_errors,
+                'seconds_since_last_image': now - self._last_input_t,
             }
             last_error = self.last_error
         for stage in STAGES:
@@ -398,6 +402,11 @@ class DescriberCore:
         elif len(outcomes) >= window and not any(outcomes):
             level, message = ERROR, f'last {window} frames failed: {last_error}'
         else:
+            silent_s = values['seconds_since_last_image']
+            if silent_s > self.params.input_timeout_s:
+                what = 'no image yet' if values['received'] == 0 else 'no image'
+                warnings.append(f'{what} for {silent_s:.1f} s '
+                                f'(> input_timeout_s {self.params.input_timeout_s:g} s)')
             if len(drops) >= 10 and values['drop_ratio'] > self.params.drop_warn_ratio:
                 warnings.append(f'dropping {values["drop_ratio"]:.0%} of input frames '
                                 f'(> {self.params.drop_warn_ratio:.0%})')

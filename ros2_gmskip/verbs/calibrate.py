@@ -88,6 +88,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="object_f1's parser of the generated text: the default model's "
                              'caption grammar (default) or a function(text) -> list of {cls, '
                              'color, position, distance} dicts')
+    parser.add_argument('--stack', choices=('decoder', 'vision'), default='decoder',
+                        help="which blocks to search: the language model's or the vision "
+                             "tower's (default: %(default)s)")
     parser.add_argument('--strategy', choices=('reverse', 'greedy'), default='reverse',
                         help='reverse: one pass from the last block; greedy: remove the least '
                              'harmful block each step (default: %(default)s)')
@@ -158,11 +161,12 @@ def main(args: argparse.Namespace) -> int:
                            'with images and captions')
     evaluator = CalibrationEvaluator(args.model, samples, metric=args.metric,
                                      batch_size=args.batch_size,
-                                     trust_remote_code=args.trust_remote_code,
+                                     trust_remote_code=args.trust_remote_code, stack=args.stack,
                                      object_parser=args.object_parser)
     if with_tokens:
         evaluator.check_tokens()                 # unsupported decoder: fail before the search
-    print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} decoder blocks) '
+    print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} {args.stack} '
+          'blocks) '
           f'on {len(samples)} {args.data} samples, metric {args.metric}, strategy {args.strategy}')
 
     result = search(evaluator.score, evaluator.num_blocks, strategy=args.strategy,
@@ -170,10 +174,10 @@ def main(args: argparse.Namespace) -> int:
                     tolerance=args.tolerance, progress=not args.no_progress)
     plan = SkipPlan.from_search(result, args.model, family=evaluator.family, metric=args.metric,
                                 split=args.data, n=len(samples), protect_first=args.protect_first,
-                                sha256=sha256)
+                                sha256=sha256, stack=args.stack)
     print(format_trajectory(result))
     best = result.best
-    print(f'plan: remove {len(best.removed)}/{result.num_blocks} decoder blocks '
+    print(f'plan: remove {len(best.removed)}/{result.num_blocks} {args.stack} blocks '
           f'{list(best.removed)}: {args.metric} {result.baseline:.4f} -> {best.score:.4f} '
           f'({100 * best.score_ratio:.1f}%), J {best.objective:.4f}; '
           f'{result.evaluations} evaluations; protected {_span(result.protected)}')
