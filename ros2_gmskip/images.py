@@ -66,12 +66,16 @@ def check_pixels(width: int, height: int, max_pixels: int, what: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageError(f'{what} has zero size: width {width}, height {height}')
     if width * height > max_pixels:
-        raise ImageError(f'{what} is {width}x{height} = {width * height:,} pixels, over the '
-                         f'limit of {max_pixels:,}: shrink it, or raise the pixel limit '
-                         '(--max-image-pixels / parameter max_image_pixels)')
+        _over_limit(f'{width}x{height} = {width * height:,}', max_pixels, what)
 
 
-def header_size(data: bytes | memoryview, what: str) -> tuple[int, int]:
+def _over_limit(size: str, max_pixels: int, what: str) -> None:
+    raise ImageError(f'{what} is {size} pixels, over the limit of {max_pixels:,}: shrink it, or '
+                     'raise the pixel limit (--max-image-pixels / parameter max_image_pixels)')
+
+
+def header_size(data: bytes | memoryview, what: str,
+                max_pixels: int | None = None) -> tuple[int, int]:
     """Return (width, height) from an encoded image's header, without decoding the pixels."""
     try:
         with warnings.catch_warnings():
@@ -80,6 +84,8 @@ def header_size(data: bytes | memoryview, what: str) -> tuple[int, int]:
                 return im.size
     except Image.DecompressionBombError as err:     # Pillow's own hard limit (2 x 89.5 MP)
         found = re.search(r'\((\d+) pixels\)', str(err))
+        if found and max_pixels is not None and int(found.group(1)) > max_pixels:
+            _over_limit(f'{int(found.group(1)):,}', max_pixels, what)
         size = f'{int(found.group(1)):,} pixels' if found else 'too many pixels'
         raise ImageError(f"{what} is {size}, over Pillow's hard limit of "
                          f'{2 * Image.MAX_IMAGE_PIXELS:,} (a decompression bomb guard): shrink '
@@ -100,7 +106,7 @@ def decode_image(data: Any, max_pixels: int = DEFAULT_MAX_PIXELS,
     buf = np.frombuffer(memoryview(data).cast('B'), dtype=np.uint8)
     if buf.size == 0:
         raise ImageError(f'{what} is empty (0 bytes)')
-    width, height = header_size(buf, what)
+    width, height = header_size(buf, what, max_pixels)
     check_pixels(width, height, max_pixels, what)
     try:
         pixels = cv2.imdecode(buf, _DECODE_FLAGS)

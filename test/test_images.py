@@ -167,6 +167,12 @@ def test_pixel_limit_is_a_parameter():
         decode_image(data, max_pixels=1199)
 
 
+def test_over_pillows_own_bomb_limit_reads_as_our_limit():
+    with pytest.raises(ImageError) as excinfo:
+        decode_image(bomb_png(20000, 20000, header_only=True), what='x')
+    assert one_line(excinfo).startswith('x is 400,000,000 pixels, over the limit of 50,000,000')
+
+
 def test_over_pillows_own_bomb_limit_says_so():
     data = bomb_png(20000, 20000, header_only=True)
     with pytest.raises(ImageError) as excinfo:
