@@ -27,7 +27,6 @@ import json
 import os
 from pathlib import Path
 import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -173,7 +172,7 @@ def test_make_bag_as_another_user_in_a_read_only_folder(shared_dir):  # noqa: F8
     ro = shared_dir / 'ro'
     ro.mkdir()
     ro.chmod(0o555)
-    done = run_as_nobody(sys.executable, '-m', 'ros2_gmskip.cli', 'make-bag', '--out',
+    done = run_as_nobody('-m', 'ros2_gmskip.cli', 'make-bag', '--out',
                          str(ro / 'bag'), '--n', '2', '--no-progress')
     assert done.returncode == 1, done
     assert one_error_line(done.stderr) == (f"error: output bag '{ro}/bag' cannot be written: no "

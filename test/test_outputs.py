@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 from pathlib import Path
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 import pytest
@@ -124,13 +126,41 @@ print('ok')
 """
 
 
-def run_as_nobody(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    if os.geteuid() != 0 or not shutil.which('setpriv'):
-        pytest.skip('needs root and setpriv to run a check as another user')
+def _as_nobody(argv: list[str], env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         ['setpriv', f'--reuid={NOBODY}', f'--regid={NOBODY}', '--clear-groups', *argv],
-        capture_output=True, text=True, cwd=cwd or '/', timeout=300,
-        env=dict(os.environ, HOME=tempfile.gettempdir(), PYTHONPATH=str(REPO)))
+        capture_output=True, text=True, cwd='/', timeout=300, env=env)
+
+
+@functools.lru_cache(maxsize=1)
+def _nobody_python() -> tuple[str, tuple[tuple[str, str], ...]] | None:
+    """
+    Return (interpreter, environment) with which user nobody can import ros2_gmskip, or None.
+
+    This interpreter first; else the system Python of the same version with this environment's
+    site-packages on PYTHONPATH (an interpreter under a 0700 home cannot be run by nobody).
+    """
+    paths = os.pathsep.join([str(REPO), sysconfig.get_path('purelib'),
+                             sysconfig.get_path('platlib')])
+    env = dict(os.environ, HOME=tempfile.gettempdir(), PYTHONPATH=paths,
+               _ROS_WHEELS_BOOTSTRAP_COMPLETE='1')     # no re-exec by the ROS wheels' .pth
+    version = f'{sys.version_info.major}.{sys.version_info.minor}'
+    for python in (sys.executable, f'/usr/bin/python{version}'):
+        done = _as_nobody([python, '-c', 'import ros2_gmskip.folders, numpy'], env)
+        if done.returncode == 0:
+            return python, tuple(env.items())
+    return None
+
+
+def run_as_nobody(*args: str) -> subprocess.CompletedProcess:
+    """Run `python args...` as user nobody (skip where that cannot be arranged)."""
+    if os.geteuid() != 0 or not shutil.which('setpriv'):
+        pytest.skip('needs root and setpriv to run a check as another user')
+    found = _nobody_python()
+    if found is None:
+        pytest.skip('user nobody can run no Python that imports ros2_gmskip here')
+    python, env = found
+    return _as_nobody([python, *args], dict(env))
 
 
 @pytest.fixture
@@ -151,11 +181,11 @@ def test_a_folder_without_write_permission_is_refused_for_a_normal_user(shared_d
     rw = shared_dir / 'rw'
     rw.mkdir()
     rw.chmod(0o777)
-    done = run_as_nobody(sys.executable, '-c', CHECK_AS_NOBODY, str(ro / 'plan.json'))
+    done = run_as_nobody('-c', CHECK_AS_NOBODY, str(ro / 'plan.json'))
     assert done.returncode == 1, done
     assert done.stdout.strip() == (f"--out '{ro}/plan.json' cannot be written: no permission to "
                                    f"write in '{ro}': choose a writable folder")
-    done = run_as_nobody(sys.executable, '-c', CHECK_AS_NOBODY, str(rw / 'x' / 'plan.json'))
+    done = run_as_nobody('-c', CHECK_AS_NOBODY, str(rw / 'x' / 'plan.json'))
     assert (done.returncode, done.stdout.strip()) == (0, 'ok'), done
 
 
