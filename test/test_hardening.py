@@ -187,11 +187,11 @@ def test_make_bag_on_a_full_disk_leaves_nothing(storage, capsys, monkeypatch, tm
     real = bagmod.BagOutputWriter.write
     calls = []
 
-    def write_then_fill(self, *args):
+    def write_then_fill(self, *args, **kwargs):
         calls.append(1)
         if len(calls) > 3:
             enospc()
-        return real(self, *args)
+        return real(self, *args, **kwargs)
 
     monkeypatch.setattr(bagmod.BagOutputWriter, 'write', write_then_fill)
     code, _, err = run(['make-bag', '--out', str(tmp_path / 'bag'), '--n', '5', '--width', '64',
@@ -218,11 +218,11 @@ def test_replay_on_a_full_disk_leaves_no_partial_bag(tmp_path, capsys, monkeypat
     from ros2_gmskip.ros import bag as bagmod
     real = bagmod.BagOutputWriter.write
 
-    def fill_after_three(self, *args):
+    def fill_after_three(self, *args, **kwargs):
         self.writes = getattr(self, 'writes', 0) + 1
         if self.writes > 3:                              # the disk fills up mid-replay
             enospc()
-        return real(self, *args)
+        return real(self, *args, **kwargs)
 
     monkeypatch.setattr(bagmod.BagOutputWriter, 'write', fill_after_three)
     for storage in ('mcap', 'sqlite3'):
