@@ -210,3 +210,51 @@ def test_objective_value_and_feasible():
 def test_progress_bar_runs(capsys):
     result = search(Additive(), L, strategy='greedy', progress=True)
     assert result.best.removed == (3, 5, 6, 7)
+
+
+class Stop(Exception):
+    """Stands in for Ctrl-C or a crash between two steps."""
+
+
+@pytest.mark.parametrize('strategy', ['greedy', 'reverse'])
+@pytest.mark.parametrize('stop_after', [1, 3])
+def test_interrupted_search_resumes_to_the_same_plan(strategy, stop_after):
+    full = run(strategy, Additive())
+    saved = []
+
+    def on_step(scores):
+        saved.append(dict(scores))
+        if len(saved) > stop_after:            # the baseline's record, then `stop_after` steps
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(strategy, Additive(), on_step=on_step)
+    known = saved[-1]
+    score = Additive()
+    resumed = run(strategy, score, known=known)
+    assert [s.to_dict() for s in resumed.trajectory] == [s.to_dict() for s in full.trajectory]
+    assert [s.to_dict() for s in resumed.evaluated] == [s.to_dict() for s in full.evaluated]
+    assert resumed.best == full.best and resumed.evaluations == full.evaluations
+    assert not set(score.calls) & set(known)                # nothing scored twice
+    assert len(score.calls) == full.evaluations - len(known)
+
+
+def test_batch_scorer_gets_whole_steps_in_order():
+    class Recording:
+        workers = 4
+
+        def __init__(self):
+            self.asked = []
+
+        def score_many(self, sets, done=None):
+            self.asked.append(list(sets))
+            scores = [1.0 - sum(IMPORTANCE[b] for b in s) for s in sets]
+            for i in reversed(range(len(sets))):     # finishing out of order changes nothing
+                done(i)
+            return scores
+
+    scorer = Recording()
+    result = search(scorer, L, strategy='greedy', progress=False)
+    assert result.best.removed == run('greedy').best.removed
+    assert [len(a) for a in scorer.asked] == [1, 6, 5, 4, 3, 2, 1]
+    assert scorer.asked[1] == [(2,), (3,), (4,), (5,), (6,), (7,)]

@@ -104,7 +104,7 @@ class CalibrationEvaluator:
                  batch_size: int = 16, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 48,
                  trust_remote_code: bool = False, model=None, processor=None,
                  progress: bool = False, stack: str = 'decoder',
-                 object_parser: str = '') -> None:
+                 batches: list | None = None, object_parser: str = '') -> None:
         from ros2_gmskip.vlm.blocks import family_of, get_stack
         from ros2_gmskip.vlm.loading import load_vlm
 
@@ -125,9 +125,11 @@ class CalibrationEvaluator:
         self.progress = progress
         self.evaluations = 0
         self.new_tokens: dict[tuple, float] = {}    # (removed, tokens) -> mean tokens generated
-        images = [s.load_image() for s in self.samples]
-        self.batches = [build_inputs(processor, images[i:i + batch_size], prompt)
-                        for i in range(0, len(images), batch_size)]
+        if batches is None:      # a Ray worker gets the driver's batches instead (distributed.py)
+            images = [s.load_image() for s in self.samples]
+            batches = [build_inputs(processor, images[i:i + batch_size], prompt)
+                       for i in range(0, len(images), batch_size)]
+        self.batches = batches
         self.vision: CachedModule | None = None
         if stack == 'decoder':      # vision-stack candidates change the vision output
             owner, attr = _vision_owner(model)
@@ -144,23 +146,40 @@ class CalibrationEvaluator:
         model's own `generate`). The vision output is replayed only when the search removes
         decoder blocks.
         """
-        from ros2_gmskip.vlm.blocks import temporarily_removed
         key = tuple(sorted(removed))
+        texts, lengths = self.generate(key, tokens, range(len(self.batches)))
+        self.record_lengths(key, tokens, lengths)
+        return texts
+
+    @torch.no_grad()
+    def generate(self, removed: Sequence[int], tokens: TokenSkip | None,
+                 batch_ids: Sequence[int]) -> tuple[list[str], list[int]]:
+        """
+        Return the texts and generated lengths of the batches `batch_ids`, in that order.
+
+        A shard of `predictions`: a Ray worker runs some batches, the driver joins the shards.
+        """
+        from ros2_gmskip.vlm.blocks import temporarily_removed
         texts: list[str] = []
         lengths: list[int] = []
-        with temporarily_removed(self.model, key, self.stack):
-            for batch, inputs in enumerate(self.batches):
+        with temporarily_removed(self.model, tuple(sorted(removed)), self.stack):
+            for batch in batch_ids:
                 if self.vision is not None:
                     self.vision.key = batch
                 try:
-                    new = self._generate(inputs, tokens)
+                    new = self._generate(self.batches[batch], tokens)
                 finally:
                     if self.vision is not None:
                         self.vision.key = None
                 texts += decode_new_tokens(self.processor, new, 0)
                 lengths += generated_lengths(new, self._stop_ids())
-        self.new_tokens[(key, _token_key(tokens))] = sum(lengths) / len(lengths)
-        return texts
+        return texts, lengths
+
+    def record_lengths(self, removed: Sequence[int], tokens: TokenSkip | None,
+                       lengths: Sequence[int]) -> None:
+        """Record the generated lengths of every sample with `removed` and `tokens`."""
+        key = (tuple(sorted(removed)), _token_key(tokens))
+        self.new_tokens[key] = sum(lengths) / len(lengths)
 
     def _generate(self, inputs, tokens: TokenSkip | None) -> torch.Tensor:
         """Return the new token ids (B, N) of one batch; after the stop token rows hold padding."""

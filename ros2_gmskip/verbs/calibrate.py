@@ -32,8 +32,16 @@ always a candidate (it is the block plan itself, so it costs no evaluation). FLO
 decoder estimate of a whole description (tokenskip/flops.py) at the mean length the block-pruned
 model generates on the calibration data.
 
+With --ray, each step's candidates are scored by Ray workers that hold the model and the cached
+vision features once (gmskip/distributed.py); the search itself is the same, so is the plan.
+After every step the scores so far go to PLAN.progress.json beside --out; --resume takes them
+up after an interruption (the file is deleted once the plan is written). The plan's `run`
+records the engine, the workers and the search's wall time.
+
 usage examples:
   ros2-gmskip calibrate --model models/gmskip-default --data val --n 128 --out plan.json
+  ros2-gmskip calibrate --strategy greedy --ray --workers 2 --out plan.json   # local Ray
+  ros2-gmskip calibrate --strategy greedy --out plan.json --resume   # after an interruption
   ros2-gmskip calibrate --model DIR --strategy greedy --lambda 0.2 --min-score-ratio 0.98 \
       --protect-first 4 --out plans/greedy.json --plot plans/greedy.png
   ros2-gmskip calibrate --model DIR --min-score-ratio 0.95 --tokens --fastv-k 1,2 \
@@ -45,6 +53,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+import time
 
 from ros2_gmskip.argtypes import (
     count_or_fraction,
@@ -116,6 +125,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--trust-remote-code', action='store_true',
                         help="allow the model folder's own Python code (off by default)")
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--resume', action='store_true',
+                        help="go on with the search that wrote --out's progress file "
+                             '(PLAN.progress.json, rewritten after every step) before it was '
+                             'interrupted: same trajectory, same plan')
+    cluster = parser.add_argument_group(
+        'distributed (optional dependency: pip install ros2_gmskip[ray])')
+    cluster.add_argument('--ray', nargs='?', const='local', default=None, metavar='ADDRESS',
+                         help="score each step's candidates on Ray workers, each holding the "
+                              'model once: alone, a local cluster on 127.0.0.1; else the '
+                              'address of a running one (ray start --head). Same plan as '
+                              'without --ray')
+    cluster.add_argument('--workers', type=positive_int, default=None,
+                         help='Ray workers (model copies), one CPU each (default: one per CPU '
+                              'of the cluster)')
     tokens = parser.add_argument_group(
         'token skipping (searched after the block plan, on the pruned model)')
     tokens.add_argument('--tokens', action='store_true',
@@ -135,13 +158,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
+    from ros2_gmskip.folders import check_writable
     from ros2_gmskip.gmskip.objective import Objective
     from ros2_gmskip.gmskip.plan import plan_id, save_plan, SkipPlan, weights_sha256
+    from ros2_gmskip.gmskip.progress import SearchProgress
     from ros2_gmskip.gmskip.strategies import search
     from ros2_gmskip.scenes import load_samples
-
-    from ros2_gmskip.folders import check_writable
 
     args.model = model_dir_or_default(args.model)
     if args.out.is_dir():
@@ -150,42 +172,70 @@ def main(args: argparse.Namespace) -> int:
     check_writable(args.out, '--out')            # before the search, not after it
     if args.plot is not None:
         check_writable(args.plot, '--plot')
+    if args.workers is not None and args.ray is None:
+        raise PlanError(f'--workers {args.workers}: workers are Ray workers; add --ray')
+    if args.ray is not None:
+        from ros2_gmskip.gmskip.distributed import import_ray
+        import_ray()                             # not installed: say so before any work
     objective = Objective(lam=args.lam, min_score_ratio=args.min_score_ratio,
                           max_sparsity=args.max_sparsity)
     sha256 = weights_sha256(args.model)          # fail before the long search, not after it
     with_tokens = wants_tokens(args)
+    progress = SearchProgress.beside(args.out, {
+        'sha256': sha256, 'data': args.data, 'n': args.n, 'metric': args.metric,
+        'batch_size': args.batch_size, 'stack': args.stack,
+        'object_parser': args.object_parser})
+    known = progress.load() if args.resume else None
 
     samples = load_samples(args.data, args.n)
     if not samples:
         raise DatasetError(f'no calibration samples in {args.data!r}: use val, test or a folder '
                            'with images and captions')
-    evaluator = CalibrationEvaluator(args.model, samples, metric=args.metric,
-                                     batch_size=args.batch_size,
-                                     trust_remote_code=args.trust_remote_code, stack=args.stack,
-                                     object_parser=args.object_parser)
-    if with_tokens:
-        evaluator.check_tokens()                 # unsupported decoder: fail before the search
-    print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} {args.stack} '
-          'blocks) '
-          f'on {len(samples)} {args.data} samples, metric {args.metric}, strategy {args.strategy}')
-
-    result = search(evaluator.score, evaluator.num_blocks, strategy=args.strategy,
-                    objective=objective, protect_first=args.protect_first,
-                    tolerance=args.tolerance, progress=not args.no_progress)
-    plan = SkipPlan.from_search(result, args.model, family=evaluator.family, metric=args.metric,
-                                split=args.data, n=len(samples), protect_first=args.protect_first,
-                                sha256=sha256, stack=args.stack)
-    print(format_trajectory(result))
-    best = result.best
-    print(f'plan: remove {len(best.removed)}/{result.num_blocks} {args.stack} blocks '
-          f'{list(best.removed)}: {args.metric} {result.baseline:.4f} -> {best.score:.4f} '
-          f'({100 * best.score_ratio:.1f}%), J {best.objective:.4f}; '
-          f'{result.evaluations} evaluations; protected {_span(result.protected)}')
-    tokens = None
-    if with_tokens:
-        tokens = search_token_skip(evaluator, result, objective, args)
-        plan.tokens = tokens.to_record()
+    started = time.monotonic()
+    evaluator = make_evaluator(args, samples)
+    try:
+        setup_s = time.monotonic() - started
+        if with_tokens:
+            evaluator.check_tokens()             # unsupported decoder: fail before the search
+        engine = 'serial' if args.ray is None else 'ray'
+        workers = getattr(evaluator, 'workers', 1)
+        print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} '
+              f'{args.stack} blocks) on {len(samples)} {args.data} samples, metric '
+              f'{args.metric}, strategy '
+              f'{args.strategy}' + ('' if args.ray is None else
+                                    f', on Ray ({args.ray}): {_workers(workers)}'))
+        if known:
+            print(f'resuming: {len(known)} scores from {progress.path}')
+        started = time.monotonic()
+        result = search(evaluator if args.ray is not None else evaluator.score,
+                        evaluator.num_blocks, strategy=args.strategy, objective=objective,
+                        protect_first=args.protect_first, tolerance=args.tolerance,
+                        progress=not args.no_progress, known=known, on_step=progress.save)
+        search_s = time.monotonic() - started
+        plan = SkipPlan.from_search(result, args.model, family=evaluator.family,
+                                    metric=args.metric, split=args.data, n=len(samples),
+                                    protect_first=args.protect_first, sha256=sha256,
+                                    stack=args.stack)
+        plan.run = {'engine': engine, 'workers': workers, 'wall_time_s': round(search_s, 3),
+                    'setup_s': round(setup_s, 3),
+                    'resumed_evaluations': sum(k in (known or {}) for k in
+                                               [s.removed for s in result.evaluated])}
+        print(format_trajectory(result))
+        best = result.best
+        print(f'plan: remove {len(best.removed)}/{result.num_blocks} {args.stack} blocks '
+              f'{list(best.removed)}: {args.metric} {result.baseline:.4f} -> {best.score:.4f} '
+              f'({100 * best.score_ratio:.1f}%), J {best.objective:.4f}; '
+              f'{result.evaluations} evaluations in {search_s:.1f} s ({engine}, '
+              f'{_workers(workers)}); protected {_span(result.protected)}')
+        tokens = None
+        if with_tokens:
+            tokens = search_token_skip(evaluator, result, objective, args)
+            plan.tokens = tokens.to_record()
+    finally:
+        if args.ray is not None:
+            evaluator.close()
     save_plan(plan, args.out)
+    progress.remove()
     print(f'wrote {args.out} (plan id {plan_id(plan)})')
     if args.plot is not None:
         from ros2_gmskip.gmskip.plot import plot_search, plot_token_search
@@ -198,6 +248,18 @@ def main(args: argparse.Namespace) -> int:
                                      title=f'{title}, blocks {list(best.removed)}')
             print(f'wrote {path}')
     return 0
+
+
+def make_evaluator(args: argparse.Namespace, samples: list):
+    """Return the scorer of the calibration set: in this process, or Ray workers (--ray)."""
+    settings = {'metric': args.metric, 'batch_size': args.batch_size,
+                'trust_remote_code': args.trust_remote_code, 'stack': args.stack,
+                'object_parser': args.object_parser}
+    if args.ray is None:
+        from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
+        return CalibrationEvaluator(args.model, samples, **settings)
+    from ros2_gmskip.gmskip.distributed import RayScorer
+    return RayScorer(args.model, samples, workers=args.workers, address=args.ray, **settings)
 
 
 def wants_tokens(args: argparse.Namespace) -> bool:
@@ -267,6 +329,10 @@ def format_trajectory(result) -> str:
                     f'{step.objective:>7.4f}  {"yes" if step.feasible else "no":>3}  '
                     f'{step.tried:>5}  {list(step.removed)}')
     return '\n'.join(rows)
+
+
+def _workers(n: int) -> str:
+    return f'{n} worker' + ('s' if n != 1 else '')
 
 
 def _span(blocks: tuple[int, ...]) -> str:
