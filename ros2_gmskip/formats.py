@@ -22,19 +22,19 @@ missing key:
     data = read_format_json(path, 'ros2_gmskip.ngram_draft/1', BundleError,
                             where="draft table 'x.json'", fix='re-run ros2-gmskip draft')
 
-Every JSON file the project writes for another stage to read goes through `write_json_atomic`
-(a temporary file in the same folder, then a rename): a reader never sees half a file.
+Every JSON file the project writes for another stage to read goes through `write_json_atomic`,
+which makes the text first and hands it to `folders.write_file` (a temporary file in the same
+folder, then a rename): a reader never sees half a file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-import tempfile
 from typing import Any
 
 from ros2_gmskip.errors import GmSkipError
+from ros2_gmskip.folders import write_file
 
 
 def _version(fmt: str) -> tuple[str, str]:
@@ -69,29 +69,15 @@ def read_format_json(path: Path, expected: str, error: type[GmSkipError], where:
     raise error(f'{where}: {Path(path).name} format {found!r} is not {expected!r}: {fix}')
 
 
-def write_bytes_atomic(path: Path, data: bytes | memoryview) -> Path:
-    """Write `data` to `path` through a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json_atomic(path: Path, data: Any, indent: int | None = 2, **dumps: Any) -> Path:
+def write_json_atomic(path: Path, data: Any, indent: int | None = 2, what: str = 'output',
+                      **dumps: Any) -> Path:
     """
     Write `data` as JSON (and a final newline) to `path` atomically; return the path.
 
     The text is made before the file is touched, so data that cannot be serialised (a NaN with
-    `allow_nan=False`, an object) raises and leaves an existing file as it was. `dumps`: more
-    json.dumps options (sort_keys, separators, allow_nan).
+    `allow_nan=False`, an object) raises and leaves an existing file as it was; the file itself
+    is written by `folders.write_file` (a write error is one OutputError line naming `what`).
+    `dumps`: more json.dumps options (sort_keys, separators, allow_nan).
     """
     text = json.dumps(data, indent=indent, **dumps) + '\n'
-    return write_bytes_atomic(path, text.encode())
+    return write_file(Path(path), text, what)

@@ -138,13 +138,16 @@ def test_a_request_longer_than_the_buffers_runs_on_the_portable_segments(skip_bu
                                                                          scene_images):
     loop = fused.decoder_loop
     calls = []
-    original = loop.fallback.generate
+    original, limit = loop.fallback.generate, loop.max_length
     loop.fallback.generate = lambda *a, **k: calls.append(a) or original(*a, **k)
+    # The buffers hold the model's whole context here, and a request past the context is
+    # refused (runtime/requests.py): shorter buffers (export --fused-max-length) make room.
+    loop.max_length = 40
     try:
-        fused.describe(scene_images[0], DEFAULT_PROMPT, loop.max_length)    # longer than that
+        fused.describe(scene_images[0], DEFAULT_PROMPT, 30)      # prompt + 30 > 40 buffers
         fused.describe(scene_images[0], DEFAULT_PROMPT, 4)
     finally:
-        loop.fallback.generate = original
+        loop.fallback.generate, loop.max_length = original, limit
     assert len(calls) == 1
 
 

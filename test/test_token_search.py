@@ -185,7 +185,10 @@ def plan_and_dir(tmp_path):
     from ros2_gmskip.gmskip.strategies import search
     folder = tmp_path / 'model'
     folder.mkdir()
-    (folder / 'model.safetensors').write_bytes(b'weights')
+    import numpy
+    from safetensors.numpy import save_file
+    save_file({'w': numpy.zeros(2, numpy.float32)}, str(folder / 'model.safetensors'))
+    (folder / 'config.json').write_text('{}')
     blocks = search(lambda r: 1.0 - 0.01 * len(r), 6, progress=False)
     return SkipPlan.from_search(blocks, folder, family='llava', metric='accuracy'), folder
 
@@ -228,7 +231,7 @@ class FakeEvaluator:
     instances: list = []
 
     def __init__(self, model_dir, samples, metric, batch_size, trust_remote_code=False,
-                 stack='decoder'):
+                 stack='decoder', object_parser=''):
         self.samples, self.metric = samples, metric
         self.num_blocks, self.family, self.evaluations = 8, 'llava', 0
         self.token_calls: list = []
@@ -264,7 +267,10 @@ def fake_calibration(monkeypatch, tmp_path):
     FakeEvaluator.instances = []
     folder = tmp_path / 'model'
     folder.mkdir()
-    (folder / 'model.safetensors').write_bytes(b'weights')
+    import numpy
+    from safetensors.numpy import save_file
+    save_file({'w': numpy.zeros(2, numpy.float32)}, str(folder / 'model.safetensors'))
+    (folder / 'config.json').write_text('{}')
     return folder
 
 

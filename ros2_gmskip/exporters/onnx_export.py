@@ -102,7 +102,7 @@ from ros2_gmskip.exporters.fused_decoder import (
     quantize_settings,
     quantize_step_graph,
 )
-from ros2_gmskip.folders import written_in_place
+from ros2_gmskip.folders import check_writable, written_in_place
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.llama_block import (block_forward, FusedProjections, hidden_keys,
@@ -256,16 +256,19 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments: list
     return out, record
 
 
-def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] | None
-                 ) -> tuple[list[int], str, PlanRecord | None]:
+def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] | None,
+                 model: nn.Module | None = None) -> tuple[list[int], str, PlanRecord | None]:
     """
     Return (blocks to remove, their stack, the manifest's `plan`) from a plan file or a list.
 
-    `load_plan` refuses a plan made for other weights (PlanError naming both hashes).
+    `load_plan` refuses a plan made for other weights (PlanError naming both hashes), and
+    `check_plan_fits` one that disagrees with the loaded `model` (family, block count, tokens).
     """
     if plan is not None:
-        from ros2_gmskip.gmskip.plan import load_plan, plan_id
+        from ros2_gmskip.gmskip.plan import check_plan_fits, load_plan, plan_id
         loaded = load_plan(Path(plan), Path(model_dir))
+        if model is not None:
+            check_plan_fits(loaded, plan, model)
         blocks = sorted(int(b) for b in loaded.removed_blocks)
         stack = getattr(loaded, 'stack', 'decoder')
         return blocks, stack, PlanRecord(removed_blocks=tuple(blocks), stack=stack,
@@ -355,6 +358,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     prompt = prompt or DEFAULT_PROMPT
     model_dir, out = Path(model_dir), Path(out)
     _prepare_out(out)
+    check_writable(out, 'bundle folder')
     seconds: dict[str, float] = {}
     t = time.perf_counter()
 
@@ -363,7 +367,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     stage(f'loading {model_dir}')
     model, processor = load_vlm(model_dir)
     export_config_for(model.config, opset=opset)       # decoder type, RoPE, opset: before work
-    blocks, stack, plan_record = resolve_plan(plan, model_dir, removed_blocks)
+    blocks, stack, plan_record = resolve_plan(plan, model_dir, removed_blocks, model)
     if blocks:
         stage(f'removing {stack} blocks {blocks}')
         remove_blocks(model, blocks, stack=stack)
@@ -384,7 +388,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         model.set_attn_implementation('eager')                    # plain ops in the vision graph
     seconds['load'] = time.perf_counter() - t
 
-    with written_in_place(out) as tmp:
+    with written_in_place(out, 'bundle folder') as tmp:
         t = time.perf_counter()
         stage(f'exporting {VISION} (opset {opset})')
         vision = config.graphs['vision']

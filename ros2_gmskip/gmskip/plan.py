@@ -54,7 +54,7 @@ from typing import Any
 
 from ros2_gmskip import __version__
 from ros2_gmskip.errors import ModelLoadError, PlanError
-from ros2_gmskip.formats import write_json_atomic
+from ros2_gmskip.folders import write_file
 from ros2_gmskip.gmskip.objective import Objective
 from ros2_gmskip.gmskip.strategies import SearchResult, Step
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -266,6 +266,11 @@ def _field(data: dict, key: str, types: type | tuple[type, ...], prefix: str = '
     return value
 
 
+def plan_json(plan: SkipPlan) -> str:
+    """Return the plan file's text (indented, stable key order)."""
+    return json.dumps(plan.to_dict(), indent=2, allow_nan=False) + '\n'
+
+
 def plan_id(plan: SkipPlan) -> str:
     """Short id of a plan: first 12 hex digits of sha256 over its canonical JSON content."""
     canonical = json.dumps(plan.to_dict(), sort_keys=True, separators=(',', ':'))
@@ -274,22 +279,27 @@ def plan_id(plan: SkipPlan) -> str:
 
 def save_plan(plan: SkipPlan, path: str | os.PathLike) -> Path:
     """
-    Write the plan atomically: a temp file in the same folder, then `os.replace`.
+    Write the plan atomically (folders.write_file: a temp file in the same folder, renamed).
 
     Nothing is written if the plan cannot be serialised; an existing file at `path` is only ever
-    replaced by a complete new one.
+    replaced by a complete new one; a write error is OutputError, one line.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return write_json_atomic(path, plan.to_dict(), allow_nan=False)
+        text = plan_json(plan)
     except (TypeError, ValueError) as err:
         raise PlanError(f'cannot write plan {str(path)!r}: {err}') from err
+    return write_file(path, text, 'plan')
 
 
 def load_plan(path: str | os.PathLike, model_dir: str | os.PathLike | None = None,
               check_hash: bool = True) -> SkipPlan:
-    """Read and validate a plan; with `model_dir`, check it was made for those weights."""
+    """
+    Read and validate a plan; with `model_dir`, check it was made for those weights.
+
+    The model folder is checked first (vlm.loading.check_model_dir), so a corrupt weights file is
+    reported as such, not as a plan made for other weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise PlanError(f'no such plan file {str(path)!r}: make one with ros2-gmskip calibrate')
@@ -306,12 +316,44 @@ def load_plan(path: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     except PlanError as err:
         raise PlanError(f'plan {path}: {err}') from None
     if model_dir is not None and check_hash:
+        from ros2_gmskip.vlm.loading import check_model_dir     # torch-free
+        check_model_dir(Path(model_dir))
         actual = weights_sha256(model_dir)
         if actual != plan.model.sha256:
             raise PlanError(f'plan {path} was made for model sha256 {plan.model.sha256[:12]}, '
                             f'but {model_dir} has {actual[:12]}: re-run ros2-gmskip calibrate '
                             'for this model')
     return plan
+
+
+def check_plan_fits(plan: SkipPlan, path: str | os.PathLike, model: Any) -> None:
+    """
+    Raise PlanError naming the field where `plan` disagrees with the loaded `model`.
+
+    The one check of a plan against a model, run by every verb that applies a plan once the model
+    is loaded (prune, heal, evaluate, export, the torch backend): the family, the block count of
+    the plan's stack, and the token skipping against the blocks the plan keeps. The weights hash
+    is `load_plan`'s. Imports torch (through vlm.blocks) only when called.
+    """
+    from ros2_gmskip.vlm.blocks import family_of, get_stack
+
+    where = f'plan {str(path)!r}'
+    family = family_of(model)
+    if plan.model.family != family:
+        raise PlanError(f'{where} is for a {plan.model.family} model, the model is {family}: '
+                        're-run ros2-gmskip calibrate for this model')
+    blocks = get_stack(model, plan.stack).num_blocks
+    if blocks != plan.model.num_blocks:
+        raise PlanError(f'{where} says model.num_blocks {plan.model.num_blocks}, the model has '
+                        f'{blocks} {plan.stack} blocks: re-run ros2-gmskip calibrate for it')
+    kept = blocks - len(plan.removed_blocks)
+    tokens = TokenSkip.from_dict(plan.tokens)
+    if tokens.fastv is not None and tokens.fastv.r > 0 and tokens.fastv.k >= kept:
+        raise PlanError(f'{where}: tokens.fastv.k {tokens.fastv.k} needs more than the {kept} '
+                        'blocks the plan keeps: re-run ros2-gmskip calibrate --tokens')
+    if tokens.kv_ratio and tokens.kv_start >= kept:
+        raise PlanError(f'{where}: tokens.kv_removal.start_layer {tokens.kv_start} is past the '
+                        f'{kept} blocks the plan keeps: re-run ros2-gmskip calibrate --tokens')
 
 
 def plan_token_skip(path: str | os.PathLike | None) -> TokenSkip:

@@ -39,7 +39,7 @@ from pathlib import Path
 import sys
 from typing import Any, Callable, Sequence
 
-from ros2_gmskip.errors import GmSkipError
+from ros2_gmskip.errors import GmSkipError, PromptError
 from ros2_gmskip.ros.messages import (
     DEBUG_TOPICS,
     DESCRIPTION,
@@ -199,7 +199,9 @@ class GmSkipDescriber:
                            f'{NODE_NAME} to change them')
         try:
             params = DescriberParams.from_dict(dict(self.params.to_dict(), **changes))
-        except ParameterError as err:
+            if self.core is not None:
+                self.core.check_request(params)     # the prompt must fit the model's context
+        except (ParameterError, PromptError) as err:
             return False, str(err)
         self.params = params
         if self.core is not None:

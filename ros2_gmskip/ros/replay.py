@@ -61,6 +61,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from ros2_gmskip.errors import BagError, GmSkipError
+from ros2_gmskip.folders import check_writable, written_in_place
 from ros2_gmskip.ros.bag import BagImageReader, BagOutputWriter, GROUND_TRUTH_TOPIC, STRING_TYPE
 from ros2_gmskip.ros.messages import (
     absolute_topic,
@@ -355,6 +356,7 @@ def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParam
     `params`: prompt, max_new_tokens, diagnostics_period_s, warning thresholds (default: the
     node's config/gmskip.param.yaml). A damaged input is replayed up to the damage and the summary
     says why in 'bag_error'; messages that cannot be converted are 'rejected', never raised.
+    `out_bag` appears complete or not at all (OutputError on a write error, nothing left).
     """
     from tqdm import tqdm
 
@@ -363,6 +365,7 @@ def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParam
     in_bag, out_bag = Path(in_bag), Path(out_bag)
     if out_bag.exists():
         raise BagError(f'output {str(out_bag)!r} exists: choose another path or remove it')
+    check_writable(out_bag, 'output bag')
     if params is None:
         from ros2_gmskip.ros.params import load_params
         params = load_params()
@@ -376,7 +379,10 @@ def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParam
         ticks = _Ticks(params.diagnostics_period_s)
         # One thread only writes it: sqlite3 refuses writes from another thread than the one that
         # opened it, so the worker's outputs are queued and written by the replay thread.
-        with BagOutputWriter(out_bag, storage, typestore=REPLAY_TYPESTORE) as bag:
+        # Written beside out_bag and renamed at the end: a full disk, a refused prompt or Ctrl-C
+        # leaves no partial bag (folders.written_in_place).
+        with written_in_place(out_bag, 'output bag', create=False) as tmp_bag, \
+                BagOutputWriter(tmp_bag, storage, typestore=REPLAY_TYPESTORE) as bag:
             rec = _Recorder(bag, clock, truth)
             core = DescriberCore(backend, params, publish=rec.publish, clock=clock.now_s,
                                  wall_clock=clock.now_s, convert=convert)

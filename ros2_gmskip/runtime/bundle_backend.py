@@ -17,17 +17,21 @@ Share what the ONNX Runtime and TensorRT backends do alike: the bundle's parts, 
 
 A subclass sets `bundle` (bundle_format.Bundle), calls `_load_parts()` (the embedding table,
 `preprocess`, `tokenizer`), and provides `decoder_loop` (decode.DecodeLoop) and
-`image_embeds(pixel_values) -> (1, n, C)`.
+`image_embeds(pixel_values) -> (1, n, C)`. Every request is checked first (`check_request`): a
+blank prompt, or one that with max_new_tokens does not fit the model's context, is PromptError.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 
 import numpy as np
 from ros2_gmskip.bundle_format import EMBED, REEXPORT
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.runtime.preprocess import Preprocessor
+from ros2_gmskip.runtime.requests import check_prompt_text, check_request, context_length
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.runtime.tokenizer import PromptTokenizer
 
@@ -55,9 +59,25 @@ class BundleBackend:
         embeds[ids == self.tokenizer.image_token_id] = image_embeds
         return embeds[None]                                                   # (1, T, C)
 
+    @functools.cached_property
+    def context(self) -> int | None:
+        """Return the decoder's max_position_embeddings, from the bundle's config.json copy."""
+        path = self.bundle.path / 'config.json'
+        try:
+            return context_length(json.loads(path.read_text(encoding='utf-8')))
+        except (OSError, ValueError):
+            return None                  # a bundle without config.json: nothing to check against
+
+    def check_request(self, prompt: str, max_new_tokens: int) -> None:
+        """Raise PromptError unless the templated prompt + max_new_tokens fit the context."""
+        check_prompt_text(prompt)
+        check_request(prompt, len(self.tokenizer.prompt_ids(prompt)), max_new_tokens,
+                      self.context)
+
     def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
                  max_new_tokens: int = 48) -> Result:
         self._check_ready()
+        self.check_request(prompt, max_new_tokens)      # prompt ids are cached: a lookup
         t0 = time.perf_counter()
         pixel_values = self.preprocess(image)                                 # (1, 3, H, W)
         ids = self.tokenizer.prompt_ids(prompt)                               # (T,)

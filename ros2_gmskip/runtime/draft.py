@@ -105,7 +105,8 @@ class NgramDraft:
         """Write the table as JSON: {format, order, source, table: [[context..., next], ...]}."""
         rows = sorted([*ctx, nxt] for ctx, nxt in self.table.items())
         return write_json_atomic(Path(path), {'format': FORMAT, 'order': self.order,
-                                              'source': source or {}, 'table': rows}, indent=None)
+                                              'source': source or {}, 'table': rows},
+                                 indent=None, what='draft table')
 
     @classmethod
     def load(cls, path: Path, vocab_size: int) -> 'NgramDraft':

@@ -53,7 +53,7 @@ import time
 from typing import Any
 
 from ros2_gmskip.errors import EngineError
-from ros2_gmskip.formats import write_bytes_atomic
+from ros2_gmskip.folders import write_file
 from ros2_gmskip.runtime import trt_engines as em
 from ros2_gmskip.runtime.trt_backend import gpu_info, GpuInfo, import_tensorrt, make_logger
 from ros2_gmskip.runtime.trt_profiles import (
@@ -247,7 +247,7 @@ def save_timing_cache(config, path: Path | None) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     data = memoryview(cache.serialize())
-    write_bytes_atomic(path, data)
+    write_file(path, data, 'timing cache')
     log.info('timing cache %s: %d bytes saved', path, data.nbytes)
 
 
@@ -338,7 +338,7 @@ def build_engines(bundle: Any, out_dir: Path, cfg: BuildConfig | None = None, *,
                                  profiles[graph], cfg, gpu)
         data = memoryview(serialized)
         name = engine_file_name(graph, cfg.precision)
-        write_bytes_atomic(out_dir / name, data)
+        write_file(out_dir / name, data, 'engine file')
         engines[graph] = {'file': name, 'sha256': em.sha256_bytes(data),
                           'source_onnx': source,
                           'source_onnx_sha256': bundle.manifest.files[source]}

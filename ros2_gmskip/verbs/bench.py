@@ -298,7 +298,9 @@ def plot(result: dict, path: Path) -> None:
                  fontsize=9)
     ax.tick_params(axis='x', labelsize=8, labelrotation=20)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from ros2_gmskip.folders import file_in_place
+    with file_in_place(path, 'plot') as tmp:
+        fig.savefig(tmp, dpi=120, format='png')
     plt.close(fig)
 
 
@@ -307,6 +309,8 @@ def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.scenes import load_samples
     from tqdm import tqdm
 
+    from ros2_gmskip.folders import check_writable
+    check_writable(args.out_dir, '--out-dir')        # before the runs, not after them
     model_dir = args.model or default_model_dir()
     plan = args.plan or (default_plan_path() if args.model is None else None)
     backends = make_backends(args, model_dir, plan)
@@ -374,8 +378,8 @@ def main(args: argparse.Namespace) -> int:
     for key in sorted(k for k in out if '_vs_' in k and k.endswith(
             ('_vs_hf', '_full', '_vs_ort_pruned', '_portable', '_greedy'))):
         print(f'{key} = {out[key]:.3f}')
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / 'bench.json').write_text(json.dumps(out, indent=1))
+    from ros2_gmskip.folders import write_file
+    write_file(args.out_dir / 'bench.json', json.dumps(out, indent=1), 'bench results')
     plot(out, args.out_dir / 'bench.png')
     print(f'wrote {args.out_dir / "bench.json"} and {args.out_dir / "bench.png"}')
     if args.json:

@@ -85,6 +85,11 @@ def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.runtime.trt_build import build_engines, BuildConfig, planned_cache_key
     from ros2_gmskip.runtime.trt_profiles import Limits
 
+    from ros2_gmskip.folders import check_writable
+
+    check_writable(args.out, '--out')           # before a build of minutes, not after it
+    if args.timing_cache is not None:
+        check_writable(args.timing_cache, '--timing-cache')
     trt = import_tensorrt()                     # EngineError: "TensorRT is not installed ..."
     bundle = load_bundle(args.bundle)
     cfg = BuildConfig(precision=args.precision, workspace_mb=args.workspace_mb,

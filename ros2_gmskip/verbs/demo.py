@@ -107,8 +107,11 @@ def _prepare_out(out: Path, names: tuple[str, ...]) -> None:
     """Make `out`; remove earlier demo outputs `names` (only those the marker says it made)."""
     from ros2_gmskip.errors import GmSkipError
 
+    from ros2_gmskip.folders import check_writable, write_file
+
     if out.exists() and not out.is_dir():
         raise GmSkipError(f'--out {str(out)!r} is a file: pass a folder')
+    check_writable(out / MARKER, '--out')
     out.mkdir(parents=True, exist_ok=True)
     marker = out / MARKER
     try:
@@ -126,7 +129,7 @@ def _prepare_out(out: Path, names: tuple[str, ...]) -> None:
         if (out / name).exists():
             shutil.rmtree(out / name)
     # written before the bags: an interrupted run is still cleaned up by the next one
-    marker.write_text(json.dumps({'created': list(names)}) + '\n')
+    write_file(marker, json.dumps({'created': list(names)}) + '\n', 'demo marker')
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ros2_gmskip.argtypes import non_negative_int, positive_int
+from ros2_gmskip.argtypes import node_param
 from ros2_gmskip.bundle_format import WEIGHTS
 from ros2_gmskip.runtime.draft import DRAFT_TOKENS
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
@@ -62,13 +62,22 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              'quantized fused decoder: int8 prefill, int4 / int8 decode steps '
                              '(faster; the text may differ from generate on a few frames, see '
                              '`ros2-gmskip export --help`; default: %(default)s)')
-    parser.add_argument('--draft-tokens', type=non_negative_int, default=DRAFT_TOKENS,
+    parser.add_argument('--draft-tokens', type=node_param('draft_tokens'),
+                        default=DRAFT_TOKENS,
                         help="onnxruntime fused decoder: guessed tokens (from the bundle's "
                              'n-gram table, `ros2-gmskip draft`) checked per decoder run; the '
                              "text stays greedy decoding's, token for token; 0 = one token per "
                              'run (default: %(default)s)')
-    parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='text prompt')
-    parser.add_argument('--max-new-tokens', type=positive_int, default=48)
+    parser.add_argument('--prompt', type=node_param('prompt'), default=DEFAULT_PROMPT,
+                        help='text prompt (not blank; with the image and --max-new-tokens it '
+                             "must fit the model's context)")
+    parser.add_argument('--max-new-tokens', type=node_param('max_new_tokens'), default=48,
+                        help='most tokens generated per image, 1..512 (default: %(default)s)')
+    parser.add_argument('--max-image-pixels', type=node_param('max_image_pixels'),
+                        default=None, metavar='N',
+                        help='refuse images of more than N pixels (width x height), read from '
+                             'the header before decoding (default: the node parameter '
+                             "max_image_pixels' default, 50000000)")
     add_token_arguments(parser, "the plan's (torch, a cached export) or the bundle's (--bundle: "
                                 'it must be split where the settings act)')
 
@@ -89,13 +98,12 @@ def backend_from_args(args: argparse.Namespace):
                           engine=args.engine, full=args.full, **opts)
 
 
-def read_image(path: Path):
-    """RGB uint8 array from an image file; ImageError naming the file otherwise."""
-    from ros2_gmskip.errors import ImageError
-    from ros2_gmskip.scenes.dataset import read_rgb
-    if not Path(path).is_file():
-        raise ImageError(f'no such image file {str(path)!r}')
-    return read_rgb(Path(path))
+def max_image_pixels(args: argparse.Namespace) -> int:
+    """Return --max-image-pixels, else the node's default (config/gmskip.param.yaml)."""
+    if args.max_image_pixels is not None:
+        return args.max_image_pixels
+    from ros2_gmskip.ros.params import load_defaults
+    return load_defaults()['max_image_pixels']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    image = read_image(args.image)
+    from ros2_gmskip.images import read_image_file
+    image = read_image_file(args.image, max_image_pixels(args))
     backend = backend_from_args(args)
     result = backend.describe(image, args.prompt, args.max_new_tokens)
     lat = result.latency

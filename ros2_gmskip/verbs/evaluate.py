@@ -15,7 +15,9 @@
 r"""
 Evaluate a VLM (optionally pruned by a skip plan) on scenes or a COCO-captions-style folder.
 
-Metrics: main-object accuracy (class or synonym named in the text), CIDEr-D, exact match.
+Metrics: main-object accuracy (class or synonym named in the text), CIDEr-D, exact match, and
+object F1 (the objects the text names - class, colour, position, distance - against the ground
+truth; data with objects only).
 
     ros2-gmskip evaluate --model models/gmskip-llava-scenes --split test --n 500 --json
     ros2-gmskip evaluate --model models/gmskip-llava-scenes \
@@ -27,7 +29,8 @@ they are applied with its blocks, so the numbers are those of the model the node
 --no-plan-tokens measures the blocks alone; --fastv / --kv-removal set (or override) the token
 knobs, with or without a plan, to try a setting before calibrating it.
 
-With --json the last stdout line is one JSON object: {"accuracy", "cider", "exact_match", "n", ...,
+With --json the last stdout line is one JSON object: {"accuracy", "cider", "exact_match",
+"object_f1", "n", ...,
 "tokens": null | {"fastv": {"k", "r", "seed"} | null, "kv_removal": {"ratio", ...} | null}}.
 """
 
@@ -41,7 +44,8 @@ import time
 from ros2_gmskip.argtypes import positive_int
 from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
 
-HELP = 'measure accuracy / CIDEr / exact match of a (pruned) model on a data split or folder'
+HELP = ('measure accuracy / CIDEr / exact match / object F1 of a (pruned) model on a data split '
+        'or folder')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--show', type=int, default=3, help='print N example outputs')
     parser.add_argument('--trust-remote-code', action='store_true',
                         help='allow model code from the model folder (off by default)')
+    parser.add_argument('--object-parser', default='', metavar='MODULE:FUNCTION',
+                        help="object_f1's parser of the generated text: the default model's "
+                             'caption grammar (default) or a function(text) -> list of {cls, '
+                             'color, position, distance} dicts')
     parser.add_argument('--json', action='store_true',
                         help='print the result as one JSON object on the last line')
     add_token_arguments(parser, "the plan's tokens entry")
@@ -90,7 +98,11 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     evaluator = CalibrationEvaluator(model_dir, samples, metric='exact_match',
                                      batch_size=args.batch_size,
-                                     trust_remote_code=args.trust_remote_code, stack=stack)
+                                     trust_remote_code=args.trust_remote_code, stack=stack,
+                                     object_parser=args.object_parser)
+    if args.plan:
+        from ros2_gmskip.gmskip.plan import check_plan_fits
+        check_plan_fits(plan, args.plan, evaluator.model)
     if not tokens.is_off:
         evaluator.check_tokens()
     metrics, texts = evaluator.all_metrics(removed, tokens=tokens)

@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--validate-n', type=non_negative_int, default=50,
                         help='test scenes whose greedy text must match transformers generate '
                              '(0 skips that check; default: %(default)s)')
-    parser.add_argument('--max-new-tokens', type=int, default=48,
+    parser.add_argument('--max-new-tokens', type=positive_int, default=48,
                         help='token limit of the greedy text check (default: %(default)s)')
     parser.add_argument('--no-fused', action='store_true',
                         help='do not write decoder.fused.onnx (the onnxruntime backend then runs '

@@ -104,6 +104,9 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise PlanError(str(err)) from None
     _check_out(args.out, args.force, model_dir)
+    if args.plot:
+        from ros2_gmskip.folders import check_writable
+        check_writable(args.plot, '--plot')
     summary = heal_and_save(model_dir, plan_path, plan, tokens, args)
     acc = summary['val_accuracy']
     if args.plot:
@@ -125,6 +128,7 @@ def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
     from ros2_gmskip.folders import written_in_place
     from ros2_gmskip.gmskip.objective import Objective
     from ros2_gmskip.gmskip.plan import (
+        check_plan_fits,
         MetricRecord,
         ModelRef,
         plan_id,
@@ -139,6 +143,7 @@ def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
     from ros2_gmskip.vlm.loading import load_vlm
 
     model, processor = load_vlm(model_dir, trust_remote_code=args.trust_remote_code)
+    check_plan_fits(plan, plan_path, model)
     before = get_stack(model, plan.stack).num_blocks
     remove_blocks(model, plan.removed_blocks, plan.stack)
     cfg = HealConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, scenes=args.scenes,
@@ -146,7 +151,7 @@ def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
                      threads=args.threads)
     summary = heal(model, processor, tokens, cfg)
     out = Path(args.out)
-    with written_in_place(out) as tmp:
+    with written_in_place(out, '--out') as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         copy_draft_table(model_dir, tmp)

@@ -43,6 +43,7 @@ import numpy as np
 from ros2_gmskip.bundle_format import plan_id_of, PlanRecord
 from ros2_gmskip.errors import ModelLoadError
 from ros2_gmskip.runtime.preprocess import check_image
+from ros2_gmskip.runtime.requests import check_prompt_text, check_request, context_length
 from ros2_gmskip.runtime.results import BackendInfo, DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.families import (decode_positions, family_spec, image_features,
@@ -75,10 +76,12 @@ class TorchBackend:
         plan_id = plan_sha = None
         plan_tokens = None
         if plan is not None:
-            from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
             from ros2_gmskip.bundle_format import sha256_file
+            from ros2_gmskip.gmskip.plan import (
+                check_plan_fits, load_plan, plan_id as make_plan_id)
             from ros2_gmskip.vlm.blocks import remove_blocks
             loaded = load_plan(Path(plan), Path(model_dir))
+            check_plan_fits(loaded, plan, self.model)
             removed = sorted(loaded.removed_blocks)
             remove_blocks(self.model, removed, stack=getattr(loaded, 'stack', 'decoder'))
             plan_id, plan_sha = make_plan_id(loaded), sha256_file(Path(plan))
@@ -96,6 +99,7 @@ class TorchBackend:
         self.model.to(self.device).eval()
         self.stop_ids = _stop_ids(self.model, self.processor)
         self.image_token_id = self.model.config.image_token_id      # bench counts image tokens
+        self.context = context_length(self.model.config.to_dict())   # max_position_embeddings
         from ros2_gmskip.gmskip.plan import weights_sha256
         from ros2_gmskip.vlm.blocks import decoder_stack
         record = PlanRecord(removed_blocks=tuple(removed), plan_id=plan_id) if plan else None
@@ -106,6 +110,13 @@ class TorchBackend:
             decoder_graph='transformers (eager)', device=str(self.device),
             details={'model': str(model_dir), 'family': self.family.name,
                      'plan_sha256': plan_sha, 'threads': torch.get_num_threads()})
+
+    def check_request(self, prompt: str, max_new_tokens: int) -> None:
+        """Raise PromptError unless the prompt (with a probe image) + max_new_tokens fit."""
+        check_prompt_text(prompt)
+        probe = np.zeros((64, 64, 3), np.uint8)      # fixed-size processors: any image will do
+        ids = build_inputs(self.processor, [probe], prompt)['input_ids']
+        check_request(prompt, ids.shape[1], max_new_tokens, self.context)
 
     def _sync(self) -> None:
         if self.device.type == 'cuda':
@@ -123,6 +134,7 @@ class TorchBackend:
         inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
         _, text_inputs = split_inputs(inputs)
         T = inputs['input_ids'].shape[1]
+        check_request(prompt, T, max_new_tokens, self.context)
         t1 = time.perf_counter()
         features = image_features(model, inputs)              # vision tower + projector
         self._sync()
@@ -167,6 +179,7 @@ class TorchBackend:
         stop = sorted(self.stop_ids)
         t0 = time.perf_counter()
         inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
+        check_request(prompt, inputs['input_ids'].shape[1], max_new_tokens, self.context)
         t1 = time.perf_counter()
         embeds, mask, positions, image_mask = embed_inputs(model, inputs)
         self._sync()
