@@ -65,7 +65,7 @@ from ros2_gmskip.tokenskip.settings import TokenSkip
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = 'ros2_gmskip/onnx-bundle'
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FORMAT = f'{FORMAT_NAME}@{FORMAT_VERSION}'
 REEXPORT = 're-run ros2-gmskip export'
 
@@ -263,14 +263,26 @@ class Tokens:
 
 
 @dataclass(frozen=True)
-class Preprocess:
-    """The image processor's steps: fixed-size resize, rescale, normalise."""
+class Tiles:
+    """Idefics3 / SmolVLM image splitting, fixed at export by the camera's resolution."""
 
-    size: tuple[int, int]               # (H, W) of pixel_values
+    camera: tuple[int, int]             # (H, W) of the frames the bundle was exported for
+    longest_edge: int                   # the first resize: the long edge to this
+    grid: tuple[int, int]               # (rows, cols) of tiles, plus one global image; (0, 0)
+    split: bool = True                  # False: the global image only (do_image_splitting off)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The image processor's steps: resize (fixed, shortest edge + crop, tiles), normalise."""
+
+    size: tuple[int, int]               # (H, W) of pixel_values (of one tile with `tiles`)
     resample: str = 'bilinear'
     rescale_factor: float | None = 1 / 255
     image_mean: tuple[float, ...] | None = None
     image_std: tuple[float, ...] | None = None
+    shortest_edge: int | None = None    # LLaVA-1.5: short edge to this, then centre-crop `size`
+    tiles: Tiles | None = None          # Idefics3 / SmolVLM: tiles + the global image
 
 
 @dataclass(frozen=True)
@@ -406,7 +418,10 @@ def _manifest_from_dict(d: dict) -> Manifest:
         tokens=_build(Tokens, tokens, stop_token_ids=tuple(tokens['stop_token_ids'])),
         preprocess=_build(Preprocess, pre, size=tuple(pre['size']),
                           image_mean=None if mean is None else tuple(mean),
-                          image_std=None if std is None else tuple(std)),
+                          image_std=None if std is None else tuple(std),
+                          tiles=None if pre['tiles'] is None else _build(
+                              Tiles, pre['tiles'], camera=tuple(pre['tiles']['camera']),
+                              grid=tuple(pre['tiles']['grid']))),
         decoder=_build(DecoderShape, d['decoder']),
         token_skip=TokenSkip.from_dict(d['token_skip']),
         segments=tuple(_build(Segment, s) for s in d['segments']),

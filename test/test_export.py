@@ -44,9 +44,10 @@ def _ort_session(path: Path):
 
 
 def test_unsupported_family_names_the_supported_ones():
-    with pytest.raises(ModelLoadError, match=r'export of qwen2_vl is not supported yet: '
-                                             r'supported are gmskip_llava, llava'):
-        ec.export_config_for({'model_type': 'qwen2_vl'})
+    with pytest.raises(ModelLoadError, match=r'export of blip-2 is not supported yet: '
+                                             r'supported are gmskip_llava, idefics3, llava, '
+                                             r'smolvlm'):
+        ec.export_config_for({'model_type': 'blip-2'})
 
 
 def test_unsupported_decoder_and_opset(tiny_model):
@@ -109,7 +110,8 @@ def test_bundle_files_and_manifest(tiny_bundle, tiny_model_dir):
     assert tokens['prompt_template'] == '<image>' * 16 + '{prompt}<sep>'
     assert m['preprocess'] == {'size': [64, 64], 'resample': 'bilinear',
                                'rescale_factor': pytest.approx(1 / 255),
-                               'image_mean': [0.5] * 3, 'image_std': [0.5] * 3}
+                               'image_mean': [0.5] * 3, 'image_std': [0.5] * 3,
+                               'shortest_edge': None, 'tiles': None}
     assert m['decoder'] == {'num_layers': 4, 'num_heads': 4, 'num_kv_heads': 2,
                             'head_dim': 16, 'hidden_size': 64,
                             'vocab_size': m['decoder']['vocab_size'],

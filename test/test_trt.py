@@ -89,9 +89,9 @@ def graphs_entry(segments=PLAIN) -> dict:
 
 
 def manifest_dict(files: dict, segments=PLAIN, token_skip=None) -> dict:
-    """Return a bundle manifest (format 2) for the toy shapes, listing `files` {name: sha256}."""
+    """Return a bundle manifest (format 3) for the toy shapes, listing `files` {name: sha256}."""
     return {
-        'format': 'ros2_gmskip/onnx-bundle@2', 'created_at': 'now',
+        'format': 'ros2_gmskip/onnx-bundle@3', 'created_at': 'now',
         'source_model': {'path': '/m', 'sha256': 'ab' * 32}, 'plan': None, 'opset': 17,
         'files': files, 'graphs': graphs_entry(segments),
         'tokens': {'image_token': '<image>', 'image_token_id': 1, 'num_image_tokens': N_IMG,
@@ -100,7 +100,8 @@ def manifest_dict(files: dict, segments=PLAIN, token_skip=None) -> dict:
                    'pad_token_id': None, 'add_special_tokens': False,
                    'clean_up_tokenization_spaces': False},
         'preprocess': {'size': [H, H], 'resample': 'bilinear', 'rescale_factor': 1 / 255,
-                       'image_mean': [0.5] * 3, 'image_std': [0.5] * 3},
+                       'image_mean': [0.5] * 3, 'image_std': [0.5] * 3, 'shortest_edge': None,
+                       'tiles': None},
         'decoder': {'num_layers': L, 'num_heads': KV, 'num_kv_heads': KV, 'head_dim': D,
                     'hidden_size': C, 'vocab_size': V, 'rope_theta': None, 'family': 'llava',
                     'decoder_type': 'llama'},

@@ -42,7 +42,17 @@ DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 17, 20  # TensorRT 10.x parses opsets 9..20; below 17 lacks what we use
 
 # config.model_type of the VLM -> family name; of its decoder -> the decoder styles we export.
-SUPPORTED_FAMILIES = {'llava': 'llava', 'gmskip_llava': 'llava'}
+SUPPORTED_FAMILIES = {'llava': 'llava', 'gmskip_llava': 'llava', 'idefics3': 'idefics3',
+                      'smolvlm': 'idefics3'}
+# What the families export does not cover yet lack, named in their one-line refusal.
+MISSING = {
+    'paligemma': 'token_type_ids (a bidirectional prefix) and positions from 1 in the decoder '
+                 'graph, Gemma RMSNorm (1 + w) and the embedding scale',
+    'gemma3': 'token_type_ids (bidirectional attention among image tokens), sliding-window '
+              'layers with their own RoPE, Gemma RMSNorm (1 + w), q/k norms and the embedding '
+              'scale in the decoder graph',
+    'llava_onevision': 'anyres tiles with row newlines in the torch-free preprocessing',
+}
 SUPPORTED_DECODERS = ('llama', 'mistral', 'qwen2')
 SUPPORTED_ROPE_TYPES = ('default', 'linear', 'llama3', 'yarn')   # static inv_freq: traceable
 SUPPORTED_SELECT_STRATEGIES = ('full', 'default')
@@ -124,6 +134,9 @@ def _get(config: Any, name: str, default: Any = None) -> Any:
 def family_of_config(config: Any) -> str:
     """'llava' for a supported VLM config, else ModelLoadError naming what is supported."""
     model_type = _get(config, 'model_type')
+    if model_type in MISSING:
+        raise ModelLoadError(f'export of {model_type} is not supported yet: it needs '
+                             f'{MISSING[model_type]}')
     if model_type not in SUPPORTED_FAMILIES:
         raise ModelLoadError(f'export of {model_type} is not supported yet: supported are '
                              f'{", ".join(sorted(SUPPORTED_FAMILIES))} (LLaVA with a '
@@ -188,9 +201,11 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
     if image_size is None:
         image_size = (side, side)
     patches = (image_size[0] // patch) * (image_size[1] // patch)
-    num_image_tokens = patches + (1 if _get(vision, 'model_type') == 'clip_vision_model' else 0)
-    if strategy == 'default':
-        num_image_tokens -= 1
+    if family == 'idefics3':        # per tile, after the pixel shuffle
+        num_image_tokens = patches // _get(config, 'scale_factor') ** 2
+    else:
+        num_image_tokens = patches + int(_get(vision, 'model_type') == 'clip_vision_model')
+        num_image_tokens -= int(strategy == 'default')
     shape = DecoderShape(
         num_layers=num_layers if num_layers is not None else _get(text, 'num_hidden_layers'),
         num_heads=heads,

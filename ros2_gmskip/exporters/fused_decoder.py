@@ -113,7 +113,8 @@ ROTATIONS = ('cache', 'explicit', 'step')
 
 
 def _text(model):
-    return model.model.language_model
+    from ros2_gmskip.vlm.families import language_model
+    return language_model(model)
 
 
 def fused_unsupported(model) -> str | None:

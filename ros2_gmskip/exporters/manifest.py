@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ros2_gmskip.bundle_format import MANIFEST, Preprocess, sha256_file, Tokens
+from ros2_gmskip.bundle_format import MANIFEST, Preprocess, sha256_file, Tiles, Tokens
 from ros2_gmskip.errors import ModelLoadError
 from ros2_gmskip.runtime.preprocess import RESAMPLE_NAMES
 
@@ -57,12 +57,14 @@ def _ids(value: Any) -> list[int]:
 
 
 def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
-                 num_image_tokens: int, prompt_text) -> Tokens:
+                 num_image_tokens: int, prompt_text, image_text: str | None = None) -> Tokens:
     """
     Return the manifest's `tokens`: ids and the prompt template with the image token expanded.
 
     `prompt_text(processor, prompt)` renders the chat template (ros2_gmskip.vlm.prompting); it is
     rendered once with a sentinel prompt, which then becomes the `{prompt}` placeholder.
+    `image_text` replaces the image token (default: the image token `num_image_tokens` times;
+    Idefics3 / SmolVLM: runtime.tiles.image_prompt, its tiles' markers and tokens).
     """
     tokenizer = processor.tokenizer
     image_token = getattr(processor, 'image_token', None) or '<image>'
@@ -81,44 +83,62 @@ def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
     if PLACEHOLDER in rendered:
         raise ModelLoadError(f'the chat template itself contains {PLACEHOLDER!r}')
     template = rendered.replace(_SENTINEL, PLACEHOLDER)
-    template = template.replace(image_token, image_token * num_image_tokens)
+    template = template.replace(image_token, image_text or image_token * num_image_tokens)
     eos = _ids(getattr(generation_config, 'eos_token_id', None)) or _ids(tokenizer.eos_token_id)
     return Tokens(
         image_token=image_token, image_token_id=int(image_token_id),
         num_image_tokens=int(num_image_tokens), prompt_template=template,
         stop_token_ids=tuple(eos), bos_token_id=tokenizer.bos_token_id,
         eos_token_id=eos[0] if eos else None, pad_token_id=tokenizer.pad_token_id,
-        add_special_tokens=True,          # the processor tokenises with special tokens (BOS)
+        # as vlm.prompting.build_inputs: no second BOS where the template writes one
+        add_special_tokens=not (tokenizer.bos_token and rendered.startswith(tokenizer.bos_token)),
         clean_up_tokenization_spaces=bool(getattr(tokenizer, 'clean_up_tokenization_spaces',
                                                   False)))
 
 
-def preprocess_entry(image_processor: Any) -> Preprocess:
-    """Return the manifest's `preprocess`; ModelLoadError if the runtime cannot replay it."""
-    size = dict(getattr(image_processor, 'size', None) or {})
+def preprocess_entry(image_processor: Any, camera: tuple[int, int] | None = None) -> Preprocess:
+    """
+    Return the manifest's `preprocess`; ModelLoadError if the runtime cannot replay it.
+
+    The steps are runtime.geometry's torch-free copy of the processor: a fixed resize, LLaVA-1.5's
+    shortest edge + centre crop, or Idefics3 / SmolVLM tiles, whose grid is fixed here by the
+    `camera` resolution (H, W).
+    """
+    from ros2_gmskip.errors import ImageError
+    from ros2_gmskip.runtime.geometry import from_image_processor, ResizeCrop
+    from ros2_gmskip.runtime.preprocess import Preprocessor
+    from ros2_gmskip.runtime.tiles import TilePreprocessor
+
     name = type(image_processor).__name__
-    if not (size.get('height') and size.get('width')) or {k for k, v in size.items() if v} - {
-            'height', 'width'}:
-        raise ModelLoadError(f'{name} resizes to {size}: export supports a fixed height/width '
-                             'resize only (not shortest_edge / crops) for now')
-    if any(getattr(image_processor, flag, False) for flag in ('do_center_crop', 'do_pad')):
-        raise ModelLoadError(f'{name} crops or pads: export supports resize + rescale + normalise '
-                             'only for now')
     if getattr(image_processor, 'do_resize', True) is False:
         raise ModelLoadError(f'{name} has do_resize=False: the vision graph needs a fixed size')
     resample = getattr(image_processor, 'resample', None)
     resample = 2 if resample is None else int(resample)        # transformers' default: bilinear
     if resample not in RESAMPLE_NAMES:
         raise ModelLoadError(f'{name} uses resample filter {resample}, unknown to the runtime')
-    rescale = getattr(image_processor, 'rescale_factor', 1 / 255)
-    normalize = getattr(image_processor, 'do_normalize', True)
-    mean, std = getattr(image_processor, 'image_mean', None), getattr(image_processor, 'image_std',
-                                                                      None)
-    return Preprocess(
-        size=(int(size['height']), int(size['width'])), resample=RESAMPLE_NAMES[resample],
-        rescale_factor=float(rescale) if getattr(image_processor, 'do_rescale', True) else None,
-        image_mean=tuple(float(m) for m in mean) if normalize and mean is not None else None,
-        image_std=tuple(float(s) for s in std) if normalize and std is not None else None)
+    try:
+        steps = from_image_processor(image_processor)
+    except ImageError as err:
+        raise ModelLoadError(f'export: {err}') from None
+    if type(steps) is Preprocessor and any(getattr(image_processor, flag, False)
+                                           for flag in ('do_center_crop', 'do_pad')):
+        raise ModelLoadError(f'{name} crops or pads after a fixed resize: export supports '
+                             'resize + rescale + normalise there')
+    if not isinstance(steps, (Preprocessor, ResizeCrop, TilePreprocessor)):
+        raise ModelLoadError(f'export of {name} preprocessing ({type(steps).__name__}) is not '
+                             'supported yet')
+    common = {'resample': RESAMPLE_NAMES[resample], 'rescale_factor': steps.rescale_factor,
+              'image_mean': steps.image_mean, 'image_std': steps.image_std}
+    if isinstance(steps, ResizeCrop):
+        return Preprocess(size=tuple(steps.crop), shortest_edge=steps.shortest_edge, **common)
+    if isinstance(steps, TilePreprocessor):
+        if camera is None:
+            raise ModelLoadError(f'{name} splits frames into tiles by their size: export needs '
+                                 'the camera resolution (--camera-size HxW)')
+        tiles = Tiles(camera=tuple(camera), longest_edge=steps.longest_edge,
+                      grid=steps.grid_of(*camera), split=steps.split)
+        return Preprocess(size=steps.size, tiles=tiles, **common)
+    return Preprocess(size=tuple(steps.size), **common)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

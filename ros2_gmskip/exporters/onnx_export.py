@@ -105,6 +105,7 @@ from ros2_gmskip.exporters.fused_decoder import (
 from ros2_gmskip.folders import check_writable, written_in_place
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
 from ros2_gmskip.tokenskip.settings import TokenSkip
+from ros2_gmskip.vlm.families import family_spec, language_model
 from ros2_gmskip.vlm.llama_block import (block_forward, FusedProjections, hidden_keys,
                                          last_row_attention, rope, rope_inv_freq,
                                          unsupported_block)
@@ -165,7 +166,7 @@ class DecoderForExport(nn.Module):
     def __init__(self, model: nn.Module, first: int = 0, stop: int | None = None,
                  ranks: bool = False) -> None:
         super().__init__()
-        text = model.model.language_model
+        text = language_model(model)
         stop = len(text.layers) if stop is None else stop
         self.first, self.last, self.ranks = first, stop == len(text.layers), ranks
         self.layers = text.layers[first:stop]            # a segment: blocks [first, stop)
@@ -246,7 +247,7 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments: list
             quantize_prefill_graph(folder / seg.fused, folder / fused_prefill_file(i))
             out[i] = replace(seg, fused_step=fused_step_file(i, weights),
                              fused_prefill=fused_prefill_file(i))
-    attn = model.model.language_model.layers[0].self_attn
+    attn = language_model(model).layers[0].self_attn
     record = FusedDecoder(
         max_length=int(length), positions='explicit' if token_skip else 'cache',
         attention_scale=float(attn.scaling), step_weights=weights,
@@ -278,6 +279,14 @@ def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] |
         blocks = sorted(int(b) for b in removed_blocks)
         return blocks, 'decoder', PlanRecord(removed_blocks=tuple(blocks))
     return [], 'decoder', None
+
+
+def vision_module(model: nn.Module, config: ExportConfig) -> nn.Module:
+    """Return the family's vision export wrapper (exporters/idefics3_vision.py for tiles)."""
+    if config.family == 'idefics3':
+        from ros2_gmskip.exporters.idefics3_vision import Idefics3VisionForExport
+        return Idefics3VisionForExport(model, config.image_size)
+    return VisionForExport(model)
 
 
 def _dummy_vision_inputs(config: ExportConfig) -> tuple[torch.Tensor]:
@@ -323,6 +332,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                   removed_blocks: list[int] | None = None, opset: int = DEFAULT_OPSET,
                   validate_n: int = 50, prompt: str | None = None, max_new_tokens: int = 48,
                   threads: int | None = None, fused: bool = True,
+                  camera_size: tuple[int, int] | None = None,
                   fused_max_length: int | None = None, fused_weights: str = 'fp32',
                   on_stage: Callable[[str], None] | None = None,
                   on_check: Callable[[object], None] | None = None) -> ExportResult:
@@ -339,11 +349,13 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     positions (default: the model's max_position_embeddings, at most 2048); a model it does not
     cover gets none, with a log line saying why. `fused_weights` 'int4' / 'int8' adds the
     quantized copies the runtime uses: decode steps with int4 / int8 weights, the prefill with
-    dynamic int8 (fused_decoder.py says why).
+    dynamic int8 (fused_decoder.py says why). `camera_size` (H, W): the frame size that fixes
+    Idefics3 / SmolVLM's tile grid and prompt (default: the validation scenes' size).
     `on_stage(text)` / `on_check(Check)` report progress.
     """
     from ros2_gmskip.exporters import trt_ops, validate
     from ros2_gmskip.runtime.results import DEFAULT_PROMPT
+    from ros2_gmskip.runtime.tiles import image_prompt
     from ros2_gmskip.vlm.blocks import remove_blocks
     from ros2_gmskip.vlm.loading import check_model_dir, load_vlm
     from ros2_gmskip.vlm.prompting import prompt_text
@@ -371,8 +383,13 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     if blocks:
         stage(f'removing {stack} blocks {blocks}')
         remove_blocks(model, blocks, stack=stack)
-    num_layers = len(model.model.language_model.layers)
+    num_layers = len(language_model(model).layers)
     token_skip = tokens if tokens is not None else plan_token_skip(plan)
+    family = family_spec(model)
+    if not token_skip.is_off and not family.token_skip:
+        raise BundleError(f'token skipping ({token_skip.describe()}) is validated against '
+                          "tokenskip's torch reference, which supports the LLaVA family only, "
+                          f'not {family.name}: export without --fastv / --kv-removal')
     if token_skip.fastv is not None and token_skip.fastv.k >= num_layers:
         raise BundleError(f'FastV K={token_skip.fastv.k} needs more than the {num_layers} decoder '
                           'blocks the (pruned) model has: choose K < the remaining blocks')
@@ -380,7 +397,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         raise BundleError(f'KV removal from layer {token_skip.kv_start} is past the last of the '
                           f'{num_layers} decoder blocks')
     splits, rank_at = token_skip.splits(num_layers)
-    preprocess = mf.preprocess_entry(processor.image_processor)
+    camera = tuple(camera_size) if camera_size else validate.scene_images(1)[0].shape[:2]
+    preprocess = mf.preprocess_entry(processor.image_processor, camera)
     config = export_config_for(model.config, num_layers=num_layers, opset=opset,
                                image_size=preprocess.size, splits=splits, rank_at=rank_at)
     model.eval()
@@ -392,7 +410,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         t = time.perf_counter()
         stage(f'exporting {VISION} (opset {opset})')
         vision = config.graphs['vision']
-        _export_graph(VisionForExport(model), _dummy_vision_inputs(config), tmp / VISION,
+        _export_graph(vision_module(model, config), _dummy_vision_inputs(config), tmp / VISION,
                       vision.inputs, vision.outputs, opset)
         removed = f', {len(blocks)} {stack} blocks removed' if blocks else ''
         for seg in config.segments:
@@ -428,17 +446,27 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                                  'runtime needs a fast (tokenizers) tokenizer')
         seconds['export'] = time.perf_counter() - t
 
-        num_image_tokens = validate.count_image_tokens(processor, prompt_text)
-        if num_image_tokens != config.num_image_tokens:
+        probe = np.zeros((*(preprocess.tiles.camera if preprocess.tiles else preprocess.size),
+                          3), dtype=np.uint8)
+        num_image_tokens = validate.count_image_tokens(processor, probe)
+        image_text, tiles = None, 1
+        if preprocess.tiles is not None:
+            rows, cols = preprocess.tiles.grid
+            tiles = rows * cols + 1
+            image_text = image_prompt(rows, cols, config.num_image_tokens, processor.image_token,
+                                      processor.fake_image_token,
+                                      getattr(processor, 'global_image_token', None)
+                                      or processor.global_image_tag)
+        if num_image_tokens != config.num_image_tokens * tiles:
             raise ModelLoadError(f'the processor expands the image to {num_image_tokens} tokens, '
-                                 f'the vision tower makes {config.num_image_tokens}')
+                                 f'the vision tower makes {config.num_image_tokens * tiles}')
         manifest = Manifest(
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'),
             source_model=SourceModel(path=str(model_dir.resolve()),
                                      sha256=weights_sha256(model_dir)),
             plan=plan_record, opset=opset, files=mf.file_hashes(tmp), graphs=config.graphs,
             tokens=mf.tokens_entry(processor, model.config, model.generation_config,
-                                   config.num_image_tokens, prompt_text),
+                                   num_image_tokens, prompt_text, image_text),
             preprocess=preprocess, decoder=config.decoder, token_skip=token_skip,
             segments=tuple(segments), fused=fused_record,
             draft=DRAFT if (tmp / DRAFT).is_file() else None, validation=None,

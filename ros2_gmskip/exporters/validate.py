@@ -98,12 +98,10 @@ class ValidationReport:
         }
 
 
-def count_image_tokens(processor, prompt_text: Callable) -> int:
+def count_image_tokens(processor, image: np.ndarray) -> int:
     """Count the image tokens the processor puts in a prompt (checked against the vision graph)."""
-    size = processor.image_processor.size
-    image = np.zeros((size['height'], size['width'], 3), dtype=np.uint8)
-    inputs = processor(images=[image], text=[prompt_text(processor)], return_tensors='np')
-    ids = inputs['input_ids']
+    from ros2_gmskip.vlm.prompting import build_inputs
+    ids = build_inputs(processor, [image])['input_ids'].numpy()
     image_token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     return int((ids[0] == image_token_id).sum())
 
@@ -305,11 +303,12 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     A segmented decoder is run segment after segment, unpruned, against the whole HF decoder;
     with `fused` (the fused runners) the fused graphs' logits and KV rows are checked too.
     """
+    from ros2_gmskip.vlm.families import image_features, merged_image_tokens
     from ros2_gmskip.vlm.prompting import build_inputs
 
     checks = []
     inputs = build_inputs(processor, [image], prompt)
-    pixel_values = inputs['pixel_values']
+    pixel_values = inputs['pixel_values']            # Idefics3: (1, tiles, 3, H, W)
     ids = inputs['input_ids']                                             # (1, T)
     T = ids.shape[1]
     sessions = [runner.session for runner in backend.portable]
@@ -318,7 +317,8 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
 
     # 3. the runtime's own inputs
     mine = backend.preprocess(image)
-    diff = _max_diff(mine, pixel_values.numpy())
+    pixels = pixel_values.numpy().reshape(-1, *pixel_values.shape[-3:])   # (1 or tiles, 3, H, W)
+    diff = _max_diff(mine, pixels)
     checks.append(Check('preprocess', diff <= PREPROCESS_ATOL,
                         f'max |runtime - HF processor| {diff:.1e} '
                         f'(tolerance {PREPROCESS_ATOL:.0e})'))
@@ -329,12 +329,13 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
                         f'{ids[0].tolist()[:8]}..'))
 
     # 4a. vision
-    ref_feats = model.get_image_features(pixel_values=pixel_values).pooler_output
-    ref_feats = torch.cat(list(ref_feats), dim=0)[None]                  # (1, n, C)
-    ort_feats = backend.image_embeds(pixel_values.numpy())
-    diffs = {'image_embeds': _max_diff(ort_feats, ref_feats.numpy())}
+    ref_feats = merged_image_tokens(image_features(model, inputs))[None]  # (1, n, C)
+    ort_feats = backend.image_embeds(pixels)                      # (1 or tiles, n, C)
     vision = config.graphs['vision']
-    shape_checks = [_check_shapes('vision', list(vision.outputs), [ort_feats], {'batch': 1})]
+    shape_checks = [_check_shapes('vision', list(vision.outputs), [ort_feats],
+                                  {'batch': pixels.shape[0]})]
+    ort_feats = ort_feats.reshape(1, -1, ort_feats.shape[-1])
+    diffs = {'image_embeds': _max_diff(ort_feats, ref_feats.numpy())}
 
     # 4b. decoder prefill, from the same merged embeddings as the torch model
     embeds = model.get_input_embeddings()(ids)
@@ -484,6 +485,10 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
         graph = config.graphs[name]
         add(check_interface(name, session, list(graph.inputs), list(graph.outputs)))
     images = scene_images(max(n_scenes, 1))
+    tiles = manifest.preprocess.tiles
+    if tiles is not None:                # the frames of the camera the tile grid was fixed for
+        from ros2_gmskip.runtime.geometry import pil_resize
+        images = [pil_resize(image, *tiles.camera, 'bilinear') for image in images]
     add(check_values(backend, model, processor, config, images[0], prompt, report,
                      fused=exact.decoder_loop.runners if fused else None))
     references: dict = {}

@@ -17,7 +17,7 @@ Share what the ONNX Runtime and TensorRT backends do alike: the bundle's parts, 
 
 A subclass sets `bundle` (bundle_format.Bundle), calls `_load_parts()` (the embedding table,
 `preprocess`, `tokenizer`), and provides `decoder_loop` (decode.DecodeLoop) and
-`image_embeds(pixel_values) -> (1, n, C)`. Every request is checked first (`check_request`): a
+`image_embeds(pixel_values) -> (1 or tiles, n, C)`. Every request is checked first (`check_request`): a
 blank prompt, or one that with max_new_tokens does not fit the model's context, is PromptError.
 """
 
@@ -30,7 +30,7 @@ import time
 import numpy as np
 from ros2_gmskip.bundle_format import EMBED, REEXPORT
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime.preprocess import Preprocessor
+from ros2_gmskip.runtime import geometry
 from ros2_gmskip.runtime.requests import check_prompt_text, check_request, context_length
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.runtime.tokenizer import PromptTokenizer
@@ -47,7 +47,7 @@ class BundleBackend:
         if self.embed_table.shape != want:
             raise BundleError(f'{self.bundle.where()}: {EMBED} has shape '
                               f'{self.embed_table.shape}, the manifest says {want}: {REEXPORT}')
-        self.preprocess = Preprocessor.from_manifest(m.preprocess)
+        self.preprocess = geometry.from_manifest(m.preprocess)
         self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
 
     def _check_ready(self) -> None:
@@ -79,12 +79,13 @@ class BundleBackend:
         self._check_ready()
         self.check_request(prompt, max_new_tokens)      # prompt ids are cached: a lookup
         t0 = time.perf_counter()
-        pixel_values = self.preprocess(image)                                 # (1, 3, H, W)
+        pixel_values = self.preprocess(image)                     # (1 or tiles, 3, H, W)
         ids = self.tokenizer.prompt_ids(prompt)                               # (T,)
         t1 = time.perf_counter()
         image_embeds = self.image_embeds(pixel_values)                        # (1, n, C)
         t2 = time.perf_counter()
-        embeds = self.prompt_embeds(ids, image_embeds[0])                    # (1, T, C)
+        image_embeds = image_embeds.reshape(-1, image_embeds.shape[-1])      # tiles: in order
+        embeds = self.prompt_embeds(ids, image_embeds)                        # (1, T, C)
         merge_ms = (time.perf_counter() - t2) * 1e3
         image_rows = np.flatnonzero(ids == self.tokenizer.image_token_id)
         out = self.decoder_loop.generate(embeds, max_new_tokens, image_rows)

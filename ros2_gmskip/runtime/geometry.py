@@ -162,7 +162,8 @@ def from_image_processor(ip) -> Preprocessor | ResizeCrop | QwenPatches:
     """
     name = type(ip).__name__
     kind = name.removesuffix('Pil')
-    resample = {int(v): k for k, v in RESAMPLE.items()}.get(int(_get(ip, 'resample') or 2))
+    resample = _get(ip, 'resample')
+    resample = {int(v): k for k, v in RESAMPLE.items()}.get(2 if resample is None else int(resample))
     normalise = _get(ip, 'do_normalize') is not False
     common = {
         'resample': resample,
@@ -171,12 +172,16 @@ def from_image_processor(ip) -> Preprocessor | ResizeCrop | QwenPatches:
         'image_mean': tuple(ip.image_mean) if normalise else None,
         'image_std': tuple(ip.image_std) if normalise else None}
     size = _get(ip, 'size')
+    if kind.startswith(('Idefics3', 'SmolVLM')):
+        from ros2_gmskip.runtime.tiles import TilePreprocessor
+        return TilePreprocessor(int(_get(_get(ip, 'max_image_size'), 'longest_edge')),
+                                int(_get(size, 'longest_edge')),
+                                split=bool(_get(ip, 'do_image_splitting')), **common)
     if kind.startswith('Qwen2VL') or kind.startswith('Qwen2_5_VL'):
         return QwenPatches(int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size),
                            int(_get(size, 'shortest_edge')), int(_get(size, 'longest_edge')),
                            **common)
-    if kind.startswith(('Idefics3', 'SmolVLM', 'LlavaOnevision')) or _get(
-            ip, 'do_pan_and_scan'):
+    if kind.startswith('LlavaOnevision') or _get(ip, 'do_pan_and_scan'):
         raise ImageError(f'{name}: torch-free preprocessing of its tiles is not implemented '
                          'yet (fixed-size, shortest-edge + crop and Qwen patches are)')
     if _get(size, 'shortest_edge') and not _get(size, 'longest_edge'):
@@ -191,3 +196,17 @@ def from_image_processor(ip) -> Preprocessor | ResizeCrop | QwenPatches:
                             **common)
     raise ImageError(f'{name}: size {dict(size) if isinstance(size, dict) else size!r} is '
                      'not a resize torch-free preprocessing knows')
+
+
+def from_manifest(spec):
+    """Return the preprocessing a bundle manifest's `preprocess` (bundle_format) describes."""
+    common = {'resample': spec.resample, 'rescale_factor': spec.rescale_factor,
+              'image_mean': spec.image_mean, 'image_std': spec.image_std}
+    if spec.tiles is not None:
+        from ros2_gmskip.runtime.tiles import TilePreprocessor
+        t = spec.tiles
+        return TilePreprocessor(spec.size[0], t.longest_edge, split=t.split, grid=tuple(t.grid),
+                                camera=tuple(t.camera), **common)
+    if spec.shortest_edge is not None:
+        return ResizeCrop(spec.shortest_edge, tuple(spec.size), **common)
+    return Preprocessor(size=tuple(spec.size), **common)
