@@ -346,7 +346,7 @@ def _execute(ctx, handle, what: str) -> None:
 
 
 class _VisionRunner:
-    """vision engine, batch 1: pixel_values -> image_embeds, buffers and shapes fixed at init."""
+    """vision engine, one frame: pixel_values -> image_embeds, buffers and shapes fixed at init."""
 
     def __init__(self, trt, engine, cuda, stream, alloc) -> None:
         self.cuda, self.stream, self.handle = cuda, stream, cuda.stream_handle(stream)
@@ -355,8 +355,8 @@ class _VisionRunner:
             raise EngineError(f'vision engine has inputs {inputs} / outputs {outputs}, expected '
                               'pixel_values -> image_embeds: rebuild it from this bundle')
         self.ctx = engine.create_execution_context()
-        shape = tuple(engine.get_tensor_profile_shape('pixel_values', 0)[0])
-        shape = (1,) + shape[1:]                                      # (1, 3, H, W)
+        shape = tuple(engine.get_tensor_profile_shape('pixel_values', 0)[0])  # one frame's:
+        # (1, 3, H, W), or (tiles, 3, H, W) where the profile's smallest batch is a frame's tiles
         _set_shape(self.ctx, 'pixel_values', shape, 'vision engine')
         self.in_shape = shape
         self.out = np.empty(tuple(self.ctx.get_tensor_shape('image_embeds')),
@@ -368,7 +368,7 @@ class _VisionRunner:
         self.ctx.set_tensor_address('image_embeds', self.out_ptr)
 
     def __call__(self, pixel_values: np.ndarray) -> np.ndarray:
-        """(1, 3, H, W) float32 -> (1, n, C)."""
+        """(1 or tiles, 3, H, W) float32 -> (1 or tiles, n, C)."""
         if pixel_values.shape != self.in_shape:
             raise EngineError(f'vision engine takes {self.in_shape}, got {pixel_values.shape}: '
                               'engine and bundle preprocessing disagree: rebuild the engine')

@@ -21,7 +21,7 @@ them by hand. The graphs' input shapes come from the bundle manifest's `graphs` 
 dynamic axes carry names (`batch`, `seq`, `past`, `total` = past + seq); each profile gives every
 named axis a (min, opt, max) and keeps fixed axes as they are.
 
-    vision   batch 1 / 1 / max_batch; H, W fixed
+    vision   batch 1 / 1 / max_batch (tiled: tiles per frame times these); H, W fixed
     decoder  (each segment: decoder, decoder.1, ...)
              profile 0 "prefill": the whole prompt, empty KV cache
                  seq   1 / P / max_prompt          P = num_image_tokens + prompt text tokens
@@ -194,8 +194,14 @@ def _fill(graph: str, spec: TensorSpec, axes: dict[str, tuple[int, int, int]]) -
 
 
 def vision_profiles(manifest: Manifest, limits: Limits) -> list[Profile]:
-    """Return the vision graph's one profile: batch 1 / 1 / max_batch, the image size fixed."""
-    axes = {BATCH: (1, 1, limits.max_batch)}
+    """
+    Return the vision graph's one profile: batch 1 / 1 / max_batch, the image size fixed.
+
+    A tiled bundle's (SmolVLM) batch counts tiles: a frame's rows * cols + 1, times max_batch.
+    """
+    tiles = manifest.preprocess.tiles
+    per = tiles.grid[0] * tiles.grid[1] + 1 if tiles is not None and tiles.split else 1
+    axes = {BATCH: (per, per, per * limits.max_batch)}
     return [Profile(VISION, {s.name: _fill(VISION, s, axes)
                              for s in _graph_inputs(manifest, VISION)})]
 
