@@ -33,8 +33,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'ros2_gmskip'
 
 # unit -> layer (lower = nearer the bottom)
 LAYERS = {
-    'errors': 0, 'formats': 0, 'lazy': 0, 'folders': 0, '__version__': 0, 'hooks': 0,
-    'images': 0,
+    'errors': 0, 'formats': 0, 'lazy': 0, 'folders': 0, '__version__': 0,
     'bundle_format': 0, 'tokenskip.settings': 0, 'tokenskip.flops': 0,
     'hooks': 0, 'images': 0,
     'runtime': 1,
