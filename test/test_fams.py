@@ -137,11 +137,28 @@ def test_unexported_families_are_refused_in_one_line(family, missing, tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
-def test_token_skipping_is_refused_for_smolvlm_in_one_line(fam_dirs, tmp_path):
+def test_smolvlm_token_skipping_equals_the_torch_reference(fam_dirs, tmp_path):
+    """FastV + visual KV removal: three segments, greedy text == tokenskip's torch reference."""
+    from ros2_gmskip.exporters.onnx_export import export_bundle
+    from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
+    tokens = TokenSkip(fastv=FastVConfig(k=1, r=0.5), kv_ratio=0.5, kv_start=2)
+    m = export_bundle(fam_dirs['smolvlm'], tmp_path / 'b', validate_n=2, max_new_tokens=6,
+                      threads=1, camera_size=CAMERA, tokens=tokens).manifest
+    assert len(m.segments) == 3 and m.validation['passed']
+    assert m.validation['identical_text'] == m.validation['fused_identical_text'] == '2/2'
+    assert any('identical to the torch reference with FastV K=1 R=0.5, KV removal 50% from '
+               'layer 2' in line for line in m.validation['checks'])
+
+
+def test_token_skipping_without_a_torch_reference_is_refused(fam_dirs, tmp_path, monkeypatch):
+    from dataclasses import replace
     from ros2_gmskip.exporters.onnx_export import export_bundle
     from ros2_gmskip.tokenskip.settings import TokenSkip
-    with pytest.raises(BundleError, match='supports the LLaVA family only, not smolvlm: export '
-                                          'without --fastv / --kv-removal$'):
+    from ros2_gmskip.vlm import families
+    monkeypatch.setitem(families.FAMILIES, 'smolvlm',
+                        replace(families.FAMILIES['smolvlm'], token_skip=False))
+    with pytest.raises(BundleError, match="tokenskip's torch reference, which does not support "
+                                          'smolvlm: export without --fastv / --kv-removal$'):
         export_bundle(fam_dirs['smolvlm'], tmp_path / 'out', validate_n=0,
                       tokens=TokenSkip.from_dict({'fastv': {'k': 1, 'r': 0.5}}))
 

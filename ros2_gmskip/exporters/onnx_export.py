@@ -388,8 +388,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     family = family_spec(model)
     if not token_skip.is_off and not family.token_skip:
         raise BundleError(f'token skipping ({token_skip.describe()}) is validated against '
-                          "tokenskip's torch reference, which supports the LLaVA family only, "
-                          f'not {family.name}: export without --fastv / --kv-removal')
+                          "tokenskip's torch reference, which does not support "
+                          f'{family.name}: export without --fastv / --kv-removal')
     if token_skip.fastv is not None and token_skip.fastv.k >= num_layers:
         raise BundleError(f'FastV K={token_skip.fastv.k} needs more than the {num_layers} decoder '
                           'blocks the (pruned) model has: choose K < the remaining blocks')

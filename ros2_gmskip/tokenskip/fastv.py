@@ -63,6 +63,7 @@ from ros2_gmskip.errors import ModelLoadError
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import FastVConfig, random_slots
 from ros2_gmskip.vlm.blocks import decoder_stack
+from ros2_gmskip.vlm.families import image_features, merged_image_tokens
 from ros2_gmskip.vlm.llama_block import block_forward, hidden_keys, unsupported_block
 from ros2_gmskip.vlm.prompting import build_inputs
 import torch
@@ -337,8 +338,7 @@ def embed_inputs(model: nn.Module, inputs) -> tuple[torch.Tensor, torch.Tensor, 
     ids = inputs['input_ids']                                              # (B, T)
     image_mask = ids == model.config.image_token_id
     embeds = model.get_input_embeddings()(ids)                            # (B, T, C)
-    feats = model.get_image_features(pixel_values=inputs['pixel_values']).pooler_output
-    feats = torch.cat(list(feats), dim=0)                                  # (B * n_img, C)
+    feats = merged_image_tokens(image_features(model, inputs))            # (B * n_img, C)
     embeds = embeds.masked_scatter(image_mask[..., None], feats.to(embeds.dtype))
     mask = inputs.get('attention_mask')
     if mask is None:
