@@ -71,8 +71,8 @@ def test_tiles_are_bit_identical_to_the_processor(family, fam_dirs):
     grids = set()
     for height, width in ((48, 64), (480, 640), (640, 480), (16, 16), (20, 90), (300, 1000),
                           (33, 17)):
-        image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3),
-                                                                dtype=np.uint8)
+        rng = np.random.default_rng(height * width)
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
         want = ip([[image]], return_tensors='np', return_row_col_info=True)
         grid = (want['rows'][0][0], want['cols'][0][0])
         grids.add(grid)
@@ -138,7 +138,7 @@ def test_unexported_families_are_refused_in_one_line(family, missing, tmp_path):
 
 
 def test_smolvlm_token_skipping_equals_the_torch_reference(fam_dirs, tmp_path):
-    """FastV + visual KV removal: three segments, greedy text == tokenskip's torch reference."""
+    """Export with FastV + visual KV removal: greedy text == tokenskip's torch reference."""
     from ros2_gmskip.exporters.onnx_export import export_bundle
     from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
     tokens = TokenSkip(fastv=FastVConfig(k=1, r=0.5), kv_ratio=0.5, kv_start=2)
@@ -169,8 +169,8 @@ def test_replay_runs_the_exported_family(family, bundles, tmp_path, capsys):
     from ros2_gmskip import cli
     from ros2_gmskip.ros.bag import make_bag
     bag = tmp_path / 'bag'
-    make_bag(bag, n=3, fps=10.0, storage='sqlite3', progress=False,
-                   width=CAMERA[1], height=CAMERA[0])
+    make_bag(bag, n=3, fps=10.0, storage='sqlite3', progress=False, width=CAMERA[1],
+             height=CAMERA[0])
     rc = cli.main(['replay', str(bag), '--out', str(tmp_path / 'out'), '--storage', 'sqlite3',
                    '--backend', 'onnxruntime', '--bundle', str(bundles[family].path),
                    '--json', '--no-progress', '--max-new-tokens', '3'])
