@@ -31,13 +31,14 @@ Rescale and normalise are `Preprocessor`'s (one table lookup per uint8 value).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 import math
 
 import numpy as np
 from PIL import Image
 
 from ros2_gmskip.errors import ImageError
-from ros2_gmskip.runtime.preprocess import check_image, Preprocessor, RESAMPLE
+from ros2_gmskip.runtime.preprocess import check_image, Preprocessor, RESAMPLE, RESAMPLE_NAMES
 
 
 def shortest_edge_size(height: int, width: int, shortest: int) -> tuple[int, int]:
@@ -75,7 +76,7 @@ class ResizeCrop:
     image_mean: tuple[float, ...] | None = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, ...] | None = (0.26862954, 0.26130258, 0.27577711)
 
-    @property
+    @cached_property
     def normalise(self) -> Preprocessor:
         """Return the rescale + normalise step (no resize: the crop has its size)."""
         return Preprocessor(size=self.crop, resample=self.resample,
@@ -162,8 +163,8 @@ def from_image_processor(ip) -> Preprocessor | ResizeCrop | QwenPatches:
     """
     name = type(ip).__name__
     kind = name.removesuffix('Pil')
-    resample = _get(ip, 'resample')
-    resample = {int(v): k for k, v in RESAMPLE.items()}.get(2 if resample is None else int(resample))
+    resample = _get(ip, 'resample')            # None: transformers' default, bilinear (2)
+    resample = RESAMPLE_NAMES.get(2 if resample is None else int(resample))
     normalise = _get(ip, 'do_normalize') is not False
     common = {
         'resample': resample,

@@ -33,6 +33,7 @@ each row, then a newline, `<fake_token_around_image><global-img>`, tokens, the f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 import math
 
 import numpy as np
@@ -107,7 +108,7 @@ class TilePreprocessor:
         """Return one tile's (H, W): what the vision graph takes."""
         return self.tile, self.tile
 
-    @property
+    @cached_property
     def normalise(self) -> Preprocessor:
         """Return the rescale + normalise step of one tile."""
         return Preprocessor(size=self.size, resample=self.resample,
