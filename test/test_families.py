@@ -239,7 +239,7 @@ def test_calibrate_cider_zero_baseline_is_searched():
 def test_token_skipping_refused_in_one_line(family, family_dirs):
     from ros2_gmskip.tokenskip.settings import TokenSkip
     from ros2_gmskip.vlm.torch_backend import TorchBackend
-    with pytest.raises(ModelLoadError, match=f'LLaVA family only, not {family}'):
+    with pytest.raises(ModelLoadError, match=f'SmolVLM families only, not {family}'):
         TorchBackend(family_dirs[family], tokens=TokenSkip.from_dict(
             {'fastv': {'k': 1, 'r': 0.5}}))
 

@@ -93,7 +93,8 @@ class TorchBackend:
             from ros2_gmskip.tokenskip.fastv import text_model
             if not self.family.token_skip:
                 raise ModelLoadError(f'token skipping (FastV, visual KV removal) supports the '
-                                     f'LLaVA family only, not {self.family.name}: run without it')
+                                     'LLaVA, Idefics3 and SmolVLM families only, not '
+                                     f'{self.family.name}: run without it')
             text_model(self.model)       # ModelLoadError now if the decoder is not supported
         self.device = torch.device(device)
         self.model.to(self.device).eval()
