@@ -17,8 +17,9 @@ Share what the ONNX Runtime and TensorRT backends do alike: the bundle's parts, 
 
 A subclass sets `bundle` (bundle_format.Bundle), calls `_load_parts()` (the embedding table,
 `preprocess`, `tokenizer`), and provides `decoder_loop` (decode.DecodeLoop) and
-`image_embeds(pixel_values) -> (1 or tiles, n, C)`. Every request is checked first (`check_request`): a
-blank prompt, or one that with max_new_tokens does not fit the model's context, is PromptError.
+`image_embeds(pixel_values) -> (1 or tiles, n, C)`. Every request is checked first
+(`check_request`): a blank prompt, or one that with max_new_tokens does not fit the model's
+context, is PromptError.
 """
 
 from __future__ import annotations

@@ -45,17 +45,10 @@ import argparse
 from pathlib import Path
 import time
 
-from ros2_gmskip.argtypes import existing_dir, existing_file, non_negative_int, positive_int
+from ros2_gmskip.argtypes import (existing_dir, existing_file, frame_size, non_negative_int,
+                                  positive_int)
 from ros2_gmskip.bundle_format import VISION, WEIGHTS
 from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
-
-def camera_size(text: str) -> tuple[int, int]:
-    """Parse HxW (e.g. 480x640) into (H, W) > 0."""
-    parts = text.lower().split('x')
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f'expected HEIGHTxWIDTH such as 480x640, got {text!r}')
-    return int(parts[0]), int(parts[1])
-
 
 HELP = ('export a (pruned) VLM to an ONNX bundle (vision.onnx, decoder.onnx, manifest) and '
         'validate it')
@@ -98,11 +91,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for PyTorch and ONNX Runtime during validation '
                              '(default: all)')
-    parser.add_argument('--camera-size', type=camera_size, default=None, metavar='HxW',
+    parser.add_argument('--camera-size', type=frame_size, default=None, metavar='HxW',
                         help="the camera's frame size, e.g. 480x640: it fixes the tile grid and "
                              'prompt of models that split frames into tiles (SmolVLM, Idefics3); '
-                             'other frame sizes with another grid are refused at run time '
-                             '(default: the validation scenes\' 480x640)')
+                             'frames cut into another grid are refused at run time (default: '
+                             'the validation scenes, 480x640; fixed-size models ignore it)')
 
 
 def main(args: argparse.Namespace) -> int:
