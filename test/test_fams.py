@@ -179,3 +179,14 @@ def test_replay_runs_the_exported_family(family, bundles, tmp_path, capsys):
     assert summary['described'] == 3 and summary['errors'] == summary['rejected'] == 0
     assert summary['backend'] == 'onnxruntime'
     assert summary['model_id'] == bundles[family].manifest.model_id
+
+
+def test_tensorrt_vision_profile_counts_a_frames_tiles(bundles):
+    """SmolVLM's vision engine takes a frame's 2x2 tiles + the global image per image."""
+    from ros2_gmskip.runtime.trt_profiles import Limits, vision_profiles
+    smol, = vision_profiles(bundles['smolvlm'].manifest, Limits(max_batch=2))
+    pixels = smol.shapes['pixel_values']
+    assert (pixels.min_shape, pixels.opt_shape, pixels.max_shape) == (
+        (5, 3, 16, 16), (5, 3, 16, 16), (10, 3, 16, 16))
+    llava, = vision_profiles(bundles['llava'].manifest, Limits(max_batch=2))
+    assert llava.shapes['pixel_values'].min_shape == (1, 3, 32, 32)
