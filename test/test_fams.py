@@ -182,7 +182,7 @@ def test_replay_runs_the_exported_family(family, bundles, tmp_path, capsys):
 
 
 def test_tensorrt_vision_profile_counts_a_frames_tiles(bundles):
-    """SmolVLM's vision engine takes a frame's 2x2 tiles + the global image per image."""
+    """Check that SmolVLM's vision engine takes 2x2 tiles + the global image per image."""
     from ros2_gmskip.runtime.trt_profiles import Limits, vision_profiles
     smol, = vision_profiles(bundles['smolvlm'].manifest, Limits(max_batch=2))
     pixels = smol.shapes['pixel_values']
