@@ -32,7 +32,7 @@ from ros2_gmskip.errors import BundleError, ImageError, ModelLoadError
 from ros2_gmskip.vlm.tiny_families import BUILDERS
 
 CAMERA = (48, 64)                  # the replay bag's frames: SmolVLM's grid is fixed for these
-EXPORTED = ('llava', 'smolvlm')
+EXPORTED = ('llava', 'smolvlm', 'paligemma')
 
 
 @pytest.fixture(scope='session')
@@ -92,7 +92,8 @@ def test_export_validates_against_transformers(family, bundles):
     checks = m.validation['checks']
     assert m.validation['passed'] and all(line.startswith('✓') for line in checks)
     assert m.validation['identical_text'] == '3/3'
-    assert m.validation['fused_identical_text'] == '3/3'
+    if family != 'paligemma':
+        assert m.validation['fused_identical_text'] == '3/3'
     assert any(line.startswith('✓ preprocess: max |runtime - HF processor| 0.0e+00')
                for line in checks)
     assert sum('TensorRT ops' in line for line in checks) == 2      # vision + decoder linted
@@ -100,6 +101,9 @@ def test_export_validates_against_transformers(family, bundles):
         assert (m.preprocess.shortest_edge, m.preprocess.size, m.preprocess.tiles) == (
             32, (32, 32), None)
         assert m.tokens.num_image_tokens == 16
+    elif family == 'paligemma':            # no fused graph: GroupQueryAttention is causal only
+        assert m.fused is None and m.validation['fused_identical_text'] is None
+        assert m.tokens.prompt_template == '<image>' * 16 + '<bos>{prompt}\n'
     else:
         tiles = m.preprocess.tiles
         assert (tiles.camera, tiles.grid, m.preprocess.size) == (CAMERA, (2, 2), (16, 16))
@@ -120,7 +124,6 @@ def test_a_frame_with_another_tile_grid_is_refused_in_one_line(bundles):
 
 
 @pytest.mark.parametrize('family,missing', [('gemma3', 'token_type_ids'),
-                                            ('paligemma', 'token_type_ids'),
                                             ('llava_onevision', 'anyres')])
 def test_unexported_families_are_refused_in_one_line(family, missing, tmp_path):
     from ros2_gmskip.exporters.onnx_export import export_bundle
@@ -150,17 +153,25 @@ def test_smolvlm_token_skipping_equals_the_torch_reference(fam_dirs, tmp_path):
                'layer 2' in line for line in m.validation['checks'])
 
 
-def test_token_skipping_without_a_torch_reference_is_refused(fam_dirs, tmp_path, monkeypatch):
-    from dataclasses import replace
+def test_paligemma_token_skipping_is_refused_in_one_line(fam_dirs, tmp_path):
     from ros2_gmskip.exporters.onnx_export import export_bundle
-    from ros2_gmskip.tokenskip.settings import TokenSkip
-    from ros2_gmskip.vlm import families
-    monkeypatch.setitem(families.FAMILIES, 'smolvlm',
-                        replace(families.FAMILIES['smolvlm'], token_skip=False))
+    from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
     with pytest.raises(BundleError, match="tokenskip's torch reference, which does not support "
-                                          'smolvlm: export without --fastv / --kv-removal$'):
-        export_bundle(fam_dirs['smolvlm'], tmp_path / 'out', validate_n=0,
-                      tokens=TokenSkip.from_dict({'fastv': {'k': 1, 'r': 0.5}}))
+                                          'paligemma: export without --fastv / --kv-removal$'):
+        export_bundle(fam_dirs['paligemma'], tmp_path / 'out', validate_n=0,
+                      tokens=TokenSkip(fastv=FastVConfig(k=1, r=0.5)))
+
+
+def test_paligemma_prefix_sees_itself_whole_only_in_the_prefill():
+    """The prefix-LM mask: bidirectional with no cache, causal once rows follow a cache."""
+    import torch
+    from ros2_gmskip.vlm.llama_block import hidden_keys
+    keys = torch.tensor([[0, 1, 1, 1]])                        # one left-padding slot
+    prefill = ~hidden_keys(keys, 4, prefix_lm=True)[0, 0]
+    assert prefill.tolist() == [[False, True, True, True]] * 4
+    after = ~hidden_keys(keys, 2, prefix_lm=True)[0, 0]       # 2 cached + 2 new rows
+    assert after.tolist() == [[False, True, True, False], [False, True, True, True]]
+    assert torch.equal(hidden_keys(keys, 2, prefix_lm=True), hidden_keys(keys, 2))
 
 
 @pytest.mark.parametrize('family', EXPORTED)

@@ -24,7 +24,8 @@ specs, so the graph, its check and its description cannot drift apart.
     config.graphs['decoder'].inputs[0]   # TensorSpec('inputs_embeds', ('batch', 'seq', 192))
 
 Supported: LLaVA (`llava`, the project's `gmskip_llava`) with a Llama / Mistral / Qwen2-style
-decoder. Torch-free: works on a transformers config object.
+decoder, Idefics3 / SmolVLM (Llama), PaliGemma (Gemma). Torch-free: works on a transformers
+config object.
 """
 
 from __future__ import annotations
@@ -43,17 +44,15 @@ MIN_OPSET, MAX_OPSET = 17, 20  # TensorRT 10.x parses opsets 9..20; below 17 lac
 
 # config.model_type of the VLM -> family name; of its decoder -> the decoder styles we export.
 SUPPORTED_FAMILIES = {'llava': 'llava', 'gmskip_llava': 'llava', 'idefics3': 'idefics3',
-                      'smolvlm': 'idefics3'}
+                      'smolvlm': 'idefics3', 'paligemma': 'paligemma'}
 # What the families export does not cover yet lack, named in their one-line refusal.
 MISSING = {
-    'paligemma': 'token_type_ids (a bidirectional prefix) and positions from 1 in the decoder '
-                 'graph, Gemma RMSNorm (1 + w) and the embedding scale',
-    'gemma3': 'token_type_ids (bidirectional attention among image tokens), sliding-window '
-              'layers with their own RoPE, Gemma RMSNorm (1 + w), q/k norms and the embedding '
-              'scale in the decoder graph',
+    'gemma3': 'bidirectional attention among the image tokens only (token_type_ids), q/k '
+              'norms and pre/post-feedforward norms in the block spec, and sliding-window '
+              'layers with their own RoPE base in the decoder graph',
     'llava_onevision': 'anyres tiles with row newlines in the torch-free preprocessing',
 }
-SUPPORTED_DECODERS = ('llama', 'mistral', 'qwen2')
+SUPPORTED_DECODERS = ('llama', 'mistral', 'qwen2', 'gemma')
 SUPPORTED_ROPE_TYPES = ('default', 'linear', 'llama3', 'yarn')   # static inv_freq: traceable
 SUPPORTED_SELECT_STRATEGIES = ('full', 'default')
 
@@ -203,6 +202,8 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
     patches = (image_size[0] // patch) * (image_size[1] // patch)
     if family == 'idefics3':        # per tile, after the pixel shuffle
         num_image_tokens = patches // _get(config, 'scale_factor') ** 2
+    elif family == 'paligemma':     # SigLIP: every patch, no CLS
+        num_image_tokens = patches
     else:
         num_image_tokens = patches + int(_get(vision, 'model_type') == 'clip_vision_model')
         num_image_tokens -= int(strategy == 'default')

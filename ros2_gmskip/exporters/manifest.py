@@ -57,14 +57,16 @@ def _ids(value: Any) -> list[int]:
 
 
 def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
-                 num_image_tokens: int, prompt_text, image_text: str | None = None) -> Tokens:
+                 num_image_tokens: int, prompt_text, image_text: str | None = None,
+                 suffix: str = '') -> Tokens:
     """
     Return the manifest's `tokens`: ids and the prompt template with the image token expanded.
 
     `prompt_text(processor, prompt)` renders the chat template (ros2_gmskip.vlm.prompting); it is
     rendered once with a sentinel prompt, which then becomes the `{prompt}` placeholder.
     `image_text` replaces the image token (default: the image token `num_image_tokens` times;
-    Idefics3 / SmolVLM: runtime.tiles.image_prompt, its tiles' markers and tokens).
+    Idefics3 / SmolVLM: runtime.tiles.image_prompt, its tiles' markers and tokens); `suffix`
+    goes after the rendered prompt (PaliGemma's processor adds a newline).
     """
     tokenizer = processor.tokenizer
     image_token = getattr(processor, 'image_token', None) or '<image>'
@@ -82,7 +84,7 @@ def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
                              f'expected the prompt and the image token {image_token!r} once each')
     if PLACEHOLDER in rendered:
         raise ModelLoadError(f'the chat template itself contains {PLACEHOLDER!r}')
-    template = rendered.replace(_SENTINEL, PLACEHOLDER)
+    template = rendered.replace(_SENTINEL, PLACEHOLDER) + suffix
     template = template.replace(image_token, image_text or image_token * num_image_tokens)
     eos = _ids(getattr(generation_config, 'eos_token_id', None)) or _ids(tokenizer.eos_token_id)
     return Tokens(

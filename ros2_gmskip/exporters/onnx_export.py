@@ -175,6 +175,8 @@ class DecoderForExport(nn.Module):
         inv_freq, self.rope_scaling = rope_inv_freq(text.rotary_emb)
         self.register_buffer('inv_freq', inv_freq.clone(), persistent=False)
         self.windows = attention_windows(text.config, len(text.layers))[first:stop]
+        family = family_spec(model)                 # PaliGemma: positions from 1, prefix-LM
+        self.offset, self.prefix_lm = family.position_offset, family.name == 'paligemma'
         for i, layer in enumerate(self.layers):
             reason = unsupported_block(layer)
             if reason:
@@ -185,8 +187,8 @@ class DecoderForExport(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, *past: torch.Tensor):
         T = inputs_embeds.shape[1]
-        cos, sin = rope(self.inv_freq, self.rope_scaling, position_ids)     # (B, T, d)
-        hidden = {w: hidden_keys(attention_mask, T, w) for w in set(self.windows)}
+        cos, sin = rope(self.inv_freq, self.rope_scaling, position_ids + self.offset)
+        hidden = {w: hidden_keys(attention_mask, T, w, self.prefix_lm) for w in set(self.windows)}
         h = inputs_embeds
         presents = []
         for i, layer in enumerate(self.layers):
@@ -286,7 +288,20 @@ def vision_module(model: nn.Module, config: ExportConfig) -> nn.Module:
     if config.family == 'idefics3':
         from ros2_gmskip.exporters.idefics3_vision import Idefics3VisionForExport
         return Idefics3VisionForExport(model, config.image_size)
+    if config.family == 'paligemma':
+        from ros2_gmskip.exporters.paligemma import PaliGemmaVisionForExport
+        return PaliGemmaVisionForExport(model)
     return VisionForExport(model)
+
+
+def embedding_table(model: nn.Module) -> np.ndarray:
+    """Return the token embeddings (V, C) as the model looks them up (Gemma's scale included)."""
+    embed = model.get_input_embeddings()
+    table = embed.weight.detach().float()
+    scale = getattr(embed, 'embed_scale', None)          # GemmaTextScaledWordEmbedding
+    if scale is not None:
+        table = table * scale.to(embed.weight.dtype)
+    return np.ascontiguousarray(table.numpy())
 
 
 def _dummy_vision_inputs(config: ExportConfig) -> tuple[torch.Tensor]:
@@ -436,8 +451,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                     int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
                 segments, fused_record = _export_fused(model, tmp, length, fused_weights,
                                                        segments, not token_skip.is_off, stage)
-        embed = model.get_input_embeddings().weight.detach().float().numpy()   # (V, C)
-        np.save(tmp / EMBED, np.ascontiguousarray(embed), allow_pickle=False)
+        np.save(tmp / EMBED, embedding_table(model), allow_pickle=False)       # (V, C)
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
@@ -449,7 +463,10 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         probe = np.zeros((*(preprocess.tiles.camera if preprocess.tiles else preprocess.size),
                           3), dtype=np.uint8)
         num_image_tokens = validate.count_image_tokens(processor, probe)
-        image_text, tiles = None, 1
+        image_text, tiles, suffix = None, 1, ''
+        if config.family == 'paligemma':     # its processor adds BOS after the image, a newline
+            from ros2_gmskip.exporters.paligemma import image_text as paligemma_text
+            image_text, suffix = paligemma_text(processor, config.num_image_tokens), '\n'
         if preprocess.tiles is not None:
             rows, cols = preprocess.tiles.grid
             tiles = rows * cols + 1
@@ -466,7 +483,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                                      sha256=weights_sha256(model_dir)),
             plan=plan_record, opset=opset, files=mf.file_hashes(tmp), graphs=config.graphs,
             tokens=mf.tokens_entry(processor, model.config, model.generation_config,
-                                   num_image_tokens, prompt_text, image_text),
+                                   num_image_tokens, prompt_text, image_text, suffix),
             preprocess=preprocess, decoder=config.decoder, token_skip=token_skip,
             segments=tuple(segments), fused=fused_record,
             draft=DRAFT if (tmp / DRAFT).is_file() else None, validation=None,

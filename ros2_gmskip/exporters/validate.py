@@ -303,7 +303,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     A segmented decoder is run segment after segment, unpruned, against the whole HF decoder;
     with `fused` (the fused runners) the fused graphs' logits and KV rows are checked too.
     """
-    from ros2_gmskip.vlm.families import image_features, merged_image_tokens
+    from ros2_gmskip.vlm.families import family_spec, image_features, merged_image_tokens
     from ros2_gmskip.vlm.prompting import build_inputs
 
     checks = []
@@ -314,6 +314,9 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     sessions = [runner.session for runner in backend.portable]
     split = len(config.segments) > 1
     extras = {'output_hidden_states': split, 'output_attentions': config.rank_at is not None}
+    offset = family_spec(model).position_offset          # PaliGemma counts positions from 1
+    prefix = {} if inputs.get('token_type_ids') is None else {     # PaliGemma's prefix-LM
+        'token_type_ids': inputs['token_type_ids']}
 
     # 3. the runtime's own inputs
     mine = backend.preprocess(image)
@@ -342,7 +345,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     mask = ids == model.config.image_token_id
     embeds = embeds.masked_scatter(mask[..., None], ref_feats.to(embeds.dtype))
     ref = model(inputs_embeds=embeds, attention_mask=inputs['attention_mask'], use_cache=True,
-                **extras)
+                **extras, **prefix)
     L, kv, d = config.decoder.num_layers, config.decoder.num_kv_heads, config.decoder.head_dim
     empty = [np.zeros((1, kv, 0, d), np.float32)] * (2 * L)
     ort, shapes = run_segments(sessions, config, embeds.numpy(), np.ones((1, T)),
@@ -376,7 +379,9 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     mask2 = torch.ones(2, T, dtype=torch.int64)
     mask2[1, :pad] = 0
     pos2 = (mask2.cumsum(-1) - 1).clamp(min=0)
-    ref2 = model(inputs_embeds=emb2, attention_mask=mask2, position_ids=pos2).logits.numpy()
+    prefix2 = {k: torch.zeros_like(mask2) for k in prefix}           # the whole prompt: prefix
+    ref2 = model(inputs_embeds=emb2, attention_mask=mask2, position_ids=pos2 + offset,
+                 **prefix2).logits.numpy()
     empty2 = [np.zeros((2, kv, 0, d), np.float32)] * (2 * L)
     ort2 = run_segments(sessions, config, emb2.numpy(), mask2.numpy(), pos2.numpy(), empty2,
                         only=['logits'])[0]['logits']

@@ -72,18 +72,23 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def hidden_keys(key_mask: torch.Tensor, T: int, window: int | None = None) -> torch.Tensor:
+def hidden_keys(key_mask: torch.Tensor, T: int, window: int | None = None,
+                prefix_lm: bool = False) -> torch.Tensor:
     """
     Return (B, 1, T, S) True where a query must NOT see a key.
 
     key_mask (B, S): 1 for the keys to attend (cache slots, then the T new tokens), 0 for
     padding. Cached keys all precede the new tokens, so causality orders by cache index: query t
     sees key s when s <= S - T + t. `window`: sliding-window attention, keys older than that.
+    `prefix_lm` (PaliGemma): a prefill (no cached keys) sees the whole prompt both ways, as
+    its processor's token_type_ids 0 ask; rows run after a cache exists stay causal.
     """
     S = key_mask.shape[1]
     q_index = torch.arange(T, device=key_mask.device) + (S - T)          # (T,)
     k_index = torch.arange(S, device=key_mask.device)                    # (S,)
     visible = k_index[None, :] <= q_index[:, None]                       # (T, S)
+    if prefix_lm:        # PaliGemma: the prompt (a prefill, no cache yet) sees itself whole
+        visible = visible | (q_index[:1, None] == 0)
     if window is not None:
         visible = visible & (k_index[None, :] > q_index[:, None] - window)
     return ~(visible[None, None] & key_mask[:, None, None, :].bool())     # (B, 1, T, S)
