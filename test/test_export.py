@@ -44,9 +44,9 @@ def _ort_session(path: Path):
 
 
 def test_unsupported_family_names_the_supported_ones():
-    with pytest.raises(ModelLoadError, match=r'export of qwen2_vl is not supported yet: '
-                                             r'supported are gmskip_llava, llava'):
-        ec.export_config_for({'model_type': 'qwen2_vl'})
+    with pytest.raises(ModelLoadError, match=r'export of mllama is not supported yet: '
+                                             r'supported are gmskip_llava, llava, qwen2_5_vl'):
+        ec.export_config_for({'model_type': 'mllama'})
 
 
 def test_unsupported_decoder_and_opset(tiny_model):

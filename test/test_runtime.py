@@ -74,7 +74,7 @@ def test_a_bundle_of_another_format_version_is_refused_in_one_line(bundle_copy):
     _rewrite_manifest(bundle_copy, lambda m: m.update(format='ros2_gmskip/onnx-bundle@1'))
     with pytest.raises(BundleError) as err:
         load_bundle(bundle_copy)
-    assert str(err.value) == (f'bundle {str(bundle_copy)!r} has format 1, this version reads 2: '
+    assert str(err.value) == (f'bundle {str(bundle_copy)!r} has format 1, this version reads 3: '
                               're-run ros2-gmskip export')
 
 

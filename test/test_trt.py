@@ -89,9 +89,9 @@ def graphs_entry(segments=PLAIN) -> dict:
 
 
 def manifest_dict(files: dict, segments=PLAIN, token_skip=None) -> dict:
-    """Return a bundle manifest (format 2) for the toy shapes, listing `files` {name: sha256}."""
+    """Return a bundle manifest (format 3) for the toy shapes, listing `files` {name: sha256}."""
     return {
-        'format': 'ros2_gmskip/onnx-bundle@2', 'created_at': 'now',
+        'format': 'ros2_gmskip/onnx-bundle@3', 'created_at': 'now',
         'source_model': {'path': '/m', 'sha256': 'ab' * 32}, 'plan': None, 'opset': 17,
         'files': files, 'graphs': graphs_entry(segments),
         'tokens': {'image_token': '<image>', 'image_token_id': 1, 'num_image_tokens': N_IMG,
@@ -109,7 +109,7 @@ def manifest_dict(files: dict, segments=PLAIN, token_skip=None) -> dict:
                       'portable': 'decoder.onnx' if i == 0 else f'decoder.{i}.onnx',
                       'fused': None, 'fused_prefill': None, 'fused_step': None}
                      for i, (first, stop, ranks) in enumerate(segments)],
-        'fused': None, 'draft': None, 'validation': None, 'versions': {},
+        'fused': None, 'mrope': None, 'draft': None, 'validation': None, 'versions': {},
     }
 
 

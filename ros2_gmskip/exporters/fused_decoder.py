@@ -124,6 +124,9 @@ def fused_unsupported(model) -> str | None:
     cfg = text.config
     if any(attention_windows(cfg, len(text.layers))):
         return 'sliding-window attention'
+    if getattr(text.rotary_emb, 'mrope_section', None):
+        return ("M-RoPE (three positions per token; the fused graph's RotaryEmbedding and "
+                'GroupQueryAttention rotate by one)')
     H = cfg.num_attention_heads
     head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // H
     if head_dim % 16:

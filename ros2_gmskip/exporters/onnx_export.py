@@ -108,6 +108,7 @@ from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.llama_block import (block_forward, FusedProjections, hidden_keys,
                                          last_row_attention, rope, rope_inv_freq,
                                          unsupported_block)
+from ros2_gmskip.vlm.mrope import mrope, mrope_section
 import torch
 from torch import nn
 
@@ -173,6 +174,7 @@ class DecoderForExport(nn.Module):
         self.lm_head = model.lm_head
         inv_freq, self.rope_scaling = rope_inv_freq(text.rotary_emb)
         self.register_buffer('inv_freq', inv_freq.clone(), persistent=False)
+        self.mrope_section = mrope_section(text.rotary_emb)     # Qwen: positions (3, B, T)
         self.windows = attention_windows(text.config, len(text.layers))[first:stop]
         for i, layer in enumerate(self.layers):
             reason = unsupported_block(layer)
@@ -184,7 +186,10 @@ class DecoderForExport(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, *past: torch.Tensor):
         T = inputs_embeds.shape[1]
-        cos, sin = rope(self.inv_freq, self.rope_scaling, position_ids)     # (B, T, d)
+        if self.mrope_section is None:
+            cos, sin = rope(self.inv_freq, self.rope_scaling, position_ids)     # (B, T, d)
+        else:
+            cos, sin = mrope(self.inv_freq, self.rope_scaling, position_ids, self.mrope_section)
         hidden = {w: hidden_keys(attention_mask, T, w) for w in set(self.windows)}
         h = inputs_embeds
         presents = []
@@ -281,6 +286,8 @@ def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] |
 
 
 def _dummy_vision_inputs(config: ExportConfig) -> tuple[torch.Tensor]:
+    if config.pixel_shape is not None:                            # Qwen's patch rows
+        return (torch.randn(*config.pixel_shape),)
     H, W = config.image_size
     return (torch.randn(2, 3, H, W),)
 
@@ -293,6 +300,8 @@ def _dummy_decoder_inputs(config: ExportConfig, segment=None) -> tuple[torch.Ten
     mask = torch.ones(B, P + T, dtype=torch.int64)
     mask[1, 0] = 0
     positions = torch.arange(P, P + T, dtype=torch.int64)[None].expand(B, T).contiguous()
+    if config.position_rows > 1:                                  # M-RoPE: (3, B, T)
+        positions = positions[None].expand(config.position_rows, B, T).contiguous()
     past = [torch.randn(B, d.num_kv_heads, P, d.head_dim)
             for _ in range(2 * (segment.stop - segment.first))]
     return (torch.randn(B, T, d.hidden_size), mask, positions, *past)
@@ -323,6 +332,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                   removed_blocks: list[int] | None = None, opset: int = DEFAULT_OPSET,
                   validate_n: int = 50, prompt: str | None = None, max_new_tokens: int = 48,
                   threads: int | None = None, fused: bool = True,
+                  camera_size: tuple[int, int] | None = None,
                   fused_max_length: int | None = None, fused_weights: str = 'fp32',
                   on_stage: Callable[[str], None] | None = None,
                   on_check: Callable[[object], None] | None = None) -> ExportResult:
@@ -339,10 +349,11 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     positions (default: the model's max_position_embeddings, at most 2048); a model it does not
     cover gets none, with a log line saying why. `fused_weights` 'int4' / 'int8' adds the
     quantized copies the runtime uses: decode steps with int4 / int8 weights, the prefill with
-    dynamic int8 (fused_decoder.py says why).
+    dynamic int8 (fused_decoder.py says why). `camera_size` (H, W): the frames a Qwen bundle
+    takes (default: the validation scenes' size); it fixes the patch grid (qwen_vision.py).
     `on_stage(text)` / `on_check(Check)` report progress.
     """
-    from ros2_gmskip.exporters import trt_ops, validate
+    from ros2_gmskip.exporters import qwen_vision, trt_ops, validate
     from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     from ros2_gmskip.vlm.blocks import remove_blocks
     from ros2_gmskip.vlm.loading import check_model_dir, load_vlm
@@ -380,9 +391,22 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         raise BundleError(f'KV removal from layer {token_skip.kv_start} is past the last of the '
                           f'{num_layers} decoder blocks')
     splits, rank_at = token_skip.splits(num_layers)
-    preprocess = mf.preprocess_entry(processor.image_processor)
+    layout = None
+    if family_of_config(model.config) in qwen_vision.FAMILIES:
+        if not token_skip.is_off:
+            raise BundleError(f'token skipping ({token_skip.describe()}) is not supported for '
+                              f'{model.config.model_type} export yet (FastV and KV removal are '
+                              'validated against the LLaVA torch reference only): export '
+                              'without it')
+        camera_size = camera_size or validate.scene_images(1)[0].shape[:2]
+        layout = qwen_vision.qwen_layout(model, processor, camera_size, prompt_text)
+        stage(f'{camera_size[0]}x{camera_size[1]} frames: patch grid '
+              f'{list(layout.mrope.grid_thw)}, {layout.num_image_tokens} image tokens')
+    preprocess = layout.preprocess if layout else mf.preprocess_entry(processor.image_processor)
     config = export_config_for(model.config, num_layers=num_layers, opset=opset,
-                               image_size=preprocess.size, splits=splits, rank_at=rank_at)
+                               image_size=preprocess.size, splits=splits, rank_at=rank_at,
+                               num_image_tokens=layout and layout.num_image_tokens,
+                               pixel_shape=layout and layout.pixel_shape)
     model.eval()
     if hasattr(model, 'set_attn_implementation'):
         model.set_attn_implementation('eager')                    # plain ops in the vision graph
@@ -392,8 +416,10 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         t = time.perf_counter()
         stage(f'exporting {VISION} (opset {opset})')
         vision = config.graphs['vision']
-        _export_graph(VisionForExport(model), _dummy_vision_inputs(config), tmp / VISION,
-                      vision.inputs, vision.outputs, opset)
+        module = (qwen_vision.QwenVisionForExport(model, layout.mrope.grid_thw) if layout
+                  else VisionForExport(model))
+        _export_graph(module, _dummy_vision_inputs(config), tmp / VISION, vision.inputs,
+                      vision.outputs, opset)
         removed = f', {len(blocks)} {stack} blocks removed' if blocks else ''
         for seg in config.segments:
             part = '' if len(config.segments) == 1 else f' blocks {seg.first}..{seg.stop - 1} of'
@@ -428,7 +454,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                                  'runtime needs a fast (tokenizers) tokenizer')
         seconds['export'] = time.perf_counter() - t
 
-        num_image_tokens = validate.count_image_tokens(processor, prompt_text)
+        num_image_tokens = (layout.num_image_tokens if layout else    # checked by qwen_layout
+                            validate.count_image_tokens(processor, prompt_text))
         if num_image_tokens != config.num_image_tokens:
             raise ModelLoadError(f'the processor expands the image to {num_image_tokens} tokens, '
                                  f'the vision tower makes {config.num_image_tokens}')
@@ -440,7 +467,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             tokens=mf.tokens_entry(processor, model.config, model.generation_config,
                                    config.num_image_tokens, prompt_text),
             preprocess=preprocess, decoder=config.decoder, token_skip=token_skip,
-            segments=tuple(segments), fused=fused_record,
+            segments=tuple(segments), fused=fused_record, mrope=layout and layout.mrope,
             draft=DRAFT if (tmp / DRAFT).is_file() else None, validation=None,
             versions=mf.versions())
         write_manifest(tmp, manifest)

@@ -235,7 +235,7 @@ def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask:
     out: dict[str, np.ndarray] = {}
     checks = []
     h = embeds
-    B, T = positions.shape
+    B, T = positions.shape[-2:]                          # (B, T), M-RoPE's (3, B, T)
     sizes = {'batch': B, 'seq': T, 'total': mask.shape[1]}
     for session, seg in zip(sessions, config.segments):
         outputs = config.graphs[seg.name].outputs
@@ -305,10 +305,12 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     A segmented decoder is run segment after segment, unpruned, against the whole HF decoder;
     with `fused` (the fused runners) the fused graphs' logits and KV rows are checked too.
     """
+    from ros2_gmskip.vlm.families import decode_positions, position_ids, split_inputs
     from ros2_gmskip.vlm.prompting import build_inputs
 
     checks = []
     inputs = build_inputs(processor, [image], prompt)
+    positions, delta = position_ids(model, inputs)                   # (1, T) or (3, 1, T)
     pixel_values = inputs['pixel_values']
     ids = inputs['input_ids']                                             # (1, T)
     T = ids.shape[1]
@@ -327,9 +329,15 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     checks.append(Check('prompt ids', same, f"{T} ids identical to the processor's" if same else
                         f'runtime {runtime_ids.tolist()[:8]}.. != processor '
                         f'{ids[0].tolist()[:8]}..'))
+    mine = backend.prompt_positions(runtime_ids)
+    mine = np.arange(len(runtime_ids)) if mine is None else mine
+    want = positions.numpy()[..., 0, :]
+    same = np.array_equal(mine, want)
+    checks.append(Check('positions', same, f"{want.shape} identical to the model's" if same
+                        else f'runtime {mine.tolist()} != model {want.tolist()}'))
 
     # 4a. vision
-    ref_feats = model.get_image_features(pixel_values=pixel_values).pooler_output
+    ref_feats = model.get_image_features(**split_inputs(inputs)[0]).pooler_output
     ref_feats = torch.cat(list(ref_feats), dim=0)[None]                  # (1, n, C)
     ort_feats = backend.image_embeds(pixel_values.numpy())
     diffs = {'image_embeds': _max_diff(ort_feats, ref_feats.numpy())}
@@ -340,24 +348,25 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     embeds = model.get_input_embeddings()(ids)
     mask = ids == model.config.image_token_id
     embeds = embeds.masked_scatter(mask[..., None], ref_feats.to(embeds.dtype))
-    ref = model(inputs_embeds=embeds, attention_mask=inputs['attention_mask'], use_cache=True,
-                **extras)
+    ref = model(inputs_embeds=embeds, attention_mask=inputs['attention_mask'],
+                position_ids=positions, use_cache=True, **extras)
     L, kv, d = config.decoder.num_layers, config.decoder.num_kv_heads, config.decoder.head_dim
     empty = [np.zeros((1, kv, 0, d), np.float32)] * (2 * L)
     ort, shapes = run_segments(sessions, config, embeds.numpy(), np.ones((1, T)),
-                               np.arange(T)[None], empty)
+                               positions.numpy(), empty)
     _merge_diffs(diffs, ort, _reference(ref))
     shape_checks += [Check(f'decoder prefill: {c.name}', c.ok, c.detail) for c in shapes]
 
     # 4c. one decode step with past
     token = int(ref.logits[0, -1].argmax())
+    step_positions = decode_positions(model, torch.tensor([[T]]), delta)  # (1, 1) / (3, 1, 1)
     step_ref = model(input_ids=torch.tensor([[token]]), attention_mask=torch.ones(1, T + 1,
-                     dtype=torch.int64), past_key_values=ref.past_key_values, use_cache=True,
-                     **extras)
+                     dtype=torch.int64), past_key_values=ref.past_key_values,
+                     position_ids=step_positions, use_cache=True, **extras)
     step_embeds = backend.embed_table[token][None, None]
     past = [ort[f'present.{i}.{k}'] for i in range(L) for k in ('key', 'value')]
     step, shapes = run_segments(sessions, config, step_embeds, np.ones((1, T + 1)),
-                                np.array([[T]]), past)
+                                step_positions.numpy(), past)
     _merge_diffs(diffs, step, _reference(step_ref))
     shape_checks += [Check(f'decoder step: {c.name}', c.ok, c.detail) for c in shapes]
     fused_checks = []
@@ -374,7 +383,8 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     emb2 = torch.cat([embeds, padded])                                    # (2, T, C)
     mask2 = torch.ones(2, T, dtype=torch.int64)
     mask2[1, :pad] = 0
-    pos2 = (mask2.cumsum(-1) - 1).clamp(min=0)
+    shifted = torch.cat([torch.zeros_like(positions[..., :pad]), positions[..., :T - pad]], -1)
+    pos2 = torch.cat([positions, shifted], dim=-2)           # the padded row's real tokens
     ref2 = model(inputs_embeds=emb2, attention_mask=mask2, position_ids=pos2).logits.numpy()
     empty2 = [np.zeros((2, kv, 0, d), np.float32)] * (2 * L)
     ort2 = run_segments(sessions, config, emb2.numpy(), mask2.numpy(), pos2.numpy(), empty2,
@@ -484,6 +494,9 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
         graph = config.graphs[name]
         add(check_interface(name, session, list(graph.inputs), list(graph.outputs)))
     images = scene_images(max(n_scenes, 1))
+    if manifest.mrope is not None:           # Qwen: the scenes as the exported camera sees them
+        from ros2_gmskip.exporters.qwen_vision import camera_frames
+        images = camera_frames(images, manifest.mrope.camera_size)
     add(check_values(backend, model, processor, config, images[0], prompt, report,
                      fused=exact.decoder_loop.runners if fused else None))
     references: dict = {}

@@ -58,6 +58,11 @@ def _check_inputs(session, names: list[str], what: str) -> None:
                           're-run ros2-gmskip export')
 
 
+def batch_of_one(positions: np.ndarray) -> np.ndarray:
+    """Return positions (n,) as (1, n), M-RoPE's (3, n) as (3, 1, n), contiguous."""
+    return np.ascontiguousarray(positions[..., None, :])
+
+
 def output_shape(session, name: str) -> tuple[int, ...]:
     """Return the shape a graph declares for output `name`, dynamic axes as 1."""
     shape = next(o.shape for o in session.get_outputs() if o.name == name)
@@ -93,7 +98,7 @@ class PortableRunner:
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.segment.input_name, rows)
         binding.bind_cpu_input(ATTENTION_MASK, self._mask[:, :total])
-        binding.bind_cpu_input(POSITION_IDS, positions[None])
+        binding.bind_cpu_input(POSITION_IDS, batch_of_one(positions))
         for i, name in enumerate(self.past_names):
             value = self._empty if past is None else past[i]
             if isinstance(value, np.ndarray):

@@ -1,0 +1,212 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Qwen2-VL and Qwen2.5-VL exported to ONNX and run by ONNX Runtime.
+
+Tiny random checkpoints of both (vlm/tiny_families.py) are exported once per session for a
+480x640 camera (patch grid 1x6x8, 12 image tokens; Qwen2.5-VL with 4 attention windows) and
+validated as LLaVA is (exporters/validate.py); the tests then check the pieces the validation
+relies on, each against transformers, and the one-line refusals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ros2_gmskip.errors import BundleError, EngineError, ImageError
+
+FAMILIES = ('qwen2_vl', 'qwen2_5_vl')
+CAMERA = (480, 640)
+NEW_TOKENS = 8
+PROMPTS = ('describe the scene.', 'what is on the left ?')
+
+
+@pytest.fixture(scope='session')
+def qwen(tmp_path_factory) -> dict[str, dict]:
+    """Return {family: {'dir', 'bundle', 'result'}}: each checkpoint built and exported once."""
+    import torch
+    from ros2_gmskip.exporters.onnx_export import export_bundle
+    from ros2_gmskip.vlm.tiny_families import save_tiny
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp('qwen')
+    out = {}
+    for family in FAMILIES:
+        model_dir = save_tiny(family, root / family)
+        result = export_bundle(model_dir, root / f'{family}-bundle', validate_n=3,
+                               max_new_tokens=NEW_TOKENS, threads=1, camera_size=CAMERA)
+        out[family] = {'dir': model_dir, 'bundle': result.path, 'result': result}
+    return out
+
+
+@pytest.fixture(scope='session')
+def loaded(qwen):
+    """Return a loader of (model, processor) per family, each loaded once."""
+    from ros2_gmskip.vlm.loading import load_vlm
+    cache: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_vlm(qwen[family]['dir'])
+        return cache[family]
+    return get
+
+
+@pytest.fixture(scope='session')
+def frames() -> list[np.ndarray]:
+    """Return three test scenes at the camera's size."""
+    from ros2_gmskip.exporters.qwen_vision import camera_frames
+    from ros2_gmskip.exporters.validate import scene_images
+    return camera_frames(scene_images(3), CAMERA)
+
+
+def _backend(qwen, family: str, **kwargs):
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+    return OrtBackend(qwen[family]['bundle'], threads=1, **kwargs)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_export_validates_and_records_the_layout(family, qwen):
+    """Every check passed (op lint included); the manifest holds what export fixed."""
+    result = qwen[family]['result']
+    assert all(c.ok for c in result.checks), [c.line() for c in result.checks if not c.ok]
+    names = {c.name for c in result.checks}
+    assert {'vision.onnx TensorRT ops', 'decoder.onnx TensorRT ops', 'positions',
+            'preprocess', 'image_embeds', 'logits', 'greedy text'} <= names
+    m = result.manifest
+    assert m.mrope.camera_size == CAMERA and m.mrope.grid_thw == (1, 6, 8)
+    assert m.preprocess.size == (24, 32)                    # smart resize of 480x640
+    assert m.tokens.num_image_tokens == 12                  # 6 * 8 / 2^2
+    assert m.mrope.rope_delta == 4 - 12                     # max(3, 4) - 12
+    assert m.mrope.windows == (4 if family == 'qwen2_5_vl' else None)
+    assert m.fused is None and m.decoder.family == family
+    assert m.validation['identical_text'] == '3/3'
+    assert m.graphs['vision'].inputs[0].shape == (48, 96)
+    assert m.graphs['decoder'].inputs[2].shape == (3, 'batch', 'seq')
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_patches_are_bit_identical_to_the_hf_processor(family, qwen, loaded, frames):
+    """Smart resize + patches, torch-free, equal the processor's bits; other grids refused."""
+    from ros2_gmskip.vlm.prompting import build_inputs
+    _, processor = loaded(family)
+    backend = _backend(qwen, family)
+    near = np.ascontiguousarray(frames[0][:470, :630])      # another size, the same grid
+    for image in [*frames, near]:
+        want = build_inputs(processor, [image], PROMPTS[0])
+        assert want['image_grid_thw'].tolist() == [[1, 6, 8]]
+        got = backend.preprocess(image)
+        assert got.dtype == np.float32
+        assert np.array_equal(got, want['pixel_values'].numpy())
+    with pytest.raises(ImageError) as err:
+        backend.preprocess(np.zeros((64, 64, 3), dtype=np.uint8))
+    assert str(err.value) == ('image of 64x64 gives the Qwen patch grid [1, 8, 8], the bundle was '
+                              'exported for 480x640 frames (grid [1, 6, 8]): re-export it with '
+                              '--camera-size 64x64')
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_positions_equal_get_rope_index(family, qwen, loaded, frames):
+    """Prefill positions per prompt and decode positions (index + rope delta) equal HF's."""
+    import torch
+    from ros2_gmskip.runtime.qwen import extend_positions
+    from ros2_gmskip.vlm.families import decode_positions, position_ids
+    from ros2_gmskip.vlm.prompting import build_inputs
+    model, processor = loaded(family)
+    backend = _backend(qwen, family)
+    for prompt in PROMPTS:
+        inputs = build_inputs(processor, [frames[0]], prompt)
+        want, delta = position_ids(model, inputs)                          # (3, 1, T)
+        ids = backend.tokenizer.prompt_ids(prompt)
+        got = backend.prompt_positions(ids)
+        assert np.array_equal(got, want[:, 0].numpy())
+        T = got.shape[1]
+        table = extend_positions(got, T + 5)
+        for k in range(5):
+            step = decode_positions(model, torch.tensor([[T + k]]), delta)   # (3, 1, 1)
+            assert np.array_equal(table[:, T + k], step[:, 0, 0].numpy())
+        assert int(delta) == backend.bundle.manifest.mrope.rope_delta
+
+
+def test_the_decoder_graph_reads_all_three_position_rows(qwen):
+    """The logits check can fail: plain positions (the t row three times) change the logits."""
+    backend = _backend(qwen, 'qwen2_vl')
+    ids = backend.tokenizer.prompt_ids(PROMPTS[0])
+    embeds = backend.embed_table[ids][None]
+    mrope = backend.prompt_positions(ids)
+    plain = np.repeat(mrope[:1], 3, axis=0)
+    runner = backend.portable[0]
+    a = runner.prefill(embeds, mrope).out
+    b = runner.prefill(embeds, plain).out
+    assert np.abs(a - b).max() > 1e-3
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_onnxruntime_text_equals_generate(family, qwen, loaded, frames):
+    """Greedy text of the bundle == transformers generate, for prompts of different lengths."""
+    from ros2_gmskip.vlm.generation import generate_texts
+    model, processor = loaded(family)
+    backend = _backend(qwen, family)
+    assert backend.info.decoder_graph == 'portable'
+    for prompt in PROMPTS:
+        want = generate_texts(model, processor, frames, prompt, max_new_tokens=NEW_TOKENS)
+        got = [backend.describe(f, prompt, NEW_TOKENS).text for f in frames]
+        assert got == want
+    assert len(set(want)) > 1, 'every frame gave the same text: the test could not see images'
+
+
+def test_drafted_tokens_keep_the_greedy_text(qwen, frames):
+    """Speculative runs feed (3, rows) position slices: same text as one token per run."""
+    backend = _backend(qwen, 'qwen2_5_vl')
+    plain = [backend.describe(f, PROMPTS[0], NEW_TOKENS).text for f in frames]
+
+    class Guess:                     # proposes the token ids 5, 6, 7 (mostly refused)
+        def propose(self, history, k, stop_ids=frozenset()):
+            return [5, 6, 7][:k]
+    loop = backend.decoder_loop
+    loop.draft, loop.draft_tokens = Guess(), 3
+    assert loop.speculative
+    assert [backend.describe(f, PROMPTS[0], NEW_TOKENS).text for f in frames] == plain
+
+
+def test_refusals_are_one_line(qwen, tmp_path):
+    """Token skipping, the fused graph and TensorRT are refused for Qwen bundles, in one line."""
+    from ros2_gmskip.bundle_format import load_bundle
+    from ros2_gmskip.exporters.onnx_export import export_bundle
+    from ros2_gmskip.runtime.qwen import check_tensorrt
+    from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
+    fastv = TokenSkip(fastv=FastVConfig(k=1, r=0.5))
+    with pytest.raises(BundleError) as err:
+        export_bundle(qwen['qwen2_vl']['dir'], tmp_path / 'b', tokens=fastv, validate_n=0)
+    assert 'token skipping (FastV' in str(err.value) and '\n' not in str(err.value)
+    assert not (tmp_path / 'b').exists()
+    with pytest.raises(BundleError, match='not supported for qwen2_vl bundles yet'):
+        _backend(qwen, 'qwen2_vl', token_skip=fastv)
+    with pytest.raises(BundleError, match='has no fused decoder graph'):
+        _backend(qwen, 'qwen2_vl', graph='fused')
+    bundle = load_bundle(qwen['qwen2_5_vl']['bundle'])
+    with pytest.raises(EngineError, match='use --backend onnxruntime'):
+        check_tensorrt(bundle.manifest, bundle.where())
+
+
+def test_manifest_round_trips(qwen):
+    """The `mrope` record is read back as written (tuples, not lists)."""
+    from ros2_gmskip.bundle_format import read_manifest
+    path = Path(qwen['qwen2_vl']['bundle'])
+    m = read_manifest(path)
+    assert m.mrope == qwen['qwen2_vl']['result'].manifest.mrope
+    assert m.to_dict()['mrope']['grid_thw'] == [1, 6, 8]
