@@ -102,6 +102,15 @@ def node_param(key: str) -> Callable[[str], object]:
     return parse
 
 
+def frame_size(text: str) -> tuple[int, int]:
+    """Parse a frame size HEIGHTxWIDTH (e.g. `480x640`) into (height, width)."""
+    parts = text.lower().split('x')
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f'expected HEIGHTxWIDTH in pixels (e.g. 480x640), got '
+                                         f'{text!r}')
+    return int(parts[0]), int(parts[1])
+
+
 def existing_dir(text: str) -> Path:
     path = Path(text)
     if path.is_file():

@@ -45,7 +45,8 @@ import argparse
 from pathlib import Path
 import time
 
-from ros2_gmskip.argtypes import existing_dir, existing_file, non_negative_int, positive_int
+from ros2_gmskip.argtypes import (existing_dir, existing_file, frame_size, non_negative_int,
+                                  positive_int)
 from ros2_gmskip.bundle_format import VISION, WEIGHTS
 from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
 
@@ -87,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'refuses the bundle when more than 1 in 5 of the --validate-n test '
                              'scenes differ from generate (use 50 or more: a handful is too few '
                              'to judge; default: %(default)s)')
+    parser.add_argument('--camera-size', type=frame_size, default=None, metavar='HxW',
+                        help='Qwen2-VL / Qwen2.5-VL: the camera frames the bundle will take; '
+                             'their patch grid, image token count and positions are fixed at '
+                             'export, and frames that give another grid are refused (default: '
+                             'the validation scenes, 480x640; other families resize to a fixed '
+                             'size and ignore it)')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for PyTorch and ONNX Runtime during validation '
                              '(default: all)')
@@ -109,6 +116,7 @@ def main(args: argparse.Namespace) -> int:
     result = export_bundle(model, args.out, plan=args.plan, tokens=tokens, opset=args.opset,
                            validate_n=args.validate_n, max_new_tokens=args.max_new_tokens,
                            threads=args.threads, fused=not args.no_fused,
+                           camera_size=args.camera_size,
                            fused_max_length=args.fused_max_length,
                            fused_weights=args.fused_weights, on_stage=stage,
                            on_check=lambda check: print(f'  {check.line()}', flush=True))
