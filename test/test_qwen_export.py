@@ -93,10 +93,12 @@ def test_export_validates_and_records_the_layout(family, qwen):
     assert m.tokens.num_image_tokens == 12                  # 6 * 8 / 2^2
     assert m.mrope.rope_delta == 4 - 12                     # max(3, 4) - 12
     assert m.mrope.windows == (4 if family == 'qwen2_5_vl' else None)
-    assert m.fused is None and m.decoder.family == family
-    assert m.validation['identical_text'] == '3/3'
+    assert m.fused.positions == 'explicit' and m.decoder.family == family
+    assert m.validation['identical_text'] == m.validation['fused_identical_text'] == '3/3'
     assert m.graphs['vision'].inputs[0].shape == (48, 96)
     assert m.graphs['decoder'].inputs[2].shape == (3, 'batch', 'seq')
+    fused = _backend(qwen, family).decoder_loop.runners[0].prefill_session
+    assert [i.shape for i in fused.get_inputs() if i.name == 'position_ids'] == [[3, 1, 'seq']]
 
 
 @pytest.mark.parametrize('family', FAMILIES)
@@ -142,36 +144,39 @@ def test_positions_equal_get_rope_index(family, qwen, loaded, frames):
         assert int(delta) == backend.bundle.manifest.mrope.rope_delta
 
 
-def test_the_decoder_graph_reads_all_three_position_rows(qwen):
-    """The logits check can fail: plain positions (the t row three times) change the logits."""
-    backend = _backend(qwen, 'qwen2_vl')
+@pytest.mark.parametrize('graph', ['portable', 'fused'])
+def test_the_decoder_graphs_read_all_three_position_rows(qwen, graph):
+    """The logits checks can fail: plain positions (the t row three times) change the logits."""
+    backend = _backend(qwen, 'qwen2_vl', graph=graph)
     ids = backend.tokenizer.prompt_ids(PROMPTS[0])
     embeds = backend.embed_table[ids][None]
     mrope = backend.prompt_positions(ids)
     plain = np.repeat(mrope[:1], 3, axis=0)
-    runner = backend.portable[0]
-    a = runner.prefill(embeds, mrope).out
+    runner = backend.decoder_loop.runners[0]
+    a = runner.prefill(embeds, mrope).out.copy()
     b = runner.prefill(embeds, plain).out
     assert np.abs(a - b).max() > 1e-3
 
 
 @pytest.mark.parametrize('family', FAMILIES)
 def test_onnxruntime_text_equals_generate(family, qwen, loaded, frames):
-    """Greedy text of the bundle == transformers generate, for prompts of different lengths."""
+    """Greedy text of both graphs == transformers generate, for prompts of different lengths."""
     from ros2_gmskip.vlm.generation import generate_texts
     model, processor = loaded(family)
-    backend = _backend(qwen, family)
-    assert backend.info.decoder_graph == 'portable'
+    backends = [_backend(qwen, family), _backend(qwen, family, graph='portable')]
+    assert [b.info.decoder_graph for b in backends] == ['fused', 'portable']
     for prompt in PROMPTS:
         want = generate_texts(model, processor, frames, prompt, max_new_tokens=NEW_TOKENS)
-        got = [backend.describe(f, prompt, NEW_TOKENS).text for f in frames]
-        assert got == want
+        for backend in backends:
+            got = [backend.describe(f, prompt, NEW_TOKENS).text for f in frames]
+            assert got == want, backend.info.decoder_graph
     assert len(set(want)) > 1, 'every frame gave the same text: the test could not see images'
 
 
-def test_drafted_tokens_keep_the_greedy_text(qwen, frames):
+@pytest.mark.parametrize('graph', ['portable', 'fused'])
+def test_drafted_tokens_keep_the_greedy_text(qwen, frames, graph):
     """Speculative runs feed (3, rows) position slices: same text as one token per run."""
-    backend = _backend(qwen, 'qwen2_5_vl')
+    backend = _backend(qwen, 'qwen2_5_vl', graph=graph)
     plain = [backend.describe(f, PROMPTS[0], NEW_TOKENS).text for f in frames]
 
     class Guess:                     # proposes the token ids 5, 6, 7 (mostly refused)
@@ -183,8 +188,34 @@ def test_drafted_tokens_keep_the_greedy_text(qwen, frames):
     assert [backend.describe(f, PROMPTS[0], NEW_TOKENS).text for f in frames] == plain
 
 
+def test_one_row_step_graph_keeps_the_text(qwen, loaded, frames, tmp_path):
+    """
+    Decode steps rotate every row alike, so the quantized step graphs' one-row positions work.
+
+    `--fused-weights int4` builds its step graph this way (GroupQueryAttention rotates the new
+    row at position_ids (1, n)); here the same graph in fp32, so the text must not change.
+    """
+    import onnxruntime as ort
+    from ros2_gmskip.exporters.fused_decoder import build_fused_graph
+    from ros2_gmskip.runtime.decode import DecodeLoop
+    from ros2_gmskip.runtime.ort_runners import FusedRunner
+    model, _ = loaded('qwen2_vl')
+    backend = _backend(qwen, 'qwen2_vl')
+    m = backend.bundle.manifest
+    seg = m.segments[0]
+    build_fused_graph(model, tmp_path / 'step.onnx', m.fused.max_length, seg, 'step')
+    step = ort.InferenceSession(str(tmp_path / 'step.onnx'), backend.options)
+    assert [i.shape for i in step.get_inputs() if i.name == 'position_ids'] == [[1, 'seq']]
+    runner = FusedRunner(seg, backend.decoder_loop.runners[0].prefill_session, step, 'explicit',
+                         m.fused.max_length, m.decoder.num_kv_heads, m.decoder.head_dim,
+                         m.fused.attention_scale)
+    want = [backend.describe(f, PROMPTS[1], NEW_TOKENS).text for f in frames]
+    backend.decoder_loop = DecodeLoop([runner], backend.embed_table, backend.tokenizer.stop_ids)
+    assert [backend.describe(f, PROMPTS[1], NEW_TOKENS).text for f in frames] == want
+
+
 def test_refusals_are_one_line(qwen, tmp_path):
-    """Token skipping, the fused graph and TensorRT are refused for Qwen bundles, in one line."""
+    """Token skipping and TensorRT are refused for Qwen bundles, in one line."""
     from ros2_gmskip.bundle_format import load_bundle
     from ros2_gmskip.exporters.onnx_export import export_bundle
     from ros2_gmskip.runtime.qwen import check_tensorrt
@@ -196,8 +227,6 @@ def test_refusals_are_one_line(qwen, tmp_path):
     assert not (tmp_path / 'b').exists()
     with pytest.raises(BundleError, match='not supported for qwen2_vl bundles yet'):
         _backend(qwen, 'qwen2_vl', token_skip=fastv)
-    with pytest.raises(BundleError, match='has no fused decoder graph'):
-        _backend(qwen, 'qwen2_vl', graph='fused')
     bundle = load_bundle(qwen['qwen2_5_vl']['bundle'])
     with pytest.raises(EngineError, match='use --backend onnxruntime'):
         check_tensorrt(bundle.manifest, bundle.where())

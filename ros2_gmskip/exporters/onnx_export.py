@@ -22,6 +22,9 @@ Two graphs (and an optional third), split where the runtime wants to split:
 
 - vision.onnx    pixel_values (B, 3, H, W) -> image_embeds (B, n, C): vision tower, feature layer
                  selection, projector (what `LlavaModel.get_image_features` computes).
+                 Qwen2-VL / Qwen2.5-VL: the patch rows (N, C*tp*p*p) of the grid fixed for the
+                 camera -> (1, n, C) (exporters/qwen_vision.py); their decoder graphs take
+                 M-RoPE position_ids (3, B, T) (vlm/mrope.py).
 - decoder.onnx   inputs_embeds (B, T, C), attention_mask (B, P+T), position_ids (B, T),
                  past_key_values.{i}.key/value (B, kv, P, d) for each remaining block i
                  -> logits (B, T, V), present.{i}.key/value (B, kv, P+T, d).
@@ -222,14 +225,15 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments: list
     """
     Write every segment's fused graph and, with `weights` int4 / int8, its quantized copies.
 
-    A plain bundle's one fused graph rotates at the cache length; with `token_skip` each segment
-    gets an explicit-position graph (fused_decoder.py says why). The quantized copies: decode
+    A plain bundle's one fused graph rotates at the cache length; with `token_skip` (token
+    skipping, or M-RoPE) each segment gets an explicit-position graph (fused_decoder.py says
+    why). The quantized copies: decode
     steps with MatMulNBits, the prefill with dynamic int8. Return the segments naming their
     files, and the manifest's `fused` record.
     """
     rotation = 'explicit' if token_skip else 'cache'
     what = ('ONNX Runtime contrib ops' if not token_skip else
-            f'{len(segments)} segment(s) with explicit positions for token skipping')
+            f'{len(segments)} segment(s) with explicit positions')
     stage(f'exporting {FUSED} ({what}, KV buffers of {length} positions)')
     nodes, ops, out = 0, set(), []
     for i, seg in enumerate(segments):
@@ -442,8 +446,9 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                 text_cfg = model.config.get_text_config(decoder=True)
                 length = fused_max_length or min(
                     int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
+                explicit = not token_skip.is_off or layout is not None     # FastV; M-RoPE
                 segments, fused_record = _export_fused(model, tmp, length, fused_weights,
-                                                       segments, not token_skip.is_off, stage)
+                                                       segments, explicit, stage)
         embed = model.get_input_embeddings().weight.detach().float().numpy()   # (V, C)
         np.save(tmp / EMBED, np.ascontiguousarray(embed), allow_pickle=False)
         for name in MODEL_FILES:

@@ -272,22 +272,23 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
         diffs[name] = max(diffs.get(name, 0.0), _max_diff(value, ref[key]))
 
 
-def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref
-                 ) -> dict[str, float]:
+def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref,
+                 positions: np.ndarray, step_positions: np.ndarray) -> dict[str, float]:
     """
     Check the fused runners (ort_runners.FusedRunner, one per segment) against torch.
 
-    They run unpruned: the prompt, then one decode step. Checked are the last position's logits
+    They run unpruned: the prompt at `positions` (T,) or (3, T), then one decode step at
+    `step_positions` (1,) or (3, 1). Checked are the last position's logits
     and the KV rows their in-place buffers hold after the step.
     """
     T = embeds.shape[1]
     h = np.ascontiguousarray(embeds, dtype=np.float32)
     for runner in runners:
-        h = runner.prefill(h, np.arange(T)).out
+        h = runner.prefill(h, positions).out
     prefill = h[0, -1]
     h = np.ascontiguousarray(step_embeds, dtype=np.float32)
     for runner in runners:
-        h = runner.run(h, np.array([T]), T)
+        h = runner.run(h, step_positions, T)
     logits = max(_max_diff(prefill, ref.logits[0, -1].numpy()),
                  _max_diff(h[0, -1], step_ref.logits[0, -1].numpy()))
     buffers = [array for runner in runners for array in runner.arrays]
@@ -371,7 +372,8 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     shape_checks += [Check(f'decoder step: {c.name}', c.ok, c.detail) for c in shapes]
     fused_checks = []
     if fused is not None:
-        fd = _fused_diffs(fused, embeds.numpy(), step_embeds, ref, step_ref)
+        fd = _fused_diffs(fused, embeds.numpy(), step_embeds, ref, step_ref,
+                          positions.numpy()[..., 0, :], step_positions.numpy()[..., 0, :])
         for name, tol in (('logits', config.logits_atol), ('present', config.kv_atol)):
             fused_checks.append(Check(f'fused decoder {name}', fd[name] <= tol,
                                       f'max |onnx - torch| {fd[name]:.1e} (tolerance {tol:.0e}; '

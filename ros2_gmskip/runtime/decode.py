@@ -230,8 +230,9 @@ class DecodeLoop:
                             decode_runs=runs if self.draft is not None else None)
 
     def _prefill(self, h: np.ndarray, image_rows: np.ndarray,
-                 table: np.ndarray) -> tuple[np.ndarray, list[int]]:
+                 table: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
         """Run the prompt through the segments, FastV and KV removal: (last logits, lengths)."""
+        table = self._positions if table is None else table      # (L,) or M-RoPE's (3, L)
         index = np.arange(h.shape[1])                 # original index of each current row
         n_img = len(image_rows)
         fastv = self.fastv if n_img else None
