@@ -21,12 +21,16 @@ Per family, on its tiny checkpoint (vlm/tiny_families.py, built into --work): ex
 model and one with decoder blocks --remove removed (both validated: greedy text == generate on 3
 test scenes), then describes --n test scenes at the camera size (480x640) with
   hf_full     processor + `generate` + decode, the full model (what a user runs without us)
-  ort_full    the ONNX Runtime backend on the full bundle (preprocess + vision + decode)
-  ort_pruned  the same on the pruned bundle
+  ort_full    the ONNX Runtime backend on the full bundle (preprocess + vision + decode), on
+              its fused decoder graph (the default)
+  ort_full_portable   the same on decoder.onnx, the plain-op graph TensorRT builds from
+  ort_pruned  the fused graph of the pruned bundle
 each configuration over every frame, --rounds times in rotated order, torch and ONNX Runtime on
 --threads threads. Prints p50 per-frame latency, new tokens per frame, whether the texts equal
-hf_full's (ort_full must: the same greedy text means the same number of new tokens), and the
-ratios ort_full / hf_full (goal <= 0.3) and ort_pruned / ort_full; --out writes them as JSON.
+hf_full's (ort_full must: the same greedy text means the same number of new tokens), the p50 of
+ms per new token (the pruned model's random weights say other things, at other lengths), and the
+ratios ort_full / hf_full (goal <= 0.3) and ort_pruned / ort_full (per frame and per new
+token); --out writes them as JSON.
 """
 
 from __future__ import annotations
@@ -41,12 +45,13 @@ FAMILIES = ('qwen2_vl', 'qwen2_5_vl')
 CAMERA = (480, 640)
 
 
-def _timed(describe, frames, p50s, texts, tokens) -> None:
+def _timed(describe, frames, times, per_token, texts, tokens) -> None:
     """Run `describe(frame) -> (text, new tokens)` on every frame; record times and outputs."""
     for i, frame in enumerate(frames):
         t = time.perf_counter()
         text, n = describe(frame)
-        p50s.append((time.perf_counter() - t) * 1e3)
+        times.append((time.perf_counter() - t) * 1e3)
+        per_token.append(times[-1] / max(n, 1))
         texts[i], tokens[i] = text, n
 
 
@@ -92,10 +97,13 @@ def bench_family(family: str, args) -> dict:
 
     configs = {'hf_full': hf,
                'ort_full': ort(OrtBackend(bundles['full'], threads=args.threads)),
+               'ort_full_portable': ort(OrtBackend(bundles['full'], threads=args.threads,
+                                                   graph='portable')),
                'ort_pruned': ort(OrtBackend(bundles['pruned'], threads=args.threads))}
     for run in configs.values():                       # warm-up: first-call allocations
         run(frames[0])
     times = {name: [] for name in configs}
+    per_token = {name: [] for name in configs}
     rounds = {name: [] for name in configs}
     texts = {name: [None] * len(frames) for name in configs}
     tokens = {name: [0] * len(frames) for name in configs}
@@ -103,18 +111,23 @@ def bench_family(family: str, args) -> dict:
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             before = len(times[name])
-            _timed(configs[name], frames, times[name], texts[name], tokens[name])
+            _timed(configs[name], frames, times[name], per_token[name], texts[name],
+                   tokens[name])
             rounds[name].append(statistics.median(times[name][before:]))
     p50 = {name: statistics.median(t) for name, t in times.items()}
+    p50_token = {name: statistics.median(t) for name, t in per_token.items()}
     return {
         'family': family, 'n': len(frames), 'rounds': args.rounds, 'threads': args.threads,
         'removed_blocks': args.remove, 'camera': list(CAMERA),
         'p50_ms': {k: round(v, 2) for k, v in p50.items()},
         'round_p50_ms': {k: [round(v, 2) for v in vs] for k, vs in rounds.items()},
+        'p50_ms_per_new_token': {k: round(v, 3) for k, v in p50_token.items()},
         'new_tokens_per_frame': {k: statistics.mean(v) for k, v in tokens.items()},
         'same_text_as_hf_full': {k: texts[k] == texts['hf_full'] for k in configs},
         'ort_full_vs_hf': round(p50['ort_full'] / p50['hf_full'], 3),
         'ort_pruned_vs_ort_full': round(p50['ort_pruned'] / p50['ort_full'], 3),
+        'ort_pruned_vs_ort_full_per_token': round(p50_token['ort_pruned']
+                                                  / p50_token['ort_full'], 3),
     }
 
 
@@ -134,14 +147,17 @@ def main() -> None:
     import torch
     torch.set_num_threads(args.threads)
     results = [bench_family(family, args) for family in args.families]
-    print(f'{"family":<11} {"config":<11} {"p50 ms":>8} {"tokens":>7} {"same text":>9}')
+    print(f'{"family":<11} {"config":<18} {"p50 ms":>8} {"ms/token":>8} {"tokens":>7} '
+          f'{"same text":>9}')
     for res in results:
         for name, ms in res['p50_ms'].items():
-            print(f'{res["family"]:<11} {name:<11} {ms:8.2f} '
+            print(f'{res["family"]:<11} {name:<18} {ms:8.2f} '
+                  f'{res["p50_ms_per_new_token"][name]:8.3f} '
                   f'{res["new_tokens_per_frame"][name]:7.1f} '
                   f'{str(res["same_text_as_hf_full"][name]):>9}')
         print(f'{res["family"]:<11} ort_full / hf_full {res["ort_full_vs_hf"]:.3f} (goal <= 0.3), '
-              f'ort_pruned / ort_full {res["ort_pruned_vs_ort_full"]:.3f}')
+              f'ort_pruned / ort_full {res["ort_pruned_vs_ort_full"]:.3f} per frame, '
+              f'{res["ort_pruned_vs_ort_full_per_token"]:.3f} per new token')
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + '\n')
 
