@@ -87,6 +87,8 @@ def test_help_says_what_the_exit_codes_mean(capsys):
     (['describe', 'x.png', '--max-new-tokens', '0'], '0 is less than the minimum of 1'),
     (['replay', 'b', '--out', 'o', '--max-image-pixels', '0'], 'less than the minimum of 1'),
     (['export', '--out', 'o', '--max-new-tokens', '-3'], 'expected a positive integer'),
+    (['export', '--out', 'o', '--camera-size', '480'], 'expected HEIGHTxWIDTH in pixels (e.g. '
+     "480x640), got '480'"),
 ])
 def test_argument_errors_exit_2_with_the_schema_words(argv, message, capsys):
     code, _, err = run(argv, capsys)
