@@ -527,6 +527,11 @@ def check_layout(m: Manifest, where: str) -> None:
         problems.append(f'fused {m.fused}')
     if m.fused is not None and m.fused.positions == 'cache' and len(m.segments) > 1:
         problems.append('a segmented decoder with cache positions')
+    if m.mrope is not None:
+        t, h, w = m.mrope.grid_thw
+        if t * h * w // m.mrope.merge_size ** 2 != m.tokens.num_image_tokens:
+            problems.append(f'mrope grid {list(m.mrope.grid_thw)} does not make '
+                            f'{m.tokens.num_image_tokens} image tokens')
     if problems:
         raise BundleError(f'{where}: manifest {"; ".join(problems[:3])}: {REEXPORT}')
 

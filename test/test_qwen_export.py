@@ -173,17 +173,20 @@ def test_onnxruntime_text_equals_generate(family, qwen, loaded, frames):
     assert len(set(want)) > 1, 'every frame gave the same text: the test could not see images'
 
 
+class _Guess:
+    """Propose the token ids 5, 6, 7 after anything (mostly refused guesses)."""
+
+    def propose(self, history, k: int, stop_ids=frozenset()) -> list[int]:
+        return [5, 6, 7][:k]
+
+
 @pytest.mark.parametrize('graph', ['portable', 'fused'])
 def test_drafted_tokens_keep_the_greedy_text(qwen, frames, graph):
     """Speculative runs feed (3, rows) position slices: same text as one token per run."""
     backend = _backend(qwen, 'qwen2_5_vl', graph=graph)
     plain = [backend.describe(f, PROMPTS[0], NEW_TOKENS).text for f in frames]
-
-    class Guess:                     # proposes the token ids 5, 6, 7 (mostly refused)
-        def propose(self, history, k, stop_ids=frozenset()):
-            return [5, 6, 7][:k]
     loop = backend.decoder_loop
-    loop.draft, loop.draft_tokens = Guess(), 3
+    loop.draft, loop.draft_tokens = _Guess(), 3
     assert loop.speculative
     assert [backend.describe(f, PROMPTS[0], NEW_TOKENS).text for f in frames] == plain
 
@@ -239,3 +242,18 @@ def test_manifest_round_trips(qwen):
     m = read_manifest(path)
     assert m.mrope == qwen['qwen2_vl']['result'].manifest.mrope
     assert m.to_dict()['mrope']['grid_thw'] == [1, 6, 8]
+
+
+def test_a_grid_that_disagrees_with_the_image_tokens_is_refused(qwen, tmp_path):
+    """The manifest's `mrope` is checked against its token count on load, in one line."""
+    import json
+    import shutil
+    from ros2_gmskip.bundle_format import load_bundle
+    bundle = shutil.copytree(qwen['qwen2_vl']['bundle'], tmp_path / 'b')
+    data = json.loads((bundle / 'manifest.json').read_text())
+    data['mrope']['grid_thw'] = [1, 8, 8]
+    (bundle / 'manifest.json').write_text(json.dumps(data))
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle)
+    assert 'mrope grid [1, 8, 8] does not make 12 image tokens' in str(err.value)
+    assert '\n' not in str(err.value)
