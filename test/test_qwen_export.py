@@ -257,3 +257,13 @@ def test_a_grid_that_disagrees_with_the_image_tokens_is_refused(qwen, tmp_path):
         load_bundle(bundle)
     assert 'mrope grid [1, 8, 8] does not make 12 image tokens' in str(err.value)
     assert '\n' not in str(err.value)
+
+
+def test_a_run_of_image_tokens_that_is_not_whole_images_is_refused():
+    """The prompt template's image tokens must make whole images of the exported grid."""
+    from ros2_gmskip.runtime.qwen import prompt_positions
+    ids = np.array([5, 9, 9, 9, 5])
+    with pytest.raises(ImageError, match='a run of 3 image tokens, not a multiple of the 12'):
+        prompt_positions(ids, 9, (1, 6, 8), 2)
+    two = prompt_positions(np.array([5] + [9] * 24 + [5]), 9, (1, 6, 8), 2)
+    assert two[:, 13].tolist() == [5, 5, 5] and two[:, -1].tolist() == [9, 9, 9]

@@ -25,7 +25,7 @@ run time is cheap numpy:
 - `prompt_positions`: transformers' `get_rope_index` for one prompt: text rows count up on all
   three rows (t, h, w); an image's rows sit at (start, start + row, start + column) of its merged
   grid; the text after it continues from start + max(rows, columns). The prompt length varies
-  with the prompt, so this runs per request (once per prompt text: it is cached);
+  with the prompt, so this runs per request (numpy over the runs of text and image tokens);
 - `extend_positions`: decode step k (after a prompt of T rows) sits at T + k + rope_delta on all
   three rows, rope_delta = max(prompt positions) + 1 - T (fixed by the grid: max(h, w) - h * w
   for merged rows h and columns w).
@@ -34,6 +34,7 @@ run time is cheap numpy:
 from __future__ import annotations
 
 from dataclasses import dataclass
+import functools
 
 import numpy as np
 from ros2_gmskip.bundle_format import Manifest, MRope, Preprocess
@@ -57,11 +58,19 @@ def check_tensorrt(manifest: Manifest, where: str) -> None:
                           'build profiles for it yet: use --backend onnxruntime')
 
 
-def mrope_grid_positions(start: int, grid_thw: tuple[int, int, int], merge: int) -> np.ndarray:
-    """Return the (3, t * h * w / merge^2) positions of one image's tokens from `start`."""
+@functools.lru_cache(maxsize=8)
+def _grid(grid_thw: tuple[int, int, int], merge: int) -> np.ndarray:
+    """Return an image's token positions (3, t * h * w / merge^2) from 0 (the grid is fixed)."""
     t, h, w = grid_thw[0], grid_thw[1] // merge, grid_thw[2] // merge
     T, H, W = np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing='ij')
-    return np.stack([T.ravel(), H.ravel(), W.ravel()]).astype(np.int64) + start
+    grid = np.stack([T.ravel(), H.ravel(), W.ravel()]).astype(np.int64)
+    grid.flags.writeable = False
+    return grid
+
+
+def mrope_grid_positions(start: int, grid_thw: tuple[int, int, int], merge: int) -> np.ndarray:
+    """Return the (3, t * h * w / merge^2) positions of one image's tokens from `start`."""
+    return _grid(tuple(int(v) for v in grid_thw), int(merge)) + start
 
 
 def prompt_positions(ids: np.ndarray, image_token_id: int, grid_thw: tuple[int, int, int],
@@ -69,28 +78,25 @@ def prompt_positions(ids: np.ndarray, image_token_id: int, grid_thw: tuple[int, 
     """
     Return the M-RoPE positions (3, T) of a prompt whose images all have `grid_thw`.
 
-    Each run of image tokens is one image (transformers' get_rope_index with one grid per
-    image); text rows continue from the largest position so far plus one.
+    Every `n` consecutive image tokens are one image (transformers' get_rope_index with one grid
+    per image); text rows continue from the largest position so far plus one.
     """
-    ids = np.asarray(ids)
+    is_image = np.asarray(ids) == image_token_id
     n = grid_thw[0] * grid_thw[1] * grid_thw[2] // merge ** 2
-    out = np.empty((3, len(ids)), dtype=np.int64)
-    i = current = 0
-    while i < len(ids):
-        if ids[i] == image_token_id:
-            if not np.all(ids[i:i + n] == image_token_id):
-                raise ImageError(f'the prompt has a run of image tokens shorter than the {n} '
-                                 'of the exported grid: re-export the bundle')
-            out[:, i:i + n] = mrope_grid_positions(current, grid_thw, merge)
+    bounds = [0, *(np.flatnonzero(np.diff(is_image.view(np.int8))) + 1), len(is_image)]
+    out = np.empty((3, len(is_image)), dtype=np.int64)
+    current = 0
+    for start, stop in zip(bounds, bounds[1:]):            # runs of text, runs of images
+        if not is_image[start]:
+            out[:, start:stop] = np.arange(current, current + stop - start)
+            current += stop - start
+            continue
+        if (stop - start) % n:
+            raise ImageError(f'the prompt has a run of {stop - start} image tokens, not a '
+                             f'multiple of the {n} of the exported grid: re-export the bundle')
+        for first in range(start, stop, n):
+            out[:, first:first + n] = mrope_grid_positions(current, grid_thw, merge)
             current += max(grid_thw[1], grid_thw[2]) // merge
-            i += n
-        else:
-            j = i
-            while j < len(ids) and ids[j] != image_token_id:
-                j += 1
-            out[:, i:j] = np.arange(current, current + j - i)
-            current += j - i
-            i = j
     return out
 
 
