@@ -286,6 +286,28 @@ class Preprocess:
 
 
 @dataclass(frozen=True)
+class MRope:
+    """
+    Qwen2-VL / Qwen2.5-VL: the image layout fixed at export for one camera resolution.
+
+    The patch grid follows from the frame size (smart resize), so the vision graph's patch rows,
+    Qwen2.5-VL's attention windows, the image token count and the decode positions' rope delta
+    are all fixed by `camera_size`; `preprocess.size` is the resized (H, W).
+    """
+
+    camera_size: tuple[int, int]        # (H, W) of the frames the bundle was exported for
+    grid_thw: tuple[int, int, int]      # image_grid_thw of such a frame, in patches
+    patch_size: int
+    merge_size: int                     # merged patches per side: one image token per merge^2
+    temporal_patch_size: int
+    min_pixels: int
+    max_pixels: int
+    mrope_section: tuple[int, ...]      # rotary frequencies of the t, h, w rows
+    rope_delta: int                     # decode step k after T prompt rows: T + k + rope_delta
+    windows: int | None = None          # Qwen2.5-VL's attention windows per image (2-VL: None)
+
+
+@dataclass(frozen=True)
 class SourceModel:
     """The weights the bundle was exported from."""
 
@@ -320,6 +342,7 @@ class Manifest:
     token_skip: TokenSkip               # what the runtime applies unless told otherwise
     segments: tuple[Segment, ...]
     fused: FusedDecoder | None
+    mrope: MRope | None                 # Qwen: positions and the patch grid (else null)
     draft: str | None                   # DRAFT when the bundle carries a draft table
     validation: dict | None
     versions: dict[str, str | None]
@@ -408,6 +431,7 @@ def _manifest_from_dict(d: dict) -> Manifest:
     tokens, pre = d['tokens'], d['preprocess']
     plan = d['plan']
     fused = d['fused']
+    mrope = d['mrope']
     mean, std = pre['image_mean'], pre['image_std']
     return _build(
         Manifest, d,
@@ -425,7 +449,10 @@ def _manifest_from_dict(d: dict) -> Manifest:
         decoder=_build(DecoderShape, d['decoder']),
         token_skip=TokenSkip.from_dict(d['token_skip']),
         segments=tuple(_build(Segment, s) for s in d['segments']),
-        fused=None if fused is None else _build(FusedDecoder, fused, ops=tuple(fused['ops'])))
+        fused=None if fused is None else _build(FusedDecoder, fused, ops=tuple(fused['ops'])),
+        mrope=None if mrope is None else _build(
+            MRope, mrope, **{k: tuple(mrope[k]) for k in ('camera_size', 'grid_thw',
+                                                          'mrope_section')}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,6 +542,11 @@ def check_layout(m: Manifest, where: str) -> None:
         problems.append(f'fused {m.fused}')
     if m.fused is not None and m.fused.positions == 'cache' and len(m.segments) > 1:
         problems.append('a segmented decoder with cache positions')
+    if m.mrope is not None:
+        t, h, w = m.mrope.grid_thw
+        if t * h * w // m.mrope.merge_size ** 2 != m.tokens.num_image_tokens:
+            problems.append(f'mrope grid {list(m.mrope.grid_thw)} does not make '
+                            f'{m.tokens.num_image_tokens} image tokens')
     if problems:
         raise BundleError(f'{where}: manifest {"; ".join(problems[:3])}: {REEXPORT}')
 

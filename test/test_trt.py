@@ -110,7 +110,7 @@ def manifest_dict(files: dict, segments=PLAIN, token_skip=None) -> dict:
                       'portable': 'decoder.onnx' if i == 0 else f'decoder.{i}.onnx',
                       'fused': None, 'fused_prefill': None, 'fused_step': None}
                      for i, (first, stop, ranks) in enumerate(segments)],
-        'fused': None, 'draft': None, 'validation': None, 'versions': {},
+        'fused': None, 'mrope': None, 'draft': None, 'validation': None, 'versions': {},
     }
 
 

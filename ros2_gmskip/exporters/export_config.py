@@ -24,8 +24,9 @@ specs, so the graph, its check and its description cannot drift apart.
     config.graphs['decoder'].inputs[0]   # TensorSpec('inputs_embeds', ('batch', 'seq', 192))
 
 Supported: LLaVA (`llava`, the project's `gmskip_llava`) with a Llama / Mistral / Qwen2-style
-decoder, Idefics3 / SmolVLM (Llama), PaliGemma (Gemma). Torch-free: works on a transformers
-config object.
+decoder, Idefics3 / SmolVLM (Llama), PaliGemma (Gemma); Qwen2-VL and Qwen2.5-VL (patch-row
+vision input for a fixed grid, M-RoPE positions (3, batch, seq): exporters/qwen_vision.py).
+Torch-free: works on a transformers config object.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ MIN_OPSET, MAX_OPSET = 17, 20  # TensorRT 10.x parses opsets 9..20; below 17 lac
 
 # config.model_type of the VLM -> family name; of its decoder -> the decoder styles we export.
 SUPPORTED_FAMILIES = {'llava': 'llava', 'gmskip_llava': 'llava', 'idefics3': 'idefics3',
-                      'smolvlm': 'idefics3', 'paligemma': 'paligemma'}
+                      'smolvlm': 'idefics3', 'paligemma': 'paligemma', 'qwen2_vl': 'qwen2_vl',
+                      'qwen2_5_vl': 'qwen2_5_vl'}
+MROPE_FAMILIES = ('qwen2_vl', 'qwen2_5_vl')     # patch-row vision input, 3-row positions
 # What the families export does not cover yet lack, named in their one-line refusal.
 MISSING = {
     'gemma3': 'bidirectional attention among the image tokens only (token_type_ids), q/k '
@@ -52,7 +55,7 @@ MISSING = {
               'layers with their own RoPE base in the decoder graph',
     'llava_onevision': 'anyres tiles with row newlines in the torch-free preprocessing',
 }
-SUPPORTED_DECODERS = ('llama', 'mistral', 'qwen2', 'gemma')
+SUPPORTED_DECODERS = ('llama', 'mistral', 'qwen2', 'gemma', 'qwen2_vl_text', 'qwen2_5_vl_text')
 SUPPORTED_ROPE_TYPES = ('default', 'linear', 'llama3', 'yarn')   # static inv_freq: traceable
 SUPPORTED_SELECT_STRATEGIES = ('full', 'default')
 
@@ -79,6 +82,8 @@ class ExportConfig:
     attention_atol: float = 1e-5     # probabilities
     splits: tuple[int, ...] = ()     # decoder split before these blocks (token skipping)
     rank_at: int | None = None       # FastV K: the segment ending here outputs attention
+    pixel_shape: tuple[int, ...] | None = None   # vision input; None: (batch, 3, H, W)
+    position_rows: int = 1           # 3: M-RoPE position_ids (3, batch, seq)
     segments: list[Segment] = field(init=False)
     graphs: dict[str, GraphSpec] = field(init=False)     # vision and each segment's name
 
@@ -99,9 +104,10 @@ class ExportConfig:
         self.segments = [Segment(first=first, stop=stop, last=stop == d.num_layers,
                                  ranks=self.rank_at == stop, portable=portable_file(i))
                          for i, (first, stop) in enumerate(zip(bounds, bounds[1:]))]
+        images = BATCH if self.pixel_shape is None else 1     # patch rows: one image
         self.graphs = {'vision': GraphSpec(
-            inputs=(TensorSpec(PIXEL_VALUES, (BATCH, 3, H, W)),),
-            outputs=(TensorSpec(IMAGE_EMBEDS, (BATCH, self.num_image_tokens, d.hidden_size),
+            inputs=(TensorSpec(PIXEL_VALUES, self.pixel_shape or (BATCH, 3, H, W)),),
+            outputs=(TensorSpec(IMAGE_EMBEDS, (images, self.num_image_tokens, d.hidden_size),
                                 atol=self.embeds_atol),))}
         self.graphs.update({seg.name: self._graph(seg) for seg in self.segments})
 
@@ -113,7 +119,8 @@ class ExportConfig:
         hidden = (BATCH, SEQ, d.hidden_size)
         inputs = [TensorSpec(seg.input_name, hidden),
                   TensorSpec(ATTENTION_MASK, (BATCH, TOTAL), 'int64'),     # total = past + seq
-                  TensorSpec(POSITION_IDS, (BATCH, SEQ), 'int64')]
+                  TensorSpec(POSITION_IDS, (BATCH, SEQ) if self.position_rows == 1
+                             else (self.position_rows, BATCH, SEQ), 'int64')]
         outputs = [TensorSpec(LOGITS, (BATCH, SEQ, d.vocab_size), atol=self.logits_atol)
                    if seg.last else TensorSpec(HIDDEN_STATES, hidden, atol=self.hidden_atol)]
         if seg.ranks:
@@ -139,7 +146,7 @@ def family_of_config(config: Any) -> str:
     if model_type not in SUPPORTED_FAMILIES:
         raise ModelLoadError(f'export of {model_type} is not supported yet: supported are '
                              f'{", ".join(sorted(SUPPORTED_FAMILIES))} (LLaVA with a '
-                             f'{"/".join(SUPPORTED_DECODERS)} decoder)')
+                             'llama/mistral/qwen2 decoder; Qwen2-VL, Qwen2.5-VL)')
     return SUPPORTED_FAMILIES[model_type]
 
 
@@ -168,12 +175,14 @@ def rope_parameters(text_config: Any) -> dict:
 
 def export_config_for(config: Any, num_layers: int | None = None, opset: int = DEFAULT_OPSET,
                       image_size: tuple[int, int] | None = None, splits: tuple[int, ...] = (),
-                      rank_at: int | None = None) -> ExportConfig:
+                      rank_at: int | None = None, num_image_tokens: int | None = None,
+                      pixel_shape: tuple[int, ...] | None = None) -> ExportConfig:
     """
     Return the ExportConfig of a VLM config.
 
     After pruning, pass the remaining `num_layers`; for token skipping, the decoder `splits` and
-    FastV's K as `rank_at`.
+    FastV's K as `rank_at`. Qwen (MROPE_FAMILIES): the layout fixed for the camera
+    (exporters/qwen_vision.py) as `image_size` (resized), `num_image_tokens`, `pixel_shape`.
     """
     family = family_of_config(config)
     text = _get(config, 'text_config')
@@ -189,6 +198,8 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
                              f'(it changes with the sequence length): supported are '
                              f'{", ".join(SUPPORTED_ROPE_TYPES)}')
     strategy = _get(config, 'vision_feature_select_strategy', 'default')
+    if family in MROPE_FAMILIES:
+        strategy = 'full'                # no CLS token to drop: the merger's rows are the tokens
     if strategy not in SUPPORTED_SELECT_STRATEGIES:
         raise ModelLoadError(f'export with vision_feature_select_strategy {strategy!r} is not '
                              'supported yet: supported are '
@@ -197,16 +208,19 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
     hidden = _get(text, 'hidden_size')
     side = _get(vision, 'image_size')
     patch = _get(vision, 'patch_size')
-    if image_size is None:
-        image_size = (side, side)
-    patches = (image_size[0] // patch) * (image_size[1] // patch)
-    if family == 'idefics3':        # per tile, after the pixel shuffle
-        num_image_tokens = patches // _get(config, 'scale_factor') ** 2
-    elif family == 'paligemma':     # SigLIP: every patch, no CLS
-        num_image_tokens = patches
+    if family in MROPE_FAMILIES:         # before the camera size is known: an empty image
+        image_size, num_image_tokens = image_size or (0, 0), num_image_tokens or 0
+        pixel_shape = pixel_shape or (0, 0)
     else:
-        num_image_tokens = patches + int(_get(vision, 'model_type') == 'clip_vision_model')
-        num_image_tokens -= int(strategy == 'default')
+        image_size = image_size or (side, side)
+        patches = (image_size[0] // patch) * (image_size[1] // patch)
+        if family == 'idefics3':        # per tile, after the pixel shuffle
+            num_image_tokens = patches // _get(config, 'scale_factor') ** 2
+        elif family == 'paligemma':     # SigLIP: every patch, no CLS
+            num_image_tokens = patches
+        else:
+            num_image_tokens = patches + int(_get(vision, 'model_type') == 'clip_vision_model')
+            num_image_tokens -= int(strategy == 'default')
     shape = DecoderShape(
         num_layers=num_layers if num_layers is not None else _get(text, 'num_hidden_layers'),
         num_heads=heads,
@@ -216,5 +230,6 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
         vocab_size=_get(text, 'vocab_size'),
         rope_theta=rope.get('rope_theta'), family=family, decoder_type=decoder_type)
     return ExportConfig(family=family, decoder_type=decoder_type, image_size=tuple(image_size),
-                        num_image_tokens=num_image_tokens, decoder=shape, opset=opset,
-                        splits=tuple(splits), rank_at=rank_at)
+                        num_image_tokens=int(num_image_tokens), decoder=shape, opset=opset,
+                        splits=tuple(splits), rank_at=rank_at, pixel_shape=pixel_shape,
+                        position_rows=3 if family in MROPE_FAMILIES else 1)

@@ -75,6 +75,17 @@ prompt: it assumes consecutive positions), so the quantized decode-step graphs o
 are built that way (rotation 'step'), 10 nodes per block again; the fp32 bundle keeps one graph per
 segment for prefill and steps, so as not to hold the weights twice.
 
+M-RoPE (Qwen2-VL, Qwen2.5-VL)
+-----------------------------
+A Qwen bundle's fused graph takes explicit positions too, `position_ids` (3, 1, seq): the
+prompt's image rows have three different positions (vlm/mrope.py). At its top the graph looks up
+each position row in a (max_length, d/2) cos / sin table that holds that row's frequency sections
+and zeros elsewhere, and sums the three (13 nodes per graph, adding zeros is exact); every block
+rotates q and k with ONNX RotaryEmbedding given those per-row cos / sin (no position ids), then
+GroupQueryAttention with do_rotary=0, as for token skipping. Decode steps put all three rows at
+the same position (runtime/qwen.py), which is plain RoPE, so the quantized decode-step graphs
+are the 'step' ones above (position_ids (1, seq), one row of the three).
+
 Quantized graphs (`export --fused-weights int4|int8`)
 ----------------------------------------------------
 Since a decode step is weight streaming, fewer weight bytes are the remaining lever on a CPU.
@@ -100,12 +111,13 @@ from ros2_gmskip.bundle_format import (ALL_LOGITS, LAST_QUERY, LOGITS, past_name
                                        present_name, Segment, SEQLENS_K, TOTAL_SEQUENCE_LENGTH,
                                        WEIGHTS)
 from ros2_gmskip.exporters.export_config import attention_windows, SUPPORTED_ROPE_TYPES
+from ros2_gmskip.vlm.mrope import mrope_section
 
 QUANT_BLOCK_SIZE = 32
 QUANT_ACCURACY_LEVEL = 4                   # MatMulNBits computes with int8 activations
 MIN_QUANTIZED_AGREEMENT = 0.8              # greedy texts identical to generate, share of scenes
 OPSET = 23                         # RMSNormalization; the contrib ops live in com.microsoft v1
-NORMS = ('LlamaRMSNorm', 'MistralRMSNorm', 'Qwen2RMSNorm')
+NORMS = ('LlamaRMSNorm', 'MistralRMSNorm', 'Qwen2RMSNorm', 'Qwen2VLRMSNorm', 'Qwen2_5_VLRMSNorm')
 # How a graph rotates q and k: at the cache length (a plain bundle), at `position_ids` with ONNX
 # RotaryEmbedding (token skipping: pruned rows keep their positions), or at `position_ids` inside
 # GroupQueryAttention (a token-skipping segment's decode steps: one new row at a known position).
@@ -206,6 +218,7 @@ def build_fused_graph(model, path: Path, max_length: int, segment: Segment,
     first, stop, last = segment.first, segment.stop, segment.last
     explicit = rotation == 'explicit'
     ranks = explicit and segment.ranks
+    section = mrope_section(text.rotary_emb) if explicit else None     # Qwen: (3, 1, seq)
     g = _Graph()
 
     # RoPE tables (max_length, d/2) from the model's own inverse frequencies and scaling.
@@ -219,7 +232,11 @@ def build_fused_graph(model, path: Path, max_length: int, segment: Segment,
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 'seq', C])]
     if rotation != 'cache':
         inputs.append(helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT64,
-                                                    [1, 'seq']))
+                                                    [1, 'seq'] if section is None
+                                                    else [3, 1, 'seq']))
+    rotary = ['cos_cache', 'sin_cache', POSITION_IDS]
+    if section is not None:                 # per-row cos / sin (1, seq, d/2), once per graph
+        rotary = _mrope_rows(g, angles, scale, section)
     inputs += [helper.make_tensor_value_info(SEQLENS_K, TensorProto.INT32, [1]),
                helper.make_tensor_value_info(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, [])]
     outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [1, 1, V]) if last
@@ -260,10 +277,10 @@ def build_fused_graph(model, path: Path, max_length: int, segment: Segment,
                 sizes = g.weight(f'l{i}.qkv_sizes', [H * d, KV * d, KV * d], np.int64)
                 q, k, v = g.node('Split', [qkv, sizes], [f'l{i}.q', f'l{i}.k', f'l{i}.v'],
                                  axis=-1)
-                q = g.node('RotaryEmbedding', [q, 'cos_cache', 'sin_cache', POSITION_IDS],
-                           [f'l{i}.q_rot'], num_heads=H, interleaved=0)[0]
-                k = g.node('RotaryEmbedding', [k, 'cos_cache', 'sin_cache', POSITION_IDS],
-                           [f'l{i}.k_rot'], num_heads=KV, interleaved=0)[0]
+                q = g.node('RotaryEmbedding', [q, *rotary], [f'l{i}.q_rot'], num_heads=H,
+                           interleaved=0)[0]
+                k = g.node('RotaryEmbedding', [k, *rotary], [f'l{i}.k_rot'], num_heads=KV,
+                           interleaved=0)[0]
                 g.node('GroupQueryAttention', [q, k, v, *past, SEQLENS_K,
                                                TOTAL_SEQUENCE_LENGTH],
                        [f'l{i}.attn', *present], 'com.microsoft', num_heads=H, kv_num_heads=KV,
@@ -311,6 +328,38 @@ def build_fused_graph(model, path: Path, max_length: int, segment: Segment,
     proto.ir_version = 10
     onnx.save(proto, str(path))
     return len(g.nodes), sorted({n.op_type for n in g.nodes})
+
+
+def _mrope_rows(g: _Graph, angles: np.ndarray, scale: float,
+                section: tuple[int, ...]) -> list[str]:
+    """
+    Add M-RoPE's cos and sin (1, seq, d/2) at `position_ids` (3, 1, seq); return their names.
+
+    Frequency section i rotates by position row i % 3 (vlm/mrope.py). Each row r gets a table
+    (max_length, d/2) holding cos / sin in its sections and 0 elsewhere; the three rows'
+    lookups are summed (adding zeros is exact), and ONNX RotaryEmbedding takes the result
+    without position ids.
+    """
+    from onnx import numpy_helper
+    bounds = np.cumsum([0, *section])
+    names = []
+    for kind, fn in (('cos', np.cos), ('sin', np.sin)):
+        rows = []
+        for r in range(3):
+            table = np.zeros_like(angles)
+            for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+                if i % 3 == r:
+                    table[:, a:b] = fn(angles[:, a:b]) * scale
+            if kind == 'cos':                   # a scalar index: (3, 1, seq) -> (1, seq)
+                g.initializers.append(numpy_helper.from_array(np.array(r, np.int64),
+                                                              f'mrope.row{r}'))
+                g.node('Gather', [POSITION_IDS, f'mrope.row{r}'], [f'mrope.positions{r}'],
+                       axis=0)
+            rows += g.node('Gather', [g.weight(f'mrope.{kind}{r}', table), f'mrope.positions{r}'],
+                           [f'mrope.{kind}{r}.rows'], axis=0)              # (1, seq, d/2)
+        total = g.node('Add', rows[:2], [f'mrope.{kind}01'])[0]
+        names += g.node('Add', [total, rows[2]], [f'mrope.{kind}'])
+    return names
 
 
 def _last_position(g: _Graph, name: str, out: str) -> None:

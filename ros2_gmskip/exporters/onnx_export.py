@@ -22,6 +22,9 @@ Two graphs (and an optional third), split where the runtime wants to split:
 
 - vision.onnx    pixel_values (B, 3, H, W) -> image_embeds (B, n, C): vision tower, feature layer
                  selection, projector (what `LlavaModel.get_image_features` computes).
+                 Qwen2-VL / Qwen2.5-VL: the patch rows (N, C*tp*p*p) of the grid fixed for the
+                 camera -> (1, n, C) (exporters/qwen_vision.py); their decoder graphs take
+                 M-RoPE position_ids (3, B, T) (vlm/mrope.py).
 - decoder.onnx   inputs_embeds (B, T, C), attention_mask (B, P+T), position_ids (B, T),
                  past_key_values.{i}.key/value (B, kv, P, d) for each remaining block i
                  -> logits (B, T, V), present.{i}.key/value (B, kv, P+T, d).
@@ -109,6 +112,7 @@ from ros2_gmskip.vlm.families import family_spec, language_model
 from ros2_gmskip.vlm.llama_block import (block_forward, FusedProjections, hidden_keys,
                                          last_row_attention, rope, rope_inv_freq,
                                          unsupported_block)
+from ros2_gmskip.vlm.mrope import mrope, mrope_section
 import torch
 from torch import nn
 
@@ -174,6 +178,7 @@ class DecoderForExport(nn.Module):
         self.lm_head = model.lm_head
         inv_freq, self.rope_scaling = rope_inv_freq(text.rotary_emb)
         self.register_buffer('inv_freq', inv_freq.clone(), persistent=False)
+        self.mrope_section = mrope_section(text.rotary_emb)     # Qwen: positions (3, B, T)
         self.windows = attention_windows(text.config, len(text.layers))[first:stop]
         family = family_spec(model)                 # PaliGemma: positions from 1, prefix-LM
         self.offset, self.prefix_lm = family.position_offset, family.name == 'paligemma'
@@ -187,7 +192,10 @@ class DecoderForExport(nn.Module):
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, *past: torch.Tensor):
         T = inputs_embeds.shape[1]
-        cos, sin = rope(self.inv_freq, self.rope_scaling, position_ids + self.offset)
+        if self.mrope_section is None:
+            cos, sin = rope(self.inv_freq, self.rope_scaling, position_ids + self.offset)
+        else:
+            cos, sin = mrope(self.inv_freq, self.rope_scaling, position_ids, self.mrope_section)
         hidden = {w: hidden_keys(attention_mask, T, w, self.prefix_lm) for w in set(self.windows)}
         h = inputs_embeds
         presents = []
@@ -220,14 +228,15 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments: list
     """
     Write every segment's fused graph and, with `weights` int4 / int8, its quantized copies.
 
-    A plain bundle's one fused graph rotates at the cache length; with `token_skip` each segment
-    gets an explicit-position graph (fused_decoder.py says why). The quantized copies: decode
+    A plain bundle's one fused graph rotates at the cache length; with `token_skip` (token
+    skipping, or M-RoPE) each segment gets an explicit-position graph (fused_decoder.py says
+    why). The quantized copies: decode
     steps with MatMulNBits, the prefill with dynamic int8. Return the segments naming their
     files, and the manifest's `fused` record.
     """
     rotation = 'explicit' if token_skip else 'cache'
     what = ('ONNX Runtime contrib ops' if not token_skip else
-            f'{len(segments)} segment(s) with explicit positions for token skipping')
+            f'{len(segments)} segment(s) with explicit positions')
     stage(f'exporting {FUSED} ({what}, KV buffers of {length} positions)')
     nodes, ops, out = 0, set(), []
     for i, seg in enumerate(segments):
@@ -283,8 +292,11 @@ def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] |
     return [], 'decoder', None
 
 
-def vision_module(model: nn.Module, config: ExportConfig) -> nn.Module:
-    """Return the family's vision export wrapper (exporters/idefics3_vision.py for tiles)."""
+def vision_module(model: nn.Module, config: ExportConfig, layout=None) -> nn.Module:
+    """Return the family's vision export wrapper (idefics3_vision, paligemma, qwen_vision)."""
+    if layout is not None:                                   # Qwen: the grid fixed at export
+        from ros2_gmskip.exporters.qwen_vision import QwenVisionForExport
+        return QwenVisionForExport(model, layout.mrope.grid_thw)
     if config.family == 'idefics3':
         from ros2_gmskip.exporters.idefics3_vision import Idefics3VisionForExport
         return Idefics3VisionForExport(model, config.image_size)
@@ -305,6 +317,8 @@ def embedding_table(model: nn.Module) -> np.ndarray:
 
 
 def _dummy_vision_inputs(config: ExportConfig) -> tuple[torch.Tensor]:
+    if config.pixel_shape is not None:                            # Qwen's patch rows
+        return (torch.randn(*config.pixel_shape),)
     H, W = config.image_size
     return (torch.randn(2, 3, H, W),)
 
@@ -317,6 +331,8 @@ def _dummy_decoder_inputs(config: ExportConfig, segment=None) -> tuple[torch.Ten
     mask = torch.ones(B, P + T, dtype=torch.int64)
     mask[1, 0] = 0
     positions = torch.arange(P, P + T, dtype=torch.int64)[None].expand(B, T).contiguous()
+    if config.position_rows > 1:                                  # M-RoPE: (3, B, T)
+        positions = positions[None].expand(config.position_rows, B, T).contiguous()
     past = [torch.randn(B, d.num_kv_heads, P, d.head_dim)
             for _ in range(2 * (segment.stop - segment.first))]
     return (torch.randn(B, T, d.hidden_size), mask, positions, *past)
@@ -365,10 +381,11 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     cover gets none, with a log line saying why. `fused_weights` 'int4' / 'int8' adds the
     quantized copies the runtime uses: decode steps with int4 / int8 weights, the prefill with
     dynamic int8 (fused_decoder.py says why). `camera_size` (H, W): the frame size that fixes
-    Idefics3 / SmolVLM's tile grid and prompt (default: the validation scenes' size).
+    Idefics3 / SmolVLM's tile grid and prompt, and a Qwen bundle's patch grid (qwen_vision.py)
+    (default: the validation scenes' size).
     `on_stage(text)` / `on_check(Check)` report progress.
     """
-    from ros2_gmskip.exporters import trt_ops, validate
+    from ros2_gmskip.exporters import qwen_vision, trt_ops, validate
     from ros2_gmskip.runtime.results import DEFAULT_PROMPT
     from ros2_gmskip.runtime.tiles import image_prompt
     from ros2_gmskip.vlm.blocks import remove_blocks
@@ -413,9 +430,22 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                           f'{num_layers} decoder blocks')
     splits, rank_at = token_skip.splits(num_layers)
     camera = tuple(camera_size) if camera_size else validate.scene_images(1)[0].shape[:2]
-    preprocess = mf.preprocess_entry(processor.image_processor, camera)
+    layout = None
+    if family_of_config(model.config) in qwen_vision.FAMILIES:
+        if not token_skip.is_off:
+            raise BundleError(f'token skipping ({token_skip.describe()}) is not supported for '
+                              f'{model.config.model_type} export yet (FastV and KV removal are '
+                              'validated against the LLaVA torch reference only): export '
+                              'without it')
+        layout = qwen_vision.qwen_layout(model, processor, camera, prompt_text)
+        stage(f'{camera[0]}x{camera[1]} frames: patch grid '
+              f'{list(layout.mrope.grid_thw)}, {layout.num_image_tokens} image tokens')
+    preprocess = (layout.preprocess if layout
+                  else mf.preprocess_entry(processor.image_processor, camera))
     config = export_config_for(model.config, num_layers=num_layers, opset=opset,
-                               image_size=preprocess.size, splits=splits, rank_at=rank_at)
+                               image_size=preprocess.size, splits=splits, rank_at=rank_at,
+                               num_image_tokens=layout and layout.num_image_tokens,
+                               pixel_shape=layout and layout.pixel_shape)
     model.eval()
     if hasattr(model, 'set_attn_implementation'):
         model.set_attn_implementation('eager')                    # plain ops in the vision graph
@@ -425,8 +455,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         t = time.perf_counter()
         stage(f'exporting {VISION} (opset {opset})')
         vision = config.graphs['vision']
-        _export_graph(vision_module(model, config), _dummy_vision_inputs(config), tmp / VISION,
-                      vision.inputs, vision.outputs, opset)
+        _export_graph(vision_module(model, config, layout), _dummy_vision_inputs(config),
+                      tmp / VISION, vision.inputs, vision.outputs, opset)
         removed = f', {len(blocks)} {stack} blocks removed' if blocks else ''
         for seg in config.segments:
             part = '' if len(config.segments) == 1 else f' blocks {seg.first}..{seg.stop - 1} of'
@@ -449,8 +479,9 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                 text_cfg = model.config.get_text_config(decoder=True)
                 length = fused_max_length or min(
                     int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
+                explicit = not token_skip.is_off or layout is not None     # FastV; M-RoPE
                 segments, fused_record = _export_fused(model, tmp, length, fused_weights,
-                                                       segments, not token_skip.is_off, stage)
+                                                       segments, explicit, stage)
         np.save(tmp / EMBED, embedding_table(model), allow_pickle=False)       # (V, C)
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
@@ -460,9 +491,12 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                                  'runtime needs a fast (tokenizers) tokenizer')
         seconds['export'] = time.perf_counter() - t
 
-        probe = np.zeros((*(preprocess.tiles.camera if preprocess.tiles else preprocess.size),
-                          3), dtype=np.uint8)
-        num_image_tokens = validate.count_image_tokens(processor, probe)
+        if layout is not None:                                   # checked by qwen_layout
+            num_image_tokens = layout.num_image_tokens
+        else:
+            probe = np.zeros((*(preprocess.tiles.camera if preprocess.tiles else preprocess.size),
+                              3), dtype=np.uint8)
+            num_image_tokens = validate.count_image_tokens(processor, probe)
         image_text, tiles, suffix = None, 1, ''
         if config.family == 'paligemma':     # its processor adds BOS after the image, a newline
             from ros2_gmskip.exporters.paligemma import image_text as paligemma_text
@@ -485,7 +519,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             tokens=mf.tokens_entry(processor, model.config, model.generation_config,
                                    num_image_tokens, prompt_text, image_text, suffix),
             preprocess=preprocess, decoder=config.decoder, token_skip=token_skip,
-            segments=tuple(segments), fused=fused_record,
+            segments=tuple(segments), fused=fused_record, mrope=layout and layout.mrope,
             draft=DRAFT if (tmp / DRAFT).is_file() else None, validation=None,
             versions=mf.versions())
         write_manifest(tmp, manifest)

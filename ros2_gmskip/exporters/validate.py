@@ -233,7 +233,7 @@ def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask:
     out: dict[str, np.ndarray] = {}
     checks = []
     h = embeds
-    B, T = positions.shape
+    B, T = positions.shape[-2:]                          # (B, T), M-RoPE's (3, B, T)
     sizes = {'batch': B, 'seq': T, 'total': mask.shape[1]}
     for session, seg in zip(sessions, config.segments):
         outputs = config.graphs[seg.name].outputs
@@ -270,22 +270,23 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
         diffs[name] = max(diffs.get(name, 0.0), _max_diff(value, ref[key]))
 
 
-def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref
-                 ) -> dict[str, float]:
+def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref,
+                 positions: np.ndarray, step_positions: np.ndarray) -> dict[str, float]:
     """
     Check the fused runners (ort_runners.FusedRunner, one per segment) against torch.
 
-    They run unpruned: the prompt, then one decode step. Checked are the last position's logits
+    They run unpruned: the prompt at `positions` (T,) or (3, T), then one decode step at
+    `step_positions` (1,) or (3, 1). Checked are the last position's logits
     and the KV rows their in-place buffers hold after the step.
     """
     T = embeds.shape[1]
     h = np.ascontiguousarray(embeds, dtype=np.float32)
     for runner in runners:
-        h = runner.prefill(h, np.arange(T)).out
+        h = runner.prefill(h, positions).out
     prefill = h[0, -1]
     h = np.ascontiguousarray(step_embeds, dtype=np.float32)
     for runner in runners:
-        h = runner.run(h, np.array([T]), T)
+        h = runner.run(h, step_positions, T)
     logits = max(_max_diff(prefill, ref.logits[0, -1].numpy()),
                  _max_diff(h[0, -1], step_ref.logits[0, -1].numpy()))
     buffers = [array for runner in runners for array in runner.arrays]
@@ -303,24 +304,29 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     A segmented decoder is run segment after segment, unpruned, against the whole HF decoder;
     with `fused` (the fused runners) the fused graphs' logits and KV rows are checked too.
     """
-    from ros2_gmskip.vlm.families import family_spec, image_features, merged_image_tokens
+    from ros2_gmskip.vlm.families import (decode_positions, family_spec, image_features,
+                                          merged_image_tokens, position_ids)
     from ros2_gmskip.vlm.prompting import build_inputs
 
     checks = []
     inputs = build_inputs(processor, [image], prompt)
-    pixel_values = inputs['pixel_values']            # Idefics3: (1, tiles, 3, H, W)
+    positions, delta = position_ids(model, inputs)                   # (1, T) or (3, 1, T)
+    pixel_values = inputs['pixel_values']     # Idefics3: (1, tiles, 3, H, W); Qwen: patch rows
     ids = inputs['input_ids']                                             # (1, T)
     T = ids.shape[1]
     sessions = [runner.session for runner in backend.portable]
     split = len(config.segments) > 1
     extras = {'output_hidden_states': split, 'output_attentions': config.rank_at is not None}
-    offset = family_spec(model).position_offset          # PaliGemma counts positions from 1
+    offset = family_spec(model).position_offset          # PaliGemma counts positions from 1:
+    graph_positions = positions - offset                 # its graphs add the 1 themselves
     prefix = {} if inputs.get('token_type_ids') is None else {     # PaliGemma's prefix-LM
         'token_type_ids': inputs['token_type_ids']}
 
     # 3. the runtime's own inputs
     mine = backend.preprocess(image)
-    pixels = pixel_values.numpy().reshape(-1, *pixel_values.shape[-3:])   # (1 or tiles, 3, H, W)
+    pixels = pixel_values.numpy()                      # (1 or tiles, 3, H, W), or patch rows
+    if pixels.ndim > 4:
+        pixels = pixels.reshape(-1, *pixels.shape[-3:])
     diff = _max_diff(mine, pixels)
     checks.append(Check('preprocess', diff <= PREPROCESS_ATOL,
                         f'max |runtime - HF processor| {diff:.1e} '
@@ -330,6 +336,12 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     checks.append(Check('prompt ids', same, f"{T} ids identical to the processor's" if same else
                         f'runtime {runtime_ids.tolist()[:8]}.. != processor '
                         f'{ids[0].tolist()[:8]}..'))
+    mine = backend.prompt_positions(runtime_ids)
+    mine = np.arange(len(runtime_ids)) if mine is None else mine
+    want = graph_positions.numpy()[..., 0, :]
+    same = np.array_equal(mine, want)
+    checks.append(Check('positions', same, f"{want.shape} identical to the model's" if same
+                        else f'runtime {mine.tolist()} != model {want.tolist()}'))
 
     # 4a. vision
     ref_feats = merged_image_tokens(image_features(model, inputs))[None]  # (1, n, C)
@@ -344,29 +356,32 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     embeds = model.get_input_embeddings()(ids)
     mask = ids == model.config.image_token_id
     embeds = embeds.masked_scatter(mask[..., None], ref_feats.to(embeds.dtype))
-    ref = model(inputs_embeds=embeds, attention_mask=inputs['attention_mask'], use_cache=True,
-                **extras, **prefix)
+    ref = model(inputs_embeds=embeds, attention_mask=inputs['attention_mask'],
+                position_ids=positions, use_cache=True, **extras, **prefix)
     L, kv, d = config.decoder.num_layers, config.decoder.num_kv_heads, config.decoder.head_dim
     empty = [np.zeros((1, kv, 0, d), np.float32)] * (2 * L)
     ort, shapes = run_segments(sessions, config, embeds.numpy(), np.ones((1, T)),
-                               np.arange(T)[None], empty)
+                               graph_positions.numpy(), empty)
     _merge_diffs(diffs, ort, _reference(ref))
     shape_checks += [Check(f'decoder prefill: {c.name}', c.ok, c.detail) for c in shapes]
 
     # 4c. one decode step with past
     token = int(ref.logits[0, -1].argmax())
+    step_positions = decode_positions(model, torch.tensor([[T]]), delta)  # (1, 1) / (3, 1, 1)
     step_ref = model(input_ids=torch.tensor([[token]]), attention_mask=torch.ones(1, T + 1,
-                     dtype=torch.int64), past_key_values=ref.past_key_values, use_cache=True,
-                     **extras)
+                     dtype=torch.int64), past_key_values=ref.past_key_values,
+                     position_ids=step_positions, use_cache=True, **extras)
     step_embeds = backend.embed_table[token][None, None]
     past = [ort[f'present.{i}.{k}'] for i in range(L) for k in ('key', 'value')]
     step, shapes = run_segments(sessions, config, step_embeds, np.ones((1, T + 1)),
-                                np.array([[T]]), past)
+                                (step_positions - offset).numpy(), past)
     _merge_diffs(diffs, step, _reference(step_ref))
     shape_checks += [Check(f'decoder step: {c.name}', c.ok, c.detail) for c in shapes]
     fused_checks = []
     if fused is not None:
-        fd = _fused_diffs(fused, embeds.numpy(), step_embeds, ref, step_ref)
+        fd = _fused_diffs(fused, embeds.numpy(), step_embeds, ref, step_ref,
+                          graph_positions.numpy()[..., 0, :],
+                          (step_positions - offset).numpy()[..., 0, :])
         for name, tol in (('logits', config.logits_atol), ('present', config.kv_atol)):
             fused_checks.append(Check(f'fused decoder {name}', fd[name] <= tol,
                                       f'max |onnx - torch| {fd[name]:.1e} (tolerance {tol:.0e}; '
@@ -378,10 +393,12 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     emb2 = torch.cat([embeds, padded])                                    # (2, T, C)
     mask2 = torch.ones(2, T, dtype=torch.int64)
     mask2[1, :pad] = 0
-    pos2 = (mask2.cumsum(-1) - 1).clamp(min=0)
+    shifted = torch.cat([torch.zeros_like(positions[..., :pad]), positions[..., :T - pad]], -1)
+    pos2 = torch.cat([positions, shifted], dim=-2)           # the padded row's real tokens
     prefix2 = {k: torch.zeros_like(mask2) for k in prefix}           # the whole prompt: prefix
-    ref2 = model(inputs_embeds=emb2, attention_mask=mask2, position_ids=pos2 + offset,
+    ref2 = model(inputs_embeds=emb2, attention_mask=mask2, position_ids=pos2,
                  **prefix2).logits.numpy()
+    pos2 = (pos2 - offset).clamp(min=0)
     empty2 = [np.zeros((2, kv, 0, d), np.float32)] * (2 * L)
     ort2 = run_segments(sessions, config, emb2.numpy(), mask2.numpy(), pos2.numpy(), empty2,
                         only=['logits'])[0]['logits']
@@ -490,6 +507,9 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
         graph = config.graphs[name]
         add(check_interface(name, session, list(graph.inputs), list(graph.outputs)))
     images = scene_images(max(n_scenes, 1))
+    if manifest.mrope is not None:           # Qwen: the scenes as the exported camera sees them
+        from ros2_gmskip.exporters.qwen_vision import camera_frames
+        images = camera_frames(images, manifest.mrope.camera_size)
     tiles = manifest.preprocess.tiles
     if tiles is not None:                # the frames of the camera the tile grid was fixed for
         from ros2_gmskip.runtime.geometry import pil_resize

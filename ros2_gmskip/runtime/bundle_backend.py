@@ -31,7 +31,7 @@ import time
 import numpy as np
 from ros2_gmskip.bundle_format import EMBED, REEXPORT
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime import geometry
+from ros2_gmskip.runtime import geometry, qwen
 from ros2_gmskip.runtime.requests import check_prompt_text, check_request, context_length
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.runtime.tokenizer import PromptTokenizer
@@ -48,8 +48,17 @@ class BundleBackend:
         if self.embed_table.shape != want:
             raise BundleError(f'{self.bundle.where()}: {EMBED} has shape '
                               f'{self.embed_table.shape}, the manifest says {want}: {REEXPORT}')
-        self.preprocess = geometry.from_manifest(m.preprocess)
+        self.preprocess = (geometry.from_manifest(m.preprocess) if m.mrope is None
+                           else qwen.GridPatches.from_manifest(m.preprocess, m.mrope))
         self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
+
+    def prompt_positions(self, ids: np.ndarray) -> np.ndarray | None:
+        """Return a Qwen prompt's M-RoPE positions (3, T); None: the rows' indices."""
+        m = self.bundle.manifest.mrope
+        if m is None:
+            return None
+        return qwen.prompt_positions(ids, self.tokenizer.image_token_id, m.grid_thw,
+                                     m.merge_size)
 
     def _check_ready(self) -> None:
         """Raise if this backend cannot run (e.g. a build-only TensorRT backend); a hook."""
@@ -89,7 +98,8 @@ class BundleBackend:
         embeds = self.prompt_embeds(ids, image_embeds)                        # (1, T, C)
         merge_ms = (time.perf_counter() - t2) * 1e3
         image_rows = np.flatnonzero(ids == self.tokenizer.image_token_id)
-        out = self.decoder_loop.generate(embeds, max_new_tokens, image_rows)
+        out = self.decoder_loop.generate(embeds, max_new_tokens, image_rows,
+                                         self.prompt_positions(ids))
         text = self.tokenizer.decode(out.ids)
         t3 = time.perf_counter()
         latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,

@@ -54,6 +54,7 @@ from typing import Callable, Sequence
 import numpy as np
 from ros2_gmskip.errors import BundleError, EngineError
 from ros2_gmskip.runtime.draft import NgramDraft
+from ros2_gmskip.runtime.qwen import extend_positions
 from ros2_gmskip.runtime.runner import SegmentRunner
 from ros2_gmskip.runtime.token_skip import (dropped_image_rows, keep_rows, random_image_rows,
                                             rank_image_rows)
@@ -180,15 +181,22 @@ class DecodeLoop:
         self._tokens = np.empty(length, dtype=np.int64)                 # generated ids
 
     def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
-                 image_rows: np.ndarray | None = None) -> DecodeOutput:
-        """Continue `inputs_embeds` (1, T, C) greedily; `image_rows`: the image tokens' rows."""
+                 image_rows: np.ndarray | None = None,
+                 positions: np.ndarray | None = None) -> DecodeOutput:
+        """
+        Continue `inputs_embeds` (1, T, C) greedily; `image_rows`: the image tokens' rows.
+
+        `positions`: the prompt's M-RoPE positions (3, T) (runtime/qwen.py), whose decode steps
+        continue at the row index plus the rope delta; None: every row at its index.
+        """
         if max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
         B, T, _ = inputs_embeds.shape
         assert B == 1, f'batch {B}: the decode loop runs one image at a time'
         if self.max_length is not None and T + max_new_tokens > self.max_length:
             if self.fallback is not None:
-                return self.fallback.generate(inputs_embeds, max_new_tokens, image_rows)
+                return self.fallback.generate(inputs_embeds, max_new_tokens, image_rows,
+                                              positions)
             raise EngineError(f'prompt ({T} tokens) + {max_new_tokens} new tokens exceed what '
                               f'{self.where} was built for ({self.max_length}): '
                               f'{self.too_long}')
@@ -196,9 +204,11 @@ class DecodeLoop:
             self._alloc(max(2 * self._length, T + max_new_tokens))
         image_rows = (np.zeros(0, dtype=np.int64) if image_rows is None
                       else np.asarray(image_rows, dtype=np.int64))
+        table = (self._positions if positions is None
+                 else extend_positions(positions, T + max_new_tokens))
         t0 = time.perf_counter()
         logits, lengths = self._prefill(np.ascontiguousarray(inputs_embeds, dtype=np.float32),
-                                        image_rows)
+                                        image_rows, table)
         token = int(logits.argmax())
         t1 = time.perf_counter()
 
@@ -206,7 +216,7 @@ class DecodeLoop:
             # n - 1 kept tokens since the prefill sit in every segment's cache
             ids = [token, *drafts]
             h = self.embed_table[ids][None] if drafts else self.embed_table[token:token + 1][None]
-            positions = self._positions[T + n - 1:T + n - 1 + len(ids)]
+            positions = table[..., T + n - 1:T + n - 1 + len(ids)]
             for runner, cached in zip(self.runners, lengths):
                 h = runner.run(h, positions, cached + n - 1)
             return h[0].argmax(axis=-1)                                  # (rows,)
@@ -219,8 +229,10 @@ class DecodeLoop:
                             decode_ms=(t2 - t1) * 1e3, decode_steps=steps, stopped=stopped,
                             decode_runs=runs if self.draft is not None else None)
 
-    def _prefill(self, h: np.ndarray, image_rows: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    def _prefill(self, h: np.ndarray, image_rows: np.ndarray,
+                 table: np.ndarray | None = None) -> tuple[np.ndarray, list[int]]:
         """Run the prompt through the segments, FastV and KV removal: (last logits, lengths)."""
+        table = self._positions if table is None else table      # (L,) or M-RoPE's (3, L)
         index = np.arange(h.shape[1])                 # original index of each current row
         n_img = len(image_rows)
         fastv = self.fastv if n_img else None
@@ -230,7 +242,7 @@ class DecodeLoop:
             h, index = np.ascontiguousarray(h[:, keep]), index[keep]
         indexes = []
         for runner in self.runners:
-            out = runner.prefill(h, self._positions[index])
+            out = runner.prefill(h, table[..., index])
             indexes.append(index)
             if runner.segment.last:
                 return out.out[0, -1], self._remove_visual_kv(indexes, image_rows)

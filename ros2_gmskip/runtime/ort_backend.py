@@ -49,6 +49,7 @@ from typing import Sequence
 import numpy as np
 from ros2_gmskip.bundle_format import Bundle, load_bundle, VISION
 from ros2_gmskip.errors import BundleError, EngineError
+from ros2_gmskip.runtime import qwen
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
 from ros2_gmskip.runtime.decode import DecodeLoop
 from ros2_gmskip.runtime.draft import DRAFT_TOKENS, NgramDraft
@@ -132,6 +133,7 @@ class OrtBackend(BundleBackend):
         self.vision = self._session(self.bundle.file(VISION))
         self._load_parts()                       # embed_table, preprocess, tokenizer
         self.token_skip = m.token_skip if token_skip is None else token_skip
+        qwen.check_token_skip(m, self.token_skip, self.bundle.where())
         self.portable = [PortableRunner(self._session(self.bundle.file(seg.portable)), seg,
                                         m.decoder.num_kv_heads, m.decoder.head_dim,
                                         device=self.device)

@@ -58,6 +58,11 @@ def _check_inputs(session, names: list[str], what: str) -> None:
                           're-run ros2-gmskip export')
 
 
+def batch_of_one(positions: np.ndarray) -> np.ndarray:
+    """Return positions (n,) as (1, n), M-RoPE's (3, n) as (3, 1, n), contiguous."""
+    return np.ascontiguousarray(positions[..., None, :])
+
+
 def output_shape(session, name: str) -> tuple[int, ...]:
     """Return the shape a graph declares for output `name`, dynamic axes as 1."""
     shape = next(o.shape for o in session.get_outputs() if o.name == name)
@@ -93,7 +98,7 @@ class PortableRunner:
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.segment.input_name, rows)
         binding.bind_cpu_input(ATTENTION_MASK, self._mask[:, :total])
-        binding.bind_cpu_input(POSITION_IDS, positions[None])
+        binding.bind_cpu_input(POSITION_IDS, batch_of_one(positions))
         for i, name in enumerate(self.past_names):
             value = self._empty if past is None else past[i]
             if isinstance(value, np.ndarray):
@@ -206,7 +211,7 @@ class FusedRunner:
         binding = session.io_binding()
         binding.bind_cpu_input(self.segment.input_name, rows)
         if POSITION_IDS in _inputs(session):
-            binding.bind_cpu_input(POSITION_IDS, positions[None])
+            binding.bind_cpu_input(POSITION_IDS, batch_of_one(positions))
         binding.bind_cpu_input(SEQLENS_K, np.array([T - 1], dtype=np.int32))
         binding.bind_cpu_input(TOTAL_SEQUENCE_LENGTH, np.array(T, dtype=np.int32))
         for past, present, value in self._cache:
@@ -228,8 +233,10 @@ class FusedRunner:
         n = rows.shape[1]
         step = self._steps.get(n) or self._bind(n)
         np.copyto(step.rows, rows)
-        if step.positions is not None:
-            step.positions[0] = positions
+        if step.positions is not None:          # (1, n), or M-RoPE's (3, 1, n)
+            rows = positions.reshape(-1, n)     # M-RoPE steps: 3 equal rows, one is enough
+            np.copyto(step.positions, rows[-step.positions.shape[0]:].reshape(
+                step.positions.shape))
         self._seqlens[0] = cached + n - 1
         self._total[()] = cached + n
         step.binding.run()
@@ -239,8 +246,10 @@ class FusedRunner:
         """Make the step binding for runs of `n` new rows (once)."""
         session, seg = self.step_session, self.segment
         rows = np.zeros((1, n, _width(session, seg)), dtype=np.float32)
-        positions = (np.zeros((1, n), dtype=np.int64) if POSITION_IDS in _inputs(session)
-                     else None)
+        positions = None
+        if POSITION_IDS in _inputs(session):     # a quantized M-RoPE step graph takes one row
+            rank = len(next(i.shape for i in session.get_inputs() if i.name == POSITION_IDS))
+            positions = np.zeros((3, 1, n) if rank == 3 else (1, n), dtype=np.int64)
         inputs = {seg.input_name: rows, SEQLENS_K: self._seqlens,
                   TOTAL_SEQUENCE_LENGTH: self._total}
         if positions is not None:

@@ -61,6 +61,7 @@ from ros2_gmskip.bundle_format import (ATTENTION_MASK, Bundle, DecoderShape, LAS
 from ros2_gmskip.errors import EngineError
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
 from ros2_gmskip.runtime.decode import DecodeLoop
+from ros2_gmskip.runtime.qwen import check_tensorrt
 from ros2_gmskip.runtime.results import BackendInfo
 from ros2_gmskip.runtime.runner import Prefilled
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -554,6 +555,7 @@ class TrtBackend(BundleBackend):
             bundle = Path(read_engine_manifest(Path(engine_dir))['bundle_path'])
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle), verify)
         m = self.bundle.manifest
+        check_tensorrt(m, self.bundle.where())
         self.engine_dir = Path(engine_dir) if engine_dir is not None else \
             default_engine_dir(self.bundle.path, precision)
         gpu = self.cuda.device_info(device)

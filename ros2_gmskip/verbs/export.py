@@ -93,9 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '(default: all)')
     parser.add_argument('--camera-size', type=frame_size, default=None, metavar='HxW',
                         help="the camera's frame size, e.g. 480x640: it fixes the tile grid and "
-                             'prompt of models that split frames into tiles (SmolVLM, Idefics3); '
-                             'frames cut into another grid are refused at run time (default: '
-                             'the validation scenes, 480x640; fixed-size models ignore it)')
+                             'prompt of models that split frames into tiles (SmolVLM, Idefics3) '
+                             'and the patch grid, image token count and positions of Qwen2-VL / '
+                             'Qwen2.5-VL; frames that give another grid are refused at run time '
+                             '(default: the validation scenes, 480x640; fixed-size models '
+                             'ignore it)')
 
 
 def main(args: argparse.Namespace) -> int:
