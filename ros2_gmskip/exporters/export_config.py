@@ -138,15 +138,15 @@ def _get(config: Any, name: str, default: Any = None) -> Any:
 
 
 def family_of_config(config: Any) -> str:
-    """'llava' for a supported VLM config, else ModelLoadError naming what is supported."""
+    """Return the export family of a VLM config; ModelLoadError naming what is supported."""
     model_type = _get(config, 'model_type')
     if model_type in MISSING:
         raise ModelLoadError(f'export of {model_type} is not supported yet: it needs '
                              f'{MISSING[model_type]}')
     if model_type not in SUPPORTED_FAMILIES:
         raise ModelLoadError(f'export of {model_type} is not supported yet: supported are '
-                             f'{", ".join(sorted(SUPPORTED_FAMILIES))} (LLaVA with a '
-                             'llama/mistral/qwen2 decoder; Qwen2-VL, Qwen2.5-VL)')
+                             f'{", ".join(sorted(SUPPORTED_FAMILIES))} (with a '
+                             f'{"/".join(SUPPORTED_DECODERS)} decoder)')
     return SUPPORTED_FAMILIES[model_type]
 
 
