@@ -283,6 +283,11 @@ def save_plan(plan: SkipPlan, path: str | os.PathLike) -> Path:
         text = plan_json(plan)
     except (TypeError, ValueError) as err:
         raise PlanError(f'cannot write plan {str(path)!r}: {err}') from err
+    return write_text_atomic(path, text)
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temp file in the same folder and `os.replace`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
