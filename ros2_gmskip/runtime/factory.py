@@ -96,7 +96,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
                  which decoder graph, see ort_backend), `draft_tokens` (speculative decoding,
                  0 = off); without a bundle, `fused_weights`
                  ('int4' | 'int8') exports the quantized fused decoder (export --fused-weights).
-    torch:       `model`, `plan`; opts `device`, `threads`.
+    torch:       `model`, `plan`; opts `device`, `threads`, `ladder` (the plan's ladder file:
+                 any rung runs per request, `describe(..., rung=i)`).
     `tokens` (a tokenskip.settings.TokenSkip): FastV / KV-removal settings instead of the plan's
     (TokenSkip() turns them off); a bundle made here is exported with them.
     tensorrt:    `engine` and/or `bundle`, `build_only`; other opts go to
@@ -115,6 +116,10 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
                           '--fused-weights) and other backends have none')
     model = Path(model) if model else None
     plan = Path(plan) if plan else None
+    if opts.get('ladder') is not None and kind != 'torch':
+        raise GmSkipError(f'backend {kind} cannot switch plan-ladder rungs yet (export --ladder '
+                          'is not built): use backend torch for latency_budget_ms / rung, or '
+                          'set latency_budget_ms 0 and rung auto')
     if kind == 'torch':
         from ros2_gmskip.runtime import defaults
         if model is None:
@@ -123,7 +128,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
                 plan = defaults.default_plan_path()
         module = importlib.import_module('ros2_gmskip.vlm.torch_backend')
         return module.TorchBackend(model, plan=plan, tokens=tokens,
-                                   **{k: v for k, v in opts.items() if k in ('device', 'threads')})
+                                   **{k: v for k, v in opts.items()
+                                      if k in ('device', 'threads', 'ladder')})
     exported = bundle is None
     if bundle is None and not (kind == 'tensorrt' and engine is not None):
         from ros2_gmskip.runtime import defaults

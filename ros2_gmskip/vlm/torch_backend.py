@@ -28,6 +28,11 @@ own forward: it changes the token set inside the decoder. It runs tokenskip's fu
 instead, stage by stage so the breakdown stays comparable: vision = `embed_inputs` (vision tower,
 projector and the merge into the token embeddings), prefill = FastV prefill plus the KV removal
 that follows it and the first token, decode = the remaining greedy steps.
+
+With a plan ladder (`ladder=`, gmskip/ladder.py) the model stays whole and each call runs one
+rung, `describe(..., rung=i)`: its blocks are taken out of the layer list for that call only
+(`vlm.blocks.temporarily_removed`), so every rung runs from one copy of the weights. No rung given:
+the plan's rung.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from pathlib import Path
 import time
 
 import numpy as np
+from ros2_gmskip.errors import PlanError
 from ros2_gmskip.runtime.preprocess import check_image
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -60,14 +66,29 @@ class TorchBackend:
     name = 'torch'
 
     def __init__(self, model_dir: Path, plan: Path | None = None, device: str = 'cpu',
-                 threads: int | None = None, tokens: TokenSkip | None = None) -> None:
+                 threads: int | None = None, tokens: TokenSkip | None = None,
+                 ladder: Path | None = None) -> None:
         if threads:
             torch.set_num_threads(int(threads))
         self.model, self.processor = load_vlm(Path(model_dir))
         removed: list[int] = []
         plan_id = plan_sha = None
         plan_tokens = None
-        if plan is not None:
+        self.ladder = None            # runtime.ladder.Ladder when every rung can run
+        if ladder is not None:
+            from ros2_gmskip.gmskip.ladder import load_ladder
+            from ros2_gmskip.runtime.bundle import sha256_file
+            loaded = load_ladder(Path(ladder), Path(model_dir))
+            if plan is not None:
+                from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
+                if make_plan_id(load_plan(Path(plan), Path(model_dir))) != loaded.plan_id:
+                    raise PlanError(f'ladder {ladder} was made for plan id {loaded.plan_id}, '
+                                    f'not for {plan}: run ros2-gmskip ladder --plan {plan}')
+            self.ladder = loaded.runtime()
+            removed = list(loaded.plan_removed)
+            plan_id, plan_sha = loaded.plan_id, sha256_file(Path(ladder))
+            plan_tokens = loaded.tokens
+        elif plan is not None:
             from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
             from ros2_gmskip.runtime.bundle import sha256_file
             from ros2_gmskip.vlm.blocks import remove_blocks
@@ -93,7 +114,8 @@ class TorchBackend:
             'plan_sha256': plan_sha,
             'plan_id': plan_id,
             'blocks_removed': removed,
-            'num_layers': len(self.model.model.language_model.layers),
+            'num_layers': len(self.model.model.language_model.layers) - (
+                len(removed) if self.ladder is not None else 0),
             'device': str(self.device),
             'threads': torch.get_num_threads(),
             'tokens': self.tokens.to_dict(),
@@ -103,11 +125,24 @@ class TorchBackend:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
-    @torch.no_grad()
     def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
-                 max_new_tokens: int = 48) -> Result:
+                 max_new_tokens: int = 48, rung: int | None = None) -> Result:
         if max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
+        if self.ladder is None:
+            if rung is not None:
+                raise ValueError(f'rung {rung!r} given, but this backend has no plan ladder')
+            return self._describe(image, prompt, max_new_tokens)
+        if rung is None:
+            rung = self.ladder.plan_rung
+        if not 0 <= rung <= self.ladder.top:
+            raise ValueError(f'rung {rung!r} is not in the ladder (0..{self.ladder.top})')
+        from ros2_gmskip.vlm.blocks import temporarily_removed
+        with temporarily_removed(self.model, self.ladder.rungs[rung].removed_blocks):
+            return self._describe(image, prompt, max_new_tokens)
+
+    @torch.no_grad()
+    def _describe(self, image: np.ndarray, prompt: str, max_new_tokens: int) -> Result:
         if not self.tokens.is_off:
             return self._describe_token_skip(image, prompt, max_new_tokens)
         model = self.model
