@@ -81,6 +81,8 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
     if kind in ('onnxruntime', 'tensorrt') and bundle is None:
         bundle = defaults.ensure_bundle(model, plan, fused_weights=params.fused_weights
                                         if kind == 'onnxruntime' else 'fp32')
+    if params.latency_budget_ms > 0 or params.rung != 'auto':
+        opts['ladder'] = _ladder_path(plan, params)
     if kind == 'onnxruntime':
         opts['providers'] = _ort_provider(params.device)
         opts['draft_tokens'] = params.draft_tokens
@@ -90,6 +92,19 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
         opts.update(device=params.gpu_id, precision=params.precision)
     return factory(kind, model=model, plan=plan, bundle=bundle, engine=engine,
                    build_only=build_only, **opts)
+
+
+def _ladder_path(plan: Path | None, params: DescriberParams) -> Path:
+    """Return the plan ladder beside `plan` (calibrate writes `<plan>.ladder.json`)."""
+    from ros2_gmskip.gmskip.ladder import ladder_path
+    from ros2_gmskip.runtime.ladder import LadderError
+
+    if plan is None:
+        what = (f'latency_budget_ms {params.latency_budget_ms:g}' if params.latency_budget_ms > 0
+                else f'rung {params.rung!r}')
+        raise LadderError(f'{what} needs a skip plan with a ladder: set plan_path (calibrate '
+                          'writes <plan>.ladder.json beside it)')
+    return ladder_path(plan)
 
 
 def _ort_provider(device: str) -> str:

@@ -224,6 +224,7 @@ class _Recorder:
         self._queue: list[tuple[str, str, int, Any]] = []   # (topic, msgtype, time ns, msg)
         self.timings: dict[str, list[float]] = {stage: [] for stage in SUMMARY_STAGES}
         self.tokens = 0
+        self.rung_frames: dict[int, int] = {}  # plan-ladder rung -> frames described on it
         self.String = REPLAY_TYPESTORE.types[STRING_TYPE]
         self.Float64Stamped = REPLAY_TYPESTORE.types[FLOAT64_STAMPED]
 
@@ -250,6 +251,9 @@ class _Recorder:
                 if math.isfinite(out.pipeline_latency_ms):
                     self.timings['pipeline_latency_ms'].append(out.pipeline_latency_ms)
                 self.tokens += int(out.tokens)
+                if out.rung is not None:
+                    index = int(out.rung['index'])
+                    self.rung_frames[index] = self.rung_frames.get(index, 0) + 1
         finally:
             with self._cond:
                 self.published += 1
@@ -458,6 +462,9 @@ def _summary(in_bag: Path, out_bag: Path, reader: BagImageReader, backend: Any,
         'engine_id': info.get('engine_id') or '',
         'blocks_removed': list(info.get('blocks_removed') or []),
         'token_skip': info.get('tokens'),
+        'latency_budget_ms': float(getattr(core.params, 'latency_budget_ms', 0.0)),
+        'rung_frames': {str(k): v for k, v in sorted(rec.rung_frames.items())},
+        'rung_switches': core.rung_values()['rung_switches'],
         'outputs': outputs,
         'debug_msgtype': FLOAT64_STAMPED,
         'bag_s': bag_s,

@@ -70,12 +70,15 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-new-tokens', type=positive_int, default=48)
 
 
-def backend_from_args(args: argparse.Namespace):
+def backend_from_args(args: argparse.Namespace, ladder: Path | None = None):
+    """Return the backend the options ask for; `ladder`: a plan ladder to run rungs of."""
     from ros2_gmskip.runtime.factory import create_backend
     opts = ({'graph': args.ort_graph, 'draft_tokens': args.draft_tokens}
             if args.backend == 'onnxruntime' else {})
     if args.fused_weights != 'fp32':
         opts['fused_weights'] = args.fused_weights
+    if ladder is not None:
+        opts['ladder'] = ladder
     return create_backend(args.backend, model=args.model, plan=args.plan, bundle=args.bundle,
                           engine=args.engine, full=args.full, **opts)
 
