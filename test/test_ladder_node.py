@@ -157,6 +157,46 @@ def test_without_a_ladder_the_keys_are_empty_and_a_budget_is_refused():
         make_core(rung='7')
 
 
+def test_budget_changes_while_running():
+    core, backend, _ = make_core(budget=0.0)
+    run(core, 3)
+    assert core.chooser is None and backend.rungs == [1, 1, 1]
+    core.set_latency_budget(65.0)                                      # off -> auto
+    run(core, 1 + 5 * len(COSTS) + 5)
+    assert backend.rungs[-1] == 2
+    core.set_latency_budget(45.0)                                      # tighter: 40 ms fits
+    run(core, 10)
+    assert backend.rungs[-1] == 0 and core.diagnostics()['values']['latency_budget_ms'] == 45.0
+    core.set_latency_budget(0.0)                                       # off: the plan again
+    run(core, 2)
+    assert backend.rungs[-2:] == [1, 1]
+    from fakes import FakeBackend
+    plain = DescriberCore(FakeBackend(), DescriberParams(), publish=lambda out: None)
+    with pytest.raises(LadderError, match='needs a backend that runs a plan ladder'):
+        plain.set_latency_budget(50.0)
+
+
+def test_node_parameters_and_live_budget_over_the_dds_transport(monkeypatch):
+    import os
+    from fakes import LOOPBACK_URI
+    monkeypatch.setenv('CYCLONEDDS_URI', LOOPBACK_URI)
+    from ros2_gmskip.ros.dds_transport import DdsTransport
+    from ros2_gmskip.ros.node import GmSkipDescriber
+    argv = ['prog', '--ros-args', '-p', 'latency_budget_ms:=65', '-p', 'rung:=auto']
+    transport = DdsTransport('gmskip_describer', argv, domain_id=100 + os.getpid() % 100)
+    backend = LadderBackend(Clock())
+    node = GmSkipDescriber(transport, backend_factory=lambda params, **_: backend)
+    try:
+        assert node.params.latency_budget_ms == 65.0 and node.core.chooser is not None
+        assert node.parameters_callback({'latency_budget_ms': 45.0}) == (True, '')
+        assert node.core.chooser.budget_ms == 45.0
+        ok, reason = node.parameters_callback({'rung': '1'})
+        assert not ok and 'restart' in reason
+        node.diagnostics_callback()
+    finally:
+        node.destroy_node()
+
+
 def test_node_backend_refuses_a_budget_without_a_plan_or_on_onnxruntime(tmp_path):
     from ros2_gmskip.ros.node import create_backend
     params = replace(DescriberParams(), model_path=str(tmp_path), latency_budget_ms=50.0,

@@ -54,7 +54,8 @@ DIAGNOSTIC_NAME = f'{NODE_NAME}: inference'
 FLOAT64_STAMPED = 'autoware_internal_debug_msgs/msg/Float64Stamped'
 DEBUG_TOPICS = ('processing_time_ms', 'pipeline_latency_ms', 'cyclic_time_ms')
 # parameters that may change while running (the rest are read once, at start-up)
-LIVE_PARAMETERS = ('prompt', 'max_new_tokens', 'latency_warn_ms', 'drop_warn_ratio')
+LIVE_PARAMETERS = ('prompt', 'max_new_tokens', 'latency_warn_ms', 'drop_warn_ratio',
+                   'latency_budget_ms')
 
 BackendFactory = Callable[..., Any]     # (params, build_only=False) -> Backend
 
@@ -216,6 +217,11 @@ class GmSkipDescriber:
             params = DescriberParams.from_dict(dict(self.params.to_dict(), **changes))
         except ParameterError as err:
             return False, str(err)
+        if self.core is not None and params.latency_budget_ms != self.params.latency_budget_ms:
+            try:
+                self.core.set_latency_budget(params.latency_budget_ms)
+            except GmSkipError as err:
+                return False, str(err)
         self.params = params
         if self.core is not None:
             self.core.params = params

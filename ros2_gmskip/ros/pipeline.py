@@ -396,10 +396,20 @@ class DescriberCore:
                 level, message = OK, f'describing at {values["output_rate_hz"]:.1f} Hz'
         return {'level': level, 'message': message, 'values': values}
 
+    def set_latency_budget(self, budget_ms: float) -> None:
+        """Apply a new latency_budget_ms while running (LadderError if the ladder cannot)."""
+        if self.chooser is not None and budget_ms > 0:
+            self.chooser.set_budget(budget_ms)
+        else:
+            self.chooser, self.fixed_rung = rung_policy(self.ladder, budget_ms,
+                                                        getattr(self.params, 'rung', AUTO))
+
     def rung_values(self) -> dict[str, Any]:
         """Return the plan-ladder keys of the diagnostics (empty strings without a ladder)."""
-        budget = float(getattr(self.params, 'latency_budget_ms', 0.0))
-        state = self.chooser.state() if self.chooser is not None else {}
+        chooser = self.chooser
+        budget = chooser.budget_ms if chooser is not None else float(
+            getattr(self.params, 'latency_budget_ms', 0.0))
+        state = chooser.state() if chooser is not None else {}
         rung = state.get('rung', self.fixed_rung)
         info = self.ladder.rungs[rung] if rung is not None else None
         return {

@@ -225,6 +225,14 @@ class RungChooser:
             self._since_switch += 1
             self._decide()
 
+    def set_budget(self, budget_ms: float) -> None:
+        """Change the budget (a live parameter change); the next frames decide against it."""
+        if not (math.isfinite(budget_ms) and budget_ms > 0):
+            raise ValueError(f'latency budget {budget_ms!r} ms must be > 0')
+        with self._lock:
+            self.budget_ms = float(budget_ms)
+            self.reason = f'budget set to {budget_ms:g} ms'
+
     def state(self) -> dict[str, Any]:
         """Return the chooser's state for diagnostics (mode, rung, recent p90, switches, why)."""
         with self._lock:
