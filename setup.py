@@ -52,7 +52,7 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.xml') + glob('launch/*.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/config', glob('config/*.yaml') + glob('config/*.xml')),
         ('share/' + package_name + '/schema', glob('schema/*.json')),
     ] + tree('models'),
     install_requires=pinned('requirements.txt'),
@@ -66,7 +66,7 @@ setup(
     entry_points={
         'console_scripts': [
             'ros2-gmskip = ros2_gmskip.cli:main',
-            'gmskip_describer = ros2_gmskip.ros.node:main',
+            'gmskip_describer = ros2_gmskip.ros.entry:main',
         ],
     },
 )

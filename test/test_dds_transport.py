@@ -52,6 +52,7 @@ from ros2_gmskip.ros.transport import (  # noqa: E402
     TransportError,
 )
 
+pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
 CAMERA_TOPIC = '/sensing/camera/camera0/image_rect_color'
 FLOAT64_STAMPED_MSG = 'builtin_interfaces/Time stamp\nfloat64 data\n'
 
@@ -325,8 +326,10 @@ def wait_for(cond, timeout_s: float, proc=None) -> bool:
 def test_node_end_to_end_over_dds():
     pytest.importorskip('ros2_gmskip.ros.image_convert')
     domain = domain_id()
+    # keep the caller's PYTHONPATH after ours: under colcon test it carries the overlay's packages
     env = dict(os.environ, CYCLONEDDS_URI=f'file://{LOOPBACK}', ROS_DOMAIN_ID=str(domain),
-               PYTHONPATH=os.pathsep.join([str(TEST_DIR), str(REPO)]))
+               PYTHONPATH=os.pathsep.join([str(TEST_DIR), str(REPO)] + [
+                   p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
     # `ros2-gmskip node ...` through the verb module alone: the dispatcher imports every verb,
     # some of which pull in torch (seconds of start-up that say nothing about the node)
     node = subprocess.Popen(

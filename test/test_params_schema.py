@@ -12,14 +12,13 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""The param YAML, the JSON schema, the launch files and the README table agree."""
+"""The param YAML, the JSON schema and the README table agree (launch files: test_launch.py)."""
 
 from __future__ import annotations
 
 from dataclasses import fields
 import json
 from pathlib import Path
-import xml.etree.ElementTree as ET
 
 import jsonschema
 import pytest
@@ -27,10 +26,11 @@ from ros2_gmskip.ros import params as P
 from ros2_gmskip.ros.schema_table import extract_table, params_table, readme_block
 import yaml
 
+pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
+
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / 'schema' / 'gmskip.schema.json'
 PARAM_YAML = REPO / 'config' / 'gmskip.param.yaml'
-LAUNCH = REPO / 'launch' / 'gmskip.launch.xml'
 
 
 @pytest.fixture(scope='module')
@@ -145,43 +145,6 @@ def test_share_files_are_found():
     assert P.find_share_file(P.SCHEMA_FILE).samefile(SCHEMA)
     with pytest.raises(P.ParameterError, match='nope.yaml'):
         P.find_share_file('config/nope.yaml')
-
-
-def _launch_args(path: Path) -> list[ET.Element]:
-    return ET.parse(path).getroot().findall('arg')
-
-
-@pytest.mark.parametrize('path', sorted((REPO / 'launch').glob('*.xml')), ids=lambda p: p.name)
-def test_launch_xml_parses_and_args_are_documented(path):
-    args = _launch_args(path)
-    assert args, f'{path.name} declares no args'
-    for arg in args:
-        assert arg.get('description'), f'{path.name}: arg {arg.get("name")} has no description'
-        if path == LAUNCH:
-            assert arg.get('default') is not None, f'arg {arg.get("name")} has no default'
-
-
-def test_launch_node_remaps_and_params(schema):
-    root = ET.parse(LAUNCH).getroot()
-    names = {a.get('name'): a.get('default') for a in _launch_args(LAUNCH)}
-    assert names['camera_id'] == '0'
-    assert names['image_topic_name'] == 'image_rect_color'
-    assert names['param_file'] == '$(find-pkg-share ros2_gmskip)/config/gmskip.param.yaml'
-    node = root.find('node')
-    assert (node.get('pkg'), node.get('exec'), node.get('name')) == \
-        ('ros2_gmskip', 'gmskip_describer', 'gmskip_describer')
-    params = node.findall('param')
-    assert params[0].get('from') == '$(var param_file)'
-    assert params[0].get('allow_substs') == 'true'
-    keys = set(schema['definitions']['gmskip_describer']['properties'])
-    for p in params[1:]:
-        assert p.get('name') in keys, p.get('name')
-        assert p.get('value') == f'$(var {p.get("name")})'
-    remaps = {r.get('from'): r.get('to') for r in node.findall('remap')}
-    assert remaps['~/input/image'] == \
-        '/sensing/camera/camera$(var camera_id)/$(var image_topic_name)'
-    assert remaps['~/input/image/compressed'] == \
-        '/sensing/camera/camera$(var camera_id)/$(var image_topic_name)/compressed'
 
 
 def test_params_table_lists_every_key(schema):

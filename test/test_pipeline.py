@@ -33,7 +33,7 @@ PARAMS = DescriberParams()
 DIAGNOSTIC_KEYS = {
     'input_rate_hz', 'output_rate_hz', 'received', 'described', 'dropped', 'rejected', 'errors',
     'tokens_per_s', 'backend', 'blocks_removed', 'model_id', 'plan_id', 'engine_id', 'last_error',
-    'token_skip', 'decoder_graph', 'draft_tokens',
+    'token_skip', 'decoder_graph', 'draft_tokens', 'seconds_since_last_image',
     'total_ms_p50', 'total_ms_p90', 'total_ms_p99', 'total_ms_max', 'vision_ms_p50',
     'prefill_ms_p99', 'preprocess_ms_max', 'decode_per_token_ms_p90',
 }
@@ -252,6 +252,26 @@ def test_diagnostics_warn_on_latency():
     core.process(image_msg(), False)
     d = core.diagnostics()
     assert d['level'] == 'WARN' and 'processing took' in d['message']
+
+
+def test_diagnostics_warn_when_the_camera_stops():
+    now = [100.0]
+    core = make_core(FakeBackend(delay_ms=0), params=replace(PARAMS, input_timeout_s=2.0),
+                     clock=lambda: now[0])
+    assert core.diagnostics()['level'] == 'OK'          # just started: waiting for images
+    now[0] += 2.5
+    d = core.diagnostics()
+    assert d['level'] == 'WARN' and 'no image yet for 2.5 s' in d['message'], d['message']
+    core.on_image(image_msg())
+    core.process(*core._slot[:2])
+    core._slot = None
+    assert core.diagnostics()['level'] == 'OK'
+    now[0] += 1.9
+    assert core.diagnostics()['level'] == 'OK'
+    now[0] += 0.2
+    d = core.diagnostics()
+    assert d['level'] == 'WARN' and d['message'] == 'no image for 2.1 s (> input_timeout_s 2 s)'
+    assert d['values']['seconds_since_last_image'] == pytest.approx(2.1)
 
 
 def test_diagnostics_error_when_last_frames_all_failed():

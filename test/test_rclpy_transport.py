@@ -13,33 +13,27 @@
 # limitations under the License.
 
 """
-The node on rclpy (runs where ROS 2 is sourced; skipped otherwise).
+Run the node on rclpy in this process (the Jazzy wheels from requirements-test.txt).
 
-Isolation: a random ROS_DOMAIN_ID, Cyclone DDS on loopback (config/cyclonedds-loopback.xml) and
-localhost-only discovery for the other RMWs (ROS_LOCALHOST_ONLY on Humble,
-ROS_AUTOMATIC_DISCOVERY_RANGE on Jazzy), all set before rclpy is imported.
+Isolation: a random ROS_DOMAIN_ID and loopback-only DDS for Cyclone DDS and Fast DDS
+(`ros_env.use_loopback`), set before rclpy is initialised.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-import random
 import time
 
 from fakes import FakeBackend
 import pytest
+import ros_env
 
-REPO = Path(__file__).resolve().parents[1]
-os.environ['CYCLONEDDS_URI'] = f'file://{REPO / "config" / "cyclonedds-loopback.xml"}'
-os.environ['ROS_DOMAIN_ID'] = str(random.randint(100, 200))
-os.environ['ROS_LOCALHOST_ONLY'] = '1'
-os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+ros_env.use_loopback()
+rclpy = ros_env.import_rclpy()
 
-rclpy = pytest.importorskip('rclpy')
-
-from ros2_gmskip.ros.node import DIAGNOSTIC_NAME, GmSkipDescriber, run  # noqa: E402
+from ros2_gmskip.ros.node import DIAGNOSTIC_NAME, GmSkipDescriber, run  # noqa: E402, I100
 from ros2_gmskip.ros.rclpy_transport import RclpyTransport  # noqa: E402
+
+pytestmark = pytest.mark.ros       # also run by `colcon test` in `make colcon-test`
 
 CAMERA_TOPIC = '/test_gmskip/camera/image'
 

@@ -299,10 +299,10 @@ def test_demo_smoke_with_fake_backend(tmp_path, capsys):
     assert text.count('✓') + text.count('✗') == 3
     for word in ('p50', 'p90', 'max', 'preprocess', 'vision', 'prefill', 'decode/token', 'total',
                  'tokens/s', 'accuracy (main object named): ', '/3 = ',
-                 str(out / 'descriptions.bag')):
+                 str(out / 'descriptions')):
         assert word in text
-    assert (out / 'camera0.bag' / 'metadata.yaml').is_file()
-    assert len(by_topic(out / 'descriptions.bag')[SCENE_TOPIC]) == 3
+    assert (out / 'camera0' / 'metadata.yaml').is_file()
+    assert len(by_topic(out / 'descriptions')[SCENE_TOPIC]) == 3
 
     # a second run replaces what the first one made, and leaves other files alone
     (out / 'notes.txt').write_text('mine')
@@ -315,7 +315,7 @@ def test_demo_smoke_with_fake_backend(tmp_path, capsys):
     assert cli.main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'not made by the demo' in err[0]
-    assert (out / 'camera0.bag' / 'metadata.yaml').is_file()
+    assert (out / 'camera0' / 'metadata.yaml').is_file()
 
 
 def test_demo_without_the_default_model_is_one_line(tmp_path, capsys, monkeypatch):

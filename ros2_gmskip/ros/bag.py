@@ -36,6 +36,7 @@ from io import BytesIO
 import itertools
 import json
 import logging
+import os
 from pathlib import Path
 import re
 import struct
@@ -44,6 +45,14 @@ from typing import Any, Iterator
 
 import numpy as np
 from ros2_gmskip.errors import BagError, GmSkipError
+from rosbags.interfaces import (
+    Qos,
+    QosDurability,
+    QosHistory,
+    QosLiveliness,
+    QosReliability,
+    QosTime,
+)
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.rosbag2.storage_mcap import decompress as _mcap_decompress
 from rosbags.typesys import get_typestore, Stores
@@ -70,6 +79,10 @@ MAX_SKIP_REASONS = 20
 # rosbag2 metadata version written: 8 is the oldest `rosbags` writes (Humble-era readers cope
 # better with it than with 9's QoS format).
 _BAG_VERSION = 8
+# rosbag2 records the distribution of the recording machine; rosbags writes 'rosbags'
+ROS_DISTRO = os.environ.get('ROS_DISTRO') or 'jazzy'
+# what rosbag2 writes for an infinite deadline / lifespan / lease (RMW_DURATION_INFINITE)
+_INFINITE = QosTime(sec=9223372036, nsec=854775807)
 _STORAGE_SUFFIXES = {'.mcap': 'mcap', '.db3': 'sqlite3'}
 
 
@@ -597,6 +610,37 @@ class BagImageReader:
 # writing
 
 
+def offered_qos(profile: str = 'default') -> Qos:
+    """
+    Return the QoS a publisher offers, as rosbag2 records it per topic.
+
+    'sensor': the camera's sensor-data QoS (best effort, keep last 5); 'default': what the node
+    publishes with (reliable, keep last 10). Both volatile.
+    """
+    sensor = profile == 'sensor'
+    return Qos(history=QosHistory.KEEP_LAST, depth=5 if sensor else 10,
+               reliability=QosReliability.BEST_EFFORT if sensor else QosReliability.RELIABLE,
+               durability=QosDurability.VOLATILE, deadline=_INFINITE, lifespan=_INFINITE,
+               liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=_INFINITE,
+               avoid_ros_namespace_conventions=False)
+
+
+def _with_distro(metadata: str) -> str:
+    return re.sub(r'(?m)^(\s*ros_distro:) rosbags$', rf'\1 {ROS_DISTRO}', metadata)
+
+
+class _Writer(Writer):
+    """rosbags' Writer, with rosbag2's `ros_distro` in metadata.yaml and the storage's copy."""
+
+    def close(self) -> None:
+        storage = self.storage
+        if storage is not None:
+            close = storage.close
+            storage.close = lambda version, metadata: close(version, _with_distro(metadata))
+        super().close()
+        self.metapath.write_text(_with_distro(self.metapath.read_text('utf-8')), 'utf-8')
+
+
 class BagOutputWriter:
     """
     Writes typestore messages to a new rosbag2; a context manager.
@@ -615,8 +659,8 @@ class BagOutputWriter:
             raise BagError(f'output {str(self.path)!r} exists: choose another path or remove it')
         self.storage = storage
         plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
-        self._writer: Writer | None = Writer(self.path, version=_BAG_VERSION,
-                                             storage_plugin=plugin)
+        self._writer: Writer | None = _Writer(self.path, version=_BAG_VERSION,
+                                              storage_plugin=plugin)
         try:
             self._writer.open()
         except Exception as err:
@@ -625,8 +669,14 @@ class BagOutputWriter:
         self._connections: dict[tuple[str, str], Any] = {}
         self.counts: dict[str, int] = {}       # topic -> messages written
 
-    def write(self, topic: str, msgtype: str, timestamp_ns: int, msg: Any) -> None:
-        """Serialize `msg` (a message of `msgtype` in this writer's typestore) and append it."""
+    def write(self, topic: str, msgtype: str, timestamp_ns: int, msg: Any,
+              qos: str = 'default') -> None:
+        """
+        Serialize `msg` (a message of `msgtype` in this writer's typestore) and append it.
+
+        `qos`: the profile its publisher offers ('sensor' or 'default', see `offered_qos`),
+        recorded with the topic when it first appears.
+        """
         if self._writer is None:
             raise BagError(f'rosbag {str(self.path)!r} is closed')
         key = (topic, msgtype)
@@ -635,7 +685,8 @@ class BagOutputWriter:
             if msgtype not in self.typestore.types:
                 raise BagError(f'message type {msgtype!r} is unknown to the typestore: '
                                f'cannot write topic {topic!r}')
-            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore)
+            conn = self._writer.add_connection(topic, msgtype, typestore=self.typestore,
+                                               offered_qos_profiles=[offered_qos(qos)])
             self._connections[key] = conn
         try:
             data = self.typestore.serialize_cdr(msg, msgtype)
@@ -709,7 +760,7 @@ def make_bag(out: Path, n: int = 100, fps: float = 10.0, compressed: bool = Fals
                 fields = rgb_to_image_fields(rgb, 'rgb8')
                 fields['data'] = np.frombuffer(fields['data'], np.uint8)
                 msg = Image(header=header, **fields)
-            bag.write(topic, msgtype, stamp_ns, msg)
+            bag.write(topic, msgtype, stamp_ns, msg, qos='sensor')
             if truth_topic:
                 truth = {'stamp_ns': stamp_ns, 'frame_id': frame_id, 'scene': scene.to_dict()}
                 bag.write(truth_topic, STRING_TYPE, stamp_ns, String(data=json.dumps(truth)))

@@ -23,8 +23,8 @@ What makes it interoperate with ROS 2 nodes using rmw_cyclonedds_cpp:
   volatile; default = reliable, keep last 10, volatile; data representation XCDR1 only;
 - the domain from ROS_DOMAIN_ID (default 0); Cyclone's own settings from CYCLONEDDS_URI.
 
-Not provided: the ROS graph (`ros_discovery_info`), so `ros2 node list` does not show this node;
-`ros2 topic list/echo` and subscriptions work. One receive thread waits on all readers; callbacks
+The node and its endpoints are announced on `ros_discovery_info` (see `discovery`), so
+`ros2 node list` and `ros2 node info` show it. One receive thread waits on all readers; callbacks
 run on it (the node's callback only stores the frame). Timers run on their own threads.
 """
 
@@ -38,6 +38,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from ros2_gmskip.ros import dds_types
+from ros2_gmskip.ros.discovery import GraphAnnouncer
 from ros2_gmskip.ros.params import load_param_file
 from ros2_gmskip.ros.transport import (
     parse_ros_args,
@@ -140,6 +141,8 @@ class DdsTransport:
         self._wake = GuardCondition(self.participant)
         self._waitset.attach(self._wake)
         self._receiver: threading.Thread | None = None
+        self._graph = GraphAnnouncer(self.participant)     # `ros2 node list` sees the node
+        self._announce()
 
     # ------------------------------------------------------------------------------------------
     # names and types
@@ -179,6 +182,7 @@ class DdsTransport:
         dds_topic = self._topic(topic, msgtype)
         pub = _Publisher(DataWriter(self.participant, dds_topic, qos=_qos(qos)), dds_topic.name)
         self._writers.append(pub)
+        self._announce()
         return pub
 
     def create_subscription(self, topic: str, msgtype: str, callback: Callable[[Any], None],
@@ -195,7 +199,16 @@ class DdsTransport:
             self._receiver = threading.Thread(target=self._receive, name='dds-receive',
                                               daemon=True)
             self._receiver.start()
+        self._announce()
         return reader
+
+    def _announce(self, present: bool = True) -> None:
+        """Publish this node and its endpoints on ros_discovery_info (present=False: gone)."""
+        with self._lock:
+            readers = [reader for reader, _, _ in self._readers]
+            writers = [pub.writer for pub in self._writers]
+        self._graph.announce(self.namespace, self.node_name if present else '', readers,
+                             writers)
 
     def create_timer(self, period_s: float, callback: Callable[[], None]) -> _Timer:
         timer = _Timer(period_s, callback, self._stop)
@@ -231,6 +244,11 @@ class DdsTransport:
         for path in self.ros_args.params_files:
             values.update(load_param_file(path, self.node_name, self.namespace))
         values.update(self.ros_args.params)
+        # rcl's own parameter (the launch file passes it): wall clock only here, no /clock
+        if values.pop('use_sim_time', False) not in (False, 'false'):
+            raise TransportError('use_sim_time true needs the rclpy transport (the DDS transport '
+                                 'runs on the wall clock): source ROS 2 or pass '
+                                 'use_sim_time:=false')
         return values
 
     def on_set_parameters(self, callback: Callable[[dict[str, Any]], tuple[bool, str]]) -> None:
@@ -257,6 +275,8 @@ class DdsTransport:
 
     def shutdown(self) -> None:
         """Stop threads and release the DDS entities (idempotent)."""
+        if not self._stop.is_set():
+            self._announce(present=False)
         self._stop.set()
         for timer in self._timers:
             timer.cancel()

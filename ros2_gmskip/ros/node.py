@@ -32,6 +32,7 @@ or, without ROS 2, the same with `gmskip_describer --transport dds --ros-args ..
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -50,14 +51,19 @@ from ros2_gmskip.ros.params import (
 from ros2_gmskip.ros.pipeline import DescriberCore, format_value, LEVELS, SceneOutput
 from ros2_gmskip.ros.transport import QOS_DEFAULT, QOS_SENSOR, remove_ros_args, select_transport
 
-DIAGNOSTIC_NAME = f'{NODE_NAME}: inference'
+DIAGNOSTIC_NAME = f'{NODE_NAME}: inference'      # of the node at '/' under its default name
 FLOAT64_STAMPED = 'autoware_internal_debug_msgs/msg/Float64Stamped'
 DEBUG_TOPICS = ('processing_time_ms', 'pipeline_latency_ms', 'cyclic_time_ms')
 # parameters that may change while running (the rest are read once, at start-up)
-LIVE_PARAMETERS = ('prompt', 'max_new_tokens', 'latency_warn_ms', 'drop_warn_ratio',
-                   'latency_budget_ms')
+LIVE_PARAMETERS = ('prompt', 'max_new_tokens', 'input_timeout_s', 'latency_warn_ms',
+                   'drop_warn_ratio', 'latency_budget_ms')
 
 BackendFactory = Callable[..., Any]     # (params, build_only=False) -> Backend
+
+
+def diagnostic_name(namespace: str, node_name: str) -> str:
+    """Return the status name: '<namespace>/<node>: inference', so cameras stay apart."""
+    return f'{namespace.strip("/")}/{node_name}: inference'.lstrip('/')
 
 
 def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
@@ -68,7 +74,7 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
     onnxruntime / tensorrt its ONNX bundle (exported once into the cache when missing).
     """
     from ros2_gmskip.runtime import defaults
-    from ros2_gmskip.runtime.factory import create_backend as factory
+    from ros2_gmskip.runtime.factory import create_backend as factory, require_rungs
 
     def path(text: str) -> Path | None:
         return Path(text).expanduser() if text else None
@@ -79,11 +85,12 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
     if model is None and plan is None:
         plan = defaults.default_plan_path()
     opts: dict[str, Any] = {}
+    if params.latency_budget_ms > 0 or params.rung != 'auto':
+        require_rungs(kind)                     # before a long export, not after it
+        opts['ladder'] = _ladder_path(plan, params)
     if kind in ('onnxruntime', 'tensorrt') and bundle is None:
         bundle = defaults.ensure_bundle(model, plan, fused_weights=params.fused_weights
                                         if kind == 'onnxruntime' else 'fp32')
-    if params.latency_budget_ms > 0 or params.rung != 'auto':
-        opts['ladder'] = _ladder_path(plan, params)
     if kind == 'onnxruntime':
         opts['providers'] = _ort_provider(params.device)
         opts['draft_tokens'] = params.draft_tokens
@@ -131,6 +138,7 @@ class GmSkipDescriber:
     def __init__(self, transport: Any, backend_factory: BackendFactory | None = None) -> None:
         self.transport = transport
         self.logger = transport.logger
+        self.diagnostic_name = diagnostic_name(transport.namespace, transport.node_name)
         values = transport.declare_parameters(load_defaults(), descriptions())
         self.params = DescriberParams.from_dict(values)
         transport.on_set_parameters(self.parameters_callback)
@@ -166,7 +174,8 @@ class GmSkipDescriber:
                 self.debug_pubs = {name: transport.create_publisher(
                     f'~/debug/{name}', FLOAT64_STAMPED, qos=QOS_DEFAULT) for name in DEBUG_TOPICS}
             else:
-                self.logger.info(f'{FLOAT64_STAMPED} is not installed: ~/debug/* topics are off')
+                self.logger.warning(f'{FLOAT64_STAMPED} is not installed: ~/debug/* topics are '
+                                    f'off (install autoware_internal_debug_msgs for them)')
         self.diagnostics_timer = transport.create_timer(
             self.params.diagnostics_period_s, self.diagnostics_callback)
         self.core.start()
@@ -198,7 +207,7 @@ class GmSkipDescriber:
         sec, nanosec = self.transport.now()
         status = {
             'level': LEVELS[d['level']],
-            'name': DIAGNOSTIC_NAME,
+            'name': self.diagnostic_name,
             'message': d['message'],
             'hardware_id': str(d['values'].get('backend', '')),
             'values': [{'key': k, 'value': format_value(v)} for k, v in d['values'].items()],
@@ -260,9 +269,10 @@ def run(argv: Sequence[str], transport: str = 'auto', duration_s: float | None =
     transport_obj = None
     try:
         transport_obj = transport_cls(NODE_NAME, argv)
-        node = GmSkipDescriber(transport_obj, backend_factory=backend_factory)
-        if not node.build_only:
-            transport_obj.spin(duration_s)
+        with _routed_logging(transport_obj):
+            node = GmSkipDescriber(transport_obj, backend_factory=backend_factory)
+            if not node.build_only:
+                transport_obj.spin(duration_s)
     except (KeyboardInterrupt, *transport_cls.shutdown_exceptions()):
         pass
     finally:
@@ -274,6 +284,15 @@ def run(argv: Sequence[str], transport: str = 'auto', duration_s: float | None =
     return 0
 
 
+def _routed_logging(transport: Any) -> contextlib.AbstractContextManager:
+    """Send the package's `logging` records to the rclpy node's logger (rosout, timestamps)."""
+    if transport.kind != 'rclpy':
+        return contextlib.nullcontext()
+    from ros2_gmskip.ros.ros_logging import routed_to
+
+    return routed_to(transport.node.get_logger())
+
+
 def main(args: Sequence[str] | None = None) -> int:
     """Run the console script `gmskip_describer` (ros2 run / launch): rclpy if found, else DDS."""
     argv = list(sys.argv if args is None else args)
@@ -283,11 +302,17 @@ def main(args: Sequence[str] | None = None) -> int:
                         help='auto: rclpy when ROS 2 is sourced, else Cyclone DDS (default)')
     parser.add_argument('--duration-s', type=float, default=None,
                         help='stop after this many seconds (default: run until Ctrl-C)')
+    # test-only: 'module:function[:arg]' returning a Backend, e.g.
+    # ros2_gmskip.runtime.factory:create_backend:fake:25 (no model needed)
+    parser.add_argument('--backend-factory', help=argparse.SUPPRESS)
     options = parser.parse_args(remove_ros_args(argv)[1:])
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format='[%(levelname)s] [%(name)s]: %(message)s')
     try:
-        return run(argv, transport=options.transport, duration_s=options.duration_s)
+        factory = load_backend_factory(options.backend_factory) \
+            if options.backend_factory else None
+        return run(argv, transport=options.transport, duration_s=options.duration_s,
+                   backend_factory=factory)
     except GmSkipError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1

@@ -63,6 +63,7 @@ class DescriberParams:
     use_compressed: bool = False
     build_only: bool = False
     diagnostics_period_s: float = 1.0
+    input_timeout_s: float = 2.0           # diagnostics WARN after this long without an image
     latency_warn_ms: float = 1000.0
     drop_warn_ratio: float = 0.9
     error_window: int = 5

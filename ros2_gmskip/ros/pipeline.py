@@ -139,10 +139,11 @@ class DescriberCore:
     """
     Newest-frame hand-off + worker + counters + diagnostics (see the module docstring).
 
-    `params` needs: prompt, max_new_tokens, latency_warn_ms, drop_warn_ratio, error_window,
-    stats_window, latency_budget_ms, rung (a `DescriberParams`). `publish` is called on the
-    worker thread. A backend with a plan ladder (`backend.ladder`, describe(..., rung=)) runs the
-    rung `runtime.ladder.rung_policy` picks: fixed, or chosen per frame to fit the budget.
+    `params` needs: prompt, max_new_tokens, input_timeout_s, latency_warn_ms, drop_warn_ratio,
+    error_window, stats_window, latency_budget_ms, rung (a `DescriberParams`). `publish` is
+    called on the worker thread. A backend with a plan ladder (`backend.ladder`,
+    describe(..., rung=)) runs the rung `runtime.ladder.rung_policy` picks: fixed, or chosen per
+    frame to fit the budget.
     """
 
     def __init__(self, backend: Any, params: Any, publish: Callable[[SceneOutput], None],
@@ -179,6 +180,7 @@ class DescriberCore:
         self.last_error = ''
         self.last_output: SceneOutput | None = None
         self._last_output_t: float | None = None
+        self._last_input_t = clock()     # input timeout: counted from the start until a frame
         # plan ladder: LadderError (one line) now when the parameters do not fit the backend
         self.ladder = getattr(backend, 'ladder', None) if backend is not None else None
         self.chooser, self.fixed_rung = rung_policy(
@@ -194,6 +196,7 @@ class DescriberCore:
         with self._cond:
             self.received += 1
             self._input_rate.tick(now)
+            self._last_input_t = now
             if self._slot is not None:
                 self.dropped += 1
                 self._drops.append(True)
@@ -354,6 +357,7 @@ class DescriberCore:
                 'errors': self.errors,
                 'pending': int(self._slot is not None) + int(self._in_flight),
                 'drop_ratio': sum(drops) / len(drops) if drops else 0.0,
+                'seconds_since_last_image': now - self._last_input_t,
             }
             last_error = self.last_error
         for stage in STAGES:
@@ -379,6 +383,11 @@ class DescriberCore:
         elif len(outcomes) >= window and not any(outcomes):
             level, message = ERROR, f'last {window} frames failed: {last_error}'
         else:
+            silent_s = values['seconds_since_last_image']
+            if silent_s > self.params.input_timeout_s:
+                what = 'no image yet' if values['received'] == 0 else 'no image'
+                warnings.append(f'{what} for {silent_s:.1f} s '
+                                f'(> input_timeout_s {self.params.input_timeout_s:g} s)')
             if len(drops) >= 10 and values['drop_ratio'] > self.params.drop_warn_ratio:
                 warnings.append(f'dropping {values["drop_ratio"]:.0%} of input frames '
                                 f'(> {self.params.drop_warn_ratio:.0%})')

@@ -81,6 +81,14 @@ def _fake(kind: str) -> FakeBackend:
         raise GmSkipError(f'bad fake backend {kind!r}: expected fake:MS, e.g. fake:25') from None
 
 
+def require_rungs(kind: str) -> None:
+    """Raise GmSkipError unless backend `kind` can run plan-ladder rungs (before any export)."""
+    if kind != 'torch':
+        raise GmSkipError(f'backend {kind} cannot switch plan-ladder rungs yet (export --ladder '
+                          'is not built): use backend torch for latency_budget_ms / rung, or '
+                          'set latency_budget_ms 0 and rung auto')
+
+
 def create_backend(kind: str, model: Path | None = None, plan: Path | None = None,
                    bundle: Path | None = None, engine: Path | None = None,
                    build_only: bool = False, **opts) -> Backend:
@@ -116,10 +124,8 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
                           '--fused-weights) and other backends have none')
     model = Path(model) if model else None
     plan = Path(plan) if plan else None
-    if opts.get('ladder') is not None and kind != 'torch':
-        raise GmSkipError(f'backend {kind} cannot switch plan-ladder rungs yet (export --ladder '
-                          'is not built): use backend torch for latency_budget_ms / rung, or '
-                          'set latency_budget_ms 0 and rung auto')
+    if opts.get('ladder') is not None:
+        require_rungs(kind)
     if kind == 'torch':
         from ros2_gmskip.runtime import defaults
         if model is None:

@@ -17,17 +17,17 @@ The whole pipeline on the embedded default, offline: camera bag -> GM-Skip-prune
 
 Steps (each announced on one line):
   1. render 20 test scenes (640x480, 10 fps, sensor_msgs/Image rgb8, MCAP) with their ground truth
-     into demo_out/camera0.bag;
+     into demo_out/camera0 (a rosbag2 folder);
   2. load the ONNX Runtime backend on the embedded default model pruned by its shipped GM-Skip
      plan (the first run exports the ONNX bundle into the cache: about a minute; later runs
      reuse it);
-  3. replay the bag through the gmskip_describer pipeline into demo_out/descriptions.bag;
+  3. replay the bag through the gmskip_describer pipeline into demo_out/descriptions;
   4. print ground truth vs model output per frame, marked by whether the main object is named;
   5. print the latency breakdown (p50 / p90 / max per stage, tokens/s) and the accuracy;
   6. say where the output bag is.
 
 Takes about a minute the first time (export), a few seconds to tens of seconds after that,
-depending on the CPU. Leaves behind demo_out/camera0.bag, demo_out/descriptions.bag and
+depending on the CPU. Leaves behind demo_out/camera0, demo_out/descriptions (rosbag2 folders) and
 demo_out/.gmskip-demo.json (what the demo made: a re-run replaces only those), plus the cached
 bundle under ~/.cache/ros2_gmskip/bundles ($ROS2_GMSKIP_CACHE).
 
@@ -53,8 +53,8 @@ HELP = 'run the whole pipeline on the embedded default: test bag -> pruned VLM -
 
 STEPS = 6
 WIDTH, HEIGHT, FPS = 640, 480, 10.0
-CAMERA_BAG = 'camera0.bag'
-OUTPUT_BAG = 'descriptions.bag'
+CAMERA_BAG = 'camera0'          # rosbag2 folders: no ROS 1 '.bag' suffix
+OUTPUT_BAG = 'descriptions'
 MARKER = '.gmskip-demo.json'              # names what the demo created in --out
 DEMO_STAGES = ('preprocess_ms', 'vision_ms', 'prefill_ms', 'decode_per_token_ms', 'total_ms')
 
