@@ -159,6 +159,14 @@ def test_token_skipping_rescores_every_rung(model_dir):
     assert ladder.rungs[-1].flops_ratio < 1.0                   # FastV saves FLOPs at full depth
 
 
+def test_other_data_records_its_split_n_and_baseline(model_dir):
+    plan, result = make_plan(model_dir)
+    ladder, _ = build_ladder(result.trajectory, plan, plan_id(plan), additive, WORKLOAD,
+                             extra=0, floor=None, data=('test', 32, 0.5))
+    assert ladder.metric == {'name': 'accuracy', 'baseline': 0.5, 'split': 'test', 'n': 32}
+    assert ladder.rungs[-1].score_ratio == pytest.approx(1.0 / 0.5)
+
+
 def test_a_trajectory_that_is_not_nested_is_refused(model_dir):
     plan, result = make_plan(model_dir)
     steps = [Step(removed=(), score=1, score_ratio=1, objective=1, feasible=True),
@@ -233,3 +241,65 @@ def test_missing_and_unreadable_files(tmp_path):
 def test_from_dict_rejects_a_non_object():
     with pytest.raises(PlanError, match='expected a JSON object, got list'):
         PlanLadder.from_dict([])
+
+
+# --- the ladder verb, with a fake evaluator ------------------------------------------------
+
+class FakeEvaluator:
+    """Stands in for CalibrationEvaluator: 8 blocks, additive importances, counts calls."""
+
+    instances: list = []
+
+    def __init__(self, model_dir, samples, metric, batch_size, trust_remote_code=False):
+        self.samples, self.metric, self.evaluations, self.calls = samples, metric, 0, []
+        FakeEvaluator.instances.append(self)
+
+    def score(self, removed, tokens=None):
+        self.evaluations += 1
+        self.calls.append(tuple(removed))
+        return additive(removed)
+
+    def workload(self, removed=()):
+        return WORKLOAD
+
+
+@pytest.fixture
+def fake_evaluator(monkeypatch):
+    import sys
+    import types
+
+    import ros2_gmskip.scenes as scenes
+    monkeypatch.setattr(scenes, 'load_samples', lambda data, n: [f'{data}{i}' for i in range(n)],
+                        raising=False)
+    module = types.ModuleType('ros2_gmskip.gmskip.evaluator')
+    module.CalibrationEvaluator = FakeEvaluator
+    monkeypatch.setitem(sys.modules, 'ros2_gmskip.gmskip.evaluator', module)
+    FakeEvaluator.instances = []
+
+
+def test_ladder_verb_reuses_the_plans_scores_on_its_data(fake_evaluator, model_dir, tmp_path,
+                                                         capsys):
+    from ros2_gmskip import cli
+    from ros2_gmskip.gmskip.plan import save_plan
+    plan, _ = make_plan(model_dir)
+    path = save_plan(plan, tmp_path / 'p.json')
+    assert cli.main(['ladder', '--model', str(model_dir), '--plan', str(path), '--extra', '1',
+                     '--floor', '0.5']) == 0
+    evaluator, = FakeEvaluator.instances
+    assert len(evaluator.samples) == 64                      # the plan's split and n
+    assert sorted(evaluator.calls) == [(2, 3, 5, 6, 7), (3, 4, 5, 6, 7)]   # extension only
+    ladder = load_ladder(tmp_path / 'p.ladder.json', model_dir=model_dir)
+    assert ladder.plan_id == plan_id(plan) and ladder.metric['n'] == 64
+    assert 'wrote' in capsys.readouterr().out
+    # other data: the unpruned model and every rung are scored there
+    assert cli.main(['ladder', '--model', str(model_dir), '--plan', str(path), '--data', 'test',
+                     '--n', '8', '--extra', '0', '--floor', '0.5', '--out',
+                     str(tmp_path / 'other.ladder.json')]) == 0
+    evaluator = FakeEvaluator.instances[-1]
+    assert evaluator.calls[0] == () and len(evaluator.calls) == 1 + len(plan.trajectory)
+    assert load_ladder(tmp_path / 'other.ladder.json').metric['split'] == 'test'
+    bad = tmp_path / 'bad.json'
+    plan.trajectory = []
+    save_plan(plan, bad)
+    assert cli.main(['ladder', '--model', str(model_dir), '--plan', str(bad)]) == 1
+    assert 'records no trajectory' in capsys.readouterr().err

@@ -252,14 +252,16 @@ def nested_chain(trajectory: Sequence[Step]) -> list[tuple[int, ...]]:
 
 def build_ladder(trajectory: Sequence[Step], plan: SkipPlan, plan_id: str, score_fn: ScoreFn,
                  workload: Workload, known: Mapping[tuple[int, ...], float] | None = None,
-                 extra: int = EXTRA, floor: float | None = FLOOR
+                 extra: int = EXTRA, floor: float | None = FLOOR,
+                 data: tuple[str | None, int | None, float] | None = None
                  ) -> tuple[PlanLadder, list[Candidate]]:
     """
     Return the ladder of `plan` from its search `trajectory`, and every state considered.
 
     `score_fn(removed)` scores a removal set with the plan's token skipping; `known` holds scores
     already measured that way (ignored when the plan has token skipping: the search scored
-    without it). See the module docstring for which states become rungs.
+    without it). `data`: (split, n, baseline S(empty)) when the rungs are scored on other data
+    than the plan's calibration. See the module docstring for which states become rungs.
     """
     if extra < 0:
         raise PlanError(f'ladder extra rungs {extra!r} must be >= 0')
@@ -270,7 +272,7 @@ def build_ladder(trajectory: Sequence[Step], plan: SkipPlan, plan_id: str, score
                         'trajectory: re-run ros2-gmskip calibrate')
     tokens = TokenSkip.from_dict(plan.tokens)
     cache: dict[tuple[int, ...], float] = dict(known or {}) if tokens.is_off else {}
-    baseline = plan.metric.baseline
+    split, n, baseline = data or (plan.metric.split, plan.metric.n, plan.metric.baseline)
     num_blocks = plan.model.num_blocks
 
     def score(removed: tuple[int, ...]) -> float:
@@ -321,8 +323,7 @@ def build_ladder(trajectory: Sequence[Step], plan: SkipPlan, plan_id: str, score
             best_faster = max(best_faster, c.rung.score)
     ladder = PlanLadder(
         model=plan.model, plan_id=plan_id, plan_removed=plan_removed,
-        metric={'name': plan.metric.name, 'baseline': baseline, 'split': plan.metric.split,
-                'n': plan.metric.n},
+        metric={'name': plan.metric.name, 'baseline': baseline, 'split': split, 'n': n},
         strategy=plan.strategy, tokens=None if tokens.is_off else tokens.to_dict(),
         workload=workload.to_dict(), full_flops=full,
         rungs=[c.rung for c in candidates if c.kept], stack=plan.stack)

@@ -210,7 +210,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_ladder(evaluator, trajectory, plan, args: argparse.Namespace, known=None):
+def write_ladder(evaluator, trajectory, plan, args: argparse.Namespace, known=None, data=None):
     """Build the plan's ladder (scoring the rungs it needs) and print its table."""
     from ros2_gmskip.gmskip.ladder import build_ladder, format_ladder
     from ros2_gmskip.gmskip.plan import plan_id
@@ -221,7 +221,7 @@ def write_ladder(evaluator, trajectory, plan, args: argparse.Namespace, known=No
     ladder, candidates = build_ladder(
         trajectory, plan, plan_id(plan), lambda removed: evaluator.score(removed, tokens=tokens),
         evaluator.workload(plan.removed_blocks), known=known, extra=args.ladder_extra,
-        floor=args.ladder_floor)
+        floor=args.ladder_floor, data=data)
     print(f'ladder (fastest first; * = the plan; scores with token skipping: '
           f'{tokens.describe()}):')
     print(format_ladder(candidates, plan.removed_blocks))

@@ -95,9 +95,14 @@ def main(args: argparse.Namespace) -> int:
     same_data = (data, len(samples)) == (plan.metric.split, plan.metric.n)
     print(f'ladder of {args.plan} ({len(plan.trajectory)} trajectory states) on {len(samples)} '
           f'{data} samples, metric {plan.metric.name}'
-          + ('' if same_data else " (not the plan's calibration data: every rung is scored)"))
-    known = {s.removed: s.score for s in plan.trajectory} if same_data else None
-    ladder = write_ladder(evaluator, plan.trajectory, plan, args, known=known)
+          + ('' if same_data else " (not the plan's calibration data: the unpruned model and "
+                                  'every rung are scored)'))
+    known, other = None, None
+    if same_data:
+        known = {s.removed: s.score for s in plan.trajectory}
+    else:                  # the ratio needs the unpruned model's score on these samples
+        other = (data, len(samples), evaluator.score(()))
+    ladder = write_ladder(evaluator, plan.trajectory, plan, args, known=known, data=other)
     print(f'wrote {save_ladder(ladder, out)} ({len(ladder.rungs)} rungs, the plan is rung '
           f'{ladder.plan_rung})')
     return 0
