@@ -67,8 +67,9 @@ def stamp_ns(msg) -> int:
     return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
-def realtime_run(backend, params, frames: list, hog_at: int) -> tuple[list, dict]:
-    """Feed `frames` at FPS; start the hog before frame `hog_at`; return (outputs, counts)."""
+def realtime_run(backend, params, frames: list, hog_at: int, hogs: int = 1
+                 ) -> tuple[list, dict]:
+    """Feed `frames` at FPS; start the hogs before frame `hog_at`; return (outputs, counts)."""
     from ros2_gmskip.ros.pipeline import default_convert, DescriberCore
 
     outputs, lock = [], threading.Lock()
@@ -79,7 +80,7 @@ def realtime_run(backend, params, frames: list, hog_at: int) -> tuple[list, dict
 
     core = DescriberCore(backend, params, publish=publish, convert=default_convert)
     core.start()
-    hog = None
+    procs: list[subprocess.Popen] = []
     t0 = time.perf_counter()
     try:
         for i, msg in enumerate(frames):
@@ -87,15 +88,15 @@ def realtime_run(backend, params, frames: list, hog_at: int) -> tuple[list, dict
             if delay > 0:
                 time.sleep(delay)
             if i == hog_at:
-                hog = subprocess.Popen([sys.executable, '-c', HOG])
+                procs = [subprocess.Popen([sys.executable, '-c', HOG]) for _ in range(hogs)]
             core.on_image(msg, False)
         while core.pending:
             time.sleep(0.01)
     finally:
         core.stop()
-        if hog is not None:
-            hog.kill()
-            hog.wait()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
     return outputs, core.counts()
 
 
@@ -136,6 +137,8 @@ def main() -> int:
                         help='its ladder (default: <plan>.ladder.json)')
     parser.add_argument('--budget-ms', type=float, default=None,
                         help="ladder budget (default: the fixed plan's unloaded p90)")
+    parser.add_argument('--hogs', type=int, default=1,
+                        help='busy-loop processes started half-way (default: 1, one core)')
     parser.add_argument('--width', type=int, default=640)
     parser.add_argument('--height', type=int, default=480)
     parser.add_argument('--out', type=Path, default=None, help='also write the result as JSON')
@@ -169,6 +172,7 @@ def main() -> int:
 
     params = load_params()
     result: dict = {'frames': n, 'fps': FPS, 'lead_in_frames': lead, 'hog_from_frame': half,
+                    'hogs': args.hogs,
                     'threads': args.threads, 'plan': str(plan), 'ladder': str(ladder),
                     'load_average': {'start': os.getloadavg()}, 'runs': {}}
     budget = args.budget_ms
@@ -176,13 +180,19 @@ def main() -> int:
     for name, opts in configs:
         backend = create_backend(args.backend, model=model, threads=args.threads, **opts)
         run_params = replace(params, latency_budget_ms=budget) if name == 'ladder' else params
-        outputs, counts = realtime_run(backend, run_params, frames, hog_at=half)
+        outputs, counts = realtime_run(backend, run_params, frames, hog_at=half, hogs=args.hogs)
         stats = {h: half_stats(outputs, s, classes) for h, s in halves.items()}
         result['runs'][name] = {'counts': counts, **stats,
                                 'latency_budget_ms': run_params.latency_budget_ms}
         result['load_average'][name] = os.getloadavg()
         if budget is None:
             budget = stats['unloaded']['p90_ms']
+        lead_outputs = sum(1 for o in outputs
+                           if o.stamp_sec * 1_000_000_000 + o.stamp_nanosec < stamps[lead])
+        warmup = 1 + 5 * len(rungs.rungs)
+        if name == 'ladder' and lead_outputs < warmup:
+            print(f'warning: the lead-in described {lead_outputs} frames, the warm-up needs '
+                  f'{warmup}: raise --lead-in', flush=True)
         del backend
         print(f'{name}: done; load average {os.getloadavg()}', flush=True)
     result['budget_ms'] = budget
