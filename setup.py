@@ -62,7 +62,8 @@ setup(
     description=(
         'GM-Skip block skipping and token pruning for driving-scene VLMs, with a ROS 2 node.'),
     license='Apache-2.0',
-    extras_require={'test': pinned('requirements-test.txt')},
+    extras_require={'test': pinned('requirements-test.txt'),
+                    'ray': ['ray==2.60.0']},
     entry_points={
         'console_scripts': [
             'ros2-gmskip = ros2_gmskip.cli:main',

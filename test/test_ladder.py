@@ -120,6 +120,24 @@ def test_floor_stops_the_extension_and_drops_rungs(model_dir):
     assert ladder.plan_rung == 0
 
 
+def test_score_many_scores_each_step_together(model_dir):
+    tokens = {'fastv': {'k': 1, 'r': 0.5, 'seed': 0}, 'kv_removal': None}
+    plan, result = make_plan(model_dir, tokens=tokens)
+    batches = []
+
+    def score_many(sets):
+        batches.append(list(sets))
+        return [additive(s) for s in sets]
+    single = Counter()
+    ladder, _ = build_ladder(result.trajectory, plan, plan_id(plan), single, WORKLOAD, extra=2,
+                             floor=0.6, score_many=score_many)
+    # the extension's two candidates together, then the trajectory's five states together
+    assert [sorted(b) for b in batches] == [[(2, 3, 5, 6, 7), (3, 4, 5, 6, 7)],
+                                            sorted(tuple(s.removed) for s in result.trajectory)]
+    assert single.calls == [(2, 3, 4, 5, 6, 7)]       # a step with one candidate: no batch
+    assert removed_sets(ladder)[0] == [2, 3, 4, 5, 6, 7]
+
+
 def test_a_slower_rung_that_scores_no_better_is_dropped(model_dir):
     plan, result = make_plan(model_dir)
     bumpy = {(): 0.90, (7,): 0.95, (6, 7): 0.93, (5, 6, 7): 0.94, (3, 5, 6, 7): 0.92}

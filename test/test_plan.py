@@ -203,14 +203,18 @@ class FakeEvaluator:
     """Stands in for gmskip.evaluator.CalibrationEvaluator: 8 blocks, additive importances."""
 
     instances: list[FakeEvaluator] = []
+    stop_after: int | None = None       # raise KeyboardInterrupt at this many evaluations
 
-    def __init__(self, model_dir, samples, metric, batch_size, trust_remote_code=False):
+    def __init__(self, model_dir, samples, metric, batch_size, trust_remote_code=False,
+                 stack='decoder'):
         self.model_dir, self.samples, self.metric = model_dir, samples, metric
-        self.batch_size, self.trust_remote_code = batch_size, trust_remote_code
+        self.batch_size, self.trust_remote_code, self.stack = batch_size, trust_remote_code, stack
         self.num_blocks, self.family, self.evaluations = 8, 'gmskip_llava', 0
         FakeEvaluator.instances.append(self)
 
     def score(self, removed, tokens=None):
+        if self.evaluations == self.stop_after:
+            raise KeyboardInterrupt
         self.evaluations += 1
         return 0.8 * additive(removed)
 
@@ -234,6 +238,7 @@ def fake_calibration(monkeypatch):
     module.CalibrationEvaluator = FakeEvaluator
     monkeypatch.setitem(sys.modules, 'ros2_gmskip.gmskip.evaluator', module)
     FakeEvaluator.instances = []
+    FakeEvaluator.stop_after = None
     return calls
 
 
@@ -255,6 +260,7 @@ def test_calibrate_writes_plan_and_plot(fake_calibration, model_dir, tmp_path, c
     assert fake_calibration == [('val', 12)]
     evaluator, = FakeEvaluator.instances
     assert (evaluator.metric, evaluator.batch_size, len(evaluator.samples)) == ('accuracy', 4, 12)
+    assert evaluator.stack == 'decoder'
     plan = load_plan(out, model_dir=model_dir)
     assert plan.removed_blocks == [3, 5, 6]
     assert plan.strategy == 'greedy' and plan.protect_first == 2
@@ -477,3 +483,63 @@ def test_model_defaults_to_the_embedded_model(monkeypatch, model_dir, tmp_path):
     monkeypatch.setattr(defaults, 'default_model_dir', lambda: tmp_path / 'missing')
     with pytest.raises(ModelLoadError, match='the default model .* is missing'):
         model_dir_or_default(None)
+
+
+CALIBRATE = ['--data', 'val', '--n', '12', '--strategy', 'greedy', '--protect-first', '2',
+             '--no-progress']
+
+
+def test_calibrate_resume_after_interruption(fake_calibration, model_dir, tmp_path, capsys):
+    from ros2_gmskip.verbs import calibrate
+    whole, out = tmp_path / 'whole.json', tmp_path / 'plan.json'
+    progress = tmp_path / 'plan.progress.json'
+    assert calibrate.main(verb_args(calibrate, ['--model', str(model_dir), *CALIBRATE,
+                                                '--out', str(whole)])) == 0
+    assert not (tmp_path / 'whole.progress.json').exists()      # removed with the plan written
+    FakeEvaluator.stop_after = 1 + 6 + 5 + 2                        # in greedy's third step
+    with pytest.raises(KeyboardInterrupt):
+        calibrate.main(verb_args(calibrate, ['--model', str(model_dir), *CALIBRATE,
+                                             '--out', str(out)]))
+    assert not out.exists()
+    assert len(json.loads(progress.read_text())['scores']) == 1 + 6 + 5   # two whole steps
+    FakeEvaluator.stop_after = None
+    assert calibrate.main(verb_args(calibrate, ['--model', str(model_dir), *CALIBRATE,
+                                                '--out', str(out), '--resume'])) == 0
+    assert 'resuming: 12 scores' in capsys.readouterr().out
+    assert FakeEvaluator.instances[-1].evaluations == 4 + 3 + 2 + 1      # only the rest
+    a, b = load_plan(whole), load_plan(out)
+    assert a.removed_blocks == b.removed_blocks and a.evaluations == b.evaluations
+    assert [s.to_dict() for s in a.trajectory] == [s.to_dict() for s in b.trajectory]
+    assert b.run['resumed_evaluations'] == 12 and b.run['engine'] == 'serial'
+    assert a.run['resumed_evaluations'] == 0 and a.run['workers'] == 1
+    assert not progress.exists()
+
+
+def test_calibrate_resume_errors(fake_calibration, model_dir, tmp_path):
+    from ros2_gmskip.verbs import calibrate
+    out = tmp_path / 'plan.json'
+    argv = ['--model', str(model_dir), *CALIBRATE, '--out', str(out)]
+    with pytest.raises(PlanError, match='no progress file .*run without --resume'):
+        calibrate.main(verb_args(calibrate, argv + ['--resume']))
+    FakeEvaluator.stop_after = 3
+    with pytest.raises(KeyboardInterrupt):
+        calibrate.main(verb_args(calibrate, argv))
+    with pytest.raises(PlanError, match=r'other batch_size, n \(16, 12\)'):
+        calibrate.main(verb_args(calibrate, argv + ['--resume', '--n', '7',
+                                                    '--batch-size', '3']))
+    (tmp_path / 'plan.progress.json').write_text('{"format": 1}')
+    with pytest.raises(PlanError, match='unreadable'):
+        calibrate.main(verb_args(calibrate, argv + ['--resume']))
+
+
+def test_calibrate_ray_arguments(fake_calibration, model_dir, tmp_path, monkeypatch):
+    from ros2_gmskip.verbs import calibrate
+    argv = ['--model', str(model_dir), '--out', str(tmp_path / 'p.json')]
+    with pytest.raises(PlanError, match='--workers 2: workers are Ray workers; add --ray'):
+        calibrate.main(verb_args(calibrate, argv + ['--workers', '2']))
+    assert verb_args(calibrate, argv + ['--ray']).ray == 'local'
+    assert verb_args(calibrate, argv + ['--ray', '127.0.0.1:6379']).ray == '127.0.0.1:6379'
+    monkeypatch.setitem(sys.modules, 'ray', None)               # ray not installed
+    with pytest.raises(GmSkipError, match=r'--ray needs the optional dependency ray: pip '
+                                          r"install 'ros2_gmskip\[ray\]'"):
+        calibrate.main(verb_args(calibrate, argv + ['--ray']))

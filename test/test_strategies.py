@@ -167,9 +167,21 @@ def test_raising_metric_is_a_metric_error():
         search(score, L, progress=False)
 
 
-def test_zero_baseline_is_a_metric_error():
-    with pytest.raises(MetricError, match='baseline score 0.0 is not positive'):
-        search(lambda removed: 0.0, L, progress=False)
+def test_zero_baseline_searches_on_sparsity():
+    """A model scoring 0 (CIDEr of a weak model) loses nothing: ratio 1 + S, J rises with |R|."""
+    result = search(lambda removed: 0.0, L, strategy='reverse', progress=False,
+                    objective=Objective(lam=0.3, min_score_ratio=0.98))
+    assert result.baseline == 0.0
+    assert all(step.score_ratio == 1.0 for step in result.trajectory)
+    assert len(result.best.removed) == len(result.trajectory) - 1 > 0
+    gain = search(lambda removed: 0.5 if removed else 0.0, L, strategy='greedy',
+                  progress=False)
+    assert gain.trajectory[1].score_ratio == pytest.approx(1.5)
+
+
+def test_negative_baseline_is_a_metric_error():
+    with pytest.raises(MetricError, match='baseline score -1.0 is negative'):
+        search(lambda removed: -1.0, L, progress=False)
 
 
 def test_bad_arguments():
@@ -190,10 +202,59 @@ def test_objective_value_and_feasible():
     assert not obj.feasible(0.89, 1.0, 1, 4)
     assert not obj.feasible(1.0, 1.0, 3, 4)
     assert Objective(max_sparsity=0.3).feasible(1.0, 1.0, 3, 10)     # 3/10 <= 0.3 despite floats
+    assert obj.value(0.5, 0.0, 1, 4) == pytest.approx(1.5 + 0.125)     # zero baseline: 1 + S
     with pytest.raises(MetricError):
-        obj.value(0.5, 0.0, 1, 4)
+        obj.value(0.5, float('nan'), 1, 4)
 
 
 def test_progress_bar_runs(capsys):
     result = search(Additive(), L, strategy='greedy', progress=True)
     assert result.best.removed == (3, 5, 6, 7)
+
+
+class Stop(Exception):
+    """Stands in for Ctrl-C or a crash between two steps."""
+
+
+@pytest.mark.parametrize('strategy', ['greedy', 'reverse'])
+@pytest.mark.parametrize('stop_after', [1, 3])
+def test_interrupted_search_resumes_to_the_same_plan(strategy, stop_after):
+    full = run(strategy, Additive())
+    saved = []
+
+    def on_step(scores):
+        saved.append(dict(scores))
+        if len(saved) > stop_after:            # the baseline's record, then `stop_after` steps
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(strategy, Additive(), on_step=on_step)
+    known = saved[-1]
+    score = Additive()
+    resumed = run(strategy, score, known=known)
+    assert [s.to_dict() for s in resumed.trajectory] == [s.to_dict() for s in full.trajectory]
+    assert [s.to_dict() for s in resumed.evaluated] == [s.to_dict() for s in full.evaluated]
+    assert resumed.best == full.best and resumed.evaluations == full.evaluations
+    assert not set(score.calls) & set(known)                # nothing scored twice
+    assert len(score.calls) == full.evaluations - len(known)
+
+
+def test_batch_scorer_gets_whole_steps_in_order():
+    class Recording:
+        workers = 4
+
+        def __init__(self):
+            self.asked = []
+
+        def score_many(self, sets, done=None):
+            self.asked.append(list(sets))
+            scores = [1.0 - sum(IMPORTANCE[b] for b in s) for s in sets]
+            for i in reversed(range(len(sets))):     # finishing out of order changes nothing
+                done(i)
+            return scores
+
+    scorer = Recording()
+    result = search(scorer, L, strategy='greedy', progress=False)
+    assert result.best.removed == run('greedy').best.removed
+    assert [len(a) for a in scorer.asked] == [1, 6, 5, 4, 3, 2, 1]
+    assert scorer.asked[1] == [(2,), (3,), (4,), (5,), (6,), (7,)]

@@ -162,8 +162,8 @@ def test_bad_metric_values(bad):
 
 
 def test_bad_inputs():
-    with pytest.raises(MetricError, match='baseline score 0'):
-        run(lambda s: 0.9, baseline=0)
+    with pytest.raises(MetricError, match='baseline score -1 is negative'):
+        run(lambda s: 0.9, baseline=-1)
     with pytest.raises(MetricError, match='metric raised RuntimeError: boom'):
         run(lambda s: (_ for _ in ()).throw(RuntimeError('boom')))
     with pytest.raises(PlanError, match='removes all 6 blocks'):
@@ -227,7 +227,8 @@ class FakeEvaluator:
 
     instances: list = []
 
-    def __init__(self, model_dir, samples, metric, batch_size, trust_remote_code=False):
+    def __init__(self, model_dir, samples, metric, batch_size, trust_remote_code=False,
+                 stack='decoder'):
         self.samples, self.metric = samples, metric
         self.num_blocks, self.family, self.evaluations = 8, 'llava', 0
         self.token_calls: list = []

@@ -58,11 +58,11 @@ class CachedModule(torch.nn.Module):
 
     def forward(self, *args, **kwargs):
         if self.key is not None and self.key in self.store:
-            return self.store[self.key]
+            return _fresh(self.store[self.key])
         self.calls += 1
         out = self.inner(*args, **kwargs)
         if self.key is not None:
-            self.store[self.key] = out
+            self.store[self.key] = _fresh(out)
         return out
 
     def __getattr__(self, name: str):
@@ -70,6 +70,21 @@ class CachedModule(torch.nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules['inner'], name)
+
+
+def _fresh(out):
+    """
+    Return a new output record holding the same tensors.
+
+    Callers edit the record they get: Qwen's `get_image_features` replaces its `pooler_output`
+    by per-image splits, so a stored record handed out twice broke every candidate after the
+    first. Tensors are shared, never copied (nothing writes into them).
+    """
+    if isinstance(out, dict):
+        return type(out)(**out)
+    if isinstance(out, (list, tuple)) and not hasattr(out, '_fields'):
+        return type(out)(out)
+    return out
 
 
 def _vision_owner(model) -> tuple[torch.nn.Module, str]:
@@ -88,8 +103,9 @@ class CalibrationEvaluator:
     def __init__(self, model_dir: Path | None, samples: Sequence, metric: str = 'accuracy',
                  batch_size: int = 16, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 48,
                  trust_remote_code: bool = False, model=None, processor=None,
-                 progress: bool = False) -> None:
-        from ros2_gmskip.vlm.blocks import decoder_stack, family_of
+                 progress: bool = False, stack: str = 'decoder',
+                 batches: list | None = None) -> None:
+        from ros2_gmskip.vlm.blocks import family_of, get_stack
         from ros2_gmskip.vlm.loading import load_vlm
 
         if not samples:
@@ -100,44 +116,69 @@ class CalibrationEvaluator:
         self.model, self.processor = model, processor
         self.samples = list(samples)
         self.family = family_of(model)
-        self.num_blocks = decoder_stack(model).num_blocks
+        self.stack = stack
+        self.num_blocks = get_stack(model, stack).num_blocks
         self.metric_name = metric
         self.metric = checked(resolve_metric(metric), metric)
         self.max_new_tokens = max_new_tokens
         self.progress = progress
         self.evaluations = 0
         self.new_tokens: dict[tuple, float] = {}    # (removed, tokens) -> mean tokens generated
-        images = [s.load_image() for s in self.samples]
-        self.batches = [build_inputs(processor, images[i:i + batch_size], prompt)
-                        for i in range(0, len(images), batch_size)]
-        owner, attr = _vision_owner(model)
-        self.vision = CachedModule(getattr(owner, attr))
-        setattr(owner, attr, self.vision)
+        if batches is None:      # a Ray worker gets the driver's batches instead (distributed.py)
+            images = [s.load_image() for s in self.samples]
+            batches = [build_inputs(processor, images[i:i + batch_size], prompt)
+                       for i in range(0, len(images), batch_size)]
+        self.batches = batches
+        self.vision: CachedModule | None = None
+        if stack == 'decoder':      # vision-stack candidates change the vision output
+            owner, attr = _vision_owner(model)
+            self.vision = CachedModule(getattr(owner, attr))
+            setattr(owner, attr, self.vision)
 
     @torch.no_grad()
     def predictions(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None
                     ) -> list[str]:
         """
-        Return the greedy texts of the model with `removed` decoder blocks taken out.
+        Return the greedy texts of the model with `removed` blocks of its stack taken out.
 
         The blocks are restored after; the token skipping `tokens` is applied (None or off: the
-        model's own `generate`).
+        model's own `generate`). The vision output is replayed only when the search removes
+        decoder blocks.
+        """
+        key = tuple(sorted(removed))
+        texts, lengths = self.generate(key, tokens, range(len(self.batches)))
+        self.record_lengths(key, tokens, lengths)
+        return texts
+
+    @torch.no_grad()
+    def generate(self, removed: Sequence[int], tokens: TokenSkip | None,
+                 batch_ids: Sequence[int]) -> tuple[list[str], list[int]]:
+        """
+        Return the texts and generated lengths of the batches `batch_ids`, in that order.
+
+        A shard of `predictions`: a Ray worker runs some batches, the driver joins the shards.
         """
         from ros2_gmskip.vlm.blocks import temporarily_removed
-        key = tuple(sorted(removed))
         texts: list[str] = []
         lengths: list[int] = []
-        with temporarily_removed(self.model, key):
-            for batch, inputs in enumerate(self.batches):
-                self.vision.key = batch
+        with temporarily_removed(self.model, tuple(sorted(removed)), self.stack):
+            for batch in batch_ids:
+                if self.vision is not None:
+                    self.vision.key = batch
                 try:
-                    new = self._generate(inputs, tokens)
+                    new = self._generate(self.batches[batch], tokens)
                 finally:
-                    self.vision.key = None
+                    if self.vision is not None:
+                        self.vision.key = None
                 texts += decode_new_tokens(self.processor, new, 0)
                 lengths += generated_lengths(new, self._stop_ids())
-        self.new_tokens[(key, _token_key(tokens))] = sum(lengths) / len(lengths)
-        return texts
+        return texts, lengths
+
+    def record_lengths(self, removed: Sequence[int], tokens: TokenSkip | None,
+                       lengths: Sequence[int]) -> None:
+        """Record the generated lengths of every sample with `removed` and `tokens`."""
+        key = (tuple(sorted(removed)), _token_key(tokens))
+        self.new_tokens[key] = sum(lengths) / len(lengths)
 
     def _generate(self, inputs, tokens: TokenSkip | None) -> torch.Tensor:
         """Return the new token ids (B, N) of one batch; after the stop token rows hold padding."""
@@ -159,6 +200,11 @@ class CalibrationEvaluator:
     def check_tokens(self) -> None:
         """Raise ModelLoadError now, not after a long search, if token skipping cannot run here."""
         from ros2_gmskip.tokenskip.fastv import text_model
+        from ros2_gmskip.vlm.families import family_spec
+        family = family_spec(self.model)
+        if not family.token_skip:
+            raise ModelLoadError(f'token skipping (FastV, visual KV removal) supports the LLaVA '
+                                 f'family only, not {family.name}: leave out the token options')
         text_model(self.model)
 
     def mean_new_tokens(self, removed: Sequence[int] = (), tokens: TokenSkip | None = None

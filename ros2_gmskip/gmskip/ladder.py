@@ -77,7 +77,8 @@ from ros2_gmskip.gmskip.plan import (
     weights_sha256,
     write_text_atomic,
 )
-from ros2_gmskip.gmskip.strategies import checked_score, protected_blocks, Step
+from ros2_gmskip.gmskip.scoring import checked_score
+from ros2_gmskip.gmskip.strategies import protected_blocks, Step
 from ros2_gmskip.gmskip.token_search import FLOPS_REFERENCE, Workload
 from ros2_gmskip.runtime.ladder import Ladder, LadderError
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -90,6 +91,7 @@ FLOOR = 0.9        # drop rungs scoring below this share of the unpruned model
 logger = logging.getLogger(__name__)
 
 ScoreFn = Callable[[tuple[int, ...]], float]
+ScoreManyFn = Callable[[list[tuple[int, ...]]], list[float]]
 
 
 def ladder_path(plan_path: str | os.PathLike) -> Path:
@@ -253,15 +255,17 @@ def nested_chain(trajectory: Sequence[Step]) -> list[tuple[int, ...]]:
 def build_ladder(trajectory: Sequence[Step], plan: SkipPlan, plan_id: str, score_fn: ScoreFn,
                  workload: Workload, known: Mapping[tuple[int, ...], float] | None = None,
                  extra: int = EXTRA, floor: float | None = FLOOR,
-                 data: tuple[str | None, int | None, float] | None = None
-                 ) -> tuple[PlanLadder, list[Candidate]]:
+                 data: tuple[str | None, int | None, float] | None = None,
+                 score_many: ScoreManyFn | None = None) -> tuple[PlanLadder, list[Candidate]]:
     """
     Return the ladder of `plan` from its search `trajectory`, and every state considered.
 
     `score_fn(removed)` scores a removal set with the plan's token skipping; `known` holds scores
     already measured that way (ignored when the plan has token skipping: the search scored
     without it). `data`: (split, n, baseline S(empty)) when the rungs are scored on other data
-    than the plan's calibration. See the module docstring for which states become rungs.
+    than the plan's calibration. `score_many(sets)`, where given, scores the sets one step needs
+    together (a Ray scorer runs them in parallel). See the module docstring for which states
+    become rungs.
     """
     if extra < 0:
         raise PlanError(f'ladder extra rungs {extra!r} must be >= 0')
@@ -282,6 +286,15 @@ def build_ladder(trajectory: Sequence[Step], plan: SkipPlan, plan_id: str, score
             logger.info('ladder: removed %s -> %.4f', list(key), cache[key])
         return cache[key]
 
+    def prefetch(sets: Sequence[tuple[int, ...]]) -> None:
+        todo = [k for k in dict.fromkeys(tuple(sorted(x)) for x in sets) if k not in cache]
+        if score_many is None or len(todo) < 2:
+            return
+        for key, value in zip(todo, score_many(todo)):
+            cache[key] = checked_score(lambda _, v=value: v, key,
+                                       f'ladder rung removed={list(key)}')
+            logger.info('ladder: removed %s -> %.4f', list(key), cache[key])
+
     states = [(removed, 'trajectory') for removed in chain]
     current = chain[-1]
     protected = set(protected_blocks(num_blocks, plan.protect_first))
@@ -289,6 +302,7 @@ def build_ladder(trajectory: Sequence[Step], plan: SkipPlan, plan_id: str, score
     for _ in range(extra):
         if not remaining or len(current) + 1 >= num_blocks:
             break
+        prefetch([current + (block,) for block in remaining])
         best = None
         for block in remaining:          # ties go to the later block, as in greedy
             candidate = tuple(sorted(current + (block,)))
@@ -304,6 +318,7 @@ def build_ladder(trajectory: Sequence[Step], plan: SkipPlan, plan_id: str, score
         current = candidate
 
     full = workload.flops((), TokenSkip())
+    prefetch([removed for removed, _ in states])
     candidates = []
     for removed, origin in reversed(states):          # fastest first
         s = score(removed)

@@ -18,8 +18,9 @@ The GM-Skip objective: balance the task score against sparsity.
     J(R) = S(R) / S(empty) + lam * |R| / L
 
 S(R) is the task metric with the blocks in R removed, S(empty) the unpruned baseline, L the number
-of blocks. A state is feasible when it respects the optional floor on the score ratio and the cap
-on sparsity; the plan chosen is the feasible state with the highest J.
+of blocks (with S(empty) = 0 the ratio is 1 + S(R): see `Objective.ratio`). A state is feasible
+when it respects the optional floor on the score ratio and the cap on sparsity; the plan chosen
+is the feasible state with the highest J.
 """
 
 from __future__ import annotations
@@ -53,11 +54,19 @@ class Objective:
 
     @staticmethod
     def ratio(score: float, baseline: float) -> float:
-        """S(R) / S(empty); MetricError when the baseline is not positive."""
-        if not (math.isfinite(baseline) and baseline > 0):
-            raise MetricError(f'baseline score {baseline!r} is not positive: the score ratio is '
-                              'undefined; use a metric (or more calibration samples) on which the '
-                              'unpruned model scores above 0')
+        """
+        Return S(R) / S(empty).
+
+        A zero baseline (CIDEr or accuracy of a model that never gets it right) is a valid
+        measurement: nothing can be lost, so the ratio is 1 + S(R) (1 while the score stays 0,
+        above 1 for a gain). MetricError for a negative or non-finite baseline.
+        """
+        if not (math.isfinite(baseline) and baseline >= 0):
+            raise MetricError(f'baseline score {baseline!r} is negative or not finite: the score '
+                              'ratio is undefined; use a metric where higher is better and the '
+                              'unpruned model scores 0 or more')
+        if baseline == 0:
+            return 1.0 + score
         return score / baseline
 
     def value(self, score: float, baseline: float, n_removed: int, num_blocks: int) -> float:

@@ -27,13 +27,17 @@ The file (format `ros2_gmskip/skip-plan@1`):
      "metric": {"name": "accuracy", "baseline": 0.91, "final": 0.90, "split": "val", "n": 256},
      "objective": {"lambda": 0.3, "min_score_ratio": null, "max_sparsity": null, "tolerance": 0.0},
      "strategy": "reverse", "protect_first": 0.25, "trajectory": [{step}, ...], "evaluations": 19,
-     "tokens": null, "created_by": "ros2_gmskip 0.1.0", "created_at": "2025-...+00:00"}
+     "tokens": null, "run": {"engine": "serial", "workers": 1, "wall_time_s": 812.4,
+     "resumed_evaluations": 0}, "created_by": "ros2_gmskip 0.1.0", "created_at": "2025-...+00:00"}
 
 `model.sha256` is `weights_sha256(model_dir)`: sha256 over the bytes of the folder's
 `*.safetensors` files in sorted name order. `tokens` holds the token-skip settings applied on top
 of the removed blocks (`TokenSkip.to_dict()`: `{"fastv": {"k", "r", "seed"} | null, "kv_removal":
 {"ratio", "start_layer"} | null}`, plus the `search` record when calibrate chose them; null: none);
-it is validated on load, so export and the node never meet a malformed one. This module is pure
+it is validated on load, so export and the node never meet a malformed one. `run` says how the
+search ran (serial or on Ray, how many workers, its wall time, evaluations taken over from an
+interrupted run); it does not change the plan, and plans made before it have none. This module
+is pure
 stdlib: the node can read plans without torch.
 """
 
@@ -114,6 +118,7 @@ class SkipPlan:
     stack: str = 'decoder'
     tolerance: float = 0.0
     tokens: dict | None = None
+    run: dict | None = None          # {engine, workers, wall_time_s, resumed_evaluations}
     created_by: str = f'ros2_gmskip {__version__}'
     created_at: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec='seconds'))
@@ -159,6 +164,7 @@ class SkipPlan:
             'trajectory': [step.to_dict() for step in self.trajectory],
             'evaluations': self.evaluations,
             'tokens': self.tokens,
+            'run': self.run,
             'created_by': self.created_by,
             'created_at': self.created_at,
         }
@@ -238,6 +244,7 @@ class SkipPlan:
             tolerance=float(_field(objective, 'tolerance', (int, float), 'objective.',
                                    optional=True) or 0.0),
             tokens=tokens,
+            run=_field(data, 'run', dict, optional=True),
             created_by=_field(data, 'created_by', str),
             created_at=_field(data, 'created_at', str, optional=True) or '',
         )
@@ -287,7 +294,7 @@ def save_plan(plan: SkipPlan, path: str | os.PathLike) -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temp file in the same folder and `os.replace`."""
+    """Write `text` to a temp file beside `path`, then `os.replace` it: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:

@@ -22,7 +22,9 @@ The GM-Skip search: which blocks to remove, driven only by a score function.
 
 `score_fn(removed)` returns the task metric S(R) of the model with the sorted blocks `removed`
 skipped (higher is better). The search never evaluates the same set twice (it memoises on the
-sorted tuple) and never touches the protected first blocks.
+sorted tuple) and never touches the protected first blocks. It asks for a whole step's candidates
+at once: a BatchScorer (scoring.py) may compute them in parallel, e.g. on a Ray cluster
+(distributed.py); the scores are read in the order asked, so the result does not change.
 
 Strategies:
 
@@ -48,14 +50,13 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 import logging
 import math
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable, Mapping, Sequence
 
-from ros2_gmskip.errors import GmSkipError, MetricError, PlanError
+from ros2_gmskip.errors import PlanError
 from ros2_gmskip.gmskip.objective import EPS, Objective
+from ros2_gmskip.gmskip.scoring import as_scorer, BatchScorer, Removed, ScoreFn
 
 logger = logging.getLogger(__name__)
-
-ScoreFn = Callable[[tuple[int, ...]], float]
 
 
 class Strategy(str, Enum):
@@ -126,49 +127,52 @@ def protected_blocks(num_blocks: int, protect_first: float | int) -> tuple[int, 
     return tuple(range(count))
 
 
-class _Scorer:
-    """score_fn memoised on the sorted removed set, with errors turned into MetricError."""
+class _Memo:
+    """
+    Score each distinct sorted removed set once, whole steps at a time.
 
-    def __init__(self, score_fn: ScoreFn) -> None:
-        self.score_fn = score_fn
-        self.cache: dict[tuple[int, ...], float] = {}
+    `known` holds scores recorded by an interrupted run (--resume): they are reused, but still
+    counted, so a resumed search reports the evaluations of an uninterrupted one.
+    """
+
+    def __init__(self, scorer: BatchScorer, known: Mapping[Removed, float] | None) -> None:
+        self.scorer = scorer
+        self.known = dict(known or {})
+        self.cache: dict[Removed, float] = {}     # in evaluation order: the progress record
         self.calls = 0
 
-    def __call__(self, removed: Iterable[int]) -> float:
-        key = tuple(sorted(removed))
-        if key in self.cache:
-            return self.cache[key]
-        self.calls += 1
-        value = checked_score(self.score_fn, key, f'removed={list(key)}')
-        self.cache[key] = value
-        return value
+    def many(self, sets: Sequence[Iterable[int]], done: Callable[[], None]) -> list[float]:
+        """Return the score of every set, in order; `done()` once per newly scored set."""
+        keys = [tuple(sorted(s)) for s in sets]
+        todo: list[Removed] = []
+        for key in keys:
+            if key in self.cache or key in todo:
+                continue
+            self.calls += 1
+            if key in self.known:
+                self.cache[key] = self.known[key]
+                done()
+            else:
+                todo.append(key)
+        if todo:
+            scores = self.scorer.score_many(todo, done=lambda _i: done())
+            assert len(scores) == len(todo), f'{len(scores)} scores for {len(todo)} sets'
+            self.cache.update(zip(todo, scores))
+        return [self.cache[key] for key in keys]
 
 
-def checked_score(score_fn: Callable[[Any], Any], arg: Any, what: str) -> float:
-    """
-    Return score_fn(arg) as a finite float.
-
-    A raise, a non-number or NaN/inf is a one-line MetricError naming `what` was scored.
-    """
-    try:
-        value = score_fn(arg)
-    except GmSkipError:
-        raise
-    except Exception as err:
-        raise MetricError(f'metric raised {type(err).__name__}: {err} for {what}') from err
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise MetricError(f'metric returned {value!r}, not a number, for {what}') from None
-    if not math.isfinite(value):
-        raise MetricError(f'metric returned {value} for {what}')
-    return value
-
-
-def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',
+def search(score: ScoreFn | BatchScorer, num_blocks: int, strategy: str = 'reverse',
            objective: Objective = Objective(), protect_first: float | int = 0.25,
-           tolerance: float | None = None, progress: bool = True) -> SearchResult:
-    """Run the GM-Skip search over `num_blocks` blocks; see the module docstring."""
+           tolerance: float | None = None, progress: bool = True,
+           known: Mapping[Removed, float] | None = None,
+           on_step: Callable[[dict[Removed, float]], None] | None = None) -> SearchResult:
+    """
+    Run the GM-Skip search over `num_blocks` blocks; see the module docstring.
+
+    `score` is a score function or a BatchScorer (scoring.py): the same search either way.
+    `known` seeds scores an interrupted run recorded; `on_step(scores)` is called after every
+    step with every score so far, in evaluation order (calibrate saves them for --resume).
+    """
     try:
         strategy = Strategy(strategy)
     except ValueError:
@@ -181,13 +185,18 @@ def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',
         raise PlanError(f'tolerance {tolerance!r} must be a finite number >= 0')
     protected = protected_blocks(num_blocks, protect_first)
     candidates = [b for b in range(num_blocks) if b not in protected]
-    scorer = _Scorer(score_fn)
-    baseline = scorer(())
-    objective.ratio(baseline, baseline)      # MetricError now if the baseline is not positive
+    memo = _Memo(as_scorer(score), known)
+    baseline = memo.many([()], done=lambda: None)[0]
+    if on_step is not None:
+        on_step(memo.cache)
+    objective.ratio(baseline, baseline)      # MetricError now if the baseline is negative
+    if baseline == 0:
+        logger.warning('the unpruned model scores 0: every removal keeps the score ratio at '
+                       '1 + S(R); the search is driven by sparsity alone')
     L = num_blocks
 
     def make_step(removed: tuple[int, ...], score: float, block: int | None, tried: int) -> Step:
-        return Step(removed=removed, score=score, score_ratio=score / baseline,
+        return Step(removed=removed, score=score, score_ratio=objective.ratio(score, baseline),
                     objective=objective.value(score, baseline, len(removed), L),
                     feasible=objective.feasible(score, baseline, len(removed), L),
                     tried=tried, block=block)
@@ -204,16 +213,23 @@ def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',
     bar = _progress_bar(total, strategy.value, enabled=progress)
     best_j = start.objective if start.feasible else -math.inf
 
-    def evaluate(removed: tuple[int, ...], block: int, tried: int) -> Step:
-        nonlocal best_j
-        step = make_step(removed, scorer(removed), block, tried)
-        evaluated.append(step)
-        if step.feasible:
-            best_j = max(best_j, step.objective)
+    def tick() -> None:
         if bar is not None:
-            bar.set_postfix(step=len(trajectory), block=block, best_J=f'{best_j:.4f}')
             bar.update(1)
-        return step
+
+    def evaluate(blocks: Sequence[int], current: Step, tried: int) -> list[Step]:
+        """Score R + {b} for every b in `blocks` (one step), in that order."""
+        nonlocal best_j
+        sets = [tuple(sorted(current.removed + (b,))) for b in blocks]
+        steps = [make_step(removed, value, block, tried)
+                 for removed, value, block in zip(sets, memo.many(sets, tick), blocks)]
+        evaluated.extend(steps)
+        best_j = max([best_j] + [s.objective for s in steps if s.feasible])
+        if bar is not None:
+            bar.set_postfix(step=len(trajectory), block=blocks[-1], best_J=f'{best_j:.4f}')
+        if on_step is not None:
+            on_step(memo.cache)
+        return steps
 
     try:
         if strategy is Strategy.REVERSE:
@@ -224,7 +240,7 @@ def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',
                                 objective.max_sparsity, len(current.removed))
                     break
                 tried += 1
-                step = evaluate(tuple(sorted(current.removed + (block,))), block, tried)
+                step, = evaluate([block], current, tried)
                 if step.feasible and step.objective >= current.objective - tolerance - EPS:
                     current, tried = step, 0
                     trajectory.append(step)
@@ -238,9 +254,7 @@ def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',
             remaining = list(candidates)
             while remaining and objective.sparsity_allows(len(current.removed) + 1, L):
                 chosen = None
-                for block in remaining:
-                    step = evaluate(tuple(sorted(current.removed + (block,))), block,
-                                    len(remaining))
+                for step in evaluate(remaining, current, len(remaining)):
                     # ties go to the later block: `>=` while blocks ascend
                     if chosen is None or step.score >= chosen.score:
                         chosen = step
@@ -255,7 +269,7 @@ def search(score_fn: ScoreFn, num_blocks: int, strategy: str = 'reverse',
             bar.close()
 
     return SearchResult(baseline=baseline, num_blocks=L, trajectory=trajectory,
-                        best=choose_best(trajectory), evaluations=scorer.calls,
+                        best=choose_best(trajectory), evaluations=memo.calls,
                         strategy=strategy.value, protected=protected, evaluated=evaluated,
                         objective=objective, tolerance=tolerance)
 

@@ -56,7 +56,7 @@ from typing import Callable, Iterable, Sequence
 
 from ros2_gmskip.errors import PlanError
 from ros2_gmskip.gmskip.objective import EPS, Objective
-from ros2_gmskip.gmskip.strategies import checked_score
+from ros2_gmskip.gmskip.scoring import checked_score
 from ros2_gmskip.tokenskip.flops import DecoderDims, generation_flops
 from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
 

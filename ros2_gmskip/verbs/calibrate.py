@@ -32,6 +32,12 @@ always a candidate (it is the block plan itself, so it costs no evaluation). FLO
 decoder estimate of a whole description (tokenskip/flops.py) at the mean length the block-pruned
 model generates on the calibration data.
 
+With --ray, each step's candidates are scored by Ray workers that hold the model and the cached
+vision features once (gmskip/distributed.py); the search itself is the same, so is the plan.
+After every step the scores so far go to PLAN.progress.json beside --out; --resume takes them
+up after an interruption (the file is deleted once the plan is written). The plan's `run`
+records the engine, the workers and the search's wall time.
+
 Beside the plan it writes its ladder (`plan.json` -> `plan.ladder.json`, see gmskip/ladder.py):
 the nested plans of the trajectory plus up to --ladder-extra faster ones past its last state,
 each with its score (with the plan's token skipping) and estimated FLOPs; rungs below
@@ -40,6 +46,8 @@ budget, runs the deepest rung that fits it.
 
 usage examples:
   ros2-gmskip calibrate --model models/gmskip-default --data val --n 128 --out plan.json
+  ros2-gmskip calibrate --strategy greedy --ray --workers 2 --out plan.json   # local Ray
+  ros2-gmskip calibrate --strategy greedy --out plan.json --resume   # after an interruption
   ros2-gmskip calibrate --model DIR --strategy greedy --lambda 0.2 --min-score-ratio 0.98 \
       --protect-first 4 --out plans/greedy.json --plot plans/greedy.png
   ros2-gmskip calibrate --model DIR --min-score-ratio 0.95 --tokens --fastv-k 1,2 \
@@ -51,6 +59,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+import time
 
 from ros2_gmskip.argtypes import (
     count_or_fraction,
@@ -92,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--metric', default='accuracy',
                         help="task metric: accuracy, cider, exact_match or 'module:function' "
                              '(default: %(default)s)')
+    parser.add_argument('--stack', choices=('decoder', 'vision'), default='decoder',
+                        help="which blocks to search: the language model's or the vision "
+                             "tower's (default: %(default)s)")
     parser.add_argument('--strategy', choices=('reverse', 'greedy'), default='reverse',
                         help='reverse: one pass from the last block; greedy: remove the least '
                              'harmful block each step (default: %(default)s)')
@@ -117,6 +129,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--trust-remote-code', action='store_true',
                         help="allow the model folder's own Python code (off by default)")
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    parser.add_argument('--resume', action='store_true',
+                        help="go on with the search that wrote --out's progress file "
+                             '(PLAN.progress.json, rewritten after every step) before it was '
+                             'interrupted: same trajectory, same plan')
+    cluster = parser.add_argument_group(
+        'distributed (optional dependency: pip install ros2_gmskip[ray])')
+    cluster.add_argument('--ray', nargs='?', const='local', default=None, metavar='ADDRESS',
+                         help="score each step's candidates on Ray workers, each holding the "
+                              'model once: alone, a local cluster on 127.0.0.1; else the '
+                              'address of a running one (ray start --head). Same plan as '
+                              'without --ray')
+    cluster.add_argument('--workers', type=positive_int, default=None,
+                         help='Ray workers (model copies), one CPU each (default: one per CPU '
+                              'of the cluster)')
     ladder = parser.add_argument_group('plan ladder (written beside the plan as *.ladder.json)')
     ladder.add_argument('--ladder-extra', type=non_negative_int, default=EXTRA, metavar='N',
                         help="rungs faster than the search's last state: remove up to N more "
@@ -144,9 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
     from ros2_gmskip.gmskip.objective import Objective
     from ros2_gmskip.gmskip.plan import plan_id, save_plan, SkipPlan, weights_sha256
+    from ros2_gmskip.gmskip.progress import SearchProgress
     from ros2_gmskip.gmskip.strategies import search
     from ros2_gmskip.scenes import load_samples
 
@@ -154,44 +180,78 @@ def main(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise PlanError(f'--out {str(args.out)!r} is a folder: give the plan file to write, '
                         'e.g. plan.json')
+    if args.workers is not None and args.ray is None:
+        raise PlanError(f'--workers {args.workers}: workers are Ray workers; add --ray')
+    if args.ray is not None:
+        from ros2_gmskip.gmskip.distributed import import_ray
+        import_ray()                             # not installed: say so before any work
     objective = Objective(lam=args.lam, min_score_ratio=args.min_score_ratio,
                           max_sparsity=args.max_sparsity)
     sha256 = weights_sha256(args.model)          # fail before the long search, not after it
     with_tokens = wants_tokens(args)
+    progress = SearchProgress.beside(args.out, {
+        'sha256': sha256, 'data': args.data, 'n': args.n, 'metric': args.metric,
+        'batch_size': args.batch_size, 'stack': args.stack})
+    known = progress.load() if args.resume else None
 
     samples = load_samples(args.data, args.n)
     if not samples:
         raise DatasetError(f'no calibration samples in {args.data!r}: use val, test or a folder '
                            'with images and captions')
-    evaluator = CalibrationEvaluator(args.model, samples, metric=args.metric,
-                                     batch_size=args.batch_size,
-                                     trust_remote_code=args.trust_remote_code)
-    if with_tokens:
-        evaluator.check_tokens()                 # unsupported decoder: fail before the search
-    print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} decoder blocks) '
-          f'on {len(samples)} {args.data} samples, metric {args.metric}, strategy {args.strategy}')
-
-    result = search(evaluator.score, evaluator.num_blocks, strategy=args.strategy,
-                    objective=objective, protect_first=args.protect_first,
-                    tolerance=args.tolerance, progress=not args.no_progress)
-    plan = SkipPlan.from_search(result, args.model, family=evaluator.family, metric=args.metric,
-                                split=args.data, n=len(samples), protect_first=args.protect_first,
-                                sha256=sha256)
-    print(format_trajectory(result))
-    best = result.best
-    print(f'plan: remove {len(best.removed)}/{result.num_blocks} decoder blocks '
-          f'{list(best.removed)}: {args.metric} {result.baseline:.4f} -> {best.score:.4f} '
-          f'({100 * best.score_ratio:.1f}%), J {best.objective:.4f}; '
-          f'{result.evaluations} evaluations; protected {_span(result.protected)}')
-    tokens = None
-    if with_tokens:
-        tokens = search_token_skip(evaluator, result, objective, args)
-        plan.tokens = tokens.to_record()
-    ladder = None
-    if not args.no_ladder:
-        ladder = write_ladder(evaluator, result.trajectory, plan, args, known={
-            s.removed: s.score for s in result.evaluated})
+    started = time.monotonic()
+    evaluator = make_evaluator(args, samples)
+    try:
+        setup_s = time.monotonic() - started
+        if with_tokens:
+            evaluator.check_tokens()             # unsupported decoder: fail before the search
+        engine = 'serial' if args.ray is None else 'ray'
+        workers = getattr(evaluator, 'workers', 1)
+        print(f'calibrating {args.model} ({evaluator.family}, {evaluator.num_blocks} '
+              f'{args.stack} blocks) on {len(samples)} {args.data} samples, metric '
+              f'{args.metric}, strategy '
+              f'{args.strategy}' + ('' if args.ray is None else
+                                    f', on Ray ({args.ray}): {_workers(workers)}'))
+        if known:
+            print(f'resuming: {len(known)} scores from {progress.path}')
+        started = time.monotonic()
+        result = search(evaluator if args.ray is not None else evaluator.score,
+                        evaluator.num_blocks, strategy=args.strategy, objective=objective,
+                        protect_first=args.protect_first, tolerance=args.tolerance,
+                        progress=not args.no_progress, known=known, on_step=progress.save)
+        search_s = time.monotonic() - started
+        plan = SkipPlan.from_search(result, args.model, family=evaluator.family,
+                                    metric=args.metric, split=args.data, n=len(samples),
+                                    protect_first=args.protect_first, sha256=sha256,
+                                    stack=args.stack)
+        plan.run = {'engine': engine, 'workers': workers, 'wall_time_s': round(search_s, 3),
+                    'setup_s': round(setup_s, 3),
+                    'resumed_evaluations': sum(k in (known or {}) for k in
+                                               [s.removed for s in result.evaluated])}
+        print(format_trajectory(result))
+        best = result.best
+        print(f'plan: remove {len(best.removed)}/{result.num_blocks} {args.stack} blocks '
+              f'{list(best.removed)}: {args.metric} {result.baseline:.4f} -> {best.score:.4f} '
+              f'({100 * best.score_ratio:.1f}%), J {best.objective:.4f}; '
+              f'{result.evaluations} evaluations in {search_s:.1f} s ({engine}, '
+              f'{_workers(workers)}); protected {_span(result.protected)}')
+        tokens = None
+        if with_tokens:
+            tokens = search_token_skip(evaluator, result, objective, args)
+            plan.tokens = tokens.to_record()
+        ladder = None
+        if args.no_ladder:
+            pass
+        elif args.stack != 'decoder':
+            print(f'no ladder for --stack {args.stack}: rungs are decoder blocks (write one with '
+                  '--stack decoder)')
+        else:
+            ladder = write_ladder(evaluator, result.trajectory, plan, args, known={
+                s.removed: s.score for s in result.evaluated})
+    finally:
+        if args.ray is not None:
+            evaluator.close()
     save_plan(plan, args.out)
+    progress.remove()
     print(f'wrote {args.out} (plan id {plan_id(plan)})')
     if ladder is not None:
         from ros2_gmskip.gmskip.ladder import ladder_path, save_ladder
@@ -217,16 +277,37 @@ def write_ladder(evaluator, trajectory, plan, args: argparse.Namespace, known=No
     from ros2_gmskip.tokenskip.settings import TokenSkip
 
     tokens = TokenSkip.from_dict(plan.tokens)
-    before = evaluator.evaluations
+    scored: list[tuple[int, ...]] = []
+
+    def score(removed):
+        scored.append(removed)
+        return evaluator.score(removed, tokens=tokens)
+
+    score_many = None
+    if hasattr(evaluator, 'score_many'):          # a Ray scorer: a step's sets in parallel
+        def score_many(sets):
+            scored.extend(sets)
+            return evaluator.score_many(sets, tokens=tokens)
     ladder, candidates = build_ladder(
-        trajectory, plan, plan_id(plan), lambda removed: evaluator.score(removed, tokens=tokens),
-        evaluator.workload(plan.removed_blocks), known=known, extra=args.ladder_extra,
-        floor=args.ladder_floor, data=data)
+        trajectory, plan, plan_id(plan), score, evaluator.workload(plan.removed_blocks),
+        known=known, extra=args.ladder_extra, floor=args.ladder_floor, data=data,
+        score_many=score_many)
     print(f'ladder (fastest first; * = the plan; scores with token skipping: '
           f'{tokens.describe()}):')
     print(format_ladder(candidates, plan.removed_blocks))
-    print(f'ladder: {len(ladder.rungs)} rungs, {evaluator.evaluations - before} evaluations')
+    print(f'ladder: {len(ladder.rungs)} rungs, {len(scored)} evaluations')
     return ladder
+
+
+def make_evaluator(args: argparse.Namespace, samples: list):
+    """Return the scorer of the calibration set: in this process, or Ray workers (--ray)."""
+    settings = {'metric': args.metric, 'batch_size': args.batch_size,
+                'trust_remote_code': args.trust_remote_code, 'stack': args.stack}
+    if args.ray is None:
+        from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
+        return CalibrationEvaluator(args.model, samples, **settings)
+    from ros2_gmskip.gmskip.distributed import RayScorer
+    return RayScorer(args.model, samples, workers=args.workers, address=args.ray, **settings)
 
 
 def wants_tokens(args: argparse.Namespace) -> bool:
@@ -296,6 +377,10 @@ def format_trajectory(result) -> str:
                     f'{step.objective:>7.4f}  {"yes" if step.feasible else "no":>3}  '
                     f'{step.tried:>5}  {list(step.removed)}')
     return '\n'.join(rows)
+
+
+def _workers(n: int) -> str:
+    return f'{n} worker' + ('s' if n != 1 else '')
 
 
 def _span(blocks: tuple[int, ...]) -> str:

@@ -87,12 +87,14 @@ def main(args: argparse.Namespace) -> int:
 
     model_dir = args.model or default_model_dir()
     removed: list[int] = []
+    stack = 'decoder'
     plan_id = None
     plan_tokens = None
     if args.plan:
         from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
         plan = load_plan(args.plan, model_dir=model_dir)
         removed = list(plan.removed_blocks)
+        stack = plan.stack
         plan_id = make_plan_id(plan)
         plan_tokens = None if args.no_plan_tokens else plan.tokens
     tokens = resolve_tokens(plan_tokens, args.fastv, args.kv_removal)
@@ -100,7 +102,7 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     evaluator = CalibrationEvaluator(model_dir, samples, metric='exact_match',
                                      batch_size=args.batch_size,
-                                     trust_remote_code=args.trust_remote_code)
+                                     trust_remote_code=args.trust_remote_code, stack=stack)
     if not tokens.is_off:
         evaluator.check_tokens()
     metrics, texts = evaluator.all_metrics(removed, tokens=tokens)
@@ -111,10 +113,11 @@ def main(args: argparse.Namespace) -> int:
     result = {**{k: round(v, 4) for k, v in metrics.items()}, 'n': len(samples),
               'data': args.data or args.split, 'model': str(model_dir),
               'plan': str(args.plan) if args.plan else None, 'plan_id': plan_id,
-              'removed_blocks': removed, 'num_blocks': evaluator.num_blocks,
+              'removed_blocks': removed, 'stack': stack, 'num_blocks': evaluator.num_blocks,
               'tokens': tokens.to_dict(), 'seconds': round(seconds, 1)}
     print(' '.join(f'{k}={v}' for k, v in metrics.items()) +
           f' n={len(samples)} blocks={evaluator.num_blocks - len(removed)}/{evaluator.num_blocks}'
+          f'{" stack=" + stack if stack != "decoder" else ""}'
           f' tokens={tokens.describe()!r}')
     if args.json:
         print(json.dumps(result))

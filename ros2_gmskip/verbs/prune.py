@@ -135,20 +135,13 @@ def _load_model(model_dir: Path, trust_remote_code: bool):
 
 
 def _copy_processor(model_dir: Path, out: Path, trust_remote_code: bool) -> None:
-    """Carry the processor / tokenizer over (re-saved through AutoProcessor)."""
+    """Carry the processor / tokenizer over (re-saved as `vlm.processors` loads it)."""
     if not any((Path(model_dir) / name).exists() for name in PROCESSOR_FILES):
         logger.warning('no processor or tokenizer files in %s: the pruned model is saved '
                        'without them', model_dir)
         return
-    import transformers
-    try:
-        processor = transformers.AutoProcessor.from_pretrained(
-            model_dir, trust_remote_code=trust_remote_code, local_files_only=True)
-    except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ''
-        raise ModelLoadError(f'cannot load the processor of {str(model_dir)!r}: '
-                             f'{type(err).__name__}: {first}') from err
-    processor.save_pretrained(out)
+    from ros2_gmskip.vlm.processors import load_processor
+    load_processor(model_dir, trust_remote_code=trust_remote_code).save_pretrained(out)
 
 
 def copy_draft_table(model_dir: Path, out: Path) -> None:

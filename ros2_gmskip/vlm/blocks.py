@@ -51,24 +51,16 @@ import operator
 from typing import Any, Callable, Iterable, Iterator
 
 from ros2_gmskip.errors import ModelLoadError, PlanError
+from ros2_gmskip.vlm.families import FAMILIES as FAMILY_SPECS, resolve as _resolve
 import torch
 from transformers import PretrainedConfig
 
 logger = logging.getLogger(__name__)
 
-# config.model_type -> the family name used in plans and logs. 'gmskip_llava' is the project's
-# default model (a LlavaForConditionalGeneration), handled exactly like 'llava'.
-FAMILIES: dict[str, str] = {
-    'gmskip_llava': 'gmskip_llava',
-    'llava': 'llava',
-    'llava_onevision': 'llava_onevision',
-    'idefics3': 'idefics3',
-    'smolvlm': 'smolvlm',
-    'qwen2_vl': 'qwen2_vl',
-    'qwen2_5_vl': 'qwen2_5_vl',
-    'paligemma': 'paligemma',
-    'gemma3': 'gemma3',
-}
+# config.model_type -> the family name used in plans and logs: the model types `vlm.families`
+# describes. 'gmskip_llava' is the project's default model (a LlavaForConditionalGeneration),
+# handled exactly like 'llava'.
+FAMILIES: dict[str, str] = {model_type: model_type for model_type in FAMILY_SPECS}
 STACKS = ('decoder', 'vision')
 
 # Config attributes holding one entry per block: filtered to the survivors.
@@ -110,14 +102,6 @@ def family_of(model: Any) -> str:
         raise ModelLoadError(f'unsupported model type {model_type!r}: supported are '
                              f'{", ".join(sorted(FAMILIES))}')
     return FAMILIES[model_type]
-
-
-def _resolve(module: Any, path: str) -> Any:
-    for part in path.split('.'):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
 
 
 def _unique_configs(configs: Iterable[Any]) -> tuple[PretrainedConfig, ...]:

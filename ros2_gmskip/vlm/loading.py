@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ros2_gmskip.errors import ModelLoadError
 from ros2_gmskip.runtime.defaults import default_model_dir  # noqa: F401 - re-exported
+from ros2_gmskip.vlm.processors import load_processor, one_line
 
 LOG = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def check_model_dir(model_dir: Path) -> None:
 def load_vlm(model_dir: Path, trust_remote_code: bool = False, dtype: str = 'float32'):
     """(model, processor) from a save_pretrained folder, in eval mode, offline."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     model_dir = Path(model_dir)
     check_model_dir(model_dir)
@@ -75,14 +76,8 @@ def load_vlm(model_dir: Path, trust_remote_code: bool = False, dtype: str = 'flo
             model_dir, trust_remote_code=trust_remote_code, use_safetensors=True,
             local_files_only=True, dtype=getattr(torch, dtype))
     except Exception as err:  # noqa: BLE001 - transformers raises many types
-        first_line = str(err).splitlines()[0] if str(err) else ''
-        raise ModelLoadError(f'cannot load model from {str(model_dir)!r}: '
-                             f'{type(err).__name__}: {first_line}') from err
-    try:
-        processor = AutoProcessor.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
-                                                  local_files_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise ModelLoadError(f'cannot load processor/tokenizer from {str(model_dir)!r}: '
-                             f'{type(err).__name__}: {err}') from err
+        raise ModelLoadError(f'cannot load model from {str(model_dir)!r}: {one_line(err)}'
+                             ) from err
+    processor = load_processor(model_dir, trust_remote_code=trust_remote_code)
     model.eval()
     return model, processor

@@ -32,10 +32,20 @@ def prompt_text(processor, prompt: str = DEFAULT_PROMPT) -> str:
 
 
 def build_inputs(processor, images: Sequence[np.ndarray], prompt: str = DEFAULT_PROMPT):
-    """Batched model inputs (pt tensors) for RGB uint8 images with one shared prompt."""
+    """
+    Return batched model inputs (pt tensors) for RGB uint8 images with one shared prompt.
+
+    One image per sample, passed as one list per sample: Idefics3, SmolVLM and Gemma 3 read a
+    flat list as N images of a single sample. A template that writes the BOS token itself is
+    not given a second one by the tokenizer. Training-only outputs (labels) are dropped.
+    """
     text = prompt_text(processor, prompt)
-    return processor(images=list(images), text=[text] * len(images), return_tensors='pt',
-                     padding=True)
+    bos = getattr(getattr(processor, 'tokenizer', None), 'bos_token', None)
+    inputs = processor(images=[[image] for image in images], text=[text] * len(images),
+                       return_tensors='pt', padding=True,
+                       add_special_tokens=not (bos and text.startswith(bos)))
+    inputs.pop('labels', None)
+    return inputs
 
 
 def prompt_ids_of(processor, prompt: str = DEFAULT_PROMPT) -> list[int]:

@@ -21,7 +21,10 @@ The PyTorch reference backend: the Hugging Face model (optionally GM-Skip pruned
 Its own loop rather than `generate`, so the time splits into the same stages as the other backends
 (preprocess, vision, prefill, decode) and the semantics match `runtime.decode` exactly: greedy
 argmax, KV cache (the model's own `past_key_values`), at most `max_new_tokens` tokens, stop token
-excluded. Text equals transformers' greedy `generate` (the export validation checks it).
+excluded. Text equals transformers' greedy `generate` for every family (test_families.py checks
+it). What differs between families is read from `vlm.families`: the vision inputs, the explicit
+position ids (M-RoPE for Qwen, 1-based for PaliGemma), the token types; the model's own forward
+merges the precomputed image features (`mm_encoder_outputs`).
 
 Token skipping (FastV, visual KV removal; `tokens=` or the plan's `tokens`) cannot use the model's
 own forward: it changes the token set inside the decoder. It runs tokenskip's functional decoder
@@ -42,10 +45,12 @@ from pathlib import Path
 import time
 
 import numpy as np
-from ros2_gmskip.errors import PlanError
+from ros2_gmskip.errors import ModelLoadError, PlanError
 from ros2_gmskip.runtime.preprocess import check_image
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.tokenskip.settings import TokenSkip
+from ros2_gmskip.vlm.families import (decode_positions, family_spec, image_features,
+                                      position_ids, split_inputs)
 from ros2_gmskip.vlm.loading import load_vlm
 from ros2_gmskip.vlm.prompting import build_inputs
 import torch
@@ -79,6 +84,9 @@ class TorchBackend:
             from ros2_gmskip.gmskip.ladder import load_ladder
             from ros2_gmskip.runtime.bundle import sha256_file
             loaded = load_ladder(Path(ladder), Path(model_dir))
+            if loaded.stack != 'decoder':
+                raise PlanError(f'ladder {ladder} has {loaded.stack} rungs: only decoder-block '
+                                'ladders run')
             if plan is not None:
                 from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
                 if make_plan_id(load_plan(Path(plan), Path(model_dir))) != loaded.plan_id:
@@ -99,14 +107,19 @@ class TorchBackend:
             plan_tokens = loaded.tokens
         # explicit `tokens` (even off) wins; else the plan's (validated by load_plan)
         self.tokens = tokens if tokens is not None else TokenSkip.from_dict(plan_tokens)
+        self.family = family_spec(self.model)
         if not self.tokens.is_off:
             from ros2_gmskip.tokenskip.fastv import text_model
+            if not self.family.token_skip:
+                raise ModelLoadError(f'token skipping (FastV, visual KV removal) supports the '
+                                     f'LLaVA family only, not {self.family.name}: run without it')
             text_model(self.model)       # ModelLoadError now if the decoder is not supported
         self.device = torch.device(device)
         self.model.to(self.device).eval()
         self.stop_ids = _stop_ids(self.model, self.processor)
-        self.image_token_id = self.model.config.image_token_id
+        self.image_token_id = self.model.config.image_token_id      # bench counts image tokens
         from ros2_gmskip.gmskip.plan import weights_sha256
+        from ros2_gmskip.vlm.blocks import decoder_stack
         self.info = {
             'backend': self.name,
             'model': str(model_dir),
@@ -114,7 +127,8 @@ class TorchBackend:
             'plan_sha256': plan_sha,
             'plan_id': plan_id,
             'blocks_removed': removed,
-            'num_layers': len(self.model.model.language_model.layers) - (
+            'family': self.family.name,
+            'num_layers': decoder_stack(self.model).num_blocks - (
                 len(removed) if self.ladder is not None else 0),
             'device': str(self.device),
             'threads': torch.get_num_threads(),
@@ -148,23 +162,19 @@ class TorchBackend:
         model = self.model
         t0 = time.perf_counter()
         inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
-        ids = inputs['input_ids']                                          # (1, T)
-        T = ids.shape[1]
+        _, text_inputs = split_inputs(inputs)
+        T = inputs['input_ids'].shape[1]
         t1 = time.perf_counter()
-        feats = model.get_image_features(pixel_values=inputs['pixel_values']).pooler_output
-        feats = torch.cat(list(feats), dim=0)                              # (n, C)
+        features = image_features(model, inputs)              # vision tower + projector
         self._sync()
         t2 = time.perf_counter()
-        embeds = model.get_input_embeddings()(ids)                        # (1, T, C)
-        embeds = embeds.masked_scatter((ids == self.image_token_id)[..., None],
-                                       feats.to(embeds.dtype))
-        mask = torch.ones(1, T + max_new_tokens, dtype=torch.int64, device=self.device)
-        positions = torch.arange(T + max_new_tokens, device=self.device)[None]
-        out = model(inputs_embeds=embeds, attention_mask=mask[:, :T],
-                    position_ids=positions[:, :T], use_cache=True)
+        positions, delta = position_ids(model, inputs)        # (1, T) or M-RoPE (3, 1, T)
+        out = model(**text_inputs, position_ids=positions, mm_encoder_outputs={'image': features},
+                    use_cache=True)
         token = int(out.logits[0, -1].argmax())
         self._sync()
         t3 = time.perf_counter()
+        mask = torch.ones(1, T + max_new_tokens, dtype=torch.int64, device=self.device)
         generated: list[int] = []
         steps = 0
         while token not in self.stop_ids:
@@ -172,8 +182,10 @@ class TorchBackend:
             if len(generated) == max_new_tokens:
                 break
             n = len(generated)
+            index = torch.full((1, 1), T + n - 1, dtype=torch.long, device=self.device)
             out = model(input_ids=torch.tensor([[token]], device=self.device),
-                        attention_mask=mask[:, :T + n], position_ids=positions[:, T + n - 1:T + n],
+                        attention_mask=mask[:, :T + n],
+                        position_ids=decode_positions(model, index, delta),
                         past_key_values=out.past_key_values, use_cache=True)
             steps += 1
             token = int(out.logits[0, -1].argmax())
