@@ -283,15 +283,15 @@ def write_ladder(evaluator, trajectory, plan, args: argparse.Namespace, known=No
         scored.append(removed)
         return evaluator.score(removed, tokens=tokens)
 
-    score_many = None
-    if hasattr(evaluator, 'score_many'):          # a Ray scorer: a step's sets in parallel
-        def score_many(sets):
-            scored.extend(sets)
-            return evaluator.score_many(sets, tokens=tokens)
+    def score_many(sets):
+        scored.extend(sets)
+        return evaluator.score_many(sets, tokens=tokens)
+
+    batched = hasattr(evaluator, 'score_many')       # a Ray scorer: a step's sets in parallel
     ladder, candidates = build_ladder(
         trajectory, plan, plan_id(plan), score, evaluator.workload(plan.removed_blocks),
         known=known, extra=args.ladder_extra, floor=args.ladder_floor, data=data,
-        score_many=score_many)
+        score_many=score_many if batched else None)
     print(f'ladder (fastest first; * = the plan; scores with token skipping: '
           f'{tokens.describe()}):')
     print(format_ladder(candidates, plan.removed_blocks))
