@@ -15,7 +15,8 @@
 """
 Time one fused decode step two ways, side by side: binding anew against the prepared StepBinding.
 
-Binding every input and KV buffer anew is what runtime/fused_decode.py did before StepBinding.
+Binding every input and KV buffer anew is what the fused decode loop did before StepBinding
+(runtime/ort_runners.py: FusedRunner.run binds nothing per step).
 
     .venv/bin/python bench/decode_step.py                  # the pruned default model's bundle
     .venv/bin/python bench/decode_step.py --bundle BUNDLE --steps 300 --rounds 5
@@ -42,33 +43,41 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=5)
     args = parser.parse_args()
 
+    from ros2_gmskip.bundle_format import LOGITS, SEQLENS_K, TOTAL_SEQUENCE_LENGTH
     from ros2_gmskip.runtime.defaults import ensure_bundle
-    from ros2_gmskip.runtime.fused_decode import FusedDecoder
     from ros2_gmskip.runtime.ort_backend import OrtBackend
+    from ros2_gmskip.runtime.ort_runners import FusedRunner
     from ros2_gmskip.scenes.dataset import load_samples
     from ros2_gmskip.tokenskip.settings import TokenSkip
 
-    # TokenSkip(): blocks only; with the plan's FastV the loop is a FusedTokenSkipDecoder, whose
-    # segments this comparison does not cover
+    # TokenSkip(): blocks only, one fused segment (a token-skipping bundle has several)
     bundle = args.bundle or ensure_bundle(tokens=TokenSkip())
     backend = OrtBackend(bundle, threads=1, graph='fused')
-    loop = backend.decoder_loop
-    if not isinstance(loop, FusedDecoder):
-        parser.error(f'{bundle}: its decoder loop is a {type(loop).__name__}, not a plain '
-                     'FusedDecoder (export it without --fastv / --kv-removal)')
+    runners = backend.decoder_loop.runners
+    if len(runners) != 1 or not isinstance(runners[0], FusedRunner):
+        parser.error(f'{bundle}: its decoder has {len(runners)} segments; this comparison needs '
+                     'one fused segment (export it without --fastv / --kv-removal)')
+    runner = runners[0]
     image = load_samples('test', 1)[0].image
     T = len(backend.tokenizer.prompt_ids('describe the scene.'))
     backend.describe(image, 'describe the scene.')               # fills the KV buffers
     token = int(backend.tokenizer.stop_ids[0])
+    rows = backend.embed_table[token:token + 1][None]             # (1, 1, C)
 
     def rebinding(n: int) -> None:
-        loop._run(loop.embed_table[token:token + 1][None], T + n % 16, loop.step_session)
+        session = runner.step_session
+        binding = session.io_binding()
+        binding.bind_cpu_input(runner.segment.input_name, rows)
+        binding.bind_cpu_input(SEQLENS_K, np.array([T + n % 16], dtype=np.int32))
+        binding.bind_cpu_input(TOTAL_SEQUENCE_LENGTH, np.array(T + n % 16 + 1, dtype=np.int32))
+        for past, present, value in runner._cache:
+            binding.bind_ortvalue_input(past, value)
+            binding.bind_ortvalue_output(present, value)
+        binding.bind_output(LOGITS, 'cpu')
+        session.run_with_iobinding(binding)
 
     def prepared(n: int) -> None:
-        loop._embeds[0, 0] = loop.embed_table[token]
-        loop._seqlens[0] = T + n % 16
-        loop._total[()] = T + n % 16 + 1
-        loop._step.run()
+        runner.run(rows, np.array([T + n % 16]), T + n % 16)
 
     times: dict[str, list[float]] = {'bind every step': [], 'StepBinding': []}
     ways = list(zip(times, (rebinding, prepared)))
@@ -83,7 +92,7 @@ def main() -> None:
               f'{", ".join(f"{v:.3f}" for v in values)})')
     ratio = np.median(times['StepBinding']) / np.median(times['bind every step'])
     print(f'StepBinding / bind every step = {ratio:.3f} '
-          f'({backend.bundle.decoder_config["num_layers"]} blocks, 1 thread)')
+          f'({backend.bundle.manifest.decoder.num_layers} blocks, 1 thread)')
 
 
 if __name__ == '__main__':

@@ -63,16 +63,18 @@ def main() -> None:
     embeds = [backend.prompt_embeds(ids, backend.image_embeds(backend.preprocess(s.image))[0])
               for s in load_samples('test', args.n)]
 
-    # 1. one run's cost by rows, after a real prompt
+    # 1. one run's cost by rows, after a real prompt (one fused segment: the blocks-only bundle)
     T = embeds[0].shape[1]
-    widest._run(np.ascontiguousarray(embeds[0]), 0)
-    rows = list(range(1, len(widest._verifiers) + 1))
+    [runner] = widest.runners
+    runner.prefill(np.ascontiguousarray(embeds[0]), np.arange(T))
+    rows = list(range(1, widest.draft_tokens + 2))
     cost: dict[int, list[float]] = {m: [] for m in rows}
     for r in range(args.rounds):
         for m in (rows if r % 2 == 0 else rows[::-1]):
+            run_rows, positions = backend.embed_table[[7] * m][None], np.arange(T, T + m)
             t = time.perf_counter()
             for _ in range(args.rows_reps):
-                widest._verify(7, [7] * (m - 1), T)
+                runner.run(run_rows, positions, T)
             cost[m].append((time.perf_counter() - t) / args.rows_reps * 1e3)
     one = np.median(cost[1])
     print('rows per run   ms per run   vs 1 row')

@@ -85,8 +85,27 @@ def fastv_setting(text: str):
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def node_param(key: str) -> Callable[[str], object]:
+    """
+    Return a validator for an option that is also a node parameter (`--draft-tokens` ...).
+
+    Type and bounds come from schema/gmskip.schema.json, the one source for both: a value the
+    node refuses, the command line refuses too, with the same words.
+    """
+    def parse(text: str):
+        from ros2_gmskip.ros.params import ParameterError, parse_value
+        try:
+            return parse_value(key, text)
+        except ParameterError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = parse.__qualname__ = key
+    return parse
+
+
 def existing_dir(text: str) -> Path:
     path = Path(text)
+    if path.is_file():
+        raise argparse.ArgumentTypeError(f'{text!r} is a file, not a folder')
     if not path.is_dir():
         raise argparse.ArgumentTypeError(f'no such folder {text!r}')
     return path
@@ -94,6 +113,8 @@ def existing_dir(text: str) -> Path:
 
 def existing_file(text: str) -> Path:
     path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f'{text!r} is a folder, not a file')
     if not path.is_file():
         raise argparse.ArgumentTypeError(f'no such file {text!r}')
     return path

@@ -24,6 +24,7 @@ line, `error: ...`, and return 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -31,6 +32,7 @@ from typing import Sequence
 
 from ros2_gmskip import __version__
 from ros2_gmskip.errors import GmSkipError
+from ros2_gmskip.folders import WRITE_ERRNOS
 
 # verb name -> module under ros2_gmskip.verbs, in the order `--help` lists them (pipeline order).
 VERBS: dict[str, str] = {
@@ -71,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
         description='GM-Skip: metric-guided block skipping for driving-scene VLMs, '
                     'from calibration to a ROS 2 node. Pipeline: scenes -> train -> evaluate -> '
                     'calibrate -> prune/export -> build-engine -> make-bag/replay/node.',
-        epilog="Run `ros2-gmskip <verb> --help` for a verb's options and examples.")
+        epilog="Run `ros2-gmskip <verb> --help` for a verb's options and examples. "
+               'Exit status: 0 done; 1 an expected failure, printed as one line '
+               "'error: ...' (bad input, a file that cannot be read or written, a plan for "
+               'another model, ...); 2 a malformed command line (argparse); 130 interrupted.')
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     parser.add_argument('-v', '--verbose', action='store_true', help='log at DEBUG level')
     sub = parser.add_subparsers(dest='verb', metavar='<verb>')
@@ -95,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._main(args) or 0)
     except GmSkipError as err:
         print(f'error: {err}', file=sys.stderr)
+        return 1
+    except OSError as err:                # a disk or permission problem no verb foresaw
+        if err.errno not in WRITE_ERRNOS | {errno.EACCES, errno.EPERM}:
+            raise                         # anything else is a bug: keep the traceback
+        where = f' {str(err.filename)!r}' if err.filename else ''
+        print(f'error: {err.strerror}:{where}: check the permissions and the free space there, '
+              'or choose another path', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)

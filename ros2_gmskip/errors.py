@@ -53,5 +53,13 @@ class BagError(GmSkipError):
     """A rosbag cannot be opened, or is truncated / corrupt beyond the part already read."""
 
 
+class OutputError(GmSkipError):
+    """An output cannot be written: no permission, a read-only or full disk, a file in the way."""
+
+
+class PromptError(GmSkipError):
+    """A prompt is empty, or with the image and max_new_tokens does not fit the model's context."""
+
+
 class MessageError(GmSkipError):
     """A ROS message cannot be converted (unknown encoding, short data, zero size, ...)."""

@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from ros2_gmskip.errors import MessageError  # noqa: E402
-from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result  # noqa: E402
+from ros2_gmskip.runtime.results import BackendInfo, DEFAULT_PROMPT, Latency, Result  # noqa: E402
 
 
 class FakeBackend:
@@ -56,8 +56,9 @@ class FakeBackend:
         self.text = text
         self.calls = 0
         self.shapes: list[tuple[int, ...]] = []
-        self.info = {'model_id': 'fake-model@0123abcd', 'plan_id': 'fake-plan@4567',
-                     'engine_id': '', 'blocks_removed': [5, 6, 7], 'device': 'cpu'}
+        self.info = BackendInfo(backend='fake', model_id='fake-model@0123abcd',
+                                plan_id='fake-plan@4567', engine_id='',
+                                blocks_removed=(5, 6, 7), device='cpu')
         self._lock = threading.Lock()
 
     def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,

@@ -158,11 +158,11 @@ def test_empty_dataset(tmp_path):
 def test_corrupt_png_names_the_path(tmp_path):
     bad = tmp_path / 'broken.png'
     bad.write_bytes(b'\x89PNG\r\n\x1a\n' + b'garbage' * 10)
-    with pytest.raises(ImageError, match='cannot read image') as info:
+    with pytest.raises(ImageError, match='starts like a png file but its header') as info:
         Sample('x', [], None, [], image_path=bad).load_image()
-    assert str(bad) in str(info.value)
+    assert repr(str(bad)) in str(info.value) and '\n' not in str(info.value)
     missing = tmp_path / 'missing.png'
-    with pytest.raises(ImageError, match=f'cannot read image {missing}: no such file'):
+    with pytest.raises(ImageError, match=f"image '{missing}' does not exist"):
         Sample('y', [], None, [], image_path=missing).load_image()
 
 

@@ -59,13 +59,13 @@ def test_corrupt_safetensors(tmp_path):
 
 
 def test_unreadable_image(tmp_path):
-    from ros2_gmskip.verbs.describe import read_image
+    from ros2_gmskip.images import read_image_file
     bad = tmp_path / 'frame.png'
     bad.write_bytes(b'\x89PNG\r\n\x1a\n' + b'garbage' * 10)
-    with pytest.raises(ImageError, match='cannot read image .*frame.png'):
-        read_image(bad)
-    with pytest.raises(ImageError, match='no such image file'):
-        read_image(tmp_path / 'missing.png')
+    with pytest.raises(ImageError, match="image '.*frame.png' starts like a png file but its "):
+        read_image_file(bad)
+    with pytest.raises(ImageError, match='missing.png.* does not exist'):
+        read_image_file(tmp_path / 'missing.png')
 
 
 def test_shipped_model_files_and_card():

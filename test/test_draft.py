@@ -29,7 +29,7 @@ import shutil
 import numpy as np
 import pytest
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime.decode import greedy_loop, speculative_loop
+from ros2_gmskip.runtime.decode import speculative_loop
 from ros2_gmskip.runtime.draft import DRAFT_FILE, NgramDraft, START
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 
@@ -107,10 +107,11 @@ def test_speculative_loop_keeps_exactly_what_the_greedy_loop_keeps(seed):
     max_new = int(rng.integers(1, 30))
     ref = np.zeros(64, dtype=np.int64)
 
-    def step(token: int, n: int) -> int:
-        return model.choice(list(ref[:n]))
-    want = greedy_loop(first, step, max_new, stop, ref)
-    # greedy_loop runs on speculative_loop, so it is checked against the plain rule too: keep
+    def step(token: int, drafts: list[int], n: int) -> list[int]:
+        assert drafts == []
+        return [model.choice(list(ref[:n]))]
+    want = speculative_loop(first, step, lambda n, limit: [], max_new, stop, ref)[:3]
+    # plain greedy is the loop without guesses: checked against the plain rule too, keep
     # tokens until a stop token (not kept) or max_new of them
     plain, token = [], first
     while token not in stop and len(plain) < max_new:
@@ -163,21 +164,19 @@ def test_good_guesses_save_runs():
 
 
 def _speculative_loop(backend, draft: NgramDraft, guesses: int):
-    """Build a FusedDecoder over `backend`'s sessions and buffers' shapes, with `draft`."""
-    from ros2_gmskip.runtime.fused_decode import FusedDecoder
-    loop, cfg = backend.decoder_loop, backend.bundle.decoder_config
-    return FusedDecoder(loop.session, loop.embed_table, num_layers=cfg['num_layers'],
-                        num_kv_heads=cfg['num_kv_heads'], head_dim=cfg['head_dim'],
-                        max_length=loop.limit, stop_ids=tuple(loop.stop_ids),
-                        fallback=loop.fallback, draft=draft, draft_tokens=guesses)
+    """Build a DecodeLoop over `backend`'s runners, with `draft`."""
+    from ros2_gmskip.runtime.decode import DecodeLoop
+    loop = backend.decoder_loop
+    return DecodeLoop(loop.runners, loop.embed_table, loop.stop_ids, draft=draft,
+                      draft_tokens=guesses, fallback=loop.fallback)
 
 
 def test_fused_speculative_decoding_gives_the_greedy_ids(tiny_pruned_bundle, scene_images):
     from ros2_gmskip.runtime.ort_backend import OrtBackend
     plain = OrtBackend(tiny_pruned_bundle, threads=1, draft_tokens=0)
     bundled = OrtBackend(tiny_pruned_bundle, threads=1)
-    assert not plain.decoder_loop.speculative and plain.info['draft_tokens'] == 0
-    assert bundled.decoder_loop.speculative and bundled.info['draft_tokens'] == 4
+    assert not plain.decoder_loop.speculative and plain.info.draft_tokens == 0
+    assert bundled.decoder_loop.speculative and bundled.info.draft_tokens == 4
     ids = plain.tokenizer.prompt_ids(DEFAULT_PROMPT)
     embeds = [plain.prompt_embeds(ids, plain.image_embeds(plain.preprocess(im))[0])
               for im in scene_images]
@@ -198,10 +197,10 @@ def test_fused_speculative_decoding_gives_the_greedy_ids(tiny_pruned_bundle, sce
 
 def test_the_bundle_carries_the_draft_table_under_its_manifest(tiny_pruned_bundle, tiny_model_dir,
                                                                tmp_path, caplog):
-    from ros2_gmskip.runtime.bundle import load_bundle
+    from ros2_gmskip.bundle_format import load_bundle
     from ros2_gmskip.runtime.ort_backend import OrtBackend
     manifest = load_bundle(tiny_pruned_bundle).manifest
-    assert DRAFT_FILE in manifest['files']
+    assert DRAFT_FILE in manifest.files and manifest.draft == DRAFT_FILE
     assert (tiny_pruned_bundle / DRAFT_FILE).read_bytes() == \
         (tiny_model_dir / DRAFT_FILE).read_bytes()
     copy = Path(shutil.copytree(tiny_pruned_bundle, tmp_path / 'b'))
@@ -210,14 +209,18 @@ def test_the_bundle_carries_the_draft_table_under_its_manifest(tiny_pruned_bundl
         OrtBackend(copy, threads=1)                      # the manifest hash catches it first
     with pytest.raises(BundleError, match='draft_ngrams.json is not valid JSON'):
         OrtBackend(copy, threads=1, verify=False)
-    assert OrtBackend(copy, threads=1, verify=False, draft_tokens=0).info['draft_tokens'] == 0
+    assert OrtBackend(copy, threads=1, verify=False, draft_tokens=0).info.draft_tokens == 0
     (copy / DRAFT_FILE).unlink()                      # as exported from a model without a table
     manifest = json.loads((copy / 'manifest.json').read_text())
     del manifest['files'][DRAFT_FILE]
+    with pytest.raises(BundleError, match=f'manifest does not list {DRAFT_FILE}'):
+        (copy / 'manifest.json').write_text(json.dumps(manifest))
+        OrtBackend(copy, threads=1)                   # the manifest still names it
+    manifest['draft'] = None
     (copy / 'manifest.json').write_text(json.dumps(manifest))
     with caplog.at_level(logging.INFO, logger='ros2_gmskip.runtime.ort_backend'):
-        assert OrtBackend(copy, threads=1).info['draft_tokens'] == 0
-    assert f'has no {DRAFT_FILE}: decoding one token per run' in caplog.text
+        assert OrtBackend(copy, threads=1).info.draft_tokens == 0
+    assert 'has no draft table: decoding one token per run' in caplog.text
     with pytest.raises(ValueError, match='draft_tokens'):
         OrtBackend(tiny_pruned_bundle, threads=1, draft_tokens=-1)
 

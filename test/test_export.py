@@ -23,10 +23,10 @@ import numpy as np
 import onnx
 from onnx import helper, TensorProto
 import pytest
+from ros2_gmskip.bundle_format import FORMAT, load_bundle, sha256_file
 from ros2_gmskip.errors import BundleError, ModelLoadError, PlanError
 from ros2_gmskip.exporters import export_config as ec
 from ros2_gmskip.exporters.trt_ops import check_opset, graph_opset, lint_graph, op_counts
-from ros2_gmskip.runtime.bundle import FORMAT, load_bundle, sha256_file
 import torch
 
 torch.set_num_threads(1)
@@ -62,15 +62,25 @@ def test_unsupported_decoder_and_opset(tiny_model):
 def test_export_config_specs(tiny_model):
     model, _ = tiny_model
     config = ec.export_config_for(model.config, num_layers=2)
-    assert [s.name for s in config.decoder_inputs][:5] == [
+    decoder = config.graphs['decoder']
+    assert [s.name for s in decoder.inputs][:5] == [
         'inputs_embeds', 'attention_mask', 'position_ids', 'past_key_values.0.key',
         'past_key_values.0.value']
-    assert [s.name for s in config.decoder_outputs] == [
+    assert [s.name for s in decoder.outputs] == [
         'logits', 'present.0.key', 'present.0.value', 'present.1.key', 'present.1.value']
-    assert config.decoder_inputs[3].axes == ('batch', 2, 'past', 16)      # GQA: 2 KV heads
-    assert config.decoder_outputs[1].axes == ('batch', 2, 'total', 16)
-    assert config.vision_outputs[0].axes == ('batch', 16, 64)
-    assert config.decoder_outputs[0].atol == 1e-3
+    assert decoder.inputs[3].shape == ('batch', 2, 'past', 16)      # GQA: 2 KV heads
+    assert decoder.outputs[1].shape == ('batch', 2, 'total', 16)
+    assert config.graphs['vision'].outputs[0].shape == ('batch', 16, 64)
+    assert decoder.outputs[0].atol == 1e-3
+    [segment] = config.segments
+    assert (segment.first, segment.stop, segment.last, segment.ranks) == (0, 2, True, False)
+    split = ec.export_config_for(model.config, num_layers=4, splits=(1, 3), rank_at=1)
+    assert [(s.first, s.stop, s.ranks, s.portable) for s in split.segments] == [
+        (0, 1, True, 'decoder.onnx'), (1, 3, False, 'decoder.1.onnx'),
+        (3, 4, False, 'decoder.2.onnx')]
+    assert [o.name for o in split.graphs['decoder'].outputs][:2] == [
+        'hidden_states', 'last_token_attention']
+    assert split.graphs['decoder.2'].inputs[0].name == 'inputs_hidden'
 
 
 # --------------------------------------------------------------------------------------------------
@@ -100,19 +110,23 @@ def test_bundle_files_and_manifest(tiny_bundle, tiny_model_dir):
     assert m['preprocess'] == {'size': [64, 64], 'resample': 'bilinear',
                                'rescale_factor': pytest.approx(1 / 255),
                                'image_mean': [0.5] * 3, 'image_std': [0.5] * 3}
-    assert m['decoder_config'] == {'num_layers': 4, 'num_heads': 4, 'num_kv_heads': 2,
-                                   'head_dim': 16, 'hidden_size': 64,
-                                   'vocab_size': m['decoder_config']['vocab_size'],
-                                   'rope_theta': 10000.0, 'family': 'llava',
-                                   'decoder_type': 'llama'}
+    assert m['decoder'] == {'num_layers': 4, 'num_heads': 4, 'num_kv_heads': 2,
+                            'head_dim': 16, 'hidden_size': 64,
+                            'vocab_size': m['decoder']['vocab_size'],
+                            'rope_theta': 10000.0, 'family': 'llava', 'decoder_type': 'llama'}
+    assert m['token_skip'] is None and m['draft'] == 'draft_ngrams.json'
+    assert m['segments'] == [{'first': 0, 'stop': 4, 'last': True, 'ranks': False,
+                              'portable': 'decoder.onnx', 'fused': 'decoder.fused.onnx',
+                              'fused_prefill': None, 'fused_step': None}]
+    assert m['fused']['positions'] == 'cache' and m['fused']['step_weights'] == 'fp32'
     v = m['validation']
     assert v['passed'] and v['identical_text'] == '3/3' and v['tolerance'] == 1e-3
     assert 0 <= v['max_abs_logit_diff'] <= 1e-4
     assert all(line.startswith('✓') for line in v['checks'])
     assert set(m['versions']) == {'torch', 'transformers', 'onnx', 'onnxruntime', 'ros2_gmskip'}
     embed = np.load(tiny_bundle / 'embed_tokens.npy')
-    assert embed.dtype == np.float32 and embed.shape == (m['decoder_config']['vocab_size'], 64)
-    assert load_bundle(tiny_bundle).decoder_config['num_layers'] == 4
+    assert embed.dtype == np.float32 and embed.shape == (m['decoder']['vocab_size'], 64)
+    assert load_bundle(tiny_bundle).manifest.decoder.num_layers == 4
 
 
 def test_graphs_pass_checker_and_tensorrt_lint(tiny_bundle):
@@ -182,8 +196,8 @@ def test_export_with_plan_has_fewer_blocks(tiny_pruned_bundle, tiny_bundle):
     m = json.loads((tiny_pruned_bundle / 'manifest.json').read_text())
     assert m['plan']['removed_blocks'] == [1, 3] and m['plan']['stack'] == 'decoder'
     assert m['plan']['sha256'] == sha256_file(Path(m['plan']['path']))
-    assert len(m['plan']['id']) == 12
-    assert m['decoder_config']['num_layers'] == 2
+    assert len(m['plan']['plan_id']) == 12
+    assert m['decoder']['num_layers'] == 2
     assert m['validation']['passed'] and m['validation']['identical_text'] == '3/3'
     pruned = [o.name for o in _ort_session(tiny_pruned_bundle / 'decoder.onnx').get_outputs()]
     full = [o.name for o in _ort_session(tiny_bundle / 'decoder.onnx').get_outputs()]
@@ -202,9 +216,9 @@ def test_pruned_bundle_matches_pruned_torch_model(tiny_pruned_bundle, tiny_model
     plan = Path(json.loads((tiny_pruned_bundle / 'manifest.json').read_text())['plan']['path'])
     ort_backend = OrtBackend(tiny_pruned_bundle, threads=1)
     torch_backend = TorchBackend(tiny_model_dir, plan=plan, threads=1)
-    assert torch_backend.info['blocks_removed'] == ort_backend.info['blocks_removed'] == [1, 3]
-    for key in ('plan_sha256', 'plan_id', 'model_sha256'):
-        assert torch_backend.info[key] == ort_backend.info[key], key
+    assert torch_backend.info.blocks_removed == ort_backend.info.blocks_removed == (1, 3)
+    for key in ('plan_id', 'model_id', 'num_layers'):
+        assert getattr(torch_backend.info, key) == getattr(ort_backend.info, key), key
     for image in scene_images[:2]:
         assert ort_backend.describe(image, max_new_tokens=8).text == \
             torch_backend.describe(image, max_new_tokens=8).text

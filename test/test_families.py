@@ -113,7 +113,7 @@ def test_torch_backend_equals_generate(family, family_dirs, loaded, samples):
     want = _generate(model, processor, images)
     got = [backend.describe(image, max_new_tokens=NEW_TOKENS) for image in images]
     assert [r.text for r in got] == want
-    assert backend.info['family'] == backend.family.name
+    assert backend.info.details['family'] == backend.family.name
     assert all(r.latency.vision_ms > 0 and r.latency.prefill_ms > 0 for r in got)
 
 

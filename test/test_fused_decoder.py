@@ -22,8 +22,8 @@ import shutil
 
 import numpy as np
 import pytest
+from ros2_gmskip.bundle_format import load_bundle
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime.bundle import load_bundle
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 import torch
 
@@ -46,22 +46,22 @@ def portable(tiny_pruned_bundle):
 
 
 def test_export_writes_and_records_the_fused_graph(tiny_pruned_bundle):
-    bundle = load_bundle(tiny_pruned_bundle)
-    entry = bundle.fused_decoder
-    assert entry['file'] == 'decoder.fused.onnx' and entry['file'] in bundle.manifest['files']
-    assert entry['num_layers'] == bundle.decoder_config['num_layers'] == 2    # blocks 1, 3 gone
-    assert entry['max_length'] == 128                         # the tiny model's max positions
-    assert entry['nodes'] == 10 * 2 + 3               # 10 per block; final norm, slice, lm_head
-    assert 'GroupQueryAttention' in entry['ops']
-    checks = bundle.manifest['validation']['checks']
+    m = load_bundle(tiny_pruned_bundle).manifest
+    [segment] = m.segments
+    assert segment.fused == 'decoder.fused.onnx' and segment.fused in m.files
+    assert (segment.first, segment.stop) == (0, m.decoder.num_layers) == (0, 2)  # 1, 3 gone
+    assert m.fused.max_length == 128                          # the tiny model's max positions
+    assert m.fused.nodes == 10 * 2 + 3                # 10 per block; final norm, slice, lm_head
+    assert 'GroupQueryAttention' in m.fused.ops and m.fused.positions == 'cache'
+    checks = m.validation['checks']
     assert any(c.startswith('✓ fused decoder logits') for c in checks)
     assert any(c.startswith('✓ fused decoder greedy text: 3/3') for c in checks)
-    assert bundle.manifest['validation']['fused_identical_text'] == '3/3'
+    assert m.validation['fused_identical_text'] == '3/3'
 
 
 def test_auto_runs_the_fused_graph_and_matches_the_portable_one(fused, portable, scene_images):
-    assert fused.info['decoder_graph'] == 'fused'
-    assert portable.info['decoder_graph'] == 'portable'
+    assert fused.info.decoder_graph == 'fused'
+    assert portable.info.decoder_graph == 'portable'
     for image in scene_images:
         a = fused.describe(image, DEFAULT_PROMPT, 16)
         b = portable.describe(image, DEFAULT_PROMPT, 16)
@@ -70,23 +70,22 @@ def test_auto_runs_the_fused_graph_and_matches_the_portable_one(fused, portable,
 
 
 def test_logits_match_the_portable_graph_step_by_step(fused, portable, scene_images):
-    """Prefill, then 5 forced tokens: the fused graph's in-place cache gives the same logits."""
+    """Prefill, then 5 forced tokens: the fused runner's in-place cache gives the same logits."""
     ids = fused.tokenizer.prompt_ids(DEFAULT_PROMPT)
     embeds = fused.prompt_embeds(ids, fused.image_embeds(fused.preprocess(scene_images[0]))[0])
     T = embeds.shape[1]
-    loop, ref = fused.decoder_loop, portable.decoder_loop
-    ref._start(embeds, 8)
-    past, want = ref._run(embeds, 0, T, None)
-    got = loop._run(embeds, 0)
-    np.testing.assert_allclose(got, want, atol=1e-4)
+    [mine], [ref] = fused.decoder_loop.runners, portable.decoder_loop.runners
+    positions = np.arange(T + 8)
+    np.testing.assert_allclose(mine.prefill(embeds, positions[:T]).out,
+                               ref.prefill(embeds, positions[:T]).out, atol=1e-4)
     for n, token in enumerate([5, 7, 9, 11, 13], start=1):
         e = fused.embed_table[token][None, None]
-        past, want = ref._run(e, T + n - 1, T + n, past)
-        np.testing.assert_allclose(loop._run(e, T + n - 1), want, atol=1e-4)
+        at = positions[T + n - 1:T + n]
+        np.testing.assert_allclose(mine.run(e, at, T + n - 1), ref.run(e, at, T + n - 1),
+                                   atol=1e-4)
         if n == 5:                                 # the buffers hold exactly the portable cache
-            for value, present in zip(loop.cache, past):
-                np.testing.assert_allclose(value.numpy()[:, :, :T + n], present.numpy(),
-                                           atol=1e-5)
+            for array, present in zip(mine.arrays, ref.past):
+                np.testing.assert_allclose(array[:, :, :T + n], present.numpy(), atol=1e-5)
 
 
 def test_stale_cache_rows_of_an_earlier_request_are_never_read(tiny_pruned_bundle, fused,
@@ -106,7 +105,7 @@ def test_a_request_longer_than_the_buffers_runs_on_the_portable_graph(tiny_prune
     run = loop.fallback.generate
     loop.fallback.generate = lambda *a, **k: calls.append(a) or run(*a, **k)
     ids = backend.tokenizer.prompt_ids(DEFAULT_PROMPT)
-    loop.limit = len(ids) + 4                      # prompt + 4 tokens fit, 5 do not
+    loop.max_length = len(ids) + 4                 # prompt + 4 tokens fit, 5 do not
     backend.describe(scene_images[0], DEFAULT_PROMPT, 4)
     assert calls == []
     got = backend.describe(scene_images[0], DEFAULT_PROMPT, 5)
@@ -118,14 +117,16 @@ def test_a_request_longer_than_the_buffers_runs_on_the_portable_graph(tiny_prune
 def _without_fused(src: Path, dst: Path) -> Path:
     bundle = Path(shutil.copytree(src, dst))
     manifest = json.loads((bundle / 'manifest.json').read_text())
-    manifest['fused_decoder'] = None
+    manifest['fused'] = None
+    for seg in manifest['segments']:
+        seg.update(fused=None, fused_prefill=None, fused_step=None)
     (bundle / 'manifest.json').write_text(json.dumps(manifest))
     return bundle
 
 
 def test_graph_choice_errors(tiny_pruned_bundle, tmp_path):
     older = _without_fused(tiny_pruned_bundle, tmp_path / 'older')
-    assert _backend(older).info['decoder_graph'] == 'portable'          # auto falls back
+    assert _backend(older).info.decoder_graph == 'portable'             # auto falls back
     with pytest.raises(BundleError, match=r'has no fused decoder graph .*re-run ros2-gmskip '
                                           r'export$'):
         _backend(older, graph='fused')
@@ -142,7 +143,7 @@ def test_token_skipping_on_a_plain_bundle_runs_on_the_portable_graph(tiny_pruned
     """
     from ros2_gmskip.tokenskip.settings import TokenSkip
     skip = TokenSkip(kv_ratio=0.5)
-    assert _backend(tiny_pruned_bundle, token_skip=skip).info['decoder_graph'] == 'portable'
+    assert _backend(tiny_pruned_bundle, token_skip=skip).info.decoder_graph == 'portable'
     with pytest.raises(BundleError, match='skips tokens .*exported without token skipping'):
         _backend(tiny_pruned_bundle, token_skip=skip, graph='fused')
 
@@ -150,9 +151,10 @@ def test_token_skipping_on_a_plain_bundle_runs_on_the_portable_graph(tiny_pruned
 def test_manifest_entry_naming_an_unlisted_file_is_refused(tiny_pruned_bundle, tmp_path):
     bundle = Path(shutil.copytree(tiny_pruned_bundle, tmp_path / 'b'))
     manifest = json.loads((bundle / 'manifest.json').read_text())
-    manifest['fused_decoder']['file'] = 'other.onnx'
+    manifest['segments'][0]['fused'] = 'other.onnx'
     (bundle / 'manifest.json').write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match='manifest fused_decoder .* does not name a listed file'):
+    with pytest.raises(BundleError, match=r"manifest segment 0 names unlisted \['other.onnx'\]: "
+                                          're-run ros2-gmskip export'):
         load_bundle(bundle)
 
 
@@ -164,15 +166,17 @@ def test_corrupt_fused_graph_is_a_one_line_error(tiny_pruned_bundle, tmp_path):
 
 
 def test_unsupported_models_get_no_fused_graph(tiny_model_dir, tmp_path):
-    from ros2_gmskip.exporters.fused_decoder import build_fused_decoder, fused_unsupported
+    from ros2_gmskip.bundle_format import Segment
+    from ros2_gmskip.exporters.fused_decoder import build_fused_graph, fused_unsupported
     from ros2_gmskip.vlm.loading import load_vlm
 
     model, _ = load_vlm(tiny_model_dir)
+    whole = Segment(first=0, stop=4, last=True, ranks=False, portable='decoder.onnx')
     assert fused_unsupported(model) is None
     model.model.language_model.config.sliding_window = 16
     assert fused_unsupported(model) == 'sliding-window attention'
     with pytest.raises(ValueError, match='no fused decoder for this model: sliding-window'):
-        build_fused_decoder(model, tmp_path / 'f.onnx', 64)
+        build_fused_graph(model, tmp_path / 'f.onnx', 64, whole)
     model.model.language_model.config.sliding_window = None
     cfg = model.model.language_model.config
     head_dim = cfg.head_dim
@@ -189,8 +193,8 @@ def test_export_no_fused_flag(tiny_model_dir, tmp_path, capsys):
     assert main(['export', '--model', str(tiny_model_dir), '--out', str(out), '--no-fused',
                  '--validate-n', '1', '--max-new-tokens', '4', '--threads', '1']) == 0
     assert not (out / 'decoder.fused.onnx').exists()
-    assert load_bundle(out).fused_decoder is None
-    assert _backend(out).info['decoder_graph'] == 'portable'
+    assert load_bundle(out).manifest.fused is None
+    assert _backend(out).info.decoder_graph == 'portable'
     assert 'decoder.fused.onnx' not in capsys.readouterr().out
 
 
@@ -206,7 +210,7 @@ def test_describe_cli_names_and_chooses_the_decoder_graph(tiny_pruned_bundle, sc
                      graph, '--max-new-tokens', '8']) == 0
         text, timing = capsys.readouterr().out.strip().splitlines()[-2:]
         texts[graph] = text
-        want = 'fused, 4 draft tokens per run' if graph == 'auto' else 'portable'
+        want = f'{"fused" if graph == "auto" else "portable"}, 4 draft tokens per run'
         assert timing.startswith(f'backend onnxruntime (decoder: {want}): preprocess ')
     assert texts['auto'] == texts['portable']
     assert main(['describe', str(image), '--bundle', str(tiny_pruned_bundle), '--draft-tokens',
@@ -260,13 +264,13 @@ def int4_bundle(tiny_model_dir, make_plan, tmp_path_factory) -> Path:
 
 def test_int4_decode_graph_is_recorded_and_quantizes_every_matmul(int4_bundle):
     import onnx
-    bundle = load_bundle(int4_bundle)
-    entry = bundle.fused_decoder
-    assert entry['decode_file'] == 'decoder.fused.int4.onnx' in bundle.manifest['files']
-    assert entry['decode_weights'] == 'int4'
-    q = entry['quantization']
+    m = load_bundle(int4_bundle).manifest
+    [segment] = m.segments
+    assert segment.fused_step == 'decoder.fused.int4.onnx' and segment.fused_step in m.files
+    assert m.fused.step_weights == 'int4' and m.fused.prefill_weights == 'int8'
+    q = m.fused.quantization
     assert (q['op'], q['bits'], q['block_size'], q['accuracy_level']) == ('MatMulNBits', 4, 32, 4)
-    ops = [n.op_type for n in onnx.load(str(int4_bundle / entry['decode_file'])).graph.node]
+    ops = [n.op_type for n in onnx.load(str(int4_bundle / segment.fused_step)).graph.node]
     assert q['matmuls'] == ops.count('MatMulNBits') == 4 * 2 + 1     # 4 per block + lm_head
     assert 'MatMul' not in ops
 
@@ -275,27 +279,28 @@ def test_int4_bundle_runs_int8_prefill_and_int4_steps(int4_bundle, tiny_pruned_b
                                                       scene_images):
     import onnx
     quant, exact = _backend(int4_bundle), _backend(tiny_pruned_bundle)
-    assert quant.info['decoder_graph'] == 'fused, int8 prefill, int4 decode steps'
-    entry = quant.bundle.fused_decoder
-    assert entry['prefill_file'] == 'decoder.fused.prefill.int8.onnx' in quant.bundle.manifest[
-        'files']
-    ops = [n.op_type for n in onnx.load(str(int4_bundle / entry['prefill_file'])).graph.node]
+    assert quant.info.decoder_graph == 'fused, int8 prefill, int4 decode steps'
+    [segment] = quant.bundle.manifest.segments
+    assert segment.fused_prefill == 'decoder.fused.prefill.int8.onnx'
+    assert segment.fused_prefill in quant.bundle.manifest.files
+    ops = [n.op_type for n in onnx.load(str(int4_bundle / segment.fused_prefill)).graph.node]
     assert ops.count('MatMulInteger') == 4 * 2 + 1 and 'MatMul' not in ops
-    loop = quant.decoder_loop
-    assert loop.step_session is not loop.session
+    [runner], [ref] = quant.decoder_loop.runners, exact.decoder_loop.runners
+    assert runner.step_session is not runner.prefill_session
     ids = quant.tokenizer.prompt_ids(DEFAULT_PROMPT)
     embeds = quant.prompt_embeds(ids, quant.image_embeds(quant.preprocess(scene_images[0]))[0])
     T = embeds.shape[1]
-    for got, want in ((loop._run(embeds, 0), exact.decoder_loop._run(embeds, 0)),
-                      (loop._run(quant.embed_table[5][None, None], T, loop.step_session),
-                       exact.decoder_loop._run(quant.embed_table[5][None, None], T))):
+    step, at = quant.embed_table[5][None, None], np.array([T])
+    for got, want in ((runner.prefill(embeds, np.arange(T)).out[0, -1],
+                       ref.prefill(embeds, np.arange(T)).out[0, -1]),
+                      (runner.run(step, at, T)[0, -1], ref.run(step, at, T)[0, -1])):
         assert np.abs(got - want).max() > 0                        # other weights ...
         assert np.corrcoef(got, want)[0, 1] > 0.95                   # ... same function
     assert quant.describe(scene_images[0], DEFAULT_PROMPT, 8).tokens > 0
     fp32 = _backend(int4_bundle, quantized=False)           # what export validation compares
-    assert fp32.info['decoder_graph'] == 'fused'
-    np.testing.assert_array_equal(fp32.decoder_loop._run(embeds, 0),
-                                  exact.decoder_loop._run(embeds, 0))
+    assert fp32.info.decoder_graph == 'fused'
+    np.testing.assert_array_equal(fp32.decoder_loop.runners[0].prefill(embeds, np.arange(T)).out,
+                                  ref.prefill(embeds, np.arange(T)).out)
 
 
 def test_quantized_agreement_threshold(tiny_model_dir, tmp_path, monkeypatch):
@@ -309,7 +314,7 @@ def test_quantized_agreement_threshold(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(validate, 'MIN_QUANTIZED_AGREEMENT', 0.0)
     onnx_export.export_bundle(tiny_model_dir, tmp_path / 'b', validate_n=2, max_new_tokens=4,
                               threads=1, fused_weights='int4')
-    recorded = load_bundle(tmp_path / 'b').manifest['validation']['fused_identical_text']
+    recorded = load_bundle(tmp_path / 'b').manifest.validation['fused_identical_text']
     assert recorded.endswith('/2')
 
 

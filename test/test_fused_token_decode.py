@@ -27,8 +27,8 @@ import shutil
 
 import numpy as np
 import pytest
+from ros2_gmskip.bundle_format import load_bundle
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime.bundle import load_bundle
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
 import torch
@@ -74,29 +74,26 @@ def _prompt_embeds(backend, image) -> np.ndarray:
 
 def test_manifest_records_one_fused_graph_per_segment(skip_bundle):
     import onnx
-    bundle = load_bundle(skip_bundle)
-    entry = bundle.fused_decoder
-    parts = entry['segments']
-    assert [p['layers'] for p in parts] == [s['layers'] for s in bundle.segments] == \
-        [[0, 2], [2, 3], [3, 4]]
-    assert [p['file'] for p in parts] == ['decoder.fused.onnx', 'decoder.fused.1.onnx',
-                                          'decoder.fused.2.onnx']
-    assert all(p['file'] in bundle.manifest['files'] for p in parts)
-    assert [p['ranks'] for p in parts] == [True, False, False]
-    assert entry['positions'] == 'explicit' and entry['attention_scale'] > 0
-    ranking = onnx.load(str(skip_bundle / parts[0]['file'])).graph
+    m = load_bundle(skip_bundle).manifest
+    assert [(s.first, s.stop) for s in m.segments] == [(0, 2), (2, 3), (3, 4)]
+    assert [s.fused for s in m.segments] == ['decoder.fused.onnx', 'decoder.fused.1.onnx',
+                                             'decoder.fused.2.onnx']
+    assert all(s.fused in m.files for s in m.segments)
+    assert [s.ranks for s in m.segments] == [True, False, False]
+    assert m.fused.positions == 'explicit' and m.fused.attention_scale > 0
+    ranking = onnx.load(str(skip_bundle / m.segments[0].fused)).graph
     assert [i.name for i in ranking.input][:2] == ['inputs_embeds', 'position_ids']
     assert {o.name for o in ranking.output} >= {'hidden_states', 'last_query'}
-    assert 'RotaryEmbedding' in entry['ops']
-    v = bundle.manifest['validation']
+    assert 'RotaryEmbedding' in m.fused.ops
+    v = m.validation
     assert v['fused_identical_text'] == '3/3'
     assert any(c.startswith('✓ fused decoder greedy text: 3/3 test scenes identical to the '
                             'torch reference with FastV K=2 R=0.5') for c in v['checks'])
 
 
 def test_fused_segments_decode_like_the_portable_ones(fused, portable, scene_images):
-    assert fused.info['decoder_graph'] == 'fused'
-    assert portable.info['decoder_graph'] == 'portable'
+    assert fused.info.decoder_graph == 'fused'
+    assert portable.info.decoder_graph == 'portable'
     for image in scene_images:
         a = fused.describe(image, DEFAULT_PROMPT, NEW)
         b = portable.describe(image, DEFAULT_PROMPT, NEW)
@@ -112,48 +109,45 @@ def test_ranking_attention_equals_the_portable_graphs(fused, portable, scene_ima
     """
     embeds, ids = _prompt_embeds(fused, scene_images[1])
     T = embeds.shape[1]
-    positions = np.arange(T)[None]
-    _, got, _ = fused.decoder_loop._run(fused.decoder_loop.segments[0], embeds, positions, T,
-                                        None)
-    _, want, _ = portable.decoder_loop._run(portable.decoder_loop.segments[0], embeds,
-                                            positions, T, None)
-    assert got.shape == want.shape == (1, T)
+    got = fused.decoder_loop.runners[0].prefill(embeds, np.arange(T)).attention
+    want = portable.decoder_loop.runners[0].prefill(embeds, np.arange(T)).attention
+    assert got.shape == want.shape == (T,)
     np.testing.assert_allclose(got, want, atol=1e-5)
     np.testing.assert_allclose(got.sum(), 1.0, atol=1e-5)
 
 
 def test_kv_removal_compacts_the_buffers_like_the_portable_gather(fused, portable, scene_images):
     embeds, ids = _prompt_embeds(fused, scene_images[2])
-    image_positions = np.flatnonzero(ids == fused.tokenizer.image_token_id)
-    results = {}
-    for name, loop in (('fused', fused.decoder_loop), ('portable', portable.decoder_loop)):
-        logits, pasts, indexes = loop._prefill(embeds, image_positions)
-        lengths = loop._remove_visual_kv(pasts, indexes, image_positions)
-        results[name] = logits, pasts, lengths
-    f_logits, f_pasts, f_lengths = results['fused']
-    p_logits, p_pasts, p_lengths = results['portable']
+    image_rows = np.flatnonzero(ids == fused.tokenizer.image_token_id)
+    f_logits, f_lengths = fused.decoder_loop._prefill(embeds, image_rows)
+    p_logits, p_lengths = portable.decoder_loop._prefill(embeds, image_rows)
     np.testing.assert_allclose(f_logits, p_logits, atol=1e-4)
-    T, n_img = len(ids), len(image_positions)
+    T, n_img = len(ids), len(image_rows)
     assert f_lengths == p_lengths
     assert f_lengths[:2] == [T, T - n_img // 2]           # FastV pruned; no KV removal before 3
     assert f_lengths[2] < f_lengths[1]                    # block 3 dropped some kept image rows
-    for s, length in enumerate(f_lengths):
-        for buffer, present in zip(f_pasts[s], p_pasts[s]):
+    for runner, ref, length in zip(fused.decoder_loop.runners, portable.decoder_loop.runners,
+                                   f_lengths):
+        assert ref.length == length
+        for buffer, present in zip(runner.arrays, ref.past):
             want = present if isinstance(present, np.ndarray) else present.numpy()
-            np.testing.assert_allclose(buffer.numpy()[:, :, :length], want, atol=1e-4)
+            np.testing.assert_allclose(buffer[:, :, :length], want, atol=1e-4)
 
 
 def test_a_request_longer_than_the_buffers_runs_on_the_portable_segments(skip_bundle, fused,
                                                                          scene_images):
     loop = fused.decoder_loop
     calls = []
-    original = loop.fallback.generate
+    original, limit = loop.fallback.generate, loop.max_length
     loop.fallback.generate = lambda *a, **k: calls.append(a) or original(*a, **k)
+    # The buffers hold the model's whole context here, and a request past the context is
+    # refused (runtime/requests.py): shorter buffers (export --fused-max-length) make room.
+    loop.max_length = 40
     try:
-        fused.describe(scene_images[0], DEFAULT_PROMPT, loop.limit)     # prompt + limit > limit
+        fused.describe(scene_images[0], DEFAULT_PROMPT, 30)      # prompt + 30 > 40 buffers
         fused.describe(scene_images[0], DEFAULT_PROMPT, 4)
     finally:
-        loop.fallback.generate = original
+        loop.fallback.generate, loop.max_length = original, limit
     assert len(calls) == 1
 
 
@@ -161,20 +155,20 @@ def test_run_time_settings_the_segments_cannot_run_are_refused(skip_bundle):
     with pytest.raises(BundleError, match='no decoder split at FastV K=1'):
         _backend(skip_bundle, token_skip=TokenSkip(FastVConfig(k=1, r=0.5)))
     off = _backend(skip_bundle, token_skip=TokenSkip())          # unpruned, still fused
-    assert off.info['decoder_graph'] == 'fused'
+    assert off.info.decoder_graph == 'fused'
 
 
 def test_segments_entry_that_does_not_match_is_refused(skip_bundle, tmp_path):
     bundle = Path(shutil.copytree(skip_bundle, tmp_path / 'b'))
     manifest = json.loads((bundle / 'manifest.json').read_text())
-    manifest['fused_decoder']['segments'][1]['layers'] = [2, 4]
+    manifest['segments'][1]['stop'] = 4
     (bundle / 'manifest.json').write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match='fused_decoder segments do not match'):
+    with pytest.raises(BundleError, match=r'segment 2 \[3, 4\] does not follow the one before'):
         load_bundle(bundle)
 
 
 def test_head_averaged_attention_matches_torch():
-    from ros2_gmskip.runtime.fused_token_decode import head_averaged_attention
+    from ros2_gmskip.runtime.token_skip import head_averaged_attention
     rng = np.random.default_rng(0)
     H, KV, T, d = 6, 2, 9, 8
     q = rng.standard_normal(H * d).astype(np.float32)
@@ -193,18 +187,16 @@ def test_int4_decode_steps_per_segment(tiny_model_dir, tmp_path, scene_images):
     Per segment: an int4 MatMulNBits decode-step graph and a dynamic int8 prefill graph.
     """
     out = _export(tiny_model_dir, tmp_path / 'int4', validate_n=0, fused_weights='int4')
-    bundle = load_bundle(out)
-    entry = bundle.fused_decoder
-    assert [p['decode_file'] for p in entry['segments']] == [
+    m = load_bundle(out).manifest
+    assert [s.fused_step for s in m.segments] == [
         'decoder.fused.int4.onnx', 'decoder.fused.1.int4.onnx', 'decoder.fused.2.int4.onnx']
-    assert entry['decode_file'] == 'decoder.fused.int4.onnx'
-    assert entry['quantization']['matmuls'] == 4 * 4 + 1              # 4 per block + lm_head
-    assert [p['prefill_file'] for p in entry['segments']] == [
+    assert m.fused.quantization['matmuls'] == 4 * 4 + 1              # 4 per block + lm_head
+    assert [s.fused_prefill for s in m.segments] == [
         'decoder.fused.prefill.int8.onnx', 'decoder.fused.1.prefill.int8.onnx',
         'decoder.fused.2.prefill.int8.onnx']
     backend = _backend(out)
-    assert backend.info['decoder_graph'] == 'fused, int8 prefill, int4 decode steps'
-    assert all(s.step_session is not s.session for s in backend.decoder_loop.segments)
+    assert backend.info.decoder_graph == 'fused, int8 prefill, int4 decode steps'
+    assert all(r.step_session is not r.prefill_session for r in backend.decoder_loop.runners)
     assert backend.describe(scene_images[0], DEFAULT_PROMPT, 6).tokens > 0
     _speculation_keeps_the_greedy_ids(out, scene_images)
 
@@ -246,44 +238,41 @@ def test_step_graphs_rotate_at_the_given_positions(tiny_model_dir, skip_bundle, 
     The variant (GroupQueryAttention's own RoPE at `position_ids`) is the one the quantized steps
     use; the reference is the explicit-RoPE graphs.
     """
-    from types import SimpleNamespace
-
-    from ros2_gmskip.exporters.fused_decoder import build_fused_decoder
-    from ros2_gmskip.runtime.fused_token_decode import FusedTokenSkipDecoder
+    from ros2_gmskip.exporters.fused_decoder import build_fused_graph
+    from ros2_gmskip.runtime.decode import DecodeLoop
+    from ros2_gmskip.runtime.ort_runners import FusedRunner
     from ros2_gmskip.vlm.loading import load_vlm
 
     model = load_vlm(tiny_model_dir)[0]
-    entry = load_bundle(skip_bundle).fused_decoder
-    steps, ops = [], set()
-    for i, part in enumerate(entry['segments']):
-        seg = SimpleNamespace(first=part['layers'][0], stop=part['layers'][1], ranks=part['ranks'],
-                              input_name=part['input'], output_name=part['output'])
-        path = tmp_path / f'step{i}.onnx'
-        built = build_fused_decoder(model, path, entry['max_length'], seg, step_graph=True)
-        ops |= set(built['ops'])
-        steps.append(fused._session(path, fused.vision.get_session_options()))
-    assert 'RotaryEmbedding' not in ops and 'GroupQueryAttention' in ops
+    m = load_bundle(skip_bundle).manifest
     loop = fused.decoder_loop
-    other = FusedTokenSkipDecoder(
-        [s.session for s in loop.segments], entry, fused.embed_table,
-        num_kv_heads=fused.bundle.decoder_config['num_kv_heads'],
-        head_dim=fused.bundle.decoder_config['head_dim'], stop_ids=fused.tokenizer.stop_ids,
-        token_skip=fused.token_skip, fallback=loop.fallback, step_sessions=steps)
-    assert 'last_query' not in {o.name for o in steps[0].get_outputs()}
+    runners, ops = [], set()
+    for i, (seg, runner) in enumerate(zip(m.segments, loop.runners)):
+        path = tmp_path / f'step{i}.onnx'
+        ops |= set(build_fused_graph(model, path, m.fused.max_length, seg, 'step')[1])
+        runners.append(FusedRunner(seg, runner.prefill_session, fused._session(path),
+                                   m.fused.positions, m.fused.max_length, m.decoder.num_kv_heads,
+                                   m.decoder.head_dim, m.fused.attention_scale))
+    assert 'RotaryEmbedding' not in ops and 'GroupQueryAttention' in ops
+    assert 'last_query' not in {o.name for o in runners[0].step_session.get_outputs()}
+    other = DecodeLoop(runners, fused.embed_table, fused.tokenizer.stop_ids, fused.token_skip)
     for image in scene_images:
         embeds, ids = _prompt_embeds(fused, image)
-        positions = np.flatnonzero(ids == fused.tokenizer.image_token_id)
-        a = loop.generate(embeds, NEW, positions)
-        b = other.generate(embeds, NEW, positions)
+        rows = np.flatnonzero(ids == fused.tokenizer.image_token_id)
+        a = loop.generate(embeds, NEW, rows)
+        b = other.generate(embeds, NEW, rows)
         assert a.ids.tolist() == b.ids.tolist()
     # After one prefill (FastV, KV removal), one step: the same logits at the right position,
     # other logits at another one (the step graph does rotate at the given position).
     steps = {}
     for name, decoder in (('explicit', loop), ('step graph', other)):
-        _, pasts, indexes = decoder._prefill(embeds, positions)
-        lengths = decoder._remove_visual_kv(pasts, indexes, positions)
-        steps[name] = [(decoder._step(3, where, list(lengths), pasts), decoder._logits.copy())[1]
-                       for where in (embeds.shape[1], embeds.shape[1] + 5)]
+        _, lengths = decoder._prefill(embeds, rows)
+        steps[name] = []
+        for where in (embeds.shape[1], embeds.shape[1] + 5):
+            h = fused.embed_table[3:4][None]
+            for runner, cached in zip(decoder.runners, lengths):
+                h = runner.run(h, np.array([where]), cached)
+            steps[name].append(h[0, -1].copy())
     same = np.abs(steps['step graph'][0] - steps['explicit'][0]).max()
     moved = np.abs(steps['step graph'][1] - steps['explicit'][0]).max()
     assert same < 1e-5 and moved > 20 * same + 1e-4    # (a random tiny model's logits are flat)
@@ -300,11 +289,10 @@ def test_random_fastv_and_kv_removal_without_a_split(tiny_model_dir, tmp_path, s
     out = tmp_path / 'k0'
     export_bundle(tiny_model_dir, out, tokens=TokenSkip(FastVConfig(k=0, r=0.5), kv_ratio=0.5),
                   validate_n=2, max_new_tokens=NEW, threads=1)
-    entry = load_bundle(out).fused_decoder
-    assert [p['layers'] for p in entry['segments']] == [[0, 4]]
-    assert not entry['segments'][0]['ranks']
+    [segment] = load_bundle(out).manifest.segments
+    assert (segment.first, segment.stop, segment.ranks) == (0, 4, False)
     fused, portable = _backend(out), _backend(out, graph='portable')
-    assert fused.info['decoder_graph'] == 'fused'
+    assert fused.info.decoder_graph == 'fused'
     for image in scene_images:
         a = fused.describe(image, DEFAULT_PROMPT, NEW)
         b = portable.describe(image, DEFAULT_PROMPT, NEW)

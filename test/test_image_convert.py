@@ -124,7 +124,22 @@ def test_mono8(encoding, pad):
 def test_mono16_scaled_and_endianness(encoding, bigendian, pad):
     grey16 = np.random.default_rng(3).integers(0, 65536, (H, W), dtype=np.uint16)
     out = image_to_rgb(make_msg(grey16, encoding, pad=pad, bigendian=bigendian))
-    np.testing.assert_array_equal(out, grey3((grey16 >> 8).astype(np.uint8)))
+    # cv_bridge: convertTo(CV_8U, 255 / 65535), i.e. rounded, full range to full range
+    expected = np.rint(grey16.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(out, grey3(expected))
+
+
+@pytest.mark.parametrize('encoding', ['rgb16', 'bgr16', 'rgba16', 'bgra16'])
+@pytest.mark.parametrize('bigendian', [False, True])
+def test_colour16_scaled_in_channel_order(encoding, bigendian):
+    rgb16 = np.random.default_rng(4).integers(0, 65536, (H, W, 3), dtype=np.uint16)
+    layout = rgb16[..., ::-1] if encoding.startswith('bgr') else rgb16
+    if encoding.endswith('a16'):
+        layout = np.concatenate([layout, np.full((H, W, 1), 7, np.uint16)], axis=2)
+    data = np.ascontiguousarray(layout).astype('>u2' if bigendian else '<u2').tobytes()
+    msg = ImageMsg(H, W, encoding, int(bigendian), W * layout.shape[2] * 2, data)
+    expected = np.rint(rgb16.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(image_to_rgb(msg), expected)
 
 
 def test_mono16_endianness_matters():
@@ -321,8 +336,42 @@ def one_line_error(msg: Any, convert=image_to_rgb) -> str:
 
 
 def test_unknown_encoding_named_and_supported_listed():
-    text = one_line_error(ImageMsg(2, 2, 'rgb16', 0, 12, bytes(24)))
-    assert "'rgb16'" in text and 'rgb8' in text and 'bayer_rggb8' in text
+    text = one_line_error(ImageMsg(2, 2, 'nv21', 0, 12, bytes(24)))
+    assert "'nv21'" in text and 'rgb8' in text and 'bayer_rggb8' in text
+
+
+@pytest.mark.parametrize('encoding,what', [
+    ('32FC1', '32-bit float'), ('64FC1', '64-bit float'), ('16SC1', '16-bit signed'),
+    ('32sc1', '32-bit signed'), ('8SC3', '8-bit signed')])
+def test_float_and_signed_encodings_are_refused_saying_why(encoding, what):
+    text = one_line_error(ImageMsg(2, 2, encoding, 0, 16, bytes(32)))
+    assert text.startswith(f'image encoding {encoding!r} holds {what} values'), text
+    assert 'no fixed range' in text
+
+
+def test_pixel_limit_before_touching_the_data():
+    msg = ImageMsg(30000, 20000, 'rgb8', 0, 60000, b'')     # 600 MP claimed, no data at all
+    text = one_line_error(msg)
+    assert text.startswith('rgb8 image is 20000x30000 = 600,000,000 pixels, over the limit')
+    small = make_msg(rng_rgb(21), 'rgb8')
+    assert image_to_rgb(small, max_pixels=H * W).shape == (H, W, 3)
+    with pytest.raises(MessageError, match='over the limit of'):
+        image_to_rgb(small, max_pixels=H * W - 1)
+
+
+def test_compressed_pixel_limit_from_the_header():
+    data = png_bytes(rng_rgb(22))
+    assert compressed_to_rgb(CompressedMsg('png', data), max_pixels=H * W).shape == (H, W, 3)
+    text = one_line_error(CompressedMsg('png', data),
+                          lambda m: compressed_to_rgb(m, max_pixels=H * W - 1))
+    assert f'= {H * W:,} pixels, over the limit of {H * W - 1:,}' in text
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped():
+    grey16 = np.random.default_rng(5).integers(0, 65536, (H, W), dtype=np.uint16)
+    data = cv2.imencode('.png', grey16)[1].tobytes()
+    expected = np.rint(grey16.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(compressed_to_rgb(CompressedMsg('png', data)), grey3(expected))
 
 
 @pytest.mark.parametrize('h, w', [(0, 4), (4, 0), (0, 0)])
@@ -372,6 +421,6 @@ def test_rgb_to_image_fields_rejects_bad_input():
     with pytest.raises(MessageError):
         rgb_to_image_fields(np.zeros((4, 4), np.uint8))
     with pytest.raises(MessageError):
-        rgb_to_image_fields(rng_rgb(), 'rgb16')
+        rgb_to_image_fields(rng_rgb(), 'nv21')
     with pytest.raises(MessageError):
         rgb_to_image_fields(rng_rgb(15, 4, 5), 'uyvy')

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from ros2_gmskip.errors import PlanError
 from ros2_gmskip.gmskip.ladder import (
@@ -35,6 +36,7 @@ from ros2_gmskip.gmskip.plan import plan_id, SkipPlan
 from ros2_gmskip.gmskip.strategies import search, Step
 from ros2_gmskip.gmskip.token_search import Workload
 from ros2_gmskip.tokenskip.flops import DecoderDims
+from safetensors.numpy import save_file
 
 # block importances: removing block b costs IMPORTANCE[b] of the score (additive, as test_plan)
 IMPORTANCE = [0.5, 0.3, 0.2, 0.01, 0.1, 0.02, 0.005, 0.03]
@@ -61,7 +63,8 @@ class Counter:
 def model_dir(tmp_path):
     folder = tmp_path / 'model'
     folder.mkdir()
-    (folder / 'model.safetensors').write_bytes(b'weights')
+    save_file({'w': np.zeros(2, np.float32)}, str(folder / 'model.safetensors'))
+    (folder / 'config.json').write_text('{}')      # what load_plan's model-folder check reads
     return folder
 
 

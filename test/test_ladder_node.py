@@ -32,7 +32,7 @@ from ros2_gmskip.errors import GmSkipError
 from ros2_gmskip.ros.params import DescriberParams, load_params, ParameterError
 from ros2_gmskip.ros.pipeline import DescriberCore
 from ros2_gmskip.runtime.ladder import Ladder, LadderError
-from ros2_gmskip.runtime.results import Latency, Result
+from ros2_gmskip.runtime.results import BackendInfo, Latency, Result
 
 COSTS = [40.0, 50.0, 60.0, 70.0]     # ms per rung, rung 0 fastest
 LADDER = Ladder.from_rungs([[4, 5, 6, 7], [5, 6, 7], [6, 7], [7]], 8, plan_removed=[5, 6, 7],
@@ -58,8 +58,8 @@ class LadderBackend:
         self.clock, self.ladder = clock, ladder
         self.load = 1.0
         self.rungs: list[int | None] = []
-        self.info = {'model_id': 'fake', 'plan_id': 'fake-plan', 'engine_id': '',
-                     'blocks_removed': [5, 6, 7]}
+        self.info = BackendInfo(backend='fake-ladder', model_id='fake', plan_id='fake-plan',
+                                engine_id='', blocks_removed=(5, 6, 7))
 
     def describe(self, image, prompt, max_new_tokens=48, rung=None) -> Result:
         self.rungs.append(rung)
@@ -246,7 +246,7 @@ def test_torch_backend_runs_each_rung_as_the_pruned_model(tiny_model_dir, tiny_l
     assert [list(r.removed_blocks) for r in ladder.rungs] == [[1, 2, 3], [2, 3], [3], []]
     backend = create_backend('torch', model=tiny_model_dir, plan=plan_path,
                              ladder=plan_path.with_name('plan.ladder.json'), threads=1)
-    assert backend.ladder.plan_rung == 0 and backend.info['blocks_removed'] == [1, 2, 3]
+    assert backend.ladder.plan_rung == 0 and list(backend.info.blocks_removed) == [1, 2, 3]
     layers = backend.model.model.language_model.layers
     assert len(layers) == 4                                   # whole: one copy of the weights
     image = scene_images[0]

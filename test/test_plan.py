@@ -40,13 +40,19 @@ def additive(removed):
     return 1.0 - sum(IMPORTANCE[b] for b in removed)
 
 
+def shard(path, value: float) -> None:
+    """Write a valid one-tensor safetensors file whose bytes depend on `value`."""
+    from safetensors.torch import save_file
+    save_file({'w': torch.full((2,), value)}, str(path))
+
+
 @pytest.fixture
 def model_dir(tmp_path):
-    """Return a folder with fake weights: enough for the hash."""
+    """Return a folder with two tiny valid weight shards: enough for the checks and the hash."""
     folder = tmp_path / 'model'
     folder.mkdir()
-    (folder / 'model-00002-of-00002.safetensors').write_bytes(b'second shard')
-    (folder / 'model-00001-of-00002.safetensors').write_bytes(b'first shard')
+    shard(folder / 'model-00002-of-00002.safetensors', 2.0)
+    shard(folder / 'model-00001-of-00002.safetensors', 1.0)
     (folder / 'config.json').write_text('{}')
     return folder
 
@@ -66,7 +72,9 @@ def plan(result, model_dir):
 # --- weights hash, format, round trip ------------------------------------------------------
 
 def test_weights_sha256_is_over_sorted_safetensors(model_dir, tmp_path):
-    expected = hashlib.sha256(b'first shard' + b'second shard').hexdigest()
+    expected = hashlib.sha256(
+        (model_dir / 'model-00001-of-00002.safetensors').read_bytes()
+        + (model_dir / 'model-00002-of-00002.safetensors').read_bytes()).hexdigest()
     assert weights_sha256(model_dir) == expected
     (model_dir / 'notes.txt').write_text('not weights')
     assert weights_sha256(model_dir) == expected
@@ -102,7 +110,7 @@ def test_round_trip(plan, model_dir, tmp_path):
 
 def test_wrong_model_hash(plan, model_dir, tmp_path):
     path = save_plan(plan, tmp_path / 'plan.json')
-    (model_dir / 'model-00001-of-00002.safetensors').write_bytes(b'retrained')
+    shard(model_dir / 'model-00001-of-00002.safetensors', 3.0)          # retrained
     with pytest.raises(PlanError, match=r'was made for model sha256 [0-9a-f]{12}, but .* has '
                                         r'[0-9a-f]{12}: re-run ros2-gmskip calibrate'):
         load_plan(path, model_dir=model_dir)
@@ -206,7 +214,7 @@ class FakeEvaluator:
     stop_after: int | None = None       # raise KeyboardInterrupt at this many evaluations
 
     def __init__(self, model_dir, samples, metric, batch_size, trust_remote_code=False,
-                 stack='decoder'):
+                 stack='decoder', object_parser=''):
         self.model_dir, self.samples, self.metric = model_dir, samples, metric
         self.batch_size, self.trust_remote_code, self.stack = batch_size, trust_remote_code, stack
         self.num_blocks, self.family, self.evaluations = 8, 'gmskip_llava', 0
@@ -444,11 +452,15 @@ def test_prune_refusals(tmp_path, caplog):
     # a plan made for other weights
     other = tmp_path / 'other'
     other.mkdir()
-    (other / 'model.safetensors').write_bytes(b'other weights')
+    shard(other / 'model.safetensors', 5.0)
     (other / 'config.json').write_text('{}')
     args = verb_args(prune, ['--model', str(other), '--plan', str(plan_path),
                              '--out', str(tmp_path / 'out')])
     with pytest.raises(PlanError, match='was made for model sha256'):
+        prune.main(args)
+    # corrupt weights are blamed on the weights, not on the plan
+    (other / 'model.safetensors').write_bytes(b'other weights')
+    with pytest.raises(ModelLoadError, match='corrupt safetensors file'):
         prune.main(args)
 
     # unloadable models (the hash matches a plan made for them): corrupt weights, then valid

@@ -89,8 +89,9 @@ def test_onnxruntime_backend_end_to_end_under_rclpy(tiny_bundle, scene_images):
     assert rc == 0 and 'Traceback' not in out, out
     texts = {s['stamp']['sec']: s['text'] for s in scenes}
     assert texts == {1000 + i: text for i, text in enumerate(expected)}, scenes
-    # the ids are the backend's (empty where the backend names none)
-    assert {s['model_id'] for s in scenes} == {str(local.info.get('model_id') or '')}
+    # the ids are the backend's: the weights' and the plan's, as every backend names them
+    assert {s['model_id'] for s in scenes} == {local.info.model_id} and local.info.model_id
+    assert {s['plan_id'] for s in scenes} == {local.info.plan_id}
     (loaded,) = [m for m in rosout if '[ros2_gmskip.runtime.ort_backend]' in m.msg
                  and 'onnxruntime backend' in m.msg]
     assert loaded.name == 'e2e.gmskip_describer' and loaded.level == 20

@@ -51,6 +51,7 @@ from ros2_gmskip.ros.replay import (
     SCENE_TOPIC,
 )
 from ros2_gmskip.runtime.factory import create_backend
+from ros2_gmskip.runtime.results import BackendInfo
 from rosbags.rosbag2 import Reader
 
 N, FPS, W, H = 8, 20.0, 64, 48
@@ -210,7 +211,8 @@ def test_corrupt_jpeg_is_rejected_and_counted(tmp_path):
 
 def test_backend_failures_are_counted(bags, tmp_path):
     class Broken:
-        name, info = 'broken', {}
+        name = 'broken'
+        info = BackendInfo(backend='broken', model_id='', plan_id='', engine_id='')
 
         def describe(self, image, prompt, max_new_tokens):
             raise RuntimeError('boom')

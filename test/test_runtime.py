@@ -23,8 +23,8 @@ import time
 
 import numpy as np
 import pytest
+from ros2_gmskip.bundle_format import load_bundle, sha256_file
 from ros2_gmskip.errors import BundleError, EngineError, GmSkipError, ImageError
-from ros2_gmskip.runtime.bundle import load_bundle, sha256_file
 from ros2_gmskip.runtime.preprocess import check_image, Preprocessor
 from ros2_gmskip.runtime.results import Backend, DEFAULT_PROMPT
 import torch
@@ -67,6 +67,28 @@ def test_bad_manifest_json_and_format(bundle_copy):
         load_bundle(bundle_copy)
     (bundle_copy / 'manifest.json').write_text('{"format": "other@2"}')
     with pytest.raises(BundleError, match="manifest.json format 'other@2' is not"):
+        load_bundle(bundle_copy)
+
+
+def test_a_bundle_of_another_format_version_is_refused_in_one_line(bundle_copy):
+    _rewrite_manifest(bundle_copy, lambda m: m.update(format='ros2_gmskip/onnx-bundle@1'))
+    with pytest.raises(BundleError) as err:
+        load_bundle(bundle_copy)
+    assert str(err.value) == (f'bundle {str(bundle_copy)!r} has format 1, this version reads 2: '
+                              're-run ros2-gmskip export')
+
+
+def test_manifest_keys_are_all_required_and_typed(bundle_copy):
+    from ros2_gmskip.bundle_format import Manifest, read_manifest
+
+    manifest = read_manifest(bundle_copy)
+    assert isinstance(manifest, Manifest) and manifest.segments[0].portable == 'decoder.onnx'
+    assert Manifest.from_dict(manifest.to_dict()) == manifest            # JSON round trip
+    _rewrite_manifest(bundle_copy, lambda m: m.pop('draft'))
+    with pytest.raises(BundleError, match="manifest entry 'Manifest.draft' is missing: re-"):
+        load_bundle(bundle_copy)
+    _rewrite_manifest(bundle_copy, lambda m: m.update(draft=None, extra=1))
+    with pytest.raises(BundleError, match=r"Manifest has unknown keys \['extra'\]"):
         load_bundle(bundle_copy)
 
 
@@ -145,7 +167,7 @@ def test_preprocess_lookup_gives_the_computed_bits(rescale, mean, std):
 
 def test_preprocess_from_manifest_equals_model_processor(tiny_bundle, tiny_model, scene_images):
     _, processor = tiny_model
-    mine = Preprocessor.from_manifest(load_bundle(tiny_bundle).preprocess)
+    mine = Preprocessor.from_manifest(load_bundle(tiny_bundle).manifest.preprocess)
     for image in scene_images:
         want = processor.image_processor(images=[image], return_tensors='np')['pixel_values']
         assert np.abs(mine(image) - want).max() <= 1e-6
@@ -216,20 +238,18 @@ def test_describe_result_and_latency(ort_backend, scene_images):
     assert out.decode_steps == len(out.ids) - (0 if out.stopped else 1)
 
 
-def test_max_new_tokens_and_buffer_growth(ort_backend, tiny_bundle, scene_images):
-    from ros2_gmskip.runtime.decode import GreedyDecoder
+def test_max_new_tokens_and_buffer_growth(ort_backend, scene_images):
+    from ros2_gmskip.runtime.decode import DecodeLoop
 
     one = ort_backend.describe(scene_images[1], max_new_tokens=1)
     assert one.tokens <= 1 and one.latency.decode_tokens == 0 and one.latency.decode_ms >= 0
-    cfg = load_bundle(tiny_bundle).decoder_config
-    small = GreedyDecoder(ort_backend.decoder, ort_backend.embed_table, cfg['num_layers'],
-                          cfg['num_kv_heads'], cfg['head_dim'], ort_backend.tokenizer.stop_ids,
-                          max_length=4)               # far below prompt + new tokens: grows
+    small = DecodeLoop(ort_backend.portable, ort_backend.embed_table,
+                       ort_backend.tokenizer.stop_ids)
+    small._alloc(4)                                 # far below prompt + new tokens: grows
     ids = ort_backend.tokenizer.prompt_ids(DEFAULT_PROMPT)
     embeds = ort_backend.prompt_embeds(
         ids, ort_backend.image_embeds(ort_backend.preprocess(scene_images[1]))[0])
     grown = small.generate(embeds, 12)
-    assert small.max_length >= len(ids) + 12
     assert np.array_equal(grown.ids, ort_backend.decoder_loop.generate(embeds, 12).ids)
     with pytest.raises(ValueError, match='max_new_tokens must be >= 1'):
         small.generate(embeds, 0)
@@ -252,17 +272,50 @@ def test_greedy_text_identical_ort_torch_and_generate(ort_backend, tiny_model_di
     assert len(set(reference)) >= 1 and all(reference)
 
 
-def test_backend_info(ort_backend, tiny_pruned_bundle, tiny_model_dir):
-    from ros2_gmskip.gmskip.plan import weights_sha256
+def test_backend_info(ort_backend, tiny_bundle, tiny_pruned_bundle, tiny_model_dir):
+    from ros2_gmskip.gmskip.plan import load_plan, plan_id, weights_sha256
     from ros2_gmskip.runtime.ort_backend import OrtBackend
+    from ros2_gmskip.runtime.results import BackendInfo
 
     info = ort_backend.info
-    assert info['backend'] == 'onnxruntime' and info['providers'] == ['CPUExecutionProvider']
-    assert info['model_sha256'] == weights_sha256(tiny_model_dir)
-    assert info['plan_sha256'] is None and info['blocks_removed'] == [] and info['num_layers'] == 4
+    assert isinstance(info, BackendInfo)
+    assert info.backend == 'onnxruntime' and info.details['providers'] == ['CPUExecutionProvider']
+    assert info.model_id == weights_sha256(tiny_model_dir)[:12]
+    assert info.plan_id == 'full' and info.blocks_removed == () and info.num_layers == 4
+    assert info.engine_id == sha256_file(tiny_bundle / 'manifest.json')[:12]
     pruned = OrtBackend(tiny_pruned_bundle, threads=1).info
-    assert pruned['blocks_removed'] == [1, 3] and pruned['num_layers'] == 2
-    assert len(pruned['plan_sha256']) == 64 and len(pruned['plan_id']) == 12
+    plan = load_bundle(tiny_pruned_bundle).manifest.plan
+    assert pruned.blocks_removed == (1, 3) and pruned.num_layers == 2
+    assert pruned.plan_id == plan_id(load_plan(plan.path, check_hash=False))
+    assert pruned.model_id == info.model_id and pruned.engine_id != info.engine_id
+    assert info.to_dict()['blocks_removed'] == [] and json.dumps(pruned.to_dict())
+
+
+def test_scene_json_carries_the_same_ids_on_every_backend(tiny_pruned_bundle, tiny_model_dir):
+    """A real exported bundle and the torch model it came from, through the node's pipeline."""
+    from fakes import image_msg
+    from ros2_gmskip.gmskip.plan import weights_sha256
+    from ros2_gmskip.ros.params import DescriberParams
+    from ros2_gmskip.ros.pipeline import DescriberCore
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+    from ros2_gmskip.vlm.torch_backend import TorchBackend
+
+    manifest = load_bundle(tiny_pruned_bundle).manifest
+    backends = [OrtBackend(tiny_pruned_bundle, threads=1),
+                TorchBackend(tiny_model_dir, plan=Path(manifest.plan.path), threads=1)]
+    scenes = []
+    for backend in backends:
+        outputs = []
+        core = DescriberCore(backend, DescriberParams(max_new_tokens=4), publish=outputs.append)
+        core.process(image_msg(sec=3), False)
+        scenes.append(json.loads(json.dumps(outputs[0].scene_dict())))
+    onnx, eager = scenes
+    assert onnx['model_id'] == eager['model_id'] == weights_sha256(tiny_model_dir)[:12]
+    assert onnx['plan_id'] == eager['plan_id'] == manifest.plan.plan_id
+    assert len(onnx['plan_id']) == 12
+    assert onnx['engine_id'] == sha256_file(tiny_pruned_bundle / 'manifest.json')[:12]
+    assert eager['engine_id'] == ''
+    assert onnx['text'] == eager['text']
 
 
 def test_unavailable_provider_lists_the_available_ones():
@@ -313,7 +366,8 @@ def test_factory_kinds(tiny_bundle, tiny_model_dir, monkeypatch):
         calls.append((model, plan, full, fused_weights))
         return tiny_bundle
     monkeypatch.setattr(defaults, 'ensure_bundle', ensure_bundle)
-    assert create_backend('onnxruntime', full=True, threads=1).info['bundle'] == str(tiny_bundle)
+    assert create_backend('onnxruntime', full=True,
+                          threads=1).info.details['bundle'] == str(tiny_bundle)
     assert create_backend('onnxruntime', model=tiny_model_dir, plan=None, threads=1).name
     assert create_backend('onnxruntime', fused_weights='int8', threads=1).name
     assert calls == [(None, None, True, 'fp32'), (tiny_model_dir, None, False, 'fp32'),

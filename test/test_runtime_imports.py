@@ -28,9 +28,11 @@ SCRIPT = r"""
 import json, sys
 import numpy as np
 import ros2_gmskip.runtime
-from ros2_gmskip.runtime import bundle, decode, factory, ort_backend, preprocess, tokenizer
+import ros2_gmskip.bundle_format
+from ros2_gmskip.runtime import decode, factory, ort_backend, ort_runners, preprocess, tokenizer
+from ros2_gmskip.runtime import trt_engines, trt_profiles
 import ros2_gmskip.exporters.trt_ops, ros2_gmskip.exporters.export_config
-import ros2_gmskip.verbs.export
+import ros2_gmskip.verbs.export, ros2_gmskip.verbs.describe
 backend = factory.create_backend('onnxruntime', bundle=sys.argv[1], threads=1)
 image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
 result = backend.describe(image, max_new_tokens=4)

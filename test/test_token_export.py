@@ -37,7 +37,7 @@ from ros2_gmskip.tokenskip.settings import (
 NEW = 12
 
 
-def _export(model_dir: Path, out: Path, tokens: TokenSkip, **kw) -> dict:
+def _export(model_dir: Path, out: Path, tokens: TokenSkip, **kw):
     from ros2_gmskip.exporters.onnx_export import export_bundle
     result = export_bundle(model_dir, out, tokens=tokens, validate_n=3, max_new_tokens=NEW,
                            threads=1, **kw)
@@ -103,7 +103,7 @@ def test_slot_rules():
 
 
 def test_rank_and_keep_rows():
-    from ros2_gmskip.runtime.token_decode import keep_rows, rank_image_rows
+    from ros2_gmskip.runtime.token_skip import keep_rows, rank_image_rows
     image = np.array([2, 3, 4, 5])
     scores = np.array([9.0, 9.0, 0.1, 0.5, 0.5, 0.2, 9.0])
     kept = rank_image_rows(scores, image, 2)          # 0.5 at rows 3 and 4 tie: both kept
@@ -116,19 +116,21 @@ def test_rank_and_keep_rows():
 # export + runtime
 
 def test_fastv_bundle_is_split_and_recorded(fastv_bundle):
-    from ros2_gmskip.runtime.bundle import load_bundle
+    from ros2_gmskip.bundle_format import load_bundle
     manifest = json.loads((fastv_bundle / 'manifest.json').read_text())
     assert manifest['token_skip'] == {'fastv': {'k': 2, 'r': 0.5, 'seed': 0},
                                       'kv_removal': {'ratio': 1.0, 'start_layer': 0}}
-    segs = manifest['decoder_segments']
-    assert [s['layers'] for s in segs] == [[0, 2], [2, 4]]
-    assert [s['file'] for s in segs] == ['decoder.onnx', 'decoder.1.onnx']
-    assert segs[0]['ranks'] and segs[0]['output'] == 'hidden_states'
+    segs = manifest['segments']
+    assert [(s['first'], s['stop']) for s in segs] == [(0, 2), (2, 4)]
+    assert [s['portable'] for s in segs] == ['decoder.onnx', 'decoder.1.onnx']
+    assert segs[0]['ranks'] and not segs[0]['last'] and segs[1]['last']
     assert set(manifest['graphs']) == {'vision', 'decoder', 'decoder.1'}
     assert manifest['validation']['passed']
     assert any('torch reference with FastV K=2 R=0.5' in c for c in
                manifest['validation']['checks'])
-    assert len(load_bundle(fastv_bundle).segments) == 2
+    m = load_bundle(fastv_bundle).manifest
+    assert [s.output_name for s in m.segments] == ['hidden_states', 'logits']
+    assert [s.input_name for s in m.segments] == ['inputs_embeds', 'inputs_hidden']
 
 
 @pytest.mark.parametrize('graph', ['fused', 'portable'])
@@ -143,21 +145,17 @@ def test_runtime_prunes_the_expected_number_of_tokens(fastv_bundle, scene_images
     from ros2_gmskip.runtime.ort_backend import OrtBackend
     # one token per decode run (speculative runs: test_fused_token_decode.py)
     backend = OrtBackend(fastv_bundle, threads=1, graph=graph, draft_tokens=0)
-    assert backend.info['decoder_graph'] == graph
-    loop = backend.decoder_loop
-    seen = []
-    original = loop._run
+    assert backend.info.decoder_graph == graph
+    seen = []                       # (segment's first block, new rows, cache rows after the run)
+    for runner in backend.decoder_loop.runners:
+        def prefill(rows, positions, runner=runner, original=runner.prefill):
+            seen.append((runner.segment.first, rows.shape[1], rows.shape[1]))
+            return original(rows, positions)
 
-    def spy(seg, h, positions, total, past):
-        seen.append((seg.first, h.shape[1], total))
-        return original(seg, h, positions, total, past)
-
-    loop._run = spy
-    for seg in loop.segments if graph == 'fused' else []:
-        def step_spy(seg=seg, run=seg.step.run):
-            seen.append((seg.first, 1, int(seg.total)))
-            run()
-        seg.step.run = step_spy
+        def run(rows, positions, cached, runner=runner, original=runner.run):
+            seen.append((runner.segment.first, rows.shape[1], cached + rows.shape[1]))
+            return original(rows, positions, cached)
+        runner.prefill, runner.run = prefill, run
     ids = backend.tokenizer.prompt_ids('describe the scene.')
     n_img = int((ids == backend.tokenizer.image_token_id).sum())
     T = len(ids)
@@ -197,9 +195,9 @@ def test_override_needs_the_exported_split(fastv_bundle, tiny_bundle):
 ])
 def test_other_settings_export_and_match_torch(tiny_model_dir, tmp_path, tokens, segments):
     manifest = _export(tiny_model_dir, tmp_path / 'b', tokens)     # validation = torch parity
-    assert manifest['validation']['passed']
-    assert len(manifest['decoder_segments']) == segments
-    assert TokenSkip.from_dict(manifest['token_skip']) == tokens
+    assert manifest.validation['passed']
+    assert len(manifest.segments) == segments
+    assert manifest.token_skip == tokens
 
 
 def test_plan_tokens_are_applied_unless_overridden(tiny_model_dir, tmp_path, make_plan):
@@ -210,10 +208,10 @@ def test_plan_tokens_are_applied_unless_overridden(tiny_model_dir, tmp_path, mak
     plan.write_text(json.dumps(data))
     assert plan_token_skip(plan) == TokenSkip(FastVConfig(1, 0.5))
     manifest = _export(tiny_model_dir, tmp_path / 'b', None, plan=plan)
-    assert manifest['token_skip']['fastv']['k'] == 1
-    assert [s['layers'] for s in manifest['decoder_segments']] == [[0, 1], [1, 3]]
+    assert manifest.token_skip.fastv.k == 1
+    assert [(s.first, s.stop) for s in manifest.segments] == [(0, 1), (1, 3)]
     off = _export(tiny_model_dir, tmp_path / 'c', TokenSkip(), plan=plan)
-    assert off['token_skip'] is None and len(off['decoder_segments']) == 1
+    assert off.token_skip.is_off and len(off.segments) == 1
 
 
 def test_fastv_k_beyond_the_pruned_decoder_is_refused(tiny_model_dir, tmp_path):
@@ -224,28 +222,22 @@ def test_fastv_k_beyond_the_pruned_decoder_is_refused(tiny_model_dir, tmp_path):
     assert not (tmp_path / 'b').exists()
 
 
-def test_tensorrt_refuses_token_skip_bundles(fastv_bundle):
-    from ros2_gmskip.errors import EngineError
-    from ros2_gmskip.exporters.trt_build import build_engines
-    from ros2_gmskip.runtime.bundle import load_bundle
-    bundle = load_bundle(fastv_bundle)
-    with pytest.raises(EngineError, match='token skipping .* onnxruntime backend'):
-        bundle.require_plain_decoder('the tensorrt backend')
-    with pytest.raises(EngineError, match='build-engine runs plain bundles only'):
-        build_engines(bundle, fastv_bundle.parent / 'engines')
-
-
 def test_segments_that_do_not_tile_the_decoder_are_refused(fastv_bundle, tmp_path):
     import shutil
 
+    from ros2_gmskip.bundle_format import load_bundle
     from ros2_gmskip.errors import BundleError
-    from ros2_gmskip.runtime.bundle import load_bundle
     copy = tmp_path / 'b'
     shutil.copytree(fastv_bundle, copy)
     manifest = json.loads((copy / 'manifest.json').read_text())
-    manifest['decoder_segments'][1]['layers'] = [3, 4]
+    manifest['segments'][1]['first'] = 3
     (copy / 'manifest.json').write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match='decoder_segments do not cover'):
+    with pytest.raises(BundleError, match=r'segment 1 \[3, 4\] does not follow the one before'):
+        load_bundle(copy)
+    manifest['segments'][1]['first'] = 2
+    manifest['segments'][1]['stop'] = 3
+    (copy / 'manifest.json').write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match='segments end at block 3, the decoder has 4'):
         load_bundle(copy)
 
 

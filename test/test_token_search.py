@@ -185,7 +185,10 @@ def plan_and_dir(tmp_path):
     from ros2_gmskip.gmskip.strategies import search
     folder = tmp_path / 'model'
     folder.mkdir()
-    (folder / 'model.safetensors').write_bytes(b'weights')
+    import numpy
+    from safetensors.numpy import save_file
+    save_file({'w': numpy.zeros(2, numpy.float32)}, str(folder / 'model.safetensors'))
+    (folder / 'config.json').write_text('{}')
     blocks = search(lambda r: 1.0 - 0.01 * len(r), 6, progress=False)
     return SkipPlan.from_search(blocks, folder, family='llava', metric='accuracy'), folder
 
@@ -228,7 +231,7 @@ class FakeEvaluator:
     instances: list = []
 
     def __init__(self, model_dir, samples, metric, batch_size, trust_remote_code=False,
-                 stack='decoder'):
+                 stack='decoder', object_parser=''):
         self.samples, self.metric = samples, metric
         self.num_blocks, self.family, self.evaluations = 8, 'llava', 0
         self.token_calls: list = []
@@ -264,7 +267,10 @@ def fake_calibration(monkeypatch, tmp_path):
     FakeEvaluator.instances = []
     folder = tmp_path / 'model'
     folder.mkdir()
-    (folder / 'model.safetensors').write_bytes(b'weights')
+    import numpy
+    from safetensors.numpy import save_file
+    save_file({'w': numpy.zeros(2, numpy.float32)}, str(folder / 'model.safetensors'))
+    (folder / 'config.json').write_text('{}')
     return folder
 
 
@@ -389,16 +395,34 @@ def test_evaluate_flag_errors(capsys, argv, message):
     assert message in error                                  # one line after the usage
 
 
-def test_evaluate_token_precedence():
-    from ros2_gmskip.verbs.evaluate import resolve_tokens
+def test_token_options_merge_one_way_in_every_verb():
+    import argparse
+
+    from ros2_gmskip.tokenskip.settings import resolve_token_skip
+    from ros2_gmskip.verbs import bench, describe, evaluate, export, heal, replay
+    from ros2_gmskip.verbs.token_options import token_skip_from_args
     plan = {'fastv': {'k': 2, 'r': 0.5, 'seed': 0},
             'kv_removal': {'ratio': 1.0, 'start_layer': 1}, 'search': {}}
-    assert resolve_tokens(None) == TokenSkip()
-    assert resolve_tokens(plan) == TokenSkip(FastVConfig(2, 0.5), kv_ratio=1.0, kv_start=1)
-    assert resolve_tokens(plan, fastv=FastVConfig(1, 0.25)) == TokenSkip(
+    assert resolve_token_skip(None) == TokenSkip()
+    assert resolve_token_skip(plan) == TokenSkip(FastVConfig(2, 0.5), kv_ratio=1.0, kv_start=1)
+    assert resolve_token_skip(plan, fastv=FastVConfig(1, 0.25)) == TokenSkip(
         FastVConfig(1, 0.25), kv_ratio=1.0, kv_start=1)
-    assert resolve_tokens(plan, kv_ratio=0.0) == TokenSkip(FastVConfig(2, 0.5), kv_start=1)
-    assert resolve_tokens(None, FastVConfig(3, 0.75), 0.5) == TokenSkip(FastVConfig(3, 0.75), 0.5)
+    assert resolve_token_skip(plan, kv_ratio=0.0) == TokenSkip(FastVConfig(2, 0.5), kv_start=1)
+    assert resolve_token_skip(None, FastVConfig(3, 0.75), 0.5) == TokenSkip(FastVConfig(3, 0.75),
+                                                                            0.5)
+    assert resolve_token_skip(plan, kv_start=2, use_plan=False) == TokenSkip(kv_start=2)
+    required = {export: ['--out', 'x'], heal: ['--out', 'x'], describe: ['frame.png'],
+                replay: ['bag', '--out', 'x'], evaluate: [], bench: []}
+    for verb, argv in required.items():
+        parser = argparse.ArgumentParser()
+        verb.add_arguments(parser)
+        args = parser.parse_args(argv)
+        assert token_skip_from_args(args, plan) is None, verb     # nothing given: the plan's
+        args = parser.parse_args(argv + ['--kv-start', '3', '--fastv', '1,0.5'])
+        assert token_skip_from_args(args, plan) == TokenSkip(FastVConfig(1, 0.5), kv_ratio=1.0,
+                                                             kv_start=3), verb
+        args = parser.parse_args(argv + ['--no-plan-tokens', '--kv-removal', '0.5'])
+        assert token_skip_from_args(args, plan) == TokenSkip(kv_ratio=0.5), verb
 
 
 # --- on a tiny random model -----------------------------------------------------------------
@@ -511,7 +535,7 @@ def test_torch_backend_with_tokens(tiny_model_dir, tmp_path, scene_images, make_
 
     setting = TokenSkip(fastv=FastVConfig(k=1, r=0.75), kv_ratio=1.0)
     backend = TorchBackend(tiny_model_dir, threads=1, tokens=setting)
-    assert backend.info['tokens'] == setting.to_dict()
+    assert backend.info.tokens == setting
     result = backend.describe(scene_images[0], max_new_tokens=8)
     assert isinstance(result.text, str) and 1 <= result.tokens <= 8
     lat = result.latency
@@ -525,8 +549,8 @@ def test_torch_backend_with_tokens(tiny_model_dir, tmp_path, scene_images, make_
     data['tokens'] = setting.to_dict()
     plan.write_text(json.dumps(data))
     from_plan = TorchBackend(tiny_model_dir, plan=plan, threads=1)
-    assert from_plan.info['tokens'] == setting.to_dict()
-    assert from_plan.info['blocks_removed'] == [3]
+    assert from_plan.info.tokens == setting
+    assert from_plan.info.blocks_removed == (3,)
     assert from_plan.describe(scene_images[1], max_new_tokens=4).tokens <= 4
     assert TorchBackend(tiny_model_dir, plan=plan, threads=1,
-                        tokens=TokenSkip()).info['tokens'] is None
+                        tokens=TokenSkip()).info.tokens.is_off

@@ -34,9 +34,11 @@ import types
 import numpy as np
 import pytest
 from ros2_gmskip import cli
+from ros2_gmskip.bundle_format import Bundle, load_bundle, Manifest
 from ros2_gmskip.errors import EngineError
-from ros2_gmskip.exporters import engine_manifest as em, trt_build
-from ros2_gmskip.exporters.trt_profiles import (
+from ros2_gmskip.runtime import trt_backend, trt_build, trt_engines as em
+from ros2_gmskip.runtime.trt_backend import GpuInfo
+from ros2_gmskip.runtime.trt_profiles import (
     build_profiles,
     cache_key,
     decoder_profiles,
@@ -49,9 +51,6 @@ from ros2_gmskip.exporters.trt_profiles import (
     ShapeRange,
     vision_profiles,
 )
-from ros2_gmskip.runtime import trt_backend
-from ros2_gmskip.runtime.bundle import Bundle, load_bundle
-from ros2_gmskip.runtime.trt_backend import GpuInfo
 
 L, KV, D, C, V, N_IMG, H = 2, 2, 4, 8, 11, 4, 16        # tiny decoder / vision shapes
 ORIN = GpuInfo('NVIDIA Orin', '8.7')
@@ -59,29 +58,63 @@ TRT_MISSING_LINE = ('error: TensorRT is not installed (pip/apt package python3-l
                     'tensorrt); ')
 
 
-def graphs_entry() -> dict:
+PLAIN = ((0, L, False),)                 # (first, stop, ranks) of each decoder segment
+SPLIT = ((0, 1, True), (1, L, False))    # FastV K = 1: the first segment ranks
+
+
+def _t(name, shape, dtype='float32'):
+    return {'name': name, 'shape': list(shape), 'dtype': dtype, 'atol': None}
+
+
+def graphs_entry(segments=PLAIN) -> dict:
     """Return the bundle manifest's `graphs`, as ros2_gmskip.exporters.export_config writes it."""
-    dec_in = [{'name': 'inputs_embeds', 'shape': ['batch', 'seq', C], 'dtype': 'float32'},
-              {'name': 'attention_mask', 'shape': ['batch', 'total'], 'dtype': 'int64'},
-              {'name': 'position_ids', 'shape': ['batch', 'seq'], 'dtype': 'int64'}]
-    dec_out = [{'name': 'logits', 'shape': ['batch', 'seq', V], 'dtype': 'float32'}]
-    for i in range(L):
-        for kind in ('key', 'value'):
-            dec_in.append({'name': f'past_key_values.{i}.{kind}',
-                           'shape': ['batch', KV, 'past', D], 'dtype': 'float32'})
-            dec_out.append({'name': f'present.{i}.{kind}',
-                            'shape': ['batch', KV, 'total', D], 'dtype': 'float32'})
+    graphs = {'vision': {'inputs': [_t('pixel_values', ['batch', 3, H, H])],
+                         'outputs': [_t('image_embeds', ['batch', N_IMG, C])]}}
+    for index, (first, stop, ranks) in enumerate(segments):
+        last = stop == L
+        dec_in = [_t('inputs_embeds' if first == 0 else 'inputs_hidden', ['batch', 'seq', C]),
+                  _t('attention_mask', ['batch', 'total'], 'int64'),
+                  _t('position_ids', ['batch', 'seq'], 'int64')]
+        dec_out = [_t('logits', ['batch', 'seq', V]) if last else
+                   _t('hidden_states', ['batch', 'seq', C])]
+        if ranks:
+            dec_out.append(_t('last_token_attention', ['batch', 'total']))
+        for i in range(first, stop):
+            for kind in ('key', 'value'):
+                dec_in.append(_t(f'past_key_values.{i}.{kind}', ['batch', KV, 'past', D]))
+                dec_out.append(_t(f'present.{i}.{kind}', ['batch', KV, 'total', D]))
+        graphs['decoder' if index == 0 else f'decoder.{index}'] = {'inputs': dec_in,
+                                                                   'outputs': dec_out}
+    return graphs
+
+
+def manifest_dict(files: dict, segments=PLAIN, token_skip=None) -> dict:
+    """Return a bundle manifest (format 2) for the toy shapes, listing `files` {name: sha256}."""
     return {
-        'vision': {'inputs': [{'name': 'pixel_values', 'shape': ['batch', 3, H, H],
-                               'dtype': 'float32'}],
-                   'outputs': [{'name': 'image_embeds', 'shape': ['batch', N_IMG, C],
-                                'dtype': 'float32'}]},
-        'decoder': {'inputs': dec_in, 'outputs': dec_out},
+        'format': 'ros2_gmskip/onnx-bundle@2', 'created_at': 'now',
+        'source_model': {'path': '/m', 'sha256': 'ab' * 32}, 'plan': None, 'opset': 17,
+        'files': files, 'graphs': graphs_entry(segments),
+        'tokens': {'image_token': '<image>', 'image_token_id': 1, 'num_image_tokens': N_IMG,
+                   'prompt_template': '<image> <image> <image> <image> user: {prompt} bot:',
+                   'stop_token_ids': [2], 'bos_token_id': None, 'eos_token_id': 2,
+                   'pad_token_id': None, 'add_special_tokens': False,
+                   'clean_up_tokenization_spaces': False},
+        'preprocess': {'size': [H, H], 'resample': 'bilinear', 'rescale_factor': 1 / 255,
+                       'image_mean': [0.5] * 3, 'image_std': [0.5] * 3},
+        'decoder': {'num_layers': L, 'num_heads': KV, 'num_kv_heads': KV, 'head_dim': D,
+                    'hidden_size': C, 'vocab_size': V, 'rope_theta': None, 'family': 'llava',
+                    'decoder_type': 'llama'},
+        'token_skip': token_skip,
+        'segments': [{'first': first, 'stop': stop, 'last': stop == L, 'ranks': ranks,
+                      'portable': 'decoder.onnx' if i == 0 else f'decoder.{i}.onnx',
+                      'fused': None, 'fused_prefill': None, 'fused_step': None}
+                     for i, (first, stop, ranks) in enumerate(segments)],
+        'fused': None, 'draft': None, 'validation': None, 'versions': {},
     }
 
 
-def fake_manifest() -> dict:
-    return {'graphs': graphs_entry(), 'tokens': {'num_image_tokens': N_IMG}}
+def fake_manifest() -> Manifest:
+    return Manifest.from_dict(manifest_dict({}))
 
 
 # --- profiles and names (values by hand) ------------------------------------------------------
@@ -119,12 +152,13 @@ def test_prompt_longer_than_max_prompt_is_refused_with_the_fix():
 
 
 def test_unknown_dynamic_axis_and_missing_graph_are_refused():
-    m = fake_manifest()
+    m = manifest_dict({})
     m['graphs']['vision']['inputs'][0]['shape'] = ['batch', 3, 'height', H]
     with pytest.raises(EngineError, match="'height'"):
-        vision_profiles(m, Limits())
+        vision_profiles(Manifest.from_dict(m), Limits())
+    m['graphs'].pop('decoder')
     with pytest.raises(EngineError, match='no inputs for the decoder graph'):
-        decoder_profiles({'graphs': {}}, Limits(), 10)
+        decoder_profiles(Manifest.from_dict(m), Limits(), 10)
 
 
 def test_engine_file_names_carry_the_precision():
@@ -159,31 +193,24 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_bundle(folder: Path, tokenizer: bool = False) -> Bundle:
+def write_bundle(folder: Path, tokenizer: bool = False, segments=PLAIN,
+                 token_skip=None) -> Bundle:
     """Write a bundle folder with its manifest (files hashed); the graphs are fake-ONNX JSON."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = {'vision.onnx': json.dumps(fake_onnx('vision')).encode(),
-             'decoder.onnx': json.dumps(fake_onnx('decoder')).encode()}
+    files = {'vision.onnx': json.dumps(fake_onnx('vision', segments)).encode()}
+    for i in range(len(segments)):
+        name = 'decoder' if i == 0 else f'decoder.{i}'
+        files[f'{name}.onnx'] = json.dumps(fake_onnx(name, segments)).encode()
     rng = np.random.default_rng(0)
     np.save(folder / 'embed_tokens.npy', rng.normal(size=(V, C)).astype(np.float32))
     files['embed_tokens.npy'] = (folder / 'embed_tokens.npy').read_bytes()
     files['tokenizer.json'] = make_tokenizer_json() if tokenizer else b'{}'
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    manifest = {
-        'format': 'ros2_gmskip/onnx-bundle@1',
-        'files': {name: sha(data) for name, data in files.items()},
-        'graphs': graphs_entry(),
-        'tokens': {'num_image_tokens': N_IMG, 'image_token_id': 1, 'eos_token_id': 2,
-                   'prompt_template': '<image> <image> <image> <image> user: {prompt} bot:',
-                   'add_special_tokens': False},
-        'preprocess': {'size': [H, H], 'resample': 'bilinear', 'rescale_factor': 1 / 255,
-                       'image_mean': [0.5] * 3, 'image_std': [0.5] * 3},
-        'decoder_config': {'num_layers': L, 'num_kv_heads': KV, 'head_dim': D,
-                           'hidden_size': C, 'vocab_size': V},
-    }
+    manifest = manifest_dict({name: sha(data) for name, data in files.items()}, segments,
+                             token_skip)
     (folder / 'manifest.json').write_text(json.dumps(manifest))
-    return Bundle(path=folder, manifest=manifest)
+    return load_bundle(folder)
 
 
 VOCAB = ['<unk>', '<image>', '</s>', 'user:', 'bot:', 'describe', 'the', 'scene', '.', 'a', 'car']
@@ -210,7 +237,7 @@ def built(tmp_path):
         data = f'engine {graph}'.encode()
         (engine_dir / name).write_bytes(data)
         engines[graph] = {'file': name, 'sha256': sha(data), 'source_onnx': f'{graph}.onnx',
-                          'source_onnx_sha256': bundle.manifest['files'][f'{graph}.onnx']}
+                          'source_onnx_sha256': bundle.manifest.files[f'{graph}.onnx']}
     manifest = em.make_engine_manifest(
         bundle=bundle, engines=engines, tensorrt_version='10.3.0', gpu_name=ORIN.name,
         compute_capability=(8, 7), precision='fp16',
@@ -290,13 +317,13 @@ def test_engine_file_changed_or_missing(built):
 
 def test_source_onnx_hash_must_match_the_bundle(built):
     bundle, engine_dir = built
-    manifest = json.loads(json.dumps(bundle.manifest))
+    manifest = bundle.manifest.to_dict()
     manifest['files']['decoder.onnx'] = 'f' * 64                     # bundle re-exported since
     with pytest.raises(EngineError, match=r'decoder was built from decoder.onnx .* has ffffffff'):
-        check(engine_dir, Bundle(bundle.path, manifest))
+        check(engine_dir, Bundle(bundle.path, Manifest.from_dict(manifest), 'x'))
     del manifest['files']['decoder.onnx']
     with pytest.raises(EngineError, match='no such file'):
-        check(engine_dir, Bundle(bundle.path, manifest))
+        check(engine_dir, Bundle(bundle.path, Manifest.from_dict(manifest), 'x'))
 
 
 def test_missing_corrupt_or_foreign_manifest(built, tmp_path):
@@ -373,15 +400,20 @@ def test_backend_unavailable_without_tensorrt(no_tensorrt, tmp_path):
 
 # --- a stand-in tensorrt ----------------------------------------------------------------------
 
-def fake_onnx(kind: str) -> dict:
+def fake_onnx(graph: str, segments=PLAIN) -> dict:
     """Return what the fake parser reads from a '.onnx' file: the graph's I/O (-1 = dynamic)."""
-    g = graphs_entry()[kind]
+    g = graphs_entry(segments)[graph]
 
     def spec(t):
         return {'name': t['name'], 'dtype': t['dtype'],
                 'shape': [a if isinstance(a, int) else -1 for a in t['shape']]}
-    return {'kind': kind, 'inputs': [spec(t) for t in g['inputs']],
-            'outputs': [spec(t) for t in g['outputs']], 'layers': ['MATRIX_MULTIPLY']}
+    out = {'kind': 'vision' if graph == 'vision' else 'decoder',
+           'inputs': [spec(t) for t in g['inputs']],
+           'outputs': [spec(t) for t in g['outputs']], 'layers': ['MATRIX_MULTIPLY']}
+    if graph != 'vision':
+        first, stop, ranks = segments[0 if graph == 'decoder' else int(graph.split('.')[1])]
+        out.update(first=first, stop=stop, ranks=ranks)
+    return out
 
 
 class FakeTensor:
@@ -616,6 +648,11 @@ def test_int8_needs_explicit_quantization(fake_trt, tmp_path):
     for kind in ('vision', 'decoder'):
         spec = dict(fake_onnx(kind), layers=['QUANTIZE', 'DEQUANTIZE', 'MATRIX_MULTIPLY'])
         (bundle.path / f'{kind}.onnx').write_text(json.dumps(spec))
+    manifest = json.loads((bundle.path / 'manifest.json').read_text())
+    manifest['files'].update({f'{k}.onnx': sha((bundle.path / f'{k}.onnx').read_bytes())
+                              for k in ('vision', 'decoder')})
+    (bundle.path / 'manifest.json').write_text(json.dumps(manifest))
+    bundle = load_bundle(bundle.path)
     fake_trt.state.networks.clear()
     fake_trt.state.configs.clear()
     manifest = build(bundle, tmp_path / 'out', precision='int8')
@@ -763,6 +800,13 @@ def toy_kv(embeds, positions, layer):
     return k[None].astype(np.float32), (x * (layer + 2))[None].astype(np.float32)
 
 
+def toy_attention(keys):
+    """(1, total): a softmax over the cache slots of one layer's keys (1, KV, total, D)."""
+    score = keys[0].sum(axis=(0, 2)).astype(np.float64)
+    p = np.exp(score - score.max())
+    return (p / p.sum())[None].astype(np.float32)
+
+
 def toy_logits(embeds, keys_last, mask):
     """(1, T, V) from the last layer's keys over the whole cache (1, KV, total, D), causally."""
     T, total = embeds.shape[1], keys_last.shape[2]
@@ -798,10 +842,7 @@ class FakeContext:
         s = self.shapes
         if name == 'image_embeds':
             return (s['pixel_values'][0], N_IMG, C)
-        if name == 'logits':
-            return (1, s['inputs_embeds'][1], V)
-        past = s['past_key_values.0.key'][2]
-        return (1, KV, past + s['inputs_embeds'][1], D)
+        raise AssertionError(f'the backend asks only the vision engine for shapes, not {name}')
 
     def _in(self, name, dtype=np.float32):
         return self.engine.cuda.view(self.addr[name], self.shapes[name], dtype).copy()
@@ -817,17 +858,23 @@ class FakeContext:
             emb = np.tile(np.linspace(0.1, 1, C, dtype=np.float32), (1, N_IMG, 1)) * x.mean()
             self._out('image_embeds', emb + 0.1 * np.arange(N_IMG, dtype=np.float32)[:, None])
             return True
-        embeds = self._in('inputs_embeds')
+        spec = self.engine.spec
+        rows = self._in('inputs_embeds' if spec['first'] == 0 else 'inputs_hidden')
         mask = self._in('attention_mask', np.int64)
         pos = self._in('position_ids', np.int64)
-        for i in range(L):
-            new = toy_kv(embeds, pos, i)
+        for i in range(spec['first'], spec['stop']):
+            new = toy_kv(rows, pos, i)
             for j, kind in enumerate(('key', 'value')):
                 present = np.concatenate([self._in(f'past_key_values.{i}.{kind}'), new[j]], 2)
                 self._out(f'present.{i}.{kind}', present)
-                if i == L - 1 and kind == 'key':
+                if i == spec['stop'] - 1 and kind == 'key':
                     last_keys = present
-        self._out('logits', toy_logits(embeds, last_keys, mask))
+        if spec['stop'] == L:
+            self._out('logits', toy_logits(rows, last_keys, mask))
+        else:
+            self._out('hidden_states', rows)               # the toy's residual stream: as is
+        if spec['ranks']:
+            self._out('last_token_attention', toy_attention(last_keys))
         return True
 
 
@@ -902,7 +949,7 @@ def test_backend_greedy_with_kv_ping_pong_matches_full_recompute(backend):
         expected = reference_greedy(embeds, backend.embed_table, 6 - trial, stop)
         out = backend.decoder_loop.generate(embeds, 6 - trial)
         assert out.ids.tolist() == expected, trial
-    runs = backend.decoder_loop.runner.ctx[0].engine.runs
+    runs = backend.decoder_loop.runners[0].ctx[0].engine.runs
     assert [p for p, _ in runs[:2]] == [0, 1]               # prefill (profile 0), then decode
     prefill, step = runs[0][1], runs[1][1]
     assert prefill['inputs_embeds'] == (1, 9, C) and prefill['past_key_values.0.key'][2] == 0
@@ -917,9 +964,10 @@ def test_backend_describe_and_info(backend):
     assert result.tokens == 5 and result.text                # the toy model did not stop
     lat = result.latency
     assert lat.total_ms >= lat.vision_ms >= 0 and lat.decode_tokens == 4
-    assert backend.info['backend'] == 'tensorrt' and backend.info['precision'] == 'fp16'
-    assert backend.info['engine_id'] == em.read_engine_manifest(backend.engine_dir)['cache_key']
-    with pytest.raises(EngineError, match='exceed what the engine was built for'):
+    assert backend.info.backend == 'tensorrt' and backend.info.details['precision'] == 'fp16'
+    assert backend.info.engine_id == em.read_engine_manifest(backend.engine_dir)['cache_key']
+    assert backend.info.model_id == 'ab' * 6 and backend.info.plan_id == 'full'
+    with pytest.raises(EngineError, match='exceed what engine .* was built for .*rebuild'):
         backend.describe(image, 'describe the scene.', max_new_tokens=15)   # 9 + 15 > 16+6+1
     backend.close()
     assert len(backend.fake_cuda.freed) == len(backend.fake_cuda.blocks)
@@ -937,7 +985,7 @@ def test_backend_refuses_stale_engines_unless_rebuild(fake_trt, tmp_path, monkey
     monkeypatch.setattr(trt_backend, 'gpu_info', lambda device=0: ORIN)
     b = trt_backend.TrtBackend(tmp_path / 'engines', load_bundle(bundle.path), rebuild=True)
     assert em.read_engine_manifest(tmp_path / 'engines')['tensorrt_version'] == '10.8.0'
-    assert b.info['limits'] == {'max_batch': 1, 'max_prompt': 16, 'max_new_tokens': 6}
+    assert b.info.details['limits'] == {'max_batch': 1, 'max_prompt': 16, 'max_new_tokens': 6}
 
 
 def test_backend_builds_on_first_use_and_build_only(fake_trt, tmp_path, monkeypatch):
@@ -953,9 +1001,82 @@ def test_backend_builds_on_first_use_and_build_only(fake_trt, tmp_path, monkeypa
     with pytest.raises(EngineError, match='build_only'):
         b.describe(np.zeros((8, 8, 3), np.uint8))
     b = trt_backend.TrtBackend(engine=b.engine_dir)             # bundle from the manifest
-    assert b.bundle.path == bundle.path and b.info['engine_id']
+    assert b.bundle.path == bundle.path and b.info.engine_id
     with pytest.raises(EngineError, match='needs an engine folder'):
         trt_backend.TrtBackend()
+
+
+def reference_token_skip(embeds, table, n, stop, image_rows, n_keep, retained):
+    """
+    Return greedy ids of the two-segment toy, recomputed from scratch every step.
+
+    FastV after block 0 (rank by block 0's attention over the prompt, keep `n_keep` image rows),
+    then visual KV removal in every block (only the `retained` image rows stay cached).
+    """
+    T = embeds.shape[1]
+    att = toy_attention(toy_kv(embeds, np.arange(T)[None], 0)[0])[0]
+    order = np.argsort(-att[image_rows], kind='stable')              # ties: the earlier row
+    kept = set(image_rows[order[:n_keep]].tolist())
+    rows = np.array([r for r in range(T) if r not in image_rows or r in kept])
+    cache = np.array([r for r in rows if r not in image_rows or r in retained])
+    x = embeds[:, rows]                                   # segment 0 passes rows on as they are
+    keys = toy_kv(x, rows[None], L - 1)[0]
+    token = int(toy_logits(x, keys, np.ones((1, len(rows)), np.int64))[0, -1].argmax())
+    ids = []
+    while token not in stop and len(ids) < n:
+        ids.append(token)
+        if len(ids) == n:
+            break
+        x = np.concatenate([embeds[:, cache], table[ids][None]], 1)
+        pos = np.concatenate([cache, T + np.arange(len(ids))])
+        keys = toy_kv(x, pos[None], L - 1)[0]
+        token = int(toy_logits(x[:, -1:], keys, np.ones((1, x.shape[1]), np.int64))[0, -1]
+                    .argmax())
+    return ids
+
+
+@pytest.fixture
+def skip_backend(fake_trt, tmp_path, monkeypatch):
+    """Return a TrtBackend on a FastV K=1 R=0.5 + KV removal 0.5 bundle: two segments."""
+    token_skip = {'fastv': {'k': 1, 'r': 0.5, 'seed': 0},
+                  'kv_removal': {'ratio': 0.5, 'start_layer': 0}}
+    bundle = write_bundle(tmp_path / 'bundle', tokenizer=True, segments=SPLIT,
+                          token_skip=token_skip)
+    manifest = build(bundle, tmp_path / 'engines', limits=Limits(1, 16, 6))
+    assert set(manifest['engines']) == {'vision', 'decoder', 'decoder.1'}
+    assert manifest['engines']['decoder.1']['source_onnx'] == 'decoder.1.onnx'
+    assert manifest['profiles']['decoder.1'][0]['shapes']['inputs_hidden']['max'] == [1, 16, C]
+    cuda = FakeCuda()
+    FakeRuntime.cuda = cuda
+    monkeypatch.setattr(trt_backend, 'cuda_runtime', lambda: cuda)
+    return trt_backend.TrtBackend(tmp_path / 'engines', bundle.path)
+
+
+def test_backend_runs_a_token_skipping_bundle(skip_backend):
+    """One engine per segment; FastV ranks by the engine's attention; KV removal compacts."""
+    loop = skip_backend.decoder_loop
+    assert [r.segment.name for r in loop.runners] == ['decoder', 'decoder.1']
+    assert skip_backend.info.tokens.describe() == 'FastV K=1 R=0.5, KV removal 50%'
+    assert not loop.speculative                         # one new row per decode run
+    rng = np.random.default_rng(3)
+    image_rows = np.arange(N_IMG)
+    retained = {0, 2}                                   # the stride rule keeps slots 0 and 2
+    for trial in range(3):
+        embeds = rng.normal(size=(1, 9 + trial, C)).astype(np.float32)
+        expected = reference_token_skip(embeds, skip_backend.embed_table, 5, loop.stop_ids,
+                                        image_rows, 2, retained)
+        out = loop.generate(embeds, 5, image_rows)
+        assert out.ids.tolist() == expected, trial
+    first, second = (r.ctx[0].engine.runs for r in loop.runners)
+    T = 11                                              # the last trial's prompt
+    prefill = [shapes for profile, shapes in first if profile == 0][-1]
+    assert prefill['inputs_embeds'] == (1, T, C)
+    prefill = [shapes for profile, shapes in second if profile == 0][-1]
+    assert prefill['inputs_hidden'] == (1, T - 2, C)    # FastV dropped 2 of the 4 image rows
+    step = [shapes for profile, shapes in first if profile == 1][-len(out.ids) + 1]
+    assert step['past_key_values.0.key'] == (1, KV, T - 2, D)   # KV removal: 2 visual slots
+    image = np.random.default_rng(4).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+    assert skip_backend.describe(image, 'describe the scene.', max_new_tokens=4).tokens >= 1
 
 
 # --- real TensorRT (skipped without it and a GPU) ----------------------------------------------

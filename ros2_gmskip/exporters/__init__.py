@@ -13,7 +13,10 @@
 # limitations under the License.
 
 """
-ONNX export of (GM-Skip pruned) VLMs, its validation, manifests and the TensorRT op lint.
+Export (GM-Skip pruned) VLMs to ONNX bundles, validate them, lint them for TensorRT.
+
+The bundle's layout is `ros2_gmskip.bundle_format`; TensorRT engines are built on the target by
+`ros2_gmskip.runtime.trt_build` (the node builds them on first use).
 
     from ros2_gmskip.exporters import export_bundle
     result = export_bundle(Path('models/gmskip-llava-scenes'), Path('bundles/pruned'),

@@ -21,7 +21,7 @@ tolerance validation holds it to. The exporter, the validator and the manifest a
 specs, so the graph, its check and its description cannot drift apart.
 
     config = export_config_for(model.config, num_layers=14)
-    config.decoder_inputs[0]      # TensorSpec('inputs_embeds', ('batch', 'seq', 192), 'float32')
+    config.graphs['decoder'].inputs[0]   # TensorSpec('inputs_embeds', ('batch', 'seq', 192))
 
 Supported: LLaVA (`llava`, the project's `gmskip_llava`) with a Llama / Mistral / Qwen2-style
 decoder. Torch-free: works on a transformers config object.
@@ -32,100 +32,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ros2_gmskip.bundle_format import (ATTENTION_MASK, BATCH, DecoderShape, GraphSpec,
+                                       HIDDEN_STATES, IMAGE_EMBEDS, LAST_TOKEN_ATTENTION, LOGITS,
+                                       PAST, PIXEL_VALUES, portable_file, POSITION_IDS, Segment,
+                                       SEQ, TensorSpec, TOTAL)
 from ros2_gmskip.errors import ModelLoadError
 
 DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 17, 20  # TensorRT 10.x parses opsets 9..20; below 17 lacks what we use
-
-# Dynamic axis names (also the names the ONNX graphs carry).
-BATCH, SEQ, PAST, TOTAL = 'batch', 'seq', 'past', 'total'
 
 # config.model_type of the VLM -> family name; of its decoder -> the decoder styles we export.
 SUPPORTED_FAMILIES = {'llava': 'llava', 'gmskip_llava': 'llava'}
 SUPPORTED_DECODERS = ('llama', 'mistral', 'qwen2')
 SUPPORTED_ROPE_TYPES = ('default', 'linear', 'llama3', 'yarn')   # static inv_freq: traceable
 SUPPORTED_SELECT_STRATEGIES = ('full', 'default')
-ATTENTION_EXTRAS = ('q_norm', 'k_norm', 'sinks')   # attention parts no exported graph implements
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output: name, axes (int = fixed, str = dynamic axis name), dtype."""
-
-    name: str
-    axes: tuple[int | str, ...]
-    dtype: str = 'float32'
-    atol: float | None = None        # outputs only: max |onnx - torch| validation accepts
-
-    @property
-    def dynamic_axes(self) -> dict[int, str]:
-        return {i: a for i, a in enumerate(self.axes) if isinstance(a, str)}
-
-    def to_dict(self) -> dict:
-        d = {'name': self.name, 'shape': list(self.axes), 'dtype': self.dtype}
-        if self.atol is not None:
-            d['atol'] = self.atol
-        return d
-
-
-@dataclass(frozen=True)
-class DecoderShape:
-    """What the decoder graph's shapes depend on (after pruning)."""
-
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    hidden_size: int
-    vocab_size: int
-    rope_theta: float | None
-
-
-@dataclass(frozen=True)
-class DecoderSegment:
-    """
-    One decoder graph: blocks [first, stop) of the (pruned) decoder.
-
-    A bundle without token skipping has one segment (decoder.onnx: embeddings -> logits). FastV
-    and KV removal from a layer split the decoder there (see onnx_export.py for why): the first
-    segment reads `inputs_embeds`, later ones `inputs_hidden` (the previous segment's
-    `hidden_states`); only the last ends in `logits`; the segment that ends at FastV's K also
-    outputs `last_token_attention`.
-    """
-
-    file: str
-    first: int
-    stop: int
-    last: bool
-    ranks: bool                       # outputs last_token_attention (FastV ranks by it)
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    @property
-    def name(self) -> str:
-        return self.file[:-len('.onnx')]
-
-    @property
-    def input_name(self) -> str:
-        return self.inputs[0].name
-
-    @property
-    def output_name(self) -> str:
-        return self.outputs[0].name
-
-    def to_manifest(self) -> dict:
-        return {'file': self.file, 'layers': [self.first, self.stop], 'input': self.input_name,
-                'output': self.output_name, 'ranks': self.ranks}
-
-
-def segment_file(index: int) -> str:
-    """decoder.onnx, decoder.1.onnx, decoder.2.onnx, ..."""
-    return 'decoder.onnx' if index == 0 else f'decoder.{index}.onnx'
 
 
 @dataclass
 class ExportConfig:
-    """The two graphs of a VLM bundle: vision (pixels -> image embeddings), decoder (with KV)."""
+    """
+    Declare a VLM bundle's graphs: vision, and the decoder's segments with their KV tensors.
+
+    A bundle without token skipping has one segment (decoder.onnx: embeddings -> logits). FastV
+    and KV removal from a layer split the decoder there (`splits`; onnx_export.py says why).
+    """
 
     family: str
     decoder_type: str
@@ -138,13 +68,10 @@ class ExportConfig:
     embeds_atol: float = 1e-4
     hidden_atol: float = 1e-3        # between decoder segments (residual stream, unnormalised)
     attention_atol: float = 1e-5     # probabilities
-    vision_inputs: list[TensorSpec] = field(init=False)
-    vision_outputs: list[TensorSpec] = field(init=False)
     splits: tuple[int, ...] = ()     # decoder split before these blocks (token skipping)
     rank_at: int | None = None       # FastV K: the segment ending here outputs attention
-    decoder_inputs: list[TensorSpec] = field(init=False)
-    decoder_outputs: list[TensorSpec] = field(init=False)
-    segments: list[DecoderSegment] = field(init=False)
+    segments: list[Segment] = field(init=False)
+    graphs: dict[str, GraphSpec] = field(init=False)     # vision and each segment's name
 
     def __post_init__(self) -> None:
         if not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -153,9 +80,6 @@ class ExportConfig:
                                  '(TensorRT 10 parses up to opset 20)')
         d = self.decoder
         H, W = self.image_size
-        self.vision_inputs = [TensorSpec('pixel_values', (BATCH, 3, H, W))]
-        self.vision_outputs = [TensorSpec('image_embeds', (BATCH, self.num_image_tokens,
-                                                           d.hidden_size), atol=self.embeds_atol)]
         bad = [b for b in self.splits if not 0 < b < d.num_layers]
         if bad or list(self.splits) != sorted(set(self.splits)):
             raise ModelLoadError(f'decoder splits {list(self.splits)} must be increasing block '
@@ -163,50 +87,32 @@ class ExportConfig:
         if self.rank_at is not None and self.rank_at not in self.splits:
             raise ModelLoadError(f'FastV K={self.rank_at} must be one of the splits')
         bounds = [0, *self.splits, d.num_layers]
-        self.segments = [self._segment(i, first, stop, stop == d.num_layers)
+        self.segments = [Segment(first=first, stop=stop, last=stop == d.num_layers,
+                                 ranks=self.rank_at == stop, portable=portable_file(i))
                          for i, (first, stop) in enumerate(zip(bounds, bounds[1:]))]
-        self.decoder_inputs = list(self.segments[0].inputs)
-        self.decoder_outputs = list(self.segments[0].outputs)
+        self.graphs = {'vision': GraphSpec(
+            inputs=(TensorSpec(PIXEL_VALUES, (BATCH, 3, H, W)),),
+            outputs=(TensorSpec(IMAGE_EMBEDS, (BATCH, self.num_image_tokens, d.hidden_size),
+                                atol=self.embeds_atol),))}
+        self.graphs.update({seg.name: self._graph(seg) for seg in self.segments})
 
-    def _segment(self, index: int, first: int, stop: int, last: bool) -> DecoderSegment:
+    def _graph(self, seg: Segment) -> GraphSpec:
+        """Return a segment's portable graph interface."""
         d = self.decoder
         kv_past = (BATCH, d.num_kv_heads, PAST, d.head_dim)
         kv_total = (BATCH, d.num_kv_heads, TOTAL, d.head_dim)
         hidden = (BATCH, SEQ, d.hidden_size)
-        inputs = [
-            TensorSpec('inputs_embeds' if first == 0 else 'inputs_hidden', hidden),
-            TensorSpec('attention_mask', (BATCH, TOTAL), 'int64'),     # total = past + seq
-            TensorSpec('position_ids', (BATCH, SEQ), 'int64'),
-        ]
-        outputs = [TensorSpec('logits', (BATCH, SEQ, d.vocab_size), atol=self.logits_atol)
-                   if last else TensorSpec('hidden_states', hidden, atol=self.hidden_atol)]
-        ranks = self.rank_at == stop
-        if ranks:
-            outputs.append(TensorSpec('last_token_attention', (BATCH, TOTAL),
+        inputs = [TensorSpec(seg.input_name, hidden),
+                  TensorSpec(ATTENTION_MASK, (BATCH, TOTAL), 'int64'),     # total = past + seq
+                  TensorSpec(POSITION_IDS, (BATCH, SEQ), 'int64')]
+        outputs = [TensorSpec(LOGITS, (BATCH, SEQ, d.vocab_size), atol=self.logits_atol)
+                   if seg.last else TensorSpec(HIDDEN_STATES, hidden, atol=self.hidden_atol)]
+        if seg.ranks:
+            outputs.append(TensorSpec(LAST_TOKEN_ATTENTION, (BATCH, TOTAL),
                                       atol=self.attention_atol))
-        for i in range(first, stop):
-            for kind in ('key', 'value'):
-                inputs.append(TensorSpec(past_name(i, kind), kv_past))
-                outputs.append(TensorSpec(present_name(i, kind), kv_total, atol=self.kv_atol))
-        return DecoderSegment(file=segment_file(index), first=first, stop=stop, last=last,
-                              ranks=ranks, inputs=tuple(inputs), outputs=tuple(outputs))
-
-    def graphs(self) -> dict[str, dict[str, list[dict]]]:
-        """Return the manifest's `graphs` entry: vision, then one entry per decoder segment."""
-        out = {'vision': {'inputs': [s.to_dict() for s in self.vision_inputs],
-                          'outputs': [s.to_dict() for s in self.vision_outputs]}}
-        for seg in self.segments:
-            out[seg.name] = {'inputs': [s.to_dict() for s in seg.inputs],
-                             'outputs': [s.to_dict() for s in seg.outputs]}
-        return out
-
-
-def past_name(layer: int, kind: str) -> str:
-    return f'past_key_values.{layer}.{kind}'
-
-
-def present_name(layer: int, kind: str) -> str:
-    return f'present.{layer}.{kind}'
+        inputs += [TensorSpec(name, kv_past) for name in seg.past_names()]
+        outputs += [TensorSpec(name, kv_total, atol=self.kv_atol) for name in seg.present_names()]
+        return GraphSpec(inputs=tuple(inputs), outputs=tuple(outputs))
 
 
 def _get(config: Any, name: str, default: Any = None) -> Any:
@@ -292,7 +198,7 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
         head_dim=_get(text, 'head_dim') or hidden // heads,
         hidden_size=hidden,
         vocab_size=_get(text, 'vocab_size'),
-        rope_theta=rope.get('rope_theta'))
+        rope_theta=rope.get('rope_theta'), family=family, decoder_type=decoder_type)
     return ExportConfig(family=family, decoder_type=decoder_type, image_size=tuple(image_size),
                         num_image_tokens=num_image_tokens, decoder=shape, opset=opset,
                         splits=tuple(splits), rank_at=rank_at)

@@ -15,7 +15,7 @@
 """
 A second, ONNX Runtime-only decoder graph, built straight from the weights with ORT's fused ops.
 
-    entry = build_fused_decoder(model, Path('bundle/decoder.fused.onnx'), max_length=256)
+    nodes, ops = build_fused_graph(model, Path('bundle/decoder.fused.onnx'), 256, segment)
     reason = fused_unsupported(model)       # None, or why this model gets no fused graph
 
 Why a second graph
@@ -33,12 +33,12 @@ Concat. This graph is what onnxruntime-genai builds for LLMs, for the same reaso
                SkipSimplifiedLayerNormalization (residual add + next norm)
     MatMul lm_head (every row: all_logits) -> last position (logits)
 
-10 nodes per block instead of ~32, and no KV copies: the runtime (runtime/fused_decode.py) binds
+10 nodes per block instead of ~32, and no KV copies: the runtime (ort_runners.FusedRunner) binds
 one buffer per layer and kind, (1, kv_heads, max_length, head_dim), as both `past` and `present`,
 so GroupQueryAttention appends the new rows in place. Measured on the 2-core CPU (10-block pruned
 default model, 1 thread, `ros2-gmskip bench --rounds 3`: ort_pruned vs ort_pruned_portable):
 decode 32.5 -> 19.6 ms per frame (~16 tokens), frame 48.4 -> 35.6 ms, identical text
-(bench/results/bench.json; the step binding of runtime/fused_decode.py included). What a decode
+(bench/results/bench.json; the step binding of runtime/ort_runners.py included). What a decode
 step still costs is the weights themselves: 41 matrix-vector products stream ~18 MB of fp32
 weights per token (~60 % of the step in ONNX Runtime's profile).
 
@@ -53,30 +53,32 @@ Inputs:  inputs_embeds (1, T, C) float32, seqlens_k (1,) int32 = past + T - 1,
 Outputs: logits (1, 1, V) of the last position, all_logits (1, T, V) of every new row (a
          speculative decode run reads one per drafted token, runtime/draft.py; a 42-token lm_head
          over 70 rows is ~1 MFLOP), present.{i}.key/value (the same buffers).
-Batch 1 only: that is how the runtime decodes (one camera frame per request).
+Batch 1 only: that is how the runtime decodes (one camera frame per request). The block's
+weights and constants come from the same helpers the portable graphs' block uses
+(vlm/llama_block.py: `qkv_weight`, `gate_up_weight`, `rms_eps`, `rope_inv_freq`).
 
 Token skipping (a bundle exported with FastV / visual KV removal)
 ------------------------------------------------------------------
 GroupQueryAttention's own RoPE takes each new row's position from the cache length. FastV keeps
 the original positions of the rows it keeps, and KV removal shortens the cache under them, so in
 a token-skipping bundle both would be wrong. Such a bundle gets one fused graph per decoder.onnx
-segment (`build_fused_segments`: decoder.fused.onnx, decoder.fused.1.onnx, ...: the same blocks,
+segment (rotation 'explicit': decoder.fused.onnx, decoder.fused.1.onnx, ...: the same blocks,
 input and output names) with explicit positions: an input `position_ids` (1, seq) int64, q|k|v
 split and rotated by ONNX RotaryEmbedding (opset 23), then GroupQueryAttention with do_rotary=0
 (3 more nodes per block). Each segment keeps its own cache length in `seqlens_k`. The segment
 that ends at FastV's K also outputs `last_query`, the rotated query of its last block at the last
 position, so the runtime can rank the image tokens from it and the cached keys
-(runtime/fused_token_decode.py). Why segments rather than pruning inside one graph: as for
+(runtime/token_skip.py). Why segments rather than pruning inside one graph: as for
 decoder.onnx (exporters/onnx_export.py). A decode step adds one row at a known position, which
 GroupQueryAttention's own RoPE handles when given `position_ids` (it cannot rotate a pruned
 prompt: it assumes consecutive positions), so the quantized decode-step graphs of such a bundle
-are built that way (`step_graph`), 10 nodes per block again; the fp32 bundle keeps one graph per
+are built that way (rotation 'step'), 10 nodes per block again; the fp32 bundle keeps one graph per
 segment for prefill and steps, so as not to hold the weights twice.
 
 Quantized graphs (`export --fused-weights int4|int8`)
 ----------------------------------------------------
 Since a decode step is weight streaming, fewer weight bytes are the remaining lever on a CPU.
-`quantize_decode_graph` rewrites every MatMul of the fused graph as com.microsoft.MatMulNBits
+`quantize_step_graph` rewrites every MatMul of the fused graph as com.microsoft.MatMulNBits
 (ONNX Runtime's weight-only quantizer: symmetric, blocks of 32 along the input axis, int8
 activations inside the kernel: accuracy_level 4) into the decode-step graph. The prefill is a
 70-row GEMM, compute-bound: MatMulNBits made it slower on this AVX2 core (no VNNI), so it gets its
@@ -94,25 +96,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from ros2_gmskip.exporters.export_config import (
-    ATTENTION_EXTRAS,
-    attention_windows,
-    SUPPORTED_ROPE_TYPES,
-)
+from ros2_gmskip.bundle_format import (ALL_LOGITS, LAST_QUERY, LOGITS, past_name, POSITION_IDS,
+                                       present_name, Segment, SEQLENS_K, TOTAL_SEQUENCE_LENGTH,
+                                       WEIGHTS)
+from ros2_gmskip.exporters.export_config import attention_windows, SUPPORTED_ROPE_TYPES
 
-FUSED_DECODER = 'decoder.fused.onnx'
-WEIGHTS = ('fp32', 'int8', 'int4')        # --fused-weights: the decode-step graph's MatMul weights
 QUANT_BLOCK_SIZE = 32
 QUANT_ACCURACY_LEVEL = 4                   # MatMulNBits computes with int8 activations
 MIN_QUANTIZED_AGREEMENT = 0.8              # greedy texts identical to generate, share of scenes
 OPSET = 23                         # RMSNormalization; the contrib ops live in com.microsoft v1
 NORMS = ('LlamaRMSNorm', 'MistralRMSNorm', 'Qwen2RMSNorm')
-# The token-skipping segment ending at FastV's K also outputs its last block's rotated query at
-# the last position (1, 1, H*d): the runtime ranks the image tokens by it.
-RANK_OUTPUT = 'last_query'
-# The last graph's logits at every new row (1, seq, V), next to `logits` (the last row): a
-# speculative decode run checks one drafted token per row (runtime/draft.py).
-ALL_LOGITS = 'all_logits'
+# How a graph rotates q and k: at the cache length (a plain bundle), at `position_ids` with ONNX
+# RotaryEmbedding (token skipping: pruned rows keep their positions), or at `position_ids` inside
+# GroupQueryAttention (a token-skipping segment's decode steps: one new row at a known position).
+ROTATIONS = ('cache', 'explicit', 'step')
 
 
 def _text(model):
@@ -120,7 +117,9 @@ def _text(model):
 
 
 def fused_unsupported(model) -> str | None:
-    """Why `model`'s decoder cannot be written as the fused graph, or None if it can."""
+    """Return why `model`'s decoder cannot be written as the fused graph, or None if it can."""
+    from ros2_gmskip.vlm.llama_block import gate_up_weight, unsupported_block
+
     text = _text(model)
     cfg = text.config
     if any(attention_windows(cfg, len(text.layers))):
@@ -134,14 +133,14 @@ def fused_unsupported(model) -> str | None:
         return f'rope_type {rotary.rope_type!r} changes with the sequence length'
     for i, block in enumerate(text.layers):
         attn, mlp = block.self_attn, block.mlp
-        extra = [n for n in ATTENTION_EXTRAS if hasattr(attn, n)]
-        if extra:
-            return f'block {i} has attention parts {extra}'
+        reason = unsupported_block(block)
+        if reason:
+            return f'block {i} has {reason}'
         norms = {type(block.input_layernorm).__name__,
                  type(block.post_attention_layernorm).__name__}
         if not norms <= set(NORMS):
             return f'block {i} norms {sorted(norms)} are not a Llama-style RMSNorm'
-        if not all(hasattr(mlp, n) for n in ('gate_proj', 'up_proj', 'down_proj')):
+        if gate_up_weight(mlp) is None:
             return f'block {i} MLP is not gated (gate/up/down)'
         act = getattr(getattr(mlp, 'config', cfg), 'hidden_act', None)
         if act not in ('silu', 'swish'):
@@ -175,64 +174,60 @@ class _Graph:
         return outputs
 
 
-def _eps(norm) -> float:
-    return float(getattr(norm, 'variance_epsilon', getattr(norm, 'eps', 1e-6)))
-
-
-def build_fused_decoder(model, path: Path, max_length: int, segment=None,
-                        step_graph: bool = False) -> dict:
+def build_fused_graph(model, path: Path, max_length: int, segment: Segment,
+                      rotation: str = 'cache') -> tuple[int, list[str]]:
     """
-    Write the fused decoder of `model` (already pruned) to `path`; -> its manifest entry.
+    Write the fused graph of `segment`'s blocks of `model` (already pruned); return (nodes, ops).
 
     `max_length`: the KV buffers' and RoPE tables' length (prompt + generated tokens); the
-    runtime decodes longer requests with decoder.onnx. `segment` (an export_config
-    DecoderSegment): write only its blocks, with explicit positions, as the token-skipping graphs
-    need (see "Token skipping" above). `step_graph` (with `segment`): the segment's decode-step
-    graph instead: GroupQueryAttention rotates with the given `position_ids` itself (right for one
-    new row, not for a pruned prompt), 10 nodes per block as the plain graph, no `last_query`.
+    runtime decodes longer requests with the portable graphs. `rotation` (ROTATIONS): 'cache'
+    for a plain bundle's one segment; 'explicit' for a token-skipping segment (see "Token
+    skipping" above; the ranking segment also outputs `last_query`); 'step' for a
+    token-skipping segment's decode-step graph (10 nodes per block, as 'cache').
     Raises ValueError if `fused_unsupported(model)` names a reason.
     """
     import onnx
     from onnx import helper, TensorProto
+    from ros2_gmskip.vlm.llama_block import gate_up_weight, qkv_weight, rms_eps, rope_inv_freq
     import torch
 
     reason = fused_unsupported(model)
     if reason:
         raise ValueError(f'no fused decoder for this model: {reason}')
+    if rotation not in ROTATIONS:
+        raise ValueError(f'rotation must be one of {", ".join(ROTATIONS)}, got {rotation!r}')
     text = _text(model)
     cfg = text.config
     H = cfg.num_attention_heads
     KV = cfg.num_key_value_heads or H
     d = getattr(cfg, 'head_dim', None) or cfg.hidden_size // H
     C, V = cfg.hidden_size, model.lm_head.out_features
-    first, stop = (0, len(text.layers)) if segment is None else (segment.first, segment.stop)
-    last = stop == len(text.layers)
-    explicit = segment is not None and not step_graph
+    first, stop, last = segment.first, segment.stop, segment.last
+    explicit = rotation == 'explicit'
     ranks = explicit and segment.ranks
     g = _Graph()
 
     # RoPE tables (max_length, d/2) from the model's own inverse frequencies and scaling.
-    rotary = text.rotary_emb
-    scale = float(getattr(rotary, 'attention_scaling', 1.0))
+    inv_freq, scale = rope_inv_freq(text.rotary_emb)
     angles = np.arange(max_length, dtype=np.float64)[:, None] * \
-        rotary.inv_freq.detach().double().cpu().numpy()[None]
+        inv_freq.double().cpu().numpy()[None]
     g.weight('cos_cache', np.cos(angles) * scale)
     g.weight('sin_cache', np.sin(angles) * scale)
 
-    input_name = 'inputs_embeds' if segment is None else segment.input_name
+    input_name = segment.input_name
     inputs = [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 'seq', C])]
-    if segment is not None:
-        inputs.append(helper.make_tensor_value_info('position_ids', TensorProto.INT64,
+    if rotation != 'cache':
+        inputs.append(helper.make_tensor_value_info(POSITION_IDS, TensorProto.INT64,
                                                     [1, 'seq']))
-    inputs += [helper.make_tensor_value_info('seqlens_k', TensorProto.INT32, [1]),
-               helper.make_tensor_value_info('total_sequence_length', TensorProto.INT32, [])]
-    outputs = [helper.make_tensor_value_info('logits', TensorProto.FLOAT, [1, 1, V]) if last
+    inputs += [helper.make_tensor_value_info(SEQLENS_K, TensorProto.INT32, [1]),
+               helper.make_tensor_value_info(TOTAL_SEQUENCE_LENGTH, TensorProto.INT32, [])]
+    outputs = [helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, [1, 1, V]) if last
                else helper.make_tensor_value_info(segment.output_name, TensorProto.FLOAT,
                                                   [1, 'seq', C])]
     if last:
         outputs.append(helper.make_tensor_value_info(ALL_LOGITS, TensorProto.FLOAT, [1, 'seq', V]))
     if ranks:
-        outputs.append(helper.make_tensor_value_info(RANK_OUTPUT, TensorProto.FLOAT,
+        outputs.append(helper.make_tensor_value_info(LAST_QUERY, TensorProto.FLOAT,
                                                      [1, 1, H * d]))
     kv_shape = [1, KV, max_length, d]
     with torch.no_grad():
@@ -243,22 +238,20 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
             norm_w = g.weight(f'l{i}.input_norm.weight', block.input_layernorm.weight)
             if pending is None:
                 g.node('RMSNormalization', [residual, norm_w], [f'l{i}.x'], axis=-1,
-                       epsilon=_eps(block.input_layernorm))
+                       epsilon=rms_eps(block.input_layernorm))
             else:                                   # residual add of the previous block + norm
                 g.node('SkipSimplifiedLayerNormalization', [pending, residual, norm_w],
                        [f'l{i}.x', '', '', f'l{i}.h'], 'com.microsoft',
-                       epsilon=_eps(block.input_layernorm))
+                       epsilon=rms_eps(block.input_layernorm))
                 residual = f'l{i}.h'
-            projs = (attn.q_proj, attn.k_proj, attn.v_proj)
-            qkv = g.node('MatMul', [f'l{i}.x', g.weight(f'l{i}.qkv.weight', torch.cat(
-                [p.weight for p in projs]).T)], [f'l{i}.qkv'])[0]
-            if any(p.bias is not None for p in projs):           # Qwen2: q/k/v biases
-                bias = torch.cat([p.bias if p.bias is not None else torch.zeros(p.out_features)
-                                  for p in projs])
+            weight, bias = qkv_weight(attn)
+            qkv = g.node('MatMul', [f'l{i}.x', g.weight(f'l{i}.qkv.weight', weight.T)],
+                         [f'l{i}.qkv'])[0]
+            if bias is not None:                                  # Qwen2: q/k/v biases
                 qkv = g.node('Add', [qkv, g.weight(f'l{i}.qkv_bias.weight', bias)],
                              [f'l{i}.qkv_b'])[0]
-            past = [f'past_key_values.{i}.key', f'past_key_values.{i}.value']
-            present = [f'present.{i}.key', f'present.{i}.value']
+            past = [past_name(i, 'key'), past_name(i, 'value')]
+            present = [present_name(i, 'key'), present_name(i, 'value')]
             inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape) for n in past]
             outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, kv_shape)
                         for n in present]
@@ -266,20 +259,20 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
                 sizes = g.weight(f'l{i}.qkv_sizes', [H * d, KV * d, KV * d], np.int64)
                 q, k, v = g.node('Split', [qkv, sizes], [f'l{i}.q', f'l{i}.k', f'l{i}.v'],
                                  axis=-1)
-                q = g.node('RotaryEmbedding', [q, 'cos_cache', 'sin_cache', 'position_ids'],
+                q = g.node('RotaryEmbedding', [q, 'cos_cache', 'sin_cache', POSITION_IDS],
                            [f'l{i}.q_rot'], num_heads=H, interleaved=0)[0]
-                k = g.node('RotaryEmbedding', [k, 'cos_cache', 'sin_cache', 'position_ids'],
+                k = g.node('RotaryEmbedding', [k, 'cos_cache', 'sin_cache', POSITION_IDS],
                            [f'l{i}.k_rot'], num_heads=KV, interleaved=0)[0]
-                g.node('GroupQueryAttention', [q, k, v, *past, 'seqlens_k',
-                                               'total_sequence_length'],
+                g.node('GroupQueryAttention', [q, k, v, *past, SEQLENS_K,
+                                               TOTAL_SEQUENCE_LENGTH],
                        [f'l{i}.attn', *present], 'com.microsoft', num_heads=H, kv_num_heads=KV,
                        do_rotary=0, scale=float(attn.scaling))
                 if ranks and i == stop - 1:                       # FastV ranks by this query
-                    _last_position(g, q, RANK_OUTPUT)
+                    _last_position(g, q, LAST_QUERY)
             else:                            # positions from the cache length, or the given ones
-                given = ['position_ids'] if step_graph else []
+                given = [POSITION_IDS] if rotation == 'step' else []
                 g.node('GroupQueryAttention',
-                       [qkv, '', '', *past, 'seqlens_k', 'total_sequence_length', 'cos_cache',
+                       [qkv, '', '', *past, SEQLENS_K, TOTAL_SEQUENCE_LENGTH, 'cos_cache',
                         'sin_cache', *given], [f'l{i}.attn', *present], 'com.microsoft',
                        num_heads=H, kv_num_heads=KV, do_rotary=1, rotary_interleaved=0,
                        scale=float(attn.scaling))
@@ -289,10 +282,10 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
                    [f'l{i}.o', residual, g.weight(f'l{i}.post_norm.weight',
                                                   block.post_attention_layernorm.weight)],
                    [f'l{i}.x2', '', '', f'l{i}.h2'], 'com.microsoft',
-                   epsilon=_eps(block.post_attention_layernorm))
+                   epsilon=rms_eps(block.post_attention_layernorm))
             residual = f'l{i}.h2'
-            g.node('MatMul', [f'l{i}.x2', g.weight(f'l{i}.gate_up.weight', torch.cat(
-                [mlp.gate_proj.weight, mlp.up_proj.weight]).T)], [f'l{i}.gu'])
+            g.node('MatMul', [f'l{i}.x2', g.weight(f'l{i}.gate_up.weight',
+                                                   gate_up_weight(mlp).T)], [f'l{i}.gu'])
             g.node('Split', [f'l{i}.gu'], [f'l{i}.gate', f'l{i}.up'], axis=-1, num_outputs=2)
             g.node('QuickGelu', [f'l{i}.gate'], [f'l{i}.act'], 'com.microsoft', alpha=1.0)
             g.node('Mul', [f'l{i}.act', f'l{i}.up'], [f'l{i}.mlp'])
@@ -304,10 +297,10 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
         else:
             g.node('SkipSimplifiedLayerNormalization',
                    [pending, residual, g.weight('norm.weight', text.norm.weight)], ['normed'],
-                   'com.microsoft', epsilon=_eps(text.norm))
+                   'com.microsoft', epsilon=rms_eps(text.norm))
             g.node('MatMul', ['normed', g.weight('lm_head.weight', model.lm_head.weight.T)],
                    [ALL_LOGITS])                   # every row: speculative decoding checks them
-            _last_position(g, ALL_LOGITS, 'logits')
+            _last_position(g, ALL_LOGITS, LOGITS)
 
     graph = helper.make_graph(g.nodes, 'ros2_gmskip_fused_decoder', inputs, outputs,
                               g.initializers)
@@ -316,63 +309,22 @@ def build_fused_decoder(model, path: Path, max_length: int, segment=None,
                               producer_name='ros2_gmskip')
     proto.ir_version = 10
     onnx.save(proto, str(path))
-    entry = {'file': Path(path).name, 'max_length': int(max_length), 'opset': OPSET,
-             'num_layers': len(text.layers), 'nodes': len(g.nodes),
-             'ops': sorted({n.op_type for n in g.nodes})}
-    if segment is not None:
-        entry.update({'layers': [first, stop], 'input': input_name,
-                      'output': 'logits' if last else segment.output_name, 'ranks': ranks})
-    return entry
+    return len(g.nodes), sorted({n.op_type for n in g.nodes})
 
 
 def _last_position(g: _Graph, name: str, out: str) -> None:
-    """`out` = `name`[:, -1:] (the last position of a (1, seq, n) tensor)."""
+    """Add `out` = `name`[:, -1:] (the last position of a (1, seq, n) tensor)."""
     for const, value in (('last_start', [-1]), ('last_end', [2 ** 62]), ('seq_axis', [1])):
         if not any(t.name == const for t in g.initializers):
             g.weight(const, value, np.int64)
     g.node('Slice', [name, 'last_start', 'last_end', 'seq_axis'], [out])
 
 
-def fused_segment_file(index: int) -> str:
-    """Return decoder.fused.onnx, decoder.fused.1.onnx, ...: one graph per decoder.onnx segment."""
-    return FUSED_DECODER if index == 0 else FUSED_DECODER.replace('.onnx', f'.{index}.onnx')
-
-
-def build_fused_segments(model, folder: Path, max_length: int, segments) -> dict:
+def quantize_step_graph(source: Path, out: Path, weights: str) -> int:
     """
-    Write the token-skipping variant: one explicit-position fused graph per decoder segment.
+    Write the `weights` ('int8' | 'int4') copy of a fused graph to `out` (MatMulNBits).
 
-    The graphs (the same blocks, input and output names as decoder.onnx's segments) go to
-    `folder`; -> the manifest entry: the first graph's fields plus 'positions': 'explicit',
-    'attention_scale' and 'segments' (one entry per graph: file, layers, input, output, ranks).
-    """
-    entries = [build_fused_decoder(model, Path(folder) / fused_segment_file(i), max_length, seg)
-               for i, seg in enumerate(segments)]
-    attn = _text(model).layers[0].self_attn
-    per_segment = ('layers', 'input', 'output', 'ranks')
-    entry = {k: v for k, v in entries[0].items() if k not in per_segment}
-    entry.update({'nodes': sum(e['nodes'] for e in entries),
-                  'ops': sorted({op for e in entries for op in e['ops']}),
-                  'positions': 'explicit', 'attention_scale': float(attn.scaling),
-                  'segments': [{k: e[k] for k in ('file', 'layers', 'input', 'output', 'ranks')}
-                               for e in entries]})
-    return entry
-
-
-def decode_graph_file(weights: str, fused_file: str = FUSED_DECODER) -> str:
-    """
-    Return the file name of the quantized decode-step copy of `fused_file`.
-
-    E.g. decoder.fused.int4.onnx (decoder.fused.1.int4.onnx for a second token-skipping segment).
-    """
-    return fused_file.replace('.onnx', f'.{weights}.onnx')
-
-
-def quantize_decode_graph(fused_path: Path, weights: str, out_name: str | None = None) -> dict:
-    """
-    Write the `weights` ('int8' | 'int4') copy of the fused graph beside it (MatMulNBits).
-
-    It is named `out_name` (default decode_graph_file); -> the manifest fields that describe it.
+    Return how many MatMuls it quantized.
     """
     import logging
 
@@ -382,52 +334,40 @@ def quantize_decode_graph(fused_path: Path, weights: str, out_name: str | None =
     if weights not in WEIGHTS[1:]:
         raise ValueError(f'fused decoder weights must be one of {", ".join(WEIGHTS)}, got '
                          f'{weights!r}')
-    bits = int(weights[3:])
     quiet = logging.getLogger('onnxruntime.quantization.matmul_nbits_quantizer')
     level = quiet.level
     quiet.setLevel(logging.WARNING)                        # one INFO line per MatMul otherwise
     try:
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(fused_path)), bits=bits,
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(source)), bits=int(weights[3:]),
                                          block_size=QUANT_BLOCK_SIZE, is_symmetric=True,
                                          accuracy_level=QUANT_ACCURACY_LEVEL)
         quantizer.process()
     finally:
         quiet.setLevel(level)
-    out = Path(fused_path).with_name(out_name or decode_graph_file(weights,
-                                                                   Path(fused_path).name))
     onnx.save(quantizer.model.model, str(out))
-    quantized = sum(n.op_type == 'MatMulNBits' for n in quantizer.model.model.graph.node)
-    return {'decode_file': out.name, 'decode_weights': weights,
-            'quantization': quantize_settings(weights, quantized)}
+    return sum(n.op_type == 'MatMulNBits' for n in quantizer.model.model.graph.node)
 
 
-def prefill_graph_file(fused_file: str = FUSED_DECODER) -> str:
-    """File name of the int8 prefill copy of `fused_file`, e.g. decoder.fused.prefill.int8.onnx."""
-    return fused_file.replace('.onnx', '.prefill.int8.onnx')
-
-
-def quantize_prefill_graph(fused_path: Path) -> str:
+def quantize_prefill_graph(source: Path, out: Path) -> None:
     """
-    Write the prefill copy of the fused graph beside it, MatMuls as dynamic int8.
+    Write the prefill copy of a fused graph to `out`, MatMuls as dynamic int8.
 
-    Weights int8 per tensor, activations quantized per run (MatMulInteger); -> its file name.
+    Weights int8 per tensor, activations quantized per run (MatMulInteger).
     """
     import logging
 
     import onnx
     from onnxruntime.quantization import quantize_dynamic, QuantType
 
-    out = Path(fused_path).with_name(prefill_graph_file(Path(fused_path).name))
     quiet = logging.getLogger()
     level = quiet.level
     quiet.setLevel(logging.ERROR)                # the quantizer warns about the contrib ops
     try:
-        quantize_dynamic(str(fused_path), str(out), weight_type=QuantType.QInt8,
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8,
                          op_types_to_quantize=['MatMul'],
                          extra_options={'DefaultTensorType': onnx.TensorProto.FLOAT})
     finally:
         quiet.setLevel(level)
-    return out.name
 
 
 def quantize_settings(weights: str, matmuls: int) -> dict:

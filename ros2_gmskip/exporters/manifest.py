@@ -13,41 +13,21 @@
 # limitations under the License.
 
 """
-The bundle manifest: what a bundle was made from, by which versions, and what the runtime needs.
+Read what a bundle manifest records from the Hugging Face model: tokens, preprocessing, versions.
 
-Written by the exporter, read by `ros2_gmskip.runtime.bundle` (which owns the format string and the
-file hashing, so writer and reader cannot disagree). Layout (`ros2_gmskip/onnx-bundle@1`):
-
-    format, created_at
-    source_model  {path, sha256}                   sha256 of the safetensors weights
-    plan          {path, sha256 (of the file), id (plan_id), stack, removed_blocks} | null
-    opset
-    files         {name: sha256}                   every file of the bundle but manifest.json
-    graphs        {vision|decoder: {inputs|outputs: [{name, shape, dtype[, atol]}]}}
-    tokens        {image_token, image_token_id, num_image_tokens, bos/eos/pad_token_id,
-                   stop_token_ids, prompt_template ('{prompt}' placeholder, image token expanded),
-                   add_special_tokens, clean_up_tokenization_spaces}
-    preprocess    {size [h, w], resample, rescale_factor, image_mean, image_std}
-    decoder_config {num_layers, num_heads, num_kv_heads, head_dim, hidden_size, vocab_size,
-                    rope_theta, family, decoder_type}
-    validation    {max_abs_logit_diff, tolerance, identical_text 'k/n', outputs {name: diff},
-                   passed, checks}
-    versions      {torch, transformers, onnx, onnxruntime, ros2_gmskip}
-
+The manifest itself (its dataclasses, file names, version, reading and writing) is
+`ros2_gmskip.bundle_format`; this module fills its model-specific parts at export time.
 Torch-free: the HF tokenizer / image processor objects are only read (duck-typed).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from importlib import metadata
-import json
-import os
 from pathlib import Path
 from typing import Any
 
+from ros2_gmskip.bundle_format import MANIFEST, Preprocess, sha256_file, Tokens
 from ros2_gmskip.errors import ModelLoadError
-from ros2_gmskip.runtime.bundle import FORMAT, MANIFEST, sha256_file
 from ros2_gmskip.runtime.preprocess import RESAMPLE_NAMES
 
 PLACEHOLDER = '{prompt}'
@@ -77,7 +57,7 @@ def _ids(value: Any) -> list[int]:
 
 
 def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
-                 num_image_tokens: int, prompt_text) -> dict:
+                 num_image_tokens: int, prompt_text) -> Tokens:
     """
     Return the manifest's `tokens`: ids and the prompt template with the image token expanded.
 
@@ -103,22 +83,17 @@ def tokens_entry(processor: Any, model_config: Any, generation_config: Any,
     template = rendered.replace(_SENTINEL, PLACEHOLDER)
     template = template.replace(image_token, image_token * num_image_tokens)
     eos = _ids(getattr(generation_config, 'eos_token_id', None)) or _ids(tokenizer.eos_token_id)
-    return {
-        'image_token': image_token,
-        'image_token_id': int(image_token_id),
-        'num_image_tokens': int(num_image_tokens),
-        'bos_token_id': tokenizer.bos_token_id,
-        'eos_token_id': eos[0] if eos else None,
-        'pad_token_id': tokenizer.pad_token_id,
-        'stop_token_ids': eos,
-        'prompt_template': template,
-        'add_special_tokens': True,        # the processor tokenises with special tokens (BOS)
-        'clean_up_tokenization_spaces': bool(getattr(tokenizer, 'clean_up_tokenization_spaces',
-                                                     False)),
-    }
+    return Tokens(
+        image_token=image_token, image_token_id=int(image_token_id),
+        num_image_tokens=int(num_image_tokens), prompt_template=template,
+        stop_token_ids=tuple(eos), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos[0] if eos else None, pad_token_id=tokenizer.pad_token_id,
+        add_special_tokens=True,          # the processor tokenises with special tokens (BOS)
+        clean_up_tokenization_spaces=bool(getattr(tokenizer, 'clean_up_tokenization_spaces',
+                                                  False)))
 
 
-def preprocess_entry(image_processor: Any) -> dict:
+def preprocess_entry(image_processor: Any) -> Preprocess:
     """Return the manifest's `preprocess`; ModelLoadError if the runtime cannot replay it."""
     size = dict(getattr(image_processor, 'size', None) or {})
     name = type(image_processor).__name__
@@ -139,44 +114,14 @@ def preprocess_entry(image_processor: Any) -> dict:
     normalize = getattr(image_processor, 'do_normalize', True)
     mean, std = getattr(image_processor, 'image_mean', None), getattr(image_processor, 'image_std',
                                                                       None)
-    return {
-        'size': [int(size['height']), int(size['width'])],
-        'resample': RESAMPLE_NAMES[resample],
-        'rescale_factor': float(rescale) if getattr(image_processor, 'do_rescale', True) else None,
-        'image_mean': [float(m) for m in mean] if normalize and mean is not None else None,
-        'image_std': [float(s) for s in std] if normalize and std is not None else None,
-    }
+    return Preprocess(
+        size=(int(size['height']), int(size['width'])), resample=RESAMPLE_NAMES[resample],
+        rescale_factor=float(rescale) if getattr(image_processor, 'do_rescale', True) else None,
+        image_mean=tuple(float(m) for m in mean) if normalize and mean is not None else None,
+        image_std=tuple(float(s) for s in std) if normalize and std is not None else None)
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
     """{name: sha256} of every file in `folder` except the manifest."""
     return {p.name: sha256_file(p) for p in sorted(Path(folder).iterdir())
             if p.is_file() and p.name != MANIFEST}
-
-
-def build_manifest(*, model_dir: Path, model_sha256: str, plan: dict | None, opset: int,
-                   files: dict[str, str], graphs: dict, tokens: dict, preprocess: dict,
-                   decoder_config: dict, validation: dict | None = None) -> dict:
-    return {
-        'format': FORMAT,
-        'created_at': dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'),
-        'source_model': {'path': str(Path(model_dir).resolve()), 'sha256': model_sha256},
-        'plan': plan,
-        'opset': opset,
-        'files': files,
-        'graphs': graphs,
-        'tokens': tokens,
-        'preprocess': preprocess,
-        'decoder_config': decoder_config,
-        'validation': validation,
-        'versions': versions(),
-    }
-
-
-def write_manifest(folder: Path, manifest: dict) -> Path:
-    """Write manifest.json atomically (temp file + rename)."""
-    path = Path(folder) / MANIFEST
-    tmp = path.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + '\n')
-    os.replace(tmp, path)
-    return path

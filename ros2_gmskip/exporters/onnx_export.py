@@ -36,10 +36,11 @@ indexes it with numpy (a gather is all it is; a graph would cost a session run p
 
 Why a hand-written decoder wrapper instead of exporting the HF model
 --------------------------------------------------------------------
-`DecoderForExport` runs the decoder blocks functionally with explicit KV tensors: it calls the
-ORIGINAL modules for the parts without state (RMSNorm, the q/k/v/o and MLP projections, final norm,
-lm_head) and writes out the attention itself (RoPE from the model's own inverse frequencies,
-concatenation with the past, repeat_kv for GQA, the causal + padding mask from `attention_mask`).
+`DecoderForExport` runs the decoder blocks functionally with explicit KV tensors, through the
+block every functional path shares (`vlm.llama_block.block_forward`): the ORIGINAL modules for the
+parts without state (RMSNorm, the o and MLP projections, final norm, lm_head) and the attention
+written out (RoPE from the model's own inverse frequencies, concatenation with the past, repeat_kv
+for GQA, the causal + padding mask from `attention_mask`).
 Tracing the HF forward instead would trace transformers' Cache objects, mask factories and
 attention-kernel dispatch: version-dependent graphs with data-dependent branches baked in, and
 KV inputs that are not plain named tensors. The wrapper gives a clean graph of basic ONNX ops
@@ -69,7 +70,8 @@ written as one self-contained file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+import datetime as dt
 import json
 import logging
 from pathlib import Path
@@ -79,33 +81,33 @@ from typing import Callable
 import warnings
 
 import numpy as np
+from ros2_gmskip.bundle_format import (DRAFT, EMBED, FUSED, fused_file, fused_prefill_file,
+                                       fused_step_file, FusedDecoder, MANIFEST, Manifest,
+                                       PlanRecord, Segment, sha256_file, SourceModel, TOKENIZER,
+                                       VISION, WEIGHTS, write_manifest)
 from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
 from ros2_gmskip.exporters.export_config import (
-    ATTENTION_EXTRAS,
     attention_windows,
     DEFAULT_OPSET,
     export_config_for,
     ExportConfig,
     family_of_config,
-    rope_parameters,
 )
 from ros2_gmskip.exporters.fused_decoder import (
-    build_fused_decoder,
-    build_fused_segments,
-    decode_graph_file,
-    FUSED_DECODER,
+    build_fused_graph,
     fused_unsupported,
-    quantize_decode_graph,
+    OPSET as FUSED_OPSET,
     quantize_prefill_graph,
     quantize_settings,
-    WEIGHTS,
+    quantize_step_graph,
 )
-from ros2_gmskip.folders import written_in_place
+from ros2_gmskip.folders import check_writable, written_in_place
 from ros2_gmskip.gmskip.plan import plan_token_skip, weights_sha256
-from ros2_gmskip.runtime.bundle import EMBED, MANIFEST
-from ros2_gmskip.runtime.draft import DRAFT_FILE
 from ros2_gmskip.tokenskip.settings import TokenSkip
+from ros2_gmskip.vlm.llama_block import (block_forward, FusedProjections, hidden_keys,
+                                         last_row_attention, rope, rope_inv_freq,
+                                         unsupported_block)
 import torch
 from torch import nn
 
@@ -115,7 +117,7 @@ log = logging.getLogger(__name__)
 MODEL_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json',
                'processor_config.json', 'preprocessor_config.json', 'chat_template.jinja',
                'chat_template.json', 'config.json', 'generation_config.json',
-               DRAFT_FILE)         # the n-gram draft table (ros2-gmskip draft), where made
+               DRAFT)         # the n-gram draft table (ros2-gmskip draft), where made
 TWO_GB = 2 ** 31
 
 
@@ -145,138 +147,53 @@ class VisionForExport(nn.Module):
         return self.projector(feats)                                     # (B, n, C)
 
 
-class _FusedLinear(nn.Module):
-    """
-    Several nn.Linear over the same input as one MatMul (weights concatenated, values unchanged).
-
-    Fewer, larger graph nodes; the output holds the projections' outputs side by side.
-    """
-
-    def __init__(self, *linears: nn.Linear) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.cat([m.weight.detach() for m in linears]),
-                                   requires_grad=False)
-        if any(m.bias is not None for m in linears):
-            self.bias = nn.Parameter(torch.cat([
-                m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)
-                for m in linears]), requires_grad=False)
-        else:
-            self.bias = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight, self.bias)
-
-
-def _is_gated_mlp(mlp: nn.Module) -> bool:
-    """Llama-style MLP, down(act(gate(x)) * up(x)): its gate/up projections can be fused."""
-    return all(isinstance(getattr(mlp, n, None), nn.Linear)
-               for n in ('gate_proj', 'up_proj', 'down_proj')) and hasattr(mlp, 'act_fn')
-
-
 class DecoderForExport(nn.Module):
     """
-    The text decoder with explicit KV tensors (see the module docstring for why).
+    The text decoder (or one segment of it) with explicit KV tensors, for tracing.
 
     forward(inputs_embeds, attention_mask, position_ids, *past) -> (logits, *present), with past /
-    present ordered (layer 0 key, layer 0 value, layer 1 key, ...).
+    present ordered (layer 0 key, layer 0 value, layer 1 key, ...). Every block is
+    `vlm.llama_block.block_forward` with `FusedProjections` (one MatMul for q|k|v, one for the
+    MLP's gate|up: the same values in about 40 % fewer graph nodes; the fused weights are copies,
+    so export holds the projection weights twice).
 
     A segment (blocks [first, stop), for token skipping) that is not the last returns the hidden
     states instead of logits, and with `ranks` also the head-averaged attention the last query
     pays every key in its last block, (B, S): FastV's ranking signal.
-
-    Per block: one MatMul for q|k|v (the three weights concatenated), RoPE applied to q and k in
-    one go, one MatMul for the MLP's gate|up. Same values as the separate projections, about 40 %
-    fewer graph nodes, and node count is what a small decoder's per-token time is made of on CPU.
-    (The fused weights are copies: export holds the decoder's projection weights twice.)
     """
 
     def __init__(self, model: nn.Module, first: int = 0, stop: int | None = None,
                  ranks: bool = False) -> None:
         super().__init__()
         text = model.model.language_model
-        cfg = text.config
         stop = len(text.layers) if stop is None else stop
         self.first, self.last, self.ranks = first, stop == len(text.layers), ranks
         self.layers = text.layers[first:stop]            # a segment: blocks [first, stop)
         self.norm = text.norm
         self.lm_head = model.lm_head
-        self.num_heads = cfg.num_attention_heads
-        self.num_kv_heads = cfg.num_key_value_heads or cfg.num_attention_heads
-        self.head_dim = (getattr(cfg, 'head_dim', None)
-                         or cfg.hidden_size // cfg.num_attention_heads)
-        self.groups = self.num_heads // self.num_kv_heads
-        rotary = text.rotary_emb
-        self.register_buffer('inv_freq', rotary.inv_freq.detach().float().clone(),
-                             persistent=False)
-        self.rope_scaling = float(getattr(rotary, 'attention_scaling', 1.0))
-        self.windows = attention_windows(cfg, len(text.layers))[first:stop]
+        inv_freq, self.rope_scaling = rope_inv_freq(text.rotary_emb)
+        self.register_buffer('inv_freq', inv_freq.clone(), persistent=False)
+        self.windows = attention_windows(text.config, len(text.layers))[first:stop]
         for i, layer in enumerate(self.layers):
-            extra = [n for n in ATTENTION_EXTRAS if hasattr(layer.self_attn, n)]
-            if extra:
-                raise ModelLoadError(f'decoder block {i} has attention parts {extra} that the '
-                                     'export wrapper does not implement yet')
-        self.qkv = nn.ModuleList(
-            _FusedLinear(b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj)
-            for b in self.layers)
-        self.gate_up = nn.ModuleList(
-            _FusedLinear(b.mlp.gate_proj, b.mlp.up_proj) if _is_gated_mlp(b.mlp) else nn.Identity()
-            for b in self.layers)
-
-    def _mlp(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        mlp = self.layers[i].mlp
-        if isinstance(self.gate_up[i], nn.Identity):
-            return mlp(x)
-        width = mlp.gate_proj.out_features
-        gate, up = self.gate_up[i](x).split([width, width], dim=-1)
-        return mlp.down_proj(mlp.act_fn(gate) * up)
+            reason = unsupported_block(layer)
+            if reason:
+                raise ModelLoadError(f'decoder block {first + i} has {reason} that the export '
+                                     'wrapper does not implement yet')
+        self.fused = nn.ModuleList(FusedProjections(layer) for layer in self.layers)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, *past: torch.Tensor):
-        B, T, C = inputs_embeds.shape
-        H, KV, d = self.num_heads, self.num_kv_heads, self.head_dim
-        P = past[0].shape[2]                                 # cached positions
-        S = attention_mask.shape[1]                          # P + T keys
-        # RoPE for these positions, from the model's own inverse frequencies.
-        freqs = position_ids[..., None].float() * self.inv_freq          # (B, T, d/2)
-        emb = torch.cat((freqs, freqs), dim=-1)                          # (B, T, d)
-        cos = (emb.cos() * self.rope_scaling)[:, None]                   # (B, 1, T, d)
-        sin = (emb.sin() * self.rope_scaling)[:, None]
-        # Which keys each query sees: causal by cache index, minus padding.
-        q_index = torch.arange(T, device=inputs_embeds.device) + P       # (T,)
-        k_index = torch.arange(S, device=inputs_embeds.device)           # (S,)
-        causal = k_index[None, :] <= q_index[:, None]                    # (T, S)
-        padding = attention_mask[:, None, None, :].bool()                # (B, 1, 1, S)
-        visible = causal[None, None] & padding                           # (B, 1, T, S)
-        masked = {None: ~visible}                                        # True: not attended
-        for w in set(self.windows) - {None}:
-            masked[w] = ~(visible & (k_index[None, :] > q_index[:, None] - w)[None, None])
-        neg = torch.finfo(inputs_embeds.dtype).min
-
+        T = inputs_embeds.shape[1]
+        cos, sin = rope(self.inv_freq, self.rope_scaling, position_ids)     # (B, T, d)
+        hidden = {w: hidden_keys(attention_mask, T, w) for w in set(self.windows)}
         h = inputs_embeds
         presents = []
         for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.input_layernorm(h)
-            qkv = self.qkv[i](x).view(B, T, H + 2 * KV, d).transpose(1, 2)  # (B, H+2KV, T, d)
-            qk, v = qkv.split([H + KV, KV], dim=1)
-            x1, x2 = qk.split([d // 2, d // 2], dim=-1)                     # rotate_half
-            qk = qk * cos + torch.cat((-x2, x1), dim=-1) * sin
-            q, k = qk.split([H, KV], dim=1)                                 # (B, H|KV, T, d)
-            k = torch.cat((past[2 * i], k), dim=2)                          # (B, KV, S, d)
-            v = torch.cat((past[2 * i + 1], v), dim=2)
-            presents += [k, v]
-            if self.groups > 1:                                             # GQA: repeat_kv
-                k = k[:, :, None].expand(B, KV, self.groups, S, d).reshape(B, H, S, d)
-                v = v[:, :, None].expand(B, KV, self.groups, S, d).reshape(B, H, S, d)
-            scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling      # (B, H, T, S)
-            scores = scores.masked_fill(masked[self.windows[i]], neg)
-            probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-            y = torch.matmul(probs, v)                                      # (B, H, T, d)
-            y = y.transpose(1, 2).reshape(B, T, H * d)
-            h = h + attn.o_proj(y)
-            h = h + self._mlp(i, layer.post_attention_layernorm(h))
+            h, kv, probs = block_forward(layer, h, cos, sin, (past[2 * i], past[2 * i + 1]),
+                                         hidden[self.windows[i]], self.fused[i])
+            presents += kv
         if not self.last:                                   # a segment before a split
-            extra = [probs[:, :, -1].mean(dim=1)] if self.ranks else []    # (B, S) for FastV
+            extra = [last_row_attention(probs)] if self.ranks else []    # (B, S) for FastV
             return (h, *extra, *presents)
         logits = self.lm_head(self.norm(h))                                 # (B, T, V)
         return (logits, *presents)
@@ -290,72 +207,76 @@ class ExportResult:
     """What `export_bundle` produced."""
 
     path: Path
-    manifest: dict
+    manifest: Manifest
     checks: list = field(default_factory=list)          # validate.Check, in the order run
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _export_fused(model, folder: Path, length: int, weights: str, segments, stage) -> dict:
+def _export_fused(model, folder: Path, length: int, weights: str, segments: list[Segment],
+                  token_skip: bool, stage) -> tuple[list[Segment], FusedDecoder]:
     """
-    Write decoder.fused.onnx (for token skipping, one fused graph per segment) and its copies.
+    Write every segment's fused graph and, with `weights` int4 / int8, its quantized copies.
 
-    For token skipping it is one explicit-position fused graph per decoder segment. With
-    `weights` int4 / int8, their quantized copies too (decode steps: MatMulNBits; prefill:
-    dynamic int8); -> the manifest's `fused_decoder` entry.
+    A plain bundle's one fused graph rotates at the cache length; with `token_skip` each segment
+    gets an explicit-position graph (fused_decoder.py says why). The quantized copies: decode
+    steps with MatMulNBits, the prefill with dynamic int8. Return the segments naming their
+    files, and the manifest's `fused` record.
     """
-    what = 'ONNX Runtime contrib ops' if segments is None else \
-        f'{len(segments)} segment(s) with explicit positions for token skipping'
-    stage(f'exporting {FUSED_DECODER} ({what}, KV buffers of {length} positions)')
-    if segments is None:
-        entry = build_fused_decoder(model, folder / FUSED_DECODER, length)
-    else:
-        entry = build_fused_segments(model, folder, length, segments)
-    if weights == 'fp32':
-        return entry
-    stage(f'quantizing the fused decoder: decode steps to {weights} (MatMulNBits), prefill to '
-          'dynamic int8 (MatMulInteger)')
-    parts = entry.get('segments') or [entry]
-    done = []
-    for i, part in enumerate(parts):
-        if segments is None:
-            done.append(quantize_decode_graph(folder / part['file'], weights))
-            continue
-        # A token-skipping segment's steps need no RotaryEmbedding nodes: one new row at a given
-        # position is what GroupQueryAttention's own RoPE handles (fused_decoder.py).
-        step = folder / part['file'].replace('.onnx', '.step.onnx')
-        build_fused_decoder(model, step, length, segments[i], step_graph=True)
-        done.append(quantize_decode_graph(step, weights,
-                                          decode_graph_file(weights, part['file'])))
-        step.unlink()
-    for part, q in zip(parts, done):
-        part['decode_file'] = q['decode_file']
-        part['prefill_file'] = quantize_prefill_graph(folder / part['file'])
-    entry.update(decode_file=done[0]['decode_file'], decode_weights=weights,
-                 prefill_file=parts[0]['prefill_file'], prefill_weights='int8 (dynamic)',
-                 quantization=quantize_settings(weights, sum(q['quantization']['matmuls']
-                                                             for q in done)))
-    return entry
+    rotation = 'explicit' if token_skip else 'cache'
+    what = ('ONNX Runtime contrib ops' if not token_skip else
+            f'{len(segments)} segment(s) with explicit positions for token skipping')
+    stage(f'exporting {FUSED} ({what}, KV buffers of {length} positions)')
+    nodes, ops, out = 0, set(), []
+    for i, seg in enumerate(segments):
+        n, found = build_fused_graph(model, folder / fused_file(i), length, seg, rotation)
+        nodes, ops = nodes + n, ops | set(found)
+        out.append(replace(seg, fused=fused_file(i)))
+    matmuls = 0
+    if weights != 'fp32':
+        stage(f'quantizing the fused decoder: decode steps to {weights} (MatMulNBits), prefill '
+              'to dynamic int8 (MatMulInteger)')
+        for i, seg in enumerate(out):
+            source = folder / seg.fused
+            if token_skip:   # steps need no RotaryEmbedding: GroupQueryAttention rotates one row
+                source = folder / seg.fused.replace('.onnx', '.step.onnx')
+                build_fused_graph(model, source, length, seg, 'step')
+            matmuls += quantize_step_graph(source, folder / fused_step_file(i, weights), weights)
+            if token_skip:
+                source.unlink()
+            quantize_prefill_graph(folder / seg.fused, folder / fused_prefill_file(i))
+            out[i] = replace(seg, fused_step=fused_step_file(i, weights),
+                             fused_prefill=fused_prefill_file(i))
+    attn = model.model.language_model.layers[0].self_attn
+    record = FusedDecoder(
+        max_length=int(length), positions='explicit' if token_skip else 'cache',
+        attention_scale=float(attn.scaling), step_weights=weights,
+        prefill_weights='fp32' if weights == 'fp32' else 'int8',
+        quantization=None if weights == 'fp32' else quantize_settings(weights, matmuls),
+        opset=FUSED_OPSET, nodes=nodes, ops=tuple(sorted(ops)))
+    return out, record
 
 
-def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] | None
-                 ) -> tuple[list[int], str, dict | None]:
+def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] | None,
+                 model: nn.Module | None = None) -> tuple[list[int], str, PlanRecord | None]:
     """
-    (blocks to remove, their stack, the manifest's `plan` entry) from a plan file or a list.
+    Return (blocks to remove, their stack, the manifest's `plan`) from a plan file or a list.
 
-    `load_plan` refuses a plan made for other weights (PlanError naming both hashes).
+    `load_plan` refuses a plan made for other weights (PlanError naming both hashes), and
+    `check_plan_fits` one that disagrees with the loaded `model` (family, block count, tokens).
     """
     if plan is not None:
-        from ros2_gmskip.gmskip.plan import load_plan, plan_id
+        from ros2_gmskip.gmskip.plan import check_plan_fits, load_plan, plan_id
         loaded = load_plan(Path(plan), Path(model_dir))
+        if model is not None:
+            check_plan_fits(loaded, plan, model)
         blocks = sorted(int(b) for b in loaded.removed_blocks)
         stack = getattr(loaded, 'stack', 'decoder')
-        return blocks, stack, {'path': str(Path(plan).resolve()),
-                               'sha256': mf.sha256_file(Path(plan)), 'id': plan_id(loaded),
-                               'stack': stack, 'removed_blocks': blocks}
+        return blocks, stack, PlanRecord(removed_blocks=tuple(blocks), stack=stack,
+                                         plan_id=plan_id(loaded), path=str(Path(plan).resolve()),
+                                         sha256=sha256_file(Path(plan)))
     if removed_blocks:
         blocks = sorted(int(b) for b in removed_blocks)
-        return blocks, 'decoder', {'path': None, 'sha256': None, 'id': None, 'stack': 'decoder',
-                                   'removed_blocks': blocks}
+        return blocks, 'decoder', PlanRecord(removed_blocks=tuple(blocks))
     return [], 'decoder', None
 
 
@@ -437,6 +358,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     prompt = prompt or DEFAULT_PROMPT
     model_dir, out = Path(model_dir), Path(out)
     _prepare_out(out)
+    check_writable(out, 'bundle folder')
     seconds: dict[str, float] = {}
     t = time.perf_counter()
 
@@ -445,7 +367,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     stage(f'loading {model_dir}')
     model, processor = load_vlm(model_dir)
     export_config_for(model.config, opset=opset)       # decoder type, RoPE, opset: before work
-    blocks, stack, plan_entry = resolve_plan(plan, model_dir, removed_blocks)
+    blocks, stack, plan_record = resolve_plan(plan, model_dir, removed_blocks, model)
     if blocks:
         stage(f'removing {stack} blocks {blocks}')
         remove_blocks(model, blocks, stack=stack)
@@ -460,26 +382,28 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     splits, rank_at = token_skip.splits(num_layers)
     preprocess = mf.preprocess_entry(processor.image_processor)
     config = export_config_for(model.config, num_layers=num_layers, opset=opset,
-                               image_size=tuple(preprocess['size']), splits=splits,
-                               rank_at=rank_at)
+                               image_size=preprocess.size, splits=splits, rank_at=rank_at)
     model.eval()
     if hasattr(model, 'set_attn_implementation'):
         model.set_attn_implementation('eager')                    # plain ops in the vision graph
     seconds['load'] = time.perf_counter() - t
 
-    with written_in_place(out) as tmp:
+    with written_in_place(out, 'bundle folder') as tmp:
         t = time.perf_counter()
-        stage(f'exporting vision.onnx (opset {opset})')
-        _export_graph(VisionForExport(model), _dummy_vision_inputs(config), tmp / 'vision.onnx',
-                      config.vision_inputs, config.vision_outputs, opset)
+        stage(f'exporting {VISION} (opset {opset})')
+        vision = config.graphs['vision']
+        _export_graph(VisionForExport(model), _dummy_vision_inputs(config), tmp / VISION,
+                      vision.inputs, vision.outputs, opset)
         removed = f', {len(blocks)} {stack} blocks removed' if blocks else ''
         for seg in config.segments:
             part = '' if len(config.segments) == 1 else f' blocks {seg.first}..{seg.stop - 1} of'
-            stage(f'exporting {seg.file} ({part}{num_layers} blocks{removed})'.replace('( ', '('))
+            stage(f'exporting {seg.portable} ({part}{num_layers} blocks{removed})'
+                  .replace('( ', '('))
+            graph = config.graphs[seg.name]
             _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks),
-                          _dummy_decoder_inputs(config, seg), tmp / seg.file, list(seg.inputs),
-                          list(seg.outputs), opset)
-        fused_entry = None
+                          _dummy_decoder_inputs(config, seg), tmp / seg.portable, graph.inputs,
+                          graph.outputs, opset)
+        segments, fused_record = list(config.segments), None
         if fused:
             reason = fused_unsupported(model)
             if reason and fused_weights != 'fp32':
@@ -492,15 +416,14 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                 text_cfg = model.config.get_text_config(decoder=True)
                 length = fused_max_length or min(
                     int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
-                fused_entry = _export_fused(model, tmp, length, fused_weights,
-                                            None if token_skip.is_off else config.segments,
-                                            stage)
+                segments, fused_record = _export_fused(model, tmp, length, fused_weights,
+                                                       segments, not token_skip.is_off, stage)
         embed = model.get_input_embeddings().weight.detach().float().numpy()   # (V, C)
         np.save(tmp / EMBED, np.ascontiguousarray(embed), allow_pickle=False)
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
-        if not (tmp / 'tokenizer.json').is_file():
+        if not (tmp / TOKENIZER).is_file():
             raise ModelLoadError(f'model folder {str(model_dir)!r} has no tokenizer.json: the '
                                  'runtime needs a fast (tokenizers) tokenizer')
         seconds['export'] = time.perf_counter() - t
@@ -509,23 +432,18 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         if num_image_tokens != config.num_image_tokens:
             raise ModelLoadError(f'the processor expands the image to {num_image_tokens} tokens, '
                                  f'the vision tower makes {config.num_image_tokens}')
-        text_cfg = model.config.get_text_config(decoder=True)
-        d = config.decoder
-        manifest = mf.build_manifest(
-            model_dir=model_dir, model_sha256=weights_sha256(model_dir), plan=plan_entry,
-            opset=opset, files=mf.file_hashes(tmp), graphs=config.graphs(),
+        manifest = Manifest(
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'),
+            source_model=SourceModel(path=str(model_dir.resolve()),
+                                     sha256=weights_sha256(model_dir)),
+            plan=plan_record, opset=opset, files=mf.file_hashes(tmp), graphs=config.graphs,
             tokens=mf.tokens_entry(processor, model.config, model.generation_config,
                                    config.num_image_tokens, prompt_text),
-            preprocess=preprocess,
-            decoder_config={'num_layers': d.num_layers, 'num_heads': d.num_heads,
-                            'num_kv_heads': d.num_kv_heads, 'head_dim': d.head_dim,
-                            'hidden_size': d.hidden_size, 'vocab_size': d.vocab_size,
-                            'rope_theta': rope_parameters(text_cfg).get('rope_theta'),
-                            'family': config.family, 'decoder_type': config.decoder_type})
-        manifest['token_skip'] = token_skip.to_dict()
-        manifest['decoder_segments'] = [seg.to_manifest() for seg in config.segments]
-        manifest['fused_decoder'] = fused_entry
-        mf.write_manifest(tmp, manifest)
+            preprocess=preprocess, decoder=config.decoder, token_skip=token_skip,
+            segments=tuple(segments), fused=fused_record,
+            draft=DRAFT if (tmp / DRAFT).is_file() else None, validation=None,
+            versions=mf.versions())
+        write_manifest(tmp, manifest)
 
         t = time.perf_counter()
         stage('validating: graph checks, values vs PyTorch, greedy text vs generate')
@@ -534,14 +452,13 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                                           threads=threads, on_check=on_check, stage=stage,
                                           lint=trt_ops.lint_graph)
         seconds['validate'] = time.perf_counter() - t
-        manifest['validation'] = report.to_manifest()
-        mf.write_manifest(tmp, manifest)
+        manifest = replace(manifest, validation=report.to_manifest())
+        write_manifest(tmp, manifest)
         failures = [c for c in report.checks if not c.ok]
         if failures:
             raise BundleError(f'export validation failed ({len(failures)} of {len(report.checks)} '
                               'checks): ' + '; '.join(f'{c.name}: {c.detail}' for c in failures)
                               + f': bundle not written to {str(out)!r}')
-    validation = manifest['validation']
     log.info('bundle %s written (max |logit diff| %.1e, identical text %s)', out,
-             validation['max_abs_logit_diff'], validation['identical_text'])
+             manifest.validation['max_abs_logit_diff'], manifest.validation['identical_text'])
     return ExportResult(path=out, manifest=manifest, checks=report.checks, seconds=seconds)

@@ -48,9 +48,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from ros2_gmskip.exporters.export_config import ExportConfig, TensorSpec
+from ros2_gmskip.bundle_format import TensorSpec, VISION
+from ros2_gmskip.exporters.export_config import ExportConfig
 from ros2_gmskip.exporters.fused_decoder import MIN_QUANTIZED_AGREEMENT
 from ros2_gmskip.exporters.trt_ops import check_opset, graph_opset
+from ros2_gmskip.vlm.llama_block import last_row_attention
 import torch
 
 log = logging.getLogger(__name__)
@@ -150,7 +152,7 @@ def check_graphs(bundle_dir: Path, config: ExportConfig,
     import onnx
 
     checks = []
-    for name in ('vision.onnx', *[seg.file for seg in config.segments]):
+    for name in (VISION, *[seg.portable for seg in config.segments]):
         path = Path(bundle_dir) / name
         try:
             onnx.checker.check_model(str(path), full_check=True)
@@ -186,9 +188,9 @@ def check_interface(graph: str, session, inputs: list[TensorSpec],
             for spec, arg in zip(specs, args):
                 if arg.type != _ORT_DTYPES.get(spec.dtype, spec.dtype):
                     problems.append(f'{spec.name} dtype {arg.type}, expected {spec.dtype}')
-                if list(arg.shape) != list(spec.axes):
+                if list(arg.shape) != list(spec.shape):
                     problems.append(f'{spec.name} axes {list(arg.shape)}, expected '
-                                    f'{list(spec.axes)}')
+                                    f'{list(spec.shape)}')
         checks.append(Check(f'{graph} {kind}', not problems, '; '.join(problems[:4]) if problems
                             else f'{len(want)} {kind}: names, dtypes, axes as declared'))
     return checks
@@ -198,7 +200,7 @@ def _check_shapes(graph: str, specs: list[TensorSpec], arrays: list[np.ndarray],
                   sizes: dict[str, int]) -> Check:
     problems = []
     for spec, arr in zip(specs, arrays):
-        want = tuple(sizes.get(a, a) if isinstance(a, str) else a for a in spec.axes)
+        want = tuple(sizes.get(a, a) if isinstance(a, str) else a for a in spec.shape)
         if tuple(arr.shape) != want:
             problems.append(f'{spec.name} {tuple(arr.shape)} != {want}')
     return Check(f'{graph} output shapes', not problems,
@@ -236,11 +238,12 @@ def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask:
     B, T = positions.shape
     sizes = {'batch': B, 'seq': T, 'total': mask.shape[1]}
     for session, seg in zip(sessions, config.segments):
-        names = [o.name for o in seg.outputs]
+        outputs = config.graphs[seg.name].outputs
+        names = [o.name for o in outputs]
         feed = _decoder_feed(h, mask, positions, past[2 * seg.first:2 * seg.stop], seg.first,
                              seg.input_name)
         values = session.run(None, feed)
-        checks.append(_check_shapes(f'{seg.name} outputs', list(seg.outputs), values, sizes))
+        checks.append(_check_shapes(f'{seg.name} outputs', list(outputs), values, sizes))
         for name, value in zip(names, values):
             out[name if seg.last or name.startswith('present.') else f'{name}@{seg.stop}'] = value
         h = values[0]
@@ -257,7 +260,7 @@ def _reference(out, first_layer: int = 0) -> dict[str, np.ndarray]:
     for s, h in enumerate(out.hidden_states or ()):
         ref[f'hidden_states@{s}'] = h.numpy()            # after block s-1 (s < L: not normed)
     for s, a in enumerate(out.attentions or (), start=1):
-        ref[f'last_token_attention@{s}'] = a[:, :, -1].float().mean(dim=1).numpy()
+        ref[f'last_token_attention@{s}'] = last_row_attention(a).numpy()
     return ref
 
 
@@ -269,20 +272,27 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
         diffs[name] = max(diffs.get(name, 0.0), _max_diff(value, ref[key]))
 
 
-def _fused_diffs(fused, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref
+def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref
                  ) -> dict[str, float]:
     """
-    Check the fused decoder against torch at prefill and one step.
+    Check the fused runners (ort_runners.FusedRunner, one per segment) against torch.
 
-    The decoder is runtime.fused_decode.FusedDecoder, or the token-skipping segments'
-    FusedTokenSkipDecoder run unpruned; checked are the last-position logits and the KV rows its
-    in-place buffers hold after the step.
+    They run unpruned: the prompt, then one decode step. Checked are the last position's logits
+    and the KV rows their in-place buffers hold after the step.
     """
     T = embeds.shape[1]
-    logits = max(_max_diff(fused.logits_after(embeds, 0), ref.logits[0, -1].numpy()),
-                 _max_diff(fused.logits_after(step_embeds, T), step_ref.logits[0, -1].numpy()))
-    kv = max(_max_diff(value.numpy()[:, :, :T + 1], want.numpy())
-             for value, want in zip(fused.cache, _cache_tensors(step_ref.past_key_values)))
+    h = np.ascontiguousarray(embeds, dtype=np.float32)
+    for runner in runners:
+        h = runner.prefill(h, np.arange(T)).out
+    prefill = h[0, -1]
+    h = np.ascontiguousarray(step_embeds, dtype=np.float32)
+    for runner in runners:
+        h = runner.run(h, np.array([T]), T)
+    logits = max(_max_diff(prefill, ref.logits[0, -1].numpy()),
+                 _max_diff(h[0, -1], step_ref.logits[0, -1].numpy()))
+    buffers = [array for runner in runners for array in runner.arrays]
+    kv = max(_max_diff(array[:, :, :T + 1], want.numpy())
+             for array, want in zip(buffers, _cache_tensors(step_ref.past_key_values)))
     return {'logits': logits, 'present': kv}
 
 
@@ -293,7 +303,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     Check preprocessing, prompt ids, and ORT vs PyTorch values for every output.
 
     A segmented decoder is run segment after segment, unpruned, against the whole HF decoder;
-    with `fused` (a FusedDecoder) the fused graph's logits and KV rows are checked too.
+    with `fused` (the fused runners) the fused graphs' logits and KV rows are checked too.
     """
     from ros2_gmskip.vlm.prompting import build_inputs
 
@@ -302,7 +312,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     pixel_values = inputs['pixel_values']
     ids = inputs['input_ids']                                             # (1, T)
     T = ids.shape[1]
-    sessions = getattr(backend, 'decoders', [backend.decoder])
+    sessions = [runner.session for runner in backend.portable]
     split = len(config.segments) > 1
     extras = {'output_hidden_states': split, 'output_attentions': config.rank_at is not None}
 
@@ -323,7 +333,8 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     ref_feats = torch.cat(list(ref_feats), dim=0)[None]                  # (1, n, C)
     ort_feats = backend.image_embeds(pixel_values.numpy())
     diffs = {'image_embeds': _max_diff(ort_feats, ref_feats.numpy())}
-    shape_checks = [_check_shapes('vision', config.vision_outputs, [ort_feats], {'batch': 1})]
+    vision = config.graphs['vision']
+    shape_checks = [_check_shapes('vision', list(vision.outputs), [ort_feats], {'batch': 1})]
 
     # 4b. decoder prefill, from the same merged embeddings as the torch model
     embeds = model.get_input_embeddings()(ids)
@@ -374,8 +385,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     diffs['logits'] = max(diffs['logits'], padded)
 
     # one line per output name (prefill and step together; all segments together)
-    specs = {spec.name: spec for spec in [*config.vision_outputs,
-                                          *[o for seg in config.segments for o in seg.outputs]]}
+    specs = {spec.name: spec for graph in config.graphs.values() for spec in graph.outputs}
     for spec in specs.values():
         value = diffs[spec.name]
         detail = f'max |onnx - torch| {value:.1e} (tolerance {spec.atol:.0e})'
@@ -445,7 +455,6 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
                     lint: Callable[[Path], list[str]] | None = None) -> ValidationReport:
     """Run every check on the bundle in `bundle_dir`; the report holds all results (no raising)."""
     from ros2_gmskip.exporters.trt_ops import lint_graph
-    from ros2_gmskip.runtime.bundle import load_bundle
     from ros2_gmskip.runtime.ort_backend import OrtBackend
 
     stage = stage or (lambda text: log.info('%s', text))
@@ -461,22 +470,22 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
     fused = exact = None
     try:
         backend = OrtBackend(Path(bundle_dir), threads=threads, graph='portable')
-        entry = load_bundle(Path(bundle_dir), verify=False).fused_decoder
-        if entry is not None:
-            add([check_fused_graph(Path(bundle_dir) / part['file'])
-                 for part in entry.get('segments') or [entry]])
+        manifest = backend.bundle.manifest
+        if manifest.fused is not None:
+            add([check_fused_graph(Path(bundle_dir) / seg.fused) for seg in manifest.segments])
             fused = OrtBackend(Path(bundle_dir), threads=threads, graph='fused')
-            exact = fused if not entry.get('decode_file') else OrtBackend(
+            exact = fused if manifest.fused.step_weights == 'fp32' else OrtBackend(
                 Path(bundle_dir), threads=threads, graph='fused', quantized=False)
     except Exception as err:  # noqa: BLE001 - report it as a failed check, with the others
         add([Check('onnxruntime load', False, f'{type(err).__name__}: {err}')])
         return report
-    add(check_interface('vision', backend.vision, config.vision_inputs, config.vision_outputs))
-    for session, seg in zip(backend.decoders, config.segments):
-        add(check_interface(seg.name, session, list(seg.inputs), list(seg.outputs)))
+    for name, session in [('vision', backend.vision),
+                          *[(r.segment.name, r.session) for r in backend.portable]]:
+        graph = config.graphs[name]
+        add(check_interface(name, session, list(graph.inputs), list(graph.outputs)))
     images = scene_images(max(n_scenes, 1))
     add(check_values(backend, model, processor, config, images[0], prompt, report,
-                     fused=exact.decoder_loop if fused else None))
+                     fused=exact.decoder_loop.runners if fused else None))
     references: dict = {}
 
     def record(identical: int, n: int) -> None:
@@ -488,10 +497,10 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
     add([check_greedy(backend, model, processor, images[:n_scenes], prompt, max_new_tokens,
                       record, stage, references=references)])
     if fused is not None:
-        quantized = fused.bundle.fused_decoder.get('decode_weights')
+        quantized = manifest.fused.step_weights != 'fp32'
         add([check_greedy(fused, model, processor, images[:n_scenes], prompt, max_new_tokens,
                           record_fused, stage, references=references,
-                          name='fused decoder greedy text' + (f' ({fused.info["decoder_graph"]})'
+                          name='fused decoder greedy text' + (f' ({fused.info.decoder_graph})'
                                                               if quantized else ''),
                           min_agreement=MIN_QUANTIZED_AGREEMENT if quantized else 1.0)])
     return report

@@ -190,11 +190,13 @@ class RayScorer:
 
     def __init__(self, model_dir: Path, samples: Sequence, metric: str = 'accuracy',
                  batch_size: int = 16, max_new_tokens: int = 48, trust_remote_code: bool = False,
-                 workers: int | None = None, address: str = LOCAL, **settings) -> None:
+                 workers: int | None = None, address: str = LOCAL, object_parser: str = '',
+                 **settings) -> None:
         from ros2_gmskip.gmskip.metrics import checked, resolve_metric
         self.ray = import_ray()
         self.metric_name = metric
-        self.metric = checked(resolve_metric(metric), metric)   # fails before the cluster starts
+        # the metric runs here, on the driver: object_f1's parser need not reach the workers
+        self.metric = checked(resolve_metric(metric, object_parser), metric)
         self.samples = list(samples)
         self.workers, self.connected = start_ray(address, workers)
         ray = self.ray

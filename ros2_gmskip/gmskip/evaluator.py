@@ -104,7 +104,7 @@ class CalibrationEvaluator:
                  batch_size: int = 16, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 48,
                  trust_remote_code: bool = False, model=None, processor=None,
                  progress: bool = False, stack: str = 'decoder',
-                 batches: list | None = None) -> None:
+                 batches: list | None = None, object_parser: str = '') -> None:
         from ros2_gmskip.vlm.blocks import family_of, get_stack
         from ros2_gmskip.vlm.loading import load_vlm
 
@@ -119,7 +119,8 @@ class CalibrationEvaluator:
         self.stack = stack
         self.num_blocks = get_stack(model, stack).num_blocks
         self.metric_name = metric
-        self.metric = checked(resolve_metric(metric), metric)
+        self.object_parser = object_parser      # object_f1's parser ('' = caption grammar)
+        self.metric = checked(resolve_metric(metric, object_parser), metric)
         self.max_new_tokens = max_new_tokens
         self.progress = progress
         self.evaluations = 0
@@ -246,7 +247,8 @@ class CalibrationEvaluator:
         self.evaluations += 1
         return self.metric(self.predictions(removed, tokens), self.samples)
 
-    def all_metrics(self, removed: Sequence[int] = (), names=('accuracy', 'cider', 'exact_match'),
+    def all_metrics(self, removed: Sequence[int] = (),
+                    names=('accuracy', 'cider', 'exact_match', 'object_f1'),
                     tokens: TokenSkip | None = None) -> tuple[dict[str, float], list[str]]:
         """Every built-in metric that applies to this data, from one generation pass."""
         texts = self.predictions(removed, tokens)
@@ -254,7 +256,10 @@ class CalibrationEvaluator:
         for name in names:
             if name == 'accuracy' and not any(s.main_class for s in self.samples):
                 continue
-            out[name] = checked(resolve_metric(name), name)(texts, self.samples)
+            if name == 'object_f1' and not any(s.objects for s in self.samples):
+                continue
+            metric = resolve_metric(name, self.object_parser)
+            out[name] = checked(metric, name)(texts, self.samples)
         return out, texts
 
 

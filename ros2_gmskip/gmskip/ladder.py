@@ -68,15 +68,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ros2_gmskip import __version__
 from ros2_gmskip.errors import PlanError
+from ros2_gmskip.folders import write_file
 from ros2_gmskip.gmskip.objective import EPS
-from ros2_gmskip.gmskip.plan import (
-    _field,
-    ModelRef,
-    SkipPlan,
-    STACKS,
-    weights_sha256,
-    write_text_atomic,
-)
+from ros2_gmskip.gmskip.plan import _field, ModelRef, SkipPlan, STACKS, weights_sha256
 from ros2_gmskip.gmskip.scoring import checked_score
 from ros2_gmskip.gmskip.strategies import protected_blocks, Step
 from ros2_gmskip.gmskip.token_search import FLOPS_REFERENCE, Workload
@@ -367,13 +361,13 @@ def format_ladder(candidates: Sequence[Candidate], plan_removed: Sequence[int]) 
 # files
 
 def save_ladder(ladder: PlanLadder, path: str | os.PathLike) -> Path:
-    """Write the ladder atomically (a temp file in the same folder, then a rename)."""
+    """Write the ladder atomically (folders.write_file: a temp file beside it, renamed)."""
     path = Path(path)
     try:
         text = json.dumps(ladder.to_dict(), indent=2, allow_nan=False) + '\n'
     except (TypeError, ValueError) as err:
         raise PlanError(f'cannot write ladder {str(path)!r}: {err}') from err
-    return write_text_atomic(path, text)
+    return write_file(path, text, 'plan ladder')
 
 
 def load_ladder(path: str | os.PathLike, model_dir: str | os.PathLike | None = None,

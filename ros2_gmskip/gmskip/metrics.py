@@ -13,20 +13,27 @@
 # limitations under the License.
 
 """
-Task metrics S(R) for GM-Skip: main-object accuracy, CIDEr-D, exact match, or a user callable.
+Task metrics S(R) for GM-Skip: main-object accuracy, CIDEr-D, exact match, object F1, or yours.
 
 A metric is `f(predictions: list[str], references: list[Sample]) -> float` (higher is better);
 `Sample` is `ros2_gmskip.scenes.Sample` (captions, main_class, objects).
+
+`object_f1` reads the objects out of each text with an object parser (default: the caption
+grammar of the default model, `scenes.parse`; `--object-parser module:function` for another)
+and scores them against the ground-truth objects.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections import Counter
+import functools
 import math
 import re
 from typing import Callable, Sequence
 
 from ros2_gmskip.errors import MetricError
+from ros2_gmskip.hooks import load_callable
+from ros2_gmskip.scenes.parse import checked_objects, load_object_parser, object_key, parse_objects
 from ros2_gmskip.scenes.spec import SYNONYMS
 
 Metric = Callable[[Sequence[str], Sequence[object]], float]
@@ -81,24 +88,67 @@ def cider(predictions: Sequence[str], references: Sequence[object]) -> float:
     return float(score)
 
 
-BUILTIN: dict[str, Metric] = {'accuracy': accuracy, 'cider': cider, 'exact_match': exact_match}
+def object_counts(predictions: Sequence[str], references: Sequence[object],
+                  parser: Callable[[str], list] = parse_objects) -> tuple[int, int, int]:
+    """
+    Return (matched, predicted, true) object counts over the references that list objects.
+
+    An object is matched when class, colour, position and distance all agree; repeated objects
+    count as often as they appear on both sides (multiset intersection).
+    """
+    matched = predicted = true = 0
+    for text, ref in zip(predictions, references):
+        truth = getattr(ref, 'objects', None)
+        if not truth:                       # no ground truth for this image: not scored
+            continue
+        said = Counter(object_key(o) for o in checked_objects(parser, text))
+        real = Counter(object_key(o) for o in truth)
+        matched += sum((said & real).values())
+        predicted += sum(said.values())
+        true += sum(real.values())
+    return matched, predicted, true
 
 
-def resolve_metric(name: str) -> Metric:
-    """Return the metric for a built-in name, or `module:function` for a user callable."""
+def object_f1(predictions: Sequence[str], references: Sequence[object],
+              parser: Callable[[str], list] = parse_objects) -> float:
+    """
+    Object-level F1: precision and recall of the described objects against the ground truth.
+
+    Micro-averaged over the images whose reference lists objects (see `object_counts`);
+    F1 = 2 P R / (P + R), 0 when nothing matches.
+    """
+    matched, predicted, true = object_counts(predictions, references, parser)
+    if not true:
+        raise MetricError('object_f1 needs references with ground-truth objects; use --metric '
+                          'cider for caption-only data')
+    if not matched:
+        return 0.0
+    precision, recall = matched / predicted, matched / true
+    return 2 * precision * recall / (precision + recall)
+
+
+BUILTIN: dict[str, Metric] = {'accuracy': accuracy, 'cider': cider, 'exact_match': exact_match,
+                              'object_f1': object_f1}
+
+
+def resolve_metric(name: str, object_parser: str = '') -> Metric:
+    """
+    Return the metric for a built-in name, or `module:function` for a user callable.
+
+    `object_parser` ('' = the default caption grammar, or 'module:function') is object_f1's.
+    """
+    if name == 'object_f1' and object_parser:
+        parser = load_object_parser(object_parser)
+        if parser is None:
+            raise MetricError(f'object_f1 needs an object parser, got {object_parser!r}: '
+                              'leave --object-parser out or name a module:function')
+        return functools.partial(object_f1, parser=parser)
     if name in BUILTIN:
         return BUILTIN[name]
     if ':' not in name:
         raise MetricError(f'unknown metric {name!r}: use one of {sorted(BUILTIN)} '
                           'or module:function')
-    module_name, func_name = name.split(':', 1)
-    try:
-        func = getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as err:
-        raise MetricError(f'cannot import metric {name!r}: {err}') from err
-    if not callable(func):
-        raise MetricError(f'metric {name!r} is not callable')
-    return func
+    return load_callable(name, 'metric', MetricError)
 
 
 def checked(metric: Metric, name: str) -> Metric:

@@ -43,7 +43,6 @@ stdlib: the node can read plans without torch.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 import hashlib
@@ -51,11 +50,11 @@ import json
 import math
 import os
 from pathlib import Path
-import tempfile
 from typing import Any
 
 from ros2_gmskip import __version__
 from ros2_gmskip.errors import ModelLoadError, PlanError
+from ros2_gmskip.folders import write_file
 from ros2_gmskip.gmskip.objective import Objective
 from ros2_gmskip.gmskip.strategies import SearchResult, Step
 from ros2_gmskip.tokenskip.settings import TokenSkip
@@ -280,39 +279,27 @@ def plan_id(plan: SkipPlan) -> str:
 
 def save_plan(plan: SkipPlan, path: str | os.PathLike) -> Path:
     """
-    Write the plan atomically: a temp file in the same folder, then `os.replace`.
+    Write the plan atomically (folders.write_file: a temp file in the same folder, renamed).
 
     Nothing is written if the plan cannot be serialised; an existing file at `path` is only ever
-    replaced by a complete new one.
+    replaced by a complete new one; a write error is OutputError, one line.
     """
     path = Path(path)
     try:
         text = plan_json(plan)
     except (TypeError, ValueError) as err:
         raise PlanError(f'cannot write plan {str(path)!r}: {err}') from err
-    return write_text_atomic(path, text)
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to a temp file beside `path`, then `os.replace` it: all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_file(path, text, 'plan')
 
 
 def load_plan(path: str | os.PathLike, model_dir: str | os.PathLike | None = None,
               check_hash: bool = True) -> SkipPlan:
-    """Read and validate a plan; with `model_dir`, check it was made for those weights."""
+    """
+    Read and validate a plan; with `model_dir`, check it was made for those weights.
+
+    The model folder is checked first (vlm.loading.check_model_dir), so a corrupt weights file is
+    reported as such, not as a plan made for other weights.
+    """
     path = Path(path)
     if not path.is_file():
         raise PlanError(f'no such plan file {str(path)!r}: make one with ros2-gmskip calibrate')
@@ -329,12 +316,44 @@ def load_plan(path: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     except PlanError as err:
         raise PlanError(f'plan {path}: {err}') from None
     if model_dir is not None and check_hash:
+        from ros2_gmskip.vlm.loading import check_model_dir     # torch-free
+        check_model_dir(Path(model_dir))
         actual = weights_sha256(model_dir)
         if actual != plan.model.sha256:
             raise PlanError(f'plan {path} was made for model sha256 {plan.model.sha256[:12]}, '
                             f'but {model_dir} has {actual[:12]}: re-run ros2-gmskip calibrate '
                             'for this model')
     return plan
+
+
+def check_plan_fits(plan: SkipPlan, path: str | os.PathLike, model: Any) -> None:
+    """
+    Raise PlanError naming the field where `plan` disagrees with the loaded `model`.
+
+    The one check of a plan against a model, run by every verb that applies a plan once the model
+    is loaded (prune, heal, evaluate, export, the torch backend): the family, the block count of
+    the plan's stack, and the token skipping against the blocks the plan keeps. The weights hash
+    is `load_plan`'s. Imports torch (through vlm.blocks) only when called.
+    """
+    from ros2_gmskip.vlm.blocks import family_of, get_stack
+
+    where = f'plan {str(path)!r}'
+    family = family_of(model)
+    if plan.model.family != family:
+        raise PlanError(f'{where} is for a {plan.model.family} model, the model is {family}: '
+                        're-run ros2-gmskip calibrate for this model')
+    blocks = get_stack(model, plan.stack).num_blocks
+    if blocks != plan.model.num_blocks:
+        raise PlanError(f'{where} says model.num_blocks {plan.model.num_blocks}, the model has '
+                        f'{blocks} {plan.stack} blocks: re-run ros2-gmskip calibrate for it')
+    kept = blocks - len(plan.removed_blocks)
+    tokens = TokenSkip.from_dict(plan.tokens)
+    if tokens.fastv is not None and tokens.fastv.r > 0 and tokens.fastv.k >= kept:
+        raise PlanError(f'{where}: tokens.fastv.k {tokens.fastv.k} needs more than the {kept} '
+                        'blocks the plan keeps: re-run ros2-gmskip calibrate --tokens')
+    if tokens.kv_ratio and tokens.kv_start >= kept:
+        raise PlanError(f'{where}: tokens.kv_removal.start_layer {tokens.kv_start} is past the '
+                        f'{kept} blocks the plan keeps: re-run ros2-gmskip calibrate --tokens')
 
 
 def plan_token_skip(path: str | os.PathLike | None) -> TokenSkip:

@@ -37,10 +37,11 @@ from ros2_gmskip.gmskip.token_search import TokenSearchResult
 
 
 def _save(fig, path: Path) -> None:
-    """Lay out and write `fig` as a PNG at `path` (parent folders created)."""
+    """Lay out and write `fig` as a PNG at `path`, complete or not at all (file_in_place)."""
+    from ros2_gmskip.folders import file_in_place
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format='png')
+    with file_in_place(path, 'plot') as tmp:
+        fig.savefig(tmp, format='png')
 
 
 def _pyplot():

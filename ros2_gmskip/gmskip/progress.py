@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ros2_gmskip.errors import PlanError
-from ros2_gmskip.gmskip.plan import write_text_atomic
+from ros2_gmskip.folders import write_file
 from ros2_gmskip.gmskip.scoring import Removed
 
 FORMAT = 'ros2_gmskip/search-progress@1'
@@ -57,7 +57,7 @@ class SearchProgress:
         """Write every score so far (JSON floats round-trip exactly)."""
         doc = {'format': FORMAT, 'inputs': self.inputs,
                'scores': [[list(removed), score] for removed, score in scores.items()]}
-        write_text_atomic(self.path, json.dumps(doc, indent=1) + '\n')
+        write_file(self.path, json.dumps(doc, indent=1) + '\n', 'search progress')
 
     def load(self) -> dict[Removed, float]:
         """Return the recorded scores; PlanError if there are none or they are for other inputs."""

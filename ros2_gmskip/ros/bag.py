@@ -31,7 +31,10 @@ or a lone .mcap / .db3 file (read on its own; also a folder whose metadata.yaml 
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import contextmanager
 from dataclasses import dataclass
+import errno
 from io import BytesIO
 import itertools
 import json
@@ -39,12 +42,14 @@ import logging
 import os
 from pathlib import Path
 import re
+import sqlite3
 import struct
 from types import TracebackType
 from typing import Any, Iterator
 
 import numpy as np
 from ros2_gmskip.errors import BagError, GmSkipError
+from ros2_gmskip.folders import check_writable, written_in_place
 from rosbags.interfaces import (
     Qos,
     QosDurability,
@@ -646,7 +651,8 @@ class BagOutputWriter:
     Writes typestore messages to a new rosbag2; a context manager.
 
     The bag is closed properly (metadata.yaml and MCAP summary written) even when the `with`
-    body raises, so an interrupted replay leaves a readable bag of what it wrote.
+    body raises, so what was written stays readable. `make_bag` and `replay_bag` write through
+    `folders.written_in_place`, so their bags appear complete or not at all.
     """
 
     def __init__(self, path: Path, storage: str = 'mcap', typestore: Any = None) -> None:
@@ -693,13 +699,31 @@ class BagOutputWriter:
         except Exception as err:
             raise BagError(f'cannot serialize a {type(msg).__name__} as {msgtype} for topic '
                            f'{topic!r}: {_one_line(err)}') from err
-        self._writer.write(conn, int(timestamp_ns), data)
+        with self._storage_errors():
+            self._writer.write(conn, int(timestamp_ns), data)
         self.counts[topic] = self.counts.get(topic, 0) + 1
 
     def close(self) -> None:
+        """Write the index and metadata.yaml; if that fails (a full disk), release the file."""
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.close()
+            try:
+                with self._storage_errors():
+                    writer.close()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    writer.abort()           # close the file without its summary
+                raise
+
+    @contextmanager
+    def _storage_errors(self) -> Iterator[None]:
+        """Raise sqlite3's 'database or disk is full' as the OSError (ENOSPC) MCAP would give."""
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            if 'full' in str(err):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path)) from err
+            raise BagError(f'cannot write rosbag {str(self.path)!r}: sqlite3: {err}') from err
 
     def __enter__(self) -> BagOutputWriter:
         return self
@@ -747,7 +771,12 @@ def make_bag(out: Path, n: int = 100, fps: float = 10.0, compressed: bool = Fals
         first = render_scene(seeds[0], width=width, height=height)
     except ValueError as err:
         raise BagError(f'cannot render {width}x{height} scenes: {err}') from err
-    with BagOutputWriter(Path(out), storage) as bag:
+    out = Path(out)
+    if out.exists():
+        raise BagError(f'output {str(out)!r} exists: choose another path or remove it')
+    check_writable(out, 'output bag')
+    with written_in_place(out, 'output bag', create=False) as tmp, \
+            BagOutputWriter(tmp, storage) as bag:
         for i, seed in enumerate(tqdm(seeds, desc=f'make-bag {Path(out).name}', unit='frame',
                                       disable=not progress)):
             rgb, scene = first if i == 0 else render_scene(seed, width=width, height=height)

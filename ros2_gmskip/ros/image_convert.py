@@ -24,10 +24,16 @@ or a Cyclone DDS IDL dataclass alike:
 `data` may be bytes, bytearray, memoryview, a numpy uint8 array, an `array.array('B')` (what
 rclpy gives) or a list of ints; everything but a list is viewed without a copy.
 
-Encodings follow sensor_msgs/image_encodings.hpp and cv_bridge. Two notes:
+Encodings follow sensor_msgs/image_encodings.hpp and cv_bridge. Notes:
 
 - `8UC3` carries no channel order; it is read as BGR, the order of the cv::Mat it usually comes
   from. `8UC1` / `16UC1` are read as grey like `mono8` / `mono16`.
+- 16-bit encodings (mono16, 16UC1, rgb16, bgr16, rgba16, bgra16) and 16-bit PNGs are scaled to
+  8 bits by 255/65535 as cv_bridge does; float and signed encodings (32FC1, 16SC1, ...: depth
+  and other measurements, no fixed range) are refused in one line, as cv_bridge refuses to
+  convert them to rgb8. Both go through `ros2_gmskip.images`, the reader image files use too.
+- A frame over `max_pixels` (width x height) is refused before its pixels are touched; for a
+  CompressedImage the size is read from the jpeg / png header, before decoding.
 - OpenCV names a Bayer pattern by the 2x2 block starting at the second row and column, so ROS
   `bayer_rggb8` is OpenCV `BayerBG` (the same table as cv_bridge; the tests check it against a
   mosaic sampled from a known image).
@@ -37,11 +43,13 @@ Bad input raises `MessageError` with a one-line reason, never another exception 
 
 from __future__ import annotations
 
+import re
 from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
-from ros2_gmskip.errors import MessageError
+from ros2_gmskip.errors import ImageError, MessageError
+from ros2_gmskip.images import check_pixels, decode_image, DEFAULT_MAX_PIXELS, to_rgb8
 
 
 class _Encoding(NamedTuple):
@@ -58,6 +66,10 @@ _ENCODINGS: dict[str, _Encoding] = {
     'bgra8': _Encoding(4, 1, cv2.COLOR_BGRA2RGB),
     'mono8': _Encoding(1, 1, cv2.COLOR_GRAY2RGB),
     'mono16': _Encoding(1, 2, cv2.COLOR_GRAY2RGB),
+    'rgb16': _Encoding(3, 2, None),
+    'bgr16': _Encoding(3, 2, cv2.COLOR_BGR2RGB),
+    'rgba16': _Encoding(4, 2, cv2.COLOR_RGBA2RGB),
+    'bgra16': _Encoding(4, 2, cv2.COLOR_BGRA2RGB),
     '8UC1': _Encoding(1, 1, cv2.COLOR_GRAY2RGB),
     '8UC3': _Encoding(3, 1, cv2.COLOR_BGR2RGB),
     '16UC1': _Encoding(1, 2, cv2.COLOR_GRAY2RGB),
@@ -78,7 +90,9 @@ SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_ENCODINGS)
 # Lookup is case-insensitive ('8uc1', 'RGB8' are seen in the wild).
 _BY_LOWER: dict[str, str] = {name.lower(): name for name in _ENCODINGS}
 
-_SIXTEEN_BIT = ('mono16', '16UC1')
+_SIXTEEN_BIT = ('mono16', '16UC1')          # grey; the colour ones are <order>16
+# OpenCV-style type names of image_encodings.hpp that hold measurements, not camera pixels.
+_MEASUREMENT = re.compile(r'(8|16|32|64)([SF])C(\d)')
 _YUV422 = ('yuv422', 'uyvy', 'yuyv', 'yuv422_yuy2')
 _BAYER_CHANNELS = {'r': 0, 'g': 1, 'b': 2}
 
@@ -89,6 +103,12 @@ _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 def canonical_encoding(encoding: str) -> str:
     """Return the ROS spelling of `encoding`, or raise MessageError naming the supported ones."""
     name = _BY_LOWER.get(str(encoding).strip().lower())
+    measured = _MEASUREMENT.fullmatch(str(encoding).strip().upper())
+    if name is None and measured:
+        bits, kind = measured.group(1), 'float' if measured.group(2) == 'F' else 'signed'
+        raise MessageError(f'image encoding {encoding!r} holds {bits}-bit {kind} values (depth '
+                           'or another measurement) with no fixed range to scale to 8 bits: '
+                           'publish a camera image (rgb8, bgr8, mono8, mono16, ...)')
     if name is None:
         raise MessageError(f'unknown image encoding {encoding!r}: supported are '
                            f'{", ".join(SUPPORTED_ENCODINGS)}')
@@ -132,7 +152,7 @@ def _int_field(msg: Any, name: str) -> int:
         raise MessageError(f'image field {name!r} is not an integer: {value!r}') from None
 
 
-def _pixels(msg: Any) -> tuple[str, np.ndarray]:
+def _pixels(msg: Any, max_pixels: int) -> tuple[str, np.ndarray]:
     """Return (encoding, array (H, W, C) of the message's values, row padding dropped, a view)."""
     encoding = canonical_encoding(_field(msg, 'encoding'))
     spec = _ENCODINGS[encoding]
@@ -140,6 +160,10 @@ def _pixels(msg: Any) -> tuple[str, np.ndarray]:
     step = _int_field(msg, 'step')
     if H <= 0 or W <= 0:
         raise MessageError(f'image has zero size: width {W}, height {H}')
+    try:
+        check_pixels(W, H, max_pixels, f'{encoding} image')
+    except ImageError as err:
+        raise MessageError(str(err)) from None
     if encoding in _YUV422 and W % 2:
         raise MessageError(f'{encoding} image has odd width {W}: 4:2:2 needs pixel pairs')
     bpp = spec.channels * spec.itemsize
@@ -159,19 +183,23 @@ def _pixels(msg: Any) -> tuple[str, np.ndarray]:
     return encoding, arr
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
+def image_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """
     Convert a sensor_msgs/Image to RGB uint8 (H, W, 3), C-contiguous.
 
     For an unpadded rgb8 image the result is a view of `msg.data` (read-only when the data is
-    bytes); copy it before writing into it.
+    bytes); copy it before writing into it. More than `max_pixels` pixels: MessageError.
     """
-    encoding, arr = _pixels(msg)                         # (H, W, C)
+    encoding, arr = _pixels(msg, max_pixels)             # (H, W, C)
     code = _ENCODINGS[encoding].to_rgb
+    if _ENCODINGS[encoding].itemsize == 2:               # 16 -> 8 bit as cv_bridge scales
+        order = 'bgr' if encoding.startswith('bgr') else 'rgb'
+        try:
+            return to_rgb8(arr, order=order, what=f'{encoding} image')
+        except ImageError as err:
+            raise MessageError(str(err)) from None
     try:
-        if encoding in _SIXTEEN_BIT:
-            arr = (arr[..., 0] >> 8).astype(np.uint8)    # (H, W) 16 -> 8 bit
-        elif arr.shape[2] == 1:
+        if arr.shape[2] == 1:
             arr = arr[..., 0]                            # (H, W) grey or Bayer mosaic
         if code is None:
             return np.ascontiguousarray(arr)
@@ -203,24 +231,21 @@ def _compressed_kind(fmt: str, data: np.ndarray) -> str:
     raise MessageError(f'unknown compressed image format {fmt!r}: supported are jpeg and png')
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
-    """Decode a sensor_msgs/CompressedImage (jpeg or png) to RGB uint8 (H, W, 3)."""
+def compressed_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """
+    Decode a sensor_msgs/CompressedImage (jpeg or png) to RGB uint8 (H, W, 3).
+
+    The size in the header is checked against `max_pixels` before decoding.
+    """
     data = _flat_uint8(_field(msg, 'data'))
     fmt = _field(msg, 'format')
     kind = _compressed_kind(fmt, data)
     if data.size == 0:
         raise MessageError(f'compressed image ({fmt!r}) has no data')
     try:
-        bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)       # 16-bit png is scaled to 8 bit here
-    except cv2.error as err:
-        bgr = None
-        reason = str(err).strip().splitlines()[-1]
-    else:
-        reason = 'not a valid image'
-    if bgr is None or bgr.ndim != 3 or bgr.size == 0:
-        raise MessageError(f'compressed image ({fmt!r}, {data.size} bytes) could not be decoded '
-                           f'as {kind}: {reason}')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        return decode_image(data, max_pixels, f'compressed {kind} image ({data.size} bytes)')
+    except ImageError as err:
+        raise MessageError(str(err)) from None
 
 
 def _rgb_to_yuv(rgb: np.ndarray) -> np.ndarray:
@@ -263,7 +288,7 @@ def rgb_to_image_fields(rgb: np.ndarray, encoding: str = 'rgb8') -> dict:
     Return the fields of a sensor_msgs/Image holding `rgb` (H, W, 3 uint8) in `encoding`.
 
     Returns {height, width, encoding, is_bigendian, step, data (bytes)}; rows are unpadded and
-    16-bit values little-endian (grey x 257, so `>> 8` gives the grey back). Lossy encodings
+    16-bit values little-endian (value x 257, so reading scales it back exactly). Lossy encodings
     (mono, Bayer, 4:2:2) keep what they can. The header is the caller's.
     """
     rgb = np.asarray(rgb)
@@ -285,6 +310,11 @@ def rgb_to_image_fields(rgb: np.ndarray, encoding: str = 'rgb8') -> dict:
     elif encoding in _SIXTEEN_BIT:
         grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16)
         out = (grey * np.uint16(257)).astype('<u2')
+    elif encoding.endswith('16'):                        # rgb16, bgr16, rgba16, bgra16
+        out = rgb_to_image_fields(rgb, encoding[:-2] + '8')['data']
+        channels = len(encoding) - 2
+        out = np.frombuffer(out, np.uint8).reshape(H, W, channels)
+        out = (out.astype(np.uint16) * np.uint16(257)).astype('<u2')
     elif encoding.startswith('bayer_'):
         out = _bayer_mosaic(rgb, encoding[len('bayer_'):len('bayer_') + 4])
     else:                                                # 4:2:2

@@ -34,13 +34,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import logging
 from pathlib import Path
 import sys
 from typing import Any, Callable, Sequence
 
-from ros2_gmskip.errors import GmSkipError
+from ros2_gmskip.errors import GmSkipError, PromptError
+from ros2_gmskip.ros.messages import (
+    DEBUG_TOPICS,
+    DESCRIPTION,
+    DIAGNOSTIC_NAME,
+    diagnostics_message,
+    FLOAT64_STAMPED,
+    SCENE,
+    scene_messages,
+)
 from ros2_gmskip.ros.params import (
     DescriberParams,
     descriptions,
@@ -48,12 +56,10 @@ from ros2_gmskip.ros.params import (
     NODE_NAME,
     ParameterError,
 )
-from ros2_gmskip.ros.pipeline import DescriberCore, format_value, LEVELS, SceneOutput
+from ros2_gmskip.ros.pipeline import DescriberCore, format_value, SceneOutput
 from ros2_gmskip.ros.transport import QOS_DEFAULT, QOS_SENSOR, remove_ros_args, select_transport
 
-DIAGNOSTIC_NAME = f'{NODE_NAME}: inference'      # of the node at '/' under its default name
-FLOAT64_STAMPED = 'autoware_internal_debug_msgs/msg/Float64Stamped'
-DEBUG_TOPICS = ('processing_time_ms', 'pipeline_latency_ms', 'cyclic_time_ms')
+__all__ = ['DEBUG_TOPICS', 'DIAGNOSTIC_NAME', 'FLOAT64_STAMPED', 'GmSkipDescriber', 'main', 'run']
 # parameters that may change while running (the rest are read once, at start-up)
 LIVE_PARAMETERS = ('prompt', 'max_new_tokens', 'input_timeout_s', 'latency_warn_ms',
                    'drop_warn_ratio', 'latency_budget_ms')
@@ -163,9 +169,9 @@ class GmSkipDescriber:
         self.image_sub = transport.create_subscription(
             topic, msgtype, lambda msg: self.core.on_image(msg, compressed), qos=QOS_SENSOR)
         self.description_pub = transport.create_publisher(
-            '~/output/description', 'std_msgs/msg/String', qos=QOS_DEFAULT)
+            DESCRIPTION, 'std_msgs/msg/String', qos=QOS_DEFAULT)
         self.scene_pub = transport.create_publisher(
-            '~/output/scene', 'std_msgs/msg/String', qos=QOS_DEFAULT)
+            SCENE, 'std_msgs/msg/String', qos=QOS_DEFAULT)
         self.diagnostics_pub = transport.create_publisher(
             '/diagnostics', 'diagnostic_msgs/msg/DiagnosticArray', qos=QOS_DEFAULT)
         self.debug_pubs: dict[str, Any] = {}
@@ -188,33 +194,18 @@ class GmSkipDescriber:
     # callbacks
 
     def publish_callback(self, out: SceneOutput) -> None:
-        """Worker thread: publish one description (text, scene JSON, debug timings)."""
+        """Publish one description from the worker thread (text, scene JSON, debug timings)."""
         t = self.transport
-        self.description_pub.publish(t.make_message('std_msgs/msg/String', data=out.text))
-        self.scene_pub.publish(t.make_message('std_msgs/msg/String',
-                                              data=json.dumps(out.scene_dict())))
-        if self.debug_pubs:
-            sec, nanosec = t.now()
-            for name, pub in self.debug_pubs.items():
-                value = getattr(out, name)
-                if value == value:          # NaN: the first cyclic time, or an unstamped image
-                    pub.publish(t.make_message(FLOAT64_STAMPED, data=float(value),
-                                               stamp={'sec': sec, 'nanosec': nanosec}))
+        publishers = {DESCRIPTION: self.description_pub, SCENE: self.scene_pub,
+                      **{f'~/debug/{name}': pub for name, pub in self.debug_pubs.items()}}
+        for topic, msgtype, fields in scene_messages(out, t.now(), debug=bool(self.debug_pubs)):
+            publishers[topic].publish(t.make_message(msgtype, **fields))
 
     def diagnostics_callback(self) -> None:
-        """Timer: publish the core's status on /diagnostics."""
-        d = self.core.diagnostics()
-        sec, nanosec = self.transport.now()
-        status = {
-            'level': LEVELS[d['level']],
-            'name': self.diagnostic_name,
-            'message': d['message'],
-            'hardware_id': str(d['values'].get('backend', '')),
-            'values': [{'key': k, 'value': format_value(v)} for k, v in d['values'].items()],
-        }
-        self.diagnostics_pub.publish(self.transport.make_message(
-            'diagnostic_msgs/msg/DiagnosticArray',
-            header={'stamp': {'sec': sec, 'nanosec': nanosec}, 'frame_id': ''}, status=[status]))
+        """Publish the core's status on /diagnostics (timer)."""
+        _, msgtype, fields = diagnostics_message(self.core.diagnostics(), self.transport.now(),
+                                                 self.diagnostic_name)
+        self.diagnostics_pub.publish(self.transport.make_message(msgtype, **fields))
 
     def parameters_callback(self, changes: dict[str, Any]) -> tuple[bool, str]:
         """Validate a run-time parameter change; apply the live ones, refuse the others."""
@@ -224,7 +215,9 @@ class GmSkipDescriber:
                            f'{NODE_NAME} to change them')
         try:
             params = DescriberParams.from_dict(dict(self.params.to_dict(), **changes))
-        except ParameterError as err:
+            if self.core is not None:
+                self.core.check_request(params)     # the prompt must fit the model's context
+        except (ParameterError, PromptError) as err:
             return False, str(err)
         if self.core is not None and params.latency_budget_ms != self.params.latency_budget_ms:
             try:
@@ -246,7 +239,7 @@ class GmSkipDescriber:
 
 
 def _info_text(backend: Any) -> str:
-    info = getattr(backend, 'info', None) or {}
+    info = backend.info.to_dict()
     return ', '.join(f'{k}={format_value(v)}' for k, v in info.items()) or 'no info'
 
 

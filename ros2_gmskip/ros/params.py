@@ -61,6 +61,8 @@ class DescriberParams:
     prompt: str = 'describe the scene.'
     max_new_tokens: int = 48
     use_compressed: bool = False
+    max_image_pixels: int = 50_000_000    # larger frames are rejected before decoding
+    object_parser: str = ''               # '' = scenes grammar | 'none' | 'module:function'
     build_only: bool = False
     diagnostics_period_s: float = 1.0
     input_timeout_s: float = 2.0           # diagnostics WARN after this long without an image
@@ -193,7 +195,7 @@ def validate(values: Mapping[str, Any], schema: dict | None = None) -> dict[str,
     for err in sorted(validator.iter_errors(values), key=lambda e: list(e.path)):
         if err.path:
             key = str(err.path[0])
-            problems.append(f'parameter {key!r} = {values.get(key)!r}: {err.message}')
+            problems.append(f'parameter {key!r} = {values.get(key)!r}: {_message(err)}')
         elif err.validator == 'additionalProperties':
             extra = sorted(set(values) - set(node_schema(schema)['properties']))
             problems.append(f'unknown parameter(s) {", ".join(map(repr, extra))}: '
@@ -205,6 +207,44 @@ def validate(values: Mapping[str, Any], schema: dict | None = None) -> dict[str,
     if problems:
         raise ParameterError('; '.join(problems))
     return values
+
+
+def _message(err: Any) -> str:
+    """Return jsonschema's message, in words where it would print a regex."""
+    if err.validator == 'pattern' and err.validator_value == '\\S':
+        return 'is blank: give some text'
+    return err.message
+
+
+def check_value(key: str, value: Any, schema: dict | None = None) -> Any:
+    """Return `value` if it is valid for parameter `key`; ParameterError in one line otherwise."""
+    import jsonschema
+
+    props = node_schema(schema)['properties']
+    if key not in props:
+        raise ParameterError(f'unknown parameter {key!r}: see {SCHEMA_FILE} for the valid keys')
+    value = coerce({key: value}, schema)[key]
+    for err in jsonschema.Draft7Validator(props[key]).iter_errors(value):
+        raise ParameterError(f'parameter {key!r} = {value!r}: {_message(err)}')
+    return value
+
+
+def parse_value(key: str, text: str, schema: dict | None = None) -> Any:
+    """Parse command-line `text` as parameter `key` (its schema type), then check its bounds."""
+    kind = node_schema(schema)['properties'].get(key, {}).get('type')
+    casts = {'integer': int, 'number': float, 'boolean': _boolean}
+    try:
+        value = casts[kind](text) if kind in casts else text
+    except ValueError:
+        raise ParameterError(f'parameter {key!r} = {text!r}: is not of type {kind!r}') from None
+    return check_value(key, value, schema)
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ('true', 'false'):
+        raise ValueError(text)
+    return lowered == 'true'
 
 
 def load_params(param_files: Iterable[str | Path] = (),

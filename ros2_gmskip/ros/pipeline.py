@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+import functools
 import logging
 import math
 import threading
@@ -62,7 +63,7 @@ class SceneOutput:
     text: str
     tokens: int
     latency: dict[str, float]        # Latency.to_dict(): preprocess/vision/prefill/decode/total ms
-    objects: list[dict] = field(default_factory=list)   # detected objects (none yet)
+    objects: list[dict] = field(default_factory=list)   # parsed from the text (object_parser)
     model_id: str = ''
     plan_id: str = ''
     engine_id: str = ''
@@ -94,11 +95,17 @@ def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def default_convert(msg: Any, compressed: bool) -> np.ndarray:
-    """ROS Image / CompressedImage (any object with their fields) -> RGB uint8 (H, W, 3)."""
+def default_convert(msg: Any, compressed: bool, max_pixels: int | None = None) -> np.ndarray:
+    """
+    Convert a ROS Image / CompressedImage (any object with their fields) to RGB uint8 (H, W, 3).
+
+    `max_pixels`: frames with more pixels are refused (None: images.DEFAULT_MAX_PIXELS).
+    """
+    from ros2_gmskip.images import DEFAULT_MAX_PIXELS
     from ros2_gmskip.ros.image_convert import compressed_to_rgb, image_to_rgb
 
-    return compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    return compressed_to_rgb(msg, limit) if compressed else image_to_rgb(msg, limit)
 
 
 class _BoundedRateMeter(RateMeter):
@@ -140,8 +147,10 @@ class DescriberCore:
     Newest-frame hand-off + worker + counters + diagnostics (see the module docstring).
 
     `params` needs: prompt, max_new_tokens, input_timeout_s, latency_warn_ms, drop_warn_ratio,
-    error_window, stats_window, latency_budget_ms, rung (a `DescriberParams`). `publish` is
-    called on the worker thread. A backend with a plan ladder (`backend.ladder`,
+    error_window, stats_window, latency_budget_ms, rung, and optionally max_image_pixels and
+    object_parser (a `DescriberParams`). `publish` is called on the worker thread. The backend's
+    `check_request` (where it has one) must accept the prompt and max_new_tokens: PromptError
+    otherwise, before any frame. A backend with a plan ladder (`backend.ladder`,
     describe(..., rung=)) runs the rung `runtime.ladder.rung_policy` picks: fixed, or chosen per
     frame to fit the budget.
     """
@@ -156,7 +165,12 @@ class DescriberCore:
         self.publish = publish
         self.clock = clock
         self.wall_clock = wall_clock
+        if convert is default_convert:
+            convert = functools.partial(default_convert,
+                                        max_pixels=getattr(params, 'max_image_pixels', None))
         self.convert = convert
+        self.parse_objects = _object_parser(getattr(params, 'object_parser', ''))
+        self.check_request(params)
         self.logger = logger or log
         self._log = _RateLimitedLog(self.logger, clock=clock)
         self._cond = threading.Condition(threading.Lock())
@@ -171,6 +185,7 @@ class DescriberCore:
         self.rejected = 0
         self.errors = 0
         self.publish_errors = 0
+        self.parse_errors = 0        # object parser failures (the frame is still described)
         # recent history, all bounded
         self.stats = LatencyStats(window=params.stats_window)
         self._input_rate = _BoundedRateMeter(RATE_WINDOW_S)
@@ -186,6 +201,12 @@ class DescriberCore:
         self.chooser, self.fixed_rung = rung_policy(
             self.ladder, float(getattr(params, 'latency_budget_ms', 0.0)),
             getattr(params, 'rung', AUTO))
+
+    def check_request(self, params: Any) -> None:
+        """Raise PromptError if the backend says params' prompt + max_new_tokens do not fit."""
+        check = getattr(self.backend, 'check_request', None)
+        if check is not None:
+            check(params.prompt, params.max_new_tokens)
 
     # ------------------------------------------------------------------------------------------
     # subscription side: never blocks on inference
@@ -294,9 +315,10 @@ class DescriberCore:
         t1 = self.clock()
         if self.chooser is not None:
             self.chooser.record(rung, (t1 - t0) * 1e3)
+        objects = self._objects(result.text)
         stamp = getattr(getattr(msg, 'header', None), 'stamp', None)
         sec, nanosec = int(getattr(stamp, 'sec', 0)), int(getattr(stamp, 'nanosec', 0))
-        info = getattr(self.backend, 'info', None) or {}
+        info = self.backend.info
         with self._cond:
             cyclic = (t1 - self._last_output_t) * 1e3 if self._last_output_t is not None \
                 else math.nan
@@ -305,8 +327,8 @@ class DescriberCore:
                 stamp_sec=sec, stamp_nanosec=nanosec,
                 frame_id=str(getattr(getattr(msg, 'header', None), 'frame_id', '')),
                 text=result.text, tokens=result.tokens, latency=result.latency.to_dict(),
-                objects=[], model_id=str(info.get('model_id', '')),
-                plan_id=str(info.get('plan_id', '')), engine_id=str(info.get('engine_id', '')),
+                objects=objects, model_id=info.model_id, plan_id=info.plan_id,
+                engine_id=info.engine_id,
                 processing_time_ms=(t1 - t0) * 1e3,
                 queue_wait_ms=(t0 - t_recv) * 1e3 if t_recv is not None else 0.0,
                 pipeline_latency_ms=(self.wall_clock() - (sec + nanosec * 1e-9)) * 1e3
@@ -327,6 +349,19 @@ class DescriberCore:
                 self.last_error = f'publish failed: {type(err).__name__}: {err}'
             self._log('error', 'publish', self.last_error)
         return out
+
+    def _objects(self, text: str) -> list[dict]:
+        """Return the objects the parser finds in `text`; [] (logged, counted) if it fails."""
+        if self.parse_objects is None:
+            return []
+        from ros2_gmskip.scenes.parse import checked_objects, ParserError
+        try:
+            return checked_objects(self.parse_objects, text)
+        except ParserError as err:
+            with self._cond:
+                self.parse_errors += 1
+            self._log('warning', 'parse', f'objects not parsed: {err}')
+            return []
 
     def _failed(self, counter: str, reason: str, exc: bool = False) -> None:
         with self._cond:
@@ -357,6 +392,7 @@ class DescriberCore:
                 'errors': self.errors,
                 'pending': int(self._slot is not None) + int(self._in_flight),
                 'drop_ratio': sum(drops) / len(drops) if drops else 0.0,
+                'object_parse_errors': self.parse_errors,
                 'seconds_since_last_image': now - self._last_input_t,
             }
             last_error = self.last_error
@@ -366,12 +402,13 @@ class DescriberCore:
         values['tokens_per_s'] = summary['tokens_per_s']['mean']
         values['processing_time_ms'] = last.processing_time_ms if last else math.nan
         values['pipeline_latency_ms'] = last.pipeline_latency_ms if last else math.nan
-        info = (getattr(self.backend, 'info', None) or {}) if self.backend is not None else {}
+        info = self.backend.info if self.backend is not None else None
         values['backend'] = getattr(self.backend, 'name', 'none') if self.backend else 'none'
         for key in ('blocks_removed', 'model_id', 'plan_id', 'engine_id', 'decoder_graph',
                     'draft_tokens'):
-            values[key] = info.get(key, '')
-        values['token_skip'] = token_skip_text(info.get('tokens'))
+            value = getattr(info, key) if info is not None else ''
+            values[key] = list(value) if isinstance(value, tuple) else value
+        values['token_skip'] = info.tokens.describe() if info is not None else ''
         rung = self.rung_values()
         values.update(rung)
         values['last_error'] = last_error
@@ -445,6 +482,12 @@ class DescriberCore:
             'stats': len(self.stats._results),
             'log_keys': len(self._log._last),
         }
+
+
+def _object_parser(spec: str) -> Callable[[str], list] | None:
+    """Return the parser the object_parser parameter names (scenes.parse.load_object_parser)."""
+    from ros2_gmskip.scenes.parse import load_object_parser
+    return load_object_parser(spec)
 
 
 def format_value(value: Any) -> str:

@@ -52,7 +52,6 @@ in this module's own copy, `REPLAY_TYPESTORE`, so the shared `bag.TYPESTORE` is 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -62,27 +61,30 @@ import time
 from typing import Any, Callable, Iterator
 
 from ros2_gmskip.errors import BagError, GmSkipError
+from ros2_gmskip.folders import check_writable, written_in_place
 from ros2_gmskip.ros.bag import BagImageReader, BagOutputWriter, GROUND_TRUTH_TOPIC, STRING_TYPE
-from ros2_gmskip.ros.node import DEBUG_TOPICS, DIAGNOSTIC_NAME, FLOAT64_STAMPED
-from ros2_gmskip.ros.params import DescriberParams, NODE_NAME
-from ros2_gmskip.ros.pipeline import (
-    default_convert,
-    DescriberCore,
-    format_value,
-    LEVELS,
-    SceneOutput,
+from ros2_gmskip.ros.messages import (
+    absolute_topic,
+    DEBUG_TOPICS,
+    DESCRIPTION,
+    DIAGNOSTICS,
+    diagnostics_message,
+    FLOAT64_STAMPED,
+    SCENE,
+    scene_messages,
 )
+from ros2_gmskip.ros.params import DescriberParams
+from ros2_gmskip.ros.pipeline import default_convert, DescriberCore, SceneOutput
 from ros2_gmskip.runtime.stats import percentiles, STAGES
 from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 
 log = logging.getLogger(__name__)
 
 RATES = ('max', 'realtime')
-DESCRIPTION_TOPIC = f'/{NODE_NAME}/output/description'
-SCENE_TOPIC = f'/{NODE_NAME}/output/scene'
-DIAGNOSTICS_TOPIC = '/diagnostics'
-DEBUG_TOPIC = {name: f'/{NODE_NAME}/debug/{name}' for name in DEBUG_TOPICS}
-DIAGNOSTIC_ARRAY = 'diagnostic_msgs/msg/DiagnosticArray'
+DESCRIPTION_TOPIC = absolute_topic(DESCRIPTION)
+SCENE_TOPIC = absolute_topic(SCENE)
+DIAGNOSTICS_TOPIC = DIAGNOSTICS
+DEBUG_TOPIC = {name: absolute_topic(f'~/debug/{name}') for name in DEBUG_TOPICS}
 # Stages reported in the summary: the backend's breakdown, then the pipeline's own timings.
 SUMMARY_STAGES = STAGES + ('processing_time_ms', 'pipeline_latency_ms')
 # At most this many /diagnostics ticks for one gap between frames (a paused recording would
@@ -126,6 +128,22 @@ class ReplayClock:
 def _time_msg(stamp_ns: int) -> Any:
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
     return REPLAY_TYPESTORE.types['builtin_interfaces/msg/Time'](sec=sec, nanosec=nanosec)
+
+
+def bag_message(msgtype: str, fields: dict[str, Any]) -> Any:
+    """Return a rosbags message of `msgtype` from plain values (messages.py's fields)."""
+    from rosbags.interfaces import Nodetype
+
+    _, defs = REPLAY_TYPESTORE.fielddefs[msgtype]
+    values = {}
+    for name, (kind, detail) in defs:
+        value = fields[name]
+        if kind == Nodetype.NAME:
+            value = bag_message(detail, value)
+        elif kind in (Nodetype.ARRAY, Nodetype.SEQUENCE) and detail[0][0] == Nodetype.NAME:
+            value = [bag_message(detail[0][1], v) for v in value]
+        values[name] = value
+    return REPLAY_TYPESTORE.types[msgtype](**values)
 
 
 def read_string_topic(path: Path, topic: str) -> tuple[list[tuple[int, str]], str | None]:
@@ -226,7 +244,6 @@ class _Recorder:
         self.tokens = 0
         self.rung_frames: dict[int, int] = {}  # plan-ladder rung -> frames described on it
         self.String = REPLAY_TYPESTORE.types[STRING_TYPE]
-        self.Float64Stamped = REPLAY_TYPESTORE.types[FLOAT64_STAMPED]
 
     # -- worker thread
 
@@ -234,15 +251,10 @@ class _Recorder:
         """Write one output (DescriberCore's publish callback): text, scene JSON, debug timings."""
         try:
             write_ns = self.clock.now_ns()
-            msgs = [(DESCRIPTION_TOPIC, STRING_TYPE, write_ns, self.String(data=out.text)),
-                    (SCENE_TOPIC, STRING_TYPE, write_ns,
-                     self.String(data=json.dumps(out.scene_dict())))]
-            stamp_ns = out.stamp_sec * 1_000_000_000 + out.stamp_nanosec
-            for name, topic in DEBUG_TOPIC.items():
-                value = float(getattr(out, name))
-                if math.isfinite(value):       # NaN: first cyclic time, or an unstamped image
-                    msgs.append((topic, FLOAT64_STAMPED, write_ns,
-                                 self.Float64Stamped(stamp=_time_msg(stamp_ns), data=value)))
+            # debug values carry the input header stamp (the node stamps them with its clock)
+            msgs = [(absolute_topic(topic), msgtype, write_ns, bag_message(msgtype, fields))
+                    for topic, msgtype, fields in scene_messages(
+                        out, (out.stamp_sec, out.stamp_nanosec))]
             with self._cond:
                 self._queue.extend(msgs)
                 for stage in STAGES:
@@ -279,16 +291,9 @@ class _Recorder:
 
     def diagnostics(self, core: DescriberCore, stamp_ns: int) -> None:
         """Write a DiagnosticArray of the core's diagnostics, stamped and written at `stamp_ns`."""
-        d = core.diagnostics()
-        T = REPLAY_TYPESTORE.types
-        status = T['diagnostic_msgs/msg/DiagnosticStatus'](
-            level=LEVELS[d['level']], name=DIAGNOSTIC_NAME, message=d['message'],
-            hardware_id=str(d['values'].get('backend', '')),
-            values=[T['diagnostic_msgs/msg/KeyValue'](key=str(k), value=format_value(v))
-                    for k, v in d['values'].items()])
-        header = T['std_msgs/msg/Header'](stamp=_time_msg(stamp_ns), frame_id='')
-        self.bag.write(DIAGNOSTICS_TOPIC, DIAGNOSTIC_ARRAY, stamp_ns,
-                       T[DIAGNOSTIC_ARRAY](header=header, status=[status]))
+        topic, msgtype, fields = diagnostics_message(core.diagnostics(),
+                                                     divmod(int(stamp_ns), 1_000_000_000))
+        self.bag.write(topic, msgtype, stamp_ns, bag_message(msgtype, fields))
 
     def truth_until(self, bag_ns: int | None) -> None:
         """Copy the ground truth messages up to `bag_ns` (None: all that are left)."""
@@ -355,6 +360,7 @@ def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParam
     `params`: prompt, max_new_tokens, diagnostics_period_s, warning thresholds (default: the
     node's config/gmskip.param.yaml). A damaged input is replayed up to the damage and the summary
     says why in 'bag_error'; messages that cannot be converted are 'rejected', never raised.
+    `out_bag` appears complete or not at all (OutputError on a write error, nothing left).
     """
     from tqdm import tqdm
 
@@ -363,6 +369,7 @@ def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParam
     in_bag, out_bag = Path(in_bag), Path(out_bag)
     if out_bag.exists():
         raise BagError(f'output {str(out_bag)!r} exists: choose another path or remove it')
+    check_writable(out_bag, 'output bag')
     if params is None:
         from ros2_gmskip.ros.params import load_params
         params = load_params()
@@ -376,7 +383,10 @@ def replay_bag(in_bag: Path, out_bag: Path, backend: Any, params: DescriberParam
         ticks = _Ticks(params.diagnostics_period_s)
         # One thread only writes it: sqlite3 refuses writes from another thread than the one that
         # opened it, so the worker's outputs are queued and written by the replay thread.
-        with BagOutputWriter(out_bag, storage, typestore=REPLAY_TYPESTORE) as bag:
+        # Written beside out_bag and renamed at the end: a full disk, a refused prompt or Ctrl-C
+        # leaves no partial bag (folders.written_in_place).
+        with written_in_place(out_bag, 'output bag', create=False) as tmp_bag, \
+                BagOutputWriter(tmp_bag, storage, typestore=REPLAY_TYPESTORE) as bag:
             rec = _Recorder(bag, clock, truth)
             core = DescriberCore(backend, params, publish=rec.publish, clock=clock.now_s,
                                  wall_clock=clock.now_s, convert=convert)
@@ -430,7 +440,7 @@ def _summary(in_bag: Path, out_bag: Path, reader: BagImageReader, backend: Any,
              outputs: dict[str, int], rate: str, storage: str, frames: int, wall_s: float,
              first_ns: int | None, last_ns: int | None,
              truth_error: str | None) -> dict[str, Any]:
-    info = getattr(backend, 'info', None) or {}
+    info = backend.info
     total_s = sum(v for v in rec.timings['total_ms'] if math.isfinite(v)) / 1e3
     bag_s = (last_ns - first_ns) / 1e9 if first_ns is not None and last_ns is not None else 0.0
     return _clean({
@@ -457,11 +467,11 @@ def _summary(in_bag: Path, out_bag: Path, reader: BagImageReader, backend: Any,
         'tokens': rec.tokens,
         'tokens_per_s': rec.tokens / total_s if total_s > 0 else 0.0,
         'backend': getattr(backend, 'name', '?'),
-        'model_id': info.get('model_id') or '',
-        'plan_id': info.get('plan_id') or '',
-        'engine_id': info.get('engine_id') or '',
-        'blocks_removed': list(info.get('blocks_removed') or []),
-        'token_skip': info.get('tokens'),
+        'model_id': info.model_id,
+        'plan_id': info.plan_id,
+        'engine_id': info.engine_id,
+        'blocks_removed': list(info.blocks_removed),
+        'token_skip': info.tokens.to_dict(),
         'latency_budget_ms': float(getattr(core.params, 'latency_budget_ms', 0.0)),
         'rung_frames': {str(k): v for k, v in sorted(rec.rung_frames.items())},
         'rung_switches': core.rung_values()['rung_switches'],

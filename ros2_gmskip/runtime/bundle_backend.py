@@ -13,22 +13,42 @@
 # limitations under the License.
 
 """
-What the ONNX Runtime and TensorRT backends share: prompt assembly and the timed describe call.
+Share what the ONNX Runtime and TensorRT backends do alike: the bundle's parts, one describe.
 
-A subclass provides `preprocess` (Preprocessor), `tokenizer` (PromptTokenizer), `embed_table`
-(vocab, C), `decoder_loop` (GreedyDecoder) and `image_embeds(pixel_values) -> (1, n, C)`.
+A subclass sets `bundle` (bundle_format.Bundle), calls `_load_parts()` (the embedding table,
+`preprocess`, `tokenizer`), and provides `decoder_loop` (decode.DecodeLoop) and
+`image_embeds(pixel_values) -> (1, n, C)`. Every request is checked first (`check_request`): a
+blank prompt, or one that with max_new_tokens does not fit the model's context, is PromptError.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 
 import numpy as np
+from ros2_gmskip.bundle_format import EMBED, REEXPORT
+from ros2_gmskip.errors import BundleError
+from ros2_gmskip.runtime.preprocess import Preprocessor
+from ros2_gmskip.runtime.requests import check_prompt_text, check_request, context_length
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.tokenizer import PromptTokenizer
 
 
 class BundleBackend:
     """Timed describe over a bundle's preprocessing, tokenizer, vision graph and decode loop."""
+
+    def _load_parts(self) -> None:
+        """Load the embedding table (checked against the manifest), preprocessing, tokenizer."""
+        m = self.bundle.manifest
+        self.embed_table = np.load(self.bundle.file(EMBED), allow_pickle=False)   # (vocab, C)
+        want = (m.decoder.vocab_size, m.decoder.hidden_size)
+        if self.embed_table.shape != want:
+            raise BundleError(f'{self.bundle.where()}: {EMBED} has shape '
+                              f'{self.embed_table.shape}, the manifest says {want}: {REEXPORT}')
+        self.preprocess = Preprocessor.from_manifest(m.preprocess)
+        self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
 
     def _check_ready(self) -> None:
         """Raise if this backend cannot run (e.g. a build-only TensorRT backend); a hook."""
@@ -39,9 +59,25 @@ class BundleBackend:
         embeds[ids == self.tokenizer.image_token_id] = image_embeds
         return embeds[None]                                                   # (1, T, C)
 
+    @functools.cached_property
+    def context(self) -> int | None:
+        """Return the decoder's max_position_embeddings, from the bundle's config.json copy."""
+        path = self.bundle.path / 'config.json'
+        try:
+            return context_length(json.loads(path.read_text(encoding='utf-8')))
+        except (OSError, ValueError):
+            return None                  # a bundle without config.json: nothing to check against
+
+    def check_request(self, prompt: str, max_new_tokens: int) -> None:
+        """Raise PromptError unless the templated prompt + max_new_tokens fit the context."""
+        check_prompt_text(prompt)
+        check_request(prompt, len(self.tokenizer.prompt_ids(prompt)), max_new_tokens,
+                      self.context)
+
     def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
                  max_new_tokens: int = 48) -> Result:
         self._check_ready()
+        self.check_request(prompt, max_new_tokens)      # prompt ids are cached: a lookup
         t0 = time.perf_counter()
         pixel_values = self.preprocess(image)                                 # (1, 3, H, W)
         ids = self.tokenizer.prompt_ids(prompt)                               # (T,)
@@ -50,8 +86,8 @@ class BundleBackend:
         t2 = time.perf_counter()
         embeds = self.prompt_embeds(ids, image_embeds[0])                    # (1, T, C)
         merge_ms = (time.perf_counter() - t2) * 1e3
-        image_positions = np.flatnonzero(ids == self.tokenizer.image_token_id)
-        out = self.decoder_loop.generate(embeds, max_new_tokens, image_positions)
+        image_rows = np.flatnonzero(ids == self.tokenizer.image_token_id)
+        out = self.decoder_loop.generate(embeds, max_new_tokens, image_rows)
         text = self.tokenizer.decode(out.ids)
         t3 = time.perf_counter()
         latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,

@@ -31,9 +31,8 @@ import subprocess
 import sys
 
 from ros2_gmskip import __version__
+from ros2_gmskip.bundle_format import DRAFT, FORMAT, sha256_file
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.runtime.bundle import sha256_file
-from ros2_gmskip.runtime.draft import DRAFT_FILE
 from ros2_gmskip.tokenskip.settings import TokenSkip
 
 LOG = logging.getLogger(__name__)
@@ -71,7 +70,6 @@ def cache_dir() -> Path:
 
 
 QUANTIZED_VALIDATE_N = 50          # scenes that judge a quantized decode graph's agreement
-BUNDLE_LAYOUT = 'all-logits+draft'  # bumped when export adds graphs or files the runtime uses
 
 
 def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None,
@@ -81,12 +79,12 @@ def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | No
 
     It is keyed by the model weights, its draft table (rebuilding it re-exports), the plan file,
     the token-skip settings (None: the plan's), the fused decoder's decode-step weights, this
-    package's version and the bundle layout (a new graph means a new folder).
+    package's version and the bundle format (bundle_format.FORMAT: a new layout, a new folder).
     """
-    h = hashlib.sha256(f'{__version__}/{BUNDLE_LAYOUT}'.encode())
+    h = hashlib.sha256(f'{__version__}/{FORMAT}'.encode())
     for weights in sorted(Path(model_dir).glob('*.safetensors')):
         h.update(sha256_file(weights).encode())
-    draft = Path(model_dir) / DRAFT_FILE
+    draft = Path(model_dir) / DRAFT
     if draft.is_file():
         h.update(f'draft={sha256_file(draft)}'.encode())
     h.update(sha256_file(plan).encode() if plan else b'no-plan')

@@ -38,15 +38,15 @@ into every bundle by `ros2-gmskip export` (and covered by the bundle manifest's 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from ros2_gmskip.bundle_format import DRAFT
 from ros2_gmskip.errors import BundleError
-from ros2_gmskip.formats import read_format_json
+from ros2_gmskip.formats import read_format_json, write_json_atomic
 
 FORMAT = 'ros2_gmskip.ngram_draft/1'
-DRAFT_FILE = 'draft_ngrams.json'
+DRAFT_FILE = DRAFT                 # next to the weights, and in the bundle
 START = -1          # the context before the first generated token
 DRAFT_TOKENS = 4    # guesses per run: the fastest of 0-4 and 6 in two runs of bench/speculative.py
 
@@ -104,9 +104,9 @@ class NgramDraft:
     def save(self, path: Path, source: dict | None = None) -> Path:
         """Write the table as JSON: {format, order, source, table: [[context..., next], ...]}."""
         rows = sorted([*ctx, nxt] for ctx, nxt in self.table.items())
-        Path(path).write_text(json.dumps({'format': FORMAT, 'order': self.order,
-                                          'source': source or {}, 'table': rows}) + '\n')
-        return Path(path)
+        return write_json_atomic(Path(path), {'format': FORMAT, 'order': self.order,
+                                              'source': source or {}, 'table': rows},
+                                 indent=None, what='draft table')
 
     @classmethod
     def load(cls, path: Path, vocab_size: int) -> 'NgramDraft':

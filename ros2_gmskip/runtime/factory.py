@@ -35,7 +35,7 @@ import time
 import numpy as np
 from ros2_gmskip.errors import EngineError, GmSkipError
 from ros2_gmskip.runtime.preprocess import check_image
-from ros2_gmskip.runtime.results import Backend, DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.results import Backend, BackendInfo, DEFAULT_PROMPT, Latency, Result
 
 KINDS = ('onnxruntime', 'torch', 'tensorrt', 'fake:MS')
 
@@ -56,8 +56,8 @@ class FakeBackend:
             raise GmSkipError(f'fake backend delay must be >= 0 ms, got {ms}')
         self.ms = float(ms)
         self.text = text
-        self.info = {'backend': self.name, 'delay_ms': self.ms, 'model_sha256': None,
-                     'plan_sha256': None, 'plan_id': None, 'blocks_removed': []}
+        self.info = BackendInfo(backend=self.name, model_id='', plan_id='', engine_id='',
+                                details={'delay_ms': self.ms})
 
     def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
                  max_new_tokens: int = 48) -> Result:
@@ -153,5 +153,5 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
         raise EngineError(f'the tensorrt backend is not available ({err.name} is not '
                           'installed): use --backend onnxruntime, or install TensorRT') from err
     return module.TrtBackend(engine=Path(engine) if engine else None,
-                             bundle=Path(bundle) if bundle else None,
-                             build_only=build_only, **opts)
+                             bundle=Path(bundle) if bundle else None, build_only=build_only,
+                             token_skip=None if exported else tokens, **opts)

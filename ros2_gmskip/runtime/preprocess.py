@@ -88,13 +88,11 @@ class Preprocessor:
                              f'{", ".join(RESAMPLE)}')
 
     @classmethod
-    def from_manifest(cls, spec: dict) -> 'Preprocessor':
-        """From a bundle manifest's `preprocess` entry."""
-        mean, std = spec.get('image_mean'), spec.get('image_std')
-        return cls(size=tuple(spec['size']), resample=spec.get('resample', 'bilinear'),
-                   rescale_factor=spec.get('rescale_factor'),
-                   image_mean=tuple(mean) if mean is not None else None,
-                   image_std=tuple(std) if std is not None else None)
+    def from_manifest(cls, spec) -> 'Preprocessor':
+        """Return the preprocessor a bundle manifest's `preprocess` (bundle_format) describes."""
+        return cls(size=tuple(spec.size), resample=spec.resample,
+                   rescale_factor=spec.rescale_factor, image_mean=spec.image_mean,
+                   image_std=spec.image_std)
 
     @cached_property
     def table(self) -> np.ndarray:

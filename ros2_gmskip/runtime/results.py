@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Protocol, runtime_checkable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+from ros2_gmskip.tokenskip.settings import TokenSkip
 
 DEFAULT_PROMPT = 'describe the scene.'
 
@@ -57,12 +58,46 @@ class Result:
         return {'text': self.text, 'tokens': self.tokens, 'latency': self.latency.to_dict()}
 
 
+@dataclass(frozen=True)
+class BackendInfo:
+    """
+    Say what a backend runs: ids that mean the same on every backend, then how it runs it.
+
+    model_id   the weights: first 12 hex digits of the sha256 over the model's *.safetensors
+               (gmskip.plan.weights_sha256), whichever backend loaded them
+    plan_id    the skip plan: its gmskip.plan.plan_id (12 hex digits of its content); 'full'
+               for the unpruned model; 'blocks:1,3' for blocks removed without a plan file
+    engine_id  the exported artifact that runs: the bundle's id (first 12 hex digits of its
+               manifest.json's sha256) on onnxruntime, the engines' cache key on tensorrt,
+               '' for torch (nothing exported)
+    """
+
+    backend: str                          # 'onnxruntime' | 'tensorrt' | 'torch' | 'fake'
+    model_id: str
+    plan_id: str
+    engine_id: str
+    blocks_removed: tuple[int, ...] = ()
+    num_layers: int = 0                   # decoder blocks that run
+    tokens: TokenSkip = TokenSkip()       # FastV / visual KV removal applied
+    decoder_graph: str = ''               # e.g. 'fused, int8 prefill, int4 decode steps'
+    draft_tokens: int = 0                 # guesses checked per decoder run (0: greedy)
+    device: str = 'cpu'
+    details: dict[str, Any] = field(default_factory=dict)   # per backend: paths, threads, ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form (describe --json, the replay summary)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != 'details'}
+        out['blocks_removed'] = list(self.blocks_removed)
+        out['tokens'] = self.tokens.to_dict()
+        return {**out, **self.details}
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Anything that turns an RGB image into a description (torch, onnxruntime, tensorrt)."""
 
     name: str            # 'torch' | 'onnxruntime' | 'tensorrt'
-    info: dict           # model / plan / engine ids, blocks removed, device: shown in diagnostics
+    info: BackendInfo    # shown in diagnostics and in every scene JSON
 
     def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
                  max_new_tokens: int = 48) -> Result:

@@ -30,6 +30,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from ros2_gmskip.bundle_format import Bundle, TOKENIZER, Tokens
 from ros2_gmskip.errors import BundleError
 from tokenizers import Tokenizer
 
@@ -47,27 +48,27 @@ def clean_up_tokenization(text: str) -> str:
 class PromptTokenizer:
     """tokenizer.json + the manifest's `tokens` entry: prompt -> ids, ids -> text."""
 
-    def __init__(self, tokenizer_path: Path, tokens: dict, max_cached: int = 64) -> None:
+    def __init__(self, tokenizer_path: Path, tokens: Tokens, max_cached: int = 64) -> None:
         try:
             self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as err:  # noqa: BLE001 - tokenizers raises its own Exception type
             raise BundleError(f'cannot read tokenizer {str(tokenizer_path)!r}: {err}') from err
-        template = tokens['prompt_template']
+        template = tokens.prompt_template
         if template.count(PLACEHOLDER) != 1:
             raise BundleError(f'prompt_template must contain {PLACEHOLDER} once, got {template!r}')
         self.prefix, _, self.suffix = template.partition(PLACEHOLDER)
-        self.image_token_id = int(tokens['image_token_id'])
-        self.num_image_tokens = int(tokens['num_image_tokens'])
-        self.add_special_tokens = bool(tokens.get('add_special_tokens', True))
-        self.clean_up_spaces = bool(tokens.get('clean_up_tokenization_spaces', False))
-        self.stop_ids = tuple(int(i) for i in tokens.get('stop_token_ids') or
-                              [tokens['eos_token_id']])
+        self.image_token_id = int(tokens.image_token_id)
+        self.num_image_tokens = int(tokens.num_image_tokens)
+        self.add_special_tokens = bool(tokens.add_special_tokens)
+        self.clean_up_spaces = bool(tokens.clean_up_tokenization_spaces)
+        self.stop_ids = tuple(int(i) for i in tokens.stop_token_ids or [tokens.eos_token_id])
         self._cache: dict[str, np.ndarray] = {}
         self._max_cached = max_cached
 
     @classmethod
-    def from_bundle(cls, bundle) -> 'PromptTokenizer':
-        return cls(bundle.tokenizer_path, bundle.tokens)
+    def from_bundle(cls, bundle: Bundle) -> 'PromptTokenizer':
+        """Return the tokenizer of a loaded bundle."""
+        return cls(bundle.file(TOKENIZER), bundle.manifest.tokens)
 
     def prompt_ids(self, prompt: str) -> np.ndarray:
         """Token ids (T,) int64 of the full templated prompt; read-only, cached per prompt."""

@@ -23,19 +23,25 @@ Loading checks `engine_manifest.json` against this machine (TensorRT version, GP
 capability) and the bundle (source ONNX hashes) and refuses a mismatch with one line that says what
 to run; `rebuild=True` rebuilds stale engines instead, and a folder without engines is built on
 first use (as Autoware's TensorRT nodes do on first start). One `describe` is the onnxruntime
-backend's pipeline - the same `Preprocessor`, `PromptTokenizer` and greedy loop
-(`decode.GreedyDecoder.generate`) - with TensorRT underneath:
+backend's pipeline - the same `Preprocessor`, `PromptTokenizer` and decode loop
+(runtime/decode.py) - with one `TrtRunner` (runner.SegmentRunner) per decoder segment:
 
     vision engine        pixel_values (1, 3, H, W) -> image_embeds (1, n, C)   one context
-    decoder engine       profile 0 "prefill": whole prompt, empty past          one context each,
-                         profile 1 "decode":  one token, past grows by 1       so no profile switch
+    decoder engine(s)    profile 0 "prefill": whole prompt, empty past          one context each,
+    (one per segment)    profile 1 "decode":  one token, past grows by 1       so no profile switch
 
 What keeps a decode step lean: every device buffer is allocated once, at the engine's maximum
-shapes; the attention mask (all ones) is uploaded once; the KV cache lives in two preallocated
-banks that swap roles each step (the step reads `past` from one bank and writes `present`, which is
-past + the new token, into the other), so the cache never leaves the GPU and is never copied; per
-step only the token's embedding (C floats) and its position go up and the last logits row comes
-down. Input shapes are set per call (`set_input_shape`), addresses per call only for the KV banks.
+shapes; the attention mask (all ones) is uploaded once; each segment's KV cache lives in two
+preallocated banks that swap roles each step (the step reads `past` from one bank and writes
+`present`, which is past + the new token, into the other), so the cache never leaves the GPU and
+is never copied; per step only the token's embedding (C floats) and its position go up and the
+last logits row comes down (with several segments, also the residual stream between them).
+Input shapes are set per call (`set_input_shape`), addresses per call only for the KV banks.
+
+Token skipping runs as on ONNX Runtime, through the same loop: FastV ranks by the ranking
+segment's `last_token_attention` output; visual KV removal compacts each K / V tensor of a bank
+through the host, once per request. The decode profile takes one new row, so decoding is one
+token per run (no drafts).
 
 CUDA calls go through cuda-python (`cuda.bindings.runtime`, formerly `cuda.cudart`, as TensorRT
 10's Python samples use it), else pycuda. Never imports torch or transformers.
@@ -50,12 +56,14 @@ import shutil
 import subprocess
 
 import numpy as np
-from ros2_gmskip.errors import BundleError, EngineError
-from ros2_gmskip.runtime.bundle import Bundle, load_bundle
+from ros2_gmskip.bundle_format import (ATTENTION_MASK, Bundle, DecoderShape, LAST_TOKEN_ATTENTION,
+                                       load_bundle, POSITION_IDS, Segment)
+from ros2_gmskip.errors import EngineError
 from ros2_gmskip.runtime.bundle_backend import BundleBackend
-from ros2_gmskip.runtime.decode import GreedyDecoder
-from ros2_gmskip.runtime.preprocess import Preprocessor
-from ros2_gmskip.runtime.tokenizer import PromptTokenizer
+from ros2_gmskip.runtime.decode import DecodeLoop
+from ros2_gmskip.runtime.results import BackendInfo
+from ros2_gmskip.runtime.runner import Prefilled
+from ros2_gmskip.tokenskip.settings import TokenSkip
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +73,7 @@ TRT_MISSING = ('TensorRT is not installed (pip/apt package python3-libnvinfer / 
 CUDA_MISSING = ('neither cuda-python nor pycuda is installed, so TensorRT buffers cannot be '
                 'allocated: pip install cuda-python (or apt install python3-pycuda on Jetson)')
 ALIGN = 256      # IExecutionContext.set_tensor_address: "at least 256-byte alignment"
-PREFILL, DECODE = 0, 1      # decoder optimization profiles (ros2_gmskip.exporters.trt_profiles)
+PREFILL, DECODE = 0, 1      # decoder optimization profiles (runtime/trt_profiles.py)
 
 
 def import_tensorrt():
@@ -372,132 +380,153 @@ class _VisionRunner:
         return self.out
 
 
-class _DecoderRunner:
-    """decoder engine with its two contexts (prefill, decode) and the ping-pong KV banks."""
+class TrtRunner:
+    """One segment's engine (runner.SegmentRunner): two contexts, KV cache in ping-pong banks."""
 
-    def __init__(self, trt, engine, cuda, stream, alloc, cfg: dict, max_prompt: int,
-                 max_total: int) -> None:
-        self.cuda, self.stream, self.handle = cuda, stream, cuda.stream_handle(stream)
-        L, self.kv, self.d = cfg['num_layers'], cfg['num_kv_heads'], cfg['head_dim']
-        self.C, self.V = cfg['hidden_size'], cfg['vocab_size']
-        self.max_prompt, self.max_total = max_prompt, max_total
-        self.past_names = [f'past_key_values.{i}.{k}' for i in range(L) for k in ('key', 'value')]
-        self.present_names = [f'present.{i}.{k}' for i in range(L) for k in ('key', 'value')]
+    explicit_positions = True
+    max_rows = 1                 # the decode profile takes one new row: no drafts
+
+    def __init__(self, trt, engine, segment: Segment, cuda, stream, alloc, shape: DecoderShape,
+                 max_prompt: int, max_total: int) -> None:
+        """Check the engine's tensors against the segment and allocate its buffers once."""
+        self.segment, self.cuda, self.stream = segment, cuda, stream
+        self.handle = cuda.stream_handle(stream)
+        self.kv, self.d, self.C = shape.num_kv_heads, shape.head_dim, shape.hidden_size
+        self.max_prompt, self.max_length = max_prompt, max_total
+        self.past_names, self.present_names = segment.past_names(), segment.present_names()
         inputs, outputs = _io_names(trt, engine)
-        expected_in = ['inputs_embeds', 'attention_mask', 'position_ids', *self.past_names]
-        expected_out = ['logits', *self.present_names]
+        expected_in = [segment.input_name, ATTENTION_MASK, POSITION_IDS, *self.past_names]
+        expected_out = [segment.output_name, *self.present_names]
+        if segment.ranks:
+            expected_out.append(LAST_TOKEN_ATTENTION)
         missing = [n for n in expected_in if n not in inputs] + \
             [n for n in expected_out if n not in outputs]
         if missing:
             more = '...' if len(missing) > 3 else ''
-            raise EngineError(f'decoder engine lacks {missing[:3]}{more} ({L} layers in the '
-                              'bundle): rebuild it from this bundle')
+            raise EngineError(f'{segment.name} engine lacks {missing[:3]}{more} (blocks '
+                              f'{segment.first}..{segment.stop - 1} of the bundle): rebuild it '
+                              'from this bundle')
         if engine.num_optimization_profiles < 2:
-            raise EngineError('decoder engine has no prefill/decode profiles: rebuild it with '
-                              'this version of ros2-gmskip build-engine')
+            raise EngineError(f'{segment.name} engine has no prefill/decode profiles: rebuild it '
+                              'with this version of ros2-gmskip build-engine')
         dt = {n: _np_dtype(trt, engine, n) for n in expected_in + expected_out}
-        self.embeds_dtype, self.pos_dtype = dt['inputs_embeds'], dt['position_ids']
-        self.logits = np.empty(self.V, dt['logits'])                          # last row, host
-        # Buffers at the largest shapes the profiles allow (batch 1).
-        self.embeds_ptr = alloc(max_prompt * self.C * self.embeds_dtype.itemsize)
+        self.rows_dtype, self.pos_dtype = dt[segment.input_name], dt[POSITION_IDS]
+        width = shape.vocab_size if segment.last else self.C
+        self.out_dtype = dt[segment.output_name]
+        # buffers at the largest shapes the profiles allow (batch 1)
+        self.rows_ptr = alloc(max_prompt * self.C * self.rows_dtype.itemsize)
         self.pos_ptr = alloc(max_prompt * self.pos_dtype.itemsize)
-        self.mask_ptr = alloc(max_total * dt['attention_mask'].itemsize)
-        self.logits_ptr = alloc(max_prompt * self.V * self.logits.itemsize)
-        kv_item = max(dt[n].itemsize for n in self.past_names + self.present_names)
-        self.kv_bytes = _aligned(self.kv * max_total * self.d * kv_item)   # one K or V tensor
+        self.mask_ptr = alloc(max_total * dt[ATTENTION_MASK].itemsize)
+        self.out_ptr = alloc(max_prompt * width * self.out_dtype.itemsize)
+        self.width = width
+        self.attention_dtype = dt.get(LAST_TOKEN_ATTENTION)
+        self.attention_ptr = (alloc(max_total * self.attention_dtype.itemsize)
+                              if segment.ranks else None)
+        self.kv_item = max(dt[n].itemsize for n in self.past_names + self.present_names)
+        self.kv_dtype = dt[self.past_names[0]]
+        self.kv_bytes = _aligned(self.kv * max_total * self.d * self.kv_item)   # one K or V
         self.banks = [alloc(self.kv_bytes * len(self.past_names)) for _ in range(2)]
-        self._positions = np.arange(max_total, dtype=self.pos_dtype)
-        self._ones = np.ones(max_total, dt['attention_mask'])        # the mask: all visible
-        cuda.h2d(self.mask_ptr, self._ones, stream)
-        # One context per profile, fixed addresses set once.
+        self.bank, self.length = 0, 0
+        cuda.h2d(self.mask_ptr, np.ones(max_total, dt[ATTENTION_MASK]), stream)  # all visible
+        # one context per profile, fixed addresses set once
         self.ctx = [engine.create_execution_context() for _ in (PREFILL, DECODE)]
         for profile, ctx in enumerate(self.ctx):
             if not ctx.set_optimization_profile_async(profile, self.handle):
-                raise EngineError(f'decoder engine: cannot select optimization profile {profile}')
-            ctx.set_tensor_address('inputs_embeds', self.embeds_ptr)
-            ctx.set_tensor_address('attention_mask', self.mask_ptr)
-            ctx.set_tensor_address('position_ids', self.pos_ptr)
-            ctx.set_tensor_address('logits', self.logits_ptr)
+                raise EngineError(f'{segment.name} engine: cannot select optimization profile '
+                                  f'{profile}')
+            ctx.set_tensor_address(segment.input_name, self.rows_ptr)
+            ctx.set_tensor_address(ATTENTION_MASK, self.mask_ptr)
+            ctx.set_tensor_address(POSITION_IDS, self.pos_ptr)
+            ctx.set_tensor_address(segment.output_name, self.out_ptr)
+            if segment.ranks:
+                ctx.set_tensor_address(LAST_TOKEN_ATTENTION, self.attention_ptr)
         cuda.sync(stream)
 
-    def kv_address(self, bank: int, i: int) -> int:
+    def _kv_address(self, bank: int, i: int) -> int:
         return self.banks[bank] + i * self.kv_bytes
 
-    def run(self, embeds: np.ndarray, start: int, total: int, past: int | None
-            ) -> tuple[int, np.ndarray]:
-        """
-        Run positions start..total-1 with the KV cache in bank `past` (None: empty, prefill).
-
-        Returns (the bank now holding the cache, the last position's logits (V,)).
-        """
-        B, T, C = embeds.shape                                                # (1, seq, C)
-        assert B == 1 and T == total - start and C == self.C, (embeds.shape, start, total)
-        if past is None:
+    def _execute(self, rows: np.ndarray, positions: np.ndarray, cached: int) -> int:
+        """Run the new rows after `cached` cache rows (in the current bank); return T."""
+        B, T, C = rows.shape                                              # (1, seq, C)
+        assert B == 1 and C == self.C, rows.shape
+        what = f'{self.segment.name} engine'
+        if cached == 0:
             if T > self.max_prompt:
                 raise EngineError(f"prompt of {T} tokens exceeds the engine's max prompt "
                                   f'{self.max_prompt}: rebuild with a larger --max-prompt')
             ctx, src, dst = self.ctx[PREFILL], 0, 1
         else:
-            if total > self.max_total:
-                raise EngineError(f"{total} tokens exceed the engine's limit {self.max_total}: "
-                                  'rebuild with larger --max-prompt / --max-new-tokens')
-            ctx, src, dst = self.ctx[DECODE], past, 1 - past
-        _set_shape(ctx, 'inputs_embeds', (1, T, C), 'decoder engine')
-        _set_shape(ctx, 'attention_mask', (1, total), 'decoder engine')
-        _set_shape(ctx, 'position_ids', (1, T), 'decoder engine')
-        past_shape = (1, self.kv, start, self.d)                              # (1, kv, past, d)
+            if cached + T > self.max_length:
+                raise EngineError(f"{cached + T} tokens exceed the engine's limit "
+                                  f'{self.max_length}: rebuild with larger --max-prompt / '
+                                  '--max-new-tokens')
+            ctx, src, dst = self.ctx[DECODE], self.bank, 1 - self.bank
+        _set_shape(ctx, self.segment.input_name, (1, T, C), what)
+        _set_shape(ctx, ATTENTION_MASK, (1, cached + T), what)
+        _set_shape(ctx, POSITION_IDS, (1, T), what)
+        past_shape = (1, self.kv, cached, self.d)                         # (1, kv, past, d)
         for i, (p, q) in enumerate(zip(self.past_names, self.present_names)):
-            _set_shape(ctx, p, past_shape, 'decoder engine')
-            ctx.set_tensor_address(p, self.kv_address(src, i))
-            ctx.set_tensor_address(q, self.kv_address(dst, i))               # (1, kv, total, d)
-        self.cuda.h2d(self.embeds_ptr, np.ascontiguousarray(embeds, self.embeds_dtype),
+            _set_shape(ctx, p, past_shape, what)
+            ctx.set_tensor_address(p, self._kv_address(src, i))
+            ctx.set_tensor_address(q, self._kv_address(dst, i))           # (1, kv, total, d)
+        self.cuda.h2d(self.rows_ptr, np.ascontiguousarray(rows, self.rows_dtype), self.stream)
+        self.cuda.h2d(self.pos_ptr, np.ascontiguousarray(positions, self.pos_dtype),
                       self.stream)
-        self.cuda.h2d(self.pos_ptr, self._positions[start:total], self.stream)
-        _execute(ctx, self.handle, 'decoder engine')
-        last = self.logits_ptr + (T - 1) * self.V * self.logits.itemsize       # logits[0, T-1]
-        self.cuda.d2h(self.logits, last, self.stream)
+        _execute(ctx, self.handle, what)
+        self.bank, self.length = dst, cached + T
+        return T
+
+    def _download(self, first: int, T: int) -> np.ndarray:
+        """Rows first..T-1 of the main output -> host (1, T - first, width)."""
+        out = np.empty((1, T - first, self.width), self.out_dtype)
+        self.cuda.d2h(out, self.out_ptr + first * self.width * out.itemsize, self.stream)
+        return out
+
+    def prefill(self, rows: np.ndarray, positions: np.ndarray) -> Prefilled:
+        """Start a request: the cache becomes `rows` (1, T, C); see runner.SegmentRunner."""
+        T = self._execute(rows, positions, 0)
+        out = self._download(T - 1 if self.segment.last else 0, T)
+        attention = None
+        if self.segment.ranks:
+            attention = np.empty(T, self.attention_dtype)
+            self.cuda.d2h(attention, self.attention_ptr, self.stream)
         self.cuda.sync(self.stream)
-        return dst, self.logits
+        return Prefilled(out.astype(np.float32, copy=False),
+                         None if attention is None else attention.astype(np.float32))
 
+    def run(self, rows: np.ndarray, positions: np.ndarray, cached: int) -> np.ndarray:
+        """Append `rows` (1, n, C) after `cached` cache rows; return their outputs."""
+        if cached != self.length:
+            raise EngineError(f'{self.segment.name} engine: asked to run after {cached} cache '
+                              f'rows, it holds {self.length} (one row per run: no drafts)')
+        T = self._execute(rows, positions, cached)
+        out = self._download(0, T)
+        self.cuda.sync(self.stream)
+        return out.astype(np.float32, copy=False)
 
-class _TrtGreedyDecoder(GreedyDecoder):
-    """
-    `GreedyDecoder.generate` over the TensorRT decoder: only the per-step run differs.
-
-    The same greedy loop, stop tokens and timing as onnxruntime. Buffers are sized to the engine
-    once, so the loop never grows them; a request beyond the engine's limits is an EngineError.
-    """
-
-    def __init__(self, runner: _DecoderRunner, embed_table: np.ndarray,
-                 stop_ids: tuple[int, ...]) -> None:
-        # No GreedyDecoder.__init__: it binds an onnxruntime session. generate() needs these.
-        self.runner = runner
-        self.embed_table = embed_table
-        self.stop_ids = frozenset(int(i) for i in stop_ids)
-        self._alloc(runner.max_total)
-
-    def generate(self, inputs_embeds: np.ndarray, max_new_tokens: int,
-                 image_positions: np.ndarray | None = None):
-        T = inputs_embeds.shape[1]
-        if T + max_new_tokens > self.max_length:
-            raise EngineError(f'prompt ({T} tokens) + {max_new_tokens} new tokens exceed what the '
-                              f'engine was built for ({self.max_length}): ask for fewer new '
-                              'tokens or rebuild with larger --max-prompt / --max-new-tokens')
-        return super().generate(inputs_embeds, max_new_tokens)
-
-    def _run(self, embeds: np.ndarray, start: int, total: int, past):
-        return self.runner.run(embeds, start, total, past)
+    def compact(self, keep: np.ndarray) -> None:
+        """Keep only the cache rows `keep`: each K / V tensor down to the host and back."""
+        kept = []                          # host copies live until the stream is synchronised
+        for i in range(len(self.past_names)):
+            ptr = self._kv_address(self.bank, i)
+            full = np.empty((1, self.kv, self.length, self.d), self.kv_dtype)
+            self.cuda.d2h(full, ptr, self.stream)
+            self.cuda.sync(self.stream)
+            kept.append(np.ascontiguousarray(full[:, :, keep]))
+            self.cuda.h2d(ptr, kept[-1], self.stream)
+        self.cuda.sync(self.stream)
+        self.length = len(keep)
 
 
 class TrtBackend(BundleBackend):
-    """`Backend` over TensorRT engines built from an export bundle."""
+    """Describe images with TensorRT engines built from an export bundle (`Backend`)."""
 
     name = 'tensorrt'
 
     def __init__(self, engine_dir: Path | None = None, bundle: Bundle | Path | None = None,
                  rebuild: bool = False, verify: bool = True, device: int = 0,
                  verbose: bool = False, *, engine: Path | None = None, build_only: bool = False,
-                 precision: str = 'fp16') -> None:
+                 precision: str = 'fp16', token_skip: TokenSkip | None = None) -> None:
         """
         Open (or build) the TensorRT engines of a bundle.
 
@@ -506,14 +535,10 @@ class TrtBackend(BundleBackend):
         one the engine manifest names. A folder without engines is built on first use (as
         Autoware's TensorRT nodes do; minutes); stale engines are refused unless `rebuild`.
         `build_only`: make sure the engines are built and stop there (no GPU buffers; describe
-        raises), for the node's build_only parameter.
+        raises), for the node's build_only parameter. `token_skip`: instead of the bundle's.
         """
-        from ros2_gmskip.exporters.engine_manifest import (
-            MANIFEST,
-            needs_rebuild,
-            read_engine_manifest,
-        )
-        from ros2_gmskip.exporters.trt_profiles import Limits
+        from ros2_gmskip.runtime.trt_engines import MANIFEST, needs_rebuild, read_engine_manifest
+        from ros2_gmskip.runtime.trt_profiles import Limits
 
         engine_dir = engine_dir if engine_dir is not None else engine
         trt = import_tensorrt()
@@ -528,7 +553,7 @@ class TrtBackend(BundleBackend):
                                   'bundle (--bundle) to build one from')
             bundle = Path(read_engine_manifest(Path(engine_dir))['bundle_path'])
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(Path(bundle), verify)
-        self.bundle.require_plain_decoder('the tensorrt backend')
+        m = self.bundle.manifest
         self.engine_dir = Path(engine_dir) if engine_dir is not None else \
             default_engine_dir(self.bundle.path, precision)
         gpu = self.cuda.device_info(device)
@@ -538,60 +563,56 @@ class TrtBackend(BundleBackend):
             first_build = not (self.engine_dir / MANIFEST).is_file()
             if not (rebuild or first_build):
                 raise EngineError(reason)
-            from ros2_gmskip.exporters.trt_build import build_engines, BuildConfig
+            from ros2_gmskip.runtime.trt_build import build_engines, BuildConfig
             log.warning('%s: %s', reason, 'building them now (minutes)' if first_build else
                         'rebuilding (rebuild=True)')
             config = (BuildConfig(precision=precision) if first_build else
                       BuildConfig.from_stale_manifest(self.engine_dir))
             build_engines(self.bundle, self.engine_dir, config, gpu=gpu)
         manifest = read_engine_manifest(self.engine_dir)
+        self.token_skip = m.token_skip if token_skip is None else token_skip
+        info = {'backend': self.name, 'model_id': m.model_id, 'plan_id': m.plan_id,
+                'engine_id': str(manifest.get('cache_key') or ''),
+                'blocks_removed': tuple(m.blocks_removed), 'num_layers': m.decoder.num_layers,
+                'tokens': self.token_skip, 'decoder_graph': 'tensorrt engines',
+                'device': str(gpu)}
         if build_only:
-            self.info = {'backend': self.name, 'engine_dir': str(self.engine_dir),
-                         'engine_id': manifest.get('cache_key'), 'build_only': True}
+            self.info = BackendInfo(**info, details={'engine_dir': str(self.engine_dir),
+                                                     'build_only': True})
             log.info('tensorrt backend: engines in %s are ready (build_only)', self.engine_dir)
             return
         limits = Limits.from_dict(manifest['limits'])
-        cfg = self.bundle.decoder_config
-        self.embed_table = np.load(self.bundle.embed_path, allow_pickle=False)     # (vocab, C)
-        if self.embed_table.shape != (cfg['vocab_size'], cfg['hidden_size']):
-            raise BundleError(f'bundle {str(self.bundle.path)!r}: embed_tokens.npy has shape '
-                              f'{self.embed_table.shape}, manifest says ({cfg["vocab_size"]}, '
-                              f'{cfg["hidden_size"]}): re-run ros2-gmskip export')
-        self.preprocess = Preprocessor.from_manifest(self.bundle.preprocess)
-        self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
-
+        self._load_parts()                       # embed_table, preprocess, tokenizer
         self.logger = make_logger(trt, verbose)
         self.runtime = trt.Runtime(self.logger)
         self.stream = self.cuda.stream()
         try:
-            self.engines = {g: self._deserialize(self.engine_dir / manifest['engines'][g]['file'])
-                            for g in ('vision', 'decoder')}
-            self.vision = _VisionRunner(trt, self.engines['vision'], self.cuda, self.stream,
+            engines = {g: self._deserialize(self.engine_dir / e['file'])
+                       for g, e in manifest['engines'].items()}
+            missing = [s.name for s in m.segments if s.name not in engines]
+            if 'vision' not in engines or missing:
+                raise EngineError(f'engine {self.engine_dir} has no engine for '
+                                  f'{missing or ["vision"]}: rebuild it from this bundle')
+            self.vision = _VisionRunner(trt, engines['vision'], self.cuda, self.stream,
                                         self._alloc)
-            runner = _DecoderRunner(trt, self.engines['decoder'], self.cuda, self.stream,
-                                    self._alloc, cfg, limits.max_prompt, limits.max_total)
+            self.runners = [TrtRunner(trt, engines[seg.name], seg, self.cuda, self.stream,
+                                      self._alloc, m.decoder, limits.max_prompt,
+                                      limits.max_total) for seg in m.segments]
         except BaseException:
             self.close()
             raise
-        self.decoder_loop = _TrtGreedyDecoder(runner, self.embed_table, self.tokenizer.stop_ids)
-        plan = self.bundle.plan or {}
-        self.info = {
-            'backend': self.name,
-            'bundle': str(self.bundle.path),
-            'engine_dir': str(self.engine_dir),
-            'engine_id': manifest.get('cache_key'),
-            'model_sha256': self.bundle.model_sha256,
-            'plan_sha256': plan.get('sha256'),
-            'plan_id': (plan.get('sha256') or '')[:12] or None,
-            'blocks_removed': list(plan.get('removed_blocks') or []),
-            'num_layers': cfg['num_layers'],
-            'precision': manifest['precision'],
-            'tensorrt_version': trt.__version__,
-            'device': str(gpu),
-            'limits': limits.to_dict(),
-        }
-        log.info('tensorrt backend: %s (%s, TensorRT %s on %s), %d decoder layers',
-                 self.engine_dir, manifest['precision'], trt.__version__, gpu, cfg['num_layers'])
+        self.decoder_loop = DecodeLoop(
+            self.runners, self.embed_table, self.tokenizer.stop_ids, self.token_skip,
+            where=f'engine {self.engine_dir}',
+            too_long='ask for fewer new tokens or rebuild with larger --max-prompt / '
+                     '--max-new-tokens')
+        self.info = BackendInfo(**info, details={
+            'bundle': str(self.bundle.path), 'engine_dir': str(self.engine_dir),
+            'precision': manifest['precision'], 'tensorrt_version': trt.__version__,
+            'limits': limits.to_dict()})
+        log.info('tensorrt backend: %s (%s, TensorRT %s on %s), %d decoder layers in %d '
+                 'segment(s)', self.engine_dir, manifest['precision'], trt.__version__, gpu,
+                 m.decoder.num_layers, len(m.segments))
 
     def _alloc(self, nbytes: int) -> int:
         """Device memory, 256-byte aligned size, freed by `close` (also after a failed init)."""

@@ -35,12 +35,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from ros2_gmskip.errors import DatasetError, ImageError
+from ros2_gmskip.images import read_image_file
 from ros2_gmskip.scenes.render import render_scene
 from ros2_gmskip.scenes.splits import split_seeds, SPLITS
 
@@ -70,22 +70,7 @@ class Sample:
         if self.image_path is None:
             raise ImageError(f'cannot read image {self.image_id!r}: the sample has neither '
                              f'pixels nor a file path')
-        return read_rgb(self.image_path)
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3) decoded from an image file; ImageError naming the file otherwise."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert('RGB'))
-    except FileNotFoundError as err:
-        raise ImageError(f'cannot read image {path}: no such file') from err
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ImageError(f'cannot read image {path}: {reason}') from err
-    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) == 0:
-        raise ImageError(f'cannot read image {path}: decoded to shape {arr.shape}')
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+        return read_image_file(self.image_path)    # the one image reader (pixel limit, depth)
 
 
 def _check_size(width: int, height: int) -> None:
@@ -105,22 +90,36 @@ def write_folder(out: Path, split: str, n: int, width: int = 640, height: int = 
     """
     Render `n` scenes of `split` (from its `offset`-th seed) into a COCO-captions folder.
 
-    Writes OUT/images/<split>_<seed>.png and, last (atomically), OUT/captions.json; returns out.
+    Writes OUT/images/<split>_<seed>.png and OUT/captions.json; returns out. The folder appears
+    complete or not at all (folders.written_in_place), replacing an earlier scenes folder there;
+    a non-empty folder without a captions.json is refused, not replaced.
     """
     from tqdm import tqdm
+
+    from ros2_gmskip.folders import check_writable, written_in_place
 
     out = Path(out)
     _check_size(width, height)
     seeds = _seeds(split, n, offset)
     if out.exists() and not out.is_dir():
         raise DatasetError(f'output {str(out)!r} is a file: pass a folder path to --out')
-    images_dir = out / IMAGES_DIR
-    images_dir.mkdir(parents=True, exist_ok=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / CAPTIONS_FILE).is_file():
+        raise DatasetError(f'output {str(out)!r} is a non-empty folder without {CAPTIONS_FILE}: '
+                           'pass a new folder (an earlier scenes folder is replaced)')
+    check_writable(out, '--out')
+    with written_in_place(out, '--out') as tmp:
+        return _render_into(tmp, out, split, seeds, width, height, progress, tqdm)
+
+
+def _render_into(tmp: Path, out: Path, split: str, seeds: list[int], width: int, height: int,
+                 progress: bool, tqdm) -> Path:
+    """Render `seeds` into the folder `tmp` (moved to `out` by the caller); return out."""
+    (tmp / IMAGES_DIR).mkdir()
     images, annotations = [], []
     for seed in tqdm(seeds, desc=f'scenes {split}', unit='img', disable=not progress):
         img, scene = render_scene(seed, width, height)
         file_name = f'{IMAGES_DIR}/{split}_{seed}.png'
-        Image.fromarray(img).save(out / file_name, compress_level=PNG_COMPRESS_LEVEL)
+        Image.fromarray(img).save(tmp / file_name, compress_level=PNG_COMPRESS_LEVEL)
         images.append({'id': seed, 'file_name': file_name, 'width': width, 'height': height,
                        'lighting': scene.lighting, 'weather': scene.weather,
                        'main_class': scene.main_class,
@@ -130,9 +129,7 @@ def write_folder(out: Path, split: str, n: int, width: int = 640, height: int = 
                     'seeds': [seeds[0], seeds[-1] + 1] if seeds else [],
                     'description': 'procedural driving scenes, COCO captions format'},
            'images': images, 'annotations': annotations}
-    tmp = out / (CAPTIONS_FILE + '.tmp')
-    tmp.write_text(json.dumps(doc, separators=(',', ':')))
-    os.replace(tmp, out / CAPTIONS_FILE)
+    (tmp / CAPTIONS_FILE).write_text(json.dumps(doc, separators=(',', ':')))
     log.info('wrote %d images of split %s to %s', len(images), split, out)
     return out
 

@@ -41,12 +41,13 @@ with that layer's kept index, plus causality among the new tokens (old entries a
 `kept_index[l]` (B, S_l) records, for every cache slot of layer l, the original sequence index of
 its token; Skip-Vision's KV removal (kv_removal.py) uses it to find visual slots in any cache.
 
-The decoder is run functionally, like `exporters.onnx_export.DecoderForExport`: the ORIGINAL
-modules for everything without state (norms, q/k/v/o, MLP, LM head, the model's own rotary module)
-and the attention written out (concatenation with the past, repeat_kv for GQA, masked softmax in
-float32) in the same operation order as transformers' eager attention, so with R = 0 it matches the
-Hugging Face model bit for bit. The layer loop is plain Python over `decoder_stack(model).layers`,
-so a GM-Skip pruned model works unchanged (K then counts the remaining blocks).
+The decoder is run functionally, block by block through `vlm.llama_block.block_forward` (the block
+the ONNX export traces too): the ORIGINAL modules for everything without state (norms, q/k/v/o,
+MLP, LM head, the model's own rotary module) and the attention written out (concatenation with
+the past, repeat_kv for GQA, masked softmax in float32) in the same operation order as
+transformers' eager attention, so with R = 0 it matches the Hugging Face model bit for bit. The
+layer loop is plain Python over `decoder_stack(model).layers`, so a GM-Skip pruned model works
+unchanged (K then counts the remaining blocks).
 
 Supported: Llama-style decoders (Llama, Mistral/Qwen2 without sliding windows) behind LLaVA-style
 models; anything else raises ModelLoadError naming what is missing.
@@ -62,6 +63,7 @@ from ros2_gmskip.errors import ModelLoadError
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
 from ros2_gmskip.tokenskip.settings import FastVConfig, random_slots
 from ros2_gmskip.vlm.blocks import decoder_stack
+from ros2_gmskip.vlm.llama_block import block_forward, hidden_keys, unsupported_block
 from ros2_gmskip.vlm.prompting import build_inputs
 import torch
 from torch import nn
@@ -140,72 +142,11 @@ def text_model(model: nn.Module) -> nn.Module:
     if getattr(cfg, 'sliding_window', None) and getattr(cfg, 'use_sliding_window', True):
         raise ModelLoadError('token skipping does not support sliding-window attention yet')
     for i, layer in enumerate(text.layers):
-        extra = [n for n in ('q_norm', 'k_norm', 'sinks') if hasattr(layer.self_attn, n)]
-        extra += [n for n in ('pre_feedforward_layernorm', 'post_feedforward_layernorm')
-                  if hasattr(layer, n)]
-        if extra:
-            raise ModelLoadError(f'decoder block {i} has parts {extra} that token skipping does '
+        reason = unsupported_block(layer)
+        if reason:
+            raise ModelLoadError(f'decoder block {i} has {reason} that token skipping does '
                                  'not implement yet')
     return text
-
-
-def hidden_keys(past_mask: torch.Tensor | None, new_mask: torch.Tensor) -> torch.Tensor:
-    """
-    (B, 1, T, P+T) True where a query must NOT see a key.
-
-    past_mask (B, P): 1 for cached entries to attend, 0 for padding (None: no past);
-    new_mask (B, T) the same for the new tokens. Cached entries all precede the new tokens, so
-    causality only matters among the new ones.
-    """
-    B, T = new_mask.shape
-    keys = new_mask if past_mask is None else torch.cat((past_mask, new_mask), dim=1)   # (B, S)
-    P = keys.shape[1] - T
-    q_index = torch.arange(T, device=new_mask.device) + P                  # (T,)
-    k_index = torch.arange(P + T, device=new_mask.device)                  # (S,)
-    causal = k_index[None, :] <= q_index[:, None]                          # (T, S)
-    return ~(causal[None, None] & keys[:, None, None, :].bool())           # (B, 1, T, S)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def block_forward(layer: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                  past: tuple[torch.Tensor, torch.Tensor] | None, hidden: torch.Tensor
-                  ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """
-    One decoder block: h (B, T, C) -> (h, (key, value) with the past, attention probs).
-
-    cos/sin (B, T, d) from the model's rotary module; hidden (B, 1, T, S) from `hidden_keys`.
-    Operation order as transformers' LlamaDecoderLayer + eager_attention_forward.
-    """
-    attn = layer.self_attn
-    B, T, _ = h.shape
-    d = attn.head_dim
-    x = layer.input_layernorm(h)
-    q = attn.q_proj(x).view(B, T, -1, d).transpose(1, 2)                  # (B, H, T, d)
-    k = attn.k_proj(x).view(B, T, -1, d).transpose(1, 2)                  # (B, KV, T, d)
-    v = attn.v_proj(x).view(B, T, -1, d).transpose(1, 2)                  # (B, KV, T, d)
-    cos, sin = cos[:, None], sin[:, None]                                  # (B, 1, T, d)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
-    if past is not None:
-        k = torch.cat((past[0], k), dim=2)                                 # (B, KV, S, d)
-        v = torch.cat((past[1], v), dim=2)
-    present = (k, v)
-    groups = attn.num_key_value_groups
-    if groups > 1:                                                         # GQA: repeat_kv
-        KV, S = k.shape[1], k.shape[2]
-        k = k[:, :, None].expand(B, KV, groups, S, d).reshape(B, KV * groups, S, d)
-        v = v[:, :, None].expand(B, KV, groups, S, d).reshape(B, KV * groups, S, d)
-    scores = torch.matmul(q, k.transpose(2, 3)) * attn.scaling            # (B, H, T, S)
-    scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-    y = torch.matmul(probs, v).transpose(1, 2).reshape(B, T, -1)           # (B, T, H*d)
-    h = h + attn.o_proj(y)
-    h = h + layer.mlp(layer.post_attention_layernorm(h))
-    return h, present, probs
 
 
 def _gather_tokens(index: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -267,7 +208,7 @@ def fastv_layers(model: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
     prune_at = cfg.k if cfg is not None and n_keep < n_img and cfg.k < len(layers) else None
 
     def hidden_for(mask: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        hidden = hidden_keys(None, mask)                                   # (B, 1, T', T')
+        hidden = hidden_keys(mask, mask.shape[1])                          # (B, 1, T', T')
         if blind_from is None:
             return hidden
         image_key = image_mask.gather(1, index)[:, None, None, :]          # (B, 1, 1, T')
@@ -316,10 +257,11 @@ def decode_step(model: nn.Module, inputs_embeds: torch.Tensor, position_ids: tor
     new_past: Past = []
     new_masks: list[torch.Tensor] = []
     for i, layer in enumerate(text.layers):
-        hidden = hidden_keys(past_masks[i], new_mask)                      # (B, 1, T, S_i + T)
+        keys = torch.cat((past_masks[i], new_mask), dim=1)                  # (B, S_i + T)
+        hidden = hidden_keys(keys, T)                                      # (B, 1, T, S_i + T)
         h, present, _ = block_forward(layer, h, cos, sin, past[i], hidden)
         new_past.append(present)
-        new_masks.append(torch.cat((past_masks[i], new_mask), dim=1))
+        new_masks.append(keys)
     return model.lm_head(text.norm(h)), new_past, new_masks
 
 

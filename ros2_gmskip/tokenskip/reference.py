@@ -17,7 +17,7 @@ Torch reference for token skipping: batched greedy texts with FastV and visual K
 
     texts = token_skip_texts(model, processor, images, TokenSkip(FastVConfig(2, 0.5), 1.0))
 
-What export validation compares the ONNX runtime (runtime/token_decode.py) against, and what
+What export validation compares the ONNX runtime (runtime/decode.py) against, and what
 evaluation and calibration can decode with when token skipping is on. With `TokenSkip()` (nothing
 skipped) it is the functional decoder without pruning, which equals transformers `generate`.
 """

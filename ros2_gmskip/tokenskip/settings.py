@@ -168,6 +168,21 @@ class TokenSkip:
             raise ValueError(f'tokens: {err}') from None
 
 
+def resolve_token_skip(plan: TokenSkip | dict | None, fastv: FastVConfig | None = None,
+                       kv_ratio: float | None = None, kv_start: int | None = None,
+                       use_plan: bool = True) -> TokenSkip:
+    """
+    Return the token settings a plan's `tokens` and per-run overrides give: the one merge rule.
+
+    `plan`: the plan's settings (a TokenSkip or its `tokens` entry; None: none); `use_plan`
+    False ignores them (--no-plan-tokens); each override not None replaces its knob.
+    """
+    base = TokenSkip()
+    if use_plan and plan is not None:
+        base = plan if isinstance(plan, TokenSkip) else TokenSkip.from_dict(plan)
+    return base.with_overrides(fastv, kv_ratio, kv_start)
+
+
 def parse_fastv(text: str) -> FastVConfig:
     """'K,R' (e.g. '2,0.5') -> FastVConfig; ValueError with the expected form."""
     parts = [p.strip() for p in str(text).split(',')]

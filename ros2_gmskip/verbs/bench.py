@@ -27,6 +27,7 @@ it made the 11-block ORT decoder exactly as slow as the 16-block one):
                 speculative decoding with the bundle's draft table: `describe --help`)
   ort_pruned_greedy     the same, one token per decoder run (--draft-tokens 0): what the drafts buy
   ort_pruned_portable   the same bundle on decoder.onnx, the plain-op graph TensorRT builds from
+                        (one token per run, as ort_pruned_greedy: the graphs compared alone)
   ort_pruned_int4       ort_pruned quantized (export --fused-weights int4: int4-weight decode
                         steps, dynamic int8 prefill)
   trt_full / trt_pruned   native TensorRT engines, where TensorRT and a GPU are available
@@ -71,8 +72,9 @@ import platform
 import time
 
 import numpy as np
-from ros2_gmskip.argtypes import existing_dir, fastv_setting, fraction, positive_int
-from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.argtypes import existing_dir, positive_int
+from ros2_gmskip.runtime.results import BackendInfo, DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
 
 HELP = 'time HF generate, torch, ONNX Runtime (and TensorRT) full vs pruned on the same scenes'
 LOG = logging.getLogger(__name__)
@@ -103,10 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--threads', type=positive_int, default=2,
                         help='CPU threads for torch and onnxruntime (same for all)')
     parser.add_argument('--max-new-tokens', type=positive_int, default=48)
-    parser.add_argument('--fastv', type=fastv_setting, default=None, metavar='K,R',
-                        help="FastV for the *_fastv / *_combined configs (default: the plan's)")
-    parser.add_argument('--kv-removal', type=fraction, default=None, metavar='RATIO',
-                        help="visual KV removal for *_combined (default: the plan's)")
+    add_token_arguments(parser, "the plan's, for the *_fastv (FastV only) and *_combined "
+                                'configurations')
     parser.add_argument('--only', nargs='+', choices=CONFIGS, default=None,
                         help='run only these configurations')
     parser.add_argument('--device', choices=('cpu', 'cuda'), default='cpu',
@@ -130,7 +130,8 @@ class HFGenerate:
         self.model, self.processor = load_vlm(model_dir)
         self.model.to(device)
         self.device = device
-        self.info = {'backend': self.name}
+        self.info = BackendInfo(backend=self.name, model_id='', plan_id='full', engine_id='',
+                                decoder_graph='transformers generate')
 
     def describe(self, image, prompt: str = DEFAULT_PROMPT, max_new_tokens: int = 48) -> Result:
         from ros2_gmskip.vlm.prompting import build_inputs
@@ -151,7 +152,7 @@ def token_settings(args, plan: Path | None):
     """(TokenSkip for *_fastv, TokenSkip for *_combined), or (None, None) when none is set."""
     from ros2_gmskip.gmskip.plan import plan_token_skip
     from ros2_gmskip.tokenskip.settings import TokenSkip
-    combined = plan_token_skip(plan).with_overrides(args.fastv, args.kv_removal)
+    combined = token_skip_from_args(args, plan) or plan_token_skip(plan)
     if combined.fastv is None and not combined.kv_ratio:
         return None, None
     return (TokenSkip(fastv=combined.fastv) if combined.fastv is not None else None, combined)
@@ -206,7 +207,8 @@ def make_backends(args, model_dir: Path, plan: Path | None) -> dict:
             backends[name] = create_backend('onnxruntime', bundle=bundle, providers=providers,
                                             threads=args.threads,
                                             graph='portable' if 'portable' in name else 'auto',
-                                            **({'draft_tokens': 0} if 'greedy' in name else {}))
+                                            **({'draft_tokens': 0} if 'greedy' in name
+                                               or 'portable' in name else {}))
         elif name.startswith('trt'):
             from ros2_gmskip.runtime.trt_backend import available
             ok, why = available()
@@ -241,14 +243,12 @@ def estimated_flops(name: str, backend, model_dir: Path, mean_tokens: float,
                     prompt_tokens: int, image_tokens: int) -> float:
     """Return one description's decoder FLOPs (tokenskip/flops.py) at the backend's settings."""
     from ros2_gmskip.tokenskip.flops import DecoderDims, generation_flops
-    from ros2_gmskip.tokenskip.settings import TokenSkip
     config = json.loads((model_dir / 'config.json').read_text())
     text = config.get('text_config', config)
     dims = DecoderDims(layers=int(text['num_hidden_layers']), hidden=int(text['hidden_size']),
                        ffn=int(text['intermediate_size']))
-    info = getattr(backend, 'info', {}) or {}
-    removed = info.get('blocks_removed') or []
-    ts = TokenSkip.from_dict(info.get('tokens'))
+    removed = list(backend.info.blocks_removed)
+    ts = backend.info.tokens
     return float(generation_flops(dims, prompt_tokens, image_tokens,
                                   max(1, round(mean_tokens)), removed_blocks=removed,
                                   fastv=ts.fastv, kv_ratio=ts.kv_ratio, kv_start=ts.kv_start))
@@ -298,7 +298,9 @@ def plot(result: dict, path: Path) -> None:
                  fontsize=9)
     ax.tick_params(axis='x', labelsize=8, labelrotation=20)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from ros2_gmskip.folders import file_in_place
+    with file_in_place(path, 'plot') as tmp:
+        fig.savefig(tmp, dpi=120, format='png')
     plt.close(fig)
 
 
@@ -307,6 +309,8 @@ def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.scenes import load_samples
     from tqdm import tqdm
 
+    from ros2_gmskip.folders import check_writable
+    check_writable(args.out_dir, '--out-dir')        # before the runs, not after them
     model_dir = args.model or default_model_dir()
     plan = args.plan or (default_plan_path() if args.model is None else None)
     backends = make_backends(args, model_dir, plan)
@@ -338,7 +342,7 @@ def main(args: argparse.Namespace) -> int:
     pruned_dir, _ = pruned_source(args, model_dir, plan)
     for name in names:
         cfg[name].update(quality(ref[name], samples))
-        cfg[name]['tokens'] = (getattr(backends[name], 'info', {}) or {}).get('tokens')
+        cfg[name]['tokens'] = backends[name].info.tokens.to_dict()
         source = pruned_dir if '_pruned' in name or '_combined' in name else model_dir
         cfg[name]['gflops'] = estimated_flops(name, backends[name], source,
                                               cfg[name]['mean_tokens'], prompt_tokens,
@@ -374,8 +378,8 @@ def main(args: argparse.Namespace) -> int:
     for key in sorted(k for k in out if '_vs_' in k and k.endswith(
             ('_vs_hf', '_full', '_vs_ort_pruned', '_portable', '_greedy'))):
         print(f'{key} = {out[key]:.3f}')
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / 'bench.json').write_text(json.dumps(out, indent=1))
+    from ros2_gmskip.folders import write_file
+    write_file(args.out_dir / 'bench.json', json.dumps(out, indent=1), 'bench results')
     plot(out, args.out_dir / 'bench.png')
     print(f'wrote {args.out_dir / "bench.json"} and {args.out_dir / "bench.png"}')
     if args.json:

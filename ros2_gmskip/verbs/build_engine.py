@@ -47,7 +47,7 @@ from pathlib import Path
 from ros2_gmskip.argtypes import non_negative_int, positive_int
 
 HELP = 'build TensorRT engines (one per ONNX graph) with prefill/decode profiles and a manifest'
-PRECISIONS = ('fp16', 'bf16', 'int8', 'fp32')       # = ros2_gmskip.exporters.trt_profiles
+PRECISIONS = ('fp16', 'bf16', 'int8', 'fp32')       # = ros2_gmskip.runtime.trt_profiles
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ros2_gmskip.exporters import engine_manifest as em
-    from ros2_gmskip.exporters.trt_build import build_engines, BuildConfig, planned_cache_key
-    from ros2_gmskip.exporters.trt_profiles import Limits
-    from ros2_gmskip.runtime.bundle import load_bundle
+    from ros2_gmskip.bundle_format import load_bundle
+    from ros2_gmskip.runtime import trt_engines as em
     from ros2_gmskip.runtime.trt_backend import gpu_info, import_tensorrt
+    from ros2_gmskip.runtime.trt_build import build_engines, BuildConfig, planned_cache_key
+    from ros2_gmskip.runtime.trt_profiles import Limits
 
+    from ros2_gmskip.folders import check_writable
+
+    check_writable(args.out, '--out')           # before a build of minutes, not after it
+    if args.timing_cache is not None:
+        check_writable(args.timing_cache, '--timing-cache')
     trt = import_tensorrt()                     # EngineError: "TensorRT is not installed ..."
     bundle = load_bundle(args.bundle)
     cfg = BuildConfig(precision=args.precision, workspace_mb=args.workspace_mb,

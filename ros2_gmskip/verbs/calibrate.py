@@ -99,8 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--n', type=positive_int, default=128,
                         help='calibration samples (default: %(default)s)')
     parser.add_argument('--metric', default='accuracy',
-                        help="task metric: accuracy, cider, exact_match or 'module:function' "
-                             '(default: %(default)s)')
+                        help='task metric: accuracy, cider, exact_match, object_f1 or '
+                             "'module:function' (default: %(default)s)")
+    parser.add_argument('--object-parser', default='', metavar='MODULE:FUNCTION',
+                        help="object_f1's parser of the generated text: the default model's "
+                             'caption grammar (default) or a function(text) -> list of {cls, '
+                             'color, position, distance} dicts')
     parser.add_argument('--stack', choices=('decoder', 'vision'), default='decoder',
                         help="which blocks to search: the language model's or the vision "
                              "tower's (default: %(default)s)")
@@ -170,6 +174,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from ros2_gmskip.folders import check_writable
     from ros2_gmskip.gmskip.objective import Objective
     from ros2_gmskip.gmskip.plan import plan_id, save_plan, SkipPlan, weights_sha256
     from ros2_gmskip.gmskip.progress import SearchProgress
@@ -180,6 +185,9 @@ def main(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise PlanError(f'--out {str(args.out)!r} is a folder: give the plan file to write, '
                         'e.g. plan.json')
+    check_writable(args.out, '--out')            # before the search, not after it
+    if args.plot is not None:
+        check_writable(args.plot, '--plot')
     if args.workers is not None and args.ray is None:
         raise PlanError(f'--workers {args.workers}: workers are Ray workers; add --ray')
     if args.ray is not None:
@@ -191,7 +199,8 @@ def main(args: argparse.Namespace) -> int:
     with_tokens = wants_tokens(args)
     progress = SearchProgress.beside(args.out, {
         'sha256': sha256, 'data': args.data, 'n': args.n, 'metric': args.metric,
-        'batch_size': args.batch_size, 'stack': args.stack})
+        'batch_size': args.batch_size, 'stack': args.stack,
+        'object_parser': args.object_parser})
     known = progress.load() if args.resume else None
 
     samples = load_samples(args.data, args.n)
@@ -302,7 +311,8 @@ def write_ladder(evaluator, trajectory, plan, args: argparse.Namespace, known=No
 def make_evaluator(args: argparse.Namespace, samples: list):
     """Return the scorer of the calibration set: in this process, or Ray workers (--ray)."""
     settings = {'metric': args.metric, 'batch_size': args.batch_size,
-                'trust_remote_code': args.trust_remote_code, 'stack': args.stack}
+                'trust_remote_code': args.trust_remote_code, 'stack': args.stack,
+                'object_parser': args.object_parser}
     if args.ray is None:
         from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
         return CalibrationEvaluator(args.model, samples, **settings)

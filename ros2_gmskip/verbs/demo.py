@@ -107,8 +107,11 @@ def _prepare_out(out: Path, names: tuple[str, ...]) -> None:
     """Make `out`; remove earlier demo outputs `names` (only those the marker says it made)."""
     from ros2_gmskip.errors import GmSkipError
 
+    from ros2_gmskip.folders import check_writable, write_file
+
     if out.exists() and not out.is_dir():
         raise GmSkipError(f'--out {str(out)!r} is a file: pass a folder')
+    check_writable(out / MARKER, '--out')
     out.mkdir(parents=True, exist_ok=True)
     marker = out / MARKER
     try:
@@ -126,7 +129,7 @@ def _prepare_out(out: Path, names: tuple[str, ...]) -> None:
         if (out / name).exists():
             shutil.rmtree(out / name)
     # written before the bags: an interrupted run is still cleaned up by the next one
-    marker.write_text(json.dumps({'created': list(names)}) + '\n')
+    write_file(marker, json.dumps({'created': list(names)}) + '\n', 'demo marker')
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +222,6 @@ def _frames_table(out_bag: Path) -> tuple[list[str], int, int]:
 def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.ros.bag import make_bag
     from ros2_gmskip.ros.params import load_params
-    from ros2_gmskip.ros.pipeline import token_skip_text
     from ros2_gmskip.ros.replay import replay_bag
 
     out: Path = args.out
@@ -244,13 +246,11 @@ def main(args: argparse.Namespace) -> int:
         step(f'backend {args.backend}: default model {model_dir.name}, {what}')
         t0 = time.perf_counter()
         backend = _create_backend(args.backend, model_dir, plan, args.full)
-        info = getattr(backend, 'info', None) or {}
-        removed = info.get('blocks_removed')
+        info = backend.info
         print(f'      loaded in {time.perf_counter() - t0:.1f} s'
-              + (f'; blocks removed: {list(removed)}' if removed else '')
-              + (f'; decoder graph: {info["decoder_graph"]}' if info.get('decoder_graph')
-                 else '')
-              + (f'; token skipping: {token_skip_text(info["tokens"])}' if info.get('tokens')
+              + (f'; blocks removed: {list(info.blocks_removed)}' if info.blocks_removed else '')
+              + (f'; decoder graph: {info.decoder_graph}' if info.decoder_graph else '')
+              + (f'; token skipping: {info.tokens.describe()}' if not info.tokens.is_off
                  else ''), flush=True)
 
     step(f'replaying {camera_bag} through the gmskip_describer pipeline (rate {args.rate}) into '

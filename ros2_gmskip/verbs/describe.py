@@ -29,10 +29,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ros2_gmskip.argtypes import non_negative_int, positive_int
-from ros2_gmskip.exporters.fused_decoder import WEIGHTS
+from ros2_gmskip.argtypes import node_param
+from ros2_gmskip.bundle_format import WEIGHTS
 from ros2_gmskip.runtime.draft import DRAFT_TOKENS
 from ros2_gmskip.runtime.results import DEFAULT_PROMPT
+from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
 
 HELP = 'describe an image file and print the text and latency breakdown'
 
@@ -61,17 +62,29 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              'quantized fused decoder: int8 prefill, int4 / int8 decode steps '
                              '(faster; the text may differ from generate on a few frames, see '
                              '`ros2-gmskip export --help`; default: %(default)s)')
-    parser.add_argument('--draft-tokens', type=non_negative_int, default=DRAFT_TOKENS,
+    parser.add_argument('--draft-tokens', type=node_param('draft_tokens'),
+                        default=DRAFT_TOKENS,
                         help="onnxruntime fused decoder: guessed tokens (from the bundle's "
                              'n-gram table, `ros2-gmskip draft`) checked per decoder run; the '
                              "text stays greedy decoding's, token for token; 0 = one token per "
                              'run (default: %(default)s)')
-    parser.add_argument('--prompt', default=DEFAULT_PROMPT, help='text prompt')
-    parser.add_argument('--max-new-tokens', type=positive_int, default=48)
+    parser.add_argument('--prompt', type=node_param('prompt'), default=DEFAULT_PROMPT,
+                        help='text prompt (not blank; with the image and --max-new-tokens it '
+                             "must fit the model's context)")
+    parser.add_argument('--max-new-tokens', type=node_param('max_new_tokens'), default=48,
+                        help='most tokens generated per image, 1..512 (default: %(default)s)')
+    parser.add_argument('--max-image-pixels', type=node_param('max_image_pixels'),
+                        default=None, metavar='N',
+                        help='refuse images of more than N pixels (width x height), read from '
+                             'the header before decoding (default: the node parameter '
+                             "max_image_pixels' default, 50000000)")
+    add_token_arguments(parser, "the plan's (torch, a cached export) or the bundle's (--bundle: "
+                                'it must be split where the settings act)')
 
 
 def backend_from_args(args: argparse.Namespace, ladder: Path | None = None):
     """Return the backend the options ask for; `ladder`: a plan ladder to run rungs of."""
+    from ros2_gmskip.runtime.defaults import default_plan_path
     from ros2_gmskip.runtime.factory import create_backend
     opts = ({'graph': args.ort_graph, 'draft_tokens': args.draft_tokens}
             if args.backend == 'onnxruntime' else {})
@@ -79,17 +92,20 @@ def backend_from_args(args: argparse.Namespace, ladder: Path | None = None):
         opts['fused_weights'] = args.fused_weights
     if ladder is not None:
         opts['ladder'] = ladder
+    plan = args.plan or (default_plan_path() if args.model is None and not args.full else None)
+    tokens = token_skip_from_args(args, plan)
+    if tokens is not None:
+        opts['tokens'] = tokens
     return create_backend(args.backend, model=args.model, plan=args.plan, bundle=args.bundle,
                           engine=args.engine, full=args.full, **opts)
 
 
-def read_image(path: Path):
-    """RGB uint8 array from an image file; ImageError naming the file otherwise."""
-    from ros2_gmskip.errors import ImageError
-    from ros2_gmskip.scenes.dataset import read_rgb
-    if not Path(path).is_file():
-        raise ImageError(f'no such image file {str(path)!r}')
-    return read_rgb(Path(path))
+def max_image_pixels(args: argparse.Namespace) -> int:
+    """Return --max-image-pixels, else the node's default (config/gmskip.param.yaml)."""
+    if args.max_image_pixels is not None:
+        return args.max_image_pixels
+    from ros2_gmskip.ros.params import load_defaults
+    return load_defaults()['max_image_pixels']
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,18 +115,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    image = read_image(args.image)
+    from ros2_gmskip.images import read_image_file
+    image = read_image_file(args.image, max_image_pixels(args))
     backend = backend_from_args(args)
     result = backend.describe(image, args.prompt, args.max_new_tokens)
     lat = result.latency
     if args.json:
-        print(json.dumps({**result.to_dict(), 'backend': backend.name, 'info': backend.info}))
+        print(json.dumps({**result.to_dict(), 'backend': backend.name,
+                          'info': backend.info.to_dict()}))
         return 0
     print(result.text)
-    info = backend.info or {}
-    graph = info.get('decoder_graph')
-    if graph and info.get('draft_tokens'):
-        graph += f', {info["draft_tokens"]} draft tokens per run'
+    graph = backend.info.decoder_graph
+    if graph and backend.info.draft_tokens:
+        graph += f', {backend.info.draft_tokens} draft tokens per run'
     name = f'{backend.name} (decoder: {graph})' if graph else backend.name
     print(f'backend {name}: preprocess {lat.preprocess_ms:.1f} ms | vision '
           f'{lat.vision_ms:.1f} ms | prefill {lat.prefill_ms:.1f} ms | decode '

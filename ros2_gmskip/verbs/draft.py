@@ -115,9 +115,12 @@ def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.runtime.draft import DRAFT_FILE, NgramDraft
     from tokenizers import Tokenizer
 
+    from ros2_gmskip.folders import check_writable
+
     model_dir = model_dir_or_default(args.model)
     if args.order < 2:
         raise ModelLoadError(f'--order must be at least 2, got {args.order}')
+    check_writable(args.out or model_dir / DRAFT_FILE, '--out')
     tok_path = model_dir / 'tokenizer.json'
     if not tok_path.is_file():
         raise ModelLoadError(f'model folder {str(model_dir)!r} has no tokenizer.json')

@@ -15,7 +15,9 @@
 r"""
 Evaluate a VLM (optionally pruned by a skip plan) on scenes or a COCO-captions-style folder.
 
-Metrics: main-object accuracy (class or synonym named in the text), CIDEr-D, exact match.
+Metrics: main-object accuracy (class or synonym named in the text), CIDEr-D, exact match, and
+object F1 (the objects the text names - class, colour, position, distance - against the ground
+truth; data with objects only).
 
     ros2-gmskip evaluate --model models/gmskip-llava-scenes --split test --n 500 --json
     ros2-gmskip evaluate --model models/gmskip-llava-scenes \
@@ -27,7 +29,8 @@ they are applied with its blocks, so the numbers are those of the model the node
 --no-plan-tokens measures the blocks alone; --fastv / --kv-removal set (or override) the token
 knobs, with or without a plan, to try a setting before calibrating it.
 
-With --json the last stdout line is one JSON object: {"accuracy", "cider", "exact_match", "n", ...,
+With --json the last stdout line is one JSON object: {"accuracy", "cider", "exact_match",
+"object_f1", "n", ...,
 "tokens": null | {"fastv": {"k", "r", "seed"} | null, "kv_removal": {"ratio", ...} | null}}.
 """
 
@@ -38,9 +41,11 @@ import json
 from pathlib import Path
 import time
 
-from ros2_gmskip.argtypes import fastv_setting, fraction, positive_int
+from ros2_gmskip.argtypes import positive_int
+from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
 
-HELP = 'measure accuracy / CIDEr / exact match of a (pruned) model on a data split or folder'
+HELP = ('measure accuracy / CIDEr / exact match / object F1 of a (pruned) model on a data split '
+        'or folder')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,30 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--show', type=int, default=3, help='print N example outputs')
     parser.add_argument('--trust-remote-code', action='store_true',
                         help='allow model code from the model folder (off by default)')
+    parser.add_argument('--object-parser', default='', metavar='MODULE:FUNCTION',
+                        help="object_f1's parser of the generated text: the default model's "
+                             'caption grammar (default) or a function(text) -> list of {cls, '
+                             'color, position, distance} dicts')
     parser.add_argument('--json', action='store_true',
                         help='print the result as one JSON object on the last line')
-    tokens = parser.add_argument_group(
-        "token skipping (with --plan: applied on top of its blocks, overriding the plan's own)")
-    tokens.add_argument('--fastv', type=fastv_setting, default=None, metavar='K,R',
-                        help='FastV: blocks 0..K-1 (of the pruned model) see every image token, '
-                             'later blocks only the ceil((1-R) n) the last prompt token attends '
-                             'to most, e.g. 2,0.5; R = 0 turns it off')
-    tokens.add_argument('--kv-removal', type=fraction, default=None, metavar='RATIO',
-                        help="drop this share of the visual tokens' KV-cache entries after the "
-                             'prefill (1 = all, 0 = none), so decoding attends to fewer keys')
-    tokens.add_argument('--no-plan-tokens', action='store_true',
-                        help="ignore the plan's token skipping (its blocks are still removed)")
-
-
-def resolve_tokens(plan_tokens: dict | None, fastv=None, kv_ratio: float | None = None):
-    """Return the TokenSkip to evaluate: the plan's (None: none), then --fastv / --kv-removal."""
-    from ros2_gmskip.tokenskip.settings import TokenSkip
-    return TokenSkip.from_dict(plan_tokens).with_overrides(fastv, kv_ratio)
+    add_token_arguments(parser, "the plan's tokens entry")
 
 
 def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.gmskip.evaluator import CalibrationEvaluator
     from ros2_gmskip.scenes import load_samples
+    from ros2_gmskip.tokenskip.settings import TokenSkip
     from ros2_gmskip.vlm.loading import default_model_dir
 
     model_dir = args.model or default_model_dir()
@@ -96,13 +90,19 @@ def main(args: argparse.Namespace) -> int:
         removed = list(plan.removed_blocks)
         stack = plan.stack
         plan_id = make_plan_id(plan)
-        plan_tokens = None if args.no_plan_tokens else plan.tokens
-    tokens = resolve_tokens(plan_tokens, args.fastv, args.kv_removal)
+        plan_tokens = plan.tokens
+    tokens = token_skip_from_args(args, plan_tokens)
+    if tokens is None:
+        tokens = TokenSkip.from_dict(plan_tokens)
     samples = load_samples(args.data or args.split, args.n)
     t0 = time.perf_counter()
     evaluator = CalibrationEvaluator(model_dir, samples, metric='exact_match',
                                      batch_size=args.batch_size,
-                                     trust_remote_code=args.trust_remote_code, stack=stack)
+                                     trust_remote_code=args.trust_remote_code, stack=stack,
+                                     object_parser=args.object_parser)
+    if args.plan:
+        from ros2_gmskip.gmskip.plan import check_plan_fits
+        check_plan_fits(plan, args.plan, evaluator.model)
     if not tokens.is_off:
         evaluator.check_tokens()
     metrics, texts = evaluator.all_metrics(removed, tokens=tokens)

@@ -45,15 +45,9 @@ import argparse
 from pathlib import Path
 import time
 
-from ros2_gmskip.argtypes import (
-    existing_dir,
-    existing_file,
-    fastv_setting,
-    fraction,
-    non_negative_int,
-    positive_int,
-)
-from ros2_gmskip.exporters.fused_decoder import WEIGHTS
+from ros2_gmskip.argtypes import existing_dir, existing_file, non_negative_int, positive_int
+from ros2_gmskip.bundle_format import VISION, WEIGHTS
+from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
 
 HELP = ('export a (pruned) VLM to an ONNX bundle (vision.onnx, decoder.onnx, manifest) and '
         'validate it')
@@ -67,18 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--plan', type=existing_file, default=None,
                         help='skip plan JSON from `ros2-gmskip calibrate`: its blocks are removed '
                              'before export (default: export the full model)')
-    parser.add_argument('--fastv', type=fastv_setting, default=None, metavar='K,R',
-                        help='FastV: after decoder block K-1 keep the (1-R) share of image tokens '
-                             'the last prompt token attends to most (K counts the blocks left '
-                             "after the plan; e.g. 2,0.5). Default: the plan's tokens entry")
-    parser.add_argument('--kv-removal', type=fraction, default=None, metavar='RATIO',
-                        help='Skip-Vision: after the prefill, drop the KV-cache entries of this '
-                             "share of the image tokens (1 = all). Default: the plan's tokens")
-    parser.add_argument('--kv-start', type=non_negative_int, default=None, metavar='LAYER',
-                        help="KV removal only in decoder blocks >= LAYER (default: the plan's, "
-                             'else 0 = every block)')
-    parser.add_argument('--no-plan-tokens', action='store_true',
-                        help="ignore the plan's FastV / KV-removal settings (blocks only)")
+    add_token_arguments(parser, "the plan's tokens entry")
     parser.add_argument('--out', type=Path, required=True,
                         help='bundle folder to write (created; an existing bundle is replaced)')
     parser.add_argument('--opset', type=int, choices=OPSETS, default=17,
@@ -86,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--validate-n', type=non_negative_int, default=50,
                         help='test scenes whose greedy text must match transformers generate '
                              '(0 skips that check; default: %(default)s)')
-    parser.add_argument('--max-new-tokens', type=int, default=48,
+    parser.add_argument('--max-new-tokens', type=positive_int, default=48,
                         help='token limit of the greedy text check (default: %(default)s)')
     parser.add_argument('--no-fused', action='store_true',
                         help='do not write decoder.fused.onnx (the onnxruntime backend then runs '
@@ -122,7 +105,7 @@ def main(args: argparse.Namespace) -> int:
     def stage(text: str) -> None:
         print(f'[{time.perf_counter() - started:6.1f}s] {text}', flush=True)
 
-    tokens = export_tokens(args)
+    tokens = token_skip_from_args(args, args.plan)
     result = export_bundle(model, args.out, plan=args.plan, tokens=tokens, opset=args.opset,
                            validate_n=args.validate_n, max_new_tokens=args.max_new_tokens,
                            threads=args.threads, fused=not args.no_fused,
@@ -130,39 +113,18 @@ def main(args: argparse.Namespace) -> int:
                            fused_weights=args.fused_weights, on_stage=stage,
                            on_check=lambda check: print(f'  {check.line()}', flush=True))
     m = result.manifest
-    graphs = ['vision.onnx', *[seg['file'] for seg in m['decoder_segments']]]
-    fused = m.get('fused_decoder') or {}
-    graphs += [part[k] for part in fused.get('segments') or ([fused] if fused else [])
-               for k in ('file', 'prefill_file', 'decode_file') if part.get(k)]
+    graphs = [VISION, *[f for seg in m.segments for f in seg.files()]]
     sizes = ', '.join(f'{name} {(result.path / name).stat().st_size / 2 ** 20:.1f} MiB'
                       for name in graphs)
-    plan = m['plan']
-    pruned = (f', {len(plan["removed_blocks"])} blocks removed {plan["removed_blocks"]}'
-              if plan else '')
-    from ros2_gmskip.tokenskip.settings import TokenSkip
-    skip = TokenSkip.from_dict(m.get('token_skip')).describe()
-    v = m['validation']
-    print(f'wrote {result.path}: {sizes} ({m["decoder_config"]["num_layers"]} decoder blocks'
-          f'{pruned}; token skipping: {skip}), opset {m["opset"]}')
+    removed = m.blocks_removed
+    pruned = f', {len(removed)} blocks removed {removed}' if removed else ''
+    v = m.validation
+    print(f'wrote {result.path}: {sizes} ({m.decoder.num_layers} decoder blocks in '
+          f'{len(m.segments)} segment(s){pruned}; token skipping: {m.token_skip.describe()}), '
+          f'opset {m.opset}')
     print(f'validation: {len(v["checks"])} checks passed; max |logit diff| '
           f'{v["max_abs_logit_diff"]:.1e} (tolerance {v["tolerance"]:.0e}); greedy text identical '
           f'on {v["identical_text"]} test scenes'
           + (f' (fused decoder: {v["fused_identical_text"]})' if v.get('fused_identical_text')
              else '') + f'; {time.perf_counter() - started:.0f} s in all')
     return 0
-
-
-def export_tokens(args: argparse.Namespace):
-    """
-    Return the TokenSkip from --fastv / --kv-removal / --kv-start over the plan's.
-
-    None lets export use the plan's.
-    """
-    from ros2_gmskip.gmskip.plan import plan_token_skip
-    from ros2_gmskip.tokenskip.settings import TokenSkip
-
-    if (args.fastv is None and args.kv_removal is None and args.kv_start is None
-            and not args.no_plan_tokens):
-        return None
-    base = TokenSkip() if args.no_plan_tokens else plan_token_skip(args.plan)
-    return base.with_overrides(args.fastv, args.kv_removal, args.kv_start)

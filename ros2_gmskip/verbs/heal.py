@@ -29,7 +29,8 @@ processor, draft table, `gmskip_heal.json` (settings, val accuracy before / afte
         --split test --n 2000
     ros2-gmskip bench --pruned-model /tmp/healed-10 --n 50 --threads 1 --rounds 3
 
-The token settings are the plan's (`calibrate --tokens`), replaced by --fastv / --kv-removal.
+The token settings are the plan's (`calibrate --tokens`), replaced by --fastv / --kv-removal /
+--kv-start (or dropped by --no-plan-tokens), as in every verb.
 Deterministic for a given --seed and thread count.
 """
 
@@ -41,14 +42,8 @@ import json
 import logging
 from pathlib import Path
 
-from ros2_gmskip.argtypes import (
-    existing_dir,
-    existing_file,
-    fastv_setting,
-    fraction,
-    positive_float,
-    positive_int,
-)
+from ros2_gmskip.argtypes import existing_dir, existing_file, positive_float, positive_int
+from ros2_gmskip.verbs.token_options import add_token_arguments, token_skip_from_args
 
 HELP = 'fine-tune a GM-Skip pruned model with its token skipping on (healing), save it'
 MANIFEST = 'gmskip_heal.json'
@@ -66,12 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip plan from calibrate (default: the embedded model's shipped "
                              'plan)')
     parser.add_argument('--out', type=Path, required=True, help='folder for the healed model')
-    parser.add_argument('--fastv', type=fastv_setting, default=None, metavar='K,R',
-                        help="FastV during healing and after (default: the plan's); K counts "
-                             'the blocks of the pruned model; R = 0: none')
-    parser.add_argument('--kv-removal', type=fraction, default=None, metavar='RATIO',
-                        help='1: train the answer tokens without the image keys, as decoding '
-                             "after visual KV removal sees them; 0: none (default: the plan's)")
+    add_token_arguments(parser, "the plan's tokens entry, during healing and after (heal "
+                                'trains KV removal at ratio 1 from layer 0 only)')
     parser.add_argument('--steps', type=positive_int, default=d.steps, help='optimizer steps')
     parser.add_argument('--lr', type=positive_float, default=d.lr, help='peak learning rate')
     parser.add_argument('--batch-size', type=positive_int, default=d.batch_size)
@@ -106,13 +97,16 @@ def main(args: argparse.Namespace) -> int:
         raise GmSkipError('no --plan: heal needs the skip plan made for --model (ros2-gmskip '
                           'calibrate)')
     plan = load_plan(plan_path, model_dir=model_dir)            # refuses other weights
-    tokens = TokenSkip.from_dict(plan.tokens).with_overrides(args.fastv, args.kv_removal)
+    tokens = token_skip_from_args(args, plan.tokens) or TokenSkip.from_dict(plan.tokens)
     try:
         from ros2_gmskip.vlm.heal import check_healable
         check_healable(tokens)
     except ValueError as err:
         raise PlanError(str(err)) from None
     _check_out(args.out, args.force, model_dir)
+    if args.plot:
+        from ros2_gmskip.folders import check_writable
+        check_writable(args.plot, '--plot')
     summary = heal_and_save(model_dir, plan_path, plan, tokens, args)
     acc = summary['val_accuracy']
     if args.plot:
@@ -134,6 +128,7 @@ def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
     from ros2_gmskip.folders import written_in_place
     from ros2_gmskip.gmskip.objective import Objective
     from ros2_gmskip.gmskip.plan import (
+        check_plan_fits,
         MetricRecord,
         ModelRef,
         plan_id,
@@ -148,6 +143,7 @@ def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
     from ros2_gmskip.vlm.loading import load_vlm
 
     model, processor = load_vlm(model_dir, trust_remote_code=args.trust_remote_code)
+    check_plan_fits(plan, plan_path, model)
     before = get_stack(model, plan.stack).num_blocks
     remove_blocks(model, plan.removed_blocks, plan.stack)
     cfg = HealConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, scenes=args.scenes,
@@ -155,7 +151,7 @@ def heal_and_save(model_dir: Path, plan_path: Path, plan, tokens, args) -> dict:
                      threads=args.threads)
     summary = heal(model, processor, tokens, cfg)
     out = Path(args.out)
-    with written_in_place(out) as tmp:
+    with written_in_place(out, '--out') as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         copy_draft_table(model_dir, tmp)

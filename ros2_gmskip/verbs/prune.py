@@ -39,8 +39,8 @@ import shutil
 
 from ros2_gmskip import __version__
 from ros2_gmskip.argtypes import existing_dir, existing_file, model_dir_or_default
-from ros2_gmskip.errors import GmSkipError, ModelLoadError, PlanError
-from ros2_gmskip.folders import written_in_place
+from ros2_gmskip.errors import GmSkipError, ModelLoadError
+from ros2_gmskip.folders import check_writable, written_in_place
 
 HELP = 'apply a skip plan: save the model with the planned blocks removed'
 MANIFEST = 'gmskip_prune.json'
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ros2_gmskip.gmskip.plan import load_plan, plan_id, weights_sha256
+    from ros2_gmskip.gmskip.plan import check_plan_fits, load_plan, plan_id, weights_sha256
     from ros2_gmskip.vlm.blocks import family_of, get_stack, remove_blocks
 
     args.model = model_dir_or_default(args.model)
@@ -74,15 +74,13 @@ def main(args: argparse.Namespace) -> int:
     _check_out(out, args.force, args.model)
     plan = load_plan(args.plan, model_dir=args.model)          # refuses other weights
     model = _load_model(args.model, args.trust_remote_code)
+    check_plan_fits(plan, args.plan, model)
     family = family_of(model)
     before = get_stack(model, plan.stack).num_blocks
-    if before != plan.model.num_blocks:
-        raise PlanError(f'plan {args.plan} is for {plan.model.num_blocks} {plan.stack} blocks, '
-                        f'but {args.model} has {before}: re-run ros2-gmskip calibrate for it')
     remove_blocks(model, plan.removed_blocks, plan.stack)
     after = get_stack(model, plan.stack).num_blocks
 
-    with written_in_place(out) as tmp:
+    with written_in_place(out, '--out') as tmp:
         model.save_pretrained(tmp)
         _copy_processor(args.model, tmp, args.trust_remote_code)
         copy_draft_table(args.model, tmp)
@@ -109,6 +107,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _check_out(out: Path, force: bool, model_dir: Path) -> None:
+    """Refuse --out before the work: a file, the source, a non-empty folder, not writable."""
     if out.exists() and not out.is_dir():
         raise GmSkipError(f'--out {str(out)!r} is a file: give a folder for the pruned model')
     if out.resolve() == Path(model_dir).resolve():
@@ -116,11 +115,12 @@ def _check_out(out: Path, force: bool, model_dir: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise GmSkipError(f'--out {str(out)!r} exists and is not empty: choose another folder '
                           'or pass --force to replace it')
+    check_writable(out, '--out')
 
 
 def _load_model(model_dir: Path, trust_remote_code: bool):
     """Load the model in its checkpoint dtype (bf16 stays bf16), offline, from safetensors."""
-    from ros2_gmskip.vlm.loading import check_model_dir
+    from ros2_gmskip.vlm.loading import check_model_dir, check_remote_code
     import transformers
     check_model_dir(model_dir)        # one-line errors: no config.json, corrupt safetensors ...
     try:
@@ -128,6 +128,7 @@ def _load_model(model_dir: Path, trust_remote_code: bool):
             model_dir, trust_remote_code=trust_remote_code, use_safetensors=True,
             local_files_only=True, dtype='auto')
     except Exception as err:       # transformers raises OSError / ValueError / KeyError ...
+        check_remote_code(model_dir, trust_remote_code)
         first = str(err).strip().splitlines()[0] if str(err).strip() else ''
         raise ModelLoadError(f'cannot load a vision-language model from {str(model_dir)!r}: '
                              f'{type(err).__name__}: {first}') from err

@@ -47,7 +47,7 @@ from pathlib import Path
 import sys
 from typing import Any
 
-from ros2_gmskip.argtypes import non_negative_float, rung_choice
+from ros2_gmskip.argtypes import node_param, non_negative_float, rung_choice
 from ros2_gmskip.verbs.describe import add_backend_arguments, backend_from_args
 
 HELP = 'describe the frames of a rosbag2 through the node pipeline; write outputs to a new bag'
@@ -86,6 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--rung', type=rung_choice, default='auto',
                         help='plan-ladder rung: auto (from the budget) or a number, 0 = fastest '
                              '(default: auto)')
+    parser.add_argument('--object-parser', type=node_param('object_parser'), default='',
+                        metavar='MODULE:FUNCTION',
+                        help="how the scene output's objects are read from the text: the default "
+                             "model's caption grammar (default), 'none', or a function(text) -> "
+                             'list of {cls, color, position, distance} dicts')
     parser.add_argument('--json', action='store_true',
                         help='print the summary as one JSON object on the last line')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -167,15 +172,19 @@ def summary_lines(s: dict) -> list[str]:
 
 def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.errors import BagError
+    from ros2_gmskip.folders import check_writable
     from ros2_gmskip.ros.params import load_params
     from ros2_gmskip.ros.replay import replay_bag
 
     if args.out.exists():
         raise BagError(f'output {str(args.out)!r} exists: choose another path or remove it')
-    params = load_params(overrides={'prompt': args.prompt,
-                                    'max_new_tokens': args.max_new_tokens,
-                                    'latency_budget_ms': args.latency_budget_ms,
-                                    'rung': args.rung})
+    check_writable(args.out, '--out')
+    overrides = {'prompt': args.prompt, 'max_new_tokens': args.max_new_tokens,
+                 'object_parser': args.object_parser,
+                 'latency_budget_ms': args.latency_budget_ms, 'rung': args.rung}
+    if args.max_image_pixels is not None:
+        overrides['max_image_pixels'] = args.max_image_pixels
+    params = load_params(overrides=overrides)
     summary = replay_bag(args.in_bag, args.out, lambda: make_backend(args), params,
                          rate=args.rate, topic=args.topic, storage=args.storage,
                          progress=not args.no_progress)

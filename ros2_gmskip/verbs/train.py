@@ -79,9 +79,14 @@ def main(args: argparse.Namespace) -> int:
     from ros2_gmskip.vlm.configs import TrainConfig
     from ros2_gmskip.vlm.train import train
 
+    from ros2_gmskip.folders import check_writable
+
+    if args.out.exists() and not args.out.is_dir():
+        raise GmSkipError(f'--out {str(args.out)!r} is a file: pass a folder for the model')
     if args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise GmSkipError(f'output folder {str(args.out)!r} is not empty: pass --force to '
                           'overwrite it')
+    check_writable(args.out, '--out')             # before the training, not after it
     cfg = TrainConfig(steps=args.steps, vision_steps=args.vision_steps, scenes=args.scenes,
                       skip_ffn=args.skip_ffn, batch_size=args.batch_size, lr=args.lr,
                       layerdrop=args.layerdrop, drop_suffix=args.drop_suffix,

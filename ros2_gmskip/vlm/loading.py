@@ -64,6 +64,25 @@ def check_model_dir(model_dir: Path) -> None:
             raise ModelLoadError(f'corrupt safetensors file {str(path)!r}: {err}') from err
 
 
+def check_remote_code(model_dir: Path, trust_remote_code: bool) -> None:
+    """
+    Raise ModelLoadError naming --trust-remote-code if the folder ships code that was not trusted.
+
+    Called when loading failed: a folder whose config.json has an `auto_map` needs its own Python
+    files, which are never run unless the user asks for it.
+    """
+    if trust_remote_code:
+        return
+    try:
+        config = json.loads((Path(model_dir) / 'config.json').read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(config, dict) and config.get('auto_map'):
+        raise ModelLoadError(f'model folder {str(model_dir)!r} needs its own Python code '
+                             '(config.json auto_map), which is not run by default: read it, then '
+                             'pass --trust-remote-code to allow it')
+
+
 def load_vlm(model_dir: Path, trust_remote_code: bool = False, dtype: str = 'float32'):
     """(model, processor) from a save_pretrained folder, in eval mode, offline."""
     import torch
@@ -76,6 +95,7 @@ def load_vlm(model_dir: Path, trust_remote_code: bool = False, dtype: str = 'flo
             model_dir, trust_remote_code=trust_remote_code, use_safetensors=True,
             local_files_only=True, dtype=getattr(torch, dtype))
     except Exception as err:  # noqa: BLE001 - transformers raises many types
+        check_remote_code(model_dir, trust_remote_code)
         raise ModelLoadError(f'cannot load model from {str(model_dir)!r}: {one_line(err)}'
                              ) from err
     processor = load_processor(model_dir, trust_remote_code=trust_remote_code)

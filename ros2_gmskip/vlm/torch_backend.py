@@ -45,9 +45,11 @@ from pathlib import Path
 import time
 
 import numpy as np
+from ros2_gmskip.bundle_format import plan_id_of, PlanRecord
 from ros2_gmskip.errors import ModelLoadError, PlanError
 from ros2_gmskip.runtime.preprocess import check_image
-from ros2_gmskip.runtime.results import DEFAULT_PROMPT, Latency, Result
+from ros2_gmskip.runtime.requests import check_prompt_text, check_request, context_length
+from ros2_gmskip.runtime.results import BackendInfo, DEFAULT_PROMPT, Latency, Result
 from ros2_gmskip.tokenskip.settings import TokenSkip
 from ros2_gmskip.vlm.families import (decode_positions, family_spec, image_features,
                                       position_ids, split_inputs)
@@ -81,8 +83,8 @@ class TorchBackend:
         plan_tokens = None
         self.ladder = None            # runtime.ladder.Ladder when every rung can run
         if ladder is not None:
+            from ros2_gmskip.bundle_format import sha256_file
             from ros2_gmskip.gmskip.ladder import load_ladder
-            from ros2_gmskip.runtime.bundle import sha256_file
             loaded = load_ladder(Path(ladder), Path(model_dir))
             if loaded.stack != 'decoder':
                 raise PlanError(f'ladder {ladder} has {loaded.stack} rungs: only decoder-block '
@@ -97,10 +99,12 @@ class TorchBackend:
             plan_id, plan_sha = loaded.plan_id, sha256_file(Path(ladder))
             plan_tokens = loaded.tokens
         elif plan is not None:
-            from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
-            from ros2_gmskip.runtime.bundle import sha256_file
+            from ros2_gmskip.bundle_format import sha256_file
+            from ros2_gmskip.gmskip.plan import (
+                check_plan_fits, load_plan, plan_id as make_plan_id)
             from ros2_gmskip.vlm.blocks import remove_blocks
             loaded = load_plan(Path(plan), Path(model_dir))
+            check_plan_fits(loaded, plan, self.model)
             removed = sorted(loaded.removed_blocks)
             remove_blocks(self.model, removed, stack=getattr(loaded, 'stack', 'decoder'))
             plan_id, plan_sha = make_plan_id(loaded), sha256_file(Path(plan))
@@ -118,22 +122,26 @@ class TorchBackend:
         self.model.to(self.device).eval()
         self.stop_ids = _stop_ids(self.model, self.processor)
         self.image_token_id = self.model.config.image_token_id      # bench counts image tokens
+        self.context = context_length(self.model.config.to_dict())   # max_position_embeddings
         from ros2_gmskip.gmskip.plan import weights_sha256
         from ros2_gmskip.vlm.blocks import decoder_stack
-        self.info = {
-            'backend': self.name,
-            'model': str(model_dir),
-            'model_sha256': weights_sha256(model_dir),
-            'plan_sha256': plan_sha,
-            'plan_id': plan_id,
-            'blocks_removed': removed,
-            'family': self.family.name,
-            'num_layers': decoder_stack(self.model).num_blocks - (
-                len(removed) if self.ladder is not None else 0),
-            'device': str(self.device),
-            'threads': torch.get_num_threads(),
-            'tokens': self.tokens.to_dict(),
-        }
+        record = (PlanRecord(removed_blocks=tuple(removed), plan_id=plan_id)
+                  if plan or ladder else None)
+        self.info = BackendInfo(
+            backend=self.name, model_id=weights_sha256(model_dir)[:12],
+            plan_id=plan_id_of(record), engine_id='', blocks_removed=tuple(removed),
+            num_layers=decoder_stack(self.model).num_blocks - (
+                len(removed) if self.ladder is not None else 0), tokens=self.tokens,
+            decoder_graph='transformers (eager)', device=str(self.device),
+            details={'model': str(model_dir), 'family': self.family.name,
+                     'plan_sha256': plan_sha, 'threads': torch.get_num_threads()})
+
+    def check_request(self, prompt: str, max_new_tokens: int) -> None:
+        """Raise PromptError unless the prompt (with a probe image) + max_new_tokens fit."""
+        check_prompt_text(prompt)
+        probe = np.zeros((64, 64, 3), np.uint8)      # fixed-size processors: any image will do
+        ids = build_inputs(self.processor, [probe], prompt)['input_ids']
+        check_request(prompt, ids.shape[1], max_new_tokens, self.context)
 
     def _sync(self) -> None:
         if self.device.type == 'cuda':
@@ -164,6 +172,7 @@ class TorchBackend:
         inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
         _, text_inputs = split_inputs(inputs)
         T = inputs['input_ids'].shape[1]
+        check_request(prompt, T, max_new_tokens, self.context)
         t1 = time.perf_counter()
         features = image_features(model, inputs)              # vision tower + projector
         self._sync()
@@ -208,6 +217,7 @@ class TorchBackend:
         stop = sorted(self.stop_ids)
         t0 = time.perf_counter()
         inputs = build_inputs(self.processor, [check_image(image)], prompt).to(self.device)
+        check_request(prompt, inputs['input_ids'].shape[1], max_new_tokens, self.context)
         t1 = time.perf_counter()
         embeds, mask, positions, image_mask = embed_inputs(model, inputs)
         self._sync()

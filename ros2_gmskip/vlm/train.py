@@ -361,17 +361,17 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> dict:
     # ---------------------------------------------------------------- save
     model.eval()
     elapsed = time.perf_counter() - t0
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
     summary = {'train_config': {k: v for k, v in asdict(cfg).items() if k != 'model'},
                'model_config': asdict(cfg.model), 'parameters': n_params,
                'train_seconds': round(elapsed, 1), 'stage2_seconds': round(stage2_seconds, 1),
                'ffn_rows_computed': ffn_rows['computed'], 'ffn_rows_total': ffn_rows['total'],
                'torch_threads': cfg.threads,
                'final_loss': log[-1].get('loss') if log else None}
-    (out / 'training_log.json').write_text(json.dumps({'summary': summary, 'log': log}))
+    from ros2_gmskip.folders import written_in_place
+    with written_in_place(Path(out), 'model folder') as tmp:   # complete or not at all
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / 'training_log.json').write_text(json.dumps({'summary': summary, 'log': log}))
     return summary
 
 

@@ -22,7 +22,8 @@ dynamic axes carry names (`batch`, `seq`, `past`, `total` = past + seq); each pr
 named axis a (min, opt, max) and keeps fixed axes as they are.
 
     vision   batch 1 / 1 / max_batch; H, W fixed
-    decoder  profile 0 "prefill": the whole prompt, empty KV cache
+    decoder  (each segment: decoder, decoder.1, ...)
+             profile 0 "prefill": the whole prompt, empty KV cache
                  seq   1 / P / max_prompt          P = num_image_tokens + prompt text tokens
                  past  0 / 0 / 0
              profile 1 "decode": one token, growing KV cache
@@ -48,13 +49,18 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 import hashlib
 import json
+import re
 
+from ros2_gmskip.bundle_format import BATCH, Manifest, PAST, REEXPORT, SEQ, TensorSpec, TOTAL
 from ros2_gmskip.errors import EngineError
 
-# Dynamic axis names the exporter writes (ros2_gmskip.exporters.export_config).
-BATCH, SEQ, PAST, TOTAL = 'batch', 'seq', 'past', 'total'
-GRAPHS = ('vision', 'decoder')
 PREFILL, DECODE, VISION = 'prefill', 'decode', 'vision'
+_GRAPH = re.compile(r'^(vision|decoder(\.[1-9][0-9]*)?)$')   # vision and each segment's name
+
+
+def graph_names(manifest: Manifest) -> tuple[str, ...]:
+    """Return the graphs engines are built for: vision, then each decoder segment."""
+    return (VISION, *(seg.name for seg in manifest.segments))
 
 
 class Precision(str, Enum):
@@ -84,8 +90,9 @@ def engine_file_name(graph: str, precision: str | Precision) -> str:
     Autoware keeps the precision in the engine's name, so engines of two precisions can sit side
     by side.
     """
-    if graph not in GRAPHS:
-        raise EngineError(f'unknown graph {graph!r}: expected one of {", ".join(GRAPHS)}')
+    if not _GRAPH.match(graph):
+        raise EngineError(f'unknown graph {graph!r}: expected vision or a decoder segment '
+                          '(decoder, decoder.1, ...)')
     return f'{graph}.{parse_precision(precision).value}.engine'
 
 
@@ -159,53 +166,49 @@ class Profile:
         return cls(d['name'], {k: ShapeRange.from_dict(v) for k, v in d['shapes'].items()})
 
 
-def _graph_inputs(bundle_manifest: dict, graph: str) -> list[dict]:
-    try:
-        inputs = bundle_manifest['graphs'][graph]['inputs']
-    except (KeyError, TypeError):
-        raise EngineError(f'bundle manifest has no inputs for the {graph} graph: re-run '
-                          'ros2-gmskip export') from None
-    if not inputs:
-        raise EngineError(f'bundle manifest lists no inputs for the {graph} graph: re-run '
-                          'ros2-gmskip export')
-    return inputs
+def _graph_inputs(manifest: Manifest, graph: str) -> tuple[TensorSpec, ...]:
+    spec = manifest.graphs.get(graph)
+    if spec is None or not spec.inputs:
+        raise EngineError(f'bundle manifest lists no inputs for the {graph} graph: {REEXPORT}')
+    return spec.inputs
 
 
-def _fill(graph: str, spec: dict, axes: dict[str, tuple[int, int, int]]) -> ShapeRange:
-    """Return the range of input `spec` ({name, shape}) with named axes replaced from `axes`."""
+def _fill(graph: str, spec: TensorSpec, axes: dict[str, tuple[int, int, int]]) -> ShapeRange:
+    """Return the range of input `spec` with its named axes replaced from `axes`."""
     lo, mid, hi = [], [], []
-    for axis in spec['shape']:
+    for axis in spec.shape:
         if isinstance(axis, int) and not isinstance(axis, bool):
             if axis < 0:
-                raise EngineError(f'{graph} input {spec["name"]!r} has an unnamed dynamic axis '
-                                  f'in {spec["shape"]}: re-run ros2-gmskip export')
+                raise EngineError(f'{graph} input {spec.name!r} has an unnamed dynamic axis '
+                                  f'in {list(spec.shape)}: {REEXPORT}')
             values = (axis, axis, axis)
         elif axis in axes:
             values = axes[axis]
         else:
-            raise EngineError(f'{graph} input {spec["name"]!r} has a dynamic axis {axis!r} '
+            raise EngineError(f'{graph} input {spec.name!r} has a dynamic axis {axis!r} '
                               f'this builder does not know (known: {", ".join(sorted(axes))}): '
-                              're-run ros2-gmskip export with this version')
+                              f'{REEXPORT}')
         for out, v in zip((lo, mid, hi), values):
             out.append(int(v))
     return ShapeRange(tuple(lo), tuple(mid), tuple(hi))
 
 
-def vision_profiles(bundle_manifest: dict, limits: Limits) -> list[Profile]:
-    """One profile: batch 1 / 1 / max_batch, the image size fixed."""
+def vision_profiles(manifest: Manifest, limits: Limits) -> list[Profile]:
+    """Return the vision graph's one profile: batch 1 / 1 / max_batch, the image size fixed."""
     axes = {BATCH: (1, 1, limits.max_batch)}
-    return [Profile(VISION, {s['name']: _fill('vision', s, axes)
-                             for s in _graph_inputs(bundle_manifest, 'vision')})]
+    return [Profile(VISION, {s.name: _fill(VISION, s, axes)
+                             for s in _graph_inputs(manifest, VISION)})]
 
 
-def decoder_profiles(bundle_manifest: dict, limits: Limits, prompt_len: int) -> list[Profile]:
+def decoder_profiles(manifest: Manifest, limits: Limits, prompt_len: int,
+                     graph: str = 'decoder') -> list[Profile]:
     """
-    Return the decoder's [prefill, decode] profiles (see the module docstring).
+    Return a decoder segment's [prefill, decode] profiles (see the module docstring).
 
     `prompt_len` is the prompt the engine is tuned for: image tokens + the default prompt's text
-    tokens.
+    tokens. Every segment gets the same ranges (a segment after FastV sees fewer rows).
     """
-    num_image_tokens = int(bundle_manifest.get('tokens', {}).get('num_image_tokens', 0))
+    num_image_tokens = manifest.tokens.num_image_tokens
     if prompt_len < max(num_image_tokens, 1):
         raise EngineError(f'prompt length {prompt_len} is shorter than the image tokens '
                           f'({num_image_tokens}): the prompt must hold the image')
@@ -222,16 +225,17 @@ def decoder_profiles(bundle_manifest: dict, limits: Limits, prompt_len: int) -> 
     past_opt = min(max(P + N // 2, 1), past_max)
     decode = {BATCH: batch, SEQ: (1, 1, 1), PAST: (1, past_opt, past_max),
               TOTAL: (2, past_opt + 1, past_max + 1)}
-    inputs = _graph_inputs(bundle_manifest, 'decoder')
-    return [Profile(PREFILL, {s['name']: _fill('decoder', s, prefill) for s in inputs}),
-            Profile(DECODE, {s['name']: _fill('decoder', s, decode) for s in inputs})]
+    inputs = _graph_inputs(manifest, graph)
+    return [Profile(PREFILL, {s.name: _fill(graph, s, prefill) for s in inputs}),
+            Profile(DECODE, {s.name: _fill(graph, s, decode) for s in inputs})]
 
 
-def build_profiles(bundle_manifest: dict, limits: Limits, prompt_len: int
+def build_profiles(manifest: Manifest, limits: Limits, prompt_len: int
                    ) -> dict[str, list[Profile]]:
-    """{graph: [profiles]} for both graphs, in the order they are added to the builder config."""
-    return {'vision': vision_profiles(bundle_manifest, limits),
-            'decoder': decoder_profiles(bundle_manifest, limits, prompt_len)}
+    """Return {graph: [profiles]} for vision and every segment, in build order."""
+    return {VISION: vision_profiles(manifest, limits),
+            **{seg.name: decoder_profiles(manifest, limits, prompt_len, seg.name)
+               for seg in manifest.segments}}
 
 
 def profiles_to_dict(profiles: dict[str, list[Profile]]) -> dict[str, list[dict]]:

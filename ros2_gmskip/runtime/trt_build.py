@@ -53,19 +53,21 @@ import time
 from typing import Any
 
 from ros2_gmskip.errors import EngineError
-from ros2_gmskip.exporters import engine_manifest as em
-from ros2_gmskip.exporters.trt_profiles import (
+from ros2_gmskip.folders import write_file
+from ros2_gmskip.runtime import trt_engines as em
+from ros2_gmskip.runtime.trt_backend import gpu_info, GpuInfo, import_tensorrt, make_logger
+from ros2_gmskip.runtime.trt_profiles import (
     build_profiles,
     cache_key,
     engine_file_name,
-    GRAPHS,
+    graph_names,
     Limits,
     parse_precision,
     Precision,
     Profile,
     profiles_to_dict,
+    VISION,
 )
-from ros2_gmskip.runtime.trt_backend import gpu_info, GpuInfo, import_tensorrt, make_logger
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +247,7 @@ def save_timing_cache(config, path: Path | None) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     data = memoryview(cache.serialize())
-    em.atomic_write_bytes(path, data)
+    write_file(path, data, 'timing cache')
     log.info('timing cache %s: %d bytes saved', path, data.nbytes)
 
 
@@ -265,7 +267,7 @@ def configure(trt, builder, network, cfg: BuildConfig, graph: str, gpu: GpuInfo)
                           "calibrators are deprecated since 10.1): quantize the bundle's ONNX "
                           'with NVIDIA ModelOpt (modelopt.onnx.quantization, int8) or use '
                           '--precision fp16')
-    if cfg.dla_core is not None and graph == 'vision':
+    if cfg.dla_core is not None and graph == VISION:
         cores = int(getattr(builder, 'num_DLA_cores', 0))
         if cfg.dla_core >= cores:
             raise EngineError(f'--dla-core {cfg.dla_core}: {gpu} has {cores} DLA core(s) (DLA is '
@@ -303,12 +305,20 @@ def build_graph(trt, builder, logger, onnx_path: Path, graph: str, profiles: lis
     return serialized
 
 
+def _source(graph: str) -> str:
+    """Return the bundle file an engine is built from (vision.onnx, decoder.1.onnx, ...)."""
+    return f'{graph}.onnx'
+
+
 def build_engines(bundle: Any, out_dir: Path, cfg: BuildConfig | None = None, *,
-                  gpu: GpuInfo | None = None, graphs: tuple[str, ...] = GRAPHS) -> dict:
-    """Build every graph of `bundle` (a `Bundle`) into `out_dir`; return the written manifest."""
+                  gpu: GpuInfo | None = None, graphs: tuple[str, ...] | None = None) -> dict:
+    """
+    Build the graphs of `bundle` (a `Bundle`) into `out_dir`; return the written manifest.
+
+    `graphs`: vision and every decoder segment (decoder, decoder.1, ...) unless given.
+    """
     cfg = cfg or BuildConfig()
-    if hasattr(bundle, 'require_plain_decoder'):
-        bundle.require_plain_decoder('build-engine')
+    graphs = graphs or graph_names(bundle.manifest)
     trt = import_tensorrt()
     gpu = gpu or gpu_info()
     out_dir = Path(out_dir)
@@ -323,15 +333,15 @@ def build_engines(bundle: Any, out_dir: Path, cfg: BuildConfig | None = None, *,
              out_dir)
     engines: dict[str, dict] = {}
     for graph in graphs:
-        source = f'{graph}.onnx'
+        source = _source(graph)
         serialized = build_graph(trt, builder, logger, bundle.file(source), graph,
                                  profiles[graph], cfg, gpu)
         data = memoryview(serialized)
         name = engine_file_name(graph, cfg.precision)
-        em.atomic_write_bytes(out_dir / name, data)
+        write_file(out_dir / name, data, 'engine file')
         engines[graph] = {'file': name, 'sha256': em.sha256_bytes(data),
                           'source_onnx': source,
-                          'source_onnx_sha256': bundle.manifest['files'][source]}
+                          'source_onnx_sha256': bundle.manifest.files[source]}
         log.info('wrote %s (%.1f MiB)', out_dir / name, data.nbytes / 2**20)
         del serialized, data
     key = cache_key(source_onnx_sha256={g: e['source_onnx_sha256'] for g, e in engines.items()},
@@ -356,7 +366,8 @@ def planned_cache_key(bundle: Any, cfg: BuildConfig, trt_version: str, gpu: GpuI
     It lets an up-to-date build be skipped without building.
     """
     prompt_len = cfg.prompt_len or default_prompt_len(bundle)
-    return cache_key(source_onnx_sha256={g: bundle.manifest['files'][f'{g}.onnx'] for g in GRAPHS},
+    return cache_key(source_onnx_sha256={g: bundle.manifest.files[_source(g)]
+                                         for g in graph_names(bundle.manifest)},
                      precision=cfg.precision, limits=cfg.limits, prompt_len=prompt_len,
                      tensorrt_version=trt_version, compute_capability=gpu.compute_capability,
                      dla_core=cfg.dla_core)

@@ -27,7 +27,8 @@ tensorrt_common. Layout (`ros2_gmskip/trt-engines@1`):
     precision                        fp16 | bf16 | int8 | fp32
     limits {max_batch, max_prompt, max_new_tokens}, prompt_len
     profiles {graph: [{name, shapes: {input: {min, opt, max}}}]}
-    engines {graph: {file, sha256, source_onnx, source_onnx_sha256}}
+    engines {graph: {file, sha256, source_onnx, source_onnx_sha256}}   vision and each decoder
+                                     segment (bundle_format.Segment.name: decoder, decoder.1, ...)
     bundle_path, bundle_manifest_sha256
     workspace_mb, dla_core, cache_key
 
@@ -38,16 +39,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
-import os
 from pathlib import Path
-import tempfile
 from typing import Any
 
+from ros2_gmskip.bundle_format import load_bundle, MANIFEST as BUNDLE_MANIFEST, Manifest, \
+    sha256_file
 from ros2_gmskip.errors import EngineError
-from ros2_gmskip.formats import read_format_json
-from ros2_gmskip.runtime.bundle import MANIFEST as BUNDLE_MANIFEST, sha256_file
+from ros2_gmskip.formats import read_format_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -85,39 +84,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """
-    Write `data` to `path` so that a reader never sees half a file.
-
-    It goes through a temporary file in the same folder and os.replace: an interrupted build
-    leaves the old file or none.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _rebuild_hint(engine_dir: Path, bundle_path: Any) -> str:
     bundle = str(bundle_path) if bundle_path else 'BUNDLE'
     return f'rebuild with ros2-gmskip build-engine {bundle} --out {engine_dir}'
 
 
-def _bundle_parts(bundle: Any) -> tuple[Path, dict]:
-    """Return (folder, manifest dict) of a `Bundle` or a bundle folder (read, not hashed)."""
+def _bundle_parts(bundle: Any) -> tuple[Path, Manifest]:
+    """Return (folder, manifest) of a `Bundle` or a bundle folder (read, not hashed)."""
     if hasattr(bundle, 'manifest') and hasattr(bundle, 'path'):
         return Path(bundle.path), bundle.manifest
-    from ros2_gmskip.runtime.bundle import load_bundle
     b = load_bundle(Path(bundle), verify=False)
     return b.path, b.manifest
 
@@ -158,9 +133,7 @@ def make_engine_manifest(*, bundle: Any, engines: dict[str, dict], tensorrt_vers
 
 def write_engine_manifest(engine_dir: Path, manifest: dict) -> Path:
     """Write `engine_manifest.json` atomically (last step of a build: no manifest, no engines)."""
-    path = Path(engine_dir) / MANIFEST
-    atomic_write_bytes(path, (json.dumps(manifest, indent=2, sort_keys=True) + '\n').encode())
-    return path
+    return write_json_atomic(Path(engine_dir) / MANIFEST, manifest, sort_keys=True)
 
 
 def read_engine_manifest(engine_dir: Path) -> dict:
@@ -248,7 +221,7 @@ def check_engine_manifest(engine_dir: Path, trt_version: str, gpu_name: str | No
                     f'{str(entry["sha256"])[:12]}.., file {actual[:12]}..): the file was changed '
                     f'or copied incompletely: {hint}')
         if bundle_manifest is not None:
-            theirs = (bundle_manifest.get('files') or {}).get(entry['source_onnx'])
+            theirs = bundle_manifest.files.get(entry['source_onnx'])
             if theirs != entry['source_onnx_sha256']:
                 raise EngineError(
                     f'engine {engine_dir}: {graph} was built from {entry["source_onnx"]} '
