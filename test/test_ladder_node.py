@@ -214,30 +214,6 @@ def test_node_backend_refuses_a_budget_without_a_plan_or_on_onnxruntime(tmp_path
 # the torch backend runs every rung from one copy of the weights
 
 
-@pytest.fixture(scope='module')
-def tiny_ladder(tiny_model_dir, tmp_path_factory):
-    """Return (plan, ladder) files for the tiny model: rungs remove [1, 2, 3], [2, 3], [3]."""
-    from ros2_gmskip.gmskip.ladder import build_ladder, ladder_path, save_ladder
-    from ros2_gmskip.gmskip.objective import Objective
-    from ros2_gmskip.gmskip.plan import plan_id, save_plan, SkipPlan
-    from ros2_gmskip.gmskip.strategies import search
-    from ros2_gmskip.gmskip.token_search import Workload
-    from ros2_gmskip.tokenskip.flops import DecoderDims
-
-    def score(removed):
-        return 1.0 - 0.01 * len(removed)
-
-    result = search(score, 4, objective=Objective(lam=0.3), protect_first=1, progress=False)
-    folder = tmp_path_factory.mktemp('tiny_ladder')
-    plan = SkipPlan.from_search(result, tiny_model_dir, family='llava', metric='accuracy',
-                                protect_first=1)
-    plan_path = save_plan(plan, folder / 'plan.json')
-    workload = Workload(DecoderDims(layers=4, hidden=64, ffn=128), 20, 16, 8)
-    ladder, _ = build_ladder(result.trajectory, plan, plan_id(plan), score, workload, floor=None)
-    save_ladder(ladder, ladder_path(plan_path))
-    return plan_path, ladder
-
-
 def test_torch_backend_runs_each_rung_as_the_pruned_model(tiny_model_dir, tiny_ladder,
                                                           scene_images):
     from ros2_gmskip.runtime.factory import create_backend

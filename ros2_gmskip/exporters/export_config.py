@@ -54,7 +54,10 @@ class ExportConfig:
     Declare a VLM bundle's graphs: vision, and the decoder's segments with their KV tensors.
 
     A bundle without token skipping has one segment (decoder.onnx: embeddings -> logits). FastV
-    and KV removal from a layer split the decoder there (`splits`; onnx_export.py says why).
+    and KV removal from a layer split the decoder there (`splits`; onnx_export.py says why). A
+    plan-ladder bundle (`head`) also splits where its rungs differ: every segment then ends in
+    the residual stream (the numpy head follows a rung's last segment), and every rung's FastV K
+    is a ranking split (`ranks_at`).
     """
 
     family: str
@@ -70,6 +73,9 @@ class ExportConfig:
     attention_atol: float = 1e-5     # probabilities
     splits: tuple[int, ...] = ()     # decoder split before these blocks (token skipping)
     rank_at: int | None = None       # FastV K: the segment ending here outputs attention
+    ranks_at: tuple[int, ...] = ()   # ladder bundles: every rung's FastV K (splits, in bundle
+    #                                  block numbers)
+    head: bool = False               # ladder bundles: no segment ends in logits
     segments: list[Segment] = field(init=False)
     graphs: dict[str, GraphSpec] = field(init=False)     # vision and each segment's name
 
@@ -84,11 +90,13 @@ class ExportConfig:
         if bad or list(self.splits) != sorted(set(self.splits)):
             raise ModelLoadError(f'decoder splits {list(self.splits)} must be increasing block '
                                  f'indices in 1..{d.num_layers - 1}')
-        if self.rank_at is not None and self.rank_at not in self.splits:
-            raise ModelLoadError(f'FastV K={self.rank_at} must be one of the splits')
+        ranks = set(self.ranks_at) | ({self.rank_at} if self.rank_at is not None else set())
+        if not ranks <= set(self.splits):
+            raise ModelLoadError(f'FastV K={sorted(ranks)} must be among the splits')
         bounds = [0, *self.splits, d.num_layers]
-        self.segments = [Segment(first=first, stop=stop, last=stop == d.num_layers,
-                                 ranks=self.rank_at == stop, portable=portable_file(i))
+        self.segments = [Segment(first=first, stop=stop,
+                                 last=stop == d.num_layers and not self.head,
+                                 ranks=stop in ranks, portable=portable_file(i))
                          for i, (first, stop) in enumerate(zip(bounds, bounds[1:]))]
         self.graphs = {'vision': GraphSpec(
             inputs=(TensorSpec(PIXEL_VALUES, (BATCH, 3, H, W)),),
@@ -156,12 +164,13 @@ def rope_parameters(text_config: Any) -> dict:
 
 def export_config_for(config: Any, num_layers: int | None = None, opset: int = DEFAULT_OPSET,
                       image_size: tuple[int, int] | None = None, splits: tuple[int, ...] = (),
-                      rank_at: int | None = None) -> ExportConfig:
+                      rank_at: int | None = None, ranks_at: tuple[int, ...] = (),
+                      head: bool = False) -> ExportConfig:
     """
     Return the ExportConfig of a VLM config.
 
     After pruning, pass the remaining `num_layers`; for token skipping, the decoder `splits` and
-    FastV's K as `rank_at`.
+    FastV's K as `rank_at`; for a plan ladder, every rung's K as `ranks_at` and `head`.
     """
     family = family_of_config(config)
     text = _get(config, 'text_config')
@@ -201,4 +210,5 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
         rope_theta=rope.get('rope_theta'), family=family, decoder_type=decoder_type)
     return ExportConfig(family=family, decoder_type=decoder_type, image_size=tuple(image_size),
                         num_image_tokens=num_image_tokens, decoder=shape, opset=opset,
-                        splits=tuple(splits), rank_at=rank_at)
+                        splits=tuple(splits), rank_at=rank_at, ranks_at=tuple(ranks_at),
+                        head=head)

@@ -81,10 +81,11 @@ from typing import Callable
 import warnings
 
 import numpy as np
-from ros2_gmskip.bundle_format import (DRAFT, EMBED, FUSED, fused_file, fused_prefill_file,
-                                       fused_step_file, FusedDecoder, MANIFEST, Manifest,
-                                       PlanRecord, Segment, sha256_file, SourceModel, TOKENIZER,
-                                       VISION, WEIGHTS, write_manifest)
+from ros2_gmskip.bundle_format import (BundleRung, DRAFT, EMBED, FUSED, fused_file,
+                                       fused_prefill_file, fused_step_file, FusedDecoder, HEAD,
+                                       LadderRecord, MANIFEST, Manifest, PlanRecord, Segment,
+                                       sha256_file, SourceModel, TOKENIZER, VISION, WEIGHTS,
+                                       write_manifest)
 from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
 from ros2_gmskip.exporters.export_config import (
@@ -163,11 +164,12 @@ class DecoderForExport(nn.Module):
     """
 
     def __init__(self, model: nn.Module, first: int = 0, stop: int | None = None,
-                 ranks: bool = False) -> None:
+                 ranks: bool = False, last: bool | None = None) -> None:
         super().__init__()
         text = model.model.language_model
         stop = len(text.layers) if stop is None else stop
-        self.first, self.last, self.ranks = first, stop == len(text.layers), ranks
+        last = stop == len(text.layers) if last is None else last    # False: a ladder's head
+        self.first, self.last, self.ranks = first, last, ranks
         self.layers = text.layers[first:stop]            # a segment: blocks [first, stop)
         self.norm = text.norm
         self.lm_head = model.lm_head
@@ -318,8 +320,33 @@ def _prepare_out(out: Path) -> None:
                               'pass a new or empty folder (an existing bundle is replaced)')
 
 
+def _load_ladder(path: Path, model_dir: Path, plan: Path | None,
+                 removed_blocks: list[int] | None):
+    """Return the plan ladder to export (gmskip.ladder: model hash, nesting checked)."""
+    from ros2_gmskip.gmskip.ladder import load_ladder
+    if plan is not None or removed_blocks:
+        raise BundleError('--ladder brings its own plan (a rung of it): give --ladder without '
+                          '--plan / removed blocks')
+    loaded = load_ladder(Path(path), Path(model_dir))
+    if loaded.stack != 'decoder':
+        raise BundleError(f'ladder {str(path)!r} has {loaded.stack} rungs: only decoder-block '
+                          'ladders export')
+    return loaded
+
+
+def _ladder_record(loaded, layout, path: Path, validation: list[dict] | None) -> LadderRecord:
+    """Return the manifest's `ladder` entry (`validation`: per rung, from validate.py)."""
+    runtime = loaded.runtime()
+    rungs = tuple(BundleRung(removed_blocks=tuple(r.removed_blocks), segments=segs,
+                             score=r.score, flops_ratio=r.flops_ratio,
+                             validation=None if validation is None else validation[i])
+                  for i, (r, segs) in enumerate(zip(runtime.rungs, layout.rung_segments)))
+    return LadderRecord(rungs=rungs, plan_rung=runtime.plan_rung, num_blocks=runtime.num_blocks,
+                        head=HEAD, path=str(Path(path).resolve()), sha256=sha256_file(path))
+
+
 def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
-                  tokens: TokenSkip | None = None,
+                  tokens: TokenSkip | None = None, ladder: Path | None = None,
                   removed_blocks: list[int] | None = None, opset: int = DEFAULT_OPSET,
                   validate_n: int = 50, prompt: str | None = None, max_new_tokens: int = 48,
                   threads: int | None = None, fused: bool = True,
@@ -339,7 +366,9 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     positions (default: the model's max_position_embeddings, at most 2048); a model it does not
     cover gets none, with a log line saying why. `fused_weights` 'int4' / 'int8' adds the
     quantized copies the runtime uses: decode steps with int4 / int8 weights, the prefill with
-    dynamic int8 (fused_decoder.py says why).
+    dynamic int8 (fused_decoder.py says why). `ladder` (a plan-ladder file, instead of `plan`):
+    one bundle that runs every rung (exporters/ladder_export.py), each rung's greedy text
+    validated against the model pruned to that rung.
     `on_stage(text)` / `on_check(Check)` report progress.
     """
     from ros2_gmskip.exporters import trt_ops, validate
@@ -367,22 +396,38 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     stage(f'loading {model_dir}')
     model, processor = load_vlm(model_dir)
     export_config_for(model.config, opset=opset)       # decoder type, RoPE, opset: before work
-    blocks, stack, plan_record = resolve_plan(plan, model_dir, removed_blocks, model)
+    loaded_ladder = layout = None
+    if ladder is not None:
+        from ros2_gmskip.exporters.ladder_export import ladder_layout
+        loaded_ladder = _load_ladder(ladder, model_dir, plan, removed_blocks)
+        token_skip = tokens if tokens is not None else TokenSkip.from_dict(loaded_ladder.tokens)
+        layout = ladder_layout([r.removed_blocks for r in loaded_ladder.rungs],
+                               loaded_ladder.model.num_blocks, token_skip)
+        blocks, stack = list(layout.base), 'decoder'
+        plan_record = PlanRecord(removed_blocks=tuple(loaded_ladder.plan_removed),
+                                 plan_id=loaded_ladder.plan_id)
+    else:
+        blocks, stack, plan_record = resolve_plan(plan, model_dir, removed_blocks, model)
     if blocks:
         stage(f'removing {stack} blocks {blocks}')
         remove_blocks(model, blocks, stack=stack)
     num_layers = len(model.model.language_model.layers)
-    token_skip = tokens if tokens is not None else plan_token_skip(plan)
-    if token_skip.fastv is not None and token_skip.fastv.k >= num_layers:
+    if layout is None:
+        token_skip = tokens if tokens is not None else plan_token_skip(plan)
+    if layout is None and token_skip.fastv is not None and token_skip.fastv.k >= num_layers:
         raise BundleError(f'FastV K={token_skip.fastv.k} needs more than the {num_layers} decoder '
                           'blocks the (pruned) model has: choose K < the remaining blocks')
-    if token_skip.kv_ratio and token_skip.kv_start >= num_layers:
+    if layout is None and token_skip.kv_ratio and token_skip.kv_start >= num_layers:
         raise BundleError(f'KV removal from layer {token_skip.kv_start} is past the last of the '
                           f'{num_layers} decoder blocks')
     splits, rank_at = token_skip.splits(num_layers)
+    ranks_at: tuple[int, ...] = ()
+    if layout is not None:
+        splits, rank_at, ranks_at = layout.splits, None, layout.ranks_at
     preprocess = mf.preprocess_entry(processor.image_processor)
     config = export_config_for(model.config, num_layers=num_layers, opset=opset,
-                               image_size=preprocess.size, splits=splits, rank_at=rank_at)
+                               image_size=preprocess.size, splits=splits, rank_at=rank_at,
+                               ranks_at=ranks_at, head=layout is not None)
     model.eval()
     if hasattr(model, 'set_attn_implementation'):
         model.set_attn_implementation('eager')                    # plain ops in the vision graph
@@ -400,7 +445,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             stage(f'exporting {seg.portable} ({part}{num_layers} blocks{removed})'
                   .replace('( ', '('))
             graph = config.graphs[seg.name]
-            _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks),
+            _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks, seg.last),
                           _dummy_decoder_inputs(config, seg), tmp / seg.portable, graph.inputs,
                           graph.outputs, opset)
         segments, fused_record = list(config.segments), None
@@ -416,10 +461,14 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                 text_cfg = model.config.get_text_config(decoder=True)
                 length = fused_max_length or min(
                     int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
-                segments, fused_record = _export_fused(model, tmp, length, fused_weights,
-                                                       segments, not token_skip.is_off, stage)
+                segments, fused_record = _export_fused(
+                    model, tmp, length, fused_weights, segments,
+                    not token_skip.is_off or layout is not None, stage)
         embed = model.get_input_embeddings().weight.detach().float().numpy()   # (V, C)
         np.save(tmp / EMBED, np.ascontiguousarray(embed), allow_pickle=False)
+        if layout is not None:
+            from ros2_gmskip.exporters.ladder_export import write_head
+            write_head(model, tmp / HEAD)
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
@@ -442,7 +491,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             preprocess=preprocess, decoder=config.decoder, token_skip=token_skip,
             segments=tuple(segments), fused=fused_record,
             draft=DRAFT if (tmp / DRAFT).is_file() else None, validation=None,
-            versions=mf.versions())
+            versions=mf.versions(),
+            ladder=None if layout is None else _ladder_record(loaded_ladder, layout, ladder, None))
         write_manifest(tmp, manifest)
 
         t = time.perf_counter()
@@ -450,9 +500,12 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         report = validate.validate_bundle(tmp, model, processor, config, n_scenes=validate_n,
                                           prompt=prompt, max_new_tokens=max_new_tokens,
                                           threads=threads, on_check=on_check, stage=stage,
-                                          lint=trt_ops.lint_graph)
+                                          lint=trt_ops.lint_graph, ladder=layout)
         seconds['validate'] = time.perf_counter() - t
         manifest = replace(manifest, validation=report.to_manifest())
+        if layout is not None:
+            manifest = replace(manifest, ladder=_ladder_record(loaded_ladder, layout, ladder,
+                                                               report.rungs or None))
         write_manifest(tmp, manifest)
         failures = [c for c in report.checks if not c.ok]
         if failures:

@@ -80,7 +80,7 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
     onnxruntime / tensorrt its ONNX bundle (exported once into the cache when missing).
     """
     from ros2_gmskip.runtime import defaults
-    from ros2_gmskip.runtime.factory import create_backend as factory, require_rungs
+    from ros2_gmskip.runtime.factory import create_backend as factory
 
     def path(text: str) -> Path | None:
         return Path(text).expanduser() if text else None
@@ -91,12 +91,13 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
     if model is None and plan is None:
         plan = defaults.default_plan_path()
     opts: dict[str, Any] = {}
-    if params.latency_budget_ms > 0 or params.rung != 'auto':
-        require_rungs(kind)                     # before a long export, not after it
-        opts['ladder'] = _ladder_path(plan, params)
+    ladder = None               # a given bundle brings its own ladder (export --ladder) or none
+    if (params.latency_budget_ms > 0 or params.rung != 'auto') and (
+            kind == 'torch' or bundle is None):
+        ladder = opts['ladder'] = _ladder_path(plan, params)
     if kind in ('onnxruntime', 'tensorrt') and bundle is None:
         bundle = defaults.ensure_bundle(model, plan, fused_weights=params.fused_weights
-                                        if kind == 'onnxruntime' else 'fp32')
+                                        if kind == 'onnxruntime' else 'fp32', ladder=ladder)
     if kind == 'onnxruntime':
         opts['providers'] = _ort_provider(params.device)
         opts['draft_tokens'] = params.draft_tokens

@@ -81,14 +81,6 @@ def _fake(kind: str) -> FakeBackend:
         raise GmSkipError(f'bad fake backend {kind!r}: expected fake:MS, e.g. fake:25') from None
 
 
-def require_rungs(kind: str) -> None:
-    """Raise GmSkipError unless backend `kind` can run plan-ladder rungs (before any export)."""
-    if kind != 'torch':
-        raise GmSkipError(f'backend {kind} cannot switch plan-ladder rungs yet (export --ladder '
-                          'is not built): use backend torch for latency_budget_ms / rung, or '
-                          'set latency_budget_ms 0 and rung auto')
-
-
 def create_backend(kind: str, model: Path | None = None, plan: Path | None = None,
                    bundle: Path | None = None, engine: Path | None = None,
                    build_only: bool = False, **opts) -> Backend:
@@ -104,8 +96,11 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
                  which decoder graph, see ort_backend), `draft_tokens` (speculative decoding,
                  0 = off); without a bundle, `fused_weights`
                  ('int4' | 'int8') exports the quantized fused decoder (export --fused-weights).
-    torch:       `model`, `plan`; opts `device`, `threads`, `ladder` (the plan's ladder file:
-                 any rung runs per request, `describe(..., rung=i)`).
+    torch:       `model`, `plan`; opts `device`, `threads`.
+    `ladder` (the plan's ladder file): a backend that runs any rung per request,
+    `describe(..., rung=i)`: torch from one copy of the weights; onnxruntime / tensorrt from a
+    ladder bundle (`export --ladder`, exported into the cache here; a given bundle brings its
+    own ladder, or none).
     `tokens` (a tokenskip.settings.TokenSkip): FastV / KV-removal settings instead of the plan's
     (TokenSkip() turns them off); a bundle made here is exported with them.
     tensorrt:    `engine` and/or `bundle`, `build_only`; other opts go to
@@ -124,8 +119,7 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
                           '--fused-weights) and other backends have none')
     model = Path(model) if model else None
     plan = Path(plan) if plan else None
-    if opts.get('ladder') is not None:
-        require_rungs(kind)
+    ladder = opts.pop('ladder', None)
     if kind == 'torch':
         from ros2_gmskip.runtime import defaults
         if model is None:
@@ -133,14 +127,15 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
             if plan is None and not full:
                 plan = defaults.default_plan_path()
         module = importlib.import_module('ros2_gmskip.vlm.torch_backend')
-        return module.TorchBackend(model, plan=plan, tokens=tokens,
+        return module.TorchBackend(model, plan=plan, tokens=tokens, ladder=ladder,
                                    **{k: v for k, v in opts.items()
-                                      if k in ('device', 'threads', 'ladder')})
+                                      if k in ('device', 'threads')})
     exported = bundle is None
     if bundle is None and not (kind == 'tensorrt' and engine is not None):
         from ros2_gmskip.runtime import defaults
         bundle = defaults.ensure_bundle(model, plan, full=full, tokens=tokens,
-                                        fused_weights=fused_weights)
+                                        fused_weights=fused_weights,
+                                        ladder=Path(ladder) if ladder else None)
     if kind == 'onnxruntime':
         from ros2_gmskip.runtime.ort_backend import OrtBackend
         return OrtBackend(Path(bundle), providers=opts.get('providers'),

@@ -30,9 +30,10 @@ second of bag time), /gmskip_describer/debug/*_ms (Float64Stamped) and the input
 --rate realtime: frames arrive at the pace of their bag timestamps; frames that arrive while the
 model is busy are dropped and counted, as in the live node.
 
---latency-budget-ms MS (torch backend, a plan with a ladder beside it): as the node's parameter,
-each frame runs the deepest rung of the plan ladder whose p90 processing time fits MS; --rung N
-runs one rung. The summary counts the frames per rung.
+--latency-budget-ms MS (a plan with a ladder beside it; onnxruntime / tensorrt export it once as
+a ladder bundle, or take a --bundle exported with --ladder): as the node's parameter, each frame
+runs the deepest rung of the plan ladder whose p90 processing time fits MS; --rung N runs one
+rung. The summary counts the frames per rung.
 
 A truncated or corrupt bag is replayed up to the damage: a warning, exit 0, and "bag_error" in the
 summary. Frames that cannot be decoded are rejected and counted. With --json the last stdout line
@@ -81,7 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser)
     parser.add_argument('--latency-budget-ms', type=non_negative_float, default=0.0,
                         help="processing-time budget per frame: run the plan ladder's deepest "
-                             'rung whose p90 fits it (<plan>.ladder.json; torch backend); '
+                             'rung whose p90 fits it (<plan>.ladder.json, or a --bundle '
+                             'exported with --ladder); '
                              '0 = off (default)')
     parser.add_argument('--rung', type=rung_choice, default='auto',
                         help='plan-ladder rung: auto (from the budget) or a number, 0 = fastest '
@@ -108,8 +110,9 @@ def make_backend(args: argparse.Namespace) -> Any:
     if getattr(args, 'fake_backend_ms', None) is not None:
         from ros2_gmskip.runtime.factory import create_backend
         return create_backend(f'fake:{args.fake_backend_ms:g}')
-    ladder = None
-    if getattr(args, 'latency_budget_ms', 0.0) > 0 or getattr(args, 'rung', 'auto') != 'auto':
+    ladder = None              # --bundle brings its own ladder (export --ladder) or none
+    if (getattr(args, 'latency_budget_ms', 0.0) > 0 or getattr(args, 'rung', 'auto') != 'auto'
+            ) and (args.backend == 'torch' or args.bundle is None):
         from ros2_gmskip.gmskip.ladder import ladder_path
         from ros2_gmskip.runtime.defaults import default_plan_path
         from ros2_gmskip.runtime.ladder import LadderError
