@@ -17,11 +17,15 @@ Depth on a latency budget, side by side: the fixed plan vs its plan ladder under
 
     .venv/bin/python bench/latency_budget.py                        # torch backend, all cores
     .venv/bin/python bench/latency_budget.py --seconds 90 --lead-in 10 --out result.json
+    .venv/bin/python bench/latency_budget.py --backend onnxruntime --threads 1 \
+        --ladder-bundle bundles/ladder                 # export --ladder PLAN.ladder.json
 
 One camera bag (test scenes at 30 Hz with ground truth) replayed twice in real time through the
 node's pipeline (`DescriberCore`: the newest frame wins, the rest are dropped and counted):
 1. the fixed shipped plan (latency_budget_ms 0), as the node runs today;
 2. the plan's ladder at latency_budget_ms = run 1's p90 processing time in its unloaded half.
+On onnxruntime, run 1 is the plan's own bundle (the cached export, as the node makes it) and run
+2 the ladder bundle (`--ladder-bundle`, else the cached `export --ladder`).
 In both, a second process burning one core (a busy loop) starts half-way through the bag and
 runs to its end. The first --lead-in seconds of each run (the node starting: first-run costs,
 and for the ladder the warm-up that measures every rung) count in neither half.
@@ -127,8 +131,13 @@ def main() -> int:
     parser.add_argument('--seconds', type=float, default=90.0, help='bag length (30 Hz)')
     parser.add_argument('--lead-in', type=float, default=10.0,
                         help='seconds at the start of each run counted in neither half')
-    parser.add_argument('--backend', default='torch', choices=('torch',),
-                        help='backend (torch: the one that switches rungs for now)')
+    parser.add_argument('--backend', default='torch', choices=('torch', 'onnxruntime'),
+                        help='backend (default: %(default)s)')
+    parser.add_argument('--bundle', type=Path, default=None,
+                        help="onnxruntime: the fixed plan's bundle (default: the cached export)")
+    parser.add_argument('--ladder-bundle', type=Path, default=None,
+                        help='onnxruntime: the ladder bundle (export --ladder; default: the '
+                             'cached export)')
     parser.add_argument('--threads', type=int, default=os.cpu_count(),
                         help='backend threads (default: every core, as a node would take)')
     parser.add_argument('--plan', type=Path, default=None,
@@ -176,9 +185,13 @@ def main() -> int:
                     'threads': args.threads, 'plan': str(plan), 'ladder': str(ladder),
                     'load_average': {'start': os.getloadavg()}, 'runs': {}}
     budget = args.budget_ms
-    configs = (('fixed plan', {'plan': plan}), ('ladder', {'plan': plan, 'ladder': ladder}))
+    configs = (('fixed plan', {'plan': plan, 'bundle': args.bundle}),
+               ('ladder', {'plan': plan, 'ladder': ladder, 'bundle': args.ladder_bundle}))
     for name, opts in configs:
+        if args.backend == 'torch':
+            opts.pop('bundle')
         backend = create_backend(args.backend, model=model, threads=args.threads, **opts)
+        result.setdefault('engine_ids', {})[name] = backend.info.engine_id
         run_params = replace(params, latency_budget_ms=budget) if name == 'ladder' else params
         outputs, counts = realtime_run(backend, run_params, frames, hog_at=half, hogs=args.hogs)
         stats = {h: half_stats(outputs, s, classes) for h, s in halves.items()}

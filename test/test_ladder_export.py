@@ -154,3 +154,39 @@ def test_bad_rung_and_old_bundles_are_one_line(ladder_bundle, tiny_bundle, tmp_p
     (old / 'manifest.json').write_text(json.dumps(data))
     with pytest.raises(BundleError, match='has format 2, this version reads 3: re-run '):
         OrtBackend(old, threads=1)
+
+
+def test_node_and_replay_drive_the_ort_ladder_bundle(ladder_bundle, tmp_path, capsys):
+    """The node's backend factory and replay run the ladder bundle through the rung chooser."""
+    from fakes import image_msg, stand_in_convert
+    from ros2_gmskip import cli
+    from ros2_gmskip.ros.bag import make_bag
+    from ros2_gmskip.ros.node import create_backend
+    from ros2_gmskip.ros.params import DescriberParams
+    from ros2_gmskip.ros.pipeline import DescriberCore
+    params = replace(DescriberParams(), backend='onnxruntime', bundle_path=str(ladder_bundle),
+                     latency_budget_ms=100000.0, max_new_tokens=4)
+    backend = create_backend(params)
+    outputs = []
+    core = DescriberCore(backend, params, publish=outputs.append, convert=stand_in_convert)
+    for _ in range(18):
+        core.process(image_msg(), False)
+    # priming + 5 frames per rung, deepest first; then the deepest (everything fits)
+    assert [o.rung['index'] for o in outputs] == [2] * 6 + [1] * 5 + [0] * 5 + [2] * 2
+    assert outputs[0].rung == {'index': 2, 'blocks_removed': [], 'val_score':
+                               backend.ladder.rungs[2].score}
+    values = core.rung_values()
+    assert values['rung_mode'] == 'auto' and values['rung'] == 2 and values['rungs'] == 3
+    fixed = DescriberCore(backend, replace(params, latency_budget_ms=0.0), publish=outputs.append,
+                          convert=stand_in_convert)
+    fixed.process(image_msg(), False)
+    assert outputs[-1].rung['index'] == 1                          # budget 0: the plan's rung
+
+    bag = tmp_path / 'bag'
+    make_bag(bag, n=20, fps=30.0, progress=False, width=64, height=48)
+    code = cli.main(['replay', str(bag), '--out', str(tmp_path / 'out'), '--backend',
+                     'onnxruntime', '--bundle', str(ladder_bundle), '--rung', '0',
+                     '--max-new-tokens', '4', '--json', '--no-progress'])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary['rung_frames'] == {'0': 20} and summary['engine_id']

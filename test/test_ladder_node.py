@@ -197,17 +197,18 @@ def test_node_parameters_and_live_budget_over_the_dds_transport(monkeypatch):
         node.destroy_node()
 
 
-def test_node_backend_refuses_a_budget_without_a_plan_or_on_onnxruntime(tmp_path):
+def test_node_backend_refuses_a_budget_without_a_plan_or_a_ladder(tmp_path):
     from ros2_gmskip.ros.node import create_backend
     params = replace(DescriberParams(), model_path=str(tmp_path), latency_budget_ms=50.0,
                      backend='torch')
     with pytest.raises(LadderError, match='needs a skip plan with a ladder: set plan_path'):
         create_backend(params)
-    with pytest.raises(GmSkipError, match='backend onnxruntime cannot switch plan-ladder rungs'):
+    with pytest.raises(LadderError, match='needs a skip plan with a ladder: set plan_path'):
         create_backend(replace(params, backend='onnxruntime'))     # before any export
     from ros2_gmskip.runtime.factory import create_backend as factory
-    with pytest.raises(GmSkipError, match='backend onnxruntime cannot switch plan-ladder rungs'):
-        factory('onnxruntime', bundle=tmp_path, ladder=tmp_path / 'p.ladder.json')
+    with pytest.raises(LadderError, match=r"^no plan ladder '.*p.ladder.json': make one with "):
+        factory('onnxruntime', model=tmp_path, plan=tmp_path / 'p.json',
+                ladder=tmp_path / 'p.ladder.json')
 
 
 # ----------------------------------------------------------------------------------------------

@@ -441,9 +441,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                       vision.inputs, vision.outputs, opset)
         removed = f', {len(blocks)} {stack} blocks removed' if blocks else ''
         for seg in config.segments:
-            part = '' if len(config.segments) == 1 else f' blocks {seg.first}..{seg.stop - 1} of'
-            stage(f'exporting {seg.portable} ({part}{num_layers} blocks{removed})'
-                  .replace('( ', '('))
+            part = '' if len(config.segments) == 1 else f'blocks {seg.first}..{seg.stop - 1} of '
+            stage(f'exporting {seg.portable} ({part}{num_layers} blocks{removed})')
             graph = config.graphs[seg.name]
             _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks, seg.last),
                           _dummy_decoder_inputs(config, seg), tmp / seg.portable, graph.inputs,
