@@ -12,7 +12,7 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-"""One bundle, every rung: export --ladder's layout, validation, rung switching, one weight copy."""
+"""One bundle, every rung: export --ladder's layout, validation, rung switches, one weight copy."""
 
 from __future__ import annotations
 

@@ -28,7 +28,6 @@ import json
 from fakes import image_msg, stand_in_convert
 import numpy as np
 import pytest
-from ros2_gmskip.errors import GmSkipError
 from ros2_gmskip.ros.params import DescriberParams, load_params, ParameterError
 from ros2_gmskip.ros.pipeline import DescriberCore
 from ros2_gmskip.runtime.ladder import Ladder, LadderError

@@ -102,7 +102,7 @@ def write_head(model, path: Path) -> Path:
 
     text = model.model.language_model
     if getattr(model.lm_head, 'bias', None) is not None:
-        raise BundleError('export --ladder: this model\'s lm_head has a bias, which head.npz '
+        raise BundleError("export --ladder: this model's lm_head has a bias, which head.npz "
                           'does not carry: export without --ladder')
     np.savez(path, norm_weight=text.norm.weight.detach().float().numpy(),
              lm_head=model.lm_head.weight.detach().float().numpy(),

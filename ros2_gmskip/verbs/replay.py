@@ -111,8 +111,8 @@ def make_backend(args: argparse.Namespace) -> Any:
         from ros2_gmskip.runtime.factory import create_backend
         return create_backend(f'fake:{args.fake_backend_ms:g}')
     ladder = None              # --bundle brings its own ladder (export --ladder) or none
-    if (getattr(args, 'latency_budget_ms', 0.0) > 0 or getattr(args, 'rung', 'auto') != 'auto'
-            ) and (args.backend == 'torch' or args.bundle is None):
+    wants = getattr(args, 'latency_budget_ms', 0.0) > 0 or getattr(args, 'rung', 'auto') != 'auto'
+    if wants and (args.backend == 'torch' or args.bundle is None):
         from ros2_gmskip.gmskip.ladder import ladder_path
         from ros2_gmskip.runtime.defaults import default_plan_path
         from ros2_gmskip.runtime.ladder import LadderError
