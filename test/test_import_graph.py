@@ -33,12 +33,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'ros2_gmskip'
 
 # unit -> layer (lower = nearer the bottom)
 LAYERS = {
-    'errors': 0, 'formats': 0, 'lazy': 0, 'folders': 0, '__version__': 0, 'hooks': 0, 'images': 0,
+    'errors': 0, 'formats': 0, 'lazy': 0, 'folders': 0, '__version__': 0,
     'bundle_format': 0, 'tokenskip.settings': 0, 'tokenskip.flops': 0,
+    'hooks': 0, 'images': 0,
     'runtime': 1,
     'scenes': 2, 'vlm': 2, 'tokenskip': 2, 'gmskip': 2,
     'exporters': 3, 'ros': 3,
-    'argtypes': 4, 'verbs': 5, 'cli': 6,
+    'argtypes': 4,                # command-line types, some read from ros.params' schema
+    'verbs': 5, 'cli': 6,
 }
 SHARED_LAYERS = (0, 2)        # units of these layers may import each other
 
