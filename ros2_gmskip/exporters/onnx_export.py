@@ -31,6 +31,9 @@ from the weights with ORT's fused ops and an in-place KV cache (exporters/fused_
 why; a token-skipping bundle gets one such graph per segment, with explicit positions); TensorRT
 always builds from decoder.onnx.
 
+A plan ladder (`ladder=`, export --ladder) exports its least-pruned rung split where the rungs
+differ, the final norm + lm_head as head.npz instead of in a graph (exporters/ladder_export.py).
+
 The token embedding lookup is not a graph: the table is saved as embed_tokens.npy and the runtime
 indexes it with numpy (a gather is all it is; a graph would cost a session run per token).
 

@@ -97,7 +97,8 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
         ladder = opts['ladder'] = _ladder_path(plan, params)
     if kind in ('onnxruntime', 'tensorrt') and bundle is None:
         bundle = defaults.ensure_bundle(model, plan, fused_weights=params.fused_weights
-                                        if kind == 'onnxruntime' else 'fp32', ladder=ladder)
+                                        if kind == 'onnxruntime' else 'fp32',
+                                        **({'ladder': ladder} if ladder else {}))
     if kind == 'onnxruntime':
         opts['providers'] = _ort_provider(params.device)
         opts['draft_tokens'] = params.draft_tokens

@@ -135,7 +135,7 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
         from ros2_gmskip.runtime import defaults
         bundle = defaults.ensure_bundle(model, plan, full=full, tokens=tokens,
                                         fused_weights=fused_weights,
-                                        ladder=Path(ladder) if ladder else None)
+                                        **({'ladder': Path(ladder)} if ladder else {}))
     if kind == 'onnxruntime':
         from ros2_gmskip.runtime.ort_backend import OrtBackend
         return OrtBackend(Path(bundle), providers=opts.get('providers'),
