@@ -155,3 +155,10 @@ def model_dir_or_default(path: Path | None) -> Path:
         raise ModelLoadError(f'the default model {str(default)!r} is missing: train it with '
                              'ros2-gmskip train, or pass --model DIR')
     return default
+
+
+def rung_choice(text: str) -> str:
+    """`--rung`: 'auto' or a rung number (checked against the ladder once it is loaded)."""
+    if text == 'auto' or (text.isdigit() and len(text) <= 3):
+        return text
+    raise argparse.ArgumentTypeError(f'expected auto or a rung number (0 = fastest), got {text!r}')

@@ -38,13 +38,16 @@ A bundle folder holds (names from this module):
     embed_tokens.npy                the token embedding table (vocab, C) float32
     tokenizer.json, ...             tokenizer and processor files of the model
     draft_ngrams.json               the n-gram draft table (`ros2-gmskip draft`), where made
+    head.npz                        a ladder bundle's final norm and lm_head (numpy), run after
+                                    whichever segment ends the rung (`export --ladder`)
 
 The decoder is a list of N >= 1 *segments*: consecutive block ranges [first, stop) of the
 (pruned) decoder, each with its own KV cache. Segment 0 reads `inputs_embeds`, later ones
 `inputs_hidden` (the previous segment's `hidden_states`); only the last ends in `logits`; the one
 that ends at FastV's K also outputs what FastV ranks the image tokens by. Token skipping splits
-the decoder where it acts (FastV's K, KV removal's first layer); a plan ladder would split it
-where its rungs differ.
+the decoder where it acts (FastV's K, KV removal's first layer); a plan ladder splits it where
+its rungs differ (`LadderRecord`): a rung is then the list of segments it runs, no segment ends in
+logits, and the final norm + lm_head (`head.npz`) follow the rung's last segment.
 
 FORMAT_VERSION is bumped whenever the layout changes (a file, a tensor name, a manifest key); a
 bundle of another version is refused with one line that says to re-export it.
@@ -77,6 +80,7 @@ TOKENIZER = 'tokenizer.json'
 DRAFT = 'draft_ngrams.json'
 DECODER = 'decoder.onnx'
 FUSED = 'decoder.fused.onnx'
+HEAD = 'head.npz'                      # ladder bundles: norm_weight (C,), lm_head (V, C), eps
 
 # Tensor names. Vision graph:
 PIXEL_VALUES, IMAGE_EMBEDS = 'pixel_values', 'image_embeds'
@@ -327,6 +331,29 @@ class PlanRecord:
 
 
 @dataclass(frozen=True)
+class BundleRung:
+    """One plan-ladder rung of a ladder bundle: its blocks, its segments, its validation."""
+
+    removed_blocks: tuple[int, ...]     # of the full model, sorted
+    segments: tuple[int, ...]           # indices into Manifest.segments it runs, in order
+    score: float | None = None          # calibration score (the ladder file's)
+    flops_ratio: float | None = None
+    validation: dict | None = None      # greedy text vs the torch model pruned to it
+
+
+@dataclass(frozen=True)
+class LadderRecord:
+    """A ladder bundle's rungs (fastest first) over the least-pruned rung's segments."""
+
+    rungs: tuple[BundleRung, ...]
+    plan_rung: int                      # the calibrated plan: what runs without a choice
+    num_blocks: int                     # decoder blocks of the full model
+    head: str                           # HEAD
+    path: str | None = None             # the ladder file exported, and its sha256
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything a bundle records: what it was made from, how, and what the runtime needs."""
 
@@ -346,6 +373,7 @@ class Manifest:
     draft: str | None                   # DRAFT when the bundle carries a draft table
     validation: dict | None
     versions: dict[str, str | None]
+    ladder: LadderRecord | None         # plan-ladder bundles (export --ladder), else None
 
     @property
     def model_id(self) -> str:
@@ -452,7 +480,14 @@ def _manifest_from_dict(d: dict) -> Manifest:
         fused=None if fused is None else _build(FusedDecoder, fused, ops=tuple(fused['ops'])),
         mrope=None if mrope is None else _build(
             MRope, mrope, **{k: tuple(mrope[k]) for k in ('camera_size', 'grid_thw',
-                                                          'mrope_section')}))
+                                                          'mrope_section')}),
+        ladder=None if d['ladder'] is None else _ladder(d['ladder']))
+
+
+def _ladder(d: dict) -> LadderRecord:
+    rungs = tuple(_build(BundleRung, r, removed_blocks=tuple(int(b) for b in r['removed_blocks']),
+                         segments=tuple(int(s) for s in r['segments'])) for r in d['rungs'])
+    return _build(LadderRecord, d, rungs=rungs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,7 +560,7 @@ def check_layout(m: Manifest, where: str) -> None:
             problems.append(f'segment {i} {[seg.first, seg.stop]} does not follow the one '
                             f'before')
         stops.append(seg.stop)
-        if seg.last != (i == len(m.segments) - 1):
+        if seg.last != (i == len(m.segments) - 1 and m.ladder is None):
             problems.append(f'segment {i} last={seg.last}')
         missing = [f for f in seg.files() if f not in listed]
         if missing:
@@ -547,8 +582,22 @@ def check_layout(m: Manifest, where: str) -> None:
         if t * h * w // m.mrope.merge_size ** 2 != m.tokens.num_image_tokens:
             problems.append(f'mrope grid {list(m.mrope.grid_thw)} does not make '
                             f'{m.tokens.num_image_tokens} image tokens')
+    if m.ladder is not None:
+        problems += _ladder_problems(m.ladder, len(m.segments), listed)
     if problems:
         raise BundleError(f'{where}: manifest {"; ".join(problems[:3])}: {REEXPORT}')
+
+
+def _ladder_problems(ladder: LadderRecord, n_segments: int, listed: set[str]) -> list[str]:
+    """Return what is wrong with a ladder record (rungs run increasing segment indices)."""
+    problems = [] if ladder.head in listed else [f'does not list {ladder.head}']
+    if not 0 <= ladder.plan_rung < len(ladder.rungs):
+        problems.append(f'ladder plan_rung {ladder.plan_rung} of {len(ladder.rungs)} rungs')
+    for i, rung in enumerate(ladder.rungs):
+        segs = list(rung.segments)
+        if not segs or segs != sorted(set(segs)) or not 0 <= segs[0] <= segs[-1] < n_segments:
+            problems.append(f'ladder rung {i} runs segments {segs}')
+    return problems
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:

@@ -42,6 +42,7 @@ VERBS: dict[str, str] = {
     'evaluate': 'evaluate',
     'describe': 'describe',
     'calibrate': 'calibrate',
+    'ladder': 'ladder',
     'prune': 'prune',
     'heal': 'heal',
     'draft': 'draft',

@@ -137,6 +137,30 @@ def tiny_pruned_bundle(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope='session')
+def tiny_ladder(tiny_model_dir, tmp_path_factory):
+    """Return (plan file, PlanLadder) of the tiny model: rungs remove [1, 2, 3] .. [3], []."""
+    from ros2_gmskip.gmskip.ladder import build_ladder, ladder_path, save_ladder
+    from ros2_gmskip.gmskip.objective import Objective
+    from ros2_gmskip.gmskip.plan import plan_id, save_plan, SkipPlan
+    from ros2_gmskip.gmskip.strategies import search
+    from ros2_gmskip.gmskip.token_search import Workload
+    from ros2_gmskip.tokenskip.flops import DecoderDims
+
+    def score(removed):
+        return 1.0 - 0.01 * len(removed)
+
+    result = search(score, 4, objective=Objective(lam=0.3), protect_first=1, progress=False)
+    folder = tmp_path_factory.mktemp('tiny_ladder')
+    plan = SkipPlan.from_search(result, tiny_model_dir, family='llava', metric='accuracy',
+                                protect_first=1)
+    plan_path = save_plan(plan, folder / 'plan.json')
+    workload = Workload(DecoderDims(layers=4, hidden=64, ffn=128), 20, 16, 8)
+    ladder, _ = build_ladder(result.trajectory, plan, plan_id(plan), score, workload, floor=None)
+    save_ladder(ladder, ladder_path(plan_path))
+    return plan_path, ladder
+
+
+@pytest.fixture(scope='session')
 def scene_images():
     """Five small RGB uint8 test-split scenes (160x120)."""
     from ros2_gmskip.scenes import load_samples

@@ -220,11 +220,17 @@ class FakeEvaluator:
         self.num_blocks, self.family, self.evaluations = 8, 'gmskip_llava', 0
         FakeEvaluator.instances.append(self)
 
-    def score(self, removed):
+    def score(self, removed, tokens=None):
         if self.evaluations == self.stop_after:
             raise KeyboardInterrupt
         self.evaluations += 1
         return 0.8 * additive(removed)
+
+    def workload(self, removed=()):
+        from ros2_gmskip.gmskip.token_search import Workload
+        from ros2_gmskip.tokenskip.flops import DecoderDims
+        return Workload(DecoderDims(layers=8, hidden=64, ffn=128), n_tokens=30, n_image=16,
+                        new_tokens=10)
 
 
 @pytest.fixture
@@ -274,6 +280,32 @@ def test_calibrate_writes_plan_and_plot(fake_calibration, model_dir, tmp_path, c
     assert 'plan: remove 3/8 decoder blocks [3, 5, 6]' in text
     assert f'wrote {out} (plan id {plan_id(plan)})' in text
     assert '  3*' in text                                  # chosen row marked in the table
+    from ros2_gmskip.gmskip.ladder import load_ladder
+    ladder = load_ladder(tmp_path / 'out' / 'plan.ladder.json', model_dir=model_dir)
+    assert ladder.plan_id == plan_id(plan) and list(ladder.plan_removed) == [3, 5, 6]
+    assert f'wrote {tmp_path / "out" / "plan.ladder.json"} ({len(ladder.rungs)} rungs' in text
+
+
+def test_calibrate_ladder_extends_a_reverse_plan(fake_calibration, model_dir, tmp_path, capsys):
+    from ros2_gmskip.gmskip.ladder import load_ladder
+    from ros2_gmskip.verbs import calibrate
+    out = tmp_path / 'plan.json'
+    args = verb_args(calibrate, ['--model', str(model_dir), '--n', '12', '--protect-first', '2',
+                                 '--min-score-ratio', '0.9', '--ladder-extra', '1',
+                                 '--ladder-floor', '0.5', '--out', str(out), '--no-progress'])
+    assert calibrate.main(args) == 0
+    evaluator, = FakeEvaluator.instances
+    plan = load_plan(out)
+    ladder = load_ladder(tmp_path / 'plan.ladder.json')
+    assert [r.origin for r in ladder.rungs][0] == 'extension'
+    assert set(ladder.rungs[0].removed_blocks) > set(plan.removed_blocks)
+    # the extension's candidates not evaluated by the search cost evaluations; the rest is known
+    assert evaluator.evaluations > plan.evaluations
+    assert 'ladder (fastest first' in capsys.readouterr().out
+    args = verb_args(calibrate, ['--model', str(model_dir), '--out', str(tmp_path / 'q.json'),
+                                 '--no-ladder', '--no-progress'])
+    assert calibrate.main(args) == 0
+    assert not (tmp_path / 'q.ladder.json').exists()
 
 
 def test_calibrate_errors(fake_calibration, model_dir, tmp_path):

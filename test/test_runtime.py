@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import pytest
-from ros2_gmskip.bundle_format import load_bundle, sha256_file
+from ros2_gmskip.bundle_format import FORMAT_VERSION, load_bundle, sha256_file
 from ros2_gmskip.errors import BundleError, EngineError, GmSkipError, ImageError
 from ros2_gmskip.runtime.preprocess import check_image, Preprocessor
 from ros2_gmskip.runtime.results import Backend, DEFAULT_PROMPT
@@ -74,8 +74,8 @@ def test_a_bundle_of_another_format_version_is_refused_in_one_line(bundle_copy):
     _rewrite_manifest(bundle_copy, lambda m: m.update(format='ros2_gmskip/onnx-bundle@1'))
     with pytest.raises(BundleError) as err:
         load_bundle(bundle_copy)
-    assert str(err.value) == (f'bundle {str(bundle_copy)!r} has format 1, this version reads 3: '
-                              're-run ros2-gmskip export')
+    assert str(err.value) == (f'bundle {str(bundle_copy)!r} has format 1, this version reads '
+                              f'{FORMAT_VERSION}: re-run ros2-gmskip export')
 
 
 def test_manifest_keys_are_all_required_and_typed(bundle_copy):

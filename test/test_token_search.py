@@ -287,7 +287,7 @@ def test_calibrate_tokens_with_fake_evaluator(fake_calibration, tmp_path, capsys
     args = verb_args(calibrate, ['--model', str(fake_calibration), '--n', '4', '--tokens',
                                  '--min-score-ratio', '0.9', '--fastv-k', '1,2,9',
                                  '--fastv-r', '0.5,0.75', '--out', str(out), '--plot', str(png),
-                                 '--no-progress'])
+                                 '--no-progress', '--no-ladder'])
     assert (args.fastv_k, args.fastv_r, args.kv_ratio) == ([1, 2, 9], [0.5, 0.75], None)
     assert calibrate.main(args) == 0
     evaluator, = FakeEvaluator.instances
@@ -312,6 +312,24 @@ def test_calibrate_tokens_with_fake_evaluator(fake_calibration, tmp_path, capsys
     assert f'tokens: {chosen.describe()}: accuracy' in text and '9 evaluations' in text
     assert 'FLOPs at 12 generated tokens' in text
     assert sum(line.startswith(' ') and '*' in line[:5] for line in text.splitlines()) == 2
+
+
+def test_calibrate_ladder_rungs_are_scored_with_the_chosen_tokens(fake_calibration, tmp_path):
+    from ros2_gmskip.gmskip.ladder import load_ladder
+    from ros2_gmskip.gmskip.plan import load_plan
+    from ros2_gmskip.verbs import calibrate
+    out = tmp_path / 'plan.json'
+    args = verb_args(calibrate, ['--model', str(fake_calibration), '--n', '4', '--tokens',
+                                 '--min-score-ratio', '0.9', '--ladder-floor', '0.5',
+                                 '--out', str(out), '--no-progress'])
+    assert calibrate.main(args) == 0
+    evaluator, = FakeEvaluator.instances
+    plan, ladder = load_plan(out), load_ladder(tmp_path / 'plan.ladder.json')
+    chosen = TokenSkip.from_dict(plan.tokens)
+    assert TokenSkip.from_dict(ladder.tokens) == chosen
+    rescored = {removed for removed, tokens in evaluator.token_calls if tokens == chosen}
+    assert {r.removed_blocks for r in ladder.rungs} <= rescored
+    assert all(r.flops_ratio < 1.0 for r in ladder.rungs)          # FastV on every rung
 
 
 def test_calibrate_without_tokens_leaves_them_null(fake_calibration, tmp_path):

@@ -34,7 +34,7 @@ import types
 import numpy as np
 import pytest
 from ros2_gmskip import cli
-from ros2_gmskip.bundle_format import Bundle, load_bundle, Manifest
+from ros2_gmskip.bundle_format import Bundle, FORMAT, load_bundle, Manifest
 from ros2_gmskip.errors import EngineError
 from ros2_gmskip.runtime import trt_backend, trt_build, trt_engines as em
 from ros2_gmskip.runtime.trt_backend import GpuInfo
@@ -89,9 +89,9 @@ def graphs_entry(segments=PLAIN) -> dict:
 
 
 def manifest_dict(files: dict, segments=PLAIN, token_skip=None) -> dict:
-    """Return a bundle manifest (format 3) for the toy shapes, listing `files` {name: sha256}."""
+    """Return a bundle manifest (the current format) for the toy shapes, listing `files`."""
     return {
-        'format': 'ros2_gmskip/onnx-bundle@3', 'created_at': 'now',
+        'format': FORMAT, 'created_at': 'now',
         'source_model': {'path': '/m', 'sha256': 'ab' * 32}, 'plan': None, 'opset': 17,
         'files': files, 'graphs': graphs_entry(segments),
         'tokens': {'image_token': '<image>', 'image_token_id': 1, 'num_image_tokens': N_IMG,
@@ -111,6 +111,7 @@ def manifest_dict(files: dict, segments=PLAIN, token_skip=None) -> dict:
                       'fused': None, 'fused_prefill': None, 'fused_step': None}
                      for i, (first, stop, ranks) in enumerate(segments)],
         'fused': None, 'mrope': None, 'draft': None, 'validation': None, 'versions': {},
+        'ladder': None,
     }
 
 

@@ -34,6 +34,9 @@ from the weights with ORT's fused ops and an in-place KV cache (exporters/fused_
 why; a token-skipping bundle gets one such graph per segment, with explicit positions); TensorRT
 always builds from decoder.onnx.
 
+A plan ladder (`ladder=`, export --ladder) exports its least-pruned rung split where the rungs
+differ, the final norm + lm_head as head.npz instead of in a graph (exporters/ladder_export.py).
+
 The token embedding lookup is not a graph: the table is saved as embed_tokens.npy and the runtime
 indexes it with numpy (a gather is all it is; a graph would cost a session run per token).
 
@@ -84,10 +87,11 @@ from typing import Callable
 import warnings
 
 import numpy as np
-from ros2_gmskip.bundle_format import (DRAFT, EMBED, FUSED, fused_file, fused_prefill_file,
-                                       fused_step_file, FusedDecoder, MANIFEST, Manifest,
-                                       PlanRecord, Segment, sha256_file, SourceModel, TOKENIZER,
-                                       VISION, WEIGHTS, write_manifest)
+from ros2_gmskip.bundle_format import (BundleRung, DRAFT, EMBED, FUSED, fused_file,
+                                       fused_prefill_file, fused_step_file, FusedDecoder, HEAD,
+                                       LadderRecord, MANIFEST, Manifest, PlanRecord, Segment,
+                                       sha256_file, SourceModel, TOKENIZER, VISION, WEIGHTS,
+                                       write_manifest)
 from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
 from ros2_gmskip.exporters.export_config import (
@@ -168,11 +172,12 @@ class DecoderForExport(nn.Module):
     """
 
     def __init__(self, model: nn.Module, first: int = 0, stop: int | None = None,
-                 ranks: bool = False) -> None:
+                 ranks: bool = False, last: bool | None = None) -> None:
         super().__init__()
         text = language_model(model)
         stop = len(text.layers) if stop is None else stop
-        self.first, self.last, self.ranks = first, stop == len(text.layers), ranks
+        last = stop == len(text.layers) if last is None else last    # False: a ladder's head
+        self.first, self.last, self.ranks = first, last, ranks
         self.layers = text.layers[first:stop]            # a segment: blocks [first, stop)
         self.norm = text.norm
         self.lm_head = model.lm_head
@@ -292,11 +297,11 @@ def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] |
     return [], 'decoder', None
 
 
-def vision_module(model: nn.Module, config: ExportConfig, layout=None) -> nn.Module:
+def vision_module(model: nn.Module, config: ExportConfig, qwen_grid=None) -> nn.Module:
     """Return the family's vision export wrapper (idefics3_vision, paligemma, qwen_vision)."""
-    if layout is not None:                                   # Qwen: the grid fixed at export
+    if qwen_grid is not None:                                # Qwen: the grid fixed at export
         from ros2_gmskip.exporters.qwen_vision import QwenVisionForExport
-        return QwenVisionForExport(model, layout.mrope.grid_thw)
+        return QwenVisionForExport(model, qwen_grid.mrope.grid_thw)
     if config.family == 'idefics3':
         from ros2_gmskip.exporters.idefics3_vision import Idefics3VisionForExport
         return Idefics3VisionForExport(model, config.image_size)
@@ -358,8 +363,33 @@ def _prepare_out(out: Path) -> None:
                               'pass a new or empty folder (an existing bundle is replaced)')
 
 
+def _load_ladder(path: Path, model_dir: Path, plan: Path | None,
+                 removed_blocks: list[int] | None):
+    """Return the plan ladder to export (gmskip.ladder: model hash, nesting checked)."""
+    from ros2_gmskip.gmskip.ladder import load_ladder
+    if plan is not None or removed_blocks:
+        raise BundleError('--ladder brings its own plan (a rung of it): give --ladder without '
+                          '--plan / removed blocks')
+    loaded = load_ladder(Path(path), Path(model_dir))
+    if loaded.stack != 'decoder':
+        raise BundleError(f'ladder {str(path)!r} has {loaded.stack} rungs: only decoder-block '
+                          'ladders export')
+    return loaded
+
+
+def _ladder_record(loaded, layout, path: Path, validation: list[dict] | None) -> LadderRecord:
+    """Return the manifest's `ladder` entry (`validation`: per rung, from validate.py)."""
+    runtime = loaded.runtime()
+    rungs = tuple(BundleRung(removed_blocks=tuple(r.removed_blocks), segments=segs,
+                             score=r.score, flops_ratio=r.flops_ratio,
+                             validation=None if validation is None else validation[i])
+                  for i, (r, segs) in enumerate(zip(runtime.rungs, layout.rung_segments)))
+    return LadderRecord(rungs=rungs, plan_rung=runtime.plan_rung, num_blocks=runtime.num_blocks,
+                        head=HEAD, path=str(Path(path).resolve()), sha256=sha256_file(path))
+
+
 def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
-                  tokens: TokenSkip | None = None,
+                  tokens: TokenSkip | None = None, ladder: Path | None = None,
                   removed_blocks: list[int] | None = None, opset: int = DEFAULT_OPSET,
                   validate_n: int = 50, prompt: str | None = None, max_new_tokens: int = 48,
                   threads: int | None = None, fused: bool = True,
@@ -382,7 +412,9 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     quantized copies the runtime uses: decode steps with int4 / int8 weights, the prefill with
     dynamic int8 (fused_decoder.py says why). `camera_size` (H, W): the frame size that fixes
     Idefics3 / SmolVLM's tile grid and prompt, and a Qwen bundle's patch grid (qwen_vision.py)
-    (default: the validation scenes' size).
+    (default: the validation scenes' size). `ladder` (a plan-ladder file, instead of `plan`):
+    one bundle that runs every rung (exporters/ladder_export.py), each rung's greedy text
+    validated against the model pruned to that rung.
     `on_stage(text)` / `on_check(Check)` report progress.
     """
     from ros2_gmskip.exporters import qwen_vision, trt_ops, validate
@@ -411,41 +443,61 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     stage(f'loading {model_dir}')
     model, processor = load_vlm(model_dir)
     export_config_for(model.config, opset=opset)       # decoder type, RoPE, opset: before work
-    blocks, stack, plan_record = resolve_plan(plan, model_dir, removed_blocks, model)
+    loaded_ladder = layout = None
+    if ladder is not None:
+        from ros2_gmskip.exporters.ladder_export import ladder_layout
+        if family_spec(model).name != 'llava':
+            raise BundleError(f'export --ladder supports LLaVA-style models, not '
+                              f'{family_spec(model).name} (its rungs are validated on the LLaVA '
+                              'decoder path only): export one plan without --ladder')
+        loaded_ladder = _load_ladder(ladder, model_dir, plan, removed_blocks)
+        token_skip = tokens if tokens is not None else TokenSkip.from_dict(loaded_ladder.tokens)
+        layout = ladder_layout([r.removed_blocks for r in loaded_ladder.rungs],
+                               loaded_ladder.model.num_blocks, token_skip)
+        blocks, stack = list(layout.base), 'decoder'
+        plan_record = PlanRecord(removed_blocks=tuple(loaded_ladder.plan_removed),
+                                 plan_id=loaded_ladder.plan_id)
+    else:
+        blocks, stack, plan_record = resolve_plan(plan, model_dir, removed_blocks, model)
     if blocks:
         stage(f'removing {stack} blocks {blocks}')
         remove_blocks(model, blocks, stack=stack)
     num_layers = len(language_model(model).layers)
-    token_skip = tokens if tokens is not None else plan_token_skip(plan)
+    if layout is None:
+        token_skip = tokens if tokens is not None else plan_token_skip(plan)
     family = family_spec(model)
     if not token_skip.is_off and not family.token_skip:
         raise BundleError(f'token skipping ({token_skip.describe()}) is validated against '
                           "tokenskip's torch reference, which does not support "
                           f'{family.name}: export without --fastv / --kv-removal')
-    if token_skip.fastv is not None and token_skip.fastv.k >= num_layers:
+    if layout is None and token_skip.fastv is not None and token_skip.fastv.k >= num_layers:
         raise BundleError(f'FastV K={token_skip.fastv.k} needs more than the {num_layers} decoder '
                           'blocks the (pruned) model has: choose K < the remaining blocks')
-    if token_skip.kv_ratio and token_skip.kv_start >= num_layers:
+    if layout is None and token_skip.kv_ratio and token_skip.kv_start >= num_layers:
         raise BundleError(f'KV removal from layer {token_skip.kv_start} is past the last of the '
                           f'{num_layers} decoder blocks')
     splits, rank_at = token_skip.splits(num_layers)
     camera = tuple(camera_size) if camera_size else validate.scene_images(1)[0].shape[:2]
-    layout = None
+    qwen_grid = None
     if family_of_config(model.config) in qwen_vision.FAMILIES:
         if not token_skip.is_off:
             raise BundleError(f'token skipping ({token_skip.describe()}) is not supported for '
                               f'{model.config.model_type} export yet (FastV and KV removal are '
                               'validated against the LLaVA torch reference only): export '
                               'without it')
-        layout = qwen_vision.qwen_layout(model, processor, camera, prompt_text)
+        qwen_grid = qwen_vision.qwen_layout(model, processor, camera, prompt_text)
         stage(f'{camera[0]}x{camera[1]} frames: patch grid '
-              f'{list(layout.mrope.grid_thw)}, {layout.num_image_tokens} image tokens')
-    preprocess = (layout.preprocess if layout
+              f'{list(qwen_grid.mrope.grid_thw)}, {qwen_grid.num_image_tokens} image tokens')
+    ranks_at: tuple[int, ...] = ()
+    if layout is not None:                       # a ladder: every rung's splits and FastV K
+        splits, rank_at, ranks_at = layout.splits, None, layout.ranks_at
+    preprocess = (qwen_grid.preprocess if qwen_grid
                   else mf.preprocess_entry(processor.image_processor, camera))
     config = export_config_for(model.config, num_layers=num_layers, opset=opset,
                                image_size=preprocess.size, splits=splits, rank_at=rank_at,
-                               num_image_tokens=layout and layout.num_image_tokens,
-                               pixel_shape=layout and layout.pixel_shape)
+                               num_image_tokens=qwen_grid and qwen_grid.num_image_tokens,
+                               pixel_shape=qwen_grid and qwen_grid.pixel_shape,
+                               ranks_at=ranks_at, head=layout is not None)
     model.eval()
     if hasattr(model, 'set_attn_implementation'):
         model.set_attn_implementation('eager')                    # plain ops in the vision graph
@@ -455,15 +507,14 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         t = time.perf_counter()
         stage(f'exporting {VISION} (opset {opset})')
         vision = config.graphs['vision']
-        _export_graph(vision_module(model, config, layout), _dummy_vision_inputs(config),
+        _export_graph(vision_module(model, config, qwen_grid), _dummy_vision_inputs(config),
                       tmp / VISION, vision.inputs, vision.outputs, opset)
         removed = f', {len(blocks)} {stack} blocks removed' if blocks else ''
         for seg in config.segments:
-            part = '' if len(config.segments) == 1 else f' blocks {seg.first}..{seg.stop - 1} of'
-            stage(f'exporting {seg.portable} ({part}{num_layers} blocks{removed})'
-                  .replace('( ', '('))
+            part = '' if len(config.segments) == 1 else f'blocks {seg.first}..{seg.stop - 1} of '
+            stage(f'exporting {seg.portable} ({part}{num_layers} blocks{removed})')
             graph = config.graphs[seg.name]
-            _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks),
+            _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks, seg.last),
                           _dummy_decoder_inputs(config, seg), tmp / seg.portable, graph.inputs,
                           graph.outputs, opset)
         segments, fused_record = list(config.segments), None
@@ -479,10 +530,14 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                 text_cfg = model.config.get_text_config(decoder=True)
                 length = fused_max_length or min(
                     int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
-                explicit = not token_skip.is_off or layout is not None     # FastV; M-RoPE
+                explicit = (not token_skip.is_off or qwen_grid is not None     # FastV; M-RoPE;
+                            or layout is not None)                          # a ladder's splits
                 segments, fused_record = _export_fused(model, tmp, length, fused_weights,
                                                        segments, explicit, stage)
         np.save(tmp / EMBED, embedding_table(model), allow_pickle=False)       # (V, C)
+        if layout is not None:
+            from ros2_gmskip.exporters.ladder_export import write_head
+            write_head(model, tmp / HEAD)
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
@@ -491,8 +546,8 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
                                  'runtime needs a fast (tokenizers) tokenizer')
         seconds['export'] = time.perf_counter() - t
 
-        if layout is not None:                                   # checked by qwen_layout
-            num_image_tokens = layout.num_image_tokens
+        if qwen_grid is not None:                                # checked by qwen_layout
+            num_image_tokens = qwen_grid.num_image_tokens
         else:
             probe = np.zeros((*(preprocess.tiles.camera if preprocess.tiles else preprocess.size),
                               3), dtype=np.uint8)
@@ -519,9 +574,10 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             tokens=mf.tokens_entry(processor, model.config, model.generation_config,
                                    num_image_tokens, prompt_text, image_text, suffix),
             preprocess=preprocess, decoder=config.decoder, token_skip=token_skip,
-            segments=tuple(segments), fused=fused_record, mrope=layout and layout.mrope,
+            segments=tuple(segments), fused=fused_record, mrope=qwen_grid and qwen_grid.mrope,
             draft=DRAFT if (tmp / DRAFT).is_file() else None, validation=None,
-            versions=mf.versions())
+            versions=mf.versions(),
+            ladder=None if layout is None else _ladder_record(loaded_ladder, layout, ladder, None))
         write_manifest(tmp, manifest)
 
         t = time.perf_counter()
@@ -529,9 +585,12 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         report = validate.validate_bundle(tmp, model, processor, config, n_scenes=validate_n,
                                           prompt=prompt, max_new_tokens=max_new_tokens,
                                           threads=threads, on_check=on_check, stage=stage,
-                                          lint=trt_ops.lint_graph)
+                                          lint=trt_ops.lint_graph, ladder=layout)
         seconds['validate'] = time.perf_counter() - t
         manifest = replace(manifest, validation=report.to_manifest())
+        if layout is not None:
+            manifest = replace(manifest, ladder=_ladder_record(loaded_ladder, layout, ladder,
+                                                               report.rungs or None))
         write_manifest(tmp, manifest)
         failures = [c for c in report.checks if not c.ok]
         if failures:

@@ -36,6 +36,10 @@ A decoder split into segments (token skipping) is checked segment by segment in 
 unpruned, as a whole against the HF decoder in 4 (hidden states and the FastV attention output at
 each split against `output_hidden_states` / `output_attentions`).
 
+A plan-ladder bundle (`ladder`, exporters/ladder_export.py) is checked in 4 as the least-pruned
+rung (every segment, then head.npz for the logits), and in 5 rung by rung: each rung's greedy
+text against the torch model pruned to that rung (its extra blocks taken out for the check).
+
     report = validate_bundle(bundle_dir, model, processor, config, n_scenes=50)
     for check in report.checks: print(check.line())
 """
@@ -81,6 +85,7 @@ class ValidationReport:
     identical: int = 0
     n_scenes: int = 0
     fused_identical: str | None = None                               # 'k/n', fused decoder run
+    rungs: list[dict] = field(default_factory=list)                  # ladder: per rung 'k/n'
 
     @property
     def ok(self) -> bool:
@@ -221,14 +226,15 @@ def _decoder_feed(embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
 
 
 def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask: np.ndarray,
-                 positions: np.ndarray, past: list[np.ndarray], only: list[str] | None = None
-                 ) -> tuple[dict[str, np.ndarray], list[Check]]:
+                 positions: np.ndarray, past: list[np.ndarray], only: list[str] | None = None,
+                 head: Callable | None = None) -> tuple[dict[str, np.ndarray], list[Check]]:
     """
     Run every decoder segment in order, no token skipping -> {name: array}.
 
     The names are `logits`, `present.{i}.*` for all blocks and, per split at block s,
     `hidden_states@s` and `last_token_attention@s`; plus one output-shape check per segment.
-    `only=['logits']`: just the logits.
+    `only=['logits']`: just the logits. `head` (a ladder bundle's runtime.rungs.Head) makes the
+    logits from the last segment's residual stream.
     """
     out: dict[str, np.ndarray] = {}
     checks = []
@@ -245,6 +251,9 @@ def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask:
         for name, value in zip(names, values):
             out[name if seg.last or name.startswith('present.') else f'{name}@{seg.stop}'] = value
         h = values[0]
+    if head is not None:             # HF's last hidden state is normed: compare the logits only
+        out.pop(f'hidden_states@{config.decoder.num_layers}', None)
+        out['logits'] = head(h)
     if only is not None:
         out = {k: v for k, v in out.items() if k in only}
     return out, checks
@@ -271,7 +280,8 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
 
 
 def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref,
-                 positions: np.ndarray, step_positions: np.ndarray) -> dict[str, float]:
+                 positions: np.ndarray, step_positions: np.ndarray,
+                 head: Callable | None = None) -> dict[str, float]:
     """
     Check the fused runners (ort_runners.FusedRunner, one per segment) against torch.
 
@@ -283,10 +293,11 @@ def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step
     h = np.ascontiguousarray(embeds, dtype=np.float32)
     for runner in runners:
         h = runner.prefill(h, positions).out
-    prefill = h[0, -1]
+    prefill = h[0, -1] if head is None else head(h[:, -1:])[0, -1]
     h = np.ascontiguousarray(step_embeds, dtype=np.float32)
     for runner in runners:
         h = runner.run(h, step_positions, T)
+    h = h if head is None else head(h)
     logits = max(_max_diff(prefill, ref.logits[0, -1].numpy()),
                  _max_diff(h[0, -1], step_ref.logits[0, -1].numpy()))
     buffers = [array for runner in runners for array in runner.arrays]
@@ -316,7 +327,9 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     T = ids.shape[1]
     sessions = [runner.session for runner in backend.portable]
     split = len(config.segments) > 1
-    extras = {'output_hidden_states': split, 'output_attentions': config.rank_at is not None}
+    extras = {'output_hidden_states': split,
+              'output_attentions': config.rank_at is not None or bool(config.ranks_at)}
+    head = getattr(backend, '_head', None)         # a ladder bundle's norm + lm_head (numpy)
     offset = family_spec(model).position_offset          # PaliGemma counts positions from 1:
     graph_positions = positions - offset                 # its graphs add the 1 themselves
     prefix = {} if inputs.get('token_type_ids') is None else {     # PaliGemma's prefix-LM
@@ -361,7 +374,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     L, kv, d = config.decoder.num_layers, config.decoder.num_kv_heads, config.decoder.head_dim
     empty = [np.zeros((1, kv, 0, d), np.float32)] * (2 * L)
     ort, shapes = run_segments(sessions, config, embeds.numpy(), np.ones((1, T)),
-                               graph_positions.numpy(), empty)
+                               graph_positions.numpy(), empty, head=head)
     _merge_diffs(diffs, ort, _reference(ref))
     shape_checks += [Check(f'decoder prefill: {c.name}', c.ok, c.detail) for c in shapes]
 
@@ -374,14 +387,14 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     step_embeds = backend.embed_table[token][None, None]
     past = [ort[f'present.{i}.{k}'] for i in range(L) for k in ('key', 'value')]
     step, shapes = run_segments(sessions, config, step_embeds, np.ones((1, T + 1)),
-                                (step_positions - offset).numpy(), past)
+                                (step_positions - offset).numpy(), past, head=head)
     _merge_diffs(diffs, step, _reference(step_ref))
     shape_checks += [Check(f'decoder step: {c.name}', c.ok, c.detail) for c in shapes]
     fused_checks = []
     if fused is not None:
         fd = _fused_diffs(fused, embeds.numpy(), step_embeds, ref, step_ref,
                           graph_positions.numpy()[..., 0, :],
-                          (step_positions - offset).numpy()[..., 0, :])
+                          (step_positions - offset).numpy()[..., 0, :], head)
         for name, tol in (('logits', config.logits_atol), ('present', config.kv_atol)):
             fused_checks.append(Check(f'fused decoder {name}', fd[name] <= tol,
                                       f'max |onnx - torch| {fd[name]:.1e} (tolerance {tol:.0e}; '
@@ -401,7 +414,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     pos2 = (pos2 - offset).clamp(min=0)
     empty2 = [np.zeros((2, kv, 0, d), np.float32)] * (2 * L)
     ort2 = run_segments(sessions, config, emb2.numpy(), mask2.numpy(), pos2.numpy(), empty2,
-                        only=['logits'])[0]['logits']
+                        only=['logits'], head=head)[0]['logits']
     padded = _max_diff(ort2[0], ref2[0])
     padded = max(padded, _max_diff(ort2[1, pad:], ref2[1, pad:]))         # real tokens only
     tol = config.logits_atol
@@ -409,6 +422,8 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
 
     # one line per output name (prefill and step together; all segments together)
     specs = {spec.name: spec for graph in config.graphs.values() for spec in graph.outputs}
+    if head is not None:                                      # no graph ends in logits
+        specs['logits'] = TensorSpec('logits', (), atol=config.logits_atol)
     for spec in specs.values():
         value = diffs[spec.name]
         detail = f'max |onnx - torch| {value:.1e} (tolerance {spec.atol:.0e})'
@@ -427,12 +442,14 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
 def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: str,
                  max_new_tokens: int, record: Callable[[int, int], None] | None,
                  stage: Callable[[str], None], name: str = 'greedy text',
-                 references: dict | None = None, min_agreement: float = 1.0) -> Check:
+                 references: dict | None = None, min_agreement: float = 1.0,
+                 rung: int | None = None) -> Check:
     """
     Compare `backend`'s greedy texts with the torch reference for its token settings.
 
     `record(identical, n)` gets the counts; `references` caches the reference texts between
     calls; the check passes when at least `min_agreement` of the scenes are identical (1.0: all).
+    `rung`: run that rung of a ladder bundle (`model` is then pruned to it by the caller).
     """
     from ros2_gmskip.vlm.generation import generate_texts
 
@@ -455,7 +472,8 @@ def check_greedy(backend, model, processor, images: list[np.ndarray], prompt: st
             batch_size=16)
     mismatches = []
     for i, (image, want) in enumerate(zip(images, reference)):
-        got = backend.describe(image, prompt, max_new_tokens).text
+        got = (backend.describe(image, prompt, max_new_tokens) if rung is None else
+               backend.describe(image, prompt, max_new_tokens, rung=rung)).text
         if got != want:
             mismatches.append((i, got, want))
     n = len(images)
@@ -475,8 +493,13 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
                     prompt: str = 'describe the scene.', max_new_tokens: int = 48,
                     threads: int | None = None, on_check: Callable[[Check], None] | None = None,
                     stage: Callable[[str], None] | None = None,
-                    lint: Callable[[Path], list[str]] | None = None) -> ValidationReport:
-    """Run every check on the bundle in `bundle_dir`; the report holds all results (no raising)."""
+                    lint: Callable[[Path], list[str]] | None = None,
+                    ladder=None) -> ValidationReport:
+    """
+    Run every check on the bundle in `bundle_dir`; the report holds all results (no raising).
+
+    `ladder` (ladder_export.LadderLayout): a ladder bundle, its greedy text checked per rung.
+    """
     from ros2_gmskip.exporters.trt_ops import lint_graph
     from ros2_gmskip.runtime.ort_backend import OrtBackend
 
@@ -515,7 +538,7 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
         from ros2_gmskip.runtime.geometry import pil_resize
         images = [pil_resize(image, *tiles.camera, 'bilinear') for image in images]
     add(check_values(backend, model, processor, config, images[0], prompt, report,
-                     fused=exact.decoder_loop.runners if fused else None))
+                     fused=exact.runners if fused else None))
     references: dict = {}
 
     def record(identical: int, n: int) -> None:
@@ -524,6 +547,10 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
     def record_fused(identical: int, n: int) -> None:
         report.fused_identical = f'{identical}/{n}'
 
+    if ladder is not None:
+        add(check_rungs(backend, fused, model, processor, images[:n_scenes], prompt,
+                        max_new_tokens, ladder, report, stage))
+        return report
     add([check_greedy(backend, model, processor, images[:n_scenes], prompt, max_new_tokens,
                       record, stage, references=references)])
     if fused is not None:
@@ -534,3 +561,43 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
                                                               if quantized else ''),
                           min_agreement=MIN_QUANTIZED_AGREEMENT if quantized else 1.0)])
     return report
+
+
+def check_rungs(backend, fused, model, processor, images: list[np.ndarray], prompt: str,
+                max_new_tokens: int, layout, report: ValidationReport,
+                stage: Callable[[str], None]) -> list[Check]:
+    """
+    Check every rung's greedy text (portable and fused runners) against its pruned torch model.
+
+    `model` holds the least-pruned rung's blocks; each rung's extra blocks are taken out for its
+    reference (vlm.blocks.temporarily_removed). The plan's rung fills the report's counts.
+    """
+    from ros2_gmskip.vlm.blocks import temporarily_removed
+
+    checks = []
+    ladder = backend.ladder
+    quantized = fused is not None and fused.bundle.manifest.fused.step_weights != 'fp32'
+    for i, rung in enumerate(ladder.rungs):
+        counts: dict[str, str | None] = {'identical_text': None, 'fused_identical_text': None}
+
+        def record(identical: int, n: int, key: str = 'identical_text') -> None:
+            counts[key] = f'{identical}/{n}'
+
+        blocks = list(rung.removed_blocks)
+        with temporarily_removed(model, layout.bundle_blocks(blocks)):
+            references: dict = {}
+            checks.append(check_greedy(backend, model, processor, images, prompt,
+                                       max_new_tokens, record, stage, references=references,
+                                       name=f'rung {i} greedy text ({len(blocks)} blocks '
+                                            'removed)', rung=i))
+            if fused is not None:
+                checks.append(check_greedy(
+                    fused, model, processor, images, prompt, max_new_tokens,
+                    lambda k, n: record(k, n, 'fused_identical_text'), stage,
+                    references=references, name=f'rung {i} fused decoder greedy text',
+                    min_agreement=MIN_QUANTIZED_AGREEMENT if quantized else 1.0, rung=i))
+        report.rungs.append(counts)
+        if i == ladder.plan_rung and counts['identical_text']:
+            report.identical, report.n_scenes = map(int, counts['identical_text'].split('/'))
+            report.fused_identical = counts['fused_identical_text']
+    return checks

@@ -62,7 +62,7 @@ from ros2_gmskip.ros.transport import QOS_DEFAULT, QOS_SENSOR, remove_ros_args, 
 __all__ = ['DEBUG_TOPICS', 'DIAGNOSTIC_NAME', 'FLOAT64_STAMPED', 'GmSkipDescriber', 'main', 'run']
 # parameters that may change while running (the rest are read once, at start-up)
 LIVE_PARAMETERS = ('prompt', 'max_new_tokens', 'input_timeout_s', 'latency_warn_ms',
-                   'drop_warn_ratio')
+                   'drop_warn_ratio', 'latency_budget_ms')
 
 BackendFactory = Callable[..., Any]     # (params, build_only=False) -> Backend
 
@@ -91,9 +91,14 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
     if model is None and plan is None:
         plan = defaults.default_plan_path()
     opts: dict[str, Any] = {}
+    ladder = None               # a given bundle brings its own ladder (export --ladder) or none
+    if (params.latency_budget_ms > 0 or params.rung != 'auto') and (
+            kind == 'torch' or bundle is None):
+        ladder = opts['ladder'] = _ladder_path(plan, params)
     if kind in ('onnxruntime', 'tensorrt') and bundle is None:
         bundle = defaults.ensure_bundle(model, plan, fused_weights=params.fused_weights
-                                        if kind == 'onnxruntime' else 'fp32')
+                                        if kind == 'onnxruntime' else 'fp32',
+                                        **({'ladder': ladder} if ladder else {}))
     if kind == 'onnxruntime':
         opts['providers'] = _ort_provider(params.device)
         opts['draft_tokens'] = params.draft_tokens
@@ -103,6 +108,19 @@ def create_backend(params: DescriberParams, build_only: bool = False) -> Any:
         opts.update(device=params.gpu_id, precision=params.precision)
     return factory(kind, model=model, plan=plan, bundle=bundle, engine=engine,
                    build_only=build_only, **opts)
+
+
+def _ladder_path(plan: Path | None, params: DescriberParams) -> Path:
+    """Return the plan ladder beside `plan` (calibrate writes `<plan>.ladder.json`)."""
+    from ros2_gmskip.gmskip.ladder import ladder_path
+    from ros2_gmskip.runtime.ladder import LadderError
+
+    if plan is None:
+        what = (f'latency_budget_ms {params.latency_budget_ms:g}' if params.latency_budget_ms > 0
+                else f'rung {params.rung!r}')
+        raise LadderError(f'{what} needs a skip plan with a ladder: set plan_path (calibrate '
+                          'writes <plan>.ladder.json beside it)')
+    return ladder_path(plan)
 
 
 def _ort_provider(device: str) -> str:
@@ -203,6 +221,11 @@ class GmSkipDescriber:
                 self.core.check_request(params)     # the prompt must fit the model's context
         except (ParameterError, PromptError) as err:
             return False, str(err)
+        if self.core is not None and params.latency_budget_ms != self.params.latency_budget_ms:
+            try:
+                self.core.set_latency_budget(params.latency_budget_ms)
+            except GmSkipError as err:
+                return False, str(err)
         self.params = params
         if self.core is not None:
             self.core.params = params

@@ -71,6 +71,8 @@ class DescriberParams:
     error_window: int = 5
     stats_window: int = 1000
     publish_debug: bool = True
+    latency_budget_ms: float = 0.0         # 0 = off: the plan's rung, fixed
+    rung: str = 'auto'                     # auto | a plan-ladder rung number (0 = fastest)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> DescriberParams:
@@ -162,13 +164,23 @@ def descriptions() -> dict[str, str]:
 # validation
 
 def coerce(values: Mapping[str, Any], schema: dict | None = None) -> dict[str, Any]:
-    """Ints given for 'number' keys become floats (YAML `1` for `1.0`); nothing else changes."""
+    """
+    Undo YAML's typing of numbers where the schema wants otherwise; nothing else changes.
+
+    An int for a 'number' key becomes a float (`1` for `1.0`); an int for a 'string' key with a
+    pattern that accepts its digits becomes that text (`-p rung:=2` for `rung: "2"`).
+    """
     props = node_schema(schema)['properties']
     out = dict(values)
     for key, value in out.items():
-        if props.get(key, {}).get('type') == 'number' and isinstance(value, int) \
-                and not isinstance(value, bool):
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        prop = props.get(key, {})
+        if prop.get('type') == 'number':
             out[key] = float(value)
+        elif prop.get('type') == 'string' and 'pattern' in prop and \
+                re.search(prop['pattern'], str(value)):
+            out[key] = str(value)
     return out
 
 

@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 from ros2_gmskip.errors import GmSkipError, MessageError
+from ros2_gmskip.runtime.ladder import AUTO, rung_policy
 from ros2_gmskip.runtime.results import Result
 from ros2_gmskip.runtime.stats import LatencyStats, RateMeter, STAGES
 
@@ -70,6 +71,7 @@ class SceneOutput:
     queue_wait_ms: float = 0.0           # from on_image to the worker taking the frame
     pipeline_latency_ms: float = math.nan  # wall clock now - header stamp (NaN when stamp is 0)
     cyclic_time_ms: float = math.nan     # since the previous output (NaN for the first)
+    rung: dict | None = None             # plan-ladder rung that ran (Rung.to_dict); None: none
 
     def scene_dict(self) -> dict[str, Any]:
         """Return the JSON object published on ~/output/scene."""
@@ -85,6 +87,7 @@ class SceneOutput:
             'model_id': self.model_id,
             'plan_id': self.plan_id,
             'engine_id': self.engine_id,
+            'rung': self.rung,
         }
 
 
@@ -144,10 +147,12 @@ class DescriberCore:
     Newest-frame hand-off + worker + counters + diagnostics (see the module docstring).
 
     `params` needs: prompt, max_new_tokens, input_timeout_s, latency_warn_ms, drop_warn_ratio,
-    error_window, stats_window, and optionally max_image_pixels and object_parser (a
-    `DescriberParams`). `publish` is called on the worker thread. The backend's `check_request`
-    (where it has one) must accept the prompt and max_new_tokens: PromptError otherwise, before
-    any frame.
+    error_window, stats_window, latency_budget_ms, rung, and optionally max_image_pixels and
+    object_parser (a `DescriberParams`). `publish` is called on the worker thread. The backend's
+    `check_request` (where it has one) must accept the prompt and max_new_tokens: PromptError
+    otherwise, before any frame. A backend with a plan ladder (`backend.ladder`,
+    describe(..., rung=)) runs the rung `runtime.ladder.rung_policy` picks: fixed, or chosen per
+    frame to fit the budget.
     """
 
     def __init__(self, backend: Any, params: Any, publish: Callable[[SceneOutput], None],
@@ -191,6 +196,11 @@ class DescriberCore:
         self.last_output: SceneOutput | None = None
         self._last_output_t: float | None = None
         self._last_input_t = clock()     # input timeout: counted from the start until a frame
+        # plan ladder: LadderError (one line) now when the parameters do not fit the backend
+        self.ladder = getattr(backend, 'ladder', None) if backend is not None else None
+        self.chooser, self.fixed_rung = rung_policy(
+            self.ladder, float(getattr(params, 'latency_budget_ms', 0.0)),
+            getattr(params, 'rung', AUTO))
 
     def check_request(self, params: Any) -> None:
         """Raise PromptError if the backend says params' prompt + max_new_tokens do not fit."""
@@ -292,15 +302,19 @@ class DescriberCore:
         if self.backend is None:
             self._failed('errors', 'no backend')
             return None
+        rung = self.chooser.next_rung() if self.chooser is not None else self.fixed_rung
         try:
             result: Result = self.backend.describe(rgb, self.params.prompt,
-                                                   self.params.max_new_tokens)
+                                                   self.params.max_new_tokens,
+                                                   **({} if rung is None else {'rung': rung}))
         except Exception as err:
             name = getattr(self.backend, 'name', '?')
             self._failed('errors', f'backend {name} failed: {type(err).__name__}: {err}',
                          exc=not isinstance(err, GmSkipError))
             return None
         t1 = self.clock()
+        if self.chooser is not None:
+            self.chooser.record(rung, (t1 - t0) * 1e3)
         objects = self._objects(result.text)
         stamp = getattr(getattr(msg, 'header', None), 'stamp', None)
         sec, nanosec = int(getattr(stamp, 'sec', 0)), int(getattr(stamp, 'nanosec', 0))
@@ -319,7 +333,8 @@ class DescriberCore:
                 queue_wait_ms=(t0 - t_recv) * 1e3 if t_recv is not None else 0.0,
                 pipeline_latency_ms=(self.wall_clock() - (sec + nanosec * 1e-9)) * 1e3
                 if (sec or nanosec) else math.nan,
-                cyclic_time_ms=cyclic)
+                cyclic_time_ms=cyclic,
+                rung=None if rung is None else self.ladder.rungs[rung].to_dict())
             self.described += 1
             self._in_flight = False      # counted: keeps received == sum of counters + pending
             self.stats.add(result)
@@ -394,6 +409,8 @@ class DescriberCore:
             value = getattr(info, key) if info is not None else ''
             values[key] = list(value) if isinstance(value, tuple) else value
         values['token_skip'] = info.tokens.describe() if info is not None else ''
+        rung = self.rung_values()
+        values.update(rung)
         values['last_error'] = last_error
 
         window = self.params.error_window
@@ -414,6 +431,9 @@ class DescriberCore:
             if last is not None and last.processing_time_ms > self.params.latency_warn_ms:
                 warnings.append(f'processing took {last.processing_time_ms:.0f} ms '
                                 f'(> {self.params.latency_warn_ms:.0f} ms)')
+            if rung['rung_over_budget']:
+                warnings.append(f'p90 {rung["rung_p90_ms"]:.0f} ms over the latency budget '
+                                f'{rung["latency_budget_ms"]:g} ms on the fastest rung')
             if warnings:
                 level, message = WARN, '; '.join(warnings)
             elif values['received'] == 0:
@@ -421,6 +441,35 @@ class DescriberCore:
             else:
                 level, message = OK, f'describing at {values["output_rate_hz"]:.1f} Hz'
         return {'level': level, 'message': message, 'values': values}
+
+    def set_latency_budget(self, budget_ms: float) -> None:
+        """Apply a new latency_budget_ms while running (LadderError if the ladder cannot)."""
+        if self.chooser is not None and budget_ms > 0:
+            self.chooser.set_budget(budget_ms)
+        else:
+            self.chooser, self.fixed_rung = rung_policy(self.ladder, budget_ms,
+                                                        getattr(self.params, 'rung', AUTO))
+
+    def rung_values(self) -> dict[str, Any]:
+        """Return the plan-ladder keys of the diagnostics (empty strings without a ladder)."""
+        chooser = self.chooser
+        budget = chooser.budget_ms if chooser is not None else float(
+            getattr(self.params, 'latency_budget_ms', 0.0))
+        state = chooser.state() if chooser is not None else {}
+        rung = state.get('rung', self.fixed_rung)
+        info = self.ladder.rungs[rung] if rung is not None else None
+        return {
+            'latency_budget_ms': budget,
+            'rung_mode': state.get('mode', 'fixed' if rung is not None else 'off'),
+            'rung': '' if rung is None else rung,
+            'rungs': '' if self.ladder is None else len(self.ladder.rungs),
+            'rung_blocks_removed': '' if info is None else list(info.removed_blocks),
+            'rung_val_score': '' if info is None or info.score is None else info.score,
+            'rung_p90_ms': state.get('p90_ms', math.nan),
+            'rung_switches': state.get('switches', 0),
+            'rung_over_budget': bool(state.get('over_budget', False)),
+            'rung_reason': state.get('reason', ''),
+        }
 
     def internal_sizes(self) -> dict[str, int]:
         """Sizes of every container that grows with traffic (a test checks they stay bounded)."""

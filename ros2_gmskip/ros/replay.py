@@ -242,6 +242,7 @@ class _Recorder:
         self._queue: list[tuple[str, str, int, Any]] = []   # (topic, msgtype, time ns, msg)
         self.timings: dict[str, list[float]] = {stage: [] for stage in SUMMARY_STAGES}
         self.tokens = 0
+        self.rung_frames: dict[int, int] = {}  # plan-ladder rung -> frames described on it
         self.String = REPLAY_TYPESTORE.types[STRING_TYPE]
 
     # -- worker thread
@@ -262,6 +263,9 @@ class _Recorder:
                 if math.isfinite(out.pipeline_latency_ms):
                     self.timings['pipeline_latency_ms'].append(out.pipeline_latency_ms)
                 self.tokens += int(out.tokens)
+                if out.rung is not None:
+                    index = int(out.rung['index'])
+                    self.rung_frames[index] = self.rung_frames.get(index, 0) + 1
         finally:
             with self._cond:
                 self.published += 1
@@ -468,6 +472,9 @@ def _summary(in_bag: Path, out_bag: Path, reader: BagImageReader, backend: Any,
         'engine_id': info.engine_id,
         'blocks_removed': list(info.blocks_removed),
         'token_skip': info.tokens.to_dict(),
+        'latency_budget_ms': float(getattr(core.params, 'latency_budget_ms', 0.0)),
+        'rung_frames': {str(k): v for k, v in sorted(rec.rung_frames.items())},
+        'rung_switches': core.rung_values()['rung_switches'],
         'outputs': outputs,
         'debug_msgtype': FLOAT64_STAMPED,
         'bag_s': bag_s,

@@ -57,6 +57,8 @@ def _range(prop: dict) -> str:
         high = f'{prop["exclusiveMaximum"]})'
     if low or high:
         return f'{low or "(-inf"}, {high or "inf)"}'
+    if 'pattern' in prop:
+        return f'`{prop["pattern"]}`'
     if prop.get('minLength'):
         return f'at least {prop["minLength"]} character(s)'
     return 'N/A'

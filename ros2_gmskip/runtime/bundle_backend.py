@@ -16,8 +16,10 @@
 Share what the ONNX Runtime and TensorRT backends do alike: the bundle's parts, one describe.
 
 A subclass sets `bundle` (bundle_format.Bundle), calls `_load_parts()` (the embedding table,
-`preprocess`, `tokenizer`), and provides `decoder_loop` (decode.DecodeLoop) and
-`image_embeds(pixel_values) -> (1 or tiles, n, C)`. Every request is checked first
+`preprocess`, `tokenizer`, and for a ladder bundle `ladder` and its head), and provides
+`decoder_loop` (decode.DecodeLoop), `rung_loops` (one loop per rung, `_rung_loops`) and
+`image_embeds(pixel_values) -> (1 or tiles, n, C)`. `describe(..., rung=i)` runs rung i of a
+ladder bundle (runtime/rungs.py); without `rung`, the plan's. Every request is checked first
 (`check_request`): a blank prompt, or one that with max_new_tokens does not fit the model's
 context, is PromptError.
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from typing import Any, Callable
 
 import numpy as np
 from ros2_gmskip.bundle_format import EMBED, REEXPORT
@@ -51,6 +54,30 @@ class BundleBackend:
         self.preprocess = (geometry.from_manifest(m.preprocess) if m.mrope is None
                            else qwen.GridPatches.from_manifest(m.preprocess, m.mrope))
         self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
+        self.ladder = self._head = None          # runtime.ladder.Ladder of a ladder bundle
+        if m.ladder is not None:
+            from ros2_gmskip.runtime.rungs import bundle_ladder, Head
+            self.ladder, self._head = bundle_ladder(self.bundle), Head.load(self.bundle)
+
+    def _rung_loops(self, runners: list, make: Callable[[list, int], Any]) -> list:
+        """Return [make(runners, 0)], or for a ladder bundle make(rung's views, rung) per rung."""
+        if self.ladder is None:
+            return [make(runners, 0)]
+        from ros2_gmskip.runtime.rungs import rung_loops
+        fastv = self.token_skip.fastv
+        k = fastv.k if fastv is not None and fastv.r > 0 and fastv.k > 0 else None
+        return rung_loops(self.bundle, runners, self._head, k, make)
+
+    def _loop(self, rung: int | None) -> Any:
+        """Return the decode loop of `rung` (None: the plan's); ValueError if there is none."""
+        if rung is None:
+            return self.decoder_loop
+        if self.ladder is None:
+            raise ValueError(f'rung {rung!r} given, but {self.bundle.where()} has no plan '
+                             'ladder (export it with --ladder)')
+        if isinstance(rung, bool) or not isinstance(rung, int) or not 0 <= rung <= self.ladder.top:
+            raise ValueError(f'rung {rung!r} is not in the ladder (0..{self.ladder.top})')
+        return self.rung_loops[rung]
 
     def prompt_positions(self, ids: np.ndarray) -> np.ndarray | None:
         """Return a Qwen prompt's M-RoPE positions (3, T); None: the rows' indices."""
@@ -85,8 +112,9 @@ class BundleBackend:
                       self.context)
 
     def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
-                 max_new_tokens: int = 48) -> Result:
+                 max_new_tokens: int = 48, rung: int | None = None) -> Result:
         self._check_ready()
+        loop = self._loop(rung)
         self.check_request(prompt, max_new_tokens)      # prompt ids are cached: a lookup
         t0 = time.perf_counter()
         pixel_values = self.preprocess(image)                     # (1 or tiles, 3, H, W)
@@ -98,8 +126,7 @@ class BundleBackend:
         embeds = self.prompt_embeds(ids, image_embeds)                        # (1, T, C)
         merge_ms = (time.perf_counter() - t2) * 1e3
         image_rows = np.flatnonzero(ids == self.tokenizer.image_token_id)
-        out = self.decoder_loop.generate(embeds, max_new_tokens, image_rows,
-                                         self.prompt_positions(ids))
+        out = loop.generate(embeds, max_new_tokens, image_rows, self.prompt_positions(ids))
         text = self.tokenizer.decode(out.ids)
         t3 = time.perf_counter()
         latency = Latency(preprocess_ms=(t1 - t0) * 1e3, vision_ms=(t2 - t1) * 1e3,

@@ -73,13 +73,14 @@ QUANTIZED_VALIDATE_N = 50          # scenes that judge a quantized decode graph'
 
 
 def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | None = None,
-                      fused_weights: str = 'fp32') -> Path:
+                      fused_weights: str = 'fp32', ladder: Path | None = None) -> Path:
     """
     Return the cache folder for one export of the model.
 
     It is keyed by the model weights, its draft table (rebuilding it re-exports), the plan file,
-    the token-skip settings (None: the plan's), the fused decoder's decode-step weights, this
-    package's version and the bundle format (bundle_format.FORMAT: a new layout, a new folder).
+    the token-skip settings (None: the plan's), the fused decoder's decode-step weights, the plan
+    ladder (a ladder bundle), this package's version and the bundle format (bundle_format.FORMAT:
+    a new layout, a new folder).
     """
     h = hashlib.sha256(f'{__version__}/{FORMAT}'.encode())
     for weights in sorted(Path(model_dir).glob('*.safetensors')):
@@ -92,31 +93,40 @@ def bundle_cache_path(model_dir: Path, plan: Path | None, tokens: TokenSkip | No
         h.update(json.dumps(tokens.to_dict(), sort_keys=True).encode())
     if fused_weights != 'fp32':
         h.update(f'fused-weights={fused_weights}'.encode())
-    tag = 'pruned' if plan else 'full'
+    if ladder is not None:
+        h.update(f'ladder={sha256_file(ladder)}'.encode())
+    tag = 'ladder' if ladder else 'pruned' if plan else 'full'
     return cache_dir() / 'bundles' / f'{Path(model_dir).name}-{tag}-{h.hexdigest()[:12]}'
 
 
 def ensure_bundle(model_dir: Path | None = None, plan: Path | None = None, full: bool = False,
                   validate_n: int = 5, tokens: TokenSkip | None = None,
-                  fused_weights: str = 'fp32') -> Path:
+                  fused_weights: str = 'fp32', ladder: Path | None = None) -> Path:
     """
     Return a bundle for (model, plan, tokens), exported into the cache by a subprocess if missing.
 
     With no model and no plan: the default model pruned by its shipped plan (or unpruned: `full`).
     `tokens`: FastV / KV-removal settings; None applies the plan's `tokens`, TokenSkip() none.
     `fused_weights`: 'int4' / 'int8' exports the quantized fused decoder (export --fused-weights).
+    `ladder`: the plan's ladder file: one bundle that runs every rung (export --ladder).
     """
     model_dir = Path(model_dir) if model_dir else default_model_dir()
     if plan is None and not full and model_dir == default_model_dir():
         plan = default_plan_path()
-    path = bundle_cache_path(model_dir, plan, tokens, fused_weights)
+    if ladder is not None and not Path(ladder).is_file():
+        from ros2_gmskip.runtime.ladder import LadderError
+        raise LadderError(f'no plan ladder {str(ladder)!r}: make one with ros2-gmskip ladder '
+                          '--plan PLAN (calibrate writes it beside the plan)')
+    path = bundle_cache_path(model_dir, plan, tokens, fused_weights, ladder)
     if (path / 'manifest.json').is_file():
         return path
     if fused_weights != 'fp32':       # the agreement threshold needs more than a handful of scenes
         validate_n = max(validate_n, QUANTIZED_VALIDATE_N)
     cmd = [sys.executable, '-m', 'ros2_gmskip.cli', 'export', '--model', str(model_dir),
            '--out', str(path), '--validate-n', str(validate_n)]
-    if plan:
+    if ladder is not None:
+        cmd += ['--ladder', str(ladder)]
+    elif plan:
         cmd += ['--plan', str(plan)]
     if fused_weights != 'fp32':
         cmd += ['--fused-weights', fused_weights]

@@ -97,6 +97,10 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
                  0 = off); without a bundle, `fused_weights`
                  ('int4' | 'int8') exports the quantized fused decoder (export --fused-weights).
     torch:       `model`, `plan`; opts `device`, `threads`.
+    `ladder` (the plan's ladder file): a backend that runs any rung per request,
+    `describe(..., rung=i)`: torch from one copy of the weights; onnxruntime / tensorrt from a
+    ladder bundle (`export --ladder`, exported into the cache here; a given bundle brings its
+    own ladder, or none).
     `tokens` (a tokenskip.settings.TokenSkip): FastV / KV-removal settings instead of the plan's
     (TokenSkip() turns them off); a bundle made here is exported with them.
     tensorrt:    `engine` and/or `bundle`, `build_only`; other opts go to
@@ -115,6 +119,7 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
                           '--fused-weights) and other backends have none')
     model = Path(model) if model else None
     plan = Path(plan) if plan else None
+    ladder = opts.pop('ladder', None)
     if kind == 'torch':
         from ros2_gmskip.runtime import defaults
         if model is None:
@@ -122,13 +127,15 @@ def create_backend(kind: str, model: Path | None = None, plan: Path | None = Non
             if plan is None and not full:
                 plan = defaults.default_plan_path()
         module = importlib.import_module('ros2_gmskip.vlm.torch_backend')
-        return module.TorchBackend(model, plan=plan, tokens=tokens,
-                                   **{k: v for k, v in opts.items() if k in ('device', 'threads')})
+        return module.TorchBackend(model, plan=plan, tokens=tokens, ladder=ladder,
+                                   **{k: v for k, v in opts.items()
+                                      if k in ('device', 'threads')})
     exported = bundle is None
     if bundle is None and not (kind == 'tensorrt' and engine is not None):
         from ros2_gmskip.runtime import defaults
         bundle = defaults.ensure_bundle(model, plan, full=full, tokens=tokens,
-                                        fused_weights=fused_weights)
+                                        fused_weights=fused_weights,
+                                        **({'ladder': Path(ladder)} if ladder else {}))
     if kind == 'onnxruntime':
         from ros2_gmskip.runtime.ort_backend import OrtBackend
         return OrtBackend(Path(bundle), providers=opts.get('providers'),

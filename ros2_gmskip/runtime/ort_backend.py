@@ -140,15 +140,23 @@ class OrtBackend(BundleBackend):
                          for seg in m.segments]
         draft = self._draft(draft_tokens)
         stop = self.tokenizer.stop_ids
-        portable = DecodeLoop(self.portable, self.embed_table, stop, self.token_skip, draft,
-                              draft_tokens, where=self.bundle.where())
+
+        def loops(runners: list, fallback: list | None = None) -> list[DecodeLoop]:
+            # one loop over the segments; a ladder bundle: one per rung (runtime/rungs.py)
+            def make(views: list, rung: int) -> DecodeLoop:
+                return DecodeLoop(views, self.embed_table, stop, self.token_skip, draft,
+                                  draft_tokens, fallback=fallback[rung] if fallback else None,
+                                  where=self.bundle.where())
+            return self._rung_loops(runners, make)
+
+        portable = loops(self.portable)
         self.graph = 'portable'
-        self.decoder_loop = portable
+        self.rung_loops, self.runners = portable, self.portable   # every segment's runner
         if self._use_fused(graph):
             self.graph = self._fused_name(quantized)
-            self.decoder_loop = DecodeLoop(self._fused_runners(quantized), self.embed_table, stop,
-                                           self.token_skip, draft, draft_tokens,
-                                           fallback=portable, where=self.bundle.where())
+            self.runners = self._fused_runners(quantized)
+            self.rung_loops = loops(self.runners, portable)
+        self.decoder_loop = self.rung_loops[self.ladder.plan_rung if self.ladder else 0]
         self.info = BackendInfo(
             backend=self.name, model_id=m.model_id, plan_id=m.plan_id,
             engine_id=self.bundle.bundle_id, blocks_removed=tuple(m.blocks_removed),
@@ -157,8 +165,9 @@ class OrtBackend(BundleBackend):
             details={'bundle': str(self.bundle.path), 'providers': self.vision.get_providers(),
                      'threads': threads})
         log.info('onnxruntime backend: %s, %d decoder layers in %d segment(s), %s graph, '
-                 'providers %s', self.bundle.path, m.decoder.num_layers, len(m.segments),
-                 self.graph, ', '.join(self.vision.get_providers()))
+                 'providers %s%s', self.bundle.path, m.decoder.num_layers, len(m.segments),
+                 self.graph, ', '.join(self.vision.get_providers()),
+                 f', {len(self.ladder.rungs)} ladder rungs' if self.ladder else '')
 
     @property
     def device(self) -> str:

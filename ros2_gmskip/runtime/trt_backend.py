@@ -603,11 +603,12 @@ class TrtBackend(BundleBackend):
         except BaseException:
             self.close()
             raise
-        self.decoder_loop = DecodeLoop(
-            self.runners, self.embed_table, self.tokenizer.stop_ids, self.token_skip,
+        self.rung_loops = self._rung_loops(self.runners, lambda runners, rung: DecodeLoop(
+            runners, self.embed_table, self.tokenizer.stop_ids, self.token_skip,
             where=f'engine {self.engine_dir}',
             too_long='ask for fewer new tokens or rebuild with larger --max-prompt / '
-                     '--max-new-tokens')
+                     '--max-new-tokens'))      # a ladder bundle: one loop per rung
+        self.decoder_loop = self.rung_loops[self.ladder.plan_rung if self.ladder else 0]
         self.info = BackendInfo(**info, details={
             'bundle': str(self.bundle.path), 'engine_dir': str(self.engine_dir),
             'precision': manifest['precision'], 'tensorrt_version': trt.__version__,

@@ -38,6 +38,12 @@ After every step the scores so far go to PLAN.progress.json beside --out; --resu
 up after an interruption (the file is deleted once the plan is written). The plan's `run`
 records the engine, the workers and the search's wall time.
 
+Beside the plan it writes its ladder (`plan.json` -> `plan.ladder.json`, see gmskip/ladder.py):
+the nested plans of the trajectory plus up to --ladder-extra faster ones past its last state,
+each with its score (with the plan's token skipping) and estimated FLOPs; rungs below
+--ladder-floor or scoring no better than a faster rung are dropped. The node, given a latency
+budget, runs the deepest rung that fits it.
+
 usage examples:
   ros2-gmskip calibrate --model models/gmskip-default --data val --n 128 --out plan.json
   ros2-gmskip calibrate --strategy greedy --ray --workers 2 --out plan.json   # local Ray
@@ -63,10 +69,12 @@ from ros2_gmskip.argtypes import (
     int_list,
     model_dir_or_default,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
 from ros2_gmskip.errors import DatasetError, PlanError
+from ros2_gmskip.gmskip.ladder import EXTRA, FLOOR
 
 HELP = 'search the blocks to skip (GM-Skip) and write a skip plan'
 logger = logging.getLogger(__name__)
@@ -139,6 +147,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     cluster.add_argument('--workers', type=positive_int, default=None,
                          help='Ray workers (model copies), one CPU each (default: one per CPU '
                               'of the cluster)')
+    ladder = parser.add_argument_group('plan ladder (written beside the plan as *.ladder.json)')
+    ladder.add_argument('--ladder-extra', type=non_negative_int, default=EXTRA, metavar='N',
+                        help="rungs faster than the search's last state: remove up to N more "
+                             'blocks, the least harmful one per step (default: %(default)s)')
+    ladder.add_argument('--ladder-floor', type=fraction, default=FLOOR, metavar='RATIO',
+                        help='drop rungs scoring below this share of the unpruned model; the '
+                             'plan is always kept (default: %(default)s)')
+    ladder.add_argument('--no-ladder', action='store_true', help='write no ladder')
     tokens = parser.add_argument_group(
         'token skipping (searched after the block plan, on the pruned model)')
     tokens.add_argument('--tokens', action='store_true',
@@ -231,12 +247,25 @@ def main(args: argparse.Namespace) -> int:
         if with_tokens:
             tokens = search_token_skip(evaluator, result, objective, args)
             plan.tokens = tokens.to_record()
+        ladder = None
+        if args.no_ladder:
+            pass
+        elif args.stack != 'decoder':
+            print(f'no ladder for --stack {args.stack}: rungs are decoder blocks (write one with '
+                  '--stack decoder)')
+        else:
+            ladder = write_ladder(evaluator, result.trajectory, plan, args, known={
+                s.removed: s.score for s in result.evaluated})
     finally:
         if args.ray is not None:
             evaluator.close()
     save_plan(plan, args.out)
     progress.remove()
     print(f'wrote {args.out} (plan id {plan_id(plan)})')
+    if ladder is not None:
+        from ros2_gmskip.gmskip.ladder import ladder_path, save_ladder
+        print(f'wrote {save_ladder(ladder, ladder_path(args.out))} ({len(ladder.rungs)} rungs, '
+              f'the plan is rung {ladder.plan_rung})')
     if args.plot is not None:
         from ros2_gmskip.gmskip.plot import plot_search, plot_token_search
         title = (f'{args.model.name}: {args.strategy}, lambda {args.lam:g}, '
@@ -248,6 +277,35 @@ def main(args: argparse.Namespace) -> int:
                                      title=f'{title}, blocks {list(best.removed)}')
             print(f'wrote {path}')
     return 0
+
+
+def write_ladder(evaluator, trajectory, plan, args: argparse.Namespace, known=None, data=None):
+    """Build the plan's ladder (scoring the rungs it needs) and print its table."""
+    from ros2_gmskip.gmskip.ladder import build_ladder, format_ladder
+    from ros2_gmskip.gmskip.plan import plan_id
+    from ros2_gmskip.tokenskip.settings import TokenSkip
+
+    tokens = TokenSkip.from_dict(plan.tokens)
+    scored: list[tuple[int, ...]] = []
+
+    def score(removed):
+        scored.append(removed)
+        return evaluator.score(removed, tokens=tokens)
+
+    def score_many(sets):
+        scored.extend(sets)
+        return evaluator.score_many(sets, tokens=tokens)
+
+    batched = hasattr(evaluator, 'score_many')       # a Ray scorer: a step's sets in parallel
+    ladder, candidates = build_ladder(
+        trajectory, plan, plan_id(plan), score, evaluator.workload(plan.removed_blocks),
+        known=known, extra=args.ladder_extra, floor=args.ladder_floor, data=data,
+        score_many=score_many if batched else None)
+    print(f'ladder (fastest first; * = the plan; scores with token skipping: '
+          f'{tokens.describe()}):')
+    print(format_ladder(candidates, plan.removed_blocks))
+    print(f'ladder: {len(ladder.rungs)} rungs, {len(scored)} evaluations')
+    return ladder
 
 
 def make_evaluator(args: argparse.Namespace, samples: list):

@@ -82,14 +82,16 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                                 'it must be split where the settings act)')
 
 
-def backend_from_args(args: argparse.Namespace):
-    """Return the backend the options ask for (runtime.factory.create_backend)."""
+def backend_from_args(args: argparse.Namespace, ladder: Path | None = None):
+    """Return the backend the options ask for; `ladder`: a plan ladder to run rungs of."""
     from ros2_gmskip.runtime.defaults import default_plan_path
     from ros2_gmskip.runtime.factory import create_backend
     opts = ({'graph': args.ort_graph, 'draft_tokens': args.draft_tokens}
             if args.backend == 'onnxruntime' else {})
     if args.fused_weights != 'fp32':
         opts['fused_weights'] = args.fused_weights
+    if ladder is not None:
+        opts['ladder'] = ladder
     plan = args.plan or (default_plan_path() if args.model is None and not args.full else None)
     tokens = token_skip_from_args(args, plan)
     if tokens is not None:

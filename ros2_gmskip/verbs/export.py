@@ -37,6 +37,12 @@ Token skipping (FastV, Skip-Vision KV removal) comes from the plan's `tokens` en
 split at FastV's K (decoder.onnx, decoder.1.onnx, ... and their fused twins decoder.fused.onnx,
 decoder.fused.1.onnx, ..., which take explicit positions), and validation compares the runtime's
 greedy text with the torch reference using the same settings, for both kinds of graph.
+
+--ladder PLAN.ladder.json (instead of --plan; calibrate writes it beside the plan): one bundle
+that runs every rung of the plan ladder without re-export: the least-pruned rung's decoder split
+wherever the rungs differ (a rung = the segments it runs), the final norm + lm_head in head.npz,
+each rung's greedy text validated against the torch model pruned to that rung; the node and
+`replay --latency-budget-ms` choose the rung per frame (docs/ladder.md).
 """
 
 from __future__ import annotations
@@ -62,7 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--plan', type=existing_file, default=None,
                         help='skip plan JSON from `ros2-gmskip calibrate`: its blocks are removed '
                              'before export (default: export the full model)')
-    add_token_arguments(parser, "the plan's tokens entry")
+    parser.add_argument('--ladder', type=existing_file, default=None, metavar='LADDER',
+                        help='plan-ladder file (<plan>.ladder.json from calibrate / ladder), '
+                             'instead of --plan: one bundle that runs every rung')
+    add_token_arguments(parser, "the plan's (or the ladder's) tokens entry")
     parser.add_argument('--out', type=Path, required=True,
                         help='bundle folder to write (created; an existing bundle is replaced)')
     parser.add_argument('--opset', type=int, choices=OPSETS, default=17,
@@ -113,8 +122,13 @@ def main(args: argparse.Namespace) -> int:
     def stage(text: str) -> None:
         print(f'[{time.perf_counter() - started:6.1f}s] {text}', flush=True)
 
-    tokens = token_skip_from_args(args, args.plan)
+    if args.ladder is not None and args.plan is not None:
+        from ros2_gmskip.errors import BundleError
+        raise BundleError(f'--ladder {str(args.ladder)!r} brings its own plan (a rung): give '
+                          '--ladder or --plan, not both')
+    tokens = token_skip_from_args(args, _ladder_tokens(args.ladder) if args.ladder else args.plan)
     result = export_bundle(model, args.out, plan=args.plan, tokens=tokens, opset=args.opset,
+                           ladder=args.ladder,
                            validate_n=args.validate_n, max_new_tokens=args.max_new_tokens,
                            threads=args.threads, fused=not args.no_fused,
                            fused_max_length=args.fused_max_length,
@@ -135,5 +149,18 @@ def main(args: argparse.Namespace) -> int:
           f'{v["max_abs_logit_diff"]:.1e} (tolerance {v["tolerance"]:.0e}); greedy text identical '
           f'on {v["identical_text"]} test scenes'
           + (f' (fused decoder: {v["fused_identical_text"]})' if v.get('fused_identical_text')
-             else '') + f'; {time.perf_counter() - started:.0f} s in all')
+             else '') + ('' if m.ladder is None else f' for the plan rung {m.ladder.plan_rung}')
+          + f'; {time.perf_counter() - started:.0f} s in all')
+    if m.ladder is not None:
+        for i, rung in enumerate(m.ladder.rungs):
+            checks = rung.validation or {}
+            print(f'  rung {i}: {len(rung.removed_blocks)} blocks removed, segments '
+                  f'{list(rung.segments)}, greedy text identical on '
+                  f'{checks.get("identical_text")} (fused: {checks.get("fused_identical_text")})')
     return 0
+
+
+def _ladder_tokens(path: Path) -> dict | None:
+    """Return a ladder file's `tokens` entry (what --fastv / --kv-removal apply over)."""
+    from ros2_gmskip.gmskip.ladder import load_ladder
+    return load_ladder(path, check_hash=False).tokens

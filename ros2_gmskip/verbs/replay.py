@@ -30,6 +30,11 @@ second of bag time), /gmskip_describer/debug/*_ms (Float64Stamped) and the input
 --rate realtime: frames arrive at the pace of their bag timestamps; frames that arrive while the
 model is busy are dropped and counted, as in the live node.
 
+--latency-budget-ms MS (a plan with a ladder beside it; onnxruntime / tensorrt export it once as
+a ladder bundle, or take a --bundle exported with --ladder): as the node's parameter, each frame
+runs the deepest rung of the plan ladder whose p90 processing time fits MS; --rung N runs one
+rung. The summary counts the frames per rung.
+
 A truncated or corrupt bag is replayed up to the damage: a warning, exit 0, and "bag_error" in the
 summary. Frames that cannot be decoded are rejected and counted. With --json the last stdout line
 is the summary as one JSON object.
@@ -43,7 +48,7 @@ from pathlib import Path
 import sys
 from typing import Any
 
-from ros2_gmskip.argtypes import node_param, non_negative_float
+from ros2_gmskip.argtypes import node_param, non_negative_float, rung_choice
 from ros2_gmskip.verbs.describe import add_backend_arguments, backend_from_args
 
 HELP = 'describe the frames of a rosbag2 through the node pipeline; write outputs to a new bag'
@@ -75,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--storage', choices=STORAGES, default='mcap',
                         help='output bag storage (default: mcap)')
     add_backend_arguments(parser)
+    parser.add_argument('--latency-budget-ms', type=non_negative_float, default=0.0,
+                        help="processing-time budget per frame: run the plan ladder's deepest "
+                             'rung whose p90 fits it (<plan>.ladder.json, or a --bundle '
+                             'exported with --ladder); '
+                             '0 = off (default)')
+    parser.add_argument('--rung', type=rung_choice, default='auto',
+                        help='plan-ladder rung: auto (from the budget) or a number, 0 = fastest '
+                             '(default: auto)')
     parser.add_argument('--object-parser', type=node_param('object_parser'), default='',
                         metavar='MODULE:FUNCTION',
                         help="how the scene output's objects are read from the text: the default "
@@ -97,7 +110,19 @@ def make_backend(args: argparse.Namespace) -> Any:
     if getattr(args, 'fake_backend_ms', None) is not None:
         from ros2_gmskip.runtime.factory import create_backend
         return create_backend(f'fake:{args.fake_backend_ms:g}')
-    return backend_from_args(args)
+    ladder = None              # --bundle brings its own ladder (export --ladder) or none
+    wants = getattr(args, 'latency_budget_ms', 0.0) > 0 or getattr(args, 'rung', 'auto') != 'auto'
+    if wants and (args.backend == 'torch' or args.bundle is None):
+        from ros2_gmskip.gmskip.ladder import ladder_path
+        from ros2_gmskip.runtime.defaults import default_plan_path
+        from ros2_gmskip.runtime.ladder import LadderError
+        plan = args.plan or (default_plan_path() if args.model is None and not args.full
+                             else None)
+        if plan is None:
+            raise LadderError('--latency-budget-ms / --rung need a skip plan with a ladder: '
+                              'pass --plan (calibrate writes <plan>.ladder.json beside it)')
+        ladder = ladder_path(plan)
+    return backend_from_args(args, ladder=ladder)
 
 
 def _ms(x: float | None) -> str:
@@ -131,6 +156,11 @@ def summary_lines(s: dict) -> list[str]:
     if s['last_error'] and (s['rejected'] or s['errors']):
         lines.append(f'last error: {s["last_error"]}')
     lines += latency_table(s)
+    if s.get('rung_frames'):
+        lines.append('plan-ladder rungs (frames): '
+                     + ', '.join(f'{k}: {v}' for k, v in s['rung_frames'].items())
+                     + f'; {s["rung_switches"]} switches; latency budget '
+                     + (f'{s["latency_budget_ms"]:g} ms' if s['latency_budget_ms'] else 'off'))
     lines.append(f'tokens/s {s["tokens_per_s"]:.1f} | backend {s["backend"]}'
                  + (f' | {ids}' if ids else '')
                  + (f' | blocks removed {s["blocks_removed"]}' if s['blocks_removed'] else '')
@@ -153,7 +183,8 @@ def main(args: argparse.Namespace) -> int:
         raise BagError(f'output {str(args.out)!r} exists: choose another path or remove it')
     check_writable(args.out, '--out')
     overrides = {'prompt': args.prompt, 'max_new_tokens': args.max_new_tokens,
-                 'object_parser': args.object_parser}
+                 'object_parser': args.object_parser,
+                 'latency_budget_ms': args.latency_budget_ms, 'rung': args.rung}
     if args.max_image_pixels is not None:
         overrides['max_image_pixels'] = args.max_image_pixels
     params = load_params(overrides=overrides)

@@ -31,6 +31,11 @@ own forward: it changes the token set inside the decoder. It runs tokenskip's fu
 instead, stage by stage so the breakdown stays comparable: vision = `embed_inputs` (vision tower,
 projector and the merge into the token embeddings), prefill = FastV prefill plus the KV removal
 that follows it and the first token, decode = the remaining greedy steps.
+
+With a plan ladder (`ladder=`, gmskip/ladder.py) the model stays whole and each call runs one
+rung, `describe(..., rung=i)`: its blocks are taken out of the layer list for that call only
+(`vlm.blocks.temporarily_removed`), so every rung runs from one copy of the weights. No rung given:
+the plan's rung.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import time
 
 import numpy as np
 from ros2_gmskip.bundle_format import plan_id_of, PlanRecord
-from ros2_gmskip.errors import ModelLoadError
+from ros2_gmskip.errors import ModelLoadError, PlanError
 from ros2_gmskip.runtime.preprocess import check_image
 from ros2_gmskip.runtime.requests import check_prompt_text, check_request, context_length
 from ros2_gmskip.runtime.results import BackendInfo, DEFAULT_PROMPT, Latency, Result
@@ -68,14 +73,32 @@ class TorchBackend:
     name = 'torch'
 
     def __init__(self, model_dir: Path, plan: Path | None = None, device: str = 'cpu',
-                 threads: int | None = None, tokens: TokenSkip | None = None) -> None:
+                 threads: int | None = None, tokens: TokenSkip | None = None,
+                 ladder: Path | None = None) -> None:
         if threads:
             torch.set_num_threads(int(threads))
         self.model, self.processor = load_vlm(Path(model_dir))
         removed: list[int] = []
         plan_id = plan_sha = None
         plan_tokens = None
-        if plan is not None:
+        self.ladder = None            # runtime.ladder.Ladder when every rung can run
+        if ladder is not None:
+            from ros2_gmskip.bundle_format import sha256_file
+            from ros2_gmskip.gmskip.ladder import load_ladder
+            loaded = load_ladder(Path(ladder), Path(model_dir))
+            if loaded.stack != 'decoder':
+                raise PlanError(f'ladder {ladder} has {loaded.stack} rungs: only decoder-block '
+                                'ladders run')
+            if plan is not None:
+                from ros2_gmskip.gmskip.plan import load_plan, plan_id as make_plan_id
+                if make_plan_id(load_plan(Path(plan), Path(model_dir))) != loaded.plan_id:
+                    raise PlanError(f'ladder {ladder} was made for plan id {loaded.plan_id}, '
+                                    f'not for {plan}: run ros2-gmskip ladder --plan {plan}')
+            self.ladder = loaded.runtime()
+            removed = list(loaded.plan_removed)
+            plan_id, plan_sha = loaded.plan_id, sha256_file(Path(ladder))
+            plan_tokens = loaded.tokens
+        elif plan is not None:
             from ros2_gmskip.bundle_format import sha256_file
             from ros2_gmskip.gmskip.plan import (
                 check_plan_fits, load_plan, plan_id as make_plan_id)
@@ -103,11 +126,13 @@ class TorchBackend:
         self.context = context_length(self.model.config.to_dict())   # max_position_embeddings
         from ros2_gmskip.gmskip.plan import weights_sha256
         from ros2_gmskip.vlm.blocks import decoder_stack
-        record = PlanRecord(removed_blocks=tuple(removed), plan_id=plan_id) if plan else None
+        record = (PlanRecord(removed_blocks=tuple(removed), plan_id=plan_id)
+                  if plan or ladder else None)
         self.info = BackendInfo(
             backend=self.name, model_id=weights_sha256(model_dir)[:12],
             plan_id=plan_id_of(record), engine_id='', blocks_removed=tuple(removed),
-            num_layers=decoder_stack(self.model).num_blocks, tokens=self.tokens,
+            num_layers=decoder_stack(self.model).num_blocks - (
+                len(removed) if self.ladder is not None else 0), tokens=self.tokens,
             decoder_graph='transformers (eager)', device=str(self.device),
             details={'model': str(model_dir), 'family': self.family.name,
                      'plan_sha256': plan_sha, 'threads': torch.get_num_threads()})
@@ -123,11 +148,24 @@ class TorchBackend:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
-    @torch.no_grad()
     def describe(self, image: np.ndarray, prompt: str = DEFAULT_PROMPT,
-                 max_new_tokens: int = 48) -> Result:
+                 max_new_tokens: int = 48, rung: int | None = None) -> Result:
         if max_new_tokens < 1:
             raise ValueError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
+        if self.ladder is None:
+            if rung is not None:
+                raise ValueError(f'rung {rung!r} given, but this backend has no plan ladder')
+            return self._describe(image, prompt, max_new_tokens)
+        if rung is None:
+            rung = self.ladder.plan_rung
+        if not 0 <= rung <= self.ladder.top:
+            raise ValueError(f'rung {rung!r} is not in the ladder (0..{self.ladder.top})')
+        from ros2_gmskip.vlm.blocks import temporarily_removed
+        with temporarily_removed(self.model, self.ladder.rungs[rung].removed_blocks):
+            return self._describe(image, prompt, max_new_tokens)
+
+    @torch.no_grad()
+    def _describe(self, image: np.ndarray, prompt: str, max_new_tokens: int) -> Result:
         if not self.tokens.is_off:
             return self._describe_token_skip(image, prompt, max_new_tokens)
         model = self.model

@@ -1,0 +1,242 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""
+Depth on a latency budget, side by side: the fixed plan vs its plan ladder under a CPU hog.
+
+    .venv/bin/python bench/latency_budget.py                        # torch backend, all cores
+    .venv/bin/python bench/latency_budget.py --seconds 90 --lead-in 10 --out result.json
+    .venv/bin/python bench/latency_budget.py --backend onnxruntime --threads 1 \
+        --ladder-bundle bundles/ladder                 # export --ladder PLAN.ladder.json
+
+One camera bag (test scenes at 30 Hz with ground truth) replayed twice in real time through the
+node's pipeline (`DescriberCore`: the newest frame wins, the rest are dropped and counted):
+1. the fixed shipped plan (latency_budget_ms 0), as the node runs today;
+2. the plan's ladder at latency_budget_ms = run 1's p90 processing time in its unloaded half.
+On onnxruntime, run 1 is the plan's own bundle (the cached export, as the node makes it) and run
+2 the ladder bundle (`--ladder-bundle`, else the cached `export --ladder`).
+In both, a second process burning one core (a busy loop) starts half-way through the bag and
+runs to its end. The first --lead-in seconds of each run (the node starting: first-run costs,
+and for the ladder the warm-up that measures every rung) count in neither half.
+Per half: p50 / p90 / p99 processing time, drop ratio (frames of the half not described),
+accuracy on the described frames (the main object named, as `evaluate`), the rungs run.
+Goal: the ladder's p90 within the budget in both halves (the fixed plan's over it when loaded),
+and its unloaded accuracy at least the fixed plan's. The load average is printed with the
+result: on a shared machine other jobs distort both runs, so rerun when it is high.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+FPS = 30.0
+HOG = 'while True: pass'
+
+
+def load_frames(bag: Path) -> tuple[list, dict[int, str]]:
+    """Return the bag's image messages in order and {stamp ns: main class} from its truth."""
+    from ros2_gmskip.ros.bag import BagImageReader, GROUND_TRUTH_TOPIC
+    from ros2_gmskip.ros.replay import read_string_topic
+
+    with BagImageReader(bag) as reader:
+        frames = [frame.msg for frame in reader.frames()]
+    truth, _ = read_string_topic(bag, GROUND_TRUTH_TOPIC)
+    classes = {}
+    for _, data in truth:
+        record = json.loads(data)
+        classes[int(record['stamp_ns'])] = record['scene']['main_class']
+    return frames, classes
+
+
+def stamp_ns(msg) -> int:
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def realtime_run(backend, params, frames: list, hog_at: int, hogs: int = 1
+                 ) -> tuple[list, dict]:
+    """Feed `frames` at FPS; start the hogs before frame `hog_at`; return (outputs, counts)."""
+    from ros2_gmskip.ros.pipeline import default_convert, DescriberCore
+
+    outputs, lock = [], threading.Lock()
+
+    def publish(out) -> None:
+        with lock:
+            outputs.append(out)
+
+    core = DescriberCore(backend, params, publish=publish, convert=default_convert)
+    core.start()
+    procs: list[subprocess.Popen] = []
+    t0 = time.perf_counter()
+    try:
+        for i, msg in enumerate(frames):
+            delay = t0 + i / FPS - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            if i == hog_at:
+                procs = [subprocess.Popen([sys.executable, '-c', HOG]) for _ in range(hogs)]
+            core.on_image(msg, False)
+        while core.pending:
+            time.sleep(0.01)
+    finally:
+        core.stop()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    return outputs, core.counts()
+
+
+def half_stats(outputs: list, stamps: list[int], classes: dict[int, str]) -> dict:
+    """Per-half numbers for the outputs whose input stamp is one of `stamps`."""
+    from ros2_gmskip.gmskip.metrics import names_class
+    from ros2_gmskip.runtime.stats import percentiles
+
+    wanted = set(stamps)
+    mine = [o for o in outputs if o.stamp_sec * 1_000_000_000 + o.stamp_nanosec in wanted]
+    times = [o.processing_time_ms for o in mine]
+    named = sum(names_class(o.text, classes[o.stamp_sec * 1_000_000_000 + o.stamp_nanosec])
+                for o in mine)
+    rungs: dict[str, int] = {}
+    for o in mine:
+        if o.rung is not None:
+            rungs[str(o.rung['index'])] = rungs.get(str(o.rung['index']), 0) + 1
+    q = percentiles(times, (50, 90, 99))
+    return {'frames': len(stamps), 'described': len(mine),
+            'drop_ratio': 1.0 - len(mine) / len(stamps) if stamps else 0.0,
+            'p50_ms': q['p50'], 'p90_ms': q['p90'], 'p99_ms': q['p99'],
+            'accuracy': named / len(mine) if mine else float('nan'), 'named': named,
+            'rungs': rungs}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument('--seconds', type=float, default=90.0, help='bag length (30 Hz)')
+    parser.add_argument('--lead-in', type=float, default=10.0,
+                        help='seconds at the start of each run counted in neither half')
+    parser.add_argument('--backend', default='torch', choices=('torch', 'onnxruntime'),
+                        help='backend (default: %(default)s)')
+    parser.add_argument('--bundle', type=Path, default=None,
+                        help="onnxruntime: the fixed plan's bundle (default: the cached export)")
+    parser.add_argument('--ladder-bundle', type=Path, default=None,
+                        help='onnxruntime: the ladder bundle (export --ladder; default: the '
+                             'cached export)')
+    parser.add_argument('--threads', type=int, default=os.cpu_count(),
+                        help='backend threads (default: every core, as a node would take)')
+    parser.add_argument('--plan', type=Path, default=None,
+                        help='skip plan (default: the shipped plan of the default model)')
+    parser.add_argument('--ladder', type=Path, default=None,
+                        help='its ladder (default: <plan>.ladder.json)')
+    parser.add_argument('--budget-ms', type=float, default=None,
+                        help="ladder budget (default: the fixed plan's unloaded p90)")
+    parser.add_argument('--hogs', type=int, default=1,
+                        help='busy-loop processes started half-way (default: 1, one core)')
+    parser.add_argument('--width', type=int, default=640)
+    parser.add_argument('--height', type=int, default=480)
+    parser.add_argument('--out', type=Path, default=None, help='also write the result as JSON')
+    args = parser.parse_args()
+
+    from dataclasses import replace
+
+    from ros2_gmskip.gmskip.ladder import ladder_path, load_ladder
+    from ros2_gmskip.ros.bag import make_bag
+    from ros2_gmskip.ros.params import load_params
+    from ros2_gmskip.runtime import defaults
+    from ros2_gmskip.runtime.factory import create_backend
+
+    model = defaults.default_model_dir()
+    plan = args.plan or defaults.default_plan_path()
+    ladder = args.ladder or ladder_path(plan)
+    rungs = load_ladder(ladder, model_dir=model).runtime()
+    n = round(args.seconds * FPS)
+    lead = round(args.lead_in * FPS)
+    half = lead + (n - lead) // 2
+    with tempfile.TemporaryDirectory() as tmp:
+        make_bag(Path(tmp) / 'bag', n=n, fps=FPS, width=args.width, height=args.height,
+                 progress=False)
+        frames, classes = load_frames(Path(tmp) / 'bag')
+    stamps = [stamp_ns(m) for m in frames]
+    halves = {'unloaded': stamps[lead:half], 'loaded': stamps[half:]}
+    print(f'{n} frames at {FPS:g} Hz ({args.width}x{args.height}); lead-in {lead} frames, hog '
+          f'from frame {half}; backend {args.backend}, {args.threads} threads; plan {plan.name} '
+          f'(rung {rungs.plan_rung} of {len(rungs.rungs)}); load average {os.getloadavg()}',
+          flush=True)
+
+    params = load_params()
+    result: dict = {'frames': n, 'fps': FPS, 'lead_in_frames': lead, 'hog_from_frame': half,
+                    'hogs': args.hogs,
+                    'threads': args.threads, 'plan': str(plan), 'ladder': str(ladder),
+                    'load_average': {'start': os.getloadavg()}, 'runs': {}}
+    budget = args.budget_ms
+    configs = (('fixed plan', {'plan': plan, 'bundle': args.bundle}),
+               ('ladder', {'plan': plan, 'ladder': ladder, 'bundle': args.ladder_bundle}))
+    for name, opts in configs:
+        if args.backend == 'torch':
+            opts.pop('bundle')
+        backend = create_backend(args.backend, model=model, threads=args.threads, **opts)
+        result.setdefault('engine_ids', {})[name] = backend.info.engine_id
+        run_params = replace(params, latency_budget_ms=budget) if name == 'ladder' else params
+        outputs, counts = realtime_run(backend, run_params, frames, hog_at=half, hogs=args.hogs)
+        stats = {h: half_stats(outputs, s, classes) for h, s in halves.items()}
+        result['runs'][name] = {'counts': counts, **stats,
+                                'latency_budget_ms': run_params.latency_budget_ms}
+        result['load_average'][name] = os.getloadavg()
+        if budget is None:
+            budget = stats['unloaded']['p90_ms']
+        lead_outputs = sum(1 for o in outputs
+                           if o.stamp_sec * 1_000_000_000 + o.stamp_nanosec < stamps[lead])
+        warmup = 1 + 5 * len(rungs.rungs)
+        if name == 'ladder' and lead_outputs < warmup:
+            print(f'warning: the lead-in described {lead_outputs} frames, the warm-up needs '
+                  f'{warmup}: raise --lead-in', flush=True)
+        del backend
+        print(f'{name}: done; load average {os.getloadavg()}', flush=True)
+    result['budget_ms'] = budget
+
+    print(f"\nbudget {budget:.1f} ms (the fixed plan's unloaded p90)")
+    print(f'{"run":<11} {"half":<9} {"p50":>7} {"p90":>7} {"p99":>7} {"drop":>6} '
+          f'{"described":>9} {"accuracy":>8}  rungs')
+    for name, run in result['runs'].items():
+        for h in halves:
+            s = run[h]
+            print(f'{name:<11} {h:<9} {s["p50_ms"]:>7.1f} {s["p90_ms"]:>7.1f} '
+                  f'{s["p99_ms"]:>7.1f} {s["drop_ratio"]:>6.1%} {s["described"]:>9} '
+                  f'{s["accuracy"]:>8.1%}  {s["rungs"] or "-"}')
+    fixed, lad = result['runs']['fixed plan'], result['runs']['ladder']
+    goals = {
+        'ladder p90 within budget, unloaded': lad['unloaded']['p90_ms'] <= budget,
+        'ladder p90 within budget, loaded': lad['loaded']['p90_ms'] <= budget,
+        'fixed plan p90 over budget, loaded': fixed['loaded']['p90_ms'] > budget,
+        'ladder unloaded accuracy >= fixed plan': (lad['unloaded']['accuracy']
+                                                   >= fixed['unloaded']['accuracy']),
+    }
+    result['goals'] = goals
+    for goal, ok in goals.items():
+        print(f'  {"yes" if ok else "NO ":<3}  {goal}')
+    print(f'load average at the end {os.getloadavg()}')
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + '\n')
+        print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

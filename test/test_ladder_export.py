@@ -1,0 +1,192 @@
+# Copyright 2026 ros2_gmskip developers
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+
+"""One bundle, every rung: export --ladder's layout, validation, rung switches, one weight copy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ros2_gmskip.bundle_format import FORMAT, HEAD, load_bundle
+from ros2_gmskip.errors import BundleError
+from ros2_gmskip.exporters.ladder_export import ladder_layout
+from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
+
+FASTV = TokenSkip(FastVConfig(k=1, r=0.5), kv_ratio=0.5, kv_start=1)
+RUNGS = [[1, 3], [3], []]              # the tiny model (4 blocks): a middle block skipped too
+NEW = 10
+ROPE_TABLES = ('cos_cache', 'sin_cache')      # the fused graphs' RoPE tables (not weights)
+SHIPPED = Path(__file__).resolve().parents[1] / 'models' / 'gmskip-llava-scenes' / 'plans'
+
+
+def test_layout_of_the_shipped_ladder():
+    """Every segment is kept or skipped whole by each rung; FastV K counts a rung's blocks."""
+    data = json.loads((SHIPPED / 'accuracy-reverse.ladder.json').read_text())
+    rungs = [r['removed_blocks'] for r in data['rungs']]
+    layout = ladder_layout(rungs, 16, TokenSkip.from_dict(data['tokens']))
+    assert layout.base == (12, 13, 14, 15) and layout.kept == tuple(range(12))
+    assert layout.splits == (1, 4, 5, 6, 7, 8, 9, 10) and layout.ranks_at == (1,)
+    bounds = [0, *layout.splits, 12]
+    for removed, segments in zip(rungs, layout.rung_segments):
+        runs = [b for s in segments for b in range(bounds[s], bounds[s + 1])]
+        assert runs == [b for b in range(12) if b not in removed]       # whole segments only
+    assert layout.rung_segments[0] == (0, 1, 5)          # 11 removed: blocks 0, 1-3, 7
+    assert layout.rung_segments[-1] == tuple(range(9))
+
+
+def test_layout_renumbers_token_skipping_per_rung():
+    # rung 0 keeps blocks 0, 2: its FastV K=1 ends after block 0, its KV removal starts at 2
+    layout = ladder_layout(RUNGS, 4, FASTV)
+    assert layout.base == () and layout.splits == (1, 2, 3) and layout.ranks_at == (1,)
+    assert layout.rung_segments == ((0, 2), (0, 1, 2), (0, 1, 2, 3))
+    two = ladder_layout([[0, 2], []], 4, TokenSkip(FastVConfig(k=1, r=0.5)))
+    assert two.splits == (1, 2, 3) and two.ranks_at == (1, 2)     # rung 0's K ends at block 1
+    assert ladder_layout([[0, 2, 3], [2, 3]], 4).kept == (0, 1)
+    with pytest.raises(BundleError, match=r'^rung 0 keeps 1 decoder blocks: FastV K=1 needs '
+                                          'more; choose a smaller K'):
+        ladder_layout([[1, 2, 3], []], 4, TokenSkip(FastVConfig(k=1, r=0.5)))
+
+
+@pytest.fixture(scope='module')
+def ladder_bundle(tiny_model_dir, tiny_ladder, tmp_path_factory) -> Path:
+    """Export the tiny model's ladder [1, 3] > [3] > [] (plan [3]) with FastV + KV removal."""
+    from ros2_gmskip.exporters.onnx_export import export_bundle
+    from ros2_gmskip.gmskip.ladder import save_ladder
+    _, ladder = tiny_ladder
+    rungs = [replace(ladder.rungs[0], removed_blocks=tuple(r)) for r in RUNGS]
+    ours = replace(ladder, rungs=rungs, plan_removed=(3,), tokens=FASTV.to_dict())
+    folder = tmp_path_factory.mktemp('ladder_bundle')
+    path = save_ladder(ours, folder / 'plan.ladder.json')
+    export_bundle(tiny_model_dir, folder / 'bundle', ladder=path, validate_n=3,
+                  max_new_tokens=NEW, threads=1)
+    return folder / 'bundle'
+
+
+def test_ladder_bundle_manifest_and_validation(ladder_bundle):
+    m = load_bundle(ladder_bundle).manifest
+    assert FORMAT.endswith('@3') and m.decoder.num_layers == 4 and m.blocks_removed == [3]
+    assert [(s.first, s.stop, s.last, s.ranks) for s in m.segments] == [
+        (0, 1, False, True), (1, 2, False, False), (2, 3, False, False), (3, 4, False, False)]
+    assert [r.segments for r in m.ladder.rungs] == [(0, 2), (0, 1, 2), (0, 1, 2, 3)]
+    assert m.ladder.plan_rung == 1 and m.ladder.head == HEAD
+    for rung in m.ladder.rungs:        # each rung's text == the torch model pruned to it
+        assert rung.validation == {'identical_text': '3/3', 'fused_identical_text': '3/3'}
+    assert m.validation['passed'] and m.validation['identical_text'] == '3/3'
+    checks = m.validation['checks']
+    assert sum('greedy text' in c for c in checks) == 6 and all(c[0] == '✓' for c in checks)
+
+
+def test_each_rung_runs_as_its_pruned_torch_model_and_switches_per_request(
+        ladder_bundle, tiny_model_dir, scene_images):
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+    from ros2_gmskip.vlm.blocks import remove_blocks
+    from ros2_gmskip.vlm.torch_backend import TorchBackend
+    backend = OrtBackend(ladder_bundle, threads=1)
+    assert backend.graph == 'fused' and len(backend.ladder.rungs) == 3
+    image = scene_images[1]
+    texts = []
+    for rung, removed in enumerate(RUNGS):
+        reference = TorchBackend(tiny_model_dir, tokens=FASTV, threads=1)
+        remove_blocks(reference.model, removed)
+        want = reference.describe(image, max_new_tokens=NEW).text
+        texts.append(backend.describe(image, max_new_tokens=NEW, rung=rung).text)
+        assert texts[-1] == want, rung
+    assert len(set(texts)) > 1                        # the rungs are different models
+    # switch back and forth between requests: each rung's own text, whatever ran before
+    for rung in (0, 2, 0, 1, 2):
+        assert backend.describe(image, max_new_tokens=NEW, rung=rung).text == texts[rung]
+    assert backend.describe(image, max_new_tokens=NEW).text == texts[1]     # the plan's rung
+    portable = OrtBackend(ladder_bundle, threads=1, graph='portable')
+    assert [portable.describe(image, max_new_tokens=NEW, rung=r).text for r in (2, 0)] == \
+        [texts[2], texts[0]]
+
+
+def test_one_copy_of_the_weights(ladder_bundle, tiny_model):
+    """Each graph kind holds every block's matrices once; the lm_head only head.npz."""
+    import onnx
+    model, _ = tiny_model
+    text = model.model.language_model
+    blocks = sum(p.numel() for b in text.layers for p in b.parameters() if p.dim() == 2)
+    m = load_bundle(ladder_bundle).manifest
+
+    def matrices(names: list[str]) -> int:
+        total = 0
+        for name in names:
+            graph = onnx.load(str(ladder_bundle / name)).graph
+            total += sum(int(np.prod(t.dims)) for t in graph.initializer
+                         if len(t.dims) == 2 and t.name not in ROPE_TABLES)
+        return total
+
+    assert matrices([s.portable for s in m.segments]) == blocks
+    assert matrices([s.fused for s in m.segments]) == blocks
+    with np.load(ladder_bundle / HEAD) as head:
+        assert head['lm_head'].shape == tuple(model.lm_head.weight.shape)
+
+
+def test_bad_rung_and_old_bundles_are_one_line(ladder_bundle, tiny_bundle, tmp_path):
+    import shutil
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+    backend = OrtBackend(ladder_bundle, threads=1)
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match=r'^rung 3 is not in the ladder \(0\.\.2\)$'):
+        backend.describe(image, rung=3)
+    with pytest.raises(ValueError, match='has no plan ladder .export it with --ladder.$'):
+        OrtBackend(tiny_bundle, threads=1).describe(image, rung=0)
+    old = tmp_path / 'old'
+    shutil.copytree(ladder_bundle, old)
+    data = json.loads((old / 'manifest.json').read_text())
+    data['format'] = 'ros2_gmskip/onnx-bundle@2'
+    (old / 'manifest.json').write_text(json.dumps(data))
+    with pytest.raises(BundleError, match='has format 2, this version reads 3: re-run '):
+        OrtBackend(old, threads=1)
+
+
+def test_node_and_replay_drive_the_ort_ladder_bundle(ladder_bundle, tmp_path, capsys):
+    """The node's backend factory and replay run the ladder bundle through the rung chooser."""
+    from fakes import image_msg, stand_in_convert
+    from ros2_gmskip import cli
+    from ros2_gmskip.ros.bag import make_bag
+    from ros2_gmskip.ros.node import create_backend
+    from ros2_gmskip.ros.params import DescriberParams
+    from ros2_gmskip.ros.pipeline import DescriberCore
+    params = replace(DescriberParams(), backend='onnxruntime', bundle_path=str(ladder_bundle),
+                     latency_budget_ms=100000.0, max_new_tokens=4)
+    backend = create_backend(params)
+    outputs = []
+    core = DescriberCore(backend, params, publish=outputs.append, convert=stand_in_convert)
+    for _ in range(18):
+        core.process(image_msg(), False)
+    # priming + 5 frames per rung, deepest first; then the deepest (everything fits)
+    assert [o.rung['index'] for o in outputs] == [2] * 6 + [1] * 5 + [0] * 5 + [2] * 2
+    assert outputs[0].rung == {'index': 2, 'blocks_removed': [], 'val_score':
+                               backend.ladder.rungs[2].score}
+    values = core.rung_values()
+    assert values['rung_mode'] == 'auto' and values['rung'] == 2 and values['rungs'] == 3
+    fixed = DescriberCore(backend, replace(params, latency_budget_ms=0.0), publish=outputs.append,
+                          convert=stand_in_convert)
+    fixed.process(image_msg(), False)
+    assert outputs[-1].rung['index'] == 1                          # budget 0: the plan's rung
+
+    bag = tmp_path / 'bag'
+    make_bag(bag, n=20, fps=30.0, progress=False, width=64, height=48)
+    code = cli.main(['replay', str(bag), '--out', str(tmp_path / 'out'), '--backend',
+                     'onnxruntime', '--bundle', str(ladder_bundle), '--rung', '0',
+                     '--max-new-tokens', '4', '--json', '--no-progress'])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary['rung_frames'] == {'0': 20} and summary['engine_id']
