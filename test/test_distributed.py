@@ -125,17 +125,8 @@ LOOPBACK_HEX = ('0100007F:', '0000000000000000FFFF00000100007F:',
                 '00000000000000000000000001000000:')     # 127.0.0.1, ::ffff:127.0.0.1, ::1
 
 
-# Before the `scorer` fixture holds both CPUs: these need one for themselves.
-
-def test_one_worker_unsharded_same_search(cluster, samples, serial):
-    scorer = RayScorer(MODEL, samples, workers=1, **SETTINGS)
-    try:
-        result = search(scorer, scorer.num_blocks, progress=False, **REVERSE)
-    finally:
-        scorer.close()
-    assert same(result, serial['reverse'])
-    assert cluster.is_initialized()                         # the module's cluster: still up
-
+# Before the `scorer` fixture holds both CPUs: this one needs one for itself. With one worker
+# nothing is sharded: the verb runs the whole search on it (the sharding: test_shards_*).
 
 def test_calibrate_verb_with_ray(cluster, tmp_path, capsys):
     from test_plan import verb_args
