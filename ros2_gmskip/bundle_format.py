@@ -68,7 +68,7 @@ from ros2_gmskip.tokenskip.settings import TokenSkip
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = 'ros2_gmskip/onnx-bundle'
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4     # 3 was three branches' layouts (tiles, mrope, ladder) before they merged
 FORMAT = f'{FORMAT_NAME}@{FORMAT_VERSION}'
 REEXPORT = 're-run ros2-gmskip export'
 

@@ -79,7 +79,7 @@ def ladder_bundle(tiny_model_dir, tiny_ladder, tmp_path_factory) -> Path:
 
 def test_ladder_bundle_manifest_and_validation(ladder_bundle):
     m = load_bundle(ladder_bundle).manifest
-    assert FORMAT.endswith('@3') and m.decoder.num_layers == 4 and m.blocks_removed == [3]
+    assert FORMAT.endswith('@4') and m.decoder.num_layers == 4 and m.blocks_removed == [3]
     assert [(s.first, s.stop, s.last, s.ranks) for s in m.segments] == [
         (0, 1, False, True), (1, 2, False, False), (2, 3, False, False), (3, 4, False, False)]
     assert [r.segments for r in m.ladder.rungs] == [(0, 2), (0, 1, 2), (0, 1, 2, 3)]
@@ -152,7 +152,7 @@ def test_bad_rung_and_old_bundles_are_one_line(ladder_bundle, tiny_bundle, tmp_p
     data = json.loads((old / 'manifest.json').read_text())
     data['format'] = 'ros2_gmskip/onnx-bundle@2'
     (old / 'manifest.json').write_text(json.dumps(data))
-    with pytest.raises(BundleError, match='has format 2, this version reads 3: re-run '):
+    with pytest.raises(BundleError, match='has format 2, this version reads 4: re-run '):
         OrtBackend(old, threads=1)
 
 
