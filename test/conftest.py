@@ -39,6 +39,26 @@ def _threads() -> None:
 
 
 @pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory):
+    """
+    Return a function family -> folder of its tiny random checkpoint (vlm/tiny_families.py).
+
+    Each family is built (save_pretrained, real processor classes) at most once per session, so
+    the family tests, the families export tests and the Qwen export tests share the folders.
+    """
+    _threads()
+    from ros2_gmskip.vlm.tiny_families import save_tiny
+    root = tmp_path_factory.mktemp('tiny_families')
+    built: dict[str, Path] = {}
+
+    def checkpoint(family: str) -> Path:
+        if family not in built:
+            built[family] = save_tiny(family, root / family)
+        return built[family]
+    return checkpoint
+
+
+@pytest.fixture(scope='session')
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Save a tiny random default-architecture model (GQA decoder) with save_pretrained."""
     _threads()

@@ -36,13 +36,9 @@ NEW_TOKENS = 4
 
 
 @pytest.fixture(scope='session')
-def family_dirs(tmp_path_factory) -> dict[str, Path]:
+def family_dirs(tiny_checkpoint) -> dict[str, Path]:
     """Return {family: save_pretrained folder} of every tiny checkpoint, built once."""
-    import torch
-    from ros2_gmskip.vlm.tiny_families import save_tiny
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp('families')
-    return {family: save_tiny(family, root / family) for family in FAMILIES}
+    return {family: tiny_checkpoint(family) for family in FAMILIES}
 
 
 @pytest.fixture(scope='session')

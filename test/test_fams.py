@@ -36,13 +36,9 @@ EXPORTED = ('llava', 'smolvlm', 'paligemma')
 
 
 @pytest.fixture(scope='session')
-def fam_dirs(tmp_path_factory) -> dict[str, Path]:
+def fam_dirs(tiny_checkpoint) -> dict[str, Path]:
     """Return {family: tiny checkpoint folder} for the families exported or refused here."""
-    import torch
-    from ros2_gmskip.vlm.tiny_families import save_tiny
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp('fams')
-    return {f: save_tiny(f, root / f) for f in EXPORTED}
+    return {f: tiny_checkpoint(f) for f in EXPORTED}
 
 
 @pytest.fixture(scope='session')

@@ -37,16 +37,13 @@ PROMPTS = ('describe the scene.', 'what is on the left ?')
 
 
 @pytest.fixture(scope='session')
-def qwen(tmp_path_factory) -> dict[str, dict]:
+def qwen(tiny_checkpoint, tmp_path_factory) -> dict[str, dict]:
     """Return {family: {'dir', 'bundle', 'result'}}: each checkpoint built and exported once."""
-    import torch
     from ros2_gmskip.exporters.onnx_export import export_bundle
-    from ros2_gmskip.vlm.tiny_families import save_tiny
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp('qwen')
     out = {}
     for family in FAMILIES:
-        model_dir = save_tiny(family, root / family)
+        model_dir = tiny_checkpoint(family)
         result = export_bundle(model_dir, root / f'{family}-bundle', validate_n=3,
                                max_new_tokens=NEW_TOKENS, threads=1, camera_size=CAMERA)
         out[family] = {'dir': model_dir, 'bundle': result.path, 'result': result}
