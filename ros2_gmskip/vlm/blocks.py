@@ -51,7 +51,7 @@ import operator
 from typing import Any, Callable, Iterable, Iterator
 
 from ros2_gmskip.errors import ModelLoadError, PlanError
-from ros2_gmskip.vlm.families import FAMILIES as FAMILY_SPECS, resolve as _resolve
+from ros2_gmskip.vlm.families import family_spec, resolve as _resolve
 import torch
 from transformers import PretrainedConfig
 
@@ -60,7 +60,6 @@ logger = logging.getLogger(__name__)
 # config.model_type -> the family name used in plans and logs: the model types `vlm.families`
 # describes. 'gmskip_llava' is the project's default model (a LlavaForConditionalGeneration),
 # handled exactly like 'llava'.
-FAMILIES: dict[str, str] = {model_type: model_type for model_type in FAMILY_SPECS}
 STACKS = ('decoder', 'vision')
 
 # Config attributes holding one entry per block: filtered to the survivors.
@@ -95,13 +94,9 @@ class BlockStack:
 
 
 def family_of(model: Any) -> str:
-    """Return the model family ('llava', 'qwen2_vl', ...); ModelLoadError if unsupported."""
-    config = getattr(model, 'config', None)
-    model_type = getattr(config, 'model_type', None)
-    if model_type not in FAMILIES:
-        raise ModelLoadError(f'unsupported model type {model_type!r}: supported are '
-                             f'{", ".join(sorted(FAMILIES))}')
-    return FAMILIES[model_type]
+    """Return the model's model_type ('llava', 'qwen2_vl', ...); ModelLoadError if unsupported."""
+    family_spec(model)                      # one check of the supported types: vlm/families.py
+    return model.config.model_type
 
 
 def _unique_configs(configs: Iterable[Any]) -> tuple[PretrainedConfig, ...]:
