@@ -100,6 +100,7 @@ from ros2_gmskip.exporters.export_config import (
     export_config_for,
     ExportConfig,
     family_of_config,
+    MROPE_FAMILIES,
 )
 from ros2_gmskip.exporters.fused_decoder import (
     build_fused_graph,
@@ -479,12 +480,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     splits, rank_at = token_skip.splits(num_layers)
     camera = tuple(camera_size) if camera_size else validate.scene_images(1)[0].shape[:2]
     qwen_grid = None
-    if family_of_config(model.config) in qwen_vision.FAMILIES:
-        if not token_skip.is_off:
-            raise BundleError(f'token skipping ({token_skip.describe()}) is not supported for '
-                              f'{model.config.model_type} export yet (FastV and KV removal are '
-                              'validated against the LLaVA torch reference only): export '
-                              'without it')
+    if family_of_config(model.config) in MROPE_FAMILIES:     # token skipping: refused above
         qwen_grid = qwen_vision.qwen_layout(model, processor, camera, prompt_text)
         stage(f'{camera[0]}x{camera[1]} frames: patch grid '
               f'{list(qwen_grid.mrope.grid_thw)}, {qwen_grid.num_image_tokens} image tokens')

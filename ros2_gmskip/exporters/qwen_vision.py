@@ -43,8 +43,6 @@ from ros2_gmskip.vlm.mrope import mrope_section
 import torch
 from torch import nn
 
-FAMILIES = ('qwen2_vl', 'qwen2_5_vl')
-
 
 class QwenVisionForExport(nn.Module):
     """Patch rows (N, C*tp*p*p) -> image_embeds (1, n, C) for the grid fixed at export."""
