@@ -53,6 +53,7 @@ import threading
 from typing import Any, Sequence
 
 from ros2_gmskip.errors import PlanError
+from ros2_gmskip.runtime.stats import percentiles
 
 AUTO = 'auto'
 MAX_PENALTY = 32
@@ -152,14 +153,8 @@ class Ladder:
 
 
 def p90(values: Sequence[float]) -> float:
-    """Return the 90th percentile, interpolated as numpy's default (as stats.py); NaN if none."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = 0.9 * (len(ordered) - 1)
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    """Return the 90th percentile as the node's statistics compute it (stats.py); NaN if none."""
+    return percentiles(values, (90,))['p90']
 
 
 class RungChooser:
