@@ -68,7 +68,7 @@ from ros2_gmskip.tokenskip.settings import TokenSkip
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = 'ros2_gmskip/onnx-bundle'
-FORMAT_VERSION = 4     # 3 was three branches' layouts (tiles, mrope, ladder) before they merged
+FORMAT_VERSION = 5     # 4: ladder bundles split into shared segments + head.npz; 3: three branches
 FORMAT = f'{FORMAT_NAME}@{FORMAT_VERSION}'
 REEXPORT = 're-run ros2-gmskip export'
 
@@ -80,7 +80,7 @@ TOKENIZER = 'tokenizer.json'
 DRAFT = 'draft_ngrams.json'
 DECODER = 'decoder.onnx'
 FUSED = 'decoder.fused.onnx'
-HEAD = 'head.npz'                      # ladder bundles: norm_weight (C,), lm_head (V, C), eps
+WEIGHTS_FILE = 'weights.bin'           # ladder bundles: every rung graph's weights, each once
 
 # Tensor names. Vision graph:
 PIXEL_VALUES, IMAGE_EMBEDS = 'pixel_values', 'image_embeds'
@@ -122,6 +122,11 @@ def present_name(layer: int, kind: str) -> str:
 def portable_file(index: int) -> str:
     """Name segment `index`'s portable graph: decoder.onnx, decoder.1.onnx, ..."""
     return DECODER if index == 0 else f'decoder.{index}.onnx'
+
+
+def rung_file(rung: int, name: str) -> str:
+    """Name rung `rung`'s own copy of graph file `name`: decoder.1.onnx -> decoder.rung2.1.onnx."""
+    return name.replace('decoder', f'decoder.rung{rung}', 1)
 
 
 def fused_file(index: int) -> str:
@@ -331,11 +336,21 @@ class PlanRecord:
 
 
 @dataclass(frozen=True)
+class SharedTensor:
+    """One tensor of a bundle's shared weights file: where it lies, what it is."""
+
+    offset: int                         # bytes from the file's start (64-byte aligned)
+    nbytes: int
+    dtype: str                          # numpy dtype name, e.g. 'float32', 'uint8'
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class BundleRung:
-    """One plan-ladder rung of a ladder bundle: its blocks, its segments, its validation."""
+    """One plan-ladder rung of a ladder bundle: its blocks, its own graphs, its validation."""
 
     removed_blocks: tuple[int, ...]     # of the full model, sorted
-    segments: tuple[int, ...]           # indices into Manifest.segments it runs, in order
+    segments: tuple[int, ...]           # its own segments: indices into Manifest.segments
     score: float | None = None          # calibration score (the ladder file's)
     flops_ratio: float | None = None
     validation: dict | None = None      # greedy text vs the torch model pruned to it
@@ -343,12 +358,14 @@ class BundleRung:
 
 @dataclass(frozen=True)
 class LadderRecord:
-    """A ladder bundle's rungs (fastest first) over the least-pruned rung's segments."""
+    """A ladder bundle's rungs (fastest first), each with its own graphs, and their weights."""
 
     rungs: tuple[BundleRung, ...]
     plan_rung: int                      # the calibrated plan: what runs without a choice
     num_blocks: int                     # decoder blocks of the full model
-    head: str                           # HEAD
+    weights: str                        # WEIGHTS_FILE: every decoder graph's large weights, once
+    tensors: dict[str, SharedTensor]    # its table: content name -> where (exporters/
+    #                                     shared_weights.py)
     path: str | None = None             # the ladder file exported, and its sha256
     sha256: str | None = None
 
@@ -487,7 +504,9 @@ def _manifest_from_dict(d: dict) -> Manifest:
 def _ladder(d: dict) -> LadderRecord:
     rungs = tuple(_build(BundleRung, r, removed_blocks=tuple(int(b) for b in r['removed_blocks']),
                          segments=tuple(int(s) for s in r['segments'])) for r in d['rungs'])
-    return _build(LadderRecord, d, rungs=rungs)
+    tensors = {name: _build(SharedTensor, t, shape=tuple(int(n) for n in t['shape']))
+               for name, t in d['tensors'].items()}
+    return _build(LadderRecord, d, rungs=rungs, tensors=tensors)
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,14 +573,27 @@ def check_layout(m: Manifest, where: str) -> None:
     for name in (VISION, EMBED, TOKENIZER) + ((m.draft,) if m.draft else ()):
         if name not in listed:
             problems.append(f'does not list {name}')
-    stops = [0]
+    chains = ([range(len(m.segments))] if m.ladder is None else   # a ladder: each rung's own
+              [r.segments for r in m.ladder.rungs])
+    ends = ([m.decoder.num_layers] if m.ladder is None else
+            [m.ladder.num_blocks - len(r.removed_blocks) for r in m.ladder.rungs])
+    for r, (chain, end) in enumerate(zip(chains, ends)):
+        stops = [0]
+        for j, i in enumerate(chain):
+            if not 0 <= i < len(m.segments):
+                problems.append(f'ladder rung {r} runs segment {i} of {len(m.segments)}')
+                break
+            seg = m.segments[i]
+            name = portable_file(j) if m.ladder is None else rung_file(r, portable_file(j))
+            if seg.first != stops[-1] or seg.stop <= seg.first or seg.portable != name:
+                problems.append(f'segment {i} {[seg.first, seg.stop]} does not follow the one '
+                                f'before')
+            stops.append(seg.stop)
+            if seg.last != (j == len(chain) - 1):
+                problems.append(f'segment {i} last={seg.last}')
+        if stops[-1] != end:
+            problems.append(f'segments end at block {stops[-1]}, the decoder has {end}')
     for i, seg in enumerate(m.segments):
-        if seg.first != stops[-1] or seg.stop <= seg.first or seg.portable != portable_file(i):
-            problems.append(f'segment {i} {[seg.first, seg.stop]} does not follow the one '
-                            f'before')
-        stops.append(seg.stop)
-        if seg.last != (i == len(m.segments) - 1 and m.ladder is None):
-            problems.append(f'segment {i} last={seg.last}')
         missing = [f for f in seg.files() if f not in listed]
         if missing:
             problems.append(f'segment {i} names unlisted {missing}')
@@ -569,13 +601,12 @@ def check_layout(m: Manifest, where: str) -> None:
             problems.append(f'segment {i} has no fused graph')
         if seg.name not in m.graphs:
             problems.append(f'graphs has no {seg.name}')
-    if not m.segments or stops[-1] != m.decoder.num_layers:
-        problems.append(f'segments end at block {stops[-1]}, the decoder has '
-                        f'{m.decoder.num_layers}')
+    if not m.segments:
+        problems.append('has no decoder segments')
     if m.fused is not None and (m.fused.positions not in POSITIONS or m.fused.max_length < 1
                                 or m.fused.step_weights not in WEIGHTS):
         problems.append(f'fused {m.fused}')
-    if m.fused is not None and m.fused.positions == 'cache' and len(m.segments) > 1:
+    if m.fused is not None and m.fused.positions == 'cache' and len(chains[0]) > 1:
         problems.append('a segmented decoder with cache positions')
     if m.mrope is not None:
         t, h, w = m.mrope.grid_thw
@@ -589,14 +620,13 @@ def check_layout(m: Manifest, where: str) -> None:
 
 
 def _ladder_problems(ladder: LadderRecord, n_segments: int, listed: set[str]) -> list[str]:
-    """Return what is wrong with a ladder record (rungs run increasing segment indices)."""
-    problems = [] if ladder.head in listed else [f'does not list {ladder.head}']
+    """Return what is wrong with a ladder record (each segment belongs to one rung)."""
+    problems = [] if ladder.weights in listed else [f'does not list {ladder.weights}']
     if not 0 <= ladder.plan_rung < len(ladder.rungs):
         problems.append(f'ladder plan_rung {ladder.plan_rung} of {len(ladder.rungs)} rungs')
-    for i, rung in enumerate(ladder.rungs):
-        segs = list(rung.segments)
-        if not segs or segs != sorted(set(segs)) or not 0 <= segs[0] <= segs[-1] < n_segments:
-            problems.append(f'ladder rung {i} runs segments {segs}')
+    owned = [s for rung in ladder.rungs for s in rung.segments]
+    if sorted(owned) != list(range(n_segments)):
+        problems.append(f'ladder rungs run segments {owned}, not each of {n_segments} once')
     return problems
 
 

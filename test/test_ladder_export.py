@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ros2_gmskip.bundle_format import FORMAT, HEAD, load_bundle
+from ros2_gmskip.bundle_format import FORMAT, load_bundle, WEIGHTS_FILE
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.exporters.ladder_export import ladder_layout
 from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
@@ -30,36 +30,28 @@ from ros2_gmskip.tokenskip.settings import FastVConfig, TokenSkip
 FASTV = TokenSkip(FastVConfig(k=1, r=0.5), kv_ratio=0.5, kv_start=1)
 RUNGS = [[1, 3], [3], []]              # the tiny model (4 blocks): a middle block skipped too
 NEW = 10
-ROPE_TABLES = ('cos_cache', 'sin_cache')      # the fused graphs' RoPE tables (not weights)
 SHIPPED = Path(__file__).resolve().parents[1] / 'models' / 'gmskip-llava-scenes' / 'plans'
 
 
 def test_layout_of_the_shipped_ladder():
-    """Every segment is kept or skipped whole by each rung; FastV K counts a rung's blocks."""
+    """The deepest rung is exported; every rung's own blocks are numbered in it."""
     data = json.loads((SHIPPED / 'accuracy-reverse.ladder.json').read_text())
     rungs = [r['removed_blocks'] for r in data['rungs']]
     layout = ladder_layout(rungs, 16, TokenSkip.from_dict(data['tokens']))
     assert layout.base == (12, 13, 14, 15) and layout.kept == tuple(range(12))
-    assert layout.splits == (1, 4, 5, 6, 7, 8, 9, 10) and layout.ranks_at == (1,)
-    bounds = [0, *layout.splits, 12]
-    for removed, segments in zip(rungs, layout.rung_segments):
-        runs = [b for s in segments for b in range(bounds[s], bounds[s + 1])]
-        assert runs == [b for b in range(12) if b not in removed]       # whole segments only
-    assert layout.rung_segments[0] == (0, 1, 5)          # 11 removed: blocks 0, 1-3, 7
-    assert layout.rung_segments[-1] == tuple(range(9))
+    assert layout.bundle_blocks(rungs[2]) == [5, 8, 9, 10, 11]         # the plan's, beyond 12-15
+    assert layout.bundle_blocks(rungs[-1]) == []
 
 
-def test_layout_renumbers_token_skipping_per_rung():
-    # rung 0 keeps blocks 0, 2: its FastV K=1 ends after block 0, its KV removal starts at 2
-    layout = ladder_layout(RUNGS, 4, FASTV)
-    assert layout.base == () and layout.splits == (1, 2, 3) and layout.ranks_at == (1,)
-    assert layout.rung_segments == ((0, 2), (0, 1, 2), (0, 1, 2, 3))
-    two = ladder_layout([[0, 2], []], 4, TokenSkip(FastVConfig(k=1, r=0.5)))
-    assert two.splits == (1, 2, 3) and two.ranks_at == (1, 2)     # rung 0's K ends at block 1
+def test_layout_refuses_a_rung_too_short_for_the_token_settings():
+    assert ladder_layout(RUNGS, 4, FASTV).kept == (0, 1, 2, 3)
     assert ladder_layout([[0, 2, 3], [2, 3]], 4).kept == (0, 1)
     with pytest.raises(BundleError, match=r'^rung 0 keeps 1 decoder blocks: FastV K=1 needs '
                                           'more; choose a smaller K'):
         ladder_layout([[1, 2, 3], []], 4, TokenSkip(FastVConfig(k=1, r=0.5)))
+    with pytest.raises(BundleError, match=r'^rung 0 keeps 1 decoder blocks: KV removal from '
+                                          'layer 1 is past its last one$'):
+        ladder_layout([[1, 2, 3], []], 4, TokenSkip(kv_ratio=0.5, kv_start=1))
 
 
 @pytest.fixture(scope='module')
@@ -78,17 +70,23 @@ def ladder_bundle(tiny_model_dir, tiny_ladder, tmp_path_factory) -> Path:
 
 
 def test_ladder_bundle_manifest_and_validation(ladder_bundle):
+    """Each rung has its own graphs, split as its plan bundle would be (FastV K=1 of its own)."""
     m = load_bundle(ladder_bundle).manifest
-    assert FORMAT.endswith('@4') and m.decoder.num_layers == 4 and m.blocks_removed == [3]
+    assert FORMAT.endswith('@5') and m.decoder.num_layers == 3 and m.blocks_removed == [3]
     assert [(s.first, s.stop, s.last, s.ranks) for s in m.segments] == [
-        (0, 1, False, True), (1, 2, False, False), (2, 3, False, False), (3, 4, False, False)]
-    assert [r.segments for r in m.ladder.rungs] == [(0, 2), (0, 1, 2), (0, 1, 2, 3)]
-    assert m.ladder.plan_rung == 1 and m.ladder.head == HEAD
+        (0, 1, False, True), (1, 2, True, False),              # rung 0: blocks 0, 2
+        (0, 1, False, True), (1, 3, True, False),              # rung 1 (the plan): 0, 1, 2
+        (0, 1, False, True), (1, 4, True, False)]              # rung 2: all four
+    assert [r.segments for r in m.ladder.rungs] == [(0, 1), (2, 3), (4, 5)]
+    assert [s.portable for s in m.segments[2:4]] == ['decoder.rung1.onnx', 'decoder.rung1.1.onnx']
+    assert m.segments[5].fused == 'decoder.rung2.fused.1.onnx'
+    assert m.ladder.plan_rung == 1 and m.ladder.weights == WEIGHTS_FILE
     for rung in m.ladder.rungs:        # each rung's text == the torch model pruned to it
         assert rung.validation == {'identical_text': '3/3', 'fused_identical_text': '3/3'}
     assert m.validation['passed'] and m.validation['identical_text'] == '3/3'
     checks = m.validation['checks']
     assert sum('greedy text' in c for c in checks) == 6 and all(c[0] == '✓' for c in checks)
+    assert sum('TensorRT ops' in c for c in checks) == 1 + 6     # vision + every rung's graphs
 
 
 def test_each_rung_runs_as_its_pruned_torch_model_and_switches_per_request(
@@ -116,26 +114,53 @@ def test_each_rung_runs_as_its_pruned_torch_model_and_switches_per_request(
         [texts[2], texts[0]]
 
 
-def test_one_copy_of_the_weights(ladder_bundle, tiny_model):
-    """Each graph kind holds every block's matrices once; the lm_head only head.npz."""
+def test_one_copy_of_the_weights(ladder_bundle):
+    """weights.bin holds each weight once; every graph points into it; memory holds it once."""
     import onnx
-    model, _ = tiny_model
-    text = model.model.language_model
-    blocks = sum(p.numel() for b in text.layers for p in b.parameters() if p.dim() == 2)
+    from ros2_gmskip.exporters.shared_weights import MIN_BYTES
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
     m = load_bundle(ladder_bundle).manifest
 
-    def matrices(names: list[str]) -> int:
-        total = 0
+    def shared(names: list[str]) -> set[str]:
+        keys = set()
         for name in names:
-            graph = onnx.load(str(ladder_bundle / name)).graph
-            total += sum(int(np.prod(t.dims)) for t in graph.initializer
-                         if len(t.dims) == 2 and t.name not in ROPE_TABLES)
-        return total
+            graph = onnx.load(str(ladder_bundle / name), load_external_data=False).graph
+            for t in graph.initializer:
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    where = {e.key: e.value for e in t.external_data}
+                    assert where['location'] == WEIGHTS_FILE
+                    assert int(where['offset']) == m.ladder.tensors[t.name].offset
+                    keys.add(t.name)
+                else:                                  # only small constants stay inline
+                    assert len(t.raw_data) < MIN_BYTES, (name, t.name)
+        return keys
 
-    assert matrices([s.portable for s in m.segments]) == blocks
-    assert matrices([s.fused for s in m.segments]) == blocks
-    with np.load(ladder_bundle / HEAD) as head:
-        assert head['lm_head'].shape == tuple(model.lm_head.weight.shape)
+    rungs = [[m.segments[i] for i in r.segments] for r in m.ladder.rungs]
+    deepest = {kind: shared([getattr(s, kind) for s in rungs[-1]]) for kind in ('portable',
+                                                                                'fused')}
+    for rung in rungs[:-1]:            # a shallower rung's weights are all the deepest one's
+        for kind, keys in deepest.items():
+            assert shared([getattr(s, kind) for s in rung]) <= keys
+    assert set(m.ladder.tensors) == deepest['portable'] | deepest['fused']
+    size = (ladder_bundle / WEIGHTS_FILE).stat().st_size
+    held = sum(t.nbytes for t in m.ladder.tensors.values())
+    assert held <= size < held + 64 * len(m.ladder.tensors)            # alignment padding only
+    backend = OrtBackend(ladder_bundle, threads=1)
+    assert backend.shared_weights.nbytes == held                 # one buffer for every session
+
+
+def test_a_truncated_weights_file_is_one_line(ladder_bundle, tmp_path):
+    import shutil
+    from ros2_gmskip.runtime.ort_backend import OrtBackend
+    cut = tmp_path / 'cut'
+    shutil.copytree(ladder_bundle, cut)
+    data = (cut / WEIGHTS_FILE).read_bytes()
+    (cut / WEIGHTS_FILE).write_bytes(data[:len(data) // 2])
+    with pytest.raises(BundleError, match=f'{WEIGHTS_FILE} sha256 mismatch'):
+        OrtBackend(cut, threads=1)
+    with pytest.raises(BundleError, match=rf"{WEIGHTS_FILE} ends at byte {len(data) // 2}, a "
+                                          r'tensor lies at \d+\.\.\d+ \(truncated\?\): re-run'):
+        OrtBackend(cut, threads=1, verify=False)
 
 
 def test_bad_rung_and_old_bundles_are_one_line(ladder_bundle, tiny_bundle, tmp_path):
@@ -152,7 +177,7 @@ def test_bad_rung_and_old_bundles_are_one_line(ladder_bundle, tiny_bundle, tmp_p
     data = json.loads((old / 'manifest.json').read_text())
     data['format'] = 'ros2_gmskip/onnx-bundle@2'
     (old / 'manifest.json').write_text(json.dumps(data))
-    with pytest.raises(BundleError, match='has format 2, this version reads 4: re-run '):
+    with pytest.raises(BundleError, match='has format 2, this version reads 5: re-run '):
         OrtBackend(old, threads=1)
 
 

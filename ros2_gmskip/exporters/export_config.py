@@ -67,9 +67,7 @@ class ExportConfig:
 
     A bundle without token skipping has one segment (decoder.onnx: embeddings -> logits). FastV
     and KV removal from a layer split the decoder there (`splits`; onnx_export.py says why). A
-    plan-ladder bundle (`head`) also splits where its rungs differ: every segment then ends in
-    the residual stream (the numpy head follows a rung's last segment), and every rung's FastV K
-    is a ranking split (`ranks_at`).
+    plan-ladder bundle has one such config per rung (exporters/ladder_export.py).
     """
 
     family: str
@@ -87,9 +85,6 @@ class ExportConfig:
     rank_at: int | None = None       # FastV K: the segment ending here outputs attention
     pixel_shape: tuple[int, ...] | None = None   # vision input; None: (batch, 3, H, W)
     position_rows: int = 1           # 3: M-RoPE position_ids (3, batch, seq)
-    ranks_at: tuple[int, ...] = ()   # ladder bundles: every rung's FastV K (splits, in bundle
-    #                                  block numbers)
-    head: bool = False               # ladder bundles: no segment ends in logits
     segments: list[Segment] = field(init=False)
     graphs: dict[str, GraphSpec] = field(init=False)     # vision and each segment's name
 
@@ -104,12 +99,12 @@ class ExportConfig:
         if bad or list(self.splits) != sorted(set(self.splits)):
             raise ModelLoadError(f'decoder splits {list(self.splits)} must be increasing block '
                                  f'indices in 1..{d.num_layers - 1}')
-        ranks = set(self.ranks_at) | ({self.rank_at} if self.rank_at is not None else set())
+        ranks = {self.rank_at} if self.rank_at is not None else set()
         if not ranks <= set(self.splits):
             raise ModelLoadError(f'FastV K={sorted(ranks)} must be among the splits')
         bounds = [0, *self.splits, d.num_layers]
         self.segments = [Segment(first=first, stop=stop,
-                                 last=stop == d.num_layers and not self.head,
+                                 last=stop == d.num_layers,
                                  ranks=stop in ranks, portable=portable_file(i))
                          for i, (first, stop) in enumerate(zip(bounds, bounds[1:]))]
         images = BATCH if self.pixel_shape is None else 1     # patch rows: one image
@@ -184,13 +179,12 @@ def rope_parameters(text_config: Any) -> dict:
 def export_config_for(config: Any, num_layers: int | None = None, opset: int = DEFAULT_OPSET,
                       image_size: tuple[int, int] | None = None, splits: tuple[int, ...] = (),
                       rank_at: int | None = None, num_image_tokens: int | None = None,
-                      pixel_shape: tuple[int, ...] | None = None, ranks_at: tuple[int, ...] = (),
-                      head: bool = False) -> ExportConfig:
+                      pixel_shape: tuple[int, ...] | None = None) -> ExportConfig:
     """
     Return the ExportConfig of a VLM config.
 
     After pruning, pass the remaining `num_layers`; for token skipping, the decoder `splits` and
-    FastV's K as `rank_at`; for a plan ladder, every rung's K as `ranks_at` and `head`. Qwen
+    FastV's K as `rank_at`. Qwen
     (MROPE_FAMILIES): the layout fixed for the camera (exporters/qwen_vision.py) as `image_size`
     (resized), `num_image_tokens`, `pixel_shape`.
     """
@@ -242,5 +236,4 @@ def export_config_for(config: Any, num_layers: int | None = None, opset: int = D
     return ExportConfig(family=family, decoder_type=decoder_type, image_size=tuple(image_size),
                         num_image_tokens=int(num_image_tokens), decoder=shape, opset=opset,
                         splits=tuple(splits), rank_at=rank_at, pixel_shape=pixel_shape,
-                        position_rows=3 if family in MROPE_FAMILIES else 1,
-                        ranks_at=tuple(ranks_at), head=head)
+                        position_rows=3 if family in MROPE_FAMILIES else 1)

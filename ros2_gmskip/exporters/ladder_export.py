@@ -13,45 +13,42 @@
 # limitations under the License.
 
 """
-Lay a plan ladder out on decoder segments: one bundle that runs every rung (`export --ladder`).
+Lay a plan ladder out as one bundle: every rung its own decoder graphs, the weights once.
 
-The bundle holds the least-pruned rung's decoder (the deepest rung: its blocks removed at
-export), split wherever the nested rungs differ, so every segment is a run of blocks that each
-rung keeps whole or skips whole; a rung is the list of segments it runs. A skipped block is the
-identity on the residual stream, so the segment after a skipped one reads the stream as it is,
-and each segment keeps its own cache. No segment ends in logits: the final norm and lm_head are
-`head.npz`, applied (numpy) after whichever segment ends the rung, so no weight is held twice.
+Each rung is exported as the plan bundle of that rung would be (its blocks removed, its token
+skipping's splits counted in its own blocks, the last graph ending in logits), under its own
+file names (`decoder.rung2.onnx`, `decoder.rung2.fused.1.onnx`, ...), so a rung runs exactly as
+many graphs as a plan bundle and costs what one costs. The rungs share their blocks' weights:
+`share_weights` (exporters/shared_weights.py) stores every large initializer once in
+weights.bin, and the runtime holds that file once for every session (runtime/shared_weights.py).
 
-Token skipping counts a rung's own blocks: FastV's K is after the rung's K-th kept block, KV
-removal starts at its s-th; both become splits (FastV's a ranking split) for every rung.
-
-    layout = ladder_layout(rung_blocks, num_blocks=16, token_skip=ts)
-    layout.base, layout.splits, layout.ranks_at, layout.rung_segments
+    layout = ladder_layout(rung_blocks, num_blocks=16, token_skip=ts)   # checks, block numbers
+    rungs = export_rungs(model, folder, layout, make_config, export_decoder, stage)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+import shutil
+from typing import Callable, Sequence
 
-import numpy as np
+from ros2_gmskip.bundle_format import (FusedDecoder, GraphSpec, rung_file, Segment, SharedTensor,
+                                       WEIGHTS_FILE)
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.tokenskip.settings import TokenSkip
 
 
 @dataclass(frozen=True)
 class LadderLayout:
-    """Where a ladder bundle's decoder splits, in the bundle's (least-pruned) block numbers."""
+    """A ladder's rungs in the numbers of the model exported (the deepest rung's blocks)."""
 
     base: tuple[int, ...]                   # full-model blocks every rung removes (exported out)
-    kept: tuple[int, ...]                   # bundle block j is full-model block kept[j]
-    splits: tuple[int, ...]                 # segment boundaries in 1..len(kept)-1
-    ranks_at: tuple[int, ...]               # boundaries that end a rung's FastV K
-    rung_segments: tuple[tuple[int, ...], ...]   # per rung: the segment indices it runs
+    kept: tuple[int, ...]                   # exported block j is full-model block kept[j]
+    rungs: tuple[tuple[int, ...], ...]      # per rung: its removed full-model blocks
 
     def bundle_blocks(self, removed: Sequence[int]) -> list[int]:
-        """Return the bundle block indices of full-model blocks `removed` (beyond the base)."""
+        """Return the exported block indices of full-model blocks `removed` (beyond the base)."""
         drop = set(removed)
         return [j for j, b in enumerate(self.kept) if b in drop]
 
@@ -59,52 +56,95 @@ class LadderLayout:
 def ladder_layout(rungs: Sequence[Sequence[int]], num_blocks: int,
                   token_skip: TokenSkip = TokenSkip()) -> LadderLayout:
     """
-    Return the segments a ladder bundle needs for `rungs` (removed blocks, fastest first).
+    Return the layout of `rungs` (removed blocks, fastest first; nested: runtime.ladder checks).
 
-    The rungs must be nested (runtime.ladder.Ladder checks it). BundleError, one line, when a
-    rung keeps too few blocks for the token settings.
+    BundleError, one line, when a rung keeps too few blocks for the token settings.
     """
     base = tuple(sorted(rungs[-1]))
     kept = tuple(b for b in range(num_blocks) if b not in set(base))
-    L = len(kept)
-    splits: set[int] = set()
-    ranks: set[int] = set()
-    own_blocks = []
+    fastv = token_skip.fastv
     for i, removed in enumerate(rungs):
-        drop = set(removed)
-        for j in range(1, L):                       # where this rung starts or stops skipping
-            if (kept[j - 1] in drop) != (kept[j] in drop):
-                splits.add(j)
-        own = [j for j in range(L) if kept[j] not in drop]      # bundle blocks it runs
-        own_blocks.append(own)
-        fastv = token_skip.fastv
-        if fastv is not None and fastv.r > 0 and fastv.k >= len(own):
-            raise BundleError(f'rung {i} keeps {len(own)} decoder blocks: FastV K={fastv.k} '
-                              'needs more; choose a smaller K or a ladder without that rung')
-        if token_skip.kv_ratio and token_skip.kv_start >= len(own):
-            raise BundleError(f'rung {i} keeps {len(own)} decoder blocks: KV removal from layer '
+        own = num_blocks - len(set(removed))
+        if fastv is not None and fastv.r > 0 and fastv.k >= own:
+            raise BundleError(f'rung {i} keeps {own} decoder blocks: FastV K={fastv.k} needs '
+                              'more; choose a smaller K or a ladder without that rung')
+        if token_skip.kv_ratio and token_skip.kv_start >= own:
+            raise BundleError(f'rung {i} keeps {own} decoder blocks: KV removal from layer '
                               f'{token_skip.kv_start} is past its last one')
-        points, rank_at = token_skip.splits(len(own))
-        splits.update(own[p - 1] + 1 for p in points)   # after the rung's p-th block
-        if rank_at is not None:
-            ranks.add(own[rank_at - 1] + 1)
-    bounds = [0, *sorted(splits), L]
-    segments = list(zip(bounds, bounds[1:]))
-    rung_segments = tuple(tuple(s for s, (first, _) in enumerate(segments) if first in own)
-                          for own in map(set, own_blocks))
-    return LadderLayout(base=base, kept=kept, splits=tuple(sorted(splits)),
-                        ranks_at=tuple(sorted(ranks)), rung_segments=rung_segments)
+    return LadderLayout(base=base, kept=kept,
+                        rungs=tuple(tuple(sorted(r)) for r in rungs))
 
 
-def write_head(model, path: Path) -> Path:
-    """Write the decoder's final RMSNorm and lm_head as `head.npz` (float32, no pickle)."""
-    from ros2_gmskip.vlm.llama_block import rms_eps
+@dataclass
+class RungGraphs:
+    """What export_rungs wrote: every rung's segments (renamed), graphs, fused record, weights."""
 
-    text = model.model.language_model
-    if getattr(model.lm_head, 'bias', None) is not None:
-        raise BundleError("export --ladder: this model's lm_head has a bias, which head.npz "
-                          'does not carry: export without --ladder')
-    np.savez(path, norm_weight=text.norm.weight.detach().float().numpy(),
-             lm_head=model.lm_head.weight.detach().float().numpy(),
-             eps=np.array(rms_eps(text.norm), dtype=np.float32))
-    return path
+    segments: list[Segment]                  # rung by rung
+    rung_segments: list[tuple[int, ...]]     # per rung: its indices into `segments`
+    configs: list                            # per rung: its ExportConfig, segments renamed
+    graphs: dict[str, GraphSpec]             # every segment's portable graph interface
+    fused: FusedDecoder | None
+    tensors: dict[str, SharedTensor]         # weights.bin's table
+
+
+def _renamed(seg: Segment, rung: int) -> Segment:
+    """Return `seg` with every graph file under rung `rung`'s own name."""
+    return replace(seg, **{k: rung_file(rung, getattr(seg, k)) for k in
+                           ('portable', 'fused', 'fused_prefill', 'fused_step')
+                           if getattr(seg, k)})
+
+
+def _merged(records: list[FusedDecoder | None]) -> FusedDecoder | None:
+    """Return one fused record for all rungs (nodes and quantized MatMuls summed)."""
+    if records[0] is None:
+        return None
+    first = records[0]
+    quantization = first.quantization and {
+        **first.quantization, 'matmuls': sum(r.quantization['matmuls'] for r in records)}
+    return replace(first, nodes=sum(r.nodes for r in records), quantization=quantization,
+                   ops=tuple(sorted({op for r in records for op in r.ops})))
+
+
+def export_rungs(model, folder: Path, layout: LadderLayout, make_config: Callable[[int], object],
+                 export_decoder: Callable, stage: Callable[[str], None]) -> RungGraphs:
+    """
+    Export every rung's decoder graphs into `folder`, then store their weights once.
+
+    `model` holds the deepest rung's blocks; each rung's extra blocks are taken out while it is
+    exported. `make_config(num_layers)` returns the rung's ExportConfig (its splits);
+    `export_decoder(model, folder, config)` writes one decoder's graphs under plan-bundle names
+    and returns (segments, fused record), as for a plan (onnx_export.py).
+    """
+    from ros2_gmskip.exporters.shared_weights import share_weights
+    from ros2_gmskip.vlm.blocks import temporarily_removed
+    from ros2_gmskip.vlm.families import language_model
+
+    out = RungGraphs(segments=[], rung_segments=[], configs=[], graphs={}, fused=None,
+                     tensors={})
+    fused = []
+    for i, removed in enumerate(layout.rungs):
+        with temporarily_removed(model, layout.bundle_blocks(removed)):
+            config = make_config(len(language_model(model).layers))
+            stage(f'rung {i}: {len(removed)} blocks removed, {config.decoder.num_layers} kept')
+            scratch = Path(folder) / f'.rung{i}'
+            scratch.mkdir()
+            segments, record = export_decoder(model, scratch, config)
+        renamed = [_renamed(seg, i) for seg in segments]
+        for seg, new in zip(segments, renamed):
+            for old_name, new_name in zip(seg.files(), new.files()):
+                (scratch / old_name).rename(Path(folder) / new_name)
+        shutil.rmtree(scratch)
+        graphs = {new.name: config.graphs[seg.name] for seg, new in zip(segments, renamed)}
+        config.segments = renamed
+        config.graphs = {'vision': config.graphs['vision'], **graphs}
+        start = len(out.segments)
+        out.segments += renamed
+        out.rung_segments.append(tuple(range(start, len(out.segments))))
+        out.configs.append(config)
+        out.graphs.update(graphs)
+        fused.append(record)
+    out.fused = _merged(fused)
+    files = [f for seg in out.segments for f in seg.files()]
+    stage(f'storing the weights of {len(files)} rung graphs once ({WEIGHTS_FILE})')
+    out.tensors = share_weights(Path(folder), files)
+    return out

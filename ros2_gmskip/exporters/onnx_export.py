@@ -34,8 +34,9 @@ from the weights with ORT's fused ops and an in-place KV cache (exporters/fused_
 why; a token-skipping bundle gets one such graph per segment, with explicit positions); TensorRT
 always builds from decoder.onnx.
 
-A plan ladder (`ladder=`, export --ladder) exports its least-pruned rung split where the rungs
-differ, the final norm + lm_head as head.npz instead of in a graph (exporters/ladder_export.py).
+A plan ladder (`ladder=`, export --ladder) exports every rung's decoder as its own plan bundle
+would have it, under rung names, its weights stored once in weights.bin
+(exporters/ladder_export.py).
 
 The token embedding lookup is not a graph: the table is saved as embed_tokens.npy and the runtime
 indexes it with numpy (a gather is all it is; a graph would cost a session run per token).
@@ -88,10 +89,10 @@ import warnings
 
 import numpy as np
 from ros2_gmskip.bundle_format import (BundleRung, DRAFT, EMBED, FUSED, fused_file,
-                                       fused_prefill_file, fused_step_file, FusedDecoder, HEAD,
+                                       fused_prefill_file, fused_step_file, FusedDecoder,
                                        LadderRecord, MANIFEST, Manifest, PlanRecord, Segment,
                                        sha256_file, SourceModel, TOKENIZER, VISION, WEIGHTS,
-                                       write_manifest)
+                                       WEIGHTS_FILE, write_manifest)
 from ros2_gmskip.errors import BundleError, ModelLoadError
 from ros2_gmskip.exporters import manifest as mf
 from ros2_gmskip.exporters.export_config import (
@@ -173,12 +174,11 @@ class DecoderForExport(nn.Module):
     """
 
     def __init__(self, model: nn.Module, first: int = 0, stop: int | None = None,
-                 ranks: bool = False, last: bool | None = None) -> None:
+                 ranks: bool = False) -> None:
         super().__init__()
         text = language_model(model)
         stop = len(text.layers) if stop is None else stop
-        last = stop == len(text.layers) if last is None else last    # False: a ladder's head
-        self.first, self.last, self.ranks = first, last, ranks
+        self.first, self.last, self.ranks = first, stop == len(text.layers), ranks
         self.layers = text.layers[first:stop]            # a segment: blocks [first, stop)
         self.norm = text.norm
         self.lm_head = model.lm_head
@@ -272,6 +272,41 @@ def _export_fused(model, folder: Path, length: int, weights: str, segments: list
         quantization=None if weights == 'fp32' else quantize_settings(weights, matmuls),
         opset=FUSED_OPSET, nodes=nodes, ops=tuple(sorted(ops)))
     return out, record
+
+
+def _export_decoder(model, folder: Path, config: ExportConfig, removed: str, *, fused: bool,
+                    fused_weights: str, fused_max_length: int | None, explicit: bool,
+                    stage) -> tuple[list[Segment], FusedDecoder | None]:
+    """
+    Write the decoder's graphs for `config` into `folder`: portable, and (`fused`) fused.
+
+    Return the segments naming their files, and the fused record (None: no fused graph, with a
+    log line saying why). `explicit`: explicit-position fused
+    graphs (token skipping, M-RoPE); `removed` describes the pruning in the stage lines.
+    """
+    num_layers = config.decoder.num_layers
+    for seg in config.segments:
+        part = '' if len(config.segments) == 1 else f'blocks {seg.first}..{seg.stop - 1} of '
+        stage(f'exporting {seg.portable} ({part}{num_layers} blocks{removed})')
+        graph = config.graphs[seg.name]
+        _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks),
+                      _dummy_decoder_inputs(config, seg), folder / seg.portable, graph.inputs,
+                      graph.outputs, config.opset)
+    if not fused:
+        return list(config.segments), None
+    reason = fused_unsupported(model)
+    if reason and fused_weights != 'fp32':
+        raise BundleError(f'--fused-weights {fused_weights} needs the fused decoder, and this '
+                          f'model gets none ({reason}): export without it')
+    if reason:
+        log.warning('no fused ONNX Runtime decoder for this model (%s): the runtime uses '
+                    'decoder.onnx', reason)
+        return list(config.segments), None
+    text_cfg = model.config.get_text_config(decoder=True)
+    length = fused_max_length or min(
+        int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
+    return _export_fused(model, folder, length, fused_weights, list(config.segments), explicit,
+                         stage)
 
 
 def resolve_plan(plan: Path | None, model_dir: Path, removed_blocks: list[int] | None,
@@ -378,15 +413,17 @@ def _load_ladder(path: Path, model_dir: Path, plan: Path | None,
     return loaded
 
 
-def _ladder_record(loaded, layout, path: Path, validation: list[dict] | None) -> LadderRecord:
+def _ladder_record(loaded, rung_graphs, path: Path, validation: list[dict] | None
+                   ) -> LadderRecord:
     """Return the manifest's `ladder` entry (`validation`: per rung, from validate.py)."""
     runtime = loaded.runtime()
     rungs = tuple(BundleRung(removed_blocks=tuple(r.removed_blocks), segments=segs,
                              score=r.score, flops_ratio=r.flops_ratio,
-                             validation=None if validation is None else validation[i])
-                  for i, (r, segs) in enumerate(zip(runtime.rungs, layout.rung_segments)))
+                             validation=validation[i] if validation else None)
+                  for i, (r, segs) in enumerate(zip(runtime.rungs, rung_graphs.rung_segments)))
     return LadderRecord(rungs=rungs, plan_rung=runtime.plan_rung, num_blocks=runtime.num_blocks,
-                        head=HEAD, path=str(Path(path).resolve()), sha256=sha256_file(path))
+                        weights=WEIGHTS_FILE, tensors=rung_graphs.tensors,
+                        path=str(Path(path).resolve()), sha256=sha256_file(path))
 
 
 def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
@@ -477,23 +514,23 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
     if layout is None and token_skip.kv_ratio and token_skip.kv_start >= num_layers:
         raise BundleError(f'KV removal from layer {token_skip.kv_start} is past the last of the '
                           f'{num_layers} decoder blocks')
-    splits, rank_at = token_skip.splits(num_layers)
     camera = tuple(camera_size) if camera_size else validate.scene_images(1)[0].shape[:2]
     qwen_grid = None
     if family_of_config(model.config) in MROPE_FAMILIES:     # token skipping: refused above
         qwen_grid = qwen_vision.qwen_layout(model, processor, camera, prompt_text)
         stage(f'{camera[0]}x{camera[1]} frames: patch grid '
               f'{list(qwen_grid.mrope.grid_thw)}, {qwen_grid.num_image_tokens} image tokens')
-    ranks_at: tuple[int, ...] = ()
-    if layout is not None:                       # a ladder: every rung's splits and FastV K
-        splits, rank_at, ranks_at = layout.splits, None, layout.ranks_at
     preprocess = (qwen_grid.preprocess if qwen_grid
                   else mf.preprocess_entry(processor.image_processor, camera))
-    config = export_config_for(model.config, num_layers=num_layers, opset=opset,
-                               image_size=preprocess.size, splits=splits, rank_at=rank_at,
-                               num_image_tokens=qwen_grid and qwen_grid.num_image_tokens,
-                               pixel_shape=qwen_grid and qwen_grid.pixel_shape,
-                               ranks_at=ranks_at, head=layout is not None)
+
+    def make_config(layers: int) -> ExportConfig:        # a ladder: once per rung
+        splits, rank_at = token_skip.splits(layers)
+        return export_config_for(model.config, num_layers=layers, opset=opset,
+                                 image_size=preprocess.size, splits=splits, rank_at=rank_at,
+                                 num_image_tokens=qwen_grid and qwen_grid.num_image_tokens,
+                                 pixel_shape=qwen_grid and qwen_grid.pixel_shape)
+
+    config = make_config(num_layers)
     model.eval()
     if hasattr(model, 'set_attn_implementation'):
         model.set_attn_implementation('eager')                    # plain ops in the vision graph
@@ -505,35 +542,22 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         vision = config.graphs['vision']
         _export_graph(vision_module(model, config, qwen_grid), _dummy_vision_inputs(config),
                       tmp / VISION, vision.inputs, vision.outputs, opset)
-        removed = f', {len(blocks)} {stack} blocks removed' if blocks else ''
-        for seg in config.segments:
-            part = '' if len(config.segments) == 1 else f'blocks {seg.first}..{seg.stop - 1} of '
-            stage(f'exporting {seg.portable} ({part}{num_layers} blocks{removed})')
-            graph = config.graphs[seg.name]
-            _export_graph(DecoderForExport(model, seg.first, seg.stop, seg.ranks, seg.last),
-                          _dummy_decoder_inputs(config, seg), tmp / seg.portable, graph.inputs,
-                          graph.outputs, opset)
-        segments, fused_record = list(config.segments), None
-        if fused:
-            reason = fused_unsupported(model)
-            if reason and fused_weights != 'fp32':
-                raise BundleError(f'--fused-weights {fused_weights} needs the fused decoder, and '
-                                  f'this model gets none ({reason}): export without it')
-            if reason:
-                log.warning('no fused ONNX Runtime decoder for this model (%s): the runtime uses '
-                            'decoder.onnx', reason)
-            else:
-                text_cfg = model.config.get_text_config(decoder=True)
-                length = fused_max_length or min(
-                    int(getattr(text_cfg, 'max_position_embeddings', 0) or 2048), 2048)
-                explicit = (not token_skip.is_off or qwen_grid is not None     # FastV; M-RoPE;
-                            or layout is not None)                          # a ladder's splits
-                segments, fused_record = _export_fused(model, tmp, length, fused_weights,
-                                                       segments, explicit, stage)
+        removed = f', {len(blocks)} {stack} blocks removed' if blocks and not layout else ''
+        explicit = not token_skip.is_off or qwen_grid is not None    # FastV, M-RoPE positions
+
+        def export_decoder(model, folder: Path, config: ExportConfig):
+            return _export_decoder(model, folder, config, removed, fused=fused,
+                                   fused_weights=fused_weights, fused_max_length=fused_max_length,
+                                   explicit=explicit, stage=stage)
+
+        if layout is None:
+            segments, fused_record = export_decoder(model, tmp, config)
+        else:                              # a ladder: every rung's graphs, the weights once
+            from ros2_gmskip.exporters.ladder_export import export_rungs
+            rung_graphs = export_rungs(model, tmp, layout, make_config, export_decoder, stage)
+            segments, fused_record = rung_graphs.segments, rung_graphs.fused
+            config = rung_graphs.configs[loaded_ladder.runtime().plan_rung]   # validated below
         np.save(tmp / EMBED, embedding_table(model), allow_pickle=False)       # (V, C)
-        if layout is not None:
-            from ros2_gmskip.exporters.ladder_export import write_head
-            write_head(model, tmp / HEAD)
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, tmp / name)
@@ -566,14 +590,17 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'),
             source_model=SourceModel(path=str(model_dir.resolve()),
                                      sha256=weights_sha256(model_dir)),
-            plan=plan_record, opset=opset, files=mf.file_hashes(tmp), graphs=config.graphs,
+            plan=plan_record, opset=opset, files=mf.file_hashes(tmp),
+            graphs=config.graphs if layout is None else {'vision': config.graphs['vision'],
+                                                         **rung_graphs.graphs},
             tokens=mf.tokens_entry(processor, model.config, model.generation_config,
                                    num_image_tokens, prompt_text, image_text, suffix),
             preprocess=preprocess, decoder=config.decoder, token_skip=token_skip,
             segments=tuple(segments), fused=fused_record, mrope=qwen_grid and qwen_grid.mrope,
             draft=DRAFT if (tmp / DRAFT).is_file() else None, validation=None,
             versions=mf.versions(),
-            ladder=None if layout is None else _ladder_record(loaded_ladder, layout, ladder, None))
+            ladder=None if layout is None else _ladder_record(loaded_ladder, rung_graphs, ladder,
+                                                              None))
         write_manifest(tmp, manifest)
 
         t = time.perf_counter()
@@ -581,11 +608,12 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
         report = validate.validate_bundle(tmp, model, processor, config, n_scenes=validate_n,
                                           prompt=prompt, max_new_tokens=max_new_tokens,
                                           threads=threads, on_check=on_check, stage=stage,
-                                          lint=trt_ops.lint_graph, ladder=layout)
+                                          lint=trt_ops.lint_graph,
+                                          ladder=layout and (layout, rung_graphs))
         seconds['validate'] = time.perf_counter() - t
         manifest = replace(manifest, validation=report.to_manifest())
         if layout is not None:
-            manifest = replace(manifest, ladder=_ladder_record(loaded_ladder, layout, ladder,
+            manifest = replace(manifest, ladder=_ladder_record(loaded_ladder, rung_graphs, ladder,
                                                                report.rungs or None))
         write_manifest(tmp, manifest)
         failures = [c for c in report.checks if not c.ok]

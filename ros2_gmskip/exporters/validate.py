@@ -36,9 +36,10 @@ A decoder split into segments (token skipping) is checked segment by segment in 
 unpruned, as a whole against the HF decoder in 4 (hidden states and the FastV attention output at
 each split against `output_hidden_states` / `output_attentions`).
 
-A plan-ladder bundle (`ladder`, exporters/ladder_export.py) is checked in 4 as the least-pruned
-rung (every segment, then head.npz for the logits), and in 5 rung by rung: each rung's greedy
-text against the torch model pruned to that rung (its extra blocks taken out for the check).
+A plan-ladder bundle (`ladder`, exporters/ladder_export.py) has every rung's graphs checked in
+1-2, its plan rung's values in 4 (against the torch model pruned to it), and in 5 rung by rung:
+each rung's greedy text against the torch model pruned to that rung (its extra blocks taken out
+for the check).
 
     report = validate_bundle(bundle_dir, model, processor, config, n_scenes=50)
     for check in report.checks: print(check.line())
@@ -150,12 +151,13 @@ def check_fused_graph(path: Path) -> Check:
         return Check(f'{path.name} onnx.checker', False, str(err).splitlines()[0])
 
 
-def check_graphs(bundle_dir: Path, config: ExportConfig,
-                 lint: Callable[[Path], list[str]]) -> list[Check]:
+def check_graphs(bundle_dir: Path, config: ExportConfig, lint: Callable[[Path], list[str]],
+                 segments=None) -> list[Check]:
+    """Check the vision graph and the portable graph of `segments` (default: config's)."""
     import onnx
 
     checks = []
-    for name in (VISION, *[seg.portable for seg in config.segments]):
+    for name in (VISION, *[seg.portable for seg in segments or config.segments]):
         path = Path(bundle_dir) / name
         try:
             onnx.checker.check_model(str(path), full_check=True)
@@ -226,15 +228,14 @@ def _decoder_feed(embeds: np.ndarray, mask: np.ndarray, positions: np.ndarray,
 
 
 def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask: np.ndarray,
-                 positions: np.ndarray, past: list[np.ndarray], only: list[str] | None = None,
-                 head: Callable | None = None) -> tuple[dict[str, np.ndarray], list[Check]]:
+                 positions: np.ndarray, past: list[np.ndarray], only: list[str] | None = None
+                 ) -> tuple[dict[str, np.ndarray], list[Check]]:
     """
     Run every decoder segment in order, no token skipping -> {name: array}.
 
     The names are `logits`, `present.{i}.*` for all blocks and, per split at block s,
     `hidden_states@s` and `last_token_attention@s`; plus one output-shape check per segment.
-    `only=['logits']`: just the logits. `head` (a ladder bundle's runtime.rungs.Head) makes the
-    logits from the last segment's residual stream.
+    `only=['logits']`: just the logits.
     """
     out: dict[str, np.ndarray] = {}
     checks = []
@@ -251,9 +252,6 @@ def run_segments(sessions: list, config: ExportConfig, embeds: np.ndarray, mask:
         for name, value in zip(names, values):
             out[name if seg.last or name.startswith('present.') else f'{name}@{seg.stop}'] = value
         h = values[0]
-    if head is not None:             # HF's last hidden state is normed: compare the logits only
-        out.pop(f'hidden_states@{config.decoder.num_layers}', None)
-        out['logits'] = head(h)
     if only is not None:
         out = {k: v for k, v in out.items() if k in only}
     return out, checks
@@ -280,8 +278,7 @@ def _merge_diffs(diffs: dict[str, float], ours: dict[str, np.ndarray],
 
 
 def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step_ref,
-                 positions: np.ndarray, step_positions: np.ndarray,
-                 head: Callable | None = None) -> dict[str, float]:
+                 positions: np.ndarray, step_positions: np.ndarray) -> dict[str, float]:
     """
     Check the fused runners (ort_runners.FusedRunner, one per segment) against torch.
 
@@ -293,11 +290,10 @@ def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step
     h = np.ascontiguousarray(embeds, dtype=np.float32)
     for runner in runners:
         h = runner.prefill(h, positions).out
-    prefill = h[0, -1] if head is None else head(h[:, -1:])[0, -1]
+    prefill = h[0, -1]
     h = np.ascontiguousarray(step_embeds, dtype=np.float32)
     for runner in runners:
         h = runner.run(h, step_positions, T)
-    h = h if head is None else head(h)
     logits = max(_max_diff(prefill, ref.logits[0, -1].numpy()),
                  _max_diff(h[0, -1], step_ref.logits[0, -1].numpy()))
     buffers = [array for runner in runners for array in runner.arrays]
@@ -308,12 +304,13 @@ def _fused_diffs(runners, embeds: np.ndarray, step_embeds: np.ndarray, ref, step
 
 @torch.no_grad()
 def check_values(backend, model, processor, config: ExportConfig, image: np.ndarray, prompt: str,
-                 report: ValidationReport, fused=None) -> list[Check]:
+                 report: ValidationReport, fused=None, portable=None) -> list[Check]:
     """
     Check preprocessing, prompt ids, and ORT vs PyTorch values for every output.
 
     A segmented decoder is run segment after segment, unpruned, against the whole HF decoder;
     with `fused` (the fused runners) the fused graphs' logits and KV rows are checked too.
+    `portable`: the portable runners of `config`'s segments (default: the backend's).
     """
     from ros2_gmskip.vlm.families import (decode_positions, family_spec, image_features,
                                           merged_image_tokens, position_ids)
@@ -325,11 +322,10 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     pixel_values = inputs['pixel_values']     # Idefics3: (1, tiles, 3, H, W); Qwen: patch rows
     ids = inputs['input_ids']                                             # (1, T)
     T = ids.shape[1]
-    sessions = [runner.session for runner in backend.portable]
+    sessions = [runner.session for runner in (portable or backend.portable)]
     split = len(config.segments) > 1
     extras = {'output_hidden_states': split,
-              'output_attentions': config.rank_at is not None or bool(config.ranks_at)}
-    head = getattr(backend, '_head', None)         # a ladder bundle's norm + lm_head (numpy)
+              'output_attentions': config.rank_at is not None}
     offset = family_spec(model).position_offset          # PaliGemma counts positions from 1:
     graph_positions = positions - offset                 # its graphs add the 1 themselves
     prefix = {} if inputs.get('token_type_ids') is None else {     # PaliGemma's prefix-LM
@@ -374,7 +370,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     L, kv, d = config.decoder.num_layers, config.decoder.num_kv_heads, config.decoder.head_dim
     empty = [np.zeros((1, kv, 0, d), np.float32)] * (2 * L)
     ort, shapes = run_segments(sessions, config, embeds.numpy(), np.ones((1, T)),
-                               graph_positions.numpy(), empty, head=head)
+                               graph_positions.numpy(), empty)
     _merge_diffs(diffs, ort, _reference(ref))
     shape_checks += [Check(f'decoder prefill: {c.name}', c.ok, c.detail) for c in shapes]
 
@@ -387,14 +383,14 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     step_embeds = backend.embed_table[token][None, None]
     past = [ort[f'present.{i}.{k}'] for i in range(L) for k in ('key', 'value')]
     step, shapes = run_segments(sessions, config, step_embeds, np.ones((1, T + 1)),
-                                (step_positions - offset).numpy(), past, head=head)
+                                (step_positions - offset).numpy(), past)
     _merge_diffs(diffs, step, _reference(step_ref))
     shape_checks += [Check(f'decoder step: {c.name}', c.ok, c.detail) for c in shapes]
     fused_checks = []
     if fused is not None:
         fd = _fused_diffs(fused, embeds.numpy(), step_embeds, ref, step_ref,
                           graph_positions.numpy()[..., 0, :],
-                          (step_positions - offset).numpy()[..., 0, :], head)
+                          (step_positions - offset).numpy()[..., 0, :])
         for name, tol in (('logits', config.logits_atol), ('present', config.kv_atol)):
             fused_checks.append(Check(f'fused decoder {name}', fd[name] <= tol,
                                       f'max |onnx - torch| {fd[name]:.1e} (tolerance {tol:.0e}; '
@@ -414,7 +410,7 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
     pos2 = (pos2 - offset).clamp(min=0)
     empty2 = [np.zeros((2, kv, 0, d), np.float32)] * (2 * L)
     ort2 = run_segments(sessions, config, emb2.numpy(), mask2.numpy(), pos2.numpy(), empty2,
-                        only=['logits'], head=head)[0]['logits']
+                        only=['logits'])[0]['logits']
     padded = _max_diff(ort2[0], ref2[0])
     padded = max(padded, _max_diff(ort2[1, pad:], ref2[1, pad:]))         # real tokens only
     tol = config.logits_atol
@@ -422,8 +418,6 @@ def check_values(backend, model, processor, config: ExportConfig, image: np.ndar
 
     # one line per output name (prefill and step together; all segments together)
     specs = {spec.name: spec for graph in config.graphs.values() for spec in graph.outputs}
-    if head is not None:                                      # no graph ends in logits
-        specs['logits'] = TensorSpec('logits', (), atol=config.logits_atol)
     for spec in specs.values():
         value = diffs[spec.name]
         detail = f'max |onnx - torch| {value:.1e} (tolerance {spec.atol:.0e})'
@@ -498,10 +492,12 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
     """
     Run every check on the bundle in `bundle_dir`; the report holds all results (no raising).
 
-    `ladder` (ladder_export.LadderLayout): a ladder bundle, its greedy text checked per rung.
+    `ladder` (ladder_export: the LadderLayout and what export_rungs wrote): a ladder bundle;
+    `config` is then its plan rung's.
     """
     from ros2_gmskip.exporters.trt_ops import lint_graph
     from ros2_gmskip.runtime.ort_backend import OrtBackend
+    from ros2_gmskip.vlm.blocks import temporarily_removed
 
     stage = stage or (lambda text: log.info('%s', text))
     report = ValidationReport()
@@ -512,7 +508,8 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
             if on_check:
                 on_check(c)
 
-    add(check_graphs(bundle_dir, config, lint or lint_graph))
+    layout, rungs = ladder or (None, None)
+    add(check_graphs(bundle_dir, config, lint or lint_graph, rungs and rungs.segments))
     fused = exact = None
     try:
         backend = OrtBackend(Path(bundle_dir), threads=threads, graph='portable')
@@ -525,9 +522,11 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
     except Exception as err:  # noqa: BLE001 - report it as a failed check, with the others
         add([Check('onnxruntime load', False, f'{type(err).__name__}: {err}')])
         return report
+    graphs = config.graphs if rungs is None else {'vision': config.graphs['vision'],
+                                                  **rungs.graphs}
     for name, session in [('vision', backend.vision),
                           *[(r.segment.name, r.session) for r in backend.portable]]:
-        graph = config.graphs[name]
+        graph = graphs[name]
         add(check_interface(name, session, list(graph.inputs), list(graph.outputs)))
     images = scene_images(max(n_scenes, 1))
     if manifest.mrope is not None:           # Qwen: the scenes as the exported camera sees them
@@ -537,8 +536,17 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
     if tiles is not None:                # the frames of the camera the tile grid was fixed for
         from ros2_gmskip.runtime.geometry import pil_resize
         images = [pil_resize(image, *tiles.camera, 'bilinear') for image in images]
-    add(check_values(backend, model, processor, config, images[0], prompt, report,
-                     fused=exact.runners if fused else None))
+    portable, exact_runners = backend.portable, exact and exact.runners
+    removed: list[int] = []
+    if ladder is not None:                       # the plan rung's graphs, the model pruned to it
+        plan = backend.ladder.plan_rung
+        own = rungs.rung_segments[plan]
+        portable = [portable[i] for i in own]
+        exact_runners = exact_runners and [exact_runners[i] for i in own]
+        removed = layout.bundle_blocks(layout.rungs[plan])
+    with temporarily_removed(model, removed):
+        add(check_values(backend, model, processor, config, images[0], prompt, report,
+                         fused=exact_runners, portable=portable))
     references: dict = {}
 
     def record(identical: int, n: int) -> None:
@@ -549,7 +557,7 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
 
     if ladder is not None:
         add(check_rungs(backend, fused, model, processor, images[:n_scenes], prompt,
-                        max_new_tokens, ladder, report, stage))
+                        max_new_tokens, layout, report, stage))
         return report
     add([check_greedy(backend, model, processor, images[:n_scenes], prompt, max_new_tokens,
                       record, stage, references=references)])

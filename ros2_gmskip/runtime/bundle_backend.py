@@ -16,10 +16,10 @@
 Share what the ONNX Runtime and TensorRT backends do alike: the bundle's parts, one describe.
 
 A subclass sets `bundle` (bundle_format.Bundle), calls `_load_parts()` (the embedding table,
-`preprocess`, `tokenizer`, and for a ladder bundle `ladder` and its head), and provides
+`preprocess`, `tokenizer`, and for a ladder bundle its `ladder`), and provides
 `decoder_loop` (decode.DecodeLoop), `rung_loops` (one loop per rung, `_rung_loops`) and
 `image_embeds(pixel_values) -> (1 or tiles, n, C)`. `describe(..., rung=i)` runs rung i of a
-ladder bundle (runtime/rungs.py); without `rung`, the plan's. Every request is checked first
+ladder bundle (its own segments' runners); without `rung`, the plan's. Every request is checked first
 (`check_request`): a blank prompt, or one that with max_new_tokens does not fit the model's
 context, is PromptError.
 """
@@ -54,19 +54,21 @@ class BundleBackend:
         self.preprocess = (geometry.from_manifest(m.preprocess) if m.mrope is None
                            else qwen.GridPatches.from_manifest(m.preprocess, m.mrope))
         self.tokenizer = PromptTokenizer.from_bundle(self.bundle)
-        self.ladder = self._head = None          # runtime.ladder.Ladder of a ladder bundle
+        self.ladder = None                       # runtime.ladder.Ladder of a ladder bundle
         if m.ladder is not None:
-            from ros2_gmskip.runtime.rungs import bundle_ladder, Head
-            self.ladder, self._head = bundle_ladder(self.bundle), Head.load(self.bundle)
+            from ros2_gmskip.runtime.ladder import Ladder
+            record = m.ladder
+            self.ladder = Ladder.from_rungs(
+                [list(r.removed_blocks) for r in record.rungs], record.num_blocks,
+                m.blocks_removed, [r.score for r in record.rungs],
+                [r.flops_ratio for r in record.rungs])
 
     def _rung_loops(self, runners: list, make: Callable[[list, int], Any]) -> list:
-        """Return [make(runners, 0)], or for a ladder bundle make(rung's views, rung) per rung."""
+        """Return [make(runners, 0)], or for a ladder bundle make(its runners, rung) per rung."""
         if self.ladder is None:
             return [make(runners, 0)]
-        from ros2_gmskip.runtime.rungs import rung_loops
-        fastv = self.token_skip.fastv
-        k = fastv.k if fastv is not None and fastv.r > 0 and fastv.k > 0 else None
-        return rung_loops(self.bundle, runners, self._head, k, make)
+        return [make([runners[s] for s in r.segments], i)
+                for i, r in enumerate(self.bundle.manifest.ladder.rungs)]
 
     def _loop(self, rung: int | None) -> Any:
         """Return the decode loop of `rung` (None: the plan's); ValueError if there is none."""
