@@ -336,16 +336,6 @@ class PlanRecord:
 
 
 @dataclass(frozen=True)
-class SharedTensor:
-    """One tensor of a bundle's shared weights file: where it lies, what it is."""
-
-    offset: int                         # bytes from the file's start (64-byte aligned)
-    nbytes: int
-    dtype: str                          # numpy dtype name, e.g. 'float32', 'uint8'
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class BundleRung:
     """One plan-ladder rung of a ladder bundle: its blocks, its own graphs, its validation."""
 
@@ -363,9 +353,7 @@ class LadderRecord:
     rungs: tuple[BundleRung, ...]
     plan_rung: int                      # the calibrated plan: what runs without a choice
     num_blocks: int                     # decoder blocks of the full model
-    weights: str                        # WEIGHTS_FILE: every decoder graph's large weights, once
-    tensors: dict[str, SharedTensor]    # its table: content name -> where (exporters/
-    #                                     shared_weights.py)
+    weights: str                        # WEIGHTS_FILE: every rung graph's large weights, once
     path: str | None = None             # the ladder file exported, and its sha256
     sha256: str | None = None
 
@@ -504,9 +492,7 @@ def _manifest_from_dict(d: dict) -> Manifest:
 def _ladder(d: dict) -> LadderRecord:
     rungs = tuple(_build(BundleRung, r, removed_blocks=tuple(int(b) for b in r['removed_blocks']),
                          segments=tuple(int(s) for s in r['segments'])) for r in d['rungs'])
-    tensors = {name: _build(SharedTensor, t, shape=tuple(int(n) for n in t['shape']))
-               for name, t in d['tensors'].items()}
-    return _build(LadderRecord, d, rungs=rungs, tensors=tensors)
+    return _build(LadderRecord, d, rungs=rungs)
 
 
 # --------------------------------------------------------------------------------------------

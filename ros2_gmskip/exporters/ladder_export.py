@@ -20,7 +20,7 @@ skipping's splits counted in its own blocks, the last graph ending in logits), u
 file names (`decoder.rung2.onnx`, `decoder.rung2.fused.1.onnx`, ...), so a rung runs exactly as
 many graphs as a plan bundle and costs what one costs. The rungs share their blocks' weights:
 `share_weights` (exporters/shared_weights.py) stores every large initializer once in
-weights.bin, and the runtime holds that file once for every session (runtime/shared_weights.py).
+weights.bin, which ONNX Runtime maps into every session (one copy in the page cache).
 
     layout = ladder_layout(rung_blocks, num_blocks=16, token_skip=ts)   # checks, block numbers
     rungs = export_rungs(model, folder, layout, make_config, export_decoder, stage)
@@ -33,8 +33,7 @@ from pathlib import Path
 import shutil
 from typing import Callable, Sequence
 
-from ros2_gmskip.bundle_format import (FusedDecoder, GraphSpec, rung_file, Segment, SharedTensor,
-                                       WEIGHTS_FILE)
+from ros2_gmskip.bundle_format import FusedDecoder, GraphSpec, rung_file, Segment, WEIGHTS_FILE
 from ros2_gmskip.errors import BundleError
 from ros2_gmskip.tokenskip.settings import TokenSkip
 
@@ -77,14 +76,13 @@ def ladder_layout(rungs: Sequence[Sequence[int]], num_blocks: int,
 
 @dataclass
 class RungGraphs:
-    """What export_rungs wrote: every rung's segments (renamed), graphs, fused record, weights."""
+    """What export_rungs wrote: every rung's segments (renamed), graphs and fused record."""
 
     segments: list[Segment]                  # rung by rung
     rung_segments: list[tuple[int, ...]]     # per rung: its indices into `segments`
     configs: list                            # per rung: its ExportConfig, segments renamed
     graphs: dict[str, GraphSpec]             # every segment's portable graph interface
     fused: FusedDecoder | None
-    tensors: dict[str, SharedTensor]         # weights.bin's table
 
 
 def _renamed(seg: Segment, rung: int) -> Segment:
@@ -119,8 +117,7 @@ def export_rungs(model, folder: Path, layout: LadderLayout, make_config: Callabl
     from ros2_gmskip.vlm.blocks import temporarily_removed
     from ros2_gmskip.vlm.families import language_model
 
-    out = RungGraphs(segments=[], rung_segments=[], configs=[], graphs={}, fused=None,
-                     tensors={})
+    out = RungGraphs(segments=[], rung_segments=[], configs=[], graphs={}, fused=None)
     fused = []
     for i, removed in enumerate(layout.rungs):
         with temporarily_removed(model, layout.bundle_blocks(removed)):
@@ -145,6 +142,7 @@ def export_rungs(model, folder: Path, layout: LadderLayout, make_config: Callabl
         fused.append(record)
     out.fused = _merged(fused)
     files = [f for seg in out.segments for f in seg.files()]
-    stage(f'storing the weights of {len(files)} rung graphs once ({WEIGHTS_FILE})')
-    out.tensors = share_weights(Path(folder), files)
+    tensors, nbytes = share_weights(Path(folder), files)
+    stage(f'{WEIGHTS_FILE}: the weights of {len(files)} rung graphs, {tensors} tensors '
+          f'({nbytes / 1e6:.1f} MB), each once')
     return out

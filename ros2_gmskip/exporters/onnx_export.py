@@ -422,7 +422,7 @@ def _ladder_record(loaded, rung_graphs, path: Path, validation: list[dict] | Non
                              validation=validation[i] if validation else None)
                   for i, (r, segs) in enumerate(zip(runtime.rungs, rung_graphs.rung_segments)))
     return LadderRecord(rungs=rungs, plan_rung=runtime.plan_rung, num_blocks=runtime.num_blocks,
-                        weights=WEIGHTS_FILE, tensors=rung_graphs.tensors,
+                        weights=WEIGHTS_FILE,
                         path=str(Path(path).resolve()), sha256=sha256_file(path))
 
 

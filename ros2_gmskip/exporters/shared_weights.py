@@ -19,12 +19,11 @@ A plan-ladder bundle holds one decoder graph per rung, and the rungs share their
 initializer of at least `MIN_BYTES` is named by its content (`w.<sha256 prefix>`), written to
 `weights.bin` once however many graphs use it, and each graph keeps an external-data reference
 (location, offset, length) instead of the bytes. Two initializers of one graph with the same
-content become one. Runtimes read the file once and hand every graph the same tensors
-(runtime/shared_weights.py); engine builders that read ONNX files (onnx.load, TensorRT's parser)
-follow the references.
+content become one. Whoever reads the graphs follows the references: ONNX Runtime maps the
+file's pages (mmap), so every session of every rung reads the same pages of the page cache;
+onnx.load and TensorRT's ONNX parser read the bytes where they point.
 
-    tensors = share_weights(folder, ['decoder.rung0.onnx', 'decoder.rung1.onnx'])
-    # -> {'w.3fa9...': SharedTensor(offset, nbytes, dtype, shape), ...}; weights.bin written
+    tensors, nbytes = share_weights(folder, ['decoder.rung0.onnx', 'decoder.rung1.onnx'])
 """
 
 from __future__ import annotations
@@ -33,10 +32,10 @@ import hashlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ros2_gmskip.bundle_format import SharedTensor, WEIGHTS_FILE
+from ros2_gmskip.bundle_format import WEIGHTS_FILE
 
 MIN_BYTES = 1024            # smaller initializers (shapes, scalars, RoPE rows) stay in the graph
-ALIGN = 64                  # every tensor starts on a 64-byte boundary (aligned numpy views)
+ALIGN = 4096                # every tensor starts on a page: ONNX Runtime maps it, not copies it
 PREFIX = 'w.'
 
 
@@ -50,20 +49,20 @@ def _subgraph_nodes(graph) -> Iterator:
 
 
 def share_weights(folder: Path, graphs: Sequence[str],
-                  weights_file: str = WEIGHTS_FILE) -> dict[str, SharedTensor]:
+                  weights_file: str = WEIGHTS_FILE) -> tuple[int, int]:
     """
     Move the large initializers of `graphs` (files in `folder`) into `weights_file`, each once.
 
     Every graph is rewritten in place: its large initializers renamed to their content name
     (uses in its nodes follow) and stored as external data in `weights_file`. Return the
-    file's table, content name -> SharedTensor, in file order.
+    number of distinct tensors written and their bytes.
     """
     import numpy as np
     import onnx
     from onnx import numpy_helper, TensorProto
 
     folder = Path(folder)
-    table: dict[str, SharedTensor] = {}
+    table: dict[str, tuple[int, int]] = {}           # content name -> (offset, length)
     with open(folder / weights_file, 'wb') as out:
         for name in graphs:
             path = folder / name
@@ -83,15 +82,14 @@ def share_weights(folder: Path, graphs: Sequence[str],
                 if key not in table:
                     pad = -out.tell() % ALIGN
                     out.write(b'\0' * pad)
-                    table[key] = SharedTensor(offset=out.tell(), nbytes=len(data),
-                                              dtype=array.dtype.name, shape=tuple(array.shape))
+                    table[key] = (out.tell(), len(data))
                     out.write(data)
                 if any(t.name == key for t in kept):
                     continue                           # same content twice in this graph: one
                 ref = TensorProto(name=key, data_type=tensor.data_type, dims=tensor.dims,
                                   data_location=TensorProto.EXTERNAL)
-                for k, v in (('location', weights_file), ('offset', table[key].offset),
-                             ('length', table[key].nbytes)):
+                for k, v in (('location', weights_file), ('offset', table[key][0]),
+                             ('length', table[key][1])):
                     entry = ref.external_data.add()
                     entry.key, entry.value = k, str(v)
                 kept.append(ref)
@@ -105,4 +103,4 @@ def share_weights(folder: Path, graphs: Sequence[str],
                 if value.name in renames:
                     value.name = renames[value.name]
             onnx.save(model, str(path))
-    return table
+    return len(table), sum(length for _, length in table.values())

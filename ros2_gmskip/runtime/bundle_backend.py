@@ -19,9 +19,9 @@ A subclass sets `bundle` (bundle_format.Bundle), calls `_load_parts()` (the embe
 `preprocess`, `tokenizer`, and for a ladder bundle its `ladder`), and provides
 `decoder_loop` (decode.DecodeLoop), `rung_loops` (one loop per rung, `_rung_loops`) and
 `image_embeds(pixel_values) -> (1 or tiles, n, C)`. `describe(..., rung=i)` runs rung i of a
-ladder bundle (its own segments' runners); without `rung`, the plan's. Every request is checked first
-(`check_request`): a blank prompt, or one that with max_new_tokens does not fit the model's
-context, is PromptError.
+ladder bundle (the runners of its own segments); without `rung`, the plan's. Every request is
+checked first (`check_request`): a blank prompt, or one that with max_new_tokens does not fit
+the model's context, is PromptError.
 """
 
 from __future__ import annotations

@@ -55,7 +55,6 @@ from ros2_gmskip.runtime.decode import DecodeLoop
 from ros2_gmskip.runtime.draft import DRAFT_TOKENS, NgramDraft
 from ros2_gmskip.runtime.ort_runners import FusedRunner, PortableRunner
 from ros2_gmskip.runtime.results import BackendInfo
-from ros2_gmskip.runtime.shared_weights import SharedWeights
 from ros2_gmskip.tokenskip.settings import TokenSkip
 
 log = logging.getLogger(__name__)
@@ -131,9 +130,6 @@ class OrtBackend(BundleBackend):
             self.options.intra_op_num_threads = int(threads)
             self.options.inter_op_num_threads = 1
         self.options.log_severity_level = 3                  # errors only: no per-node warnings
-        self.shared_weights = SharedWeights.load(self.bundle)      # a ladder: its rungs' weights
-        if self.shared_weights is not None:                        # once for every session
-            self.shared_weights.add_to(self.options)
         self.vision = self._session(self.bundle.file(VISION))
         self._load_parts()                       # embed_table, preprocess, tokenizer
         self.token_skip = m.token_skip if token_skip is None else token_skip

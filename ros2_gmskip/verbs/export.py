@@ -136,9 +136,14 @@ def main(args: argparse.Namespace) -> int:
                            on_stage=stage,
                            on_check=lambda check: print(f'  {check.line()}', flush=True))
     m = result.manifest
-    graphs = [VISION, *[f for seg in m.segments for f in seg.files()]]
+    if m.ladder is None:
+        files = [VISION, *[f for seg in m.segments for f in seg.files()]]
+    else:                                # the rung graphs are small: their weights are shared
+        files = [VISION, m.ladder.weights]
     sizes = ', '.join(f'{name} {(result.path / name).stat().st_size / 2 ** 20:.1f} MiB'
-                      for name in graphs)
+                      for name in files)
+    if m.ladder is not None:
+        sizes += f' and {len(m.segments)} rung graphs ({len(m.ladder.rungs)} rungs)'
     removed = m.blocks_removed
     pruned = f', {len(removed)} blocks removed {removed}' if removed else ''
     v = m.validation
