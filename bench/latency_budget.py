@@ -34,6 +34,8 @@ accuracy on the described frames (the main object named, as `evaluate`), the run
 Goal: the ladder's p90 within the budget in both halves (the fixed plan's over it when loaded),
 and its unloaded accuracy at least the fixed plan's. The load average is printed with the
 result: on a shared machine other jobs distort both runs, so rerun when it is high.
+`--out X.json` also keeps every described frame (seconds into the bag, processing ms, rung) and
+draws them, both runs over each other with the budget and the hog's start, as X.png.
 """
 
 from __future__ import annotations
@@ -126,6 +128,48 @@ def half_stats(outputs: list, stamps: list[int], classes: dict[int, str]) -> dic
             'rungs': rungs}
 
 
+def trace(outputs: list, first_stamp: int) -> list[list]:
+    """Return [seconds into the bag, processing ms, rung or None] per described frame."""
+    return [[round((o.stamp_sec * 1_000_000_000 + o.stamp_nanosec - first_stamp) / 1e9, 3),
+             round(o.processing_time_ms, 2), o.rung['index'] if o.rung else None]
+            for o in outputs]
+
+
+def plot(result: dict, path: Path) -> None:
+    """Draw both runs' processing times (and the ladder's rung) against the budget."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from ros2_gmskip.folders import file_in_place
+
+    fig, (ax, rung_ax) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
+                                      gridspec_kw={'height_ratios': [3, 1]})
+    for (name, run), color in zip(result['runs'].items(), ('tab:gray', 'tab:blue')):
+        t, ms, _ = zip(*run['trace'])
+        ax.scatter(t, ms, s=3, color=color, alpha=0.5, label=f'{name} (p90 '
+                   f'{run["unloaded"]["p90_ms"]:.0f} / {run["loaded"]["p90_ms"]:.0f} ms)')
+    hog = result['hog_from_frame'] / result['fps']
+    lead = result['lead_in_frames'] / result['fps']
+    for a in (ax, rung_ax):
+        a.axvline(hog, color='tab:red', lw=1)
+        a.axvspan(0, lead, color='0.9')
+    ax.axhline(result['budget_ms'], color='tab:red', ls='--', lw=1,
+               label=f'budget {result["budget_ms"]:.1f} ms')
+    ax.set_ylabel('processing time per frame (ms)')
+    ax.set_ylim(0, max(3 * result['budget_ms'], 1))
+    ax.set_title(f'fixed plan vs plan ladder, 30 Hz replay; {result["hogs"]} busy-loop '
+                 f'process(es) from {hog:.0f} s (red); grey: lead-in')
+    ax.legend(loc='upper left', markerscale=4)
+    t, _, rungs = zip(*result['runs']['ladder']['trace'])
+    rung_ax.step(t, rungs, where='post', color='tab:blue')
+    rung_ax.set_ylabel('ladder rung')
+    rung_ax.set_xlabel('seconds into the bag')
+    fig.tight_layout()
+    with file_in_place(path, 'plot') as tmp:
+        fig.savefig(tmp, dpi=110, format='png')
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument('--seconds', type=float, default=90.0, help='bag length (30 Hz)')
@@ -196,13 +240,14 @@ def main() -> int:
         outputs, counts = realtime_run(backend, run_params, frames, hog_at=half, hogs=args.hogs)
         stats = {h: half_stats(outputs, s, classes) for h, s in halves.items()}
         result['runs'][name] = {'counts': counts, **stats,
-                                'latency_budget_ms': run_params.latency_budget_ms}
+                                'latency_budget_ms': run_params.latency_budget_ms,
+                                'trace': trace(outputs, stamps[0])}
         result['load_average'][name] = os.getloadavg()
         if budget is None:
             budget = stats['unloaded']['p90_ms']
         lead_outputs = sum(1 for o in outputs
                            if o.stamp_sec * 1_000_000_000 + o.stamp_nanosec < stamps[lead])
-        warmup = 1 + 5 * len(rungs.rungs)
+        warmup = 6 * len(rungs.rungs)          # runtime.ladder: prime each rung, 5 rounds
         if name == 'ladder' and lead_outputs < warmup:
             print(f'warning: the lead-in described {lead_outputs} frames, the warm-up needs '
                   f'{warmup}: raise --lead-in', flush=True)
@@ -233,8 +278,9 @@ def main() -> int:
     print(f'load average at the end {os.getloadavg()}')
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + '\n')
-        print(f'wrote {args.out}')
+        args.out.write_text(json.dumps(result) + '\n')
+        plot(result, args.out.with_suffix('.png'))
+        print(f'wrote {args.out} and {args.out.with_suffix(".png")}')
     return 0
 
 

@@ -202,10 +202,10 @@ def test_node_and_replay_drive_the_ort_ladder_bundle(ladder_bundle, tmp_path, ca
     backend = create_backend(params)
     outputs = []
     core = DescriberCore(backend, params, publish=outputs.append, convert=stand_in_convert)
-    for _ in range(18):
+    for _ in range(20):
         core.process(image_msg(), False)
-    # priming + 5 frames per rung, deepest first; then the deepest (everything fits)
-    assert [o.rung['index'] for o in outputs] == [2] * 6 + [1] * 5 + [0] * 5 + [2] * 2
+    # a priming frame per rung, 5 rounds over them, deepest first; then the deepest (all fit)
+    assert [o.rung['index'] for o in outputs] == [2, 1, 0] * 6 + [2] * 2
     assert outputs[0].rung == {'index': 2, 'blocks_removed': [], 'val_score':
                                backend.ladder.rungs[2].score}
     values = core.rung_values()

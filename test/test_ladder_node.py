@@ -112,9 +112,9 @@ def test_a_fixed_rung_number_wins():
 
 def test_auto_fits_the_budget_and_goes_down_under_load():
     core, backend, outputs = make_core(budget=65.0)
-    warmup = 1 + 5 * len(COSTS)
+    warmup = 6 * len(COSTS)              # a priming frame per rung, then 5 rounds over them
     run(core, warmup + 20)
-    assert backend.rungs[:warmup] == [3] * 6 + [2] * 5 + [1] * 5 + [0] * 5
+    assert backend.rungs[:warmup] == [3, 2, 1, 0] * 6
     assert backend.rungs[warmup:] == [2] * 20                          # 60 ms fits 65
     d = core.diagnostics()
     assert 'budget' not in d['message']       # (frames go to process(): no input rate here)
@@ -161,7 +161,7 @@ def test_budget_changes_while_running():
     run(core, 3)
     assert core.chooser is None and backend.rungs == [1, 1, 1]
     core.set_latency_budget(65.0)                                      # off -> auto
-    run(core, 1 + 5 * len(COSTS) + 5)
+    run(core, 6 * len(COSTS) + 5)
     assert backend.rungs[-1] == 2
     core.set_latency_budget(45.0)                                      # tighter: 40 ms fits
     run(core, 10)
@@ -265,8 +265,8 @@ def test_replay_with_a_budget_on_the_tiny_model(tiny_model_dir, tiny_ladder, tmp
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary['latency_budget_ms'] == 100000.0
-    # priming + 5 frames per rung warm up, deepest first; then the deepest rung (all fit)
-    assert summary['rung_frames'] == {'0': 5, '1': 5, '2': 5, '3': 15}
+    # a priming frame per rung and 5 rounds over them warm up; then the deepest rung (all fit)
+    assert summary['rung_frames'] == {'0': 6, '1': 6, '2': 6, '3': 12}
     assert summary['rung_switches'] == 0
     code = cli.main(['replay', str(bag), '--out', str(tmp_path / 'out2'), '--backend', 'torch',
                      '--model', str(tiny_model_dir), '--latency-budget-ms', '50', '--json'])

@@ -22,19 +22,22 @@ clocks, no threads: the decisions are a pure function of the trace.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
 from ros2_gmskip.runtime.ladder import (
+    cost_line,
     Ladder,
     LadderError,
+    over_p90,
     p90,
     rung_policy,
     RungChooser,
 )
 
 COSTS = [40.0, 50.0, 60.0, 70.0, 80.0]        # rung 0 (fastest) .. rung 4 (deepest)
-WARMUP = 1 + 5 * len(COSTS)                    # priming frame + 5 per rung
+WARMUP = 6 * len(COSTS)                        # a priming frame per rung + 5 rounds
 
 
 def run_trace(chooser, frames, load, costs=COSTS, noise=0.03, seed=0):
@@ -57,17 +60,18 @@ def switches(rungs, start=WARMUP):
 def test_warm_up_measures_every_rung_deepest_first_then_picks_the_deepest_that_fits():
     chooser = RungChooser(len(COSTS), budget_ms=75.0)
     rungs, _ = run_trace(chooser, WARMUP + 1, lambda i: 1.0)
-    assert rungs[:WARMUP] == [4] + [4] * 5 + [3] * 5 + [2] * 5 + [1] * 5 + [0] * 5
+    assert rungs[:WARMUP] == [4, 3, 2, 1, 0] * 6        # round-robin: a drift hits all alike
     assert rungs[WARMUP] == 3                  # 70 ms fits 75, 80 ms does not
     state = chooser.state()
     assert state['mode'] == 'auto' and state['rung'] == 3 and 'fits' in state['reason']
     assert chooser.reference_ms[0] == pytest.approx(40.0, rel=0.05)
 
 
-def test_priming_frame_is_not_measured():
+def test_priming_frames_are_not_measured():
     chooser = RungChooser(2, budget_ms=100.0, warmup_frames=2)
-    chooser.record(1, 10_000.0)                # cold first run: ignored
-    for rung, ms in [(1, 90.0), (1, 95.0), (0, 50.0), (0, 55.0)]:
+    chooser.record(1, 10_000.0)                # each rung's cold first run: ignored
+    chooser.record(0, 10_000.0)
+    for rung, ms in [(1, 90.0), (0, 50.0), (1, 95.0), (0, 55.0)]:
         assert chooser.next_rung() == rung
         chooser.record(rung, ms)
     assert not chooser.warming_up and chooser.next_rung() == 1
@@ -76,30 +80,33 @@ def test_priming_frame_is_not_measured():
 def test_goes_down_under_load_and_keeps_the_budget():
     chooser = RungChooser(len(COSTS), budget_ms=75.0)
     onset = 200
-    rungs, times = run_trace(chooser, 500, lambda i: 1.5 if i >= onset else 1.0)
+    rungs, times = run_trace(chooser, 500, lambda i: 1.4 if i >= onset else 1.0)
     assert set(rungs[WARMUP:onset]) == {3}
-    # 1.5 x load: rung 1 (75 ms) is the deepest that fits; reached within a few frames
+    # 1.4 x load: rung 1 (70 ms) is the deepest that fits (rung 2: 84); reached within 8 frames
+    # (the last 20 frames must show the p90 over: 7 of them over the budget)
     reached = next(i for i in range(onset, len(rungs)) if rungs[i] == 1)
     assert reached - onset <= 8
-    assert set(rungs[onset + 10:]) == {1} or set(rungs[onset + 10:]) <= {0, 1}
-    assert p90(times[onset + 10:]) <= 75.0 * 1.01
+    assert set(rungs[onset + 10:]) == {1}
+    assert p90(times[onset + 10:]) <= 75.0
     assert p90(times[WARMUP:onset]) <= 75.0
 
 
 def test_goes_back_up_when_the_load_ends_but_not_past_the_budget():
-    chooser = RungChooser(len(COSTS), budget_ms=75.0)
+    # budget 77: rung 3 (70 ms +-3%, p90 ~72) is clearly under it (95%: 73), rung 4 (80) over
+    chooser = RungChooser(len(COSTS), budget_ms=77.0)
     rungs, times = run_trace(chooser, 700, lambda i: 1.5 if 200 <= i < 400 else 1.0)
     assert rungs[399] in (0, 1)
-    assert set(rungs[500:]) == {3}             # back up to 3; 4 (80 ms) never fits 75
+    # up waits until the loaded frames have left the last 100 (the p90 it climbs on): ~4 s
+    assert set(rungs[530:]) == {3}             # back up to 3; 4 (80 ms) never fits 77
     assert 4 not in rungs[WARMUP:]
-    assert p90(times[500:]) <= 75.0
+    assert p90(times[530:]) <= 77.0
 
 
 def test_steps_up_one_rung_at_a_time_with_a_dwell():
     chooser = RungChooser(len(COSTS), budget_ms=200.0, dwell=10)
     rungs, _ = run_trace(chooser, WARMUP + 1, lambda i: 1.0)
     assert rungs[-1] == 4                      # everything fits: the deepest rung at once
-    chooser = RungChooser(len(COSTS), budget_ms=75.0, dwell=10)
+    chooser = RungChooser(len(COSTS), budget_ms=77.0, dwell=10)
     rungs, _ = run_trace(chooser, 400, lambda i: 1.8 if i < 100 else 1.0)
     climb = [r for i, r in enumerate(rungs[100:], 100) if i == 100 or r != rungs[i - 1]]
     assert climb == sorted(climb) and climb[-1] == 3
@@ -196,3 +203,42 @@ def test_ladder_from_dict():
     assert ladder.rungs[0].to_dict() == {'index': 0, 'blocks_removed': [6, 7], 'val_score': 0.8}
     with pytest.raises(LadderError, match='malformed ladder'):
         Ladder.from_dict({'rungs': []})
+
+
+def test_heavy_tailed_frame_times_at_the_budget_do_not_push_it_off_its_rung():
+    # The shipped ladder's rungs (kept blocks, cost relative to the plan) and frame times spread
+    # as measured on the node (p90 / p50 about 1.4: lognormal sigma 0.25). With the budget at the
+    # plan rung's own p90, 10% of its frames are over budget by definition: a raw 20-frame p90
+    # would call that "over" on most checks. The chooser stays on (or above) the plan's rung.
+    blocks, ratio, plan = [5, 6, 7, 9, 10, 12], [0.81, 0.89, 0.99, 1.10, 1.16, 1.29], 2
+    costs = [40.0 * r for r in ratio]
+    rng = random.Random(7)
+    budget = p90([costs[plan] * math.exp(rng.gauss(0, 0.25)) for _ in range(20000)])
+    for seed in range(4):
+        chooser = RungChooser(len(costs), budget_ms=budget, blocks=blocks)
+        rng = random.Random(seed)
+        rungs = []
+        for _ in range(1500):
+            rung = chooser.next_rung()
+            chooser.record(rung, costs[rung] * math.exp(rng.gauss(0, 0.25)))
+            rungs.append(rung)
+        after = rungs[6 * len(costs):]
+        assert sum(r >= plan for r in after) >= 0.8 * len(after), seed
+        assert chooser.switches <= 12, seed           # < 1% of the frames
+        assert chooser.reference_ms == sorted(chooser.reference_ms)    # a line: ordered
+
+
+def test_cost_line_is_a_line_through_the_medians_never_falling():
+    assert cost_line([1, 2, 3], [10.0, 20.0, 30.0]) == pytest.approx([10.0, 20.0, 30.0])
+    # x mean 6.67, y mean 60, slope 100 / 8.67 = 11.5
+    line = cost_line([5, 6, 9], [50.0, 40.0, 90.0])
+    assert line == pytest.approx([40.77, 52.31, 86.92], abs=0.01)
+    assert cost_line([1, 2, 3], [30.0, 20.0, 10.0]) == [20.0, 20.0, 20.0]     # slope >= 0
+    assert cost_line([4], [12.0]) == [12.0]
+
+
+@pytest.mark.parametrize('n, over', [(5, 3), (10, 5), (20, 7), (40, 10)])
+def test_over_p90_needs_more_frames_over_than_chance(n, over):
+    assert over_p90([2.0] * over + [0.0] * (n - over), 1.0, 0.01)
+    assert not over_p90([2.0] * (over - 1) + [0.0] * (n - over + 1), 1.0, 0.01)
+    assert not over_p90([0.5] * n, 1.0, 0.01)

@@ -28,16 +28,29 @@ The chooser, on the worker thread, once per frame:
     result = backend.describe(image, prompt, max_new_tokens, rung=rung)
     chooser.record(rung, processing_ms)
 
-1. Warm-up: one priming frame (not measured: first-run costs), then `warmup_frames` frames on
-   every rung, deepest first. It starts on the deepest rung whose warm-up p90 fits the budget
-   (rung 0 when none does).
-2. Down: once `min_samples` frames ran on the current rung since it was entered, when the p90 of
-   its recent frames (the last `window`) exceeds the budget, it moves to the deepest faster rung
-   predicted to fit: the current p90 times that rung's warm-up median over the current rung's
-   (load slows every rung alike). Rung 0 when none is predicted to fit.
-3. Up: after `dwell` frames on the current rung, when the next deeper rung's predicted p90 is at
-   most (1 - room) x budget, one rung up. Down on "over", up only on "clearly under": the gap
-   between the two is the hysteresis.
+1. Warm-up: one priming frame per rung, deepest first (not measured: each rung's graphs have
+   first-run costs), then `warmup_frames` rounds over every rung, deepest first (round-robin:
+   a load that changes during the warm-up hits every rung alike). A rung's cost is then
+   modelled as a line in the decoder blocks it keeps (`blocks`; a deeper rung runs a superset
+   of a shallower one's blocks, and what it adds costs the same per block), fitted to the
+   rungs' warm-up medians: 5 frames per rung give medians too noisy to order rungs 10% apart,
+   a line through all of them does not. It starts on the deepest rung whose p90 is predicted
+   to fit the budget (rung 0 when none does): its modelled cost times the p90 of every warm-up
+   frame over its rung's modelled cost (the spread).
+2. Down: once `min_samples` frames ran on the current rung since it was entered, when its recent
+   frames (the last `window`) show that its p90 exceeds the budget, it moves to the deepest
+   faster rung predicted to fit: the current p90 times that rung's warm-up median over the
+   current rung's (load slows every rung alike). Rung 0 when none is predicted to fit. "Show"
+   is a test, not the p90 of a few frames: a rung whose p90 sits at the budget has 10% of its
+   frames over it, and 20 frames have 2 or more over it 61% of the time, so a raw 20-frame p90
+   would leave a rung that fits on every other check. Down needs more frames over the budget
+   than a rung at its p90 would give by chance (binomial tail below `alpha`): 3 of the first 5,
+   5 of 10, 7 of 20 at the default 0.01; a load that slows every frame past the budget is seen
+   within 7 frames (3 right after a switch).
+3. Up: after `dwell` frames on the current rung (and at least `window`), when the next deeper
+   rung's p90, predicted from the frames since it entered this rung (the last 5 windows: a
+   20-frame p90 is too noisy to climb on), is at most (1 - room) x budget, one rung up. Down on
+   "over", up only on "clearly under": the gap between the two is the hysteresis.
 4. No flapping: a rung that has to be left downward within `window` frames of being entered
    upward doubles the dwell needed to try it again (up to `MAX_PENALTY` x); a stay of two windows
    on it resets that.
@@ -157,12 +170,40 @@ def p90(values: Sequence[float]) -> float:
     return percentiles(values, (90,))['p90']
 
 
+def cost_line(blocks: Sequence[int], medians: Sequence[float]) -> list[float]:
+    """
+    Return the least-squares line through (blocks kept, median ms) at each rung's `blocks`.
+
+    The slope is at least 0 (a rung that keeps more blocks is not cheaper), every value at
+    least 1% of the mean median (a line must not predict a free rung).
+    """
+    n = len(blocks)
+    mx, my = sum(blocks) / n, sum(medians) / n
+    sxx = sum((x - mx) ** 2 for x in blocks)
+    slope = max(sum((x - mx) * (y - my) for x, y in zip(blocks, medians)) / sxx, 0.0) \
+        if sxx else 0.0
+    return [max(my + slope * (x - mx), 0.01 * my) for x in blocks]
+
+
+def over_p90(times: Sequence[float], budget_ms: float, alpha: float) -> bool:
+    """
+    Return whether `times` show a p90 over `budget_ms`: more of them over it than chance allows.
+
+    If the p90 were at the budget, each frame would be over it with probability 0.1; True when
+    the chance of at least this many over is below `alpha` (binomial upper tail).
+    """
+    n, k = len(times), sum(t > budget_ms for t in times)
+    tail = sum(math.comb(n, i) * 0.1 ** i * 0.9 ** (n - i) for i in range(k, n + 1))
+    return k > 0 and tail < alpha
+
+
 class RungChooser:
     """Pick the deepest rung whose processing time fits `budget_ms` (see the module docstring)."""
 
     def __init__(self, num_rungs: int, budget_ms: float, warmup_frames: int = 5,
                  window: int = 20, min_samples: int = 5, room: float = 0.05, dwell: int = 10,
-                 prime: bool = True) -> None:
+                 alpha: float = 0.01, prime: bool = True,
+                 blocks: Sequence[int] | None = None) -> None:
         if not (math.isfinite(budget_ms) and budget_ms > 0):
             raise ValueError(f'latency budget {budget_ms!r} ms must be > 0 (0 turns the chooser '
                              'off: run a fixed rung instead)')
@@ -172,16 +213,24 @@ class RungChooser:
         self.num_rungs = num_rungs
         self.budget_ms = float(budget_ms)
         self.window, self.min_samples, self.room, self.dwell = window, min_samples, room, dwell
+        self.alpha = alpha
         self._lock = threading.Lock()
         top = num_rungs - 1
         # (rung, measured?) per warm-up frame: priming first, then deepest to fastest
-        self._schedule: deque[tuple[int, bool]] = deque([(top, False)] if prime else [])
-        for rung in range(top, -1, -1):
-            self._schedule.extend([(rung, True)] * warmup_frames)
+        deepest_first = range(top, -1, -1)
+        self._schedule: deque[tuple[int, bool]] = deque(
+            [(r, False) for r in deepest_first] if prime else [])
+        self._schedule.extend([(r, True) for _ in range(warmup_frames) for r in deepest_first])
         self._warm: list[list[float]] = [[] for _ in range(num_rungs)]
-        self.reference_ms: list[float] = [math.nan] * num_rungs   # warm-up medians
+        self.blocks = list(range(1, num_rungs + 1)) if blocks is None else list(blocks)
+        if len(self.blocks) != num_rungs or any(
+                a >= b for a, b in zip(self.blocks, self.blocks[1:])):
+            raise ValueError(f'blocks {self.blocks} must give each of the {num_rungs} rungs its '
+                             'kept block count, increasing')
+        self.reference_ms: list[float] = [math.nan] * num_rungs   # modelled cost per rung
         self.current = top
         self._recent: deque[float] = deque(maxlen=window)
+        self._stay: deque[float] = deque(maxlen=5 * window)     # since entering (up decisions)
         self._since_switch = 0
         self._entered_up = False
         self._penalty = [1] * num_rungs
@@ -217,6 +266,7 @@ class RungChooser:
             if rung != self.current:
                 return
             self._recent.append(float(ms))
+            self._stay.append(float(ms))
             self._since_switch += 1
             self._decide()
 
@@ -240,11 +290,13 @@ class RungChooser:
 
     def _start(self) -> None:
         """End of warm-up: the deepest rung whose warm-up p90 fits the budget."""
-        self.reference_ms = [statistics.median(w) for w in self._warm]
-        fits = [r for r in range(self.num_rungs) if p90(self._warm[r]) <= self.budget_ms]
+        self.reference_ms = cost_line(self.blocks, [statistics.median(w) for w in self._warm])
+        spread = p90([t / ref for w, ref in zip(self._warm, self.reference_ms) for t in w])
+        predicted = [spread * ref for ref in self.reference_ms]
+        fits = [r for r in range(self.num_rungs) if predicted[r] <= self.budget_ms]
         rung = max(fits, default=0)
         self.over_budget = not fits
-        self.reason = (f'warm-up: rung {rung} p90 {p90(self._warm[rung]):.1f} ms '
+        self.reason = (f'warm-up: rung {rung} p90 {predicted[rung]:.1f} ms (predicted) '
                        + ('fits' if fits else 'is over') + f' the {self.budget_ms:g} ms budget')
         self._enter(rung, up=False)
 
@@ -253,6 +305,7 @@ class RungChooser:
             self.switches += 1
         self.current = rung
         self._recent.clear()
+        self._stay.clear()
         self._since_switch = 0
         self._entered_up = up
 
@@ -265,7 +318,7 @@ class RungChooser:
             return
         now = p90(list(self._recent))
         cur = self.current
-        if now > self.budget_ms:
+        if over_p90(list(self._recent), self.budget_ms, self.alpha):
             if cur == 0:
                 self.over_budget = True
                 self.reason = (f'over budget on the fastest rung: p90 {now:.1f} ms > '
@@ -281,8 +334,9 @@ class RungChooser:
         self.over_budget = False
         if self._since_switch >= 2 * self.window:
             self._penalty[cur] = 1
-        if cur < self.num_rungs - 1 and self._since_switch >= self.dwell * self._penalty[cur + 1]:
-            predicted = self._predicted(cur + 1, now)
+        if (cur < self.num_rungs - 1 and len(self._stay) >= self.window
+                and self._since_switch >= self.dwell * self._penalty[cur + 1]):
+            predicted = self._predicted(cur + 1, p90(list(self._stay)))
             if predicted <= (1.0 - self.room) * self.budget_ms:
                 self.reason = (f'up: rung {cur + 1} predicted p90 {predicted:.1f} ms <= '
                                f'{1.0 - self.room:.0%} of {self.budget_ms:g} ms')
@@ -309,5 +363,6 @@ def rung_policy(ladder: Ladder | None, budget_ms: float, rung: str | int,
     if fixed is not None:
         return None, fixed
     if budget_ms > 0:
-        return RungChooser(len(ladder.rungs), budget_ms, **chooser_options), None
+        kept = [ladder.num_blocks - len(r.removed_blocks) for r in ladder.rungs]
+        return RungChooser(len(ladder.rungs), budget_ms, blocks=kept, **chooser_options), None
     return None, ladder.plan_rung
