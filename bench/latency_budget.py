@@ -144,8 +144,10 @@ def plot(result: dict, path: Path) -> None:
 
     fig, (ax, rung_ax) = plt.subplots(2, 1, figsize=(10, 6), sharex=True,
                                       gridspec_kw={'height_ratios': [3, 1]})
-    for (name, run), color in zip(result['runs'].items(), ('tab:gray', 'tab:blue')):
+    colors = {'fixed plan': 'tab:gray', 'ladder': 'tab:blue'}
+    for name, run in result['runs'].items():
         t, ms, _ = zip(*run['trace'])
+        color = colors[name]
         ax.scatter(t, ms, s=3, color=color, alpha=0.5, label=f'{name} (p90 '
                    f'{run["unloaded"]["p90_ms"]:.0f} / {run["loaded"]["p90_ms"]:.0f} ms)')
     hog = result['hog_from_frame'] / result['fps']
@@ -190,12 +192,17 @@ def main() -> int:
                         help='its ladder (default: <plan>.ladder.json)')
     parser.add_argument('--budget-ms', type=float, default=None,
                         help="ladder budget (default: the fixed plan's unloaded p90)")
+    parser.add_argument('--ladder-first', action='store_true',
+                        help='run the ladder before the fixed plan (needs --budget-ms): does the '
+                             'order (drift of a shared machine) favour the first run?')
     parser.add_argument('--hogs', type=int, default=1,
                         help='busy-loop processes started half-way (default: 1, one core)')
     parser.add_argument('--width', type=int, default=640)
     parser.add_argument('--height', type=int, default=480)
     parser.add_argument('--out', type=Path, default=None, help='also write the result as JSON')
     args = parser.parse_args()
+    if args.ladder_first and args.budget_ms is None:
+        parser.error("--ladder-first needs --budget-ms (the budget is the fixed run's p90)")
 
     from dataclasses import replace
 
@@ -231,6 +238,8 @@ def main() -> int:
     budget = args.budget_ms
     configs = (('fixed plan', {'plan': plan, 'bundle': args.bundle}),
                ('ladder', {'plan': plan, 'ladder': ladder, 'bundle': args.ladder_bundle}))
+    if args.ladder_first:
+        configs = configs[::-1]
     for name, opts in configs:
         if args.backend == 'torch':
             opts.pop('bundle')

@@ -38,16 +38,20 @@ A bundle folder holds (names from this module):
     embed_tokens.npy                the token embedding table (vocab, C) float32
     tokenizer.json, ...             tokenizer and processor files of the model
     draft_ngrams.json               the n-gram draft table (`ros2-gmskip draft`), where made
-    head.npz                        a ladder bundle's final norm and lm_head (numpy), run after
-                                    whichever segment ends the rung (`export --ladder`)
+    decoder.rung2.onnx, decoder.rung2.fused.1.onnx, ...
+                                    a ladder bundle's graphs, rung by rung (`export --ladder`),
+                                    instead of decoder*.onnx
+    weights.bin                     a ladder bundle's weights: every large initializer of its
+                                    rung graphs, each once (ONNX external data)
 
 The decoder is a list of N >= 1 *segments*: consecutive block ranges [first, stop) of the
 (pruned) decoder, each with its own KV cache. Segment 0 reads `inputs_embeds`, later ones
 `inputs_hidden` (the previous segment's `hidden_states`); only the last ends in `logits`; the one
 that ends at FastV's K also outputs what FastV ranks the image tokens by. Token skipping splits
-the decoder where it acts (FastV's K, KV removal's first layer); a plan ladder splits it where
-its rungs differ (`LadderRecord`): a rung is then the list of segments it runs, no segment ends in
-logits, and the final norm + lm_head (`head.npz`) follow the rung's last segment.
+the decoder where it acts (FastV's K, KV removal's first layer). A plan ladder (`LadderRecord`)
+holds each rung's own segments, as that rung's plan bundle would have them (renamed), one rung
+after the other in `segments`; a rung lists its own, and the manifest's `decoder` is the plan
+rung's.
 
 FORMAT_VERSION is bumped whenever the layout changes (a file, a tensor name, a manifest key); a
 bundle of another version is refused with one line that says to re-export it.
@@ -68,7 +72,7 @@ from ros2_gmskip.tokenskip.settings import TokenSkip
 log = logging.getLogger(__name__)
 
 FORMAT_NAME = 'ros2_gmskip/onnx-bundle'
-FORMAT_VERSION = 5     # 4: ladder bundles split into shared segments + head.npz; 3: three branches
+FORMAT_VERSION = 5     # 4: ladders as segments shared by rungs + head.npz; 3: three branches
 FORMAT = f'{FORMAT_NAME}@{FORMAT_VERSION}'
 REEXPORT = 're-run ros2-gmskip export'
 

@@ -577,7 +577,7 @@ def check_rungs(backend, fused, model, processor, images: list[np.ndarray], prom
     """
     Check every rung's greedy text (portable and fused runners) against its pruned torch model.
 
-    `model` holds the least-pruned rung's blocks; each rung's extra blocks are taken out for its
+    `model` holds the deepest rung's blocks; each rung's extra blocks are taken out for its
     reference (vlm.blocks.temporarily_removed). The plan's rung fills the report's counts.
     """
     from ros2_gmskip.vlm.blocks import temporarily_removed

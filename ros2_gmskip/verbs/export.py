@@ -39,9 +39,9 @@ decoder.fused.1.onnx, ..., which take explicit positions), and validation compar
 greedy text with the torch reference using the same settings, for both kinds of graph.
 
 --ladder PLAN.ladder.json (instead of --plan; calibrate writes it beside the plan): one bundle
-that runs every rung of the plan ladder without re-export: the least-pruned rung's decoder split
-wherever the rungs differ (a rung = the segments it runs), the final norm + lm_head in head.npz,
-each rung's greedy text validated against the torch model pruned to that rung; the node and
+that runs every rung of the plan ladder without re-export: each rung's decoder graphs as its own
+plan bundle would have them, the weights of all of them stored once (weights.bin), each rung's
+greedy text validated against the torch model pruned to that rung; the node and
 `replay --latency-budget-ms` choose the rung per frame (docs/ladder.md).
 """
 
