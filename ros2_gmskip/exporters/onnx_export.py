@@ -281,8 +281,8 @@ def _export_decoder(model, folder: Path, config: ExportConfig, removed: str, *, 
     Write the decoder's graphs for `config` into `folder`: portable, and (`fused`) fused.
 
     Return the segments naming their files, and the fused record (None: no fused graph, with a
-    log line saying why). `explicit`: explicit-position fused
-    graphs (token skipping, M-RoPE); `removed` describes the pruning in the stage lines.
+    log line saying why). `explicit`: explicit-position fused graphs (token skipping, M-RoPE);
+    `removed` describes the pruning in the stage lines.
     """
     num_layers = config.decoder.num_layers
     for seg in config.segments:
