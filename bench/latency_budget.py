@@ -36,6 +36,15 @@ and its unloaded accuracy at least the fixed plan's. The load average is printed
 result: on a shared machine other jobs distort both runs, so rerun when it is high.
 `--out X.json` also keeps every described frame (seconds into the bag, processing ms, rung) and
 draws them, both runs over each other with the budget and the hog's start, as X.png.
+
+`--interleave S`: one replay instead of two, the bag's frames going to the fixed plan and to the
+ladder by turns in slices of S seconds (two pipelines, one fed at a time), so that a slow spell
+of a shared machine hits both alike; each half's numbers are over each configuration's own
+slices. The ladder's budget is then the fixed plan's unloaded p90 of this same replay: set at
+every slice from the fixed plan's unloaded frames so far (a live `latency_budget_ms` change, as
+`ros2 param set` makes one) and final when the hog starts; before there are 30 of them, from a
+pass of the fixed plan alone over the lead-in (its p90 after the first 5 s). --budget-ms fixes
+it instead.
 """
 
 from __future__ import annotations
@@ -106,6 +115,55 @@ def realtime_run(backend, params, frames: list, hog_at: int, hogs: int = 1
     return outputs, core.counts()
 
 
+def interleaved_run(runs: dict[str, tuple], frames: list, hog_at: int, hogs: int,
+                    slice_frames: int, on_slice=None) -> dict[str, tuple[list, dict, set]]:
+    """
+    Feed `frames` at FPS to the runs' pipelines by turns, `slice_frames` at a time.
+
+    `runs`: name -> (backend, params). Return name -> (outputs, counts, indices of the frames it
+    was fed). At a slice's start the previous pipeline may still finish its frame (one frame
+    of overlap per slice). `on_slice(i, outputs, cores)` runs before frame i starts a slice.
+    """
+    from ros2_gmskip.ros.pipeline import default_convert, DescriberCore
+
+    outputs = {name: [] for name in runs}
+    lock = threading.Lock()
+    cores = {}
+    for name, (backend, params) in runs.items():
+        def publish(out, name=name) -> None:
+            with lock:
+                outputs[name].append(out)
+        cores[name] = DescriberCore(backend, params, publish=publish, convert=default_convert)
+        cores[name].start()
+    names = list(runs)
+    fed: dict[str, set] = {name: set() for name in runs}
+    procs: list[subprocess.Popen] = []
+    t0 = time.perf_counter()
+    try:
+        for i, msg in enumerate(frames):
+            delay = t0 + i / FPS - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            if i == hog_at:
+                procs = [subprocess.Popen([sys.executable, '-c', HOG]) for _ in range(hogs)]
+            name = names[(i // slice_frames) % len(names)]
+            if on_slice is not None and i % slice_frames == 0:
+                with lock:
+                    so_far = {k: list(v) for k, v in outputs.items()}
+                on_slice(i, so_far, cores)
+            fed[name].add(i)
+            cores[name].on_image(msg, False)
+        while any(core.pending for core in cores.values()):
+            time.sleep(0.01)
+    finally:
+        for core in cores.values():
+            core.stop()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    return {name: (outputs[name], cores[name].counts(), fed[name]) for name in runs}
+
+
 def half_stats(outputs: list, stamps: list[int], classes: dict[int, str]) -> dict:
     """Per-half numbers for the outputs whose input stamp is one of `stamps`."""
     from ros2_gmskip.gmskip.metrics import names_class
@@ -159,8 +217,10 @@ def plot(result: dict, path: Path) -> None:
                label=f'budget {result["budget_ms"]:.1f} ms')
     ax.set_ylabel('processing time per frame (ms)')
     ax.set_ylim(0, max(3 * result['budget_ms'], 1))
-    ax.set_title(f'fixed plan vs plan ladder, 30 Hz replay; {result["hogs"]} busy-loop '
-                 f'process(es) from {hog:.0f} s (red); grey: lead-in')
+    turns = (f', by turns every {result["interleave_s"]:g} s' if result.get('interleave_s')
+             else '')
+    ax.set_title(f'fixed plan vs plan ladder, 30 Hz replay{turns}; {result["hogs"]} busy-loop '
+                 f'process(es) from {hog:.0f} s (red); grey: lead-in', fontsize=10)
     ax.legend(loc='upper left', markerscale=4)
     t, _, rungs = zip(*result['runs']['ladder']['trace'])
     rung_ax.step(t, rungs, where='post', color='tab:blue')
@@ -195,6 +255,9 @@ def main() -> int:
     parser.add_argument('--ladder-first', action='store_true',
                         help='run the ladder before the fixed plan (needs --budget-ms): does the '
                              'order (drift of a shared machine) favour the first run?')
+    parser.add_argument('--interleave', type=float, default=None, metavar='S',
+                        help='one replay, the two configurations by turns in slices of S seconds '
+                             '(see above)')
     parser.add_argument('--hogs', type=int, default=1,
                         help='busy-loop processes started half-way (default: 1, one core)')
     parser.add_argument('--width', type=int, default=640)
@@ -211,6 +274,7 @@ def main() -> int:
     from ros2_gmskip.ros.params import load_params
     from ros2_gmskip.runtime import defaults
     from ros2_gmskip.runtime.factory import create_backend
+    from ros2_gmskip.runtime.stats import percentiles
 
     model = defaults.default_model_dir()
     plan = args.plan or defaults.default_plan_path()
@@ -240,11 +304,55 @@ def main() -> int:
                ('ladder', {'plan': plan, 'ladder': ladder, 'bundle': args.ladder_bundle}))
     if args.ladder_first:
         configs = configs[::-1]
+    backends = {}
     for name, opts in configs:
         if args.backend == 'torch':
             opts.pop('bundle')
-        backend = create_backend(args.backend, model=model, threads=args.threads, **opts)
-        result.setdefault('engine_ids', {})[name] = backend.info.engine_id
+        backends[name] = create_backend(args.backend, model=model, threads=args.threads, **opts)
+        result.setdefault('engine_ids', {})[name] = backends[name].info.engine_id
+    if args.interleave:
+        if budget is None:            # the fixed plan alone over the lead-in, past its start
+            outputs, _ = realtime_run(backends['fixed plan'], params, frames[:lead],
+                                      hog_at=len(frames))
+            start = stamps[min(round(5 * FPS), lead - 1)]
+            budget = half_stats(outputs, [s for s in stamps[:lead] if s >= start],
+                                classes)['p90_ms']
+            result['budget_from'] = 'the fixed plan alone over the lead-in (after 5 s)'
+            print(f'budget {budget:.1f} ms from the fixed plan alone over the lead-in',
+                  flush=True)
+        runs = {name: (backends[name], replace(params, latency_budget_ms=budget)
+                       if name == 'ladder' else params) for name, _ in configs}
+        unloaded = set(halves['unloaded'])
+        budgets: list[float] = [budget]
+
+        def follow(i: int, so_far: dict, cores: dict) -> None:
+            # the ladder's budget := the fixed plan's unloaded p90 so far (frozen at the hog)
+            if args.budget_ms is not None or i > half:
+                return
+            mine = [o.processing_time_ms for o in so_far['fixed plan']
+                    if o.stamp_sec * 1_000_000_000 + o.stamp_nanosec in unloaded]
+            if len(mine) >= 30:
+                budgets.append(percentiles(mine, (90,))['p90'])
+                cores['ladder'].set_latency_budget(budgets[-1])
+
+        done = interleaved_run(runs, frames, hog_at=half, hogs=args.hogs,
+                               slice_frames=max(1, round(args.interleave * FPS)),
+                               on_slice=follow)
+        budget = budgets[-1]
+        result['budget_from'] = ("the fixed plan's unloaded p90 in this replay, as the ladder had "
+                                 'it from the hog on' if len(budgets) > 1 else
+                                 result.get('budget_from', 'given'))
+        result['interleave_s'] = args.interleave
+        index = {s: i for i, s in enumerate(stamps)}
+        for name, (outputs, counts, fed) in done.items():
+            own = {h: [s for s in ss if index[s] in fed] for h, ss in halves.items()}
+            stats = {h: half_stats(outputs, s, classes) for h, s in own.items()}
+            result['runs'][name] = {'counts': counts, **stats,
+                                    'latency_budget_ms': runs[name][1].latency_budget_ms,
+                                    'trace': trace(outputs, stamps[0])}
+        result['load_average']['interleaved'] = os.getloadavg()
+    for name, _ in configs if not args.interleave else ():
+        backend = backends[name]
         run_params = replace(params, latency_budget_ms=budget) if name == 'ladder' else params
         outputs, counts = realtime_run(backend, run_params, frames, hog_at=half, hogs=args.hogs)
         stats = {h: half_stats(outputs, s, classes) for h, s in halves.items()}
@@ -260,11 +368,12 @@ def main() -> int:
         if name == 'ladder' and lead_outputs < warmup:
             print(f'warning: the lead-in described {lead_outputs} frames, the warm-up needs '
                   f'{warmup}: raise --lead-in', flush=True)
-        del backend
         print(f'{name}: done; load average {os.getloadavg()}', flush=True)
     result['budget_ms'] = budget
 
-    print(f"\nbudget {budget:.1f} ms (the fixed plan's unloaded p90)")
+    source = result.get('budget_from') or ('given' if args.budget_ms is not None
+                                           else "the fixed plan's unloaded p90")
+    print(f'\nbudget {budget:.1f} ms ({source})')
     print(f'{"run":<11} {"half":<9} {"p50":>7} {"p90":>7} {"p99":>7} {"drop":>6} '
           f'{"described":>9} {"accuracy":>8}  rungs')
     for name, run in result['runs'].items():
