@@ -57,7 +57,6 @@ def share_weights(folder: Path, graphs: Sequence[str],
     (uses in its nodes follow) and stored as external data in `weights_file`. Return the
     number of distinct tensors written and their bytes.
     """
-    import numpy as np
     import onnx
     from onnx import numpy_helper, TensorProto
 
@@ -70,13 +69,15 @@ def share_weights(folder: Path, graphs: Sequence[str],
             renames: dict[str, str] = {}
             kept = []
             for tensor in model.graph.initializer:
-                array = numpy_helper.to_array(tensor)
-                if array.nbytes < MIN_BYTES:
+                # the bytes ONNX stores (packed types stay packed): raw_data, or the typed
+                # fields' values serialised as raw_data would hold them
+                data = tensor.raw_data or numpy_helper.from_array(
+                    numpy_helper.to_array(tensor)).raw_data
+                if len(data) < MIN_BYTES:
                     kept.append(tensor)
                     continue
-                data = np.ascontiguousarray(array).tobytes()
                 digest = hashlib.sha256(data)
-                digest.update(f'{array.dtype.str}{array.shape}'.encode())
+                digest.update(f'{tensor.data_type}{list(tensor.dims)}'.encode())
                 key = PREFIX + digest.hexdigest()[:24]
                 renames[tensor.name] = key
                 if key not in table:
