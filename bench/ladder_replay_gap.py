@@ -12,7 +12,6 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-
 """
 Is a rung slower in the node's real-time replay than timed frame by frame? Both, side by side.
 

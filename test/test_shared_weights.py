@@ -12,7 +12,6 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 
-
 """share_weights on small graphs: each weight stored once, graphs rewritten, values unchanged."""
 
 from __future__ import annotations
