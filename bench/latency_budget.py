@@ -85,34 +85,9 @@ def stamp_ns(msg) -> int:
 def realtime_run(backend, params, frames: list, hog_at: int, hogs: int = 1
                  ) -> tuple[list, dict]:
     """Feed `frames` at FPS; start the hogs before frame `hog_at`; return (outputs, counts)."""
-    from ros2_gmskip.ros.pipeline import default_convert, DescriberCore
-
-    outputs, lock = [], threading.Lock()
-
-    def publish(out) -> None:
-        with lock:
-            outputs.append(out)
-
-    core = DescriberCore(backend, params, publish=publish, convert=default_convert)
-    core.start()
-    procs: list[subprocess.Popen] = []
-    t0 = time.perf_counter()
-    try:
-        for i, msg in enumerate(frames):
-            delay = t0 + i / FPS - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            if i == hog_at:
-                procs = [subprocess.Popen([sys.executable, '-c', HOG]) for _ in range(hogs)]
-            core.on_image(msg, False)
-        while core.pending:
-            time.sleep(0.01)
-    finally:
-        core.stop()
-        for proc in procs:
-            proc.kill()
-            proc.wait()
-    return outputs, core.counts()
+    outputs, counts, _ = interleaved_run({'run': (backend, params)}, frames, hog_at, hogs,
+                                         slice_frames=max(1, len(frames)))['run']
+    return outputs, counts
 
 
 def interleaved_run(runs: dict[str, tuple], frames: list, hog_at: int, hogs: int,
@@ -120,6 +95,7 @@ def interleaved_run(runs: dict[str, tuple], frames: list, hog_at: int, hogs: int
     """
     Feed `frames` at FPS to the runs' pipelines by turns, `slice_frames` at a time.
 
+    The hogs start before frame `hog_at`.
     `runs`: name -> (backend, params). Return name -> (outputs, counts, indices of the frames it
     was fed). At a slice's start the previous pipeline may still finish its frame (one frame
     of overlap per slice). `on_slice(i, outputs, cores)` runs before frame i starts a slice.
