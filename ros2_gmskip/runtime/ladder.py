@@ -229,7 +229,6 @@ class RungChooser:
                              'kept block count, increasing')
         self.reference_ms: list[float] = [math.nan] * num_rungs   # modelled cost per rung
         self.current = top
-        self._recent: deque[float] = deque(maxlen=window)
         self._stay: deque[float] = deque(maxlen=5 * window)     # since entering (up decisions)
         self._since_switch = 0
         self._entered_up = False
@@ -265,7 +264,6 @@ class RungChooser:
                 return
             if rung != self.current:
                 return
-            self._recent.append(float(ms))
             self._stay.append(float(ms))
             self._since_switch += 1
             self._decide()
@@ -283,7 +281,7 @@ class RungChooser:
         with self._lock:
             return {'mode': 'warm-up' if self._schedule else AUTO,
                     'rung': self._schedule[0][0] if self._schedule else self.current,
-                    'p90_ms': p90(list(self._recent)), 'switches': self.switches,
+                    'p90_ms': p90(self._recent()), 'switches': self.switches,
                     'over_budget': self.over_budget, 'reason': self.reason}
 
     # ------------------------------------------------------------------------------------------
@@ -304,21 +302,25 @@ class RungChooser:
         if rung != self.current:
             self.switches += 1
         self.current = rung
-        self._recent.clear()
         self._stay.clear()
         self._since_switch = 0
         self._entered_up = up
+
+    def _recent(self) -> list[float]:
+        """Return the last `window` frames on the current rung (the down decisions' sample)."""
+        return list(self._stay)[-self.window:]
 
     def _predicted(self, rung: int, p90_now: float) -> float:
         """p90 of `rung` under the current load: p90 now scaled by the warm-up cost ratio."""
         return p90_now * self.reference_ms[rung] / max(self.reference_ms[self.current], 1e-9)
 
     def _decide(self) -> None:
-        if len(self._recent) < self.min_samples:
+        recent = self._recent()
+        if len(recent) < self.min_samples:
             return
-        now = p90(list(self._recent))
+        now = p90(recent)
         cur = self.current
-        if over_p90(list(self._recent), self.budget_ms, self.alpha):
+        if over_p90(recent, self.budget_ms, self.alpha):
             if cur == 0:
                 self.over_budget = True
                 self.reason = (f'over budget on the fastest rung: p90 {now:.1f} ms > '
