@@ -82,6 +82,11 @@ def stamp_ns(msg) -> int:
     return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
 
 
+def output_stamp_ns(out) -> int:
+    """Return the stamp of the frame a SceneOutput describes, in ns (as stamp_ns)."""
+    return out.stamp_sec * 1_000_000_000 + out.stamp_nanosec
+
+
 def realtime_run(backend, params, frames: list, hog_at: int, hogs: int = 1
                  ) -> tuple[list, dict]:
     """Feed `frames` at FPS; start the hogs before frame `hog_at`; return (outputs, counts)."""
@@ -146,10 +151,9 @@ def half_stats(outputs: list, stamps: list[int], classes: dict[int, str]) -> dic
     from ros2_gmskip.runtime.stats import percentiles
 
     wanted = set(stamps)
-    mine = [o for o in outputs if o.stamp_sec * 1_000_000_000 + o.stamp_nanosec in wanted]
+    mine = [o for o in outputs if output_stamp_ns(o) in wanted]
     times = [o.processing_time_ms for o in mine]
-    named = sum(names_class(o.text, classes[o.stamp_sec * 1_000_000_000 + o.stamp_nanosec])
-                for o in mine)
+    named = sum(names_class(o.text, classes[output_stamp_ns(o)]) for o in mine)
     rungs: dict[str, int] = {}
     for o in mine:
         if o.rung is not None:
@@ -164,7 +168,7 @@ def half_stats(outputs: list, stamps: list[int], classes: dict[int, str]) -> dic
 
 def trace(outputs: list, first_stamp: int) -> list[list]:
     """Return [seconds into the bag, processing ms, rung or None] per described frame."""
-    return [[round((o.stamp_sec * 1_000_000_000 + o.stamp_nanosec - first_stamp) / 1e9, 3),
+    return [[round((output_stamp_ns(o) - first_stamp) / 1e9, 3),
              round(o.processing_time_ms, 2), o.rung['index'] if o.rung else None]
             for o in outputs]
 
@@ -306,7 +310,7 @@ def main() -> int:
             if args.budget_ms is not None or i > half:
                 return
             mine = [o.processing_time_ms for o in so_far['fixed plan']
-                    if o.stamp_sec * 1_000_000_000 + o.stamp_nanosec in unloaded]
+                    if output_stamp_ns(o) in unloaded]
             if len(mine) >= 30:
                 budgets.append(percentiles(mine, (90,))['p90'])
                 cores['ladder'].set_latency_budget(budgets[-1])
@@ -339,7 +343,7 @@ def main() -> int:
         if budget is None:
             budget = stats['unloaded']['p90_ms']
         lead_outputs = sum(1 for o in outputs
-                           if o.stamp_sec * 1_000_000_000 + o.stamp_nanosec < stamps[lead])
+                           if output_stamp_ns(o) < stamps[lead])
         warmup = 6 * len(rungs.rungs)          # runtime.ladder: prime each rung, 5 rounds
         if name == 'ladder' and lead_outputs < warmup:
             print(f'warning: the lead-in described {lead_outputs} frames, the warm-up needs '

@@ -556,7 +556,7 @@ def export_bundle(model_dir: Path, out: Path, plan: Path | None = None, *,
             from ros2_gmskip.exporters.ladder_export import export_rungs
             rung_graphs = export_rungs(model, tmp, layout, make_config, export_decoder, stage)
             segments, fused_record = rung_graphs.segments, rung_graphs.fused
-            config = rung_graphs.configs[loaded_ladder.runtime().plan_rung]   # validated below
+            config = rung_graphs.configs[loaded_ladder.plan_rung]     # validated below
         np.save(tmp / EMBED, embedding_table(model), allow_pickle=False)       # (V, C)
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
