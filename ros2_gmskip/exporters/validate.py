@@ -522,11 +522,9 @@ def validate_bundle(bundle_dir: Path, model, processor, config: ExportConfig, n_
     except Exception as err:  # noqa: BLE001 - report it as a failed check, with the others
         add([Check('onnxruntime load', False, f'{type(err).__name__}: {err}')])
         return report
-    graphs = config.graphs if rungs is None else {'vision': config.graphs['vision'],
-                                                  **rungs.graphs}
-    for name, session in [('vision', backend.vision),
+    for name, session in [('vision', backend.vision),          # as the manifest declares them
                           *[(r.segment.name, r.session) for r in backend.portable]]:
-        graph = graphs[name]
+        graph = manifest.graphs[name]
         add(check_interface(name, session, list(graph.inputs), list(graph.outputs)))
     images = scene_images(max(n_scenes, 1))
     if manifest.mrope is not None:           # Qwen: the scenes as the exported camera sees them
